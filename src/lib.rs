@@ -1,0 +1,41 @@
+//! prism-launcher: one agent per host that runs every Prism process type
+//! (pattern, proxy, backend, utility) as a transient systemd unit.
+//!
+//! # Data flow
+//!
+//! ```text
+//! wire ProcessAssignment ──▶ model (the one validation gate)
+//!        ──▶ unit::translate (pure: ManagedProcess → UnitSpec)
+//!        ──▶ systemd::Systemd (zbus: StartTransientUnit, job wait, signals)
+//!        ──▶ systemd owns the process: cgroup, restarts, logs
+//! ```
+//!
+//! # Modules
+//!
+//! - [`pb`]: generated protobuf and gRPC code (`prism`, `prism.launcher.v1`).
+//! - [`model`]: validated domain types and the `TryFrom` gate from the wire.
+//! - [`unit`]: the pure `ManagedProcess → UnitSpec` translation and names.
+//! - [`systemd`]: the [`systemd::Systemd`] trait and its D-Bus client.
+//! - [`sandbox`]: a private systemd user manager for tests and local runs.
+#![forbid(unsafe_code)]
+
+pub mod model;
+pub mod sandbox;
+pub mod systemd;
+pub mod unit;
+
+/// Generated protobuf and gRPC code.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    pub mod prism {
+        tonic::include_proto!("prism");
+        pub mod launcher {
+            pub mod v1 {
+                tonic::include_proto!("prism.launcher.v1");
+            }
+        }
+    }
+
+    /// Encoded descriptors, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("prism_descriptor");
+}

@@ -1,0 +1,8 @@
+//! The validated domain model: what a process *is* once it has passed the one
+//! validation gate ([`validate`]). Nothing past the gate sees a raw proto.
+
+mod types;
+pub mod validate;
+
+pub use types::*;
+pub use validate::{Policy, ValidationError};

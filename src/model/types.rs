@@ -1,0 +1,326 @@
+//! Domain types of a managed process.
+
+use std::{collections::BTreeMap, fmt, path::PathBuf, str::FromStr, time::Duration};
+
+/// The four kinds of process a launcher runs (ADR-057).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProcessType {
+    Pattern,
+    Proxy,
+    Backend,
+    Utility,
+}
+
+impl ProcessType {
+    pub const ALL: [ProcessType; 4] = [Self::Pattern, Self::Proxy, Self::Backend, Self::Utility];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pattern => "pattern",
+            Self::Proxy => "proxy",
+            Self::Backend => "backend",
+            Self::Utility => "utility",
+        }
+    }
+}
+
+impl fmt::Display for ProcessType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses the wire form. The empty string is `pattern`, as upstream defines it.
+impl FromStr for ProcessType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "pattern" => Ok(Self::Pattern),
+            "proxy" => Ok(Self::Proxy),
+            "backend" => Ok(Self::Backend),
+            "utility" => Ok(Self::Utility),
+            other => Err(format!(
+                "unknown process type {other:?} (expected pattern, proxy, backend or utility)"
+            )),
+        }
+    }
+}
+
+/// How strongly a process is separated from its neighbours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum IsolationLevel {
+    /// One shared dynamic user per process type.
+    None,
+    /// One dynamic user and one slice per namespace (the upstream default).
+    #[default]
+    Namespace,
+    /// One dynamic user per process, plus private /tmp and /dev.
+    Session,
+}
+
+impl IsolationLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Namespace => "namespace",
+            Self::Session => "session",
+        }
+    }
+}
+
+impl fmt::Display for IsolationLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for IsolationLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "namespace" => Ok(Self::Namespace),
+            "session" => Ok(Self::Session),
+            other => Err(format!(
+                "unknown isolation level {other:?} (expected none, namespace or session)"
+            )),
+        }
+    }
+}
+
+/// A value that must never be logged or shown: credentials, connection strings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value itself; call only where it is handed to systemd.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A backend reference held by a pattern slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotBackend {
+    pub backend_type: String,
+    pub connection_string: Option<Secret>,
+    pub credentials: BTreeMap<String, Secret>,
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatternConfig {
+    pub pattern_type: String,
+    pub slots: BTreeMap<String, SlotBackend>,
+    pub settings: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub admin_endpoint: String,
+    pub control_port: u16,
+    pub data_port: u16,
+    pub proxy_id: Option<String>,
+    pub partition_ranges: Vec<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub backend_type: String,
+    pub connection_string: Secret,
+    pub credentials: BTreeMap<String, Secret>,
+    pub driver_options: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UtilityConfig {
+    pub utility_type: String,
+    pub settings: BTreeMap<String, String>,
+    pub target_processes: Vec<String>,
+}
+
+/// The type-specific payload; its variant *is* the process type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessKind {
+    Pattern(PatternConfig),
+    Proxy(ProxyConfig),
+    Backend(BackendConfig),
+    Utility(UtilityConfig),
+}
+
+impl ProcessKind {
+    pub fn process_type(&self) -> ProcessType {
+        match self {
+            Self::Pattern(_) => ProcessType::Pattern,
+            Self::Proxy(_) => ProcessType::Proxy,
+            Self::Backend(_) => ProcessType::Backend,
+            Self::Utility(_) => ProcessType::Utility,
+        }
+    }
+}
+
+/// When systemd restarts the process (systemd `Restart=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RestartMode {
+    #[default]
+    OnFailure,
+    Always,
+    OnAbnormal,
+    No,
+}
+
+impl RestartMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnFailure => "on-failure",
+            Self::Always => "always",
+            Self::OnAbnormal => "on-abnormal",
+            Self::No => "no",
+        }
+    }
+}
+
+impl FromStr for RestartMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "on-failure" => Ok(Self::OnFailure),
+            "always" => Ok(Self::Always),
+            "on-abnormal" => Ok(Self::OnAbnormal),
+            "no" => Ok(Self::No),
+            other => Err(format!(
+                "unknown restart policy {other:?} (expected on-failure, always, on-abnormal or no)"
+            )),
+        }
+    }
+}
+
+/// Restarts and the circuit breaker (systemd's start limit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    pub delay: Duration,
+    /// Starts allowed within `window` before the circuit opens.
+    pub max_starts: u32,
+    pub window: Duration,
+}
+
+impl RestartPolicy {
+    pub const DEFAULT_DELAY: Duration = Duration::from_secs(1);
+    pub const DEFAULT_MAX_STARTS: u32 = 5;
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            mode: RestartMode::OnFailure,
+            delay: Self::DEFAULT_DELAY,
+            max_starts: Self::DEFAULT_MAX_STARTS,
+            window: Self::DEFAULT_WINDOW,
+        }
+    }
+}
+
+/// How the launcher judges liveness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    None,
+    Http {
+        port: u16,
+        path: String,
+    },
+    Tcp {
+        port: u16,
+    },
+    Grpc {
+        port: u16,
+    },
+    /// sd_notify `WATCHDOG=1` pings; systemd kills and restarts on silence.
+    Watchdog {
+        timeout: Duration,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+    pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(10);
+    pub const DEFAULT_HTTP_PATH: &'static str = "/health";
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            probe: Probe::None,
+            interval: Self::DEFAULT_INTERVAL,
+            timeout: Self::DEFAULT_TIMEOUT,
+            failure_threshold: Self::DEFAULT_FAILURE_THRESHOLD,
+        }
+    }
+}
+
+/// cgroup limits; `None` is unlimited.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Resources {
+    pub memory_max_bytes: Option<u64>,
+    /// Thousandths of a CPU: 1000 is one full core.
+    pub cpu_millis: Option<u32>,
+    pub tasks_max: Option<u64>,
+}
+
+/// A validated process assignment: everything needed to run it as a unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedProcess {
+    /// `[A-Za-z0-9._:@-]{1,128}`.
+    pub id: String,
+    /// Empty when the process belongs to no namespace.
+    pub namespace: String,
+    pub version: i64,
+    /// Absolute, inside the allowlist, an executable regular file.
+    pub binary: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub port: Option<u16>,
+    pub health_port: Option<u16>,
+    pub log_level: Option<String>,
+    pub kind: ProcessKind,
+    pub isolation: IsolationLevel,
+    pub restart: RestartPolicy,
+    pub health: HealthCheck,
+    pub resources: Resources,
+    /// Time between SIGTERM and SIGKILL on stop.
+    pub stop_timeout: Duration,
+    /// The process reports readiness with sd_notify.
+    pub notify_ready: bool,
+}
+
+impl ManagedProcess {
+    pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+    pub fn process_type(&self) -> ProcessType {
+        self.kind.process_type()
+    }
+}

@@ -1,0 +1,420 @@
+//! A private systemd *user* manager with its own journald, for integration
+//! tests and local runs on machines whose PID 1 is not systemd (containers,
+//! CI, build VMs).
+//!
+//! The manager runs as root in a private mount namespace with a tmpfs on
+//! `/run/systemd` and its own cgroup subtree, and exposes the same
+//! `org.freedesktop.systemd1` API as a production system manager.
+//!
+//! Never a system instance: `systemd --system` runs `systemd-tmpfiles
+//! --remove` at boot and wipes the real `/tmp`, even in a mount namespace.
+//! Only processes this module started are ever signalled, by PID.
+
+use std::{
+    fs, io,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Default parent of sandbox directories. Not under /tmp: workloads run
+/// with `PrivateTmp=yes` and must see binaries placed in the sandbox.
+pub const DEFAULT_BASE: &str = "/run/prism-sandbox";
+
+/// Runs inside `unshare --mount --propagation private`; `$1` is the sandbox
+/// directory. Ends by exec'ing the user manager, keeping this PID.
+const START_SCRIPT: &str = r#"set -e
+SBX=$1
+echo $$ > "$SBX/pid"
+name=$(basename "$SBX")
+hier=""
+for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd; do
+  [ -d "$h" ] && hier="$hier $h"
+done
+[ -z "$hier" ] && hier=/sys/fs/cgroup
+for h in $hier; do
+  mkdir -p "$h/$name/init.scope"
+  echo $$ > "$h/$name/init.scope/cgroup.procs"
+done
+echo "$hier" > "$SBX/cgroup-hierarchies"
+mount -t tmpfs tmpfs /run/systemd
+mkdir -p /run/systemd/system /run/systemd/journal
+# The nodes a system manager creates at boot; units' mount namespaces
+# (DynamicUser, ProtectSystem, PrivateTmp...) mask paths with them.
+mkdir -p /run/systemd/inaccessible
+cd /run/systemd/inaccessible
+mkdir -m 0 dir
+install -m 0 /dev/null reg
+mkfifo -m 0 fifo
+mknod -m 0 chr c 0 0
+mknod -m 0 blk b 0 0
+cd /
+mkdir -p "$SBX/log" /run/log
+mount --bind "$SBX/log" /run/log
+/lib/systemd/systemd-journald >"$SBX/journald.out" 2>&1 &
+echo $! > "$SBX/journald.pid"
+for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+mkdir -p "$SBX/run" "$SBX/home"
+chmod 700 "$SBX/run"
+export XDG_RUNTIME_DIR=$SBX/run HOME=$SBX/home
+unset DBUS_SESSION_BUS_ADDRESS
+exec /lib/systemd/systemd --user --log-target=journal
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("a sandbox systemd manager needs root (running as uid {uid})")]
+    NotRoot { uid: u32 },
+    #[error("{what} not found at {path}; install systemd")]
+    Missing { what: &'static str, path: String },
+    #[error("sandbox at {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("sandbox manager at {dir} did not come up within {after:?}: {log}")]
+    NotReady {
+        dir: PathBuf,
+        after: Duration,
+        log: String,
+    },
+}
+
+/// A running sandbox manager. Dropping it stops the manager, its journald
+/// and everything they started, and removes the directory (set
+/// `PRISM_SANDBOX_KEEP=1` to keep it for a post-mortem).
+#[derive(Debug)]
+pub struct Sandbox {
+    dir: PathBuf,
+    child: Option<Child>,
+    manager_pid: Option<u32>,
+    journald_pid: Option<u32>,
+    keep_dir: bool,
+}
+
+fn uid() -> u32 {
+    // /proc/self is owned by the process's uid.
+    fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(u32::MAX)
+}
+
+/// Is `pid` still running (not gone, not a zombie)?
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next()),
+            Some("Z") | Some("X")
+        ),
+        Err(_) => false,
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Sandbox {
+    /// Whether this process may start a sandbox manager.
+    pub fn preflight() -> Result<(), SandboxError> {
+        let uid = uid();
+        if uid != 0 {
+            return Err(SandboxError::NotRoot { uid });
+        }
+        for (what, path) in [
+            ("systemd", "/lib/systemd/systemd"),
+            ("systemd-journald", "/lib/systemd/systemd-journald"),
+            ("unshare", "/usr/bin/unshare"),
+        ] {
+            if !Path::new(path).exists() {
+                return Err(SandboxError::Missing {
+                    what,
+                    path: path.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Start a fresh sandbox in a new directory under `base`.
+    pub fn start(base: &Path) -> Result<Self, SandboxError> {
+        Self::preflight()?;
+        let io_err = |dir: &Path| {
+            let dir = dir.to_owned();
+            move |source| SandboxError::Io { dir, source }
+        };
+        fs::create_dir_all(base).map_err(io_err(base))?;
+        let dir = tempfile_dir(base).map_err(io_err(base))?;
+        // Traversable by workloads' dynamic users (they run binaries from
+        // here); the runtime directory below stays 0700.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_err(&dir))?;
+        let mut sandbox = Self {
+            dir,
+            child: None,
+            manager_pid: None,
+            journald_pid: None,
+            keep_dir: std::env::var_os("PRISM_SANDBOX_KEEP").is_some(),
+        };
+        sandbox.boot()?;
+        Ok(sandbox)
+    }
+
+    fn boot(&mut self) -> Result<(), SandboxError> {
+        let dir = self.dir.clone();
+        let io_err = |source| SandboxError::Io {
+            dir: dir.clone(),
+            source,
+        };
+        let script = self.dir.join("start.sh");
+        fs::write(&script, START_SCRIPT).map_err(io_err)?;
+        let out = fs::File::create(self.dir.join("manager.out")).map_err(io_err)?;
+        let err = out.try_clone().map_err(io_err)?;
+        for f in ["pid", "journald.pid"] {
+            let _ = fs::remove_file(self.dir.join(f));
+        }
+        let child = Command::new("setsid")
+            .args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "/bin/bash",
+            ])
+            .arg(&script)
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(io_err)?;
+        self.child = Some(child);
+        let ready_after = Duration::from_secs(15);
+        let private = self.private_socket();
+        let bus = self.bus_socket();
+        let ready = wait_until(ready_after, || {
+            if let Some(c) = self.child.as_mut()
+                && matches!(c.try_wait(), Ok(Some(_)))
+            {
+                return true;
+            }
+            private.exists() && bus.exists()
+        });
+        self.manager_pid = read_pid(&self.dir.join("pid"));
+        self.journald_pid = read_pid(&self.dir.join("journald.pid"));
+        let running = self.manager_pid.is_some_and(alive);
+        if !(ready && running && private.exists() && bus.exists()) {
+            let log = fs::read_to_string(self.dir.join("manager.out")).unwrap_or_default();
+            let journald = fs::read_to_string(self.dir.join("journald.out")).unwrap_or_default();
+            self.shutdown();
+            return Err(SandboxError::NotReady {
+                dir: self.dir.clone(),
+                after: ready_after,
+                log: format!("{log}{journald}").trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `$XDG_RUNTIME_DIR` of the sandbox manager.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    pub fn bus_socket(&self) -> PathBuf {
+        self.runtime_dir().join("bus")
+    }
+
+    pub fn private_socket(&self) -> PathBuf {
+        self.runtime_dir().join("systemd/private")
+    }
+
+    /// D-Bus address of the bus that carries the sandbox's systemd1.
+    pub fn bus_address(&self) -> String {
+        format!("unix:path={}", self.bus_socket().display())
+    }
+
+    /// D-Bus address of the manager's private peer-to-peer socket.
+    pub fn private_address(&self) -> String {
+        format!("unix:path={}", self.private_socket().display())
+    }
+
+    /// The sandbox journal, for `journalctl -D`.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.dir.join("log/journal")
+    }
+
+    pub fn manager_pid(&self) -> Option<u32> {
+        self.manager_pid
+    }
+
+    /// `systemctl --user` aimed at this manager.
+    pub fn systemctl(&self) -> Command {
+        let mut c = Command::new("systemctl");
+        c.arg("--user")
+            .arg("--no-pager")
+            .env("XDG_RUNTIME_DIR", self.runtime_dir())
+            .env("DBUS_SESSION_BUS_ADDRESS", self.bus_address());
+        c
+    }
+
+    /// `journalctl` over this sandbox's journal.
+    pub fn journalctl(&self) -> Command {
+        let mut c = Command::new("journalctl");
+        c.arg("-D").arg(self.journal_dir()).arg("--no-pager");
+        c
+    }
+
+    /// Stop the manager (every transient unit goes with it) and start a new
+    /// one in the same directory, at the same addresses.
+    pub fn restart_manager(&mut self) -> Result<(), SandboxError> {
+        self.shutdown();
+        self.boot()
+    }
+
+    /// Stop the manager, its journald and anything left in its cgroups.
+    fn shutdown(&mut self) {
+        if let Some(pid) = self.manager_pid.take() {
+            if alive(pid) {
+                let _ = self
+                    .systemctl()
+                    .arg("exit")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                if !wait_until(Duration::from_secs(15), || !alive(pid)) {
+                    signal(pid, "TERM");
+                    if !wait_until(Duration::from_secs(5), || !alive(pid)) {
+                        signal(pid, "KILL");
+                    }
+                }
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        if let Some(pid) = self.journald_pid.take()
+            && alive(pid)
+        {
+            signal(pid, "TERM");
+            if !wait_until(Duration::from_secs(5), || !alive(pid)) {
+                signal(pid, "KILL");
+            }
+        }
+        self.remove_cgroups();
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let name = self.dir.file_name().map(PathBuf::from).unwrap_or_default();
+        let hierarchies =
+            fs::read_to_string(self.dir.join("cgroup-hierarchies")).unwrap_or_default();
+        hierarchies
+            .split_whitespace()
+            .map(|h| Path::new(h).join(&name))
+            .filter(|p| p.starts_with("/sys/fs/cgroup") && p.exists())
+            .collect()
+    }
+
+    /// Kill stragglers inside the sandbox's own cgroups (nothing else), then
+    /// remove the cgroup directories deepest first.
+    fn remove_cgroups(&self) {
+        for root in self.cgroup_dirs() {
+            let mut dirs = Vec::new();
+            collect_dirs(&root, &mut dirs);
+            for _ in 0..50 {
+                let mut pids = Vec::new();
+                for d in &dirs {
+                    if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+                        pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+                    }
+                }
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    signal(pid, "KILL");
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in &dirs {
+                for _ in 0..50 {
+                    match fs::remove_dir(d) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                        Err(_) => thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_owned());
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A new, uniquely named directory under `base`.
+fn tempfile_dir(base: &Path) -> io::Result<PathBuf> {
+    let pid = std::process::id();
+    for n in 0..10_000u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = base.join(format!("sbx-{pid}-{:x}", nanos ^ n));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free sandbox directory name",
+    ))
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shutdown();
+        if !self.keep_dir {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Unit state as systemd reports it, decoded from D-Bus property maps.
+
+use std::collections::HashMap;
+
+use zbus::OwnedVariant;
+
+/// One row of `ListUnitsByPatterns`: enough to reconcile without reading
+/// properties unit by unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitSummary {
+    pub name: String,
+    pub description: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    /// A job (start, stop, restart) is queued or running.
+    pub has_job: bool,
+}
+
+/// What systemd says about one unit. Fields start empty/zero and are filled
+/// from `GetAll` replies and `PropertiesChanged` signals as they arrive.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitStatus {
+    pub name: String,
+    pub description: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    /// `success`, `exit-code`, `signal`, `timeout`, `core-dump`,
+    /// `watchdog`, `start-limit-hit`, `resources`…
+    pub result: String,
+    pub main_pid: u32,
+    pub n_restarts: u32,
+    /// `ExecMainCode`: 1 exited, 2 killed, 3 dumped core.
+    pub exec_main_code: i32,
+    /// `ExecMainStatus`: exit status or signal number.
+    pub exec_main_status: i32,
+    /// `ActiveEnterTimestamp`, µs since the epoch; 0 if never active.
+    pub active_enter_usec: u64,
+    /// `InactiveEnterTimestamp`, µs since the epoch.
+    pub inactive_enter_usec: u64,
+    pub restart: String,
+    pub start_limit_burst: u32,
+    pub memory_current: Option<u64>,
+    pub cpu_usage_nsec: Option<u64>,
+    pub tasks_current: Option<u64>,
+}
+
+/// systemd's "not set" for unsigned properties.
+const UNSET: u64 = u64::MAX;
+
+fn get<T>(props: &HashMap<String, OwnedVariant>, name: &str) -> Option<T>
+where
+    T: TryFrom<OwnedVariant>,
+{
+    props
+        .get(name)
+        .and_then(|v| v.try_clone().ok())
+        .and_then(|v| T::try_from(v).ok())
+}
+
+impl UnitStatus {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Fold in properties of the Unit or Service interface (any subset).
+    pub fn merge(&mut self, props: &HashMap<String, OwnedVariant>) {
+        let set_str = |field: &mut String, name: &str| {
+            if let Some(v) = get::<String>(props, name) {
+                *field = v;
+            }
+        };
+        set_str(&mut self.description, "Description");
+        set_str(&mut self.load_state, "LoadState");
+        set_str(&mut self.active_state, "ActiveState");
+        set_str(&mut self.sub_state, "SubState");
+        set_str(&mut self.result, "Result");
+        set_str(&mut self.restart, "Restart");
+        if let Some(v) = get::<u32>(props, "MainPID") {
+            self.main_pid = v;
+        }
+        if let Some(v) = get::<u32>(props, "NRestarts") {
+            self.n_restarts = v;
+        }
+        if let Some(v) = get::<i32>(props, "ExecMainCode") {
+            self.exec_main_code = v;
+        }
+        if let Some(v) = get::<i32>(props, "ExecMainStatus") {
+            self.exec_main_status = v;
+        }
+        if let Some(v) = get::<u64>(props, "ActiveEnterTimestamp") {
+            self.active_enter_usec = v;
+        }
+        if let Some(v) = get::<u64>(props, "InactiveEnterTimestamp") {
+            self.inactive_enter_usec = v;
+        }
+        if let Some(v) = get::<u32>(props, "StartLimitBurst") {
+            self.start_limit_burst = v;
+        }
+        let counter = |name: &str| get::<u64>(props, name).map(|v| (v != UNSET).then_some(v));
+        if let Some(v) = counter("MemoryCurrent") {
+            self.memory_current = v;
+        }
+        if let Some(v) = counter("CPUUsageNSec") {
+            self.cpu_usage_nsec = v;
+        }
+        if let Some(v) = counter("TasksCurrent") {
+            self.tasks_current = v;
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active_state == "active"
+    }
+
+    /// `failed` with no restart pending: systemd has given up on the unit.
+    /// (Between restarts a unit is briefly `failed` with sub-state
+    /// `auto-restart` pending; that is not final.)
+    pub fn is_finally_failed(&self) -> bool {
+        self.active_state == "failed" && self.sub_state == "failed"
+    }
+
+    /// The circuit breaker tripped: the unit restarts on failure, yet systemd
+    /// stopped restarting it because its start limit was hit. systemd keeps
+    /// `Result` at the last failure (e.g. `exit-code`), so the evidence is a
+    /// final `failed` with restarts enabled and the burst used up.
+    pub fn start_limit_hit(&self) -> bool {
+        if self.result == "start-limit-hit" {
+            return true;
+        }
+        self.is_finally_failed()
+            && !self.restart.is_empty()
+            && self.restart != "no"
+            && self.start_limit_burst > 0
+            && self.n_restarts >= self.start_limit_burst
+    }
+
+    /// One line on why the unit failed, for errors and `last_error`.
+    pub fn describe_failure(&self) -> String {
+        let how = match self.exec_main_code {
+            1 => format!("exited with status {}", self.exec_main_status),
+            2 => format!("killed by signal {}", self.exec_main_status),
+            3 => format!("dumped core (signal {})", self.exec_main_status),
+            _ => "did not run".to_owned(),
+        };
+        let mut s = format!(
+            "state {}/{}, result {}, main process {}",
+            self.active_state,
+            self.sub_state,
+            if self.result.is_empty() {
+                "unknown"
+            } else {
+                &self.result
+            },
+            how
+        );
+        // 203/EXEC and friends: systemd's own exit codes for setup failures.
+        if self.exec_main_code == 1 && (200..=245).contains(&self.exec_main_status) {
+            s.push_str(" (a systemd setup failure, see the unit's journal)");
+        }
+        if self.start_limit_hit() {
+            s.push_str(&format!(
+                "; start limit hit after {} restarts",
+                self.n_restarts
+            ));
+        }
+        s
+    }
+}

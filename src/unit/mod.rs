@@ -1,0 +1,353 @@
+//! Pure translation of a [`ManagedProcess`] into a transient systemd unit.
+//!
+//! Every systemd property the launcher sets is chosen here, one function per
+//! concern, each with the reason for the choice. Nothing here does I/O or
+//! knows D-Bus types: the systemd client turns [`PropValue`]s into variants.
+
+mod name;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeMap, time::Duration};
+
+pub use name::*;
+
+use crate::model::{IsolationLevel, ManagedProcess, Probe, ProcessKind, RestartMode, Secret};
+
+/// The unit's `KillMode`: SIGTERM to the main process only, SIGKILL to what
+/// is left. The workload's main process owns its graceful shutdown, as under
+/// the old pattern-launcher, which signalled the process it started.
+pub const KILL_MODE: &str = "mixed";
+
+/// A D-Bus property value, independent of any D-Bus library.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PropValue {
+    Str(String),
+    Bool(bool),
+    U32(u32),
+    U64(u64),
+    StrList(Vec<String>),
+    /// `aay`: a list of byte strings.
+    BytesList(Vec<Vec<u8>>),
+    /// `a(sasb)`: path, argv, ignore-failure.
+    Exec(Vec<ExecCommand>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecCommand {
+    pub path: String,
+    pub argv: Vec<String>,
+    pub ignore_failure: bool,
+}
+
+/// A secret handed to the unit as a systemd credential. The systemd client
+/// stores it in a root-only file and passes it with `LoadCredential=`
+/// (see `systemd::credentials` for why not `SetCredential=`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    /// File name under `$CREDENTIALS_DIRECTORY`.
+    pub id: String,
+    pub value: Secret,
+}
+
+/// Everything needed to create one transient unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitSpec {
+    pub name: String,
+    /// Properties in the order they are sent.
+    pub properties: Vec<(&'static str, PropValue)>,
+    pub credentials: Vec<Credential>,
+}
+
+impl UnitSpec {
+    /// The value of a property, if set.
+    pub fn get(&self, name: &str) -> Option<&PropValue> {
+        self.properties
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+
+    pub fn slice(&self) -> Option<&str> {
+        match self.get("Slice") {
+            Some(PropValue::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+type Props = Vec<(&'static str, PropValue)>;
+
+fn usec(d: Duration) -> PropValue {
+    PropValue::U64(d.as_micros().try_into().unwrap_or(u64::MAX))
+}
+
+fn s(v: impl Into<String>) -> PropValue {
+    PropValue::Str(v.into())
+}
+
+/// The translation: one unit per process.
+pub fn translate(p: &ManagedProcess) -> UnitSpec {
+    let mut props = Props::new();
+    identity(p, &mut props);
+    command(p, &mut props);
+    environment(p, &mut props);
+    restarts(p, &mut props);
+    stopping(p, &mut props);
+    watchdog(p, &mut props);
+    logging(p, &mut props);
+    resources(p, &mut props);
+    isolation(p, &mut props);
+    let credentials = credentials(p);
+    if !credentials.is_empty() {
+        // Lets the workload find its secrets without listing the directory.
+        let names: Vec<&str> = credentials.iter().map(|c| c.id.as_str()).collect();
+        if let Some((_, PropValue::StrList(env))) =
+            props.iter_mut().find(|(n, _)| *n == "Environment")
+        {
+            env.push(format!("PRISM_CREDENTIALS={}", names.join(",")));
+        }
+    }
+    UnitSpec {
+        name: unit_name(p.process_type(), &p.id),
+        properties: props,
+        credentials,
+    }
+}
+
+fn identity(p: &ManagedProcess, props: &mut Props) {
+    // What `systemctl status` shows, and how the reconciler reads back id and version.
+    props.push(("Description", s(description(p))));
+    // Per-type (and per-namespace) slices group accounting and spread load
+    // over sub-slices, which makes systemd measurably faster at scale.
+    props.push((
+        "Slice",
+        s(slice_name(p.process_type(), &p.namespace, p.isolation)),
+    ));
+}
+
+fn command(p: &ManagedProcess, props: &mut Props) {
+    let path = p.binary.display().to_string();
+    let mut argv = Vec::with_capacity(p.args.len() + 1);
+    argv.push(path.clone());
+    argv.extend(p.args.iter().cloned());
+    // The binary is executed directly with its argv: there is never a shell.
+    props.push((
+        "ExecStart",
+        PropValue::Exec(vec![ExecCommand {
+            path,
+            argv,
+            ignore_failure: false,
+        }]),
+    ));
+    // `exec` fails the start job when the binary cannot be executed, instead
+    // of `simple`'s false success; `notify` waits for the process's READY=1.
+    let ty = if p.notify_ready { "notify" } else { "exec" };
+    props.push(("Type", s(ty)));
+}
+
+fn json(map: &impl serde::Serialize) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Launcher variables, then type-specific ones, then the assignment's own.
+/// Secrets never appear here: `systemctl show` prints the environment.
+fn environment(p: &ManagedProcess, props: &mut Props) {
+    let mut env = vec![
+        format!("PRISM_PROCESS_ID={}", p.id),
+        format!("PRISM_PROCESS_TYPE={}", p.process_type()),
+        format!("PRISM_PROCESS_VERSION={}", p.version),
+        format!("PRISM_NAMESPACE={}", p.namespace),
+        format!("PRISM_ISOLATION_LEVEL={}", p.isolation),
+    ];
+    if let Some(port) = p.port {
+        env.push(format!("PORT={port}"));
+    }
+    if let Some(port) = p.health_port {
+        env.push(format!("HEALTH_PORT={port}"));
+    }
+    if let Some(level) = &p.log_level {
+        env.push(format!("LOG_LEVEL={level}"));
+    }
+    match &p.kind {
+        ProcessKind::Pattern(c) => {
+            env.push(format!("PRISM_PATTERN_TYPE={}", c.pattern_type));
+            env.push(format!("PRISM_PATTERN_SETTINGS={}", json(&c.settings)));
+            let slots: BTreeMap<&str, serde_json::Value> = c
+                .slots
+                .iter()
+                .map(|(name, slot)| {
+                    let creds: Vec<String> = slot_credential_ids(name, slot);
+                    let value = serde_json::json!({
+                        "backend_type": slot.backend_type,
+                        "options": slot.options,
+                        "credentials": creds,
+                    });
+                    (name.as_str(), value)
+                })
+                .collect();
+            env.push(format!("PRISM_PATTERN_SLOTS={}", json(&slots)));
+        }
+        ProcessKind::Proxy(c) => {
+            env.push(format!("PRISM_ADMIN_ENDPOINT={}", c.admin_endpoint));
+            env.push(format!("PRISM_CONTROL_PORT={}", c.control_port));
+            env.push(format!("PRISM_DATA_PORT={}", c.data_port));
+            if let Some(id) = &c.proxy_id {
+                env.push(format!("PRISM_PROXY_ID={id}"));
+            }
+            let ranges: Vec<String> = c.partition_ranges.iter().map(i32::to_string).collect();
+            env.push(format!("PRISM_PARTITION_RANGES={}", ranges.join(",")));
+        }
+        ProcessKind::Backend(c) => {
+            env.push(format!("PRISM_BACKEND_TYPE={}", c.backend_type));
+            env.push(format!("PRISM_DRIVER_OPTIONS={}", json(&c.driver_options)));
+        }
+        ProcessKind::Utility(c) => {
+            env.push(format!("PRISM_UTILITY_TYPE={}", c.utility_type));
+            env.push(format!("PRISM_UTILITY_SETTINGS={}", json(&c.settings)));
+            env.push(format!(
+                "PRISM_TARGET_PROCESSES={}",
+                c.target_processes.join(",")
+            ));
+        }
+    }
+    env.extend(p.env.iter().map(|(k, v)| format!("{k}={v}")));
+    props.push(("Environment", PropValue::StrList(env)));
+}
+
+fn slot_credential_ids(name: &str, slot: &crate::model::SlotBackend) -> Vec<String> {
+    let mut ids = Vec::new();
+    if slot.connection_string.is_some() {
+        ids.push(format!("slot.{name}.connection_string"));
+    }
+    ids.extend(slot.credentials.keys().map(|k| format!("slot.{name}.{k}")));
+    ids
+}
+
+/// Connection strings and credentials: files under `$CREDENTIALS_DIRECTORY`.
+fn credentials(p: &ManagedProcess) -> Vec<Credential> {
+    let mut out = Vec::new();
+    match &p.kind {
+        ProcessKind::Backend(c) => {
+            out.push(Credential {
+                id: "connection_string".to_owned(),
+                value: c.connection_string.clone(),
+            });
+            for (k, v) in &c.credentials {
+                out.push(Credential {
+                    id: k.clone(),
+                    value: v.clone(),
+                });
+            }
+        }
+        ProcessKind::Pattern(c) => {
+            for (name, slot) in &c.slots {
+                if let Some(cs) = &slot.connection_string {
+                    out.push(Credential {
+                        id: format!("slot.{name}.connection_string"),
+                        value: cs.clone(),
+                    });
+                }
+                for (k, v) in &slot.credentials {
+                    out.push(Credential {
+                        id: format!("slot.{name}.{k}"),
+                        value: v.clone(),
+                    });
+                }
+            }
+        }
+        ProcessKind::Proxy(_) | ProcessKind::Utility(_) => {}
+    }
+    out
+}
+
+fn restarts(p: &ManagedProcess, props: &mut Props) {
+    let r = &p.restart;
+    // systemd restarts the process itself, even while the launcher is down.
+    props.push(("Restart", s(r.mode.as_str())));
+    props.push(("RestartUSec", usec(r.delay)));
+    // The circuit breaker: more than max_starts starts within the window and
+    // systemd leaves the unit `failed` instead of restarting it again.
+    props.push(("StartLimitBurst", PropValue::U32(r.max_starts)));
+    props.push(("StartLimitIntervalUSec", usec(r.window)));
+}
+
+fn stopping(p: &ManagedProcess, props: &mut Props) {
+    // SIGTERM first; SIGKILL once the graceful timeout (upstream: 30 s) ends.
+    props.push(("TimeoutStopUSec", usec(p.stop_timeout)));
+    props.push(("KillMode", s(KILL_MODE)));
+}
+
+fn watchdog(p: &ManagedProcess, props: &mut Props) {
+    if let Probe::Watchdog { timeout } = p.health.probe {
+        // systemd kills and restarts a process that stops pinging WATCHDOG=1.
+        props.push(("WatchdogUSec", usec(timeout)));
+    }
+}
+
+fn logging(p: &ManagedProcess, props: &mut Props) {
+    // `journalctl -t <process id>` finds a process's output.
+    props.push(("SyslogIdentifier", s(p.id.clone())));
+    // Explicit, so the manager's defaults cannot send output elsewhere.
+    props.push(("StandardOutput", s("journal")));
+    props.push(("StandardError", s("journal")));
+    // Journal fields that select a process's logs on any host, including
+    // where the unit-name fields are not recorded (nested user managers).
+    props.push((
+        "LogExtraFields",
+        PropValue::BytesList(vec![
+            format!("PRISM_PROCESS_ID={}", p.id).into_bytes(),
+            format!("PRISM_PROCESS_TYPE={}", p.process_type()).into_bytes(),
+            format!("PRISM_NAMESPACE={}", p.namespace).into_bytes(),
+        ]),
+    ));
+}
+
+fn resources(p: &ManagedProcess, props: &mut Props) {
+    let r = &p.resources;
+    // Accounting on, so health reports carry memory, CPU and task counts.
+    props.push(("MemoryAccounting", PropValue::Bool(true)));
+    props.push(("CPUAccounting", PropValue::Bool(true)));
+    props.push(("TasksAccounting", PropValue::Bool(true)));
+    if let Some(bytes) = r.memory_max_bytes {
+        // Hard cap: the kernel OOM-kills the unit beyond it.
+        props.push(("MemoryMax", PropValue::U64(bytes)));
+    }
+    if let Some(millis) = r.cpu_millis {
+        // CPU time per wall-clock second: 1000 millis = 1 s/s = one core.
+        props.push((
+            "CPUQuotaPerSecUSec",
+            PropValue::U64(u64::from(millis) * 1000),
+        ));
+    }
+    if let Some(tasks) = r.tasks_max {
+        // Bounds fork bombs and thread leaks.
+        props.push(("TasksMax", PropValue::U64(tasks)));
+    }
+}
+
+fn isolation(p: &ManagedProcess, props: &mut Props) {
+    // Workloads never run as root: a dynamic user, allocated by systemd and
+    // shared according to the isolation level (see `dynamic_user`).
+    props.push(("DynamicUser", PropValue::Bool(true)));
+    props.push(("User", s(dynamic_user(p))));
+    // No setuid escalation back to root.
+    props.push(("NoNewPrivileges", PropValue::Bool(true)));
+    // The OS is read-only to the workload.
+    props.push(("ProtectSystem", s("strict")));
+    // `read-only`, not `yes`: homes stay readable for configuration, and
+    // `yes` fails in nested managers (exit 226/NAMESPACE).
+    props.push(("ProtectHome", s("read-only")));
+    // No shared /tmp between units (DynamicUser implies it; said explicitly).
+    props.push(("PrivateTmp", PropValue::Bool(true)));
+    if p.isolation == IsolationLevel::Session {
+        // Session isolation also hides physical devices.
+        props.push(("PrivateDevices", PropValue::Bool(true)));
+    }
+}
+
+/// Whether systemd's restart policy restarts after a failure at all; when it
+/// does, a final `failed` state means the start limit (circuit) tripped.
+pub fn restarts_on_failure(mode: RestartMode) -> bool {
+    mode != RestartMode::No
+}

@@ -1,0 +1,187 @@
+//! Unit and slice names, systemd escaping, and the unit description that
+//! identifies a process to `systemctl` and to the reconciler.
+
+use crate::model::{IsolationLevel, ManagedProcess, ProcessType};
+
+/// Every unit the launcher owns starts with this; nothing else may.
+pub const UNIT_PREFIX: &str = "prism-";
+/// The parent slice of every workload.
+pub const ROOT_SLICE: &str = "prism.slice";
+/// systemd rejects unit names of 256 bytes or more (UNIT_NAME_MAX).
+pub const UNIT_NAME_MAX: usize = 255;
+/// The `ListUnitsByPatterns` glob matching every launcher-owned service.
+pub const SERVICE_PATTERN: &str = "prism-*.service";
+
+/// systemd's unit-name escaping (`systemd-escape`, `unit_name_escape()`):
+/// bytes outside `[A-Za-z0-9:_.]` become `\xNN`, and so does a leading dot.
+/// `-` is escaped because it separates slice levels.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b':' || b == b'_' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Stable 64-bit FNV-1a: names derived from it must never change between
+/// releases, or upgrades would orphan running units.
+pub fn fnv1a(data: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// `<prefix><escaped><suffix>`, keeping within systemd's length limit: an
+/// escaped part too long to fit is cut (never inside an escape sequence) and
+/// suffixed with a hash of the full value, so names stay unique.
+fn bounded(prefix: &str, raw: &str, suffix: &str) -> String {
+    let escaped = escape(raw);
+    let room = UNIT_NAME_MAX - prefix.len() - suffix.len();
+    if escaped.len() <= room {
+        return format!("{prefix}{escaped}{suffix}");
+    }
+    let hash = format!("_{:016x}", fnv1a(raw));
+    let mut cut = room - hash.len();
+    // Back up to a boundary that does not split `\xNN`.
+    while let Some(pos) = escaped[..cut].rfind('\\') {
+        if pos + 4 <= cut {
+            break;
+        }
+        cut = pos;
+    }
+    format!("{prefix}{}{hash}{suffix}", &escaped[..cut])
+}
+
+/// `prism-<type>-<escaped id>.service`.
+pub fn unit_name(process_type: ProcessType, id: &str) -> String {
+    bounded(&format!("{UNIT_PREFIX}{process_type}-"), id, ".service")
+}
+
+/// `prism-<type>.slice`, or `prism-<type>-<escaped namespace>.slice` when the
+/// process is isolated by namespace or session and has a namespace. Dashes
+/// in a slice name are hierarchy, so the namespace slice nests in the type
+/// slice, which nests in `prism.slice`.
+pub fn slice_name(process_type: ProcessType, namespace: &str, isolation: IsolationLevel) -> String {
+    let per_namespace = !namespace.is_empty() && isolation != IsolationLevel::None;
+    if per_namespace {
+        bounded(
+            &format!("{UNIT_PREFIX}{process_type}-"),
+            namespace,
+            ".slice",
+        )
+    } else {
+        format!("{UNIT_PREFIX}{process_type}.slice")
+    }
+}
+
+/// `prism <type> <id> v<version> (ns <namespace>): <binary>`.
+///
+/// Besides informing operators, this is how the reconciler learns which
+/// process and version a unit runs from one `ListUnitsByPatterns` call,
+/// without a property read per unit.
+pub fn description(p: &ManagedProcess) -> String {
+    let ns = if p.namespace.is_empty() {
+        String::new()
+    } else {
+        format!(" (ns {})", p.namespace)
+    };
+    format!(
+        "prism {} {} v{}{}: {}",
+        p.process_type(),
+        p.id,
+        p.version,
+        ns,
+        p.binary.display()
+    )
+}
+
+/// What a unit's description says it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitIdentity {
+    pub process_type: ProcessType,
+    pub id: String,
+    pub version: i64,
+}
+
+/// The inverse of [`description`]; `None` for descriptions not written by
+/// this launcher.
+pub fn parse_description(description: &str) -> Option<UnitIdentity> {
+    let mut words = description.split(' ');
+    if words.next()? != "prism" {
+        return None;
+    }
+    let process_type = words.next()?.parse().ok()?;
+    let id = words.next()?.trim_end_matches(':').to_owned();
+    let version = words
+        .next()?
+        .trim_end_matches(':')
+        .strip_prefix('v')?
+        .parse()
+        .ok()?;
+    Some(UnitIdentity {
+        process_type,
+        id,
+        version,
+    })
+}
+
+/// A dynamic user name valid for systemd (`[a-z_][a-z0-9_-]*`, ≤ 31 bytes).
+pub fn dynamic_user(p: &ManagedProcess) -> String {
+    match p.isolation {
+        // One user shared by every process of the type.
+        IsolationLevel::None => format!("prism-{}", p.process_type()),
+        // One user per namespace, shared across types.
+        IsolationLevel::Namespace => format!("prism-ns-{:010x}", fnv1a(&p.namespace) >> 24),
+        // One user per process.
+        IsolationLevel::Session => format!(
+            "prism-p-{:010x}",
+            fnv1a(&format!("{}/{}", p.process_type(), p.id)) >> 24
+        ),
+    }
+}
+
+/// systemd's D-Bus object path label escaping (`sd_bus_path_encode`): the
+/// inverse of what `/org/freedesktop/systemd1/unit/<label>` contains.
+pub fn bus_label_unescape(label: &str) -> Option<String> {
+    if label == "_" {
+        return Some(String::new());
+    }
+    let bytes = label.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'_' {
+            let hex = label.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The D-Bus object path of a unit, as systemd names it.
+pub fn bus_path(unit: &str) -> String {
+    let mut out = String::from("/org/freedesktop/systemd1/unit/");
+    if unit.is_empty() {
+        out.push('_');
+    }
+    for (i, b) in unit.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (b.is_ascii_digit() && i > 0) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
+}
