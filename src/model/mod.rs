@@ -1,6 +1,8 @@
 //! The validated domain model: what a process *is* once it has passed the one
 //! validation gate ([`validate`]). Nothing past the gate sees a raw proto.
 
+#[cfg(test)]
+mod tests;
 mod types;
 pub mod validate;
 

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 pub use name::*;
 
-use crate::model::{IsolationLevel, ManagedProcess, Probe, ProcessKind, RestartMode, Secret};
+use crate::model::{IsolationLevel, ManagedProcess, Probe, ProcessKind, Secret};
 
 /// The unit's `KillMode`: SIGTERM to the main process only, SIGKILL to what
 /// is left. The workload's main process owns its graceful shutdown, as under
@@ -88,26 +88,17 @@ fn s(v: impl Into<String>) -> PropValue {
 
 /// The translation: one unit per process.
 pub fn translate(p: &ManagedProcess) -> UnitSpec {
+    let credentials = credentials(p);
     let mut props = Props::new();
     identity(p, &mut props);
     command(p, &mut props);
-    environment(p, &mut props);
+    environment(p, &credentials, &mut props);
     restarts(p, &mut props);
     stopping(p, &mut props);
     watchdog(p, &mut props);
     logging(p, &mut props);
     resources(p, &mut props);
     isolation(p, &mut props);
-    let credentials = credentials(p);
-    if !credentials.is_empty() {
-        // Lets the workload find its secrets without listing the directory.
-        let names: Vec<&str> = credentials.iter().map(|c| c.id.as_str()).collect();
-        if let Some((_, PropValue::StrList(env))) =
-            props.iter_mut().find(|(n, _)| *n == "Environment")
-        {
-            env.push(format!("PRISM_CREDENTIALS={}", names.join(",")));
-        }
-    }
     UnitSpec {
         name: unit_name(p.process_type(), &p.id),
         properties: props,
@@ -152,7 +143,7 @@ fn json(map: &impl serde::Serialize) -> String {
 
 /// Launcher variables, then type-specific ones, then the assignment's own.
 /// Secrets never appear here: `systemctl show` prints the environment.
-fn environment(p: &ManagedProcess, props: &mut Props) {
+fn environment(p: &ManagedProcess, credentials: &[Credential], props: &mut Props) {
     let mut env = vec![
         format!("PRISM_PROCESS_ID={}", p.id),
         format!("PRISM_PROCESS_TYPE={}", p.process_type()),
@@ -210,6 +201,12 @@ fn environment(p: &ManagedProcess, props: &mut Props) {
                 c.target_processes.join(",")
             ));
         }
+    }
+    if !credentials.is_empty() {
+        // Names only, so the workload finds its secrets without listing
+        // `$CREDENTIALS_DIRECTORY`.
+        let names: Vec<&str> = credentials.iter().map(|c| c.id.as_str()).collect();
+        env.push(format!("PRISM_CREDENTIALS={}", names.join(",")));
     }
     env.extend(p.env.iter().map(|(k, v)| format!("{k}={v}")));
     props.push(("Environment", PropValue::StrList(env)));
@@ -344,10 +341,4 @@ fn isolation(p: &ManagedProcess, props: &mut Props) {
         // Session isolation also hides physical devices.
         props.push(("PrivateDevices", PropValue::Bool(true)));
     }
-}
-
-/// Whether systemd's restart policy restarts after a failure at all; when it
-/// does, a final `failed` state means the start limit (circuit) tripped.
-pub fn restarts_on_failure(mode: RestartMode) -> bool {
-    mode != RestartMode::No
 }

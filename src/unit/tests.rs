@@ -1,1 +1,444 @@
+//! Table-driven tests of the pure translation.
 
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use super::*;
+use crate::model::*;
+
+fn process(kind: ProcessKind) -> ManagedProcess {
+    ManagedProcess {
+        id: "kv-1".into(),
+        namespace: "orders".into(),
+        version: 3,
+        binary: PathBuf::from("/usr/bin/keyvalue-runner"),
+        args: vec!["--listen".into(), "0.0.0.0:8980".into()],
+        env: BTreeMap::from([("EXTRA".into(), "1".into())]),
+        port: Some(8980),
+        health_port: Some(9093),
+        log_level: Some("debug".into()),
+        kind,
+        isolation: IsolationLevel::Namespace,
+        restart: RestartPolicy::default(),
+        health: HealthCheck::default(),
+        resources: Resources::default(),
+        stop_timeout: Duration::from_secs(30),
+        notify_ready: false,
+    }
+}
+
+fn pattern() -> ProcessKind {
+    ProcessKind::Pattern(PatternConfig {
+        pattern_type: "keyvalue".into(),
+        slots: BTreeMap::from([(
+            "store".into(),
+            SlotBackend {
+                backend_type: "redis".into(),
+                connection_string: Some(Secret::new("redis://:pw@db:6379")),
+                credentials: BTreeMap::from([("token".into(), Secret::new("t0k"))]),
+                options: BTreeMap::from([("db".into(), "0".into())]),
+            },
+        )]),
+        settings: BTreeMap::from([("ttl".into(), "60s".into())]),
+    })
+}
+
+fn backend() -> ProcessKind {
+    ProcessKind::Backend(BackendConfig {
+        backend_type: "redis".into(),
+        connection_string: Secret::new("redis://:hunter2@db:6379"),
+        credentials: BTreeMap::from([("password".into(), Secret::new("hunter2"))]),
+        driver_options: BTreeMap::from([("pool".into(), "8".into())]),
+    })
+}
+
+fn proxy() -> ProcessKind {
+    ProcessKind::Proxy(ProxyConfig {
+        admin_endpoint: "admin:8981".into(),
+        control_port: 9090,
+        data_port: 8980,
+        proxy_id: Some("proxy-01".into()),
+        partition_ranges: vec![0, 127],
+    })
+}
+
+fn utility() -> ProcessKind {
+    ProcessKind::Utility(UtilityConfig {
+        utility_type: "log-collector".into(),
+        settings: BTreeMap::new(),
+        target_processes: vec!["kv-1".into(), "kv-2".into()],
+    })
+}
+
+fn str_prop(spec: &UnitSpec, name: &str) -> String {
+    match spec.get(name) {
+        Some(PropValue::Str(s)) => s.clone(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn env(spec: &UnitSpec) -> Vec<String> {
+    match spec.get("Environment") {
+        Some(PropValue::StrList(v)) => v.clone(),
+        other => panic!("Environment: {other:?}"),
+    }
+}
+
+#[test]
+fn names_and_slices_per_type() {
+    // (kind, isolation, namespace, unit, slice)
+    let cases = [
+        (
+            pattern(),
+            IsolationLevel::Namespace,
+            "orders",
+            r"prism-pattern-kv\x2d1.service",
+            "prism-pattern-orders.slice",
+        ),
+        (
+            pattern(),
+            IsolationLevel::None,
+            "orders",
+            r"prism-pattern-kv\x2d1.service",
+            "prism-pattern.slice",
+        ),
+        (
+            proxy(),
+            IsolationLevel::Namespace,
+            "",
+            r"prism-proxy-kv\x2d1.service",
+            "prism-proxy.slice",
+        ),
+        (
+            backend(),
+            IsolationLevel::Session,
+            "my-ns",
+            r"prism-backend-kv\x2d1.service",
+            r"prism-backend-my\x2dns.slice",
+        ),
+        (
+            utility(),
+            IsolationLevel::None,
+            "",
+            r"prism-utility-kv\x2d1.service",
+            "prism-utility.slice",
+        ),
+    ];
+    for (kind, isolation, ns, unit, slice) in cases {
+        let mut p = process(kind);
+        p.isolation = isolation;
+        p.namespace = ns.into();
+        let spec = translate(&p);
+        assert_eq!(spec.name, unit);
+        assert_eq!(spec.slice(), Some(slice));
+    }
+}
+
+#[test]
+fn escaping_matches_systemd() {
+    let cases = [
+        ("kv-1", r"kv\x2d1"),
+        ("a.b", "a.b"),
+        (".hidden", r"\x2ehidden"),
+        ("user@host", r"user\x40host"),
+        ("a:b_c", "a:b_c"),
+        ("UPPER9", "UPPER9"),
+    ];
+    for (raw, escaped) in cases {
+        assert_eq!(escape(raw), escaped, "{raw}");
+    }
+    // Cross-check with systemd's own implementation where it is installed.
+    if let Ok(out) = std::process::Command::new("systemd-escape")
+        .args(["--", "kv-1", ".x@y:z_w", "orders.v2"])
+        .output()
+    {
+        let theirs = String::from_utf8_lossy(&out.stdout);
+        let ours = format!(
+            "{} {} {}",
+            escape("kv-1"),
+            escape(".x@y:z_w"),
+            escape("orders.v2")
+        );
+        assert_eq!(theirs.trim(), ours);
+    }
+}
+
+#[test]
+fn long_names_stay_within_systemd_limits_and_unique() {
+    let a = "-".repeat(128);
+    let b = format!("{}@", "-".repeat(127));
+    let (na, nb) = (
+        unit_name(ProcessType::Utility, &a),
+        unit_name(ProcessType::Utility, &b),
+    );
+    for n in [&na, &nb] {
+        assert!(n.len() <= UNIT_NAME_MAX, "{} bytes", n.len());
+        assert!(n.ends_with(".service"));
+        // No escape sequence is cut in half.
+        let body = n.trim_end_matches(".service");
+        let hash_at = body.rfind('_').unwrap();
+        assert!(body[..hash_at].ends_with(r"\x2d") || body[..hash_at].ends_with(r"\x40"));
+    }
+    assert_ne!(na, nb);
+    // Short ids are never hashed.
+    assert_eq!(unit_name(ProcessType::Proxy, "p"), "prism-proxy-p.service");
+}
+
+#[test]
+fn description_round_trips() {
+    for (kind, ns) in [(pattern(), "orders"), (proxy(), "")] {
+        let mut p = process(kind);
+        p.namespace = ns.into();
+        let d = description(&p);
+        let id = parse_description(&d).expect("parses");
+        assert_eq!(id.process_type, p.process_type());
+        assert_eq!(id.id, "kv-1");
+        assert_eq!(id.version, 3);
+    }
+    assert_eq!(
+        description(&process(pattern())),
+        "prism pattern kv-1 v3 (ns orders): /usr/bin/keyvalue-runner"
+    );
+    assert_eq!(parse_description("/bin/sleep 30"), None);
+    assert_eq!(parse_description("prism pattern x vX: /bin/a"), None);
+}
+
+#[test]
+fn exec_start_has_no_shell() {
+    let spec = translate(&process(pattern()));
+    let Some(PropValue::Exec(cmds)) = spec.get("ExecStart") else {
+        panic!("no ExecStart")
+    };
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(cmds[0].path, "/usr/bin/keyvalue-runner");
+    assert_eq!(
+        cmds[0].argv,
+        ["/usr/bin/keyvalue-runner", "--listen", "0.0.0.0:8980"]
+    );
+    assert!(!cmds[0].ignore_failure);
+}
+
+#[test]
+fn service_type_follows_readiness() {
+    // (notify_ready, probe, Type, WatchdogUSec)
+    let cases = [
+        (false, Probe::None, "exec", None),
+        (true, Probe::None, "notify", None),
+        (
+            true,
+            Probe::Watchdog {
+                timeout: Duration::from_millis(1500),
+            },
+            "notify",
+            Some(1_500_000),
+        ),
+    ];
+    for (notify, probe, ty, wd) in cases {
+        let mut p = process(utility());
+        p.notify_ready = notify;
+        p.health.probe = probe;
+        let spec = translate(&p);
+        assert_eq!(str_prop(&spec, "Type"), ty);
+        assert_eq!(
+            spec.get("WatchdogUSec"),
+            wd.map(PropValue::U64).as_ref(),
+            "{ty}"
+        );
+    }
+}
+
+#[test]
+fn environment_order_and_type_variables() {
+    let cases: [(ProcessKind, &[&str]); 4] = [
+        (
+            pattern(),
+            &[
+                "PRISM_PATTERN_TYPE=keyvalue",
+                r#"PRISM_PATTERN_SETTINGS={"ttl":"60s"}"#,
+                r#"PRISM_PATTERN_SLOTS={"store":{"backend_type":"redis","credentials":["slot.store.connection_string","slot.store.token"],"options":{"db":"0"}}}"#,
+                "PRISM_CREDENTIALS=slot.store.connection_string,slot.store.token",
+            ],
+        ),
+        (
+            proxy(),
+            &[
+                "PRISM_ADMIN_ENDPOINT=admin:8981",
+                "PRISM_CONTROL_PORT=9090",
+                "PRISM_DATA_PORT=8980",
+                "PRISM_PROXY_ID=proxy-01",
+                "PRISM_PARTITION_RANGES=0,127",
+            ],
+        ),
+        (
+            backend(),
+            &[
+                "PRISM_BACKEND_TYPE=redis",
+                r#"PRISM_DRIVER_OPTIONS={"pool":"8"}"#,
+                "PRISM_CREDENTIALS=connection_string,password",
+            ],
+        ),
+        (
+            utility(),
+            &[
+                "PRISM_UTILITY_TYPE=log-collector",
+                "PRISM_UTILITY_SETTINGS={}",
+                "PRISM_TARGET_PROCESSES=kv-1,kv-2",
+            ],
+        ),
+    ];
+    for (kind, expected) in cases {
+        let ty = kind.process_type();
+        let env = env(&translate(&process(kind)));
+        assert_eq!(
+            env[..8],
+            [
+                "PRISM_PROCESS_ID=kv-1".to_owned(),
+                format!("PRISM_PROCESS_TYPE={ty}"),
+                "PRISM_PROCESS_VERSION=3".into(),
+                "PRISM_NAMESPACE=orders".into(),
+                "PRISM_ISOLATION_LEVEL=namespace".into(),
+                "PORT=8980".into(),
+                "HEALTH_PORT=9093".into(),
+                "LOG_LEVEL=debug".into(),
+            ]
+        );
+        for e in expected {
+            assert!(env.contains(&(*e).to_owned()), "{ty}: {e} not in {env:?}");
+        }
+        // The assignment's own variables come last.
+        assert_eq!(env.last().map(String::as_str), Some("EXTRA=1"));
+    }
+}
+
+#[test]
+fn secrets_are_credentials_never_environment() {
+    for kind in [pattern(), backend()] {
+        let spec = translate(&process(kind));
+        let everything = format!("{:?}", spec.properties);
+        for secret in ["hunter2", "pw@db", "t0k"] {
+            assert!(
+                !everything.contains(secret),
+                "{secret} leaked: {everything}"
+            );
+        }
+        assert!(!spec.credentials.is_empty());
+    }
+    let spec = translate(&process(backend()));
+    let ids: Vec<&str> = spec.credentials.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["connection_string", "password"]);
+    assert_eq!(
+        spec.credentials[0].value.expose(),
+        "redis://:hunter2@db:6379"
+    );
+}
+
+#[test]
+fn restart_limits_stop_and_resources() {
+    let mut p = process(proxy());
+    p.restart = RestartPolicy {
+        mode: RestartMode::Always,
+        delay: Duration::from_millis(200),
+        max_starts: 3,
+        window: Duration::from_secs(20),
+    };
+    p.stop_timeout = Duration::from_secs(5);
+    p.resources = Resources {
+        memory_max_bytes: Some(128 << 20),
+        cpu_millis: Some(250),
+        tasks_max: Some(64),
+    };
+    let spec = translate(&p);
+    let expect = [
+        ("Restart", PropValue::Str("always".into())),
+        ("RestartUSec", PropValue::U64(200_000)),
+        ("StartLimitBurst", PropValue::U32(3)),
+        ("StartLimitIntervalUSec", PropValue::U64(20_000_000)),
+        ("TimeoutStopUSec", PropValue::U64(5_000_000)),
+        ("KillMode", PropValue::Str("mixed".into())),
+        ("MemoryMax", PropValue::U64(128 << 20)),
+        ("CPUQuotaPerSecUSec", PropValue::U64(250_000)),
+        ("TasksMax", PropValue::U64(64)),
+        ("MemoryAccounting", PropValue::Bool(true)),
+        ("SyslogIdentifier", PropValue::Str("kv-1".into())),
+        ("StandardOutput", PropValue::Str("journal".into())),
+    ];
+    for (name, value) in expect {
+        assert_eq!(spec.get(name), Some(&value), "{name}");
+    }
+    // Unlimited resources are not set at all.
+    let spec = translate(&process(proxy()));
+    for name in ["MemoryMax", "CPUQuotaPerSecUSec", "TasksMax"] {
+        assert_eq!(spec.get(name), None, "{name}");
+    }
+    // Defaults: on-failure after 1 s, circuit at 5 starts in 60 s, 30 s stop.
+    assert_eq!(
+        spec.get("Restart"),
+        Some(&PropValue::Str("on-failure".into()))
+    );
+    assert_eq!(spec.get("RestartUSec"), Some(&PropValue::U64(1_000_000)));
+    assert_eq!(spec.get("StartLimitBurst"), Some(&PropValue::U32(5)));
+    assert_eq!(
+        spec.get("TimeoutStopUSec"),
+        Some(&PropValue::U64(30_000_000))
+    );
+}
+
+#[test]
+fn isolation_levels_map_to_users_and_sandboxing() {
+    let mut a = process(pattern());
+    let mut b = process(backend());
+    // (level, same user for two processes of different types in one namespace?, PrivateDevices)
+    let cases = [
+        (IsolationLevel::None, false, false),
+        (IsolationLevel::Namespace, true, false),
+        (IsolationLevel::Session, false, true),
+    ];
+    for (level, shared, devices) in cases {
+        a.isolation = level;
+        b.isolation = level;
+        let (sa, sb) = (translate(&a), translate(&b));
+        let (ua, ub) = (str_prop(&sa, "User"), str_prop(&sb, "User"));
+        assert_eq!(ua == ub, shared, "{level}: {ua} vs {ub}");
+        assert!(ua.len() <= 31 && ua.starts_with("prism-"), "{ua}");
+        assert!(
+            ua.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
+            "{ua}"
+        );
+        for (name, value) in [
+            ("DynamicUser", PropValue::Bool(true)),
+            ("NoNewPrivileges", PropValue::Bool(true)),
+            ("ProtectSystem", PropValue::Str("strict".into())),
+            ("ProtectHome", PropValue::Str("read-only".into())),
+            ("PrivateTmp", PropValue::Bool(true)),
+        ] {
+            assert_eq!(sa.get(name), Some(&value), "{level}: {name}");
+        }
+        assert_eq!(
+            sa.get("PrivateDevices") == Some(&PropValue::Bool(true)),
+            devices,
+            "{level}"
+        );
+    }
+    // None: shared per type.
+    a.isolation = IsolationLevel::None;
+    assert_eq!(str_prop(&translate(&a), "User"), "prism-pattern");
+    let mut a2 = a.clone();
+    a2.id = "kv-2".into();
+    a2.namespace = "other".into();
+    assert_eq!(str_prop(&translate(&a2), "User"), "prism-pattern");
+}
+
+#[test]
+fn bus_paths_round_trip() {
+    for unit in [r"prism-pattern-kv\x2d1.service", "prism.slice", "a_b"] {
+        let path = bus_path(unit);
+        let label = path
+            .strip_prefix("/org/freedesktop/systemd1/unit/")
+            .unwrap();
+        assert_eq!(bus_label_unescape(label).as_deref(), Some(unit));
+    }
+    assert_eq!(
+        bus_path(r"prism-pattern-kv\x2d1.service"),
+        "/org/freedesktop/systemd1/unit/prism_2dpattern_2dkv_5cx2d1_2eservice"
+    );
+}
