@@ -57,7 +57,9 @@ mount --bind "$SBX/log" /run/log
 echo $! > "$SBX/journald.pid"
 for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
 mkdir -p "$SBX/run" "$SBX/home"
-chmod 700 "$SBX/run"
+# Traversable, not listable: workloads running as dynamic users must reach
+# the manager's notify socket ($XDG_RUNTIME_DIR/systemd/notify).
+chmod 711 "$SBX/run"
 export XDG_RUNTIME_DIR=$SBX/run HOME=$SBX/home
 unset DBUS_SESSION_BUS_ADDRESS
 exec /lib/systemd/systemd --user --log-target=journal
@@ -160,6 +162,7 @@ impl Sandbox {
     /// Start a fresh sandbox in a new directory under `base`.
     pub fn start(base: &Path) -> Result<Self, SandboxError> {
         Self::preflight()?;
+        sweep_stale(base);
         let io_err = |dir: &Path| {
             let dir = dir.to_owned();
             move |source| SandboxError::Io { dir, source }
@@ -190,7 +193,8 @@ impl Sandbox {
         fs::write(&script, START_SCRIPT).map_err(io_err)?;
         let out = fs::File::create(self.dir.join("manager.out")).map_err(io_err)?;
         let err = out.try_clone().map_err(io_err)?;
-        for f in ["pid", "journald.pid"] {
+        // Leftovers of a previous manager in this directory would look ready.
+        for f in ["pid", "journald.pid", "run/bus", "run/systemd/private"] {
             let _ = fs::remove_file(self.dir.join(f));
         }
         let child = Command::new("setsid")
@@ -212,15 +216,18 @@ impl Sandbox {
         let ready_after = Duration::from_secs(15);
         let private = self.private_socket();
         let bus = self.bus_socket();
+        let pid_file = self.dir.join("pid");
         let ready = wait_until(ready_after, || {
             if let Some(c) = self.child.as_mut()
                 && matches!(c.try_wait(), Ok(Some(_)))
             {
                 return true;
             }
-            private.exists() && bus.exists()
+            pid_file.exists() && private.exists() && bus.exists()
         });
-        self.manager_pid = read_pid(&self.dir.join("pid"));
+        // The script execs into the manager, so the child's PID is the
+        // manager's; the PID file confirms it.
+        self.manager_pid = read_pid(&pid_file).or(self.child.as_ref().map(Child::id));
         self.journald_pid = read_pid(&self.dir.join("journald.pid"));
         let running = self.manager_pid.is_some_and(alive);
         if !(ready && running && private.exists() && bus.exists()) {
@@ -232,6 +239,13 @@ impl Sandbox {
                 after: ready_after,
                 log: format!("{log}{journald}").trim().to_owned(),
             });
+        }
+        // A user manager makes its notify socket 0755, as its units share
+        // its user; a system manager's is 0777. Workloads here run as
+        // dynamic users and must reach it for READY=1 and WATCHDOG=1.
+        let notify = self.runtime_dir().join("systemd/notify");
+        if wait_until(ready_after, || notify.exists()) {
+            let _ = fs::set_permissions(&notify, fs::Permissions::from_mode(0o777));
         }
         Ok(())
     }
@@ -298,24 +312,33 @@ impl Sandbox {
 
     /// Stop the manager, its journald and anything left in its cgroups.
     fn shutdown(&mut self) {
-        if let Some(pid) = self.manager_pid.take() {
-            if alive(pid) {
-                let _ = self
-                    .systemctl()
-                    .arg("exit")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-                if !wait_until(Duration::from_secs(15), || !alive(pid)) {
-                    signal(pid, "TERM");
-                    if !wait_until(Duration::from_secs(5), || !alive(pid)) {
-                        signal(pid, "KILL");
-                    }
+        let pid = self
+            .manager_pid
+            .take()
+            .or(self.child.as_ref().map(Child::id));
+        if let Some(pid) = pid.filter(|p| alive(*p)) {
+            // The manager stops every unit on exit.
+            let _ = self
+                .systemctl()
+                .arg("exit")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !wait_until(Duration::from_secs(15), || !alive(pid)) {
+                signal(pid, "TERM");
+                if !wait_until(Duration::from_secs(5), || !alive(pid)) {
+                    signal(pid, "KILL");
                 }
             }
         }
         if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
+            // Reap it; it has exited or been killed above, so this is brief.
+            if !wait_until(Duration::from_secs(5), || {
+                !matches!(child.try_wait(), Ok(None))
+            }) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         if let Some(pid) = self.journald_pid.take()
             && alive(pid)
@@ -330,8 +353,11 @@ impl Sandbox {
 
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
         let name = self.dir.file_name().map(PathBuf::from).unwrap_or_default();
+        // Written by the start script; a stale sandbox may have lost it.
         let hierarchies =
-            fs::read_to_string(self.dir.join("cgroup-hierarchies")).unwrap_or_default();
+            fs::read_to_string(self.dir.join("cgroup-hierarchies")).unwrap_or_else(|_| {
+                "/sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup".into()
+            });
         hierarchies
             .split_whitespace()
             .map(|h| Path::new(h).join(&name))
@@ -372,6 +398,54 @@ impl Sandbox {
             }
         }
     }
+}
+
+/// Clean up after sandboxes whose owner died without dropping them (a test
+/// run killed with SIGKILL): their directories are named `sbx-<owner pid>-…`.
+/// Only processes inside the dead sandbox's own cgroup are signalled.
+pub fn sweep_stale(base: &Path) {
+    let owner_dead = |name: &str| {
+        name.strip_prefix("sbx-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !alive(pid))
+    };
+    let mut names: Vec<String> = Vec::new();
+    for dir in [
+        base,
+        Path::new("/sys/fs/cgroup/unified"),
+        Path::new("/sys/fs/cgroup/systemd"),
+        Path::new("/sys/fs/cgroup"),
+    ] {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if owner_dead(&name) && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    for name in names {
+        let dir = base.join(&name);
+        let stale = Sandbox {
+            manager_pid: read_pid(&dir.join("pid")).filter(|p| in_cgroup(*p, &name)),
+            journald_pid: read_pid(&dir.join("journald.pid")).filter(|p| in_cgroup(*p, &name)),
+            dir,
+            child: None,
+            keep_dir: false,
+        };
+        // Drop stops what is left and removes the cgroups and directory.
+        drop(stale);
+    }
+}
+
+/// Is `pid` a member of the cgroup subtree named `name`?
+fn in_cgroup(pid: u32, name: &str) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| {
+        c.lines()
+            .any(|l| l.contains(&format!("/{name}/")) || l.ends_with(&format!("/{name}")))
+    })
 }
 
 fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {

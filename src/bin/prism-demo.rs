@@ -50,6 +50,9 @@ fn log(msg: impl AsRef<str>) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
+    // Handlers first, so a SIGTERM right after start is handled, not fatal.
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let id = std::env::var("PRISM_PROCESS_ID").unwrap_or_else(|_| "prism-demo".into());
     log(format!(
         "prism-demo {id} starting (pid {})",
@@ -120,8 +123,6 @@ async fn main() {
         });
     }
 
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     loop {
         tokio::select! {
             _ = term.recv() => {

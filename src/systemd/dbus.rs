@@ -272,7 +272,7 @@ impl Session {
             Target::System => zbus::connection::Builder::system(),
             Target::User => zbus::connection::Builder::session(),
             Target::Bus(addr) => zbus::connection::Builder::address(addr.as_str()),
-            Target::Private(addr) => zbus::connection::Builder::address(addr.as_str()).p2p(),
+            Target::Private(addr) => super::private::connect(addr).await?,
         };
         // Signals are consumed by one task without blocking, but a burst
         // (1000 units changing at once) must not overflow the queue.
@@ -771,6 +771,9 @@ impl Systemd for DbusSystemd {
             ));
             Some(generation)
         };
+        // Restart= and StartLimitBurst= never change, so systemd does not
+        // signal them; the hub learns them from the spec.
+        inner.hub.seed(unit, spec);
         let aux: Vec<(String, Vec<(String, OwnedVariant)>)> = Vec::new();
         let job = match inner
             .job_call("StartTransientUnit", unit, &(unit, "fail", props, aux))
@@ -876,7 +879,9 @@ impl Systemd for DbusSystemd {
     }
 
     async fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
-        self.inner.unit_status(unit).await
+        let status = self.inner.unit_status(unit).await?;
+        self.inner.hub.remember(&status);
+        Ok(status)
     }
 
     fn events(&self) -> broadcast::Receiver<UnitEvent> {

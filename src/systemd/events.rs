@@ -140,6 +140,33 @@ impl Hub {
         self.emit(UnitEvent::Changed(Box::new(status)));
     }
 
+    /// Settings of a unit that systemd never signals (they are constant).
+    pub fn seed(&self, unit: &str, spec: &crate::unit::UnitSpec) {
+        use crate::unit::PropValue;
+        let mut units = self.units.lock().expect("unit cache poisoned");
+        let status = units
+            .entry(unit.to_owned())
+            .or_insert_with(|| UnitStatus::new(unit));
+        if let Some(PropValue::Str(restart)) = spec.get("Restart") {
+            status.restart = restart.clone();
+        }
+        if let Some(PropValue::U32(burst)) = spec.get("StartLimitBurst") {
+            status.start_limit_burst = *burst;
+        }
+        if let Some(PropValue::Str(d)) = spec.get("Description") {
+            status.description = d.clone();
+        }
+    }
+
+    /// Keep a full status read (e.g. of an adopted unit) as the baseline
+    /// that later signals update.
+    pub fn remember(&self, status: &UnitStatus) {
+        self.units
+            .lock()
+            .expect("unit cache poisoned")
+            .insert(status.name.clone(), status.clone());
+    }
+
     pub fn unit_removed(&self, unit: &str) {
         self.units.lock().expect("unit cache poisoned").remove(unit);
         self.emit(UnitEvent::Removed {

@@ -7,6 +7,7 @@
 mod credentials;
 mod dbus;
 mod events;
+mod private;
 mod status;
 
 use std::{fmt, time::Duration};

@@ -146,6 +146,16 @@ impl Harness {
             .collect()
     }
 
+    /// Wait until prism-demo running as `id` logged that it is ready (its
+    /// signal handlers are installed by then).
+    pub async fn wait_ready(&self, id: &str) {
+        let line = format!("prism-demo {id} ready");
+        eventually(&format!("{id} to log readiness"), DEADLINE, || async {
+            self.journal(id).contains(&line).then_some(())
+        })
+        .await;
+    }
+
     /// Unit names systemd lists for the launcher's pattern.
     pub fn listed_units(&self) -> Vec<String> {
         let out = self
