@@ -17,8 +17,10 @@
 //! - [`unit`]: the pure `ManagedProcess → UnitSpec` translation and names.
 //! - [`systemd`]: the [`systemd::Systemd`] trait and its D-Bus client.
 //! - [`sandbox`]: a private systemd user manager for tests and local runs.
+//! - [`ctl`]: `prismctl` subcommands, one file each.
 #![forbid(unsafe_code)]
 
+pub mod ctl;
 pub mod model;
 pub mod sandbox;
 pub mod systemd;

@@ -95,6 +95,8 @@ pub struct Sandbox {
     manager_pid: Option<u32>,
     journald_pid: Option<u32>,
     keep_dir: bool,
+    /// Left running on drop (see [`Sandbox::detach`]).
+    detached: bool,
 }
 
 fn uid() -> u32 {
@@ -178,9 +180,55 @@ impl Sandbox {
             manager_pid: None,
             journald_pid: None,
             keep_dir: std::env::var_os("PRISM_SANDBOX_KEEP").is_some(),
+            detached: false,
         };
         sandbox.boot()?;
         Ok(sandbox)
+    }
+
+    /// Start a sandbox in exactly `dir` (for long-lived local stacks). The
+    /// directory's name also names its cgroup, so make it distinctive.
+    pub fn start_in(dir: &Path) -> Result<Self, SandboxError> {
+        Self::preflight()?;
+        let io_err = |source| SandboxError::Io {
+            dir: dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_err)?;
+        let mut sandbox = Self {
+            dir: dir.to_owned(),
+            child: None,
+            manager_pid: None,
+            journald_pid: None,
+            keep_dir: false,
+            detached: false,
+        };
+        sandbox.boot()?;
+        Ok(sandbox)
+    }
+
+    /// The sandbox already running in `dir`, if any.
+    pub fn attach(dir: &Path) -> Option<Self> {
+        let name = dir.file_name()?.to_string_lossy().into_owned();
+        let manager_pid = read_pid(&dir.join("pid")).filter(|p| alive(*p) && in_cgroup(*p, &name))?;
+        let sandbox = Self {
+            dir: dir.to_owned(),
+            child: None,
+            manager_pid: Some(manager_pid),
+            journald_pid: read_pid(&dir.join("journald.pid")).filter(|p| in_cgroup(*p, &name)),
+            keep_dir: false,
+            detached: false,
+        };
+        sandbox.private_socket().exists().then_some(sandbox)
+    }
+
+    /// Leave the manager running after this handle is gone; stop it later
+    /// through [`Sandbox::attach`].
+    pub fn detach(mut self) {
+        self.detached = true;
+        // Not reaped by us: the manager outlives this process.
+        self.child = None;
     }
 
     fn boot(&mut self) -> Result<(), SandboxError> {
@@ -434,6 +482,7 @@ pub fn sweep_stale(base: &Path) {
             dir,
             child: None,
             keep_dir: false,
+            detached: false,
         };
         // Drop stops what is left and removes the cgroups and directory.
         drop(stale);
@@ -486,6 +535,9 @@ fn tempfile_dir(base: &Path) -> io::Result<PathBuf> {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         self.shutdown();
         if !self.keep_dir {
             let _ = fs::remove_dir_all(&self.dir);
