@@ -211,7 +211,8 @@ impl Sandbox {
     /// The sandbox already running in `dir`, if any.
     pub fn attach(dir: &Path) -> Option<Self> {
         let name = dir.file_name()?.to_string_lossy().into_owned();
-        let manager_pid = read_pid(&dir.join("pid")).filter(|p| alive(*p) && in_cgroup(*p, &name))?;
+        let manager_pid =
+            read_pid(&dir.join("pid")).filter(|p| alive(*p) && in_cgroup(*p, &name))?;
         let sandbox = Self {
             dir: dir.to_owned(),
             child: None,

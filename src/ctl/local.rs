@@ -29,7 +29,12 @@ const SANDBOX_DIR: &str = "prism-local-manager";
 #[derive(Args, Debug)]
 pub struct LocalArgs {
     /// Where the local stack keeps its manager, binaries and credentials.
-    #[arg(long, global = true, default_value = "/var/lib/prism-local", env = "PRISM_LOCAL_STATE")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/prism-local",
+        env = "PRISM_LOCAL_STATE"
+    )]
     pub state_dir: PathBuf,
     #[command(subcommand)]
     pub action: LocalAction,
@@ -72,9 +77,9 @@ impl Manager {
     fn inspect_hints(&self, ids: &[String]) -> String {
         let first = ids.first().map(String::as_str).unwrap_or("<process id>");
         match &self.sandbox {
-            None => format!(
-                "Inspect with:\n  systemctl status 'prism-*'\n  journalctl -t {first}\n"
-            ),
+            None => {
+                format!("Inspect with:\n  systemctl status 'prism-*'\n  journalctl -t {first}\n")
+            }
             Some(s) => format!(
                 "These run in a private systemd manager (this host's PID 1 is not systemd).\n\
                  Inspect with:\n  XDG_RUNTIME_DIR={} systemctl --user status 'prism-*'\n  \
@@ -275,9 +280,7 @@ async fn down(state: &Path) -> Result<(), Error> {
         if manager.sandbox.is_none() && !demo_units.contains(&summary.name) {
             continue;
         }
-        let stopped = engine
-            .stop(&summary.name, Duration::from_secs(30))
-            .await?;
+        let stopped = engine.stop(&summary.name, Duration::from_secs(30)).await?;
         eprintln!(
             "stopped {}{}",
             summary.name,
@@ -323,5 +326,8 @@ async fn status_table(engine: &DbusSystemd) -> Result<String, Error> {
         return Ok("No Prism processes are running.\n".into());
     }
     rows.sort();
-    Ok(table::render(&["ID", "TYPE", "UNIT", "STATE", "PID"], &rows))
+    Ok(table::render(
+        &["ID", "TYPE", "UNIT", "STATE", "PID"],
+        &rows,
+    ))
 }

@@ -41,6 +41,9 @@ mod tests {
                 vec!["proxy-long".into(), "failed".into()],
             ],
         );
-        assert_eq!(t, "ID          STATE\nkv-1        active\nproxy-long  failed\n");
+        assert_eq!(
+            t,
+            "ID          STATE\nkv-1        active\nproxy-long  failed\n"
+        );
     }
 }
