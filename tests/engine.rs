@@ -695,3 +695,50 @@ async fn survives_a_manager_reexec_and_relists_running_units() {
         .await
         .expect("stop after reexec");
 }
+
+/// GET `path` on 127.0.0.1:`port`; the status code, or None if refused.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The demo workload's contract, which the health tests build on: /health
+/// answers 200, then 503 once told to fail; SIGTERM exits 0.
+#[tokio::test]
+async fn demo_workload_serves_health_and_fails_on_request() {
+    let port = 18931;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_prism-demo"))
+        .args(["--fail-health-after", "1"])
+        .env("HEALTH_PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn prism-demo");
+    eventually("/health to answer 200", DEADLINE, || async {
+        (http_status(port, "/health") == Some(200)).then_some(())
+    })
+    .await;
+    assert_eq!(http_status(port, "/nope"), Some(404));
+    eventually("/health to answer 503", DEADLINE, || async {
+        (http_status(port, "/health") == Some(503)).then_some(())
+    })
+    .await;
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = eventually("prism-demo to exit", DEADLINE, || {
+        let r = child.try_wait().expect("wait");
+        async move { r }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

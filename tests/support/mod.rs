@@ -11,6 +11,7 @@ use std::{
     collections::HashMap,
     fs,
     future::Future,
+    io::Write,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Output,
@@ -56,9 +57,12 @@ pub fn sandbox() -> Option<Harness> {
             })
         }
         Err(SandboxError::NotRoot { uid }) if !in_ci() => {
-            eprintln!(
-                "SKIPPED: this test needs a sandbox systemd manager, which needs root \
-                 (uid is {uid}); run the tests as root to include it"
+            // Straight to stderr: libtest captures eprintln! of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {}: needs a sandbox systemd manager, which needs root \
+                 (uid is {uid}); run the tests as root to include it",
+                std::thread::current().name().unwrap_or("test")
             );
             None
         }
