@@ -16,11 +16,16 @@
 //! - [`model`]: validated domain types and the `TryFrom` gate from the wire.
 //! - [`unit`]: the pure `ManagedProcess → UnitSpec` translation and names.
 //! - [`systemd`]: the [`systemd::Systemd`] trait and its D-Bus client.
+//! - [`launcher`]: the daemon: gRPC service, desired-state store,
+//!   reconciliation, health aggregation.
+//! - [`health`]: probes, cgroup usage, and the per-process status.
 //! - [`sandbox`]: a private systemd user manager for tests and local runs.
 //! - [`ctl`]: `prismctl` subcommands, one file each.
 #![forbid(unsafe_code)]
 
 pub mod ctl;
+pub mod health;
+pub mod launcher;
 pub mod model;
 pub mod sandbox;
 pub mod systemd;

@@ -1,19 +1,82 @@
-//! prism-launcher: the host agent. Parses arguments, sets up logging, runs.
+//! prism-launcher: the host agent. Parses arguments and configuration
+//! (exit 64 on a bad setting, before anything is bound), sets up logging,
+//! runs until SIGTERM or SIGINT.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use prism_launcher::launcher::{self, Args};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "prism-launcher",
-    version,
-    about = "Runs Prism processes as transient systemd units"
-)]
-struct Cli {}
+/// sysexits.h EX_USAGE.
+const EX_USAGE: u8 = 64;
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Under systemd stdout/stderr are a journal stream: log natively, with
+    // structured fields.
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(journald)
+            .init();
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn terminated() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("prism-launcher: the daemon is not available in this build yet");
-    ExitCode::FAILURE
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let config = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("prism-launcher: bad configuration: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("prism-launcher: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(launcher::run(config, terminated())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "prism-launcher failed");
+            eprintln!("prism-launcher: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -7,4 +7,4 @@ mod types;
 pub mod validate;
 
 pub use types::*;
-pub use validate::{Policy, ValidationError};
+pub use validate::{Policy, ProbeDefaults, ValidationError};

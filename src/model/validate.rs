@@ -62,6 +62,26 @@ pub struct Policy {
     pub binary_dirs: Vec<PathBuf>,
     /// Applied when an assignment names no isolation level.
     pub default_isolation: IsolationLevel,
+    /// Applied to probe settings an assignment leaves at 0.
+    pub probe_defaults: ProbeDefaults,
+}
+
+/// Launcher-wide defaults of a health check (upstream: 10 s, 5 s, 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeDefaults {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+}
+
+impl Default for ProbeDefaults {
+    fn default() -> Self {
+        Self {
+            interval: HealthCheck::DEFAULT_INTERVAL,
+            timeout: HealthCheck::DEFAULT_TIMEOUT,
+            failure_threshold: HealthCheck::DEFAULT_FAILURE_THRESHOLD,
+        }
+    }
 }
 
 impl Default for Policy {
@@ -69,6 +89,7 @@ impl Default for Policy {
         Self {
             binary_dirs: DEFAULT_BINARY_DIRS.iter().map(PathBuf::from).collect(),
             default_isolation: IsolationLevel::default(),
+            probe_defaults: ProbeDefaults::default(),
         }
     }
 }
@@ -160,7 +181,11 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
         let kind = check_payload(process_type, &config)?;
         let isolation = check_isolation(&config, policy)?;
         let restart = check_restart(config.restart_policy.as_ref())?;
-        let health = check_health(config.health_check.as_ref(), health_port)?;
+        let health = check_health(
+            config.health_check.as_ref(),
+            health_port,
+            &policy.probe_defaults,
+        )?;
         let resources = check_resources(config.resources.as_ref())?;
         let stop_timeout = match config.graceful_timeout_seconds {
             0 => ManagedProcess::DEFAULT_STOP_TIMEOUT,
@@ -695,7 +720,11 @@ fn check_restart(policy: Option<&pb::RestartPolicy>) -> Result<RestartPolicy> {
     })
 }
 
-fn check_health(check: Option<&pb::HealthCheck>, health_port: Option<u16>) -> Result<HealthCheck> {
+fn check_health(
+    check: Option<&pb::HealthCheck>,
+    health_port: Option<u16>,
+    defaults: &ProbeDefaults,
+) -> Result<HealthCheck> {
     let f = "config.health_check";
     let default_check = pb::HealthCheck::default();
     let c = check.unwrap_or(&default_check);
@@ -755,19 +784,19 @@ fn check_health(check: Option<&pb::HealthCheck>, health_port: Option<u16>) -> Re
     let interval = millis(
         &format!("{f}.interval_ms"),
         c.interval_ms,
-        HealthCheck::DEFAULT_INTERVAL,
+        defaults.interval,
         100,
         3_600_000,
     )?;
     let timeout = millis(
         &format!("{f}.timeout_ms"),
         c.timeout_ms,
-        HealthCheck::DEFAULT_TIMEOUT,
+        defaults.timeout,
         10,
         600_000,
     )?;
     let failure_threshold = match c.failure_threshold {
-        0 => HealthCheck::DEFAULT_FAILURE_THRESHOLD,
+        0 => defaults.failure_threshold,
         n if (1..=100).contains(&n) => n as u32,
         n => {
             return err(

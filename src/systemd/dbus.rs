@@ -568,11 +568,12 @@ impl Inner {
         let reply = self
             .manager_call(
                 "ListUnitsByPatterns",
-                unit::SERVICE_PATTERN,
-                &(states, vec![unit::SERVICE_PATTERN]),
+                "prism-<type>-*.service",
+                &(states, unit::SERVICE_PATTERNS.to_vec()),
             )
             .await?;
-        let rows: Vec<ListedUnit> = decode("ListUnitsByPatterns", unit::SERVICE_PATTERN, &reply)?;
+        let rows: Vec<ListedUnit> =
+            decode("ListUnitsByPatterns", "prism-<type>-*.service", &reply)?;
         Ok(rows
             .into_iter()
             .map(|r| UnitSummary {
@@ -850,6 +851,14 @@ impl Systemd for DbusSystemd {
             exit_status: ran.map(|s| s.exec_main_status),
             exit_code: ran.map(|s| s.exec_main_code),
         })
+    }
+
+    async fn restart(&self, unit: &str) -> Result<(), SystemdError> {
+        let job = self
+            .inner
+            .job_call("RestartUnit", unit, &(unit, "replace"))
+            .await?;
+        self.inner.finish_start(unit, &job).await
     }
 
     async fn kill(&self, unit: &str, whom: Whom, signal: i32) -> Result<(), SystemdError> {

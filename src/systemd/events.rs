@@ -55,9 +55,9 @@ impl Default for Hub {
     }
 }
 
-/// Only the launcher's own services are tracked.
+/// Only workload services are tracked.
 pub fn is_prism_service(unit: &str) -> bool {
-    unit.starts_with(crate::unit::UNIT_PREFIX) && unit.ends_with(".service")
+    crate::unit::is_workload_unit(unit)
 }
 
 impl Hub {

@@ -15,7 +15,7 @@ use std::{fmt, time::Duration};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-pub use credentials::CredentialStore;
+pub use credentials::{CredentialStore, DEFAULT_CREDENTIALS_DIR};
 pub use dbus::{DbusSystemd, Options};
 pub use status::{UnitStatus, UnitSummary};
 
@@ -200,6 +200,9 @@ pub trait Systemd: Send + Sync + 'static {
     /// exist succeeds with `was_loaded: false`.
     async fn stop(&self, unit: &str, grace: Duration) -> Result<Stopped, SystemdError>;
 
+    /// Restart a running unit gracefully (stop, then start) and wait for it.
+    async fn restart(&self, unit: &str) -> Result<(), SystemdError>;
+
     /// Send a signal to the unit's processes.
     async fn kill(&self, unit: &str, whom: Whom, signal: i32) -> Result<(), SystemdError>;
 
@@ -209,7 +212,7 @@ pub trait Systemd: Send + Sync + 'static {
     /// Start an existing (loaded, inactive or failed) unit again.
     async fn start_existing(&self, unit: &str) -> Result<(), SystemdError>;
 
-    /// Every launcher-owned service (`prism-*.service`), from one call.
+    /// Every workload service (`prism-<type>-*.service`), from one call.
     async fn list(&self) -> Result<Vec<UnitSummary>, SystemdError>;
 
     /// The full status of one unit.

@@ -44,6 +44,8 @@ pub struct UnitStatus {
     pub memory_current: Option<u64>,
     pub cpu_usage_nsec: Option<u64>,
     pub tasks_current: Option<u64>,
+    /// `ControlGroup`: the unit's cgroup path below the hierarchy root.
+    pub control_group: String,
 }
 
 /// systemd's "not set" for unsigned properties.
@@ -80,6 +82,7 @@ impl UnitStatus {
         set_str(&mut self.sub_state, "SubState");
         set_str(&mut self.result, "Result");
         set_str(&mut self.restart, "Restart");
+        set_str(&mut self.control_group, "ControlGroup");
         if let Some(v) = get::<u32>(props, "MainPID") {
             self.main_pid = v;
         }

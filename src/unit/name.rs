@@ -9,8 +9,26 @@ pub const UNIT_PREFIX: &str = "prism-";
 pub const ROOT_SLICE: &str = "prism.slice";
 /// systemd rejects unit names of 256 bytes or more (UNIT_NAME_MAX).
 pub const UNIT_NAME_MAX: usize = 255;
-/// The `ListUnitsByPatterns` glob matching every launcher-owned service.
-pub const SERVICE_PATTERN: &str = "prism-*.service";
+/// The `ListUnitsByPatterns` globs matching every workload service, and
+/// nothing else: not `prism-launcher.service` or `prism-admin.service`,
+/// which the reconciler would otherwise stop as "not desired".
+pub const SERVICE_PATTERNS: [&str; 4] = [
+    "prism-pattern-*.service",
+    "prism-proxy-*.service",
+    "prism-backend-*.service",
+    "prism-utility-*.service",
+];
+
+/// Is `unit` a workload service (`prism-<type>-<id>.service`)?
+pub fn is_workload_unit(unit: &str) -> bool {
+    unit.ends_with(".service")
+        && crate::model::ProcessType::ALL.iter().any(|t| {
+            unit.strip_prefix(UNIT_PREFIX)
+                .and_then(|rest| rest.strip_prefix(t.as_str()))
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|id| id.len() > ".service".len())
+        })
+}
 
 /// systemd's unit-name escaping (`systemd-escape`, `unit_name_escape()`):
 /// bytes outside `[A-Za-z0-9:_.]` become `\xNN`, and so does a leading dot.

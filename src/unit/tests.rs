@@ -429,6 +429,28 @@ fn isolation_levels_map_to_users_and_sandboxing() {
 }
 
 #[test]
+fn only_workload_units_are_ours() {
+    for (unit, ours) in [
+        (r"prism-pattern-kv\x2d1.service", true),
+        ("prism-utility-x.service", true),
+        ("prism-launcher.service", false),
+        ("prism-admin.service", false),
+        ("prism-local-launcher.service", false),
+        ("prism-pattern.slice", false),
+        ("prism-pattern-.service", false),
+        ("prism-patternx-a.service", false),
+    ] {
+        assert_eq!(is_workload_unit(unit), ours, "{unit}");
+    }
+    for unit in [
+        unit_name(ProcessType::Pattern, "kv-1"),
+        unit_name(ProcessType::Backend, &"@".repeat(128)),
+    ] {
+        assert!(is_workload_unit(&unit), "{unit}");
+    }
+}
+
+#[test]
 fn bus_paths_round_trip() {
     for unit in [r"prism-pattern-kv\x2d1.service", "prism.slice", "a_b"] {
         let path = bus_path(unit);

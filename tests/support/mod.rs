@@ -7,6 +7,8 @@
 //! outside CI, and only when not root, is a test skipped, with a message.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::{
     collections::HashMap,
     fs,
@@ -165,13 +167,8 @@ impl Harness {
         let out = self
             .sandbox
             .systemctl()
-            .args([
-                "list-units",
-                "--all",
-                "--plain",
-                "--no-legend",
-                "prism-*.service",
-            ])
+            .args(["list-units", "--all", "--plain", "--no-legend"])
+            .args(prism_launcher::unit::SERVICE_PATTERNS)
             .output()
             .expect("run systemctl list-units");
         String::from_utf8_lossy(&out.stdout)

@@ -1,0 +1,679 @@
+//! Configuration: command-line flags over an optional TOML file over
+//! defaults, validated before anything is bound. Every error names the
+//! setting, as a flag and as a file key.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::{
+    model::{IsolationLevel, Policy, ProbeDefaults, ProcessType, validate::DEFAULT_BINARY_DIRS},
+    systemd::Target,
+};
+
+pub const DEFAULT_LISTEN: &str = ":7070";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/prism-launcher";
+pub const DEFAULT_MAX_PROCESSES: i64 = 50;
+pub const DEFAULT_REGION: &str = "local";
+
+/// prism-launcher's command line (ADR-057's flags plus the launcher's own).
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "prism-launcher",
+    version,
+    about = "Runs Prism processes (patterns, proxies, backends, utilities) as transient systemd units",
+    args_override_self = true
+)]
+pub struct Args {
+    /// TOML configuration file; flags override its settings.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// prism-admin to register with, as host:port or a URL. Without it the
+    /// launcher runs standalone and takes assignments directly.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin_endpoint: Option<String>,
+    /// This launcher's id [default: the host name].
+    #[arg(long, value_name = "ID")]
+    pub launcher_id: Option<String>,
+    /// gRPC listen address [default: :7070, all interfaces].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Most processes held at once [default: 50].
+    #[arg(long, value_name = "N")]
+    pub max_processes: Option<String>,
+    /// Process types this launcher runs [default: pattern,proxy,backend,utility].
+    #[arg(long, value_name = "TYPES", value_delimiter = ',')]
+    pub capabilities: Option<Vec<String>>,
+    /// Region advertised to the admin [default: local].
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Desired state lives here [default: /var/lib/prism-launcher].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// systemd manager: system, user, bus:<d-bus address> or
+    /// private:<d-bus address> [default: system].
+    #[arg(long, value_name = "TARGET")]
+    pub systemd: Option<String>,
+    /// A directory workload binaries may come from; repeat for several
+    /// [default: /usr/bin, /usr/local/bin, /usr/lib/prism, /opt/prism/bin].
+    #[arg(long = "allow-binary-dir", value_name = "DIR")]
+    pub binary_dirs: Vec<PathBuf>,
+    /// Isolation of assignments that name none: none, namespace or session
+    /// [default: namespace].
+    #[arg(long, value_name = "LEVEL")]
+    pub default_isolation: Option<String>,
+    /// Default probe interval, e.g. 10s or 500ms [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub probe_interval: Option<String>,
+    /// Default probe timeout [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub probe_timeout: Option<String>,
+    /// Default consecutive probe failures before a process is unhealthy [default: 3].
+    #[arg(long, value_name = "N")]
+    pub probe_failure_threshold: Option<String>,
+    /// Full reconciliation at least this often [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub reconcile_interval: Option<String>,
+    /// Wait before retrying a process whose circuit opened [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub circuit_cooldown: Option<String>,
+    /// Root-only directory for workload credentials [default: /run/prism-launcher/credentials].
+    #[arg(long, value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
+    /// Server certificate (PEM) for gRPC over TLS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to; enables mTLS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Allow plaintext gRPC on a non-loopback address.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    admin_endpoint: Option<String>,
+    launcher_id: Option<String>,
+    listen: Option<String>,
+    max_processes: Option<i64>,
+    capabilities: Option<Vec<String>>,
+    region: Option<String>,
+    state_dir: Option<PathBuf>,
+    systemd: Option<String>,
+    binary_dirs: Option<Vec<PathBuf>>,
+    default_isolation: Option<String>,
+    reconcile_interval: Option<String>,
+    circuit_cooldown: Option<String>,
+    credentials_dir: Option<PathBuf>,
+    insecure: Option<bool>,
+    #[serde(default)]
+    probe: ProbeFile,
+    #[serde(default)]
+    tls: TlsFile,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ProbeFile {
+    interval: Option<String>,
+    timeout: Option<String>,
+    failure_threshold: Option<i64>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+}
+
+/// PEM material for the gRPC server, read before anything is bound.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    /// Client certificates must chain to this CA (mTLS).
+    pub client_ca: Option<Vec<u8>>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The admin as a URL (`http://host:port` or `https://…`), if any.
+    pub admin_endpoint: Option<String>,
+    pub launcher_id: String,
+    pub listen: SocketAddr,
+    pub max_processes: usize,
+    pub capabilities: BTreeSet<ProcessType>,
+    pub region: String,
+    pub state_dir: PathBuf,
+    pub systemd: Target,
+    pub policy: Policy,
+    pub credentials_dir: PathBuf,
+    pub reconcile_interval: Duration,
+    pub circuit_cooldown: Duration,
+    pub tls: Option<Tls>,
+    pub insecure: bool,
+}
+
+/// A setting is wrong; `setting` names it as a flag and a file key.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub reason: String,
+}
+
+fn bad<T>(flag: &str, key: &str, reason: impl Into<String>) -> Result<T, ConfigError> {
+    let setting = if key.is_empty() {
+        format!("--{flag}")
+    } else {
+        format!("--{flag} ({key})")
+    };
+    Err(ConfigError {
+        setting,
+        reason: reason.into(),
+    })
+}
+
+/// `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, ""), |i| (&s[..i], &s[i..]));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `host:port`, `:port` (all interfaces) or `ip:port`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: {port:?} is not a port"))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    if let Ok(addr) = SocketAddr::from_str(s) {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not an address (host:port or :port): {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+/// ADR-057's `host:port`, or a URL; returns a URL.
+pub fn parse_endpoint(s: &str) -> Result<String, String> {
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+        Some((other, _)) => {
+            return Err(format!("unsupported scheme {other:?} (use http or https)"));
+        }
+        None => ("http", s),
+    };
+    let hostport = rest.trim_end_matches('/');
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} has no port (expected host:port)"))?;
+    if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+        return Err(format!("{s:?} has no valid host"));
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{s:?}: {port:?} is not a port"))?;
+    Ok(format!("{scheme}://{hostport}"))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "launcher-01".to_owned())
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-'))
+}
+
+fn read_pem(flag: &str, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.windows(11).any(|w| w == b"-----BEGIN ") => Ok(bytes),
+        Ok(_) => bad(flag, key, format!("{} holds no PEM data", path.display())),
+        Err(e) => bad(flag, key, format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+impl Args {
+    /// Merge with the config file (if any) and defaults, and validate.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).or_else(|e| {
+                    bad("config", "", format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str::<FileConfig>(&text).or_else(|e| {
+                    bad(
+                        "config",
+                        "",
+                        format!("{}: {}", path.display(), e.message().trim()),
+                    )
+                })?
+            }
+        };
+
+        let admin_endpoint = match self.admin_endpoint.or(file.admin_endpoint) {
+            None => None,
+            Some(e) => {
+                Some(parse_endpoint(&e).or_else(|r| bad("admin-endpoint", "admin_endpoint", r))?)
+            }
+        };
+        let launcher_id = self
+            .launcher_id
+            .or(file.launcher_id)
+            .unwrap_or_else(hostname);
+        if !is_token(&launcher_id) {
+            return bad(
+                "launcher-id",
+                "launcher_id",
+                format!("{launcher_id:?} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"),
+            );
+        }
+        let listen_text = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = parse_listen(&listen_text).or_else(|r| bad("listen", "listen", r))?;
+
+        let max_processes = match self.max_processes {
+            Some(s) => s.parse::<i64>().or_else(|_| {
+                bad(
+                    "max-processes",
+                    "max_processes",
+                    format!("{s:?} is not a number"),
+                )
+            })?,
+            None => file.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES),
+        };
+        if !(1..=10_000).contains(&max_processes) {
+            return bad(
+                "max-processes",
+                "max_processes",
+                format!("{max_processes} is outside 1..=10000"),
+            );
+        }
+
+        let capability_names = self
+            .capabilities
+            .or(file.capabilities)
+            .unwrap_or_else(|| ProcessType::ALL.iter().map(|t| t.to_string()).collect());
+        let mut capabilities = BTreeSet::new();
+        for name in &capability_names {
+            let name = name.trim();
+            if name.is_empty() {
+                continue;
+            }
+            let ty: ProcessType = match name {
+                "pattern" | "proxy" | "backend" | "utility" => name.parse().expect("known type"),
+                other => {
+                    return bad(
+                        "capabilities",
+                        "capabilities",
+                        format!(
+                            "unknown process type {other:?} (expected pattern, proxy, backend or utility)"
+                        ),
+                    );
+                }
+            };
+            capabilities.insert(ty);
+        }
+        if capabilities.is_empty() {
+            return bad("capabilities", "capabilities", "names no process type");
+        }
+
+        let region = self
+            .region
+            .or(file.region)
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        if !is_token(&region) {
+            return bad(
+                "region",
+                "region",
+                format!("{region:?} is not a valid region name"),
+            );
+        }
+
+        let state_dir = self
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if !state_dir.is_absolute() {
+            return bad(
+                "state-dir",
+                "state_dir",
+                format!("{} is not absolute", state_dir.display()),
+            );
+        }
+        let credentials_dir = self
+            .credentials_dir
+            .or(file.credentials_dir)
+            .unwrap_or_else(|| PathBuf::from(crate::systemd::DEFAULT_CREDENTIALS_DIR));
+        if !credentials_dir.is_absolute() {
+            return bad(
+                "credentials-dir",
+                "credentials_dir",
+                format!("{} is not absolute", credentials_dir.display()),
+            );
+        }
+
+        let systemd: Target = self
+            .systemd
+            .or(file.systemd)
+            .unwrap_or_else(|| "system".to_owned())
+            .parse()
+            .or_else(|r| bad("systemd", "systemd", r))?;
+
+        let binary_dirs = if !self.binary_dirs.is_empty() {
+            self.binary_dirs
+        } else {
+            file.binary_dirs
+                .unwrap_or_else(|| DEFAULT_BINARY_DIRS.iter().map(PathBuf::from).collect())
+        };
+        let mut policy = Policy::with_binary_dirs(binary_dirs)
+            .or_else(|e| bad("allow-binary-dir", "binary_dirs", e.reason))?;
+        if let Some(level) = self.default_isolation.or(file.default_isolation) {
+            policy.default_isolation = level
+                .parse::<IsolationLevel>()
+                .or_else(|r| bad("default-isolation", "default_isolation", r))?;
+        }
+
+        let duration =
+            |flag: &str, key: &str, value: Option<String>, default: Duration, min: Duration| {
+                match value {
+                    None => Ok(default),
+                    Some(v) => {
+                        let d = parse_duration(&v).or_else(|r| bad(flag, key, r))?;
+                        if d < min || d > Duration::from_secs(24 * 3600) {
+                            bad(flag, key, format!("{v} is outside {min:?}..=24h"))
+                        } else {
+                            Ok(d)
+                        }
+                    }
+                }
+            };
+        let defaults = ProbeDefaults::default();
+        let probe_interval = duration(
+            "probe-interval",
+            "probe.interval",
+            self.probe_interval.or(file.probe.interval),
+            defaults.interval,
+            Duration::from_millis(100),
+        )?;
+        let probe_timeout = duration(
+            "probe-timeout",
+            "probe.timeout",
+            self.probe_timeout.or(file.probe.timeout),
+            defaults.timeout,
+            Duration::from_millis(10),
+        )?;
+        let threshold = match self.probe_failure_threshold {
+            Some(s) => s.parse::<i64>().or_else(|_| {
+                bad(
+                    "probe-failure-threshold",
+                    "probe.failure_threshold",
+                    format!("{s:?} is not a number"),
+                )
+            })?,
+            None => file
+                .probe
+                .failure_threshold
+                .unwrap_or(i64::from(defaults.failure_threshold)),
+        };
+        if !(1..=100).contains(&threshold) {
+            return bad(
+                "probe-failure-threshold",
+                "probe.failure_threshold",
+                format!("{threshold} is outside 1..=100"),
+            );
+        }
+        policy.probe_defaults = ProbeDefaults {
+            interval: probe_interval,
+            timeout: probe_timeout,
+            failure_threshold: threshold as u32,
+        };
+        let reconcile_interval = duration(
+            "reconcile-interval",
+            "reconcile_interval",
+            self.reconcile_interval.or(file.reconcile_interval),
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        )?;
+        let circuit_cooldown = duration(
+            "circuit-cooldown",
+            "circuit_cooldown",
+            self.circuit_cooldown.or(file.circuit_cooldown),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+        )?;
+
+        let cert = self.tls_cert.or(file.tls.cert);
+        let key = self.tls_key.or(file.tls.key);
+        let ca = self.tls_ca.or(file.tls.ca);
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(Tls {
+                cert: read_pem("tls-cert", "tls.cert", &cert)?,
+                key: read_pem("tls-key", "tls.key", &key)?,
+                client_ca: match ca {
+                    Some(ca) => Some(read_pem("tls-ca", "tls.ca", &ca)?),
+                    None => None,
+                },
+            }),
+            (None, None) if ca.is_some() => {
+                return bad("tls-ca", "tls.ca", "needs --tls-cert and --tls-key as well");
+            }
+            (None, None) => None,
+            (Some(_), None) => return bad("tls-key", "tls.key", "--tls-cert needs --tls-key"),
+            (None, Some(_)) => return bad("tls-cert", "tls.cert", "--tls-key needs --tls-cert"),
+        };
+        let insecure = self.insecure || file.insecure.unwrap_or(false);
+        if tls.is_none() && !listen.ip().is_loopback() && !insecure {
+            return bad(
+                "listen",
+                "listen",
+                format!(
+                    "plaintext gRPC on non-loopback address {listen} would let anyone on the \
+                     network start processes as root; configure --tls-cert/--tls-key (and \
+                     --tls-ca for mTLS), listen on 127.0.0.1, or pass --insecure"
+                ),
+            );
+        }
+
+        Ok(Config {
+            admin_endpoint,
+            launcher_id,
+            listen,
+            max_processes: max_processes as usize,
+            capabilities,
+            region,
+            state_dir,
+            systemd,
+            policy,
+            credentials_dir,
+            reconcile_interval,
+            circuit_cooldown,
+            tls,
+            insecure,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        let mut full = vec!["prism-launcher"];
+        full.extend_from_slice(list);
+        Args::try_parse_from(full).expect("parses")
+    }
+
+    #[test]
+    fn defaults_need_tls_or_loopback() {
+        let e = args(&[]).resolve().unwrap_err();
+        assert!(e.setting.starts_with("--listen"), "{e}");
+        assert!(e.reason.contains("--insecure"), "{e}");
+        let c = args(&["--listen", "127.0.0.1:7070"]).resolve().unwrap();
+        assert_eq!(c.max_processes, 50);
+        assert_eq!(c.capabilities.len(), 4);
+        assert_eq!(c.systemd, Target::System);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.policy.probe_defaults, ProbeDefaults::default());
+        assert!(args(&["--insecure"]).resolve().unwrap().insecure);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--max-processes", "0"], "--max-processes (max_processes)"),
+            (
+                &["--max-processes", "ten"],
+                "--max-processes (max_processes)",
+            ),
+            (
+                &["--capabilities", "pattern,daemon"],
+                "--capabilities (capabilities)",
+            ),
+            (&["--listen", "nowhere"], "--listen (listen)"),
+            (&["--listen", ":99999"], "--listen (listen)"),
+            (
+                &["--admin-endpoint", "admin"],
+                "--admin-endpoint (admin_endpoint)",
+            ),
+            (
+                &["--admin-endpoint", "ftp://admin:1"],
+                "--admin-endpoint (admin_endpoint)",
+            ),
+            (&["--launcher-id", "a b"], "--launcher-id (launcher_id)"),
+            (&["--state-dir", "relative"], "--state-dir (state_dir)"),
+            (&["--systemd", "nope"], "--systemd (systemd)"),
+            (
+                &["--allow-binary-dir", "bin"],
+                "--allow-binary-dir (binary_dirs)",
+            ),
+            (
+                &["--default-isolation", "total"],
+                "--default-isolation (default_isolation)",
+            ),
+            (
+                &["--probe-interval", "10 parsecs"],
+                "--probe-interval (probe.interval)",
+            ),
+            (
+                &["--probe-failure-threshold", "0"],
+                "--probe-failure-threshold (probe.failure_threshold)",
+            ),
+            (&["--tls-cert", "/nonexistent"], "--tls-key (tls.key)"),
+            (
+                &["--tls-cert", "/nonexistent", "--tls-key", "/nonexistent"],
+                "--tls-cert (tls.cert)",
+            ),
+            (&["--config", "/nonexistent.toml"], "--config"),
+        ];
+        for (flags, setting) in cases {
+            let mut all = vec!["--listen", "127.0.0.1:7070"];
+            all.extend_from_slice(flags);
+            // Later flags win, so a case's own --listen overrides.
+            let e = args(&all).resolve().unwrap_err();
+            assert_eq!(e.setting, *setting, "{flags:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("launcher.toml");
+        std::fs::write(
+            &file,
+            r#"
+listen = "127.0.0.1:7171"
+max_processes = 7
+capabilities = ["pattern", "utility"]
+region = "eu-1"
+admin_endpoint = "admin.example:8981"
+[probe]
+interval = "500ms"
+failure_threshold = 2
+"#,
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        let c = args(&["--config", &path, "--max-processes", "9"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.listen.port(), 7171);
+        assert_eq!(c.max_processes, 9);
+        assert_eq!(c.region, "eu-1");
+        assert_eq!(
+            c.admin_endpoint.as_deref(),
+            Some("http://admin.example:8981")
+        );
+        assert_eq!(c.capabilities.len(), 2);
+        assert_eq!(c.policy.probe_defaults.interval, Duration::from_millis(500));
+        assert_eq!(c.policy.probe_defaults.failure_threshold, 2);
+
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nmax_procs = 3\n").unwrap();
+        let e = args(&["--config", &path]).resolve().unwrap_err();
+        assert_eq!(e.setting, "--config");
+        assert!(e.reason.contains("max_procs"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_addresses() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_listen(":7070").unwrap().to_string(), "0.0.0.0:7070");
+        assert_eq!(parse_listen("[::1]:80").unwrap().to_string(), "[::1]:80");
+        assert_eq!(parse_endpoint("admin:8981").unwrap(), "http://admin:8981");
+        assert_eq!(
+            parse_endpoint("https://admin:8981/").unwrap(),
+            "https://admin:8981"
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The prism-launcher daemon: gRPC service, durable desired state,
+//! reconciliation against systemd, health aggregation, and its lifetime
+//! under systemd (sd_notify readiness, status and watchdog).
+//!
+//! Stopping the daemon never stops a workload: each runs in its own
+//! transient unit, owned by systemd. Only a revocation stops one.
+
+pub mod config;
+mod reconcile;
+mod report;
+pub mod service;
+pub mod store;
+pub mod supervisor;
+mod watch;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+pub use config::{Args, Config, ConfigError};
+pub use reconcile::{Action, Want, plan};
+pub use report::redact;
+pub use supervisor::{LauncherError, Supervisor};
+
+use crate::{
+    pb::{self, prism::launcher::v1::launcher_server::LauncherServer},
+    systemd::{ConnectionState, DbusSystemd, Options, Systemd},
+};
+
+/// The daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("gRPC server: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    // Outside systemd (no NOTIFY_SOCKET) this does nothing.
+    let _ = sd_notify::notify(states);
+}
+
+/// Run the daemon until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let store = store::Store::open(&config.state_dir)?;
+    let systemd: Arc<dyn Systemd> = Arc::new(DbusSystemd::spawn(Options {
+        target: config.systemd.clone(),
+        credentials_dir: config.credentials_dir.clone(),
+        ..Options::default()
+    }));
+    let supervisor = Supervisor::new(
+        systemd.clone(),
+        store,
+        config.policy.clone(),
+        config.capabilities.clone(),
+        config.max_processes,
+        config.circuit_cooldown,
+    );
+    for c in supervisor.load()? {
+        tracing::error!(
+            file = %c.file.display(),
+            moved_to = %c.moved_to.display(),
+            reason = %c.reason,
+            "corrupt state file moved aside; its process is not desired until it is assigned again"
+        );
+    }
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().unwrap_or(config.listen);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<LauncherServer<service::LauncherService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor set built in");
+    let mut server = Server::builder();
+    if let Some(tls) = &config.tls {
+        let mut tls_config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+        }
+        server = server.tls_config(tls_config).map_err(RunError::Tls)?;
+    } else if !local.ip().is_loopback() {
+        tracing::warn!(addr = %local, "serving plaintext gRPC on a non-loopback address (--insecure)");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_server = stop_rx.clone();
+    let router = server
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(LauncherServer::new(service::LauncherService::new(
+            supervisor.clone(),
+            config.launcher_id.clone(),
+        )));
+    let server_task = tokio::spawn(router.serve_with_incoming_shutdown(
+        tonic::transport::server::TcpIncoming::from(listener),
+        async move {
+            let _ = stop_server.wait_for(|s| *s).await;
+        },
+    ));
+    tracing::info!(
+        addr = %local,
+        launcher_id = %config.launcher_id,
+        tls = config.tls.is_some(),
+        mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "listening"
+    );
+    if config.admin_endpoint.is_some() {
+        tracing::warn!(
+            "--admin-endpoint is set, but this build runs standalone: it takes assignments on \
+             its own service and does not register with prism-admin"
+        );
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(supervisor.clone().follow_events());
+
+    let ready = async {
+        // Reconciliation needs systemd; until it answers, keep trying.
+        loop {
+            match supervisor.reconcile_once().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for systemd before the first reconciliation");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    };
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = ready => {}
+        _ = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            let _ = server_task.await;
+            return Ok(());
+        }
+    }
+
+    tasks.spawn(supervisor.clone().reconcile_loop(config.reconcile_interval));
+    tasks.spawn(supervisor.clone().report_status(|line| {
+        notify(&[sd_notify::NotifyState::Status(line)]);
+    }));
+    // gRPC health follows the systemd connection.
+    {
+        let supervisor = supervisor.clone();
+        let health = health.clone();
+        tasks.spawn(async move {
+            let mut last = None;
+            loop {
+                let up = supervisor.systemd().connection_state() == ConnectionState::Connected;
+                if last != Some(up) {
+                    if up {
+                        health
+                            .set_serving::<LauncherServer<service::LauncherService>>()
+                            .await;
+                        health
+                            .set_service_status("", tonic_health::ServingStatus::Serving)
+                            .await;
+                    } else {
+                        health
+                            .set_not_serving::<LauncherServer<service::LauncherService>>()
+                            .await;
+                        health
+                            .set_service_status("", tonic_health::ServingStatus::NotServing)
+                            .await;
+                    }
+                    last = Some(up);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tasks.spawn(async move {
+            loop {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                tokio::time::sleep(interval / 2).await;
+            }
+        });
+    }
+    let line = supervisor.status_line();
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&line),
+    ]);
+    tracing::info!(status = %line, "ready");
+
+    let result = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        r = server_task => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RunError::Serve(e)),
+            Err(_) => Ok(()),
+        },
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("shutting down; workloads keep running under systemd");
+    let _ = stop_tx.send(true);
+    tasks.abort_all();
+    result
+}

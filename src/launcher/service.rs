@@ -1,0 +1,213 @@
+//! `prism.launcher.v1.Launcher` over gRPC. Wire types stop here: requests
+//! go through the validation gate, and every error becomes a status in
+//! [`to_status`], the one place that decides codes.
+
+use std::{sync::Arc, time::Duration};
+
+use tonic::{Code, Request, Response, Status};
+
+use super::supervisor::{AssignOutcome, LauncherError, Supervisor};
+use crate::{
+    model::validate::MAX_ID_BYTES,
+    pb::prism::{
+        self as pb,
+        launcher::v1::{
+            GetProcessRequest, ListProcessesRequest, ListProcessesResponse, ProcessInfo,
+            launcher_server::Launcher,
+        },
+    },
+    systemd::SystemdError,
+};
+
+/// The longest graceful stop a revocation may ask for.
+const MAX_GRACE_SECS: i32 = 3600;
+
+pub struct LauncherService {
+    supervisor: Arc<Supervisor>,
+    launcher_id: String,
+}
+
+impl LauncherService {
+    pub fn new(supervisor: Arc<Supervisor>, launcher_id: String) -> Self {
+        Self {
+            supervisor,
+            launcher_id,
+        }
+    }
+}
+
+/// Every launcher error, as a gRPC status naming the field or the cause.
+pub fn to_status(e: LauncherError) -> Status {
+    let code = match &e {
+        LauncherError::Invalid(_) | LauncherError::BadRequest { .. } => Code::InvalidArgument,
+        LauncherError::NotCapable { .. } | LauncherError::StaleVersion { .. } => {
+            Code::FailedPrecondition
+        }
+        LauncherError::CapacityExhausted { .. } => Code::ResourceExhausted,
+        LauncherError::NotFound { .. } => Code::NotFound,
+        LauncherError::Revoking { .. } => Code::Aborted,
+        LauncherError::Systemd(s) => match s {
+            SystemdError::Unavailable { .. } | SystemdError::Timeout { .. } => Code::Unavailable,
+            SystemdError::NoSuchUnit { .. } => Code::NotFound,
+            SystemdError::UnitExists { .. } => Code::AlreadyExists,
+            SystemdError::StartFailed { .. }
+            | SystemdError::Refused { .. }
+            | SystemdError::Credentials { .. }
+            | SystemdError::Dbus { .. } => Code::Internal,
+        },
+        LauncherError::Store(_) => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), LauncherError> {
+    let bad = |reason: &str| {
+        Err(LauncherError::BadRequest {
+            field: field.into(),
+            reason: reason.into(),
+        })
+    };
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > MAX_ID_BYTES {
+        return bad("longer than 128 bytes");
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Launcher for LauncherService {
+    async fn assign_process(
+        &self,
+        request: Request<pb::ProcessAssignment>,
+    ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
+        let wire = request.into_inner();
+        let id = wire.process_id.clone();
+        let version = wire.version;
+        let assigned = self.supervisor.assign(wire).await.map_err(|e| {
+            tracing::info!(process = %id, error = %e, "assignment refused");
+            to_status(e)
+        })?;
+        let message = match &assigned.outcome {
+            AssignOutcome::Started => format!("started {id} v{version} as {}", assigned.unit),
+            AssignOutcome::Unchanged => format!("{id} v{version} is already held; nothing changed"),
+            AssignOutcome::Adopted => format!(
+                "{id} v{version} was already running as {}; kept it",
+                assigned.unit
+            ),
+            AssignOutcome::Replaced { previous } => {
+                format!(
+                    "replaced {id} v{previous} with v{version} as {}",
+                    assigned.unit
+                )
+            }
+            AssignOutcome::StartFailed { reason } => format!(
+                "{id} v{version} is assigned as {}, but its first start failed: {reason}",
+                assigned.unit
+            ),
+        };
+        tracing::info!(process = %id, version, unit = %assigned.unit, outcome = ?assigned.outcome, "assigned");
+        Ok(Response::new(pb::ProcessAssignmentAck {
+            success: true,
+            message,
+            launcher_id: self.launcher_id.clone(),
+            unit_name: assigned.unit,
+        }))
+    }
+
+    async fn revoke_process(
+        &self,
+        request: Request<pb::ProcessRevocation>,
+    ) -> Result<Response<pb::ProcessRevocationAck>, Status> {
+        let r = request.into_inner();
+        let checked = (|| {
+            check_id("process_id", &r.process_id)?;
+            if !r.launcher_id.is_empty() && r.launcher_id != self.launcher_id {
+                return Err(LauncherError::BadRequest {
+                    field: "launcher_id".into(),
+                    reason: format!(
+                        "this is launcher {:?}, not {:?}",
+                        self.launcher_id, r.launcher_id
+                    ),
+                });
+            }
+            match r.graceful_timeout_seconds {
+                0 => Ok(None),
+                s if (1..=MAX_GRACE_SECS).contains(&s) => Ok(Some(Duration::from_secs(s as u64))),
+                s => Err(LauncherError::BadRequest {
+                    field: "graceful_timeout_seconds".into(),
+                    reason: format!("{s} is outside 1..={MAX_GRACE_SECS} (0 means 30)"),
+                }),
+            }
+        })();
+        let grace = checked.map_err(to_status)?;
+        let revoked = self
+            .supervisor
+            .revoke(&r.process_id, grace)
+            .await
+            .map_err(to_status)?;
+        tracing::info!(process = %r.process_id, exit_code = revoked.exit_code, killed = revoked.killed, "revoked");
+        let message = match (revoked.was_running, revoked.killed) {
+            (false, _) => format!("revoked {}; it was not running", r.process_id),
+            (true, true) => format!(
+                "revoked {}; killed after the graceful timeout",
+                r.process_id
+            ),
+            (true, false) => format!("revoked {}; it stopped gracefully", r.process_id),
+        };
+        Ok(Response::new(pb::ProcessRevocationAck {
+            success: true,
+            message,
+            stopped_at: revoked.stopped_at,
+            exit_code: revoked.exit_code,
+        }))
+    }
+
+    async fn get_process(
+        &self,
+        request: Request<GetProcessRequest>,
+    ) -> Result<Response<ProcessInfo>, Status> {
+        let id = request.into_inner().process_id;
+        check_id("process_id", &id).map_err(to_status)?;
+        match self.supervisor.get(&id).await {
+            Some(info) => Ok(Response::new(info)),
+            None => Err(to_status(LauncherError::NotFound { id })),
+        }
+    }
+
+    async fn list_processes(
+        &self,
+        request: Request<ListProcessesRequest>,
+    ) -> Result<Response<ListProcessesResponse>, Status> {
+        let r = request.into_inner();
+        if !r.process_type.is_empty()
+            && !matches!(
+                r.process_type.as_str(),
+                "pattern" | "proxy" | "backend" | "utility"
+            )
+        {
+            return Err(to_status(LauncherError::BadRequest {
+                field: "process_type".into(),
+                reason: format!("unknown process type {:?}", r.process_type),
+            }));
+        }
+        if !r.status.is_empty()
+            && crate::health::Status::parse(&r.status).is_none()
+            && !matches!(
+                r.status.as_str(),
+                "running" | "starting" | "stopping" | "failed" | "stopped"
+            )
+        {
+            return Err(to_status(LauncherError::BadRequest {
+                field: "status".into(),
+                reason: format!("unknown status {:?}", r.status),
+            }));
+        }
+        Ok(Response::new(
+            self.supervisor
+                .list(&r.process_type, &r.namespace, &r.status)
+                .await,
+        ))
+    }
+}

@@ -1,0 +1,552 @@
+//! The supervisor: the launcher's desired state in memory, and the
+//! operations on it (assign, revoke, get, list).
+//!
+//! Concurrency: operations on one process id are serialised by a per-id
+//! lock; the table itself is a short-held mutex, never held across an
+//! await. Capacity is reserved in the table before anything slow happens,
+//! so concurrent assignments can never overbook.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Notify, OwnedMutexGuard};
+
+use super::store::{Store, StoreError};
+use crate::{
+    health::{Phase, ProbeState, usage::UsageReader},
+    model::{ManagedProcess, Policy, ProcessType, ValidationError},
+    pb::prism as pb,
+    systemd::{Systemd, SystemdError, UnitStatus},
+    unit,
+};
+
+/// Why an operation was refused or failed; the gRPC layer maps each to a
+/// status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum LauncherError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(
+        "process type {process_type} is not among this launcher's capabilities ({capabilities})"
+    )]
+    NotCapable {
+        process_type: ProcessType,
+        capabilities: String,
+    },
+    #[error(
+        "all {max} process slots are in use ({used} of {max}); revoke a process or raise --max-processes"
+    )]
+    CapacityExhausted { used: usize, max: usize },
+    #[error("process {id} is held at version {held}; version {requested} is older")]
+    StaleVersion {
+        id: String,
+        held: i64,
+        requested: i64,
+    },
+    #[error("no process {id} on this launcher")]
+    NotFound { id: String },
+    #[error("process {id} is being revoked; retry once that is done")]
+    Revoking { id: String },
+    #[error("{field}: {reason}")]
+    BadRequest { field: String, reason: String },
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Restoring a unit that keeps disappearing backs off up to this.
+const RESTORE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A unit that ran this long before vanishing is restored at once.
+const RESTORE_STABLE_AFTER: Duration = Duration::from_secs(60);
+
+/// One process the launcher holds.
+#[derive(Debug)]
+pub struct Entry {
+    pub process: ManagedProcess,
+    /// The assignment as received (secrets included: it is what is stored).
+    pub wire: pb::ProcessAssignment,
+    pub unit: String,
+    pub phase: Phase,
+    pub unit_status: Option<UnitStatus>,
+    pub probe: ProbeState,
+    pub probe_task: Option<tokio::task::AbortHandle>,
+    /// Restarts the launcher caused (probe failures, restorations).
+    pub launcher_restarts: u32,
+    pub start_failures: u32,
+    pub last_error: Option<String>,
+    /// Consecutive quick restorations, for backoff.
+    pub restorations: u32,
+    pub restore_not_before: Option<Instant>,
+    pub circuit_opened_at: Option<Instant>,
+}
+
+impl Entry {
+    pub fn new(process: ManagedProcess, wire: pb::ProcessAssignment, phase: Phase) -> Self {
+        let unit = unit::unit_name(process.process_type(), &process.id);
+        Self {
+            process,
+            wire,
+            unit,
+            phase,
+            unit_status: None,
+            probe: ProbeState::default(),
+            probe_task: None,
+            launcher_restarts: 0,
+            start_failures: 0,
+            last_error: None,
+            restorations: 0,
+            restore_not_before: None,
+            circuit_opened_at: None,
+        }
+    }
+
+    /// The unit disappeared behind the launcher's back: restore it, after a
+    /// backoff that grows while it keeps vanishing quickly.
+    pub fn schedule_restore(&mut self, now: Instant) {
+        let ran_long = self
+            .unit_status
+            .as_ref()
+            .filter(|s| s.active_enter_usec > 0)
+            .map(|s| {
+                let entered = std::time::UNIX_EPOCH + Duration::from_micros(s.active_enter_usec);
+                std::time::SystemTime::now()
+                    .duration_since(entered)
+                    .unwrap_or_default()
+                    >= RESTORE_STABLE_AFTER
+            })
+            .unwrap_or(false);
+        if ran_long {
+            self.restorations = 0;
+        }
+        let delay = match self.restorations {
+            0 => Duration::ZERO,
+            n => (Duration::from_secs(1) * 2u32.saturating_pow(n - 1)).min(RESTORE_BACKOFF_MAX),
+        };
+        self.restorations = self.restorations.saturating_add(1);
+        self.restore_not_before = Some(now + delay);
+        self.phase = Phase::Restoring;
+        self.unit_status = None;
+    }
+
+    /// Stop the probe task, if any.
+    pub fn stop_probe(&mut self) {
+        if let Some(task) = self.probe_task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    pub entries: HashMap<String, Entry>,
+    /// Unit name to process id.
+    pub units: HashMap<String, String>,
+}
+
+impl Table {
+    pub fn insert(&mut self, entry: Entry) {
+        self.units
+            .insert(entry.unit.clone(), entry.process.id.clone());
+        if let Some(mut old) = self.entries.insert(entry.process.id.clone(), entry) {
+            old.stop_probe();
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Entry> {
+        let mut entry = self.entries.remove(id)?;
+        if self.units.get(&entry.unit).is_some_and(|i| i == id) {
+            self.units.remove(&entry.unit);
+        }
+        entry.stop_probe();
+        Some(entry)
+    }
+
+    pub fn by_unit(&mut self, unit: &str) -> Option<&mut Entry> {
+        let id = self.units.get(unit)?;
+        self.entries.get_mut(id)
+    }
+}
+
+/// Per-key async locks that are dropped when nobody holds or waits on them.
+#[derive(Default)]
+pub struct KeyedLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+pub struct KeyGuard<'a> {
+    locks: &'a KeyedLocks,
+    key: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.0.lock().expect("poisoned");
+        self.guard.take();
+        if map
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl KeyedLocks {
+    pub async fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let mutex = self
+            .0
+            .lock()
+            .expect("poisoned")
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        let guard = mutex.lock_owned().await;
+        KeyGuard {
+            locks: self,
+            key: key.to_owned(),
+            guard: Some(guard),
+        }
+    }
+}
+
+/// What an assignment did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AssignOutcome {
+    Started,
+    /// Same id and version: nothing changed.
+    Unchanged,
+    /// A unit of this id and version was already running; it was kept.
+    Adopted,
+    /// An older version was replaced.
+    Replaced {
+        previous: i64,
+    },
+    /// Recorded, but the first start failed; the launcher keeps trying.
+    StartFailed {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Assigned {
+    pub unit: String,
+    pub outcome: AssignOutcome,
+}
+
+#[derive(Clone, Debug)]
+pub struct Revoked {
+    pub stopped_at: i64,
+    /// The exit status, or 128 + the signal that ended the process.
+    pub exit_code: i32,
+    pub was_running: bool,
+    pub killed: bool,
+}
+
+pub struct Supervisor {
+    pub(super) systemd: Arc<dyn Systemd>,
+    pub(super) store: Store,
+    pub(super) policy: Policy,
+    pub(super) capabilities: BTreeSet<ProcessType>,
+    pub(super) max_processes: usize,
+    pub(super) circuit_cooldown: Duration,
+    pub(super) table: Mutex<Table>,
+    pub(super) locks: KeyedLocks,
+    pub(super) usage: UsageReader,
+    /// Wakes the reconciler.
+    pub(super) reconcile: Notify,
+    /// Wakes the status reporter.
+    pub(super) changed: Notify,
+    me: Weak<Supervisor>,
+}
+
+pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Supervisor {
+    pub fn new(
+        systemd: Arc<dyn Systemd>,
+        store: Store,
+        policy: Policy,
+        capabilities: BTreeSet<ProcessType>,
+        max_processes: usize,
+        circuit_cooldown: Duration,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            systemd,
+            store,
+            policy,
+            capabilities,
+            max_processes,
+            circuit_cooldown,
+            table: Mutex::default(),
+            locks: KeyedLocks::default(),
+            usage: UsageReader::default(),
+            reconcile: Notify::new(),
+            changed: Notify::new(),
+            me: me.clone(),
+        })
+    }
+
+    /// This supervisor as an `Arc`, for tasks it spawns.
+    pub(super) fn me(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
+    }
+
+    pub fn systemd(&self) -> &Arc<dyn Systemd> {
+        &self.systemd
+    }
+
+    pub fn max_processes(&self) -> usize {
+        self.max_processes
+    }
+
+    pub(super) fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().expect("table poisoned")
+    }
+
+    /// Ask the reconciler for a pass soon (coalesced).
+    pub fn request_reconcile(&self) {
+        self.reconcile.notify_one();
+    }
+
+    /// Load the desired state from disk; returns the corrupt files found.
+    pub fn load(&self) -> Result<Vec<super::store::Corrupt>, StoreError> {
+        let policy = self.policy.clone();
+        let loaded = self.store.load(|a| {
+            ManagedProcess::try_from((a.clone(), &policy))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })?;
+        let mut table = self.table();
+        for (wire, phase) in loaded
+            .desired
+            .into_iter()
+            .map(|w| (w, Phase::Held))
+            .chain(loaded.revoked.into_iter().map(|w| (w, Phase::Revoking)))
+        {
+            let process =
+                ManagedProcess::try_from((wire.clone(), &policy)).expect("checked while loading");
+            table.insert(Entry::new(process, wire, phase));
+        }
+        Ok(loaded.corrupt)
+    }
+
+    /// Validate, reserve, persist, start. See the module docs.
+    pub async fn assign(&self, wire: pb::ProcessAssignment) -> Result<Assigned, LauncherError> {
+        let process = ManagedProcess::try_from((wire.clone(), &self.policy))?;
+        let ty = process.process_type();
+        if !self.capabilities.contains(&ty) {
+            return Err(LauncherError::NotCapable {
+                process_type: ty,
+                capabilities: self
+                    .capabilities
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let id = process.id.clone();
+        let _guard = self.locks.lock(&id).await;
+
+        // Decide, and reserve a slot, in one critical section.
+        let previous = {
+            let mut table = self.table();
+            match table.entries.get(&id) {
+                Some(e) if e.phase == Phase::Revoking => {
+                    return Err(LauncherError::Revoking { id });
+                }
+                Some(e) if e.process.version == process.version => {
+                    return Ok(Assigned {
+                        unit: e.unit.clone(),
+                        outcome: AssignOutcome::Unchanged,
+                    });
+                }
+                Some(e) if e.process.version > process.version => {
+                    return Err(LauncherError::StaleVersion {
+                        id,
+                        held: e.process.version,
+                        requested: process.version,
+                    });
+                }
+                Some(e) => Some((e.unit.clone(), e.process.version, e.wire.clone())),
+                None => {
+                    let used = table.entries.len();
+                    if used >= self.max_processes {
+                        return Err(LauncherError::CapacityExhausted {
+                            used,
+                            max: self.max_processes,
+                        });
+                    }
+                    table.insert(Entry::new(process.clone(), wire.clone(), Phase::Starting));
+                    None
+                }
+            }
+        };
+
+        // Persist before touching systemd: a crash from here on is repaired
+        // by reconciliation, never lost.
+        if let Err(e) = self.store.save(&wire, false) {
+            if previous.is_none() {
+                self.table().remove(&id);
+            }
+            return Err(e.into());
+        }
+        let spec = unit::translate(&process);
+        if let Some((old_unit, _, _)) = &previous {
+            {
+                let mut table = self.table();
+                table.remove(&id);
+                table.insert(Entry::new(process.clone(), wire.clone(), Phase::Starting));
+            }
+            // The old version goes first; the unit name may be the same.
+            if let Err(e) = self.systemd.stop(old_unit, process.stop_timeout).await {
+                self.set_phase(&id, Phase::Held);
+                self.request_reconcile();
+                return Err(e.into());
+            }
+        }
+        let outcome = self.start_unit(&process, &spec).await;
+        self.changed.notify_one();
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                // Recorded but not started: the reconciler retries.
+                self.set_phase(&id, Phase::Held);
+                self.request_reconcile();
+                return Err(e.into());
+            }
+        };
+        Ok(Assigned {
+            unit: spec.name,
+            outcome: match (previous, outcome) {
+                (Some((_, v, _)), AssignOutcome::Started | AssignOutcome::Adopted) => {
+                    AssignOutcome::Replaced { previous: v }
+                }
+                (_, o) => o,
+            },
+        })
+    }
+
+    pub(super) fn set_phase(&self, id: &str, phase: Phase) {
+        if let Some(e) = self.table().entries.get_mut(id) {
+            e.phase = phase;
+        }
+    }
+
+    /// Create the unit of `process`, adopting or replacing a unit of the
+    /// same name that is already there. The caller holds the id's lock.
+    pub(super) async fn start_unit(
+        &self,
+        process: &ManagedProcess,
+        spec: &unit::UnitSpec,
+    ) -> Result<AssignOutcome, SystemdError> {
+        let mut outcome = AssignOutcome::Started;
+        let mut result = self.systemd.start_transient(spec).await;
+        if let Err(SystemdError::UnitExists { .. }) = &result {
+            let existing = self.systemd.status(&spec.name).await;
+            let same = existing.as_ref().ok().is_some_and(|s| {
+                unit::parse_description(&s.description).is_some_and(|i| {
+                    i.id == process.id
+                        && i.version == process.version
+                        && i.process_type == process.process_type()
+                }) && matches!(
+                    s.active_state.as_str(),
+                    "active" | "activating" | "reloading"
+                )
+            });
+            if same {
+                outcome = AssignOutcome::Adopted;
+                result = Ok(());
+            } else {
+                // Another version, or a dead unit waiting to be collected.
+                self.systemd.stop(&spec.name, process.stop_timeout).await?;
+                result = self.systemd.start_transient(spec).await;
+            }
+        }
+        let now = Instant::now();
+        let mut table = self.table();
+        let entry = table.entries.get_mut(&process.id);
+        match result {
+            Ok(()) => {
+                if let Some(e) = entry {
+                    e.phase = Phase::Held;
+                    e.restore_not_before = None;
+                    e.circuit_opened_at = None;
+                }
+                drop(table);
+                self.ensure_probe(&process.id);
+                Ok(outcome)
+            }
+            Err(SystemdError::StartFailed {
+                status, job_result, ..
+            }) => {
+                let reason = format!("start job {job_result}: {}", status.describe_failure());
+                if let Some(e) = entry {
+                    e.phase = Phase::Held;
+                    e.start_failures += 1;
+                    e.last_error = Some(reason.clone());
+                    if status.start_limit_hit() {
+                        e.circuit_opened_at.get_or_insert(now);
+                    }
+                    e.unit_status = Some(*status);
+                }
+                Ok(AssignOutcome::StartFailed { reason })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Record the revocation, then stop the unit gracefully.
+    pub async fn revoke(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<Revoked, LauncherError> {
+        let _guard = self.locks.lock(id).await;
+        let (unit, wire) = {
+            let mut table = self.table();
+            let entry = table
+                .entries
+                .get_mut(id)
+                .ok_or_else(|| LauncherError::NotFound { id: id.to_owned() })?;
+            entry.phase = Phase::Revoking;
+            entry.stop_probe();
+            (entry.unit.clone(), entry.wire.clone())
+        };
+        self.changed.notify_one();
+        // The revocation is durable before the stop begins.
+        self.store.save(&wire, true)?;
+        let stopped = self
+            .systemd
+            .stop(&unit, grace.unwrap_or(DEFAULT_REVOKE_GRACE))
+            .await?;
+        self.store.remove(id)?;
+        if let Some(e) = self.table().remove(id)
+            && let Some(cg) = e.unit_status.as_ref().map(|s| s.control_group.clone())
+        {
+            self.usage.forget(&cg);
+        }
+        self.changed.notify_one();
+        let exit_code = match (stopped.exit_code, stopped.exit_status) {
+            (Some(1), Some(status)) => status,
+            (Some(2 | 3), Some(signal)) => 128 + signal,
+            _ => 0,
+        };
+        Ok(Revoked {
+            stopped_at: now_unix(),
+            exit_code,
+            was_running: stopped.was_loaded,
+            killed: stopped.killed,
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! Following systemd's signals into the table, and probing processes.
+
+use std::{sync::Arc, time::Instant};
+
+use tokio::sync::broadcast::error::RecvError;
+
+use super::supervisor::Supervisor;
+use crate::{
+    health::{Phase, ProbeState, probe},
+    model::Probe,
+    systemd::UnitEvent,
+};
+
+impl Supervisor {
+    /// Apply unit events to the table until the event stream closes.
+    pub async fn follow_events(self: Arc<Self>) {
+        let mut events = self.systemd.events();
+        loop {
+            match events.recv().await {
+                Ok(UnitEvent::Changed(status)) => {
+                    let mut table = self.table();
+                    let Some(entry) = table.by_unit(&status.name) else {
+                        continue;
+                    };
+                    if status.start_limit_hit() {
+                        if entry.circuit_opened_at.is_none() {
+                            tracing::warn!(
+                                process = %entry.process.id,
+                                unit = %status.name,
+                                error = %status.describe_failure(),
+                                "circuit open: systemd stopped restarting the process"
+                            );
+                            entry.last_error = Some(status.describe_failure());
+                            entry.circuit_opened_at = Some(Instant::now());
+                            self.reconcile.notify_one();
+                        }
+                    } else if status.is_finally_failed() {
+                        entry.last_error = Some(status.describe_failure());
+                    }
+                    if status.is_active() {
+                        entry.circuit_opened_at = None;
+                        if entry.phase == Phase::Restoring {
+                            entry.phase = Phase::Held;
+                        }
+                    }
+                    entry.unit_status = Some(*status);
+                    drop(table);
+                    self.changed.notify_one();
+                }
+                Ok(UnitEvent::Removed { unit }) => {
+                    let mut table = self.table();
+                    if let Some(entry) = table.by_unit(&unit)
+                        && entry.phase == Phase::Held
+                    {
+                        // Gone behind the launcher's back (stopped by hand,
+                        // exited, collected): restore it.
+                        tracing::info!(process = %entry.process.id, %unit, "unit disappeared; restoring it");
+                        entry.schedule_restore(Instant::now());
+                        drop(table);
+                        self.reconcile.notify_one();
+                    } else if let Some(entry) = table.by_unit(&unit) {
+                        entry.unit_status = None;
+                    }
+                    self.changed.notify_one();
+                }
+                Ok(UnitEvent::Resynced { .. }) | Err(RecvError::Lagged(_)) => {
+                    // A (re)connected manager, or missed events: the
+                    // reconciler takes the manager's list as the truth.
+                    self.reconcile.notify_one();
+                    self.changed.notify_one();
+                }
+                Ok(UnitEvent::Disconnected) => self.changed.notify_one(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Start the probe task of a process that has a probe, if not running.
+    pub(super) fn ensure_probe(self: &Supervisor, id: &str) {
+        let Some(this) = self.me() else { return };
+        let mut table = self.table();
+        let Some(entry) = table.entries.get_mut(id) else {
+            return;
+        };
+        let probe = entry.process.health.probe.clone();
+        if matches!(probe, Probe::None | Probe::Watchdog { .. }) {
+            return;
+        }
+        if entry.probe_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        entry.probe = ProbeState {
+            configured: true,
+            ..ProbeState::default()
+        };
+        let version = entry.process.version;
+        let task = tokio::spawn(this.probe_loop(id.to_owned(), version));
+        entry.probe_task = Some(task.abort_handle());
+    }
+
+    /// Probe one process every interval; restart it through systemd once it
+    /// failed `failure_threshold` times in a row.
+    async fn probe_loop(self: Arc<Self>, id: String, version: i64) {
+        loop {
+            let (check, unit, active) = {
+                let table = self.table();
+                let Some(e) = table
+                    .entries
+                    .get(&id)
+                    .filter(|e| e.process.version == version)
+                else {
+                    return;
+                };
+                (
+                    e.process.health.clone(),
+                    e.unit.clone(),
+                    e.unit_status.as_ref().is_some_and(|s| s.is_active()),
+                )
+            };
+            tokio::time::sleep(check.interval).await;
+            if !active {
+                continue;
+            }
+            let result = probe::check(&check.probe, check.timeout).await;
+            let restart = {
+                let mut table = self.table();
+                let Some(e) = table
+                    .entries
+                    .get_mut(&id)
+                    .filter(|e| e.process.version == version)
+                else {
+                    return;
+                };
+                // The unit may have stopped while the probe ran.
+                if !e.unit_status.as_ref().is_some_and(|s| s.is_active()) {
+                    continue;
+                }
+                let p = &mut e.probe;
+                match &result {
+                    Ok(()) => {
+                        if !p.passed || p.restarted_unhealthy {
+                            tracing::info!(process = %id, "probe passing");
+                        }
+                        p.passed = true;
+                        p.restarted_unhealthy = false;
+                        p.consecutive_failures = 0;
+                        false
+                    }
+                    Err(reason) => {
+                        p.consecutive_failures += 1;
+                        p.total_failures += 1;
+                        p.last_error = Some(reason.clone());
+                        tracing::debug!(process = %id, failures = p.consecutive_failures, %reason, "probe failed");
+                        p.consecutive_failures >= check.failure_threshold
+                    }
+                }
+            };
+            self.changed.notify_one();
+            if restart {
+                tracing::warn!(
+                    process = %id,
+                    %unit,
+                    failures = check.failure_threshold,
+                    "unhealthy: restarting through systemd"
+                );
+                let result = {
+                    let _guard = self.locks.lock(&id).await;
+                    self.systemd.restart(&unit).await
+                };
+                let mut table = self.table();
+                if let Some(e) = table.entries.get_mut(&id) {
+                    e.launcher_restarts += 1;
+                    e.probe.consecutive_failures = 0;
+                    e.probe.passed = false;
+                    e.probe.restarted_unhealthy = true;
+                    if let Err(err) = result {
+                        e.last_error = Some(format!("restart after failed probes: {err}"));
+                    }
+                }
+                drop(table);
+                self.changed.notify_one();
+            }
+        }
+    }
+}

@@ -1,0 +1,680 @@
+//! The prism-launcher daemon, driven over gRPC, against a real systemd
+//! manager (a sandboxed user manager; the daemon talks to it over its bus,
+//! its production code path).
+
+mod support;
+
+use std::{collections::HashMap, fs, time::Duration};
+
+use futures_util::future::join_all;
+use prism_launcher::pb::prism::{
+    self as pb,
+    launcher::v1::{GetProcessRequest, ListProcessesRequest, ProcessInfo},
+};
+use support::{daemon::*, *};
+use tonic::Code;
+
+fn with_config(
+    mut wire: pb::ProcessAssignment,
+    f: impl FnOnce(&mut pb::ProcessConfig),
+) -> pb::ProcessAssignment {
+    f(wire.config.as_mut().expect("config"));
+    wire
+}
+
+async fn get(d: &Daemon, id: &str) -> ProcessInfo {
+    d.client()
+        .await
+        .get_process(GetProcessRequest {
+            process_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("GetProcess {id}: {e}"))
+        .into_inner()
+}
+
+fn health(info: &ProcessInfo) -> &pb::ProcessHealth {
+    info.health.as_ref().expect("health")
+}
+
+/// Wait until GetProcess reports `detailed_status`.
+async fn wait_status(d: &Daemon, id: &str, status: &str) -> ProcessInfo {
+    eventually(&format!("{id} to be {status}"), DEADLINE, || async {
+        let info = get(d, id).await;
+        (health(&info).detailed_status == status).then_some(info)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_type_is_assigned_listed_and_revoked() {
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    let assignments = [
+        with_config(pattern("kv-1", &h.demo, &[]), |c| c.health_port = 19101),
+        proxy("proxy-1", &h.demo, &[]),
+        backend("redis-1", &h.demo, &[]),
+        utility("logs-1", &h.demo, &[]),
+    ];
+    for a in assignments {
+        let ack = client
+            .assign_process(a.clone())
+            .await
+            .expect("assign")
+            .into_inner();
+        assert!(ack.success, "{ack:?}");
+        assert_eq!(ack.launcher_id, "test-launcher");
+        assert!(ack.unit_name.starts_with("prism-"), "{ack:?}");
+        assert_eq!(h.prop(&ack.unit_name, "ActiveState"), "active");
+    }
+
+    // kv-1 has an HTTP probe: running once it passed.
+    let kv = wait_status(&d, "kv-1", "running").await;
+    let kv_health = health(&kv);
+    assert_eq!(kv_health.status, "running");
+    assert_eq!(kv_health.unit_name, r"prism-pattern-kv\x2d1.service");
+    assert_eq!(kv_health.pid.to_string(), h.prop(&kv.unit_name, "MainPID"));
+    assert_eq!(kv_health.active_state, "active");
+    assert_eq!(kv_health.version, 1);
+    assert_eq!(kv_health.restart_count, 0);
+
+    let list = client
+        .list_processes(ListProcessesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    let by_id: HashMap<String, &ProcessInfo> = list
+        .processes
+        .iter()
+        .map(|p| (p.assignment.as_ref().unwrap().process_id.clone(), p))
+        .collect();
+    assert_eq!(by_id.len(), 4);
+    for (id, p) in &by_id {
+        let hl = health(p);
+        assert_eq!(hl.detailed_status, "running", "{id}: {hl:?}");
+        assert!(hl.pid > 0, "{id}");
+        assert!(hl.uptime_seconds >= 0);
+    }
+    // Secrets are redacted in what the launcher shows.
+    let redis = by_id["redis-1"].assignment.as_ref().unwrap();
+    let b = redis.config.as_ref().unwrap().backend.as_ref().unwrap();
+    assert_eq!(b.connection_string, "(redacted)");
+    assert_eq!(b.credentials["password"], "(redacted)");
+    let resources = list.resources.expect("resources");
+    assert_eq!(
+        (
+            resources.process_count,
+            resources.max_processes,
+            resources.available_slots
+        ),
+        (4, 50, 46)
+    );
+    // Filters.
+    let proxies = client
+        .list_processes(ListProcessesRequest {
+            process_type: "proxy".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proxies.processes.len(), 1);
+    let in_orders = client
+        .list_processes(ListProcessesRequest {
+            namespace: "orders".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(in_orders.processes.len(), 2);
+
+    // Revoke: the unit is gone, the state file too, exit status reported.
+    h.wait_ready("proxy-1").await;
+    let ack = client
+        .revoke_process(pb::ProcessRevocation {
+            launcher_id: "test-launcher".into(),
+            process_id: "proxy-1".into(),
+            graceful_timeout_seconds: 10,
+        })
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert!(ack.success && ack.stopped_at > 0, "{ack:?}");
+    assert_eq!(ack.exit_code, 0, "{ack:?}");
+    assert!(!h.listed_units().iter().any(|u| u.contains("proxy")));
+    assert!(
+        !d.state_files().iter().any(|f| f.contains("proxy")),
+        "{:?}",
+        d.state_files()
+    );
+    let e = client
+        .get_process(GetProcessRequest {
+            process_id: "proxy-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = client
+        .revoke_process(pb::ProcessRevocation {
+            process_id: "proxy-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("proxy-1"), "{}", e.message());
+
+    // sd_notify: READY=1 came, and STATUS= follows the counts.
+    eventually("STATUS= with 3 running", DEADLINE, || async {
+        d.last_status()
+            .filter(|s| s.starts_with("3 running, 47 slots free; systemd connected"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignments_are_idempotent_by_id_and_version() {
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    let v1 = pattern("kv-1", &h.demo, &[]);
+    let ack = client
+        .assign_process(v1.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let unit = ack.unit_name;
+    let pid = h.prop(&unit, "MainPID");
+
+    // Same version: nothing changes, not even the process.
+    let again = client
+        .assign_process(v1.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.success);
+    assert!(
+        again.message.contains("nothing changed"),
+        "{}",
+        again.message
+    );
+    assert_eq!(h.prop(&unit, "MainPID"), pid);
+
+    // A higher version replaces the unit.
+    let mut v2 = with_config(v1.clone(), |c| c.args = vec!["--print-env".into()]);
+    v2.version = 2;
+    let ack = client
+        .assign_process(v2.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        ack.message.contains("replaced kv-1 v1 with v2"),
+        "{}",
+        ack.message
+    );
+    let replaced = h.show(&unit, &["MainPID", "Description", "ExecStart"]);
+    assert_ne!(replaced["MainPID"], pid);
+    assert!(
+        replaced["Description"].contains(" v2 "),
+        "{}",
+        replaced["Description"]
+    );
+    assert!(replaced["ExecStart"].contains("--print-env"));
+    assert_eq!(health(&get(&d, "kv-1").await).version, 2);
+
+    // A lower version is refused and changes nothing.
+    let e = client.assign_process(v1).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(
+        e.message().contains("version 2") && e.message().contains("version 1"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(h.prop(&unit, "MainPID"), replaced["MainPID"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_and_capacity_are_enforced() {
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &["--capabilities", "pattern", "--max-processes", "10"]).await;
+    let client = d.client().await;
+
+    let e = client
+        .clone()
+        .assign_process(proxy("p-1", &h.demo, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("proxy") && e.message().contains("capabilities"),
+        "{}",
+        e.message()
+    );
+
+    // 20 at once for 10 slots: exactly 10 get in.
+    let results = join_all((0..20).map(|i| {
+        let mut c = client.clone();
+        let a = pattern(&format!("kv-{i}"), &h.demo, &[]);
+        async move { c.assign_process(a).await }
+    }))
+    .await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let exhausted: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(accepted, 10, "{results:?}");
+    assert_eq!(exhausted.len(), 10);
+    for e in &exhausted {
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        assert!(e.message().contains("10 of 10"), "{}", e.message());
+    }
+    assert_eq!(h.listed_units().len(), 10);
+    assert_eq!(d.state_files().len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_naming_the_field_and_creates_nothing() {
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    let demo = h.demo.display().to_string();
+    let outside = "/usr/sbin/nologin".to_owned();
+    type Edit = Box<dyn Fn(&mut pb::ProcessAssignment)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        ("process_id", Box::new(|w| w.process_id.clear())),
+        ("process_id", Box::new(|w| w.process_id = "x".repeat(129))),
+        ("process_id", Box::new(|w| w.process_id = "../etc".into())),
+        (
+            "config.binary",
+            Box::new(|w| w.config.as_mut().unwrap().binary = "prism-demo".into()),
+        ),
+        (
+            "config.binary",
+            Box::new(move |w| w.config.as_mut().unwrap().binary = outside.clone()),
+        ),
+        (
+            "config.binary",
+            Box::new(move |w| w.config.as_mut().unwrap().binary = format!("{demo}-missing")),
+        ),
+        (
+            "config.args[0]",
+            Box::new(|w| w.config.as_mut().unwrap().args = vec!["a\0b".into()]),
+        ),
+        (
+            "config.args[0]",
+            Box::new(|w| w.config.as_mut().unwrap().args = vec!["a\nb".into()]),
+        ),
+        (
+            "config.env.X",
+            Box::new(|w| {
+                w.config
+                    .as_mut()
+                    .unwrap()
+                    .env
+                    .insert("X".into(), "1\n2".into());
+            }),
+        ),
+        (
+            "config.env.1X",
+            Box::new(|w| {
+                w.config
+                    .as_mut()
+                    .unwrap()
+                    .env
+                    .insert("1X".into(), "v".into());
+            }),
+        ),
+        (
+            "config.port",
+            Box::new(|w| w.config.as_mut().unwrap().port = 70000),
+        ),
+        (
+            "config.pattern",
+            Box::new(|w| w.config.as_mut().unwrap().pattern = None),
+        ),
+        (
+            "config.proxy",
+            Box::new(|w| {
+                w.config.as_mut().unwrap().proxy = Some(pb::ProxyProcessConfig::default());
+            }),
+        ),
+        (
+            "config.pattern.pattern_type",
+            Box::new(|w| {
+                w.config
+                    .as_mut()
+                    .unwrap()
+                    .pattern
+                    .as_mut()
+                    .unwrap()
+                    .pattern_type
+                    .clear();
+            }),
+        ),
+        (
+            "process_type",
+            Box::new(|w| w.process_type = "daemon".into()),
+        ),
+        (
+            "config.isolation_level",
+            Box::new(|w| w.config.as_mut().unwrap().isolation_level = "total".into()),
+        ),
+        (
+            "config.args",
+            Box::new(|w| w.config.as_mut().unwrap().args = vec!["x".into(); 300]),
+        ),
+    ];
+    for (field, edit) in &cases {
+        let mut wire = pattern("bad-1", &h.demo, &[]);
+        edit(&mut wire);
+        let e = client.assign_process(wire).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e}");
+        assert!(e.message().starts_with(field), "{field}: {}", e.message());
+    }
+    // Nothing half-created, anywhere.
+    assert!(h.listed_units().is_empty(), "{:?}", h.listed_units());
+    assert!(d.state_files().is_empty(), "{:?}", d.state_files());
+    let creds = h.sandbox.dir().join("credentials");
+    assert!(!creds.exists() || fs::read_dir(&creds).unwrap().next().is_none());
+    // Revocations and reads are checked too.
+    let e = client
+        .revoke_process(pb::ProcessRevocation {
+            process_id: "kv-1".into(),
+            graceful_timeout_seconds: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("graceful_timeout_seconds"),
+        "{}",
+        e.message()
+    );
+    let e = client
+        .revoke_process(pb::ProcessRevocation {
+            launcher_id: "another".into(),
+            process_id: "kv-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("launcher_id"), "{}", e.message());
+    // And the daemon keeps serving.
+    let ack = client
+        .assign_process(pattern("kv-1", &h.demo, &[]))
+        .await
+        .expect("a good assignment after bad ones")
+        .into_inner();
+    assert_eq!(h.prop(&ack.unit_name, "ActiveState"), "active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_50_units_then_restart_adopts_all_without_restarts() {
+    let Some(h) = harness!() else { return };
+    let mut d = Daemon::start(&h, &[]).await;
+    let client = d.client().await;
+    let results = join_all((0..50).map(|i| {
+        let mut c = client.clone();
+        let a = pattern(&format!("kv-{i:02}"), &h.demo, &[]);
+        async move { c.assign_process(a).await.map(|r| r.into_inner().unit_name) }
+    }))
+    .await;
+    let units: Vec<String> = results.into_iter().map(|r| r.expect("assign")).collect();
+    let pids: HashMap<&String, String> = units.iter().map(|u| (u, h.prop(u, "MainPID"))).collect();
+    assert!(pids.values().all(|p| p != "0"));
+
+    d.kill9();
+    // Workloads do not depend on the launcher.
+    for u in &units {
+        assert_eq!(h.prop(u, "ActiveState"), "active", "{u}");
+    }
+    d.restart().await;
+    let listed = d
+        .client()
+        .await
+        .list_processes(ListProcessesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.processes.len(), 50);
+    for u in &units {
+        let s = h.show(u, &["MainPID", "NRestarts", "ActiveState"]);
+        assert_eq!(s["MainPID"], pids[u], "{u} was restarted");
+        assert_eq!(s["NRestarts"], "0", "{u}");
+        assert_eq!(s["ActiveState"], "active", "{u}");
+    }
+    assert_eq!(h.listed_units().len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_manager_gets_every_desired_unit_back() {
+    let Some(mut h) = harness!() else { return };
+    let d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    let mut units = Vec::new();
+    for i in 0..5 {
+        let a = with_config(utility(&format!("u-{i}"), &h.demo, &[]), |_| {});
+        units.push(
+            client
+                .assign_process(a)
+                .await
+                .unwrap()
+                .into_inner()
+                .unit_name,
+        );
+    }
+    h.sandbox.restart_manager().expect("restart the manager");
+    // Every transient unit died with the manager; the launcher recreates them.
+    eventually("all five units recreated", DEADLINE, || async {
+        let listed = h.listed_units();
+        units
+            .iter()
+            .all(|u| listed.contains(u) && h.prop(u, "ActiveState") == "active")
+            .then_some(())
+    })
+    .await;
+    eventually("the launcher to report them running", DEADLINE, || async {
+        let s = d.last_status()?;
+        s.starts_with("5 running").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_launcher_and_leaves_workloads_running() {
+    let Some(h) = harness!() else { return };
+    let mut d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    let unit = client
+        .assign_process(pattern("kv-1", &h.demo, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .unit_name;
+    let pid = h.prop(&unit, "MainPID");
+    let status = d.terminate().await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        d.notifications
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("STOPPING=1")),
+        "no STOPPING=1"
+    );
+    assert_eq!(h.prop(&unit, "ActiveState"), "active");
+    assert_eq!(h.prop(&unit, "MainPID"), pid);
+    assert!(
+        d.log_text().contains("workloads keep running"),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_reports_circuit_open_then_half_opens() {
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &["--circuit-cooldown", "2s"]).await;
+    let mut client = d.client().await;
+    let wire = with_config(
+        utility("crashy-1", &h.demo, &["--crash-at-start", "3"]),
+        |c| {
+            c.restart_policy = Some(pb::RestartPolicy {
+                delay_ms: 100,
+                max_restarts: 3,
+                ..Default::default()
+            });
+        },
+    );
+    client.assign_process(wire).await.expect("assign");
+    let info = wait_status(&d, "crashy-1", "circuit_open").await;
+    let hl = health(&info);
+    assert_eq!(hl.status, "failed");
+    assert!(
+        hl.last_error.contains("exited with status 3"),
+        "{}",
+        hl.last_error
+    );
+    assert!(
+        hl.last_error.contains("start limit hit"),
+        "{}",
+        hl.last_error
+    );
+    assert!(hl.restart_count >= 3, "{hl:?}");
+    // After the cool-down: one half-open round, which trips again.
+    eventually("a half-open try", DEADLINE, || async {
+        d.log_text().contains("circuit half-open").then_some(())
+    })
+    .await;
+    let before = hl.restart_count;
+    eventually(
+        "the half-open round to trip the circuit again",
+        DEADLINE,
+        || async {
+            let info = get(&d, "crashy-1").await;
+            let now = health(&info);
+            (now.detailed_status == "circuit_open" && now.restart_count > before).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_probe_is_unhealthy_then_restarted() {
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    let wire = with_config(
+        pattern("sick-1", &h.demo, &["--fail-health-after", "1"]),
+        |c| {
+            c.health_port = 19201;
+            c.health_check = Some(pb::HealthCheck {
+                kind: "http".into(),
+                interval_ms: 300,
+                timeout_ms: 200,
+                failure_threshold: 2,
+                ..Default::default()
+            });
+        },
+    );
+    let unit = client
+        .assign_process(wire)
+        .await
+        .unwrap()
+        .into_inner()
+        .unit_name;
+    let pid = h.prop(&unit, "MainPID");
+    wait_status(&d, "sick-1", "running").await;
+    let info = wait_status(&d, "sick-1", "unhealthy").await;
+    assert!(
+        health(&info).last_error.contains("503"),
+        "{:?}",
+        health(&info)
+    );
+    let restarted = eventually("a restart through systemd", DEADLINE, || async {
+        let info = get(&d, "sick-1").await;
+        (health(&info).restart_count >= 1).then_some(info)
+    })
+    .await;
+    assert_ne!(
+        h.prop(&unit, "MainPID"),
+        pid,
+        "the process was not restarted"
+    );
+    assert!(health(&restarted).error_count >= 2);
+    assert!(
+        d.log_text()
+            .contains("unhealthy: restarting through systemd")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_file_is_reported_and_moved_aside() {
+    let Some(h) = harness!() else { return };
+    let mut d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    client
+        .assign_process(pattern("kv-1", &h.demo, &[]))
+        .await
+        .unwrap();
+    let junk = d.state_dir.join("processes").join("kv-2.pb");
+    fs::write(&junk, b"\x0a\xff\xff\xff not protobuf").unwrap();
+    d.restart().await;
+    assert!(!junk.exists());
+    let moved: Vec<_> = fs::read_dir(d.state_dir.join("corrupt"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(moved.len(), 1);
+    let log = d.log_text();
+    assert!(log.contains("corrupt state file moved aside"), "{log}");
+    assert!(log.contains("kv-2.pb"), "{log}");
+    // The good one is still held, and the daemon serves.
+    assert_eq!(health(&get(&d, "kv-1").await).detailed_status, "running");
+    client = d.client().await;
+    client
+        .assign_process(pattern("kv-3", &h.demo, &[]))
+        .await
+        .expect("still serving");
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_64_naming_the_setting_before_binding() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--max-processes", "0"], "--max-processes"),
+        (vec!["--max-processes", "lots"], "--max-processes"),
+        (vec!["--capabilities", "pattern,daemon"], "--capabilities"),
+        (vec!["--systemd", "somewhere"], "--systemd"),
+        (vec!["--listen", "0.0.0.0:7070"], "--listen"),
+        (vec!["--admin-endpoint", "admin"], "--admin-endpoint"),
+        (vec!["--no-such-flag"], "--no-such-flag"),
+    ];
+    for (flags, setting) in cases {
+        let mut args = vec![
+            "--listen",
+            listen.as_str(),
+            "--state-dir",
+            state_arg.as_str(),
+        ];
+        args.extend(flags.iter());
+        let (code, out) = run_to_exit(&args, Duration::from_secs(10));
+        assert_eq!(code, Some(64), "{flags:?}: {out}");
+        assert!(out.contains(setting), "{flags:?}: {out}");
+        // Nothing was bound or created.
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        assert!(!state.exists(), "{flags:?} created the state directory");
+    }
+    let (code, out) = run_to_exit(&["--help"], Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("--admin-endpoint") && out.contains("--max-processes"),
+        "{out}"
+    );
+}

@@ -1,0 +1,232 @@
+//! The prism-launcher binary under test: started against a harness's
+//! sandbox manager, with its own state directory, a notify socket that
+//! records its sd_notify messages, and its log in a file.
+
+use std::{
+    fs,
+    net::TcpListener,
+    os::unix::net::UnixDatagram,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prism_launcher::pb::prism::launcher::v1::launcher_client::LauncherClient;
+use tonic::transport::Channel;
+
+use super::{DEADLINE, Harness, eventually};
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    notify_path: PathBuf,
+    /// Every sd_notify datagram received, in order.
+    pub notifications: Arc<Mutex<Vec<String>>>,
+    runs: u32,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Daemon {
+    /// Start prism-launcher with the harness's manager and allowlist, plus
+    /// `extra` flags, and wait until it is ready.
+    pub async fn start(h: &Harness, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let state_dir = h.sandbox.dir().join("launcher-state");
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--systemd".into(),
+            format!("bus:{}", h.sandbox.bus_address()),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--credentials-dir".into(),
+            h.sandbox.dir().join("credentials").display().to_string(),
+            "--allow-binary-dir".into(),
+            h.bin_dir.display().to_string(),
+            "--launcher-id".into(),
+            "test-launcher".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let notify_path = h.sandbox.dir().join("launcher-notify");
+        let mut d = Daemon {
+            child: None,
+            port,
+            state_dir,
+            log: h.sandbox.dir().join("launcher.log"),
+            args,
+            notify_path,
+            notifications: Arc::default(),
+            runs: 0,
+        };
+        d.spawn();
+        d.wait_ready().await;
+        d
+    }
+
+    fn spawn(&mut self) {
+        let _ = fs::remove_file(&self.notify_path);
+        let socket = UnixDatagram::bind(&self.notify_path).expect("notify socket");
+        let received = self.notifications.clone();
+        received.lock().unwrap().clear();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                received
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        self.runs += 1;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_prism-launcher"))
+            .args(&self.args)
+            .env("NOTIFY_SOCKET", &self.notify_path)
+            .env("RUST_LOG", "info,prism_launcher=debug")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prism-launcher");
+        self.child = Some(child);
+    }
+
+    /// READY=1 arrived on the notify socket since the last (re)start.
+    pub async fn wait_ready(&self) {
+        let log = self.log.clone();
+        eventually(
+            &format!("prism-launcher READY=1 (log: {})", log.display()),
+            DEADLINE,
+            || async {
+                let ready = self
+                    .notifications
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m.lines().any(|l| l == "READY=1"));
+                ready.then_some(())
+            },
+        )
+        .await;
+    }
+
+    pub async fn client(&self) -> LauncherClient<Channel> {
+        LauncherClient::connect(format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("connect to prism-launcher")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The latest STATUS= the daemon sent.
+    pub fn last_status(&self) -> Option<String> {
+        self.notifications
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("STATUS=").map(str::to_owned))
+            })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        eventually("prism-launcher to exit", DEADLINE, || {
+            let r = c.try_wait().expect("wait");
+            async move { r }
+        })
+        .await
+    }
+
+    /// Start it again with the same flags and state, and wait for READY.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Files in the desired-state directory.
+    pub fn state_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.state_dir.join("processes"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = fs::remove_file(&self.notify_path);
+    }
+}
+
+/// Run a `prism-launcher` that is expected to exit on its own.
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prism-launcher"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn prism-launcher");
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = child.wait_with_output().expect("output");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return (status.code(), text);
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            panic!("prism-launcher {args:?} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
