@@ -678,3 +678,125 @@ async fn bad_configuration_exits_64_naming_the_setting_before_binding() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_grpc_health_and_reflection() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", d.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "prism.launcher.v1.Launcher"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status();
+        assert_eq!(status.as_str_name(), "SERVING", "{service:?}");
+    }
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let reply = stream.message().await.unwrap().expect("a reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"prism.launcher.v1.Launcher".to_owned()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_units_that_are_not_desired_are_stopped() {
+    let Some(h) = harness!() else { return };
+    // A workload-named unit nobody assigned, and a unit outside the pattern.
+    let demo = h.demo.display().to_string();
+    for unit in [
+        "prism-pattern-stray.service",
+        "prism-launcher-lookalike.service",
+    ] {
+        let out = std::process::Command::new("systemd-run")
+            .args(["--user", "--unit", unit, "-p", "Type=exec", &demo])
+            .env("XDG_RUNTIME_DIR", h.sandbox.runtime_dir())
+            .env("DBUS_SESSION_BUS_ADDRESS", h.sandbox.bus_address())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let d = Daemon::start(&h, &["--reconcile-interval", "1s"]).await;
+    eventually(
+        "the stray workload unit to be stopped",
+        DEADLINE,
+        || async {
+            (!h.listed_units()
+                .contains(&"prism-pattern-stray.service".to_owned()))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(d.log_text().contains("not desired"), "{}", d.log_text());
+    // The launcher never touches units outside its workload pattern.
+    assert_eq!(
+        h.prop("prism-launcher-lookalike.service", "ActiveState"),
+        "active"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_revocation_is_finished_after_a_crash() {
+    use prism_launcher::launcher::store::Store;
+    let Some(h) = harness!() else { return };
+    let mut d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    let wire = pattern("kv-1", &h.demo, &[]);
+    let unit = client
+        .assign_process(wire.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .unit_name;
+    // The launcher dies right after recording a revocation, before the stop.
+    d.kill9();
+    Store::open(&d.state_dir)
+        .unwrap()
+        .save(&wire, true)
+        .unwrap();
+    assert_eq!(h.prop(&unit, "ActiveState"), "active");
+    d.restart().await;
+    eventually("the revocation to be finished", DEADLINE, || async {
+        (!h.listed_units().contains(&unit) && d.state_files().is_empty()).then_some(())
+    })
+    .await;
+    let e = client_get_err(&d, "kv-1").await;
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+async fn client_get_err(d: &Daemon, id: &str) -> tonic::Status {
+    d.client()
+        .await
+        .get_process(GetProcessRequest {
+            process_id: id.into(),
+        })
+        .await
+        .unwrap_err()
+}

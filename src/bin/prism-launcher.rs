@@ -19,6 +19,9 @@ fn init_logging() {
     if std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(journald) = tracing_journald::layer()
     {
+        // Fields as they are: UNIT= ties a message to its unit the way
+        // systemd's own messages are, so `journalctl -u <unit>` shows it.
+        let journald = journald.with_field_prefix(None);
         tracing_subscriber::registry()
             .with(filter)
             .with(journald)

@@ -15,9 +15,13 @@ use std::{
 use clap::{Args, Subcommand};
 
 use super::{Error, table};
+use tonic::transport::Channel;
+
 use crate::{
-    model::{ManagedProcess, Policy},
-    pb::prism as pb,
+    pb::prism::{
+        self as pb,
+        launcher::v1::{ListProcessesRequest, launcher_client::LauncherClient},
+    },
     sandbox::Sandbox,
     systemd::{DbusSystemd, Options, Systemd, SystemdError, Target},
     unit,
@@ -70,7 +74,9 @@ fn host_has_systemd() -> bool {
 /// Where the stack's processes run.
 struct Manager {
     target: Target,
-    sandbox: Option<Sandbox>,
+    /// The private manager's directory, when there is one. The handle is
+    /// detached at once: only `down` stops it, never an error or a panic.
+    sandbox: Option<PathBuf>,
 }
 
 impl Manager {
@@ -80,12 +86,12 @@ impl Manager {
             None => {
                 format!("Inspect with:\n  systemctl status 'prism-*'\n  journalctl -t {first}\n")
             }
-            Some(s) => format!(
+            Some(dir) => format!(
                 "These run in a private systemd manager (this host's PID 1 is not systemd).\n\
                  Inspect with:\n  XDG_RUNTIME_DIR={} systemctl --user status 'prism-*'\n  \
                  journalctl -D {} -t {first}\n",
-                s.runtime_dir().display(),
-                s.journal_dir().display()
+                dir.join("run").display(),
+                dir.join("log/journal").display()
             ),
         }
     }
@@ -129,9 +135,11 @@ fn manager(state: &Path, start: bool) -> Result<Option<Manager>, Error> {
         }
         None => return Ok(None),
     };
+    let target = Target::Private(sandbox.private_address());
+    sandbox.detach();
     Ok(Some(Manager {
-        target: Target::Private(sandbox.private_address()),
-        sandbox: Some(sandbox),
+        target,
+        sandbox: Some(dir),
     }))
 }
 
@@ -144,24 +152,25 @@ async fn engine(state: &Path, target: Target) -> Result<DbusSystemd, Error> {
     .await?)
 }
 
-/// The demo workload, installed where dynamic users can execute it.
-fn install_demo(state: &Path) -> Result<PathBuf, Error> {
+/// Install `name` (found next to prismctl, or where packages put it) into
+/// `<state>/bin`, where dynamic users can execute it.
+fn install(state: &Path, name: &str) -> Result<PathBuf, Error> {
     let candidates = [
         std::env::current_exe()
             .ok()
-            .and_then(|e| e.parent().map(|d| d.join("prism-demo"))),
-        Some(PathBuf::from("/usr/lib/prism/prism-demo")),
+            .and_then(|e| e.parent().map(|d| d.join(name))),
+        Some(PathBuf::from("/usr/bin").join(name)),
+        Some(PathBuf::from("/usr/lib/prism").join(name)),
     ];
     let source = candidates
         .into_iter()
         .flatten()
         .find(|p| p.is_file())
         .ok_or_else(|| {
-            Error::Failed(
-                "prism-demo not found next to prismctl or in /usr/lib/prism; \
+            Error::Failed(format!(
+                "{name} not found next to prismctl, in /usr/bin or in /usr/lib/prism; \
                  build it with `cargo build --bins`"
-                    .into(),
-            )
+            ))
         })?;
     let bin = state.join("bin");
     fs::create_dir_all(&bin).map_err(io(format!("creating {}", bin.display())))?;
@@ -169,14 +178,15 @@ fn install_demo(state: &Path) -> Result<PathBuf, Error> {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
             .map_err(io(format!("chmod {}", dir.display())))?;
     }
-    let target = bin.join("prism-demo");
-    let staged = bin.join(".prism-demo.new");
+    let target = bin.join(name);
+    let staged = bin.join(format!(".{name}.new"));
     fs::copy(&source, &staged).map_err(io(format!("copying {}", source.display())))?;
     fs::rename(&staged, &target).map_err(io(format!("installing {}", target.display())))?;
     Ok(target)
 }
 
-/// One process of each type, each with its own health port.
+/// One process of each type, each with its own health port and a quick
+/// probe, so the demo shows them healthy within seconds.
 pub fn demo_assignments(demo: &Path) -> Vec<pb::ProcessAssignment> {
     let base = |id: &str, ty: &str, ns: &str, health: i32| pb::ProcessAssignment {
         process_id: id.into(),
@@ -187,6 +197,12 @@ pub fn demo_assignments(demo: &Path) -> Vec<pb::ProcessAssignment> {
             binary: demo.display().to_string(),
             health_port: health,
             log_level: "info".into(),
+            health_check: Some(pb::HealthCheck {
+                kind: "http".into(),
+                interval_ms: 1000,
+                timeout_ms: 500,
+                ..Default::default()
+            }),
             ..Default::default()
         }),
     };
@@ -218,82 +234,174 @@ pub fn demo_assignments(demo: &Path) -> Vec<pb::ProcessAssignment> {
     vec![kv, proxy, backend, utility]
 }
 
+/// The launcher of the local stack, as a transient unit of the same
+/// manager it drives. Its name is outside the workload pattern, so it never
+/// manages itself.
+fn launcher_unit(state: &Path, binary: &Path, target: &Target, listen: &str) -> unit::UnitSpec {
+    use unit::{ExecCommand, PropValue};
+    let path = binary.display().to_string();
+    let argv = vec![
+        path.clone(),
+        "--listen".into(),
+        listen.into(),
+        "--systemd".into(),
+        target.to_string(),
+        "--launcher-id".into(),
+        "local".into(),
+        "--state-dir".into(),
+        state.join("launcher").display().to_string(),
+        "--credentials-dir".into(),
+        state.join("credentials").display().to_string(),
+        "--allow-binary-dir".into(),
+        state.join("bin").display().to_string(),
+    ];
+    let s = |v: &str| PropValue::Str(v.into());
+    unit::UnitSpec {
+        name: LAUNCHER_UNIT.into(),
+        properties: vec![
+            ("Description", s("prism-launcher of the local stack")),
+            (
+                "ExecStart",
+                PropValue::Exec(vec![ExecCommand {
+                    path,
+                    argv,
+                    ignore_failure: false,
+                }]),
+            ),
+            // READY=1 once it listens and has reconciled.
+            ("Type", s("notify")),
+            ("Restart", s("on-failure")),
+            ("SyslogIdentifier", s("prism-launcher")),
+            ("StandardError", s("journal")),
+            // Stopping the launcher never stops workloads: they are units of
+            // their own.
+            ("KillMode", s("mixed")),
+            ("TimeoutStopUSec", PropValue::U64(10_000_000)),
+        ],
+        credentials: vec![],
+    }
+}
+
+/// The unit running the local stack's launcher.
+pub const LAUNCHER_UNIT: &str = "prism-local-launcher.service";
+const LOCAL_LISTEN: &str = "127.0.0.1:7070";
+
+async fn launcher_client(listen: &str) -> Result<LauncherClient<Channel>, Error> {
+    LauncherClient::connect(format!("http://{listen}"))
+        .await
+        .map_err(|e| Error::Unreachable(format!("prism-launcher at {listen}: {e}")))
+}
+
 async fn up(state: &Path, demo: bool) -> Result<(), Error> {
     ensure_root()?;
     let manager = manager(state, true)?.expect("started when missing");
     let engine = engine(state, manager.target.clone()).await?;
+    let launcher_bin = install(state, "prism-launcher")?;
+    let spec = launcher_unit(state, &launcher_bin, &manager.target, LOCAL_LISTEN);
+    match engine.start_transient(&spec).await {
+        Ok(()) => eprintln!("started prism-launcher as {LAUNCHER_UNIT} on {LOCAL_LISTEN}"),
+        Err(SystemdError::UnitExists { .. }) => {
+            eprintln!("prism-launcher is already running as {LAUNCHER_UNIT}")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut client = launcher_client(LOCAL_LISTEN).await?;
     let mut ids = Vec::new();
     if demo {
-        let binary = install_demo(state)?;
-        let policy = Policy::with_binary_dirs([state.join("bin")])?;
+        let binary = install(state, "prism-demo")?;
         for wire in demo_assignments(&binary) {
-            let process = ManagedProcess::try_from((wire, &policy))?;
-            let spec = unit::translate(&process);
-            match engine.start_transient(&spec).await {
-                Ok(()) => eprintln!("started {} as {}", process.id, spec.name),
-                Err(SystemdError::UnitExists { .. }) => {
-                    eprintln!("{} is already running as {}", process.id, spec.name)
-                }
-                Err(e) => return Err(e.into()),
+            let id = wire.process_id.clone();
+            let ack = client
+                .assign_process(wire)
+                .await
+                .map_err(|s| Error::Failed(format!("assigning {id}: {}", s.message())))?
+                .into_inner();
+            eprintln!("{}", ack.message);
+            ids.push(id);
+        }
+        // Show them once they passed their first probe (or a deadline).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
+            let list = client
+                .list_processes(ListProcessesRequest::default())
+                .await
+                .map_err(|s| Error::Unreachable(s.message().to_owned()))?
+                .into_inner();
+            let settled = list.processes.iter().all(|p| {
+                p.health
+                    .as_ref()
+                    .is_some_and(|h| h.detailed_status != "starting")
+            });
+            if settled {
+                break;
             }
-            ids.push(process.id);
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    print!("{}", status_table(&engine).await?);
-    print!("{}", manager.inspect_hints(&ids));
-    if let Some(s) = manager.sandbox {
-        s.detach();
-    }
+    out(&process_table(&mut client).await?);
+    out(&manager.inspect_hints(&ids));
     Ok(())
+}
+
+/// Print to stdout; a closed pipe (`| head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 async fn status(state: &Path) -> Result<(), Error> {
     ensure_root()?;
     let Some(manager) = manager(state, false)? else {
-        println!("The local stack is not running; start it with `prismctl local up --demo`.");
+        out("The local stack is not running; start it with `prismctl local up --demo`.\n");
         return Ok(());
     };
-    let engine = engine(state, manager.target.clone()).await?;
-    print!("{}", status_table(&engine).await?);
-    if let Some(s) = manager.sandbox {
-        s.detach();
-    }
+    let _ = manager;
+    let mut client = launcher_client(LOCAL_LISTEN).await?;
+    out(&process_table(&mut client).await?);
     Ok(())
 }
 
 async fn down(state: &Path) -> Result<(), Error> {
     ensure_root()?;
     let Some(manager) = manager(state, false)? else {
-        println!("The local stack is not running.");
+        remove_leftovers(state)?;
+        out("The local stack is not running.\n");
         return Ok(());
     };
-    let engine = engine(state, manager.target.clone()).await?;
-    let demo_units: Vec<String> = demo_assignments(Path::new("/"))
-        .iter()
-        .map(|a| {
-            let ty = a.process_type.parse().expect("demo types are valid");
-            unit::unit_name(ty, &a.process_id)
-        })
-        .collect();
-    for summary in engine.list().await? {
-        // On a real host only the demo's own units are ours to stop.
-        if manager.sandbox.is_none() && !demo_units.contains(&summary.name) {
-            continue;
+    // Revoke through the launcher, so each process stops gracefully and the
+    // launcher forgets it; then stop the launcher itself.
+    if let Ok(mut client) = launcher_client(LOCAL_LISTEN).await
+        && let Ok(list) = client.list_processes(ListProcessesRequest::default()).await
+    {
+        for p in list.into_inner().processes {
+            let id = p.assignment.map(|a| a.process_id).unwrap_or_default();
+            match client
+                .revoke_process(pb::ProcessRevocation {
+                    process_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(ack) => eprintln!("{}", ack.into_inner().message),
+                Err(s) => eprintln!("revoking {id}: {}", s.message()),
+            }
         }
-        let stopped = engine.stop(&summary.name, Duration::from_secs(30)).await?;
-        eprintln!(
-            "stopped {}{}",
-            summary.name,
-            if stopped.killed { " (killed)" } else { "" }
-        );
     }
+    let engine = engine(state, manager.target.clone()).await?;
+    engine.stop(LAUNCHER_UNIT, Duration::from_secs(10)).await?;
+    eprintln!("stopped prism-launcher");
     drop(engine);
-    if let Some(sandbox) = manager.sandbox {
+    if let Some(sandbox) = manager.sandbox.as_deref().and_then(Sandbox::attach) {
         // Dropping it stops the manager and removes its directory and cgroups.
         drop(sandbox);
         eprintln!("stopped the private systemd manager");
     }
-    for leftover in ["bin", "credentials"] {
+    remove_leftovers(state)
+}
+
+/// What `up` put in the state directory.
+fn remove_leftovers(state: &Path) -> Result<(), Error> {
+    for leftover in ["bin", "credentials", "launcher"] {
         let path = state.join(leftover);
         if path.exists() {
             fs::remove_dir_all(&path).map_err(io(format!("removing {}", path.display())))?;
@@ -303,31 +411,48 @@ async fn down(state: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// `ID TYPE UNIT STATE PID` of every launcher-owned unit.
-async fn status_table(engine: &DbusSystemd) -> Result<String, Error> {
-    let mut rows = Vec::new();
-    for summary in engine.list().await? {
-        let identity = unit::parse_description(&summary.description);
-        let pid = match engine.status(&summary.name).await {
-            Ok(s) if s.main_pid > 0 => s.main_pid.to_string(),
-            _ => "-".into(),
-        };
-        rows.push(vec![
-            identity.as_ref().map_or("?".into(), |i| i.id.clone()),
-            identity
-                .as_ref()
-                .map_or("?".into(), |i| i.process_type.to_string()),
-            summary.name.clone(),
-            format!("{}/{}", summary.active_state, summary.sub_state),
-            pid,
-        ]);
-    }
-    if rows.is_empty() {
-        return Ok("No Prism processes are running.\n".into());
-    }
+/// `ID TYPE STATUS PID RESTARTS UNIT`, from the launcher.
+async fn process_table(client: &mut LauncherClient<Channel>) -> Result<String, Error> {
+    let list = client
+        .list_processes(ListProcessesRequest::default())
+        .await
+        .map_err(|s| Error::Unreachable(format!("prism-launcher: {}", s.message())))?
+        .into_inner();
+    let mut rows: Vec<Vec<String>> = list
+        .processes
+        .iter()
+        .map(|p| {
+            let a = p.assignment.clone().unwrap_or_default();
+            let h = p.health.clone().unwrap_or_default();
+            vec![
+                a.process_id,
+                if a.process_type.is_empty() {
+                    "pattern".into()
+                } else {
+                    a.process_type
+                },
+                h.detailed_status,
+                if h.pid > 0 {
+                    h.pid.to_string()
+                } else {
+                    "-".into()
+                },
+                h.restart_count.to_string(),
+                p.unit_name.clone(),
+            ]
+        })
+        .collect();
     rows.sort();
-    Ok(table::render(
-        &["ID", "TYPE", "UNIT", "STATE", "PID"],
-        &rows,
-    ))
+    let mut out = if rows.is_empty() {
+        "prism-launcher holds no processes.\n".to_owned()
+    } else {
+        table::render(&["ID", "TYPE", "STATUS", "PID", "RESTARTS", "UNIT"], &rows)
+    };
+    if let Some(r) = list.resources {
+        out.push_str(&format!(
+            "{} of {} slots used\n",
+            r.process_count, r.max_processes
+        ));
+    }
+    Ok(out)
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{model::ValidationError, sandbox::SandboxError, systemd::SystemdError};
+use crate::{sandbox::SandboxError, systemd::SystemdError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,12 +35,12 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     Failed(String),
+    #[error("{0}; is it running? (`prismctl local status`)")]
+    Unreachable(String),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Systemd(#[from] SystemdError),
-    #[error("invalid process: {0}")]
-    Invalid(#[from] ValidationError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -54,7 +54,9 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Self::Usage(_) | Self::Sandbox(SandboxError::NotRoot { .. }) => ExitCode::from(2),
-            Self::Systemd(SystemdError::Unavailable { .. }) => ExitCode::from(3),
+            Self::Systemd(SystemdError::Unavailable { .. }) | Self::Unreachable(_) => {
+                ExitCode::from(3)
+            }
             _ => ExitCode::from(1),
         }
     }

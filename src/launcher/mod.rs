@@ -71,7 +71,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             file = %c.file.display(),
             moved_to = %c.moved_to.display(),
             reason = %c.reason,
-            "corrupt state file moved aside; its process is not desired until it is assigned again"
+            "corrupt state file {} moved aside to {}: it {}; its process is not desired until \
+             it is assigned again",
+            c.file.display(),
+            c.moved_to.display(),
+            c.reason
         );
     }
 
@@ -100,7 +104,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         server = server.tls_config(tls_config).map_err(RunError::Tls)?;
     } else if !local.ip().is_loopback() {
-        tracing::warn!(addr = %local, "serving plaintext gRPC on a non-loopback address (--insecure)");
+        tracing::warn!(addr = %local, "serving plaintext gRPC on non-loopback address {local} (--insecure)");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_server = stop_rx.clone();
@@ -140,7 +144,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             match supervisor.reconcile_once().await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "waiting for systemd before the first reconciliation");
+                    tracing::warn!(error = %e, "waiting for systemd before the first reconciliation: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -203,7 +207,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&line),
     ]);
-    tracing::info!(status = %line, "ready");
+    tracing::info!(status = %line, "ready: {line}");
 
     let result = tokio::select! {
         _ = &mut shutdown => Ok(()),

@@ -105,6 +105,9 @@ pub fn plan(wants: &[Want], actual: &[UnitSummary]) -> Vec<Action> {
     actions
 }
 
+/// The reason given when a tripped circuit gets its one more try.
+const HALF_OPEN: &str = "gets one more try after its circuit opened";
+
 /// How many reconciliation actions run at once (systemd is the limit).
 const PARALLEL: usize = 32;
 /// Grace for stopping units nobody wants.
@@ -172,8 +175,8 @@ impl Supervisor {
             Action::Start { id } => self.recreate(&id, None).await,
             Action::Recreate { id, reason } => self.recreate(&id, Some(reason)).await,
             Action::HalfOpen { id } => {
-                tracing::info!(process = %id, "circuit half-open: one more try");
-                self.recreate(&id, Some("circuit half-open")).await;
+                tracing::info!(process = %id, "circuit half-open for {id}: one more try");
+                self.recreate(&id, Some(HALF_OPEN)).await;
             }
             Action::FinishRevoke { id } => {
                 let _guard = self.locks.lock(&id).await;
@@ -184,13 +187,15 @@ impl Supervisor {
                 match self.systemd.stop(&unit, UNWANTED_GRACE).await {
                     Ok(_) => {
                         if let Err(e) = self.store.remove(&id) {
-                            tracing::error!(process = %id, error = %e, "cannot remove revoked state");
+                            tracing::error!(process = %id, error = %e, "cannot remove the revoked state of {id}: {e}");
                             return;
                         }
                         self.table().remove(&id);
-                        tracing::info!(process = %id, %unit, "finished a recorded revocation");
+                        tracing::info!(process = %id, %unit, "finished the recorded revocation of {id}");
                     }
-                    Err(e) => tracing::warn!(process = %id, error = %e, "revocation still pending"),
+                    Err(e) => {
+                        tracing::warn!(process = %id, error = %e, "revocation of {id} still pending: {e}")
+                    }
                 }
             }
             Action::Stop { unit } => {
@@ -198,9 +203,9 @@ impl Supervisor {
                 if self.table().units.contains_key(&unit) {
                     return;
                 }
-                tracing::info!(%unit, "stopping a unit that is not desired here");
+                tracing::info!(%unit, "stopping {unit}: it is not desired here");
                 if let Err(e) = self.systemd.stop(&unit, UNWANTED_GRACE).await {
-                    tracing::warn!(%unit, error = %e, "cannot stop undesired unit");
+                    tracing::warn!(%unit, error = %e, "cannot stop undesired {unit}: {e}");
                 }
             }
         }
@@ -221,30 +226,30 @@ impl Supervisor {
         };
         let spec = unit::translate(&process);
         if let Some(reason) = reason {
-            tracing::info!(process = %id, unit = %spec.name, reason, "recreating unit");
+            tracing::info!(process = %id, unit = %spec.name, "recreating the unit of {id}: it {reason}");
             if let Err(e) = self.systemd.stop(&spec.name, process.stop_timeout).await {
-                tracing::warn!(process = %id, error = %e, "cannot stop unit to recreate it");
+                tracing::warn!(process = %id, error = %e, "cannot stop the unit of {id} to recreate it: {e}");
                 return;
             }
         } else if restoring {
-            tracing::info!(process = %id, unit = %spec.name, "restoring unit");
+            tracing::info!(process = %id, unit = %spec.name, "restoring the unit of {id}");
         } else {
-            tracing::info!(process = %id, unit = %spec.name, "starting missing unit");
+            tracing::info!(process = %id, unit = %spec.name, "starting the missing unit of {id}");
         }
         match self.start_unit(&process, &spec).await {
             Ok(outcome) => {
                 let mut table = self.table();
                 if let Some(e) = table.entries.get_mut(id) {
-                    if restoring || reason == Some("circuit half-open") {
+                    if restoring || reason == Some(HALF_OPEN) {
                         e.launcher_restarts += 1;
                     }
                     if let AssignOutcome::StartFailed { reason } = outcome {
-                        tracing::warn!(process = %id, %reason, "start failed");
+                        tracing::warn!(process = %id, "start of {id} failed: {reason}");
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(process = %id, error = %e, "cannot start unit");
+                tracing::warn!(process = %id, error = %e, "cannot start the unit of {id}: {e}");
                 if let Some(entry) = self.table().entries.get_mut(id) {
                     entry.last_error = Some(e.to_string());
                 }
@@ -277,7 +282,7 @@ impl Supervisor {
                 _ = tokio::time::sleep(wake) => {}
             }
             if let Err(e) = self.reconcile_once().await {
-                tracing::warn!(error = %e, "reconciliation failed; retrying");
+                tracing::warn!(error = %e, "reconciliation failed; retrying: {e}");
             }
         }
     }

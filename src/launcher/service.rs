@@ -86,7 +86,7 @@ impl Launcher for LauncherService {
         let id = wire.process_id.clone();
         let version = wire.version;
         let assigned = self.supervisor.assign(wire).await.map_err(|e| {
-            tracing::info!(process = %id, error = %e, "assignment refused");
+            tracing::info!(process = %id, error = %e, "assignment of {id} refused: {e}");
             to_status(e)
         })?;
         let message = match &assigned.outcome {
@@ -107,7 +107,7 @@ impl Launcher for LauncherService {
                 assigned.unit
             ),
         };
-        tracing::info!(process = %id, version, unit = %assigned.unit, outcome = ?assigned.outcome, "assigned");
+        tracing::info!(process = %id, version, unit = %assigned.unit, "{message}");
         Ok(Response::new(pb::ProcessAssignmentAck {
             success: true,
             message,
@@ -147,7 +147,14 @@ impl Launcher for LauncherService {
             .revoke(&r.process_id, grace)
             .await
             .map_err(to_status)?;
-        tracing::info!(process = %r.process_id, exit_code = revoked.exit_code, killed = revoked.killed, "revoked");
+        tracing::info!(
+            process = %r.process_id,
+            exit_code = revoked.exit_code,
+            killed = revoked.killed,
+            "revoked {} (exit code {})",
+            r.process_id,
+            revoked.exit_code
+        );
         let message = match (revoked.was_running, revoked.killed) {
             (false, _) => format!("revoked {}; it was not running", r.process_id),
             (true, true) => format!(

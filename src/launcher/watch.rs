@@ -27,8 +27,9 @@ impl Supervisor {
                             tracing::warn!(
                                 process = %entry.process.id,
                                 unit = %status.name,
-                                error = %status.describe_failure(),
-                                "circuit open: systemd stopped restarting the process"
+                                "circuit open for {}: systemd stopped restarting it ({})",
+                                entry.process.id,
+                                status.describe_failure()
                             );
                             entry.last_error = Some(status.describe_failure());
                             entry.circuit_opened_at = Some(Instant::now());
@@ -54,7 +55,12 @@ impl Supervisor {
                     {
                         // Gone behind the launcher's back (stopped by hand,
                         // exited, collected): restore it.
-                        tracing::info!(process = %entry.process.id, %unit, "unit disappeared; restoring it");
+                        tracing::info!(
+                            process = %entry.process.id,
+                            %unit,
+                            "unit of {} disappeared; restoring it",
+                            entry.process.id
+                        );
                         entry.schedule_restore(Instant::now());
                         drop(table);
                         self.reconcile.notify_one();
@@ -139,7 +145,7 @@ impl Supervisor {
                 match &result {
                     Ok(()) => {
                         if !p.passed || p.restarted_unhealthy {
-                            tracing::info!(process = %id, "probe passing");
+                            tracing::info!(process = %id, "probe of {id} passing");
                         }
                         p.passed = true;
                         p.restarted_unhealthy = false;
@@ -161,7 +167,8 @@ impl Supervisor {
                     process = %id,
                     %unit,
                     failures = check.failure_threshold,
-                    "unhealthy: restarting through systemd"
+                    "{id} unhealthy: restarting through systemd after {} failed probes",
+                    check.failure_threshold
                 );
                 let result = {
                     let _guard = self.locks.lock(&id).await;

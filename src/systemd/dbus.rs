@@ -171,7 +171,7 @@ async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         };
         backoff.reset();
         if ever_connected {
-            tracing::info!(target = %inner.opts.target, "reconnected to systemd");
+            tracing::info!(target = %inner.opts.target, "reconnected to systemd ({})", inner.opts.target);
         } else {
             tracing::debug!(target = %inner.opts.target, "connected to systemd");
         }
@@ -189,7 +189,7 @@ async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         // as a signal, so consumers can take the list as the whole truth.
         match inner.list_units().await {
             Ok(units) => inner.hub.emit(UnitEvent::Resynced { units }),
-            Err(e) => tracing::warn!(error = %e, "listing units after connecting failed"),
+            Err(e) => tracing::warn!(error = %e, "listing units after connecting failed: {e}"),
         }
 
         let reason = loop {
@@ -210,7 +210,7 @@ async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             break;
         }
-        tracing::warn!(target = %inner.opts.target, %reason, "lost systemd; reconnecting");
+        tracing::warn!(target = %inner.opts.target, "lost systemd ({reason}); reconnecting");
         inner.set_error(reason);
         inner.state.send_replace(ConnectionState::Disconnected);
         drop(conn);
@@ -791,7 +791,7 @@ impl Systemd for DbusSystemd {
         if let Some(g) = &generation
             && let Err(e) = inner.creds.prune(unit, g)
         {
-            tracing::warn!(error = %e, "could not remove older credential files");
+            tracing::warn!(error = %e, "could not remove older credential files of {unit}: {e}");
         }
         inner.finish_start(unit, &job).await
     }
@@ -814,7 +814,10 @@ impl Systemd for DbusSystemd {
             Err(SystemdError::Timeout { .. }) => {
                 // The graceful period is over: SIGKILL every process.
                 killed = true;
-                tracing::info!(unit, ?grace, "graceful stop timed out; sending SIGKILL");
+                tracing::info!(
+                    unit,
+                    "graceful stop of {unit} timed out after {grace:?}; sending SIGKILL"
+                );
                 let rx = inner.hub.watch_job(&job.path, job.epoch);
                 match inner
                     .manager_call("KillUnit", unit, &(unit, "all", SIGKILL))
@@ -842,7 +845,7 @@ impl Systemd for DbusSystemd {
         let last = inner.hub.last_known(unit);
         inner.wait_unloaded(unit, &mut events).await?;
         if let Err(e) = inner.creds.remove(unit) {
-            tracing::warn!(unit, error = %e, "could not remove credential files");
+            tracing::warn!(unit, "could not remove credential files of {unit}: {e}");
         }
         let ran = last.as_ref().filter(|s| s.exec_main_code != 0);
         Ok(Stopped {
