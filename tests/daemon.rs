@@ -629,7 +629,10 @@ async fn a_corrupt_state_file_is_reported_and_moved_aside() {
         .collect();
     assert_eq!(moved.len(), 1);
     let log = d.log_text();
-    assert!(log.contains("corrupt state file moved aside"), "{log}");
+    assert!(
+        log.contains("corrupt state file") && log.contains("moved aside"),
+        "{log}"
+    );
     assert!(log.contains("kv-2.pb"), "{log}");
     // The good one is still held, and the daemon serves.
     assert_eq!(health(&get(&d, "kv-1").await).detailed_status, "running");
