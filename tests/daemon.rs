@@ -14,14 +14,6 @@ use prism_launcher::pb::prism::{
 use support::{daemon::*, *};
 use tonic::Code;
 
-fn with_config(
-    mut wire: pb::ProcessAssignment,
-    f: impl FnOnce(&mut pb::ProcessConfig),
-) -> pb::ProcessAssignment {
-    f(wire.config.as_mut().expect("config"));
-    wire
-}
-
 async fn get(d: &Daemon, id: &str) -> ProcessInfo {
     d.client()
         .await

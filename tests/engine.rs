@@ -60,14 +60,6 @@ where
     }
 }
 
-fn with_config(
-    mut wire: pb::ProcessAssignment,
-    f: impl FnOnce(&mut pb::ProcessConfig),
-) -> pb::ProcessAssignment {
-    f(wire.config.as_mut().expect("config"));
-    wire
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_type_becomes_an_active_unit_with_its_properties() {
     let Some(h) = harness!() else { return };
@@ -607,6 +599,24 @@ async fn reconnects_after_the_manager_restarts_on_the_private_socket() {
     reconnect_after_restart(&mut h, true).await;
 }
 
+/// The next `Disconnected` then `Resynced`: what the manager holds now.
+async fn wait_resync(
+    events: &mut broadcast::Receiver<UnitEvent>,
+) -> Vec<prism_launcher::systemd::UnitSummary> {
+    next_event(events, "the disconnect", |e| {
+        matches!(e, UnitEvent::Disconnected)
+    })
+    .await;
+    match next_event(events, "the resync", |e| {
+        matches!(e, UnitEvent::Resynced { .. })
+    })
+    .await
+    {
+        UnitEvent::Resynced { units } => units,
+        _ => unreachable!(),
+    }
+}
+
 async fn reconnect_after_restart(h: &mut Harness, private: bool) {
     let target = if private { h.private() } else { h.bus() };
     let engine = DbusSystemd::connect(h.options(target))
@@ -619,19 +629,8 @@ async fn reconnect_after_restart(h: &mut Harness, private: bool) {
     assert_eq!(engine.connection_state(), ConnectionState::Connected);
 
     h.sandbox.restart_manager().expect("restart the manager");
-    next_event(&mut events, "the disconnect", |e| {
-        matches!(e, UnitEvent::Disconnected)
-    })
-    .await;
     // Every transient unit died with the old manager; the resync says so.
-    let units = match next_event(&mut events, "the resync", |e| {
-        matches!(e, UnitEvent::Resynced { .. })
-    })
-    .await
-    {
-        UnitEvent::Resynced { units } => units,
-        _ => unreachable!(),
-    };
+    let units = wait_resync(&mut events).await;
     assert!(units.is_empty(), "{units:?}");
     tokio::time::timeout(
         DEADLINE,
@@ -667,18 +666,7 @@ async fn survives_a_manager_reexec_and_relists_running_units() {
 
     let out = h.sandbox.systemctl().arg("daemon-reexec").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    next_event(&mut events, "the disconnect", |e| {
-        matches!(e, UnitEvent::Disconnected)
-    })
-    .await;
-    let units = match next_event(&mut events, "the resync", |e| {
-        matches!(e, UnitEvent::Resynced { .. })
-    })
-    .await
-    {
-        UnitEvent::Resynced { units } => units,
-        _ => unreachable!(),
-    };
+    let units = wait_resync(&mut events).await;
     assert_eq!(units.len(), 1, "{units:?}");
     assert_eq!(
         (units[0].name.as_str(), units[0].active_state.as_str()),

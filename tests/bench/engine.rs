@@ -11,32 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
 use prism_launcher::{systemd::Systemd, unit};
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+use support::{arg, percentile, rss_mib};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -44,7 +19,7 @@ async fn main() {
     let samples = arg("--latency-samples", 100);
     let Some(h) = support::sandbox() else { return };
     let engine = h.engine().await;
-    let rss_idle = rss_kib();
+    let rss_idle = rss_mib(std::process::id());
 
     // 1. Start-to-active latency of one unit, one at a time.
     let mut latencies = Vec::with_capacity(samples);
@@ -110,12 +85,10 @@ async fn main() {
     );
 
     // 3. Memory of this process (the engine and its runtime) with N units.
-    let rss_full = rss_kib();
+    let rss_full = rss_mib(std::process::id());
     println!(
-        "engine RSS: {:.1} MiB before, {:.1} MiB with {units} units running ({:+.1} MiB)",
-        rss_idle as f64 / 1024.0,
-        rss_full as f64 / 1024.0,
-        (rss_full as f64 - rss_idle as f64) / 1024.0
+        "engine RSS: {rss_idle:.1} MiB before, {rss_full:.1} MiB with {units} units running ({:+.1} MiB)",
+        rss_full - rss_idle
     );
 
     let t = Instant::now();

@@ -178,6 +178,37 @@ impl Harness {
     }
 }
 
+// ---- for the benchmarks ----
+
+/// `--name N` from the command line, or `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `p` quantile of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+/// `VmRSS` of a process, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -206,6 +237,15 @@ where
 }
 
 // ---- wire assignments, one per process type ----
+
+/// An assignment with its config changed by `f`.
+pub fn with_config(
+    mut wire: pb::ProcessAssignment,
+    f: impl FnOnce(&mut pb::ProcessConfig),
+) -> pb::ProcessAssignment {
+    f(wire.config.as_mut().expect("config"));
+    wire
+}
 
 pub fn config(binary: &Path, args: &[&str]) -> pb::ProcessConfig {
     pb::ProcessConfig {
