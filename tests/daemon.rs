@@ -795,3 +795,59 @@ async fn client_get_err(d: &Daemon, id: &str) -> tonic::Status {
         .await
         .unwrap_err()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_the_watchdog_when_systemd_asks() {
+    let Some(h) = harness!() else { return };
+    let mut d = Daemon::start(&h, &[]).await;
+    assert!(
+        !d.notifications
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("WATCHDOG=1")),
+        "pinged without being asked"
+    );
+    // As systemd sets it for WatchdogSec=: 400 ms.
+    d.env.push(("WATCHDOG_USEC".into(), "400000".into()));
+    d.restart().await;
+    eventually("three watchdog pings", DEADLINE, || async {
+        let pings = d
+            .notifications
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+            .count();
+        (pings >= 3).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outdated_unit_is_replaced_by_reconciliation() {
+    use prism_launcher::launcher::store::Store;
+    let Some(h) = harness!() else { return };
+    let mut d = Daemon::start(&h, &[]).await;
+    let v1 = pattern("kv-1", &h.demo, &[]);
+    let unit = d
+        .client()
+        .await
+        .assign_process(v1.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .unit_name;
+    let pid = h.prop(&unit, "MainPID");
+    // The launcher went down after recording v2, before replacing the unit.
+    d.kill9();
+    let mut v2 = with_config(v1, |c| c.args = vec!["--print-env".into()]);
+    v2.version = 2;
+    Store::open(&d.state_dir).unwrap().save(&v2, false).unwrap();
+    d.restart().await;
+    let s = h.show(&unit, &["MainPID", "Description", "ActiveState"]);
+    assert!(s["Description"].contains(" v2 "), "{s:?}");
+    assert_ne!(s["MainPID"], pid);
+    assert_eq!(s["ActiveState"], "active");
+    assert_eq!(health(&get(&d, "kv-1").await).version, 2);
+}

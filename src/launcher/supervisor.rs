@@ -417,6 +417,7 @@ impl Supervisor {
         }
         let outcome = self.start_unit(&process, &spec).await;
         self.changed.notify_one();
+        self.request_reconcile();
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -537,6 +538,7 @@ impl Supervisor {
             self.usage.forget(&cg);
         }
         self.changed.notify_one();
+        self.request_reconcile();
         let exit_code = match (stopped.exit_code, stopped.exit_status) {
             (Some(1), Some(status)) => status,
             (Some(2 | 3), Some(signal)) => 128 + signal,

@@ -23,6 +23,8 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    /// Extra environment for the daemon.
+    pub env: Vec<(String, String)>,
     notify_path: PathBuf,
     /// Every sd_notify datagram received, in order.
     pub notifications: Arc<Mutex<Vec<String>>>,
@@ -64,6 +66,7 @@ impl Daemon {
             state_dir,
             log: h.sandbox.dir().join("launcher.log"),
             args,
+            env: Vec::new(),
             notify_path,
             notifications: Arc::default(),
             runs: 0,
@@ -97,6 +100,7 @@ impl Daemon {
             .args(&self.args)
             .env("NOTIFY_SOCKET", &self.notify_path)
             .env("RUST_LOG", "info,prism_launcher=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("JOURNAL_STREAM")
             .stdout(Stdio::null())
             .stderr(log)
