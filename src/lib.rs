@@ -21,6 +21,7 @@
 //! - [`health`]: probes, cgroup usage, and the per-process status.
 //! - [`sandbox`]: a private systemd user manager for tests and local runs.
 //! - [`ctl`]: `prismctl` subcommands, one file each.
+//! - [`settings`]: configuration pieces both daemons share.
 #![forbid(unsafe_code)]
 
 pub mod ctl;
@@ -28,6 +29,7 @@ pub mod health;
 pub mod launcher;
 pub mod model;
 pub mod sandbox;
+pub mod settings;
 pub mod systemd;
 pub mod unit;
 

@@ -16,7 +16,7 @@ mod watch;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 pub use config::{Args, Config, ConfigError};
 pub use reconcile::{Action, Want, plan};
@@ -97,12 +97,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .expect("descriptor set built in");
     let mut server = Server::builder();
     if let Some(tls) = &config.tls {
-        let mut tls_config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
-        if let Some(ca) = &tls.client_ca {
-            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
-        }
-        server = server.tls_config(tls_config).map_err(RunError::Tls)?;
+        server = server
+            .tls_config(tls.server_config())
+            .map_err(RunError::Tls)?;
     } else if !local.ip().is_loopback() {
         tracing::warn!(addr = %local, "serving plaintext gRPC on non-loopback address {local} (--insecure)");
     }
