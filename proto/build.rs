@@ -6,6 +6,7 @@ use std::{env, path::PathBuf};
 const PROTOS: &[&str] = &[
     "prism/control_plane.proto",
     "prism/launcher/v1/launcher.proto",
+    "prism/admin/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,5 +20,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
+
+    // An independent copy of the upstream protocol, for the compatibility
+    // test's client (tests/upstream/); it never reaches the library.
+    let upstream_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("tests/upstream");
+    println!("cargo:rerun-if-changed={}", upstream_root.display());
+    let upstream = protox::compile(["prism/control_plane.proto"], [&upstream_root])?;
+    let upstream_out = out.join("upstream");
+    std::fs::create_dir_all(&upstream_out)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .out_dir(&upstream_out)
+        .compile_fds(upstream)?;
     Ok(())
 }

@@ -20,13 +20,17 @@
 //!   reconciliation, health aggregation.
 //! - [`health`]: probes, cgroup usage, and the per-process status.
 //! - [`sandbox`]: a private systemd user manager for tests and local runs.
+//! - [`admin`]: prism-admin: launcher registry, placement, dispatch, fleet
+//!   health, over a store trait (SQLite by default).
 //! - [`ctl`]: `prismctl` subcommands, one file each.
 //! - [`settings`]: configuration pieces both daemons share.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod ctl;
 pub mod health;
 pub mod launcher;
+pub mod locks;
 pub mod model;
 pub mod sandbox;
 pub mod settings;
@@ -41,6 +45,11 @@ pub mod pb {
         pub mod launcher {
             pub mod v1 {
                 tonic::include_proto!("prism.launcher.v1");
+            }
+        }
+        pub mod admin {
+            pub mod v1 {
+                tonic::include_proto!("prism.admin.v1");
             }
         }
     }

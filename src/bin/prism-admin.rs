@@ -1,28 +1,77 @@
-//! prism-admin: the Prism control plane (launcher registry, placement,
-//! dispatch). Parses arguments, sets up logging, runs.
+//! prism-admin: the Prism control plane. Parses arguments and configuration
+//! (exit 64 on a bad setting, before anything is bound), sets up logging,
+//! runs until SIGTERM or SIGINT.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use prism_launcher::admin::{self, Cli, Command};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
-#[derive(Parser, Debug)]
-#[command(name = "prism-admin", version, about = "The Prism control plane")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+/// sysexits.h EX_USAGE.
+const EX_USAGE: u8 = 64;
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(journald.with_field_prefix(None))
+            .init();
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Serve prism.ControlPlane for launchers and operators.
-    Serve,
+async fn terminated() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve => {
-            eprintln!("prism-admin: `serve` is not available in this build yet");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let Command::Serve(args) = cli.command;
+    let config = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("prism-admin: bad configuration: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("prism-admin: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(admin::run(config, terminated())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("prism-admin failed: {e}");
+            eprintln!("prism-admin: {e}");
             ExitCode::FAILURE
         }
     }

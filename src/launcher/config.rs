@@ -97,6 +97,15 @@ pub struct Args {
     /// Allow plaintext gRPC on a non-loopback address.
     #[arg(long)]
     pub insecure: bool,
+    /// Heartbeat interval towards the admin, until the admin says otherwise
+    /// [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_interval: Option<String>,
+    /// The host:port the admin dials to reach this launcher [default: the
+    /// listen address, or the host name and port when listening on all
+    /// interfaces].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_address: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -116,6 +125,8 @@ struct FileConfig {
     circuit_cooldown: Option<String>,
     credentials_dir: Option<PathBuf>,
     insecure: Option<bool>,
+    heartbeat_interval: Option<String>,
+    advertise_address: Option<String>,
     #[serde(default)]
     probe: ProbeFile,
     #[serde(default)]
@@ -156,6 +167,9 @@ pub struct Config {
     pub circuit_cooldown: Duration,
     pub tls: Option<Tls>,
     pub insecure: bool,
+    pub heartbeat_interval: Duration,
+    /// What the launcher registers as its address.
+    pub advertise_address: String,
 }
 
 impl Args {
@@ -378,6 +392,21 @@ impl Args {
         )?;
         let insecure = self.insecure || file.insecure.unwrap_or(false);
         check_plaintext(listen, tls.is_some(), insecure)?;
+        let heartbeat_interval = duration(
+            "heartbeat-interval",
+            "heartbeat_interval",
+            self.heartbeat_interval.or(file.heartbeat_interval),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+        )?;
+        let advertise_address = match self.advertise_address.or(file.advertise_address) {
+            Some(a) => {
+                parse_endpoint(&a).or_else(|r| bad("advertise-address", "advertise_address", r))?;
+                a
+            }
+            None if listen.ip().is_unspecified() => format!("{}:{}", hostname(), listen.port()),
+            None => listen.to_string(),
+        };
 
         Ok(Config {
             admin_endpoint,
@@ -394,6 +423,8 @@ impl Args {
             circuit_cooldown,
             tls,
             insecure,
+            heartbeat_interval,
+            advertise_address,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! Stopping the daemon never stops a workload: each runs in its own
 //! transient unit, owned by systemd. Only a revocation stops one.
 
+mod admin_link;
 pub mod config;
 mod reconcile;
 mod report;
@@ -125,12 +126,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "listening"
     );
-    if config.admin_endpoint.is_some() {
-        tracing::warn!(
-            "--admin-endpoint is set, but this build runs standalone: it takes assignments on \
-             its own service and does not register with prism-admin"
-        );
-    }
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(supervisor.clone().follow_events());
@@ -198,6 +193,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 tokio::time::sleep(interval / 2).await;
             }
         });
+    }
+    if let Some(endpoint) = &config.admin_endpoint {
+        match admin_link::AdminLink::new(&config, endpoint, supervisor.clone()) {
+            Ok(link) => {
+                tasks.spawn(link.run());
+            }
+            Err(e) => tracing::error!("cannot set up the link to the admin at {endpoint}: {e}"),
+        }
+    } else {
+        tracing::info!("standalone: no --admin-endpoint; taking assignments on its own service");
     }
     let line = supervisor.status_line();
     notify(&[

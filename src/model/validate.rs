@@ -64,6 +64,9 @@ pub struct Policy {
     pub default_isolation: IsolationLevel,
     /// Applied to probe settings an assignment leaves at 0.
     pub probe_defaults: ProbeDefaults,
+    /// Check the binary against this host's allowlist and filesystem. The
+    /// admin turns it off: each launcher checks its own host.
+    pub check_binary_on_host: bool,
 }
 
 /// Launcher-wide defaults of a health check (upstream: 10 s, 5 s, 3).
@@ -90,6 +93,17 @@ impl Default for Policy {
             binary_dirs: DEFAULT_BINARY_DIRS.iter().map(PathBuf::from).collect(),
             default_isolation: IsolationLevel::default(),
             probe_defaults: ProbeDefaults::default(),
+            check_binary_on_host: true,
+        }
+    }
+}
+
+impl Policy {
+    /// Everything but the host-specific binary checks (for the admin).
+    pub fn structural() -> Self {
+        Self {
+            check_binary_on_host: false,
+            ..Self::default()
         }
     }
 }
@@ -302,6 +316,9 @@ fn check_binary(binary: &str, policy: &Policy) -> Result<PathBuf> {
     }
     if has_dot_components(&path) || binary.ends_with('/') {
         return err(F, format!("{binary:?} is not a normalised path"));
+    }
+    if !policy.check_binary_on_host {
+        return Ok(path);
     }
     let allowed = || {
         policy

@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use super::{DEADLINE, Harness, eventually};
 
 pub struct Daemon {
+    binary: &'static str,
     pub child: Option<Child>,
     pub port: u16,
     pub state_dir: PathBuf,
@@ -42,6 +43,40 @@ impl Daemon {
     /// Start prism-launcher with the harness's manager and allowlist, plus
     /// `extra` flags, and wait until it is ready.
     pub async fn start(h: &Harness, extra: &[&str]) -> Daemon {
+        Self::start_named(h, "test-launcher", extra).await
+    }
+
+    /// Start prism-admin with its data under `dir`, and wait until ready.
+    pub async fn admin(dir: &std::path::Path, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let data = dir.join("admin-data");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Daemon {
+            binary: env!("CARGO_BIN_EXE_prism-admin"),
+            child: None,
+            port,
+            state_dir: data,
+            log: dir.join("admin.log"),
+            args,
+            env: Vec::new(),
+            notify_path: dir.join("admin-notify"),
+            notifications: Arc::default(),
+            runs: 0,
+        };
+        d.spawn();
+        d.wait_ready().await;
+        d
+    }
+
+    /// Like [`Daemon::start`], with this launcher id.
+    pub async fn start_named(h: &Harness, id: &str, extra: &[&str]) -> Daemon {
         let port = free_port();
         let state_dir = h.sandbox.dir().join("launcher-state");
         let mut args: Vec<String> = vec![
@@ -56,11 +91,12 @@ impl Daemon {
             "--allow-binary-dir".into(),
             h.bin_dir.display().to_string(),
             "--launcher-id".into(),
-            "test-launcher".into(),
+            id.into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let notify_path = h.sandbox.dir().join("launcher-notify");
         let mut d = Daemon {
+            binary: env!("CARGO_BIN_EXE_prism-launcher"),
             child: None,
             port,
             state_dir,
@@ -96,7 +132,7 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_prism-launcher"))
+        let child = Command::new(self.binary)
             .args(&self.args)
             .env("NOTIFY_SOCKET", &self.notify_path)
             .env("RUST_LOG", "info,prism_launcher=debug")
@@ -113,7 +149,7 @@ impl Daemon {
     pub async fn wait_ready(&self) {
         let log = self.log.clone();
         eventually(
-            &format!("prism-launcher READY=1 (log: {})", log.display()),
+            &format!("READY=1 (log: {})", log.display()),
             DEADLINE,
             || async {
                 let ready = self
@@ -126,6 +162,15 @@ impl Daemon {
             },
         )
         .await;
+    }
+
+    /// A plaintext channel to it.
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
     }
 
     pub async fn client(&self) -> LauncherClient<Channel> {

@@ -1,0 +1,188 @@
+//! prism-admin's configuration: flags over an optional TOML file over
+//! defaults, validated before anything is bound (exit 64 otherwise).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use serde::Deserialize;
+
+pub use crate::settings::{ConfigError, Tls};
+use crate::settings::{bad, check_plaintext, parse_duration, parse_listen};
+
+pub const DEFAULT_LISTEN: &str = ":8981";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/prism-admin";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "prism-admin",
+    version,
+    about = "The Prism control plane: launcher registry, placement, dispatch, fleet health",
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve prism.ControlPlane (launchers) and prism.admin.v1.Admin (operators).
+    Serve(ServeArgs),
+}
+
+#[derive(ClapArgs, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags override its settings.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: :8981, all interfaces].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Where the SQLite database lives [default: /var/lib/prism-admin].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Expected heartbeat interval; 3 missed make a launcher unhealthy, 6
+    /// lost [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_interval: Option<String>,
+    /// Re-place the processes of a launcher lost for this long [default:
+    /// never: a lost launcher may still run them, and a partition must not
+    /// run a process twice].
+    #[arg(long, value_name = "DURATION")]
+    pub reschedule_lost_after: Option<String>,
+    /// Server certificate (PEM); also the client identity towards launchers.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM): client certificates must chain to it, and so must
+    /// launchers' server certificates.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Allow plaintext gRPC on a non-loopback address.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    heartbeat_interval: Option<String>,
+    reschedule_lost_after: Option<String>,
+    insecure: Option<bool>,
+    #[serde(default)]
+    tls: TlsFile,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub reschedule_lost_after: Option<Duration>,
+    pub tls: Option<Tls>,
+    pub insecure: bool,
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).or_else(|e| {
+                    bad("config", "", format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str::<FileConfig>(&text).or_else(|e| {
+                    bad("config", "", format!("{}: {}", path.display(), e.message().trim()))
+                })?
+            }
+        };
+        let listen_text = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = parse_listen(&listen_text).or_else(|r| bad("listen", "listen", r))?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if !data_dir.is_absolute() {
+            return bad("data-dir", "data_dir", format!("{} is not absolute", data_dir.display()));
+        }
+        let heartbeat_interval = match self.heartbeat_interval.or(file.heartbeat_interval) {
+            None => Duration::from_secs(10),
+            Some(v) => {
+                let d = parse_duration(&v).or_else(|r| bad("heartbeat-interval", "heartbeat_interval", r))?;
+                if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                    return bad("heartbeat-interval", "heartbeat_interval", format!("{v} is outside 100ms..=1h"));
+                }
+                d
+            }
+        };
+        let reschedule_lost_after = match self.reschedule_lost_after.or(file.reschedule_lost_after) {
+            None => None,
+            Some(v) => Some(
+                parse_duration(&v)
+                    .or_else(|r| bad("reschedule-lost-after", "reschedule_lost_after", r))?,
+            ),
+        };
+        let tls = Tls::load(
+            self.tls_cert.or(file.tls.cert).as_deref(),
+            self.tls_key.or(file.tls.key).as_deref(),
+            self.tls_ca.or(file.tls.ca).as_deref(),
+        )?;
+        let insecure = self.insecure || file.insecure.unwrap_or(false);
+        check_plaintext(listen, tls.is_some(), insecure)?;
+        Ok(Config {
+            listen,
+            data_dir,
+            heartbeat_interval,
+            reschedule_lost_after,
+            tls,
+            insecure,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(flags: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["prism-admin", "serve"];
+        all.extend_from_slice(flags);
+        match Cli::try_parse_from(all).expect("parses").command {
+            Command::Serve(a) => a.resolve(),
+        }
+    }
+
+    #[test]
+    fn defaults_and_named_errors() {
+        assert!(resolve(&[]).unwrap_err().setting.starts_with("--listen"));
+        let c = resolve(&["--listen", "127.0.0.1:8981"]).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.reschedule_lost_after, None);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        for (flags, setting) in [
+            (vec!["--heartbeat-interval", "0s"], "--heartbeat-interval (heartbeat_interval)"),
+            (vec!["--reschedule-lost-after", "soon"], "--reschedule-lost-after (reschedule_lost_after)"),
+            (vec!["--data-dir", "rel"], "--data-dir (data_dir)"),
+            (vec!["--tls-ca", "/x"], "--tls-ca (tls.ca)"),
+        ] {
+            let mut all = vec!["--listen", "127.0.0.1:8981"];
+            all.extend(flags);
+            assert_eq!(resolve(&all).unwrap_err().setting, setting);
+        }
+    }
+}

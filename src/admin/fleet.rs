@@ -1,0 +1,690 @@
+//! The fleet as the admin holds it: launchers, processes and their
+//! placement, in memory for decisions and written through to the store
+//! before anything is acknowledged.
+//!
+//! Placement decisions and their persistence happen under one lock, so
+//! concurrent assignments can never overbook a launcher. Pushes to
+//! launchers happen outside it; a push that cannot be delivered stays
+//! pending and is retried (see `tasks`), and registrations and heartbeats
+//! repair whatever was lost (level-triggered).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Mutex, Notify};
+use tonic::{Code, Status};
+
+use super::{
+    dispatch::{Dispatcher, unreachable},
+    placement::{self, Candidate, Liveness, NoCandidate, Request},
+    store::{
+        AdminStore, HealthRecord, HeartbeatBatch, HistoryEvent, LauncherRecord, PlacementState,
+        ProcessRecord, StoreError,
+    },
+};
+use crate::{
+    locks::KeyedLocks,
+    model::{ManagedProcess, Policy, ProcessType, ValidationError},
+    pb::prism as pb,
+    settings::{Tls, is_token},
+    unit,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("{field}: {reason}")]
+    BadRequest { field: String, reason: String },
+    #[error(transparent)]
+    NoCandidate(#[from] NoCandidate),
+    #[error("process {id} is placed at version {held}; version {requested} is older")]
+    StaleVersion { id: String, held: i64, requested: i64 },
+    #[error("process {id} is being revoked; retry once that is done")]
+    Revoking { id: String },
+    #[error("no {what} {id}")]
+    NotFound { what: &'static str, id: String },
+    #[error("launcher {launcher} refused: {}", .status.message())]
+    Refused { launcher: String, status: Status },
+    #[error(
+        "launcher {launcher} is unreachable ({reason}); the revocation is recorded and will be \
+         delivered when it is back"
+    )]
+    Unreachable { launcher: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A delivery to a launcher that has not happened yet.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub kind: DeliveryKind,
+    pub attempts: u32,
+    pub next_at: Instant,
+    pub last_error: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryKind {
+    Assign,
+    Revoke { grace: i32 },
+}
+
+#[derive(Default)]
+pub struct State {
+    pub launchers: BTreeMap<String, LauncherRecord>,
+    pub processes: BTreeMap<String, ProcessRecord>,
+    pub health: BTreeMap<String, HealthRecord>,
+    /// (launcher, process) to deliver.
+    pub pending: BTreeMap<(String, String), Delivery>,
+    /// (process, launcher it moves away from): its copy there is kept until
+    /// the move finishes.
+    pub moving: BTreeSet<(String, String)>,
+    pub last_liveness: BTreeMap<String, Liveness>,
+}
+
+impl State {
+    /// Processes placed on (or being revoked from) each launcher.
+    pub fn used(&self) -> BTreeMap<&str, u32> {
+        let mut used = BTreeMap::new();
+        for p in self.processes.values() {
+            if let Some(l) = &p.launcher_id {
+                *used.entry(l.as_str()).or_default() += 1;
+            }
+        }
+        used
+    }
+
+    pub fn candidates(&self, now_ms: i64, interval: Duration) -> Vec<Candidate<'_>> {
+        let used = self.used();
+        self.launchers
+            .values()
+            .map(|l| Candidate {
+                id: &l.id,
+                region: &l.region,
+                process_types: &l.process_types,
+                max_processes: l.max_processes,
+                used: used.get(l.id.as_str()).copied().unwrap_or(0),
+                draining: l.draining,
+                liveness: placement::liveness(l.last_heartbeat_ms, now_ms, interval),
+            })
+            .collect()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn event(name: &str, version: i64, launcher: &str, detail: impl Into<String>) -> HistoryEvent {
+    HistoryEvent {
+        at_ms: now_ms(),
+        event: name.into(),
+        version,
+        launcher_id: launcher.into(),
+        detail: detail.into(),
+    }
+}
+
+/// What an assignment at the admin did.
+#[derive(Clone, Debug)]
+pub struct Assigned {
+    pub launcher: String,
+    pub unit: String,
+    pub message: String,
+}
+
+pub struct Fleet {
+    pub(super) store: Arc<dyn AdminStore>,
+    pub(super) dispatcher: Dispatcher,
+    pub(super) interval: Duration,
+    pub(super) reschedule_lost_after: Option<Duration>,
+    pub(super) state: Mutex<State>,
+    pub(super) locks: KeyedLocks,
+    pub(super) batch: std::sync::Mutex<HeartbeatBatch>,
+    pub(super) policy: Policy,
+    /// Wakes the delivery task.
+    pub(super) deliveries: Notify,
+}
+
+fn unit_of(spec: &pb::ProcessAssignment) -> String {
+    let ty: ProcessType = spec.process_type.parse().unwrap_or(ProcessType::Pattern);
+    unit::unit_name(ty, &spec.process_id)
+}
+
+impl Fleet {
+    /// Load the fleet from `store`.
+    pub async fn open(
+        store: Arc<dyn AdminStore>,
+        tls: Option<Tls>,
+        interval: Duration,
+        reschedule_lost_after: Option<Duration>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let snapshot = store.load().await?;
+        let now = now_ms();
+        let mut state = State::default();
+        for mut l in snapshot.launchers {
+            // Nobody could heartbeat while the admin was down: judge
+            // liveness from the admin's start on.
+            l.last_heartbeat_ms = l.last_heartbeat_ms.max(now);
+            state.launchers.insert(l.id.clone(), l);
+        }
+        let later = Instant::now();
+        for p in snapshot.processes {
+            if p.state == PlacementState::Revoking
+                && let Some(l) = &p.launcher_id
+            {
+                state.pending.insert(
+                    (l.clone(), p.id().to_owned()),
+                    Delivery {
+                        kind: DeliveryKind::Revoke { grace: 0 },
+                        attempts: 0,
+                        next_at: later,
+                        last_error: String::new(),
+                    },
+                );
+            }
+            state.processes.insert(p.id().to_owned(), p);
+        }
+        state.health = snapshot.health;
+        Ok(Arc::new(Self {
+            store,
+            dispatcher: Dispatcher::new(tls),
+            interval,
+            reschedule_lost_after,
+            state: Mutex::new(state),
+            locks: KeyedLocks::default(),
+            batch: std::sync::Mutex::default(),
+            policy: Policy::structural(),
+            deliveries: Notify::new(),
+        }))
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    pub(super) fn schedule(&self, st: &mut State, launcher: &str, process: &str, kind: DeliveryKind) {
+        st.pending
+            .entry((launcher.to_owned(), process.to_owned()))
+            .and_modify(|d| d.kind = kind)
+            .or_insert(Delivery {
+                kind,
+                attempts: 0,
+                next_at: Instant::now(),
+                last_error: String::new(),
+            });
+        self.deliveries.notify_one();
+    }
+
+    pub(super) async fn address_of(&self, launcher: &str) -> Option<String> {
+        self.state
+            .lock()
+            .await
+            .launchers
+            .get(launcher)
+            .map(|l| l.address.clone())
+    }
+
+    /// Place (or keep) a process, persist, push. See the module docs.
+    pub async fn assign(
+        &self,
+        spec: pb::ProcessAssignment,
+        region: Option<String>,
+        launcher: Option<String>,
+    ) -> Result<Assigned, FleetError> {
+        let process = ManagedProcess::try_from((spec.clone(), &self.policy))?;
+        let id = process.id.clone();
+        let ty = process.process_type();
+        let _guard = self.locks.lock(&id).await;
+        let now = now_ms();
+        let (target, previous) = {
+            let mut st = self.state.lock().await;
+            let previous = st.processes.get(&id).cloned();
+            match &previous {
+                Some(p) if p.state == PlacementState::Revoking => {
+                    return Err(FleetError::Revoking { id });
+                }
+                Some(p) if p.version() == spec.version => {
+                    let on = p.launcher_id.clone().unwrap_or_default();
+                    let pending = st.pending.contains_key(&(on.clone(), id.clone()));
+                    return Ok(Assigned {
+                        unit: unit_of(&p.spec),
+                        message: format!(
+                            "{id} v{} is already placed on {on}{}; nothing changed",
+                            p.version(),
+                            if pending { " (delivery pending)" } else { "" }
+                        ),
+                        launcher: on,
+                    });
+                }
+                Some(p) if p.version() > spec.version => {
+                    return Err(FleetError::StaleVersion {
+                        id,
+                        held: p.version(),
+                        requested: spec.version,
+                    });
+                }
+                _ => {}
+            }
+            let candidates = st.candidates(now, self.interval);
+            let req = Request {
+                process_type: ty.as_str(),
+                region: region.as_deref(),
+                launcher: launcher.as_deref(),
+                exclude: &[],
+            };
+            // A new version stays where it runs when that launcher can still
+            // take it (its slot is its own already).
+            let keep = previous
+                .as_ref()
+                .and_then(|p| p.launcher_id.clone())
+                .filter(|l| launcher.as_deref().is_none_or(|want| want == l))
+                .filter(|l| {
+                    candidates.iter().any(|c| {
+                        c.id == l
+                            && c.liveness == Liveness::Healthy
+                            && c.process_types.iter().any(|t| t == ty.as_str())
+                    })
+                });
+            let target = match keep {
+                Some(l) => l,
+                None => placement::choose(&candidates, &req)?,
+            };
+            let record = ProcessRecord {
+                spec: spec.clone(),
+                launcher_id: Some(target.clone()),
+                state: PlacementState::Placed,
+                created_at_ms: previous.as_ref().map_or(now, |p| p.created_at_ms),
+                updated_at_ms: now,
+            };
+            let what = match &previous {
+                Some(p) => event(
+                    "replaced",
+                    spec.version,
+                    &target,
+                    format!("v{} replaced", p.version()),
+                ),
+                None => event("placed", spec.version, &target, ""),
+            };
+            self.store.put_process(&record, &what).await?;
+            st.processes.insert(id.clone(), record);
+            // A replacement that moved launchers leaves its old copy to revoke.
+            if let Some(old) = previous.as_ref().and_then(|p| p.launcher_id.clone())
+                && old != target
+            {
+                self.schedule(&mut st, &old, &id, DeliveryKind::Revoke { grace: 0 });
+            }
+            (target, previous)
+        };
+
+        let Some(address) = self.address_of(&target).await else {
+            return Err(FleetError::NotFound {
+                what: "launcher",
+                id: target,
+            });
+        };
+        match self.dispatcher.assign(&address, &spec).await {
+            Ok(ack) => {
+                let _ = self
+                    .store
+                    .put_process(
+                        &self.state.lock().await.processes[&id],
+                        &event("delivered", spec.version, &target, ack.message.clone()),
+                    )
+                    .await;
+                self.state
+                    .lock()
+                    .await
+                    .pending
+                    .remove(&(target.clone(), id.clone()));
+                Ok(Assigned {
+                    unit: if ack.unit_name.is_empty() {
+                        unit_of(&spec)
+                    } else {
+                        ack.unit_name
+                    },
+                    message: format!("placed {id} v{} on {target}: {}", spec.version, ack.message),
+                    launcher: target,
+                })
+            }
+            Err(status) if unreachable(&status) => {
+                let mut st = self.state.lock().await;
+                self.schedule(&mut st, &target, &id, DeliveryKind::Assign);
+                Ok(Assigned {
+                    unit: unit_of(&spec),
+                    message: format!(
+                        "placed {id} v{} on {target}; delivery pending, retrying: {}",
+                        spec.version,
+                        status.message()
+                    ),
+                    launcher: target,
+                })
+            }
+            Err(status) => {
+                // The launcher refused it (e.g. its binary is not allowed on
+                // that host): the placement is undone.
+                let mut st = self.state.lock().await;
+                let why = event("refused", spec.version, &target, status.message());
+                match previous {
+                    Some(prev) => {
+                        self.store.put_process(&prev, &why).await?;
+                        st.processes.insert(id, prev);
+                    }
+                    None => {
+                        self.store.delete_process(&id, &why).await?;
+                        st.processes.remove(&id);
+                    }
+                }
+                Err(FleetError::Refused {
+                    launcher: target,
+                    status,
+                })
+            }
+        }
+    }
+
+    /// Forget a process whose revocation finished.
+    pub(super) async fn forget(&self, id: &str, launcher: &str, detail: String) -> Result<(), StoreError> {
+        let mut st = self.state.lock().await;
+        let version = st.processes.get(id).map_or(0, |p| p.version());
+        self.store
+            .delete_process(id, &event("revoked", version, launcher, detail))
+            .await?;
+        st.processes.remove(id);
+        st.health.remove(id);
+        st.pending.retain(|(_, p), _| p != id);
+        Ok(())
+    }
+
+    pub async fn revoke(&self, req: pb::ProcessRevocation) -> Result<pb::ProcessRevocationAck, FleetError> {
+        let id = req.process_id.clone();
+        if id.is_empty() {
+            return Err(FleetError::BadRequest {
+                field: "process_id".into(),
+                reason: "empty".into(),
+            });
+        }
+        if !(0..=3600).contains(&req.graceful_timeout_seconds) {
+            return Err(FleetError::BadRequest {
+                field: "graceful_timeout_seconds".into(),
+                reason: format!("{} is outside 0..=3600 (0 means 30)", req.graceful_timeout_seconds),
+            });
+        }
+        let _guard = self.locks.lock(&id).await;
+        let launcher = {
+            let mut st = self.state.lock().await;
+            let rec = st.processes.get_mut(&id).ok_or_else(|| FleetError::NotFound {
+                what: "process",
+                id: id.clone(),
+            })?;
+            if !req.launcher_id.is_empty() && rec.launcher_id.as_deref() != Some(&req.launcher_id) {
+                return Err(FleetError::BadRequest {
+                    field: "launcher_id".into(),
+                    reason: format!(
+                        "process {id} is placed on {}, not {}",
+                        rec.launcher_id.as_deref().unwrap_or("no launcher"),
+                        req.launcher_id
+                    ),
+                });
+            }
+            if rec.state != PlacementState::Revoking {
+                rec.state = PlacementState::Revoking;
+                rec.updated_at_ms = now_ms();
+                let launcher = rec.launcher_id.clone().unwrap_or_default();
+                let rec = rec.clone();
+                self.store
+                    .put_process(&rec, &event("revoking", rec.version(), &launcher, ""))
+                    .await?;
+            }
+            st.processes[&id].launcher_id.clone()
+        };
+        let Some(launcher) = launcher else {
+            self.forget(&id, "", "it was not placed".into()).await?;
+            return Ok(pb::ProcessRevocationAck {
+                success: true,
+                message: format!("revoked {id}; it was not placed on any launcher"),
+                stopped_at: now_ms() / 1000,
+                exit_code: 0,
+            });
+        };
+        let address = self.address_of(&launcher).await.unwrap_or_default();
+        match self
+            .dispatcher
+            .revoke(&address, &launcher, &id, req.graceful_timeout_seconds)
+            .await
+        {
+            Ok(ack) => {
+                self.forget(&id, &launcher, format!("exit code {}", ack.exit_code))
+                    .await?;
+                Ok(pb::ProcessRevocationAck {
+                    message: format!("{} (on {launcher})", ack.message),
+                    ..ack
+                })
+            }
+            Err(s) if s.code() == Code::NotFound => {
+                self.forget(&id, &launcher, "its launcher did not hold it".into())
+                    .await?;
+                Ok(pb::ProcessRevocationAck {
+                    success: true,
+                    message: format!("revoked {id}; launcher {launcher} did not hold it"),
+                    stopped_at: now_ms() / 1000,
+                    exit_code: 0,
+                })
+            }
+            Err(s) if unreachable(&s) => {
+                let mut st = self.state.lock().await;
+                self.schedule(
+                    &mut st,
+                    &launcher,
+                    &id,
+                    DeliveryKind::Revoke {
+                        grace: req.graceful_timeout_seconds,
+                    },
+                );
+                Err(FleetError::Unreachable {
+                    launcher,
+                    reason: s.message().to_owned(),
+                })
+            }
+            Err(status) => Err(FleetError::Refused { launcher, status }),
+        }
+    }
+
+    pub async fn register(
+        &self,
+        reg: pb::LauncherRegistration,
+    ) -> Result<pb::LauncherRegistrationAck, FleetError> {
+        let bad = |field: &str, reason: String| FleetError::BadRequest {
+            field: field.into(),
+            reason,
+        };
+        if !is_token(&reg.launcher_id) {
+            return Err(bad(
+                "launcher_id",
+                format!("{:?} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -", reg.launcher_id),
+            ));
+        }
+        crate::settings::parse_endpoint(&reg.address)
+            .map_err(|e| bad("address", e))?;
+        if !(1..=100_000).contains(&reg.max_processes) {
+            return Err(bad(
+                "max_processes",
+                format!("{} is outside 1..=100000", reg.max_processes),
+            ));
+        }
+        let known = |t: &str| matches!(t, "pattern" | "proxy" | "backend" | "utility");
+        let mut types: Vec<String> = if reg.process_types.is_empty() {
+            reg.capabilities.iter().filter(|c| known(c)).cloned().collect()
+        } else {
+            if let Some(t) = reg.process_types.iter().find(|t| !known(t)) {
+                return Err(bad("process_types", format!("unknown process type {t:?}")));
+            }
+            reg.process_types.clone()
+        };
+        types.sort();
+        types.dedup();
+        if types.is_empty() {
+            return Err(bad("process_types", "names no process type".into()));
+        }
+        let now = now_ms();
+        let mut st = self.state.lock().await;
+        let previous = st.launchers.get(&reg.launcher_id).cloned();
+        let record = LauncherRecord {
+            id: reg.launcher_id.clone(),
+            address: reg.address.clone(),
+            region: reg.region.clone(),
+            version: reg.version.clone(),
+            capabilities: reg.capabilities.clone(),
+            process_types: types,
+            max_processes: reg.max_processes as u32,
+            metadata: reg.metadata.into_iter().collect(),
+            registered_at_ms: now,
+            last_heartbeat_ms: now,
+            draining: previous.as_ref().is_some_and(|p| p.draining),
+            resources: None,
+        };
+        self.store.upsert_launcher(&record).await?;
+        if let Some(prev) = &previous
+            && prev.address != record.address
+        {
+            self.dispatcher.forget(&prev.address);
+        }
+        st.launchers.insert(record.id.clone(), record);
+        let initial: Vec<pb::ProcessAssignment> = st
+            .processes
+            .values()
+            .filter(|p| {
+                p.launcher_id.as_deref() == Some(reg.launcher_id.as_str())
+                    && p.state == PlacementState::Placed
+            })
+            .map(|p| p.spec.clone())
+            .collect();
+        // The launcher reconciles to `initial`, which delivers every pending
+        // assignment and revocation at once.
+        st.pending.retain(|(l, _), _| l != &reg.launcher_id);
+        tracing::info!(
+            launcher = %reg.launcher_id,
+            address = %reg.address,
+            "launcher {} registered from {} with {} processes placed on it",
+            reg.launcher_id,
+            reg.address,
+            initial.len()
+        );
+        Ok(pb::LauncherRegistrationAck {
+            success: true,
+            message: format!(
+                "registered {}; {} processes are placed on it",
+                reg.launcher_id,
+                initial.len()
+            ),
+            assigned_capacity: reg.max_processes,
+            initial_processes: initial,
+            heartbeat_interval_ms: self.interval.as_millis() as i64,
+        })
+    }
+
+    /// Record a heartbeat and repair drift between what the launcher runs
+    /// and what is placed on it.
+    pub async fn heartbeat(&self, hb: pb::LauncherHeartbeatRequest) -> pb::HeartbeatAck {
+        let now = now_ms();
+        let mut st = self.state.lock().await;
+        let Some(l) = st.launchers.get_mut(&hb.launcher_id) else {
+            return pb::HeartbeatAck {
+                success: false,
+                message: format!("unknown launcher {:?}: register again", hb.launcher_id),
+                server_timestamp: now / 1000,
+                reregister: true,
+            };
+        };
+        l.last_heartbeat_ms = now;
+        l.resources = hb.resources.clone();
+        let launcher = hb.launcher_id.clone();
+        let mut batch_health = Vec::new();
+        for (pid, health) in &hb.process_health {
+            if st
+                .processes
+                .get(pid)
+                .is_some_and(|p| p.launcher_id.as_deref() == Some(launcher.as_str()))
+            {
+                let record = HealthRecord {
+                    health: health.clone(),
+                    reported_at_ms: now,
+                };
+                st.health.insert(pid.clone(), record.clone());
+                batch_health.push((pid.clone(), record));
+            }
+        }
+        // Drift: placed here but not run (or an older version): push again.
+        // A fresh placement is being pushed right now: leave it be.
+        let fresh = now - 2 * self.interval.as_millis() as i64;
+        let mut assign = Vec::new();
+        let mut finished = Vec::new();
+        for p in st.processes.values() {
+            if p.launcher_id.as_deref() != Some(launcher.as_str()) {
+                continue;
+            }
+            let reported = hb.process_health.get(p.id());
+            match p.state {
+                PlacementState::Placed => {
+                    let behind = reported
+                        .is_some_and(|h| h.version > 0 && h.version < p.version());
+                    if (reported.is_none() || behind) && p.updated_at_ms < fresh {
+                        assign.push(p.id().to_owned());
+                    }
+                }
+                PlacementState::Revoking if reported.is_none() => {
+                    finished.push(p.id().to_owned())
+                }
+                PlacementState::Revoking => {}
+            }
+        }
+        // Drift: run here but not placed here: revoke.
+        let mut revoke = Vec::new();
+        for pid in hb.process_health.keys() {
+            let placed_here = st.processes.get(pid).is_some_and(|p| {
+                p.launcher_id.as_deref() == Some(launcher.as_str())
+                    && p.state == PlacementState::Placed
+            });
+            if !placed_here && !st.moving.contains(&(pid.clone(), launcher.clone())) {
+                revoke.push(pid.clone());
+            }
+        }
+        for pid in &assign {
+            if !st.pending.contains_key(&(launcher.clone(), pid.clone())) {
+                tracing::info!(launcher = %launcher, process = %pid, "{pid} is placed on {launcher} but not running there; pushing it again");
+                self.schedule(&mut st, &launcher, pid, DeliveryKind::Assign);
+            }
+        }
+        for pid in &revoke {
+            if !st.pending.contains_key(&(launcher.clone(), pid.clone())) {
+                tracing::info!(launcher = %launcher, process = %pid, "{launcher} runs {pid}, which is not placed there; revoking it");
+                self.schedule(&mut st, &launcher, pid, DeliveryKind::Revoke { grace: 0 });
+            }
+        }
+        drop(st);
+        {
+            let mut batch = self.batch.lock().expect("poisoned");
+            batch.launchers.retain(|(id, _, _)| id != &launcher);
+            batch.launchers.push((launcher.clone(), now, hb.resources.clone()));
+            batch.health.extend(batch_health);
+        }
+        for pid in finished {
+            if let Err(e) = self.forget(&pid, &launcher, "no longer reported by its launcher".into()).await {
+                tracing::error!(process = %pid, "cannot record the end of {pid}'s revocation: {e}");
+            }
+        }
+        pb::HeartbeatAck {
+            success: true,
+            message: String::new(),
+            server_timestamp: now / 1000,
+            reregister: false,
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! prism-admin: the control plane. Launchers register and heartbeat over
+//! `prism.ControlPlane`; the admin places each process on a launcher by
+//! capability and free capacity, pushes it there, and keeps it there.
+//! Operators use `prism.admin.v1.Admin`.
+
+pub mod config;
+pub mod dispatch;
+pub mod fleet;
+pub mod placement;
+pub mod service;
+pub mod store;
+mod tasks;
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tonic::{
+    Status,
+    body::Body,
+    codegen::{Service, http},
+    server::NamedService,
+    transport::Server,
+};
+
+pub use config::{Cli, Command, Config, ConfigError, ServeArgs};
+pub use fleet::Fleet;
+
+use crate::pb::{
+    self,
+    prism::{admin::v1::admin_server::AdminServer, control_plane_server::ControlPlaneServer},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot create {dir}: {source}")]
+    DataDir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("gRPC server: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// The upstream service's proxy RPCs, which the admin does not serve.
+const PROXY_RPCS: [&str; 5] = [
+    "RegisterProxy",
+    "AssignNamespace",
+    "CreateNamespace",
+    "Heartbeat",
+    "RevokeNamespace",
+];
+
+/// `prism.ControlPlane`, answering the upstream proxy RPCs with an
+/// UNIMPLEMENTED that says why (tonic's default says nothing).
+#[derive(Clone)]
+pub struct ControlPlaneWithNotice<S>(S);
+
+impl<S: NamedService> NamedService for ControlPlaneWithNotice<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for ControlPlaneWithNotice<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let method = req
+            .uri()
+            .path()
+            .strip_prefix("/prism.ControlPlane/")
+            .map(str::to_owned);
+        if let Some(m) = method.filter(|m| PROXY_RPCS.contains(&m.as_str())) {
+            let status = Status::unimplemented(format!(
+                "prism-admin serves the launcher part of prism.ControlPlane; {m} (a proxy RPC) \
+                 is not implemented"
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        Box::pin(self.0.call(req))
+    }
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    let _ = sd_notify::notify(states);
+}
+
+/// Run the admin until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| RunError::DataDir {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    let db: Arc<dyn store::AdminStore> = Arc::new(store::SqliteStore::open(&config.data_dir).await?);
+    let fleet = Fleet::open(
+        db,
+        config.tls.clone(),
+        config.heartbeat_interval,
+        config.reschedule_lost_after,
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().unwrap_or(config.listen);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ControlPlaneServer<service::ControlPlaneService>>()
+        .await;
+    health.set_serving::<AdminServer<service::AdminService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor set built in");
+    let mut server = Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server.tls_config(tls.server_config()).map_err(RunError::Tls)?;
+    } else if !local.ip().is_loopback() {
+        tracing::warn!("serving plaintext gRPC on non-loopback address {local} (--insecure)");
+    }
+    let router = server
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ControlPlaneWithNotice(ControlPlaneServer::new(
+            service::ControlPlaneService::new(fleet.clone()),
+        )))
+        .add_service(AdminServer::new(service::AdminService::new(fleet.clone())));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(fleet.clone().delivery_loop());
+    tasks.spawn(fleet.clone().liveness_loop());
+    tasks.spawn(fleet.clone().flush_loop());
+
+    tracing::info!(
+        addr = %local,
+        tls = config.tls.is_some(),
+        "prism-admin listening on {local}; data in {}",
+        config.data_dir.display()
+    );
+    notify(&[sd_notify::NotifyState::Ready]);
+    let result = router
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+        .map_err(RunError::Serve);
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tasks.abort_all();
+    fleet.flush().await;
+    tracing::info!("prism-admin stopped");
+    result
+}

@@ -1,0 +1,241 @@
+//! Where a process goes: pure functions over the fleet as the admin sees
+//! it, so the rules are tested with tables.
+
+use std::time::Duration;
+
+/// A launcher's liveness, from its last heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Healthy,
+    /// 3 heartbeat intervals missed: nothing new is placed on it.
+    Unhealthy,
+    /// 6 intervals missed: its processes may be rescheduled (opt-in).
+    Lost,
+}
+
+impl Liveness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+pub const UNHEALTHY_AFTER_MISSED: u32 = 3;
+pub const LOST_AFTER_MISSED: u32 = 6;
+
+pub fn liveness(last_heartbeat_ms: i64, now_ms: i64, interval: Duration) -> Liveness {
+    let silent = Duration::from_millis(now_ms.saturating_sub(last_heartbeat_ms).max(0) as u64);
+    if silent >= interval * LOST_AFTER_MISSED {
+        Liveness::Lost
+    } else if silent >= interval * UNHEALTHY_AFTER_MISSED {
+        Liveness::Unhealthy
+    } else {
+        Liveness::Healthy
+    }
+}
+
+/// One launcher as placement sees it.
+#[derive(Clone, Debug)]
+pub struct Candidate<'a> {
+    pub id: &'a str,
+    pub region: &'a str,
+    pub process_types: &'a [String],
+    pub max_processes: u32,
+    pub used: u32,
+    pub draining: bool,
+    pub liveness: Liveness,
+}
+
+impl Candidate<'_> {
+    fn free(&self) -> u32 {
+        self.max_processes.saturating_sub(self.used)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Request<'a> {
+    pub process_type: &'a str,
+    /// Preferred region (from the request's `prism-region` metadata).
+    pub region: Option<&'a str>,
+    /// Only this launcher (from `prism-launcher-id` metadata).
+    pub launcher: Option<&'a str>,
+    /// Never these launchers (moving away from them).
+    pub exclude: &'a [&'a str],
+}
+
+/// Why nothing fits; the message says which constraint failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoCandidate {
+    #[error("no launchers support process type: {0}")]
+    Unsupported(String),
+    #[error("no launcher can take a {process_type}: {detail}")]
+    Unavailable { process_type: String, detail: String },
+    #[error("launcher {launcher} cannot take a {process_type}: {reason}")]
+    Explicit {
+        launcher: String,
+        process_type: String,
+        reason: String,
+    },
+}
+
+fn refusal(c: &Candidate<'_>, process_type: &str) -> Option<String> {
+    if !c.process_types.iter().any(|t| t == process_type) {
+        Some(format!("it does not run {process_type} processes"))
+    } else if c.liveness != Liveness::Healthy {
+        Some(format!("it is {}", c.liveness.as_str()))
+    } else if c.draining {
+        Some("it is draining".into())
+    } else if c.free() == 0 {
+        Some(format!("it is full ({} of {})", c.used, c.max_processes))
+    } else {
+        None
+    }
+}
+
+/// Pick a launcher: healthy, not draining, running the type, with a free
+/// slot; the requested region first, then the most free slots, then the
+/// smallest id (deterministic).
+pub fn choose(candidates: &[Candidate<'_>], req: &Request<'_>) -> Result<String, NoCandidate> {
+    let ty = req.process_type;
+    if let Some(wanted) = req.launcher {
+        let Some(c) = candidates.iter().find(|c| c.id == wanted) else {
+            return Err(NoCandidate::Explicit {
+                launcher: wanted.into(),
+                process_type: ty.into(),
+                reason: "it is not registered".into(),
+            });
+        };
+        return match refusal(c, ty) {
+            Some(reason) => Err(NoCandidate::Explicit {
+                launcher: wanted.into(),
+                process_type: ty.into(),
+                reason,
+            }),
+            None => Ok(c.id.to_owned()),
+        };
+    }
+    let pool: Vec<&Candidate<'_>> = candidates
+        .iter()
+        .filter(|c| !req.exclude.contains(&c.id))
+        .collect();
+    let supporting: Vec<&&Candidate<'_>> = pool
+        .iter()
+        .filter(|c| c.process_types.iter().any(|t| t == ty))
+        .collect();
+    if supporting.is_empty() {
+        return Err(NoCandidate::Unsupported(ty.into()));
+    }
+    let best = supporting
+        .iter()
+        .filter(|c| refusal(c, ty).is_none())
+        .min_by(|a, b| {
+            let in_region = |c: &Candidate<'_>| req.region.is_some_and(|r| r == c.region);
+            in_region(b)
+                .cmp(&in_region(a))
+                .then(b.free().cmp(&a.free()))
+                .then(a.id.cmp(b.id))
+        });
+    match best {
+        Some(c) => Ok(c.id.to_owned()),
+        None => {
+            let mut reasons: Vec<String> = supporting
+                .iter()
+                .filter_map(|c| refusal(c, ty).map(|r| format!("{}: {r}", c.id)))
+                .collect();
+            reasons.sort();
+            Err(NoCandidate::Unavailable {
+                process_type: ty.into(),
+                detail: format!("{} support it; {}", supporting.len(), reasons.join("; ")),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn types(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn liveness_by_missed_heartbeats() {
+        let i = Duration::from_secs(10);
+        assert_eq!(liveness(0, 29_999, i), Liveness::Healthy);
+        assert_eq!(liveness(0, 30_000, i), Liveness::Unhealthy);
+        assert_eq!(liveness(0, 60_000, i), Liveness::Lost);
+        assert_eq!(liveness(100, 0, i), Liveness::Healthy);
+    }
+
+    #[test]
+    fn choices() {
+        let all = types(&["pattern", "proxy", "backend", "utility"]);
+        let patterns = types(&["pattern"]);
+        let c = |id: &'static str, region: &'static str, t: &'static [String], used, draining, l| Candidate {
+            id,
+            region,
+            process_types: t,
+            max_processes: 10,
+            used,
+            draining,
+            liveness: l,
+        };
+        let all: &'static [String] = Box::leak(all.into_boxed_slice());
+        let patterns: &'static [String] = Box::leak(patterns.into_boxed_slice());
+        use Liveness::*;
+        let fleet = vec![
+            c("a", "eu", all, 5, false, Healthy),
+            c("b", "us", all, 2, false, Healthy),
+            c("c", "us", patterns, 0, false, Healthy),
+            c("d", "eu", all, 0, true, Healthy),
+            c("e", "eu", all, 0, false, Lost),
+        ];
+        let req = |ty, region| Request {
+            process_type: ty,
+            region,
+            ..Request::default()
+        };
+        // Most free slots among eligible.
+        assert_eq!(choose(&fleet, &req("pattern", None)).unwrap(), "c");
+        assert_eq!(choose(&fleet, &req("proxy", None)).unwrap(), "b");
+        // Region first, then free slots.
+        assert_eq!(choose(&fleet, &req("proxy", Some("eu"))).unwrap(), "a");
+        // Deterministic tie-break by id.
+        let tie = vec![c("y", "eu", all, 1, false, Healthy), c("x", "eu", all, 1, false, Healthy)];
+        assert_eq!(choose(&tie, &req("utility", None)).unwrap(), "x");
+        // Nothing supports the type.
+        let only_patterns = vec![c("c", "us", patterns, 0, false, Healthy)];
+        assert_eq!(
+            choose(&only_patterns, &req("proxy", None)).unwrap_err().to_string(),
+            "no launchers support process type: proxy"
+        );
+        // Something supports it but cannot take it, and the reasons say why.
+        let stuck = vec![
+            c("full", "eu", all, 10, false, Healthy),
+            c("drain", "eu", all, 0, true, Healthy),
+            c("sick", "eu", all, 0, false, Unhealthy),
+        ];
+        let e = choose(&stuck, &req("backend", None)).unwrap_err().to_string();
+        assert!(e.contains("3 support it"), "{e}");
+        assert!(e.contains("full: it is full (10 of 10)"), "{e}");
+        assert!(e.contains("drain: it is draining"), "{e}");
+        assert!(e.contains("sick: it is unhealthy"), "{e}");
+        // Explicit launcher, and exclusions.
+        let explicit = Request {
+            process_type: "proxy",
+            launcher: Some("c"),
+            ..Request::default()
+        };
+        assert!(choose(&fleet, &explicit).unwrap_err().to_string().contains("does not run proxy"));
+        let away = Request {
+            process_type: "pattern",
+            exclude: &["c"],
+            ..Request::default()
+        };
+        assert_eq!(choose(&fleet, &away).unwrap(), "b");
+    }
+}

@@ -1,0 +1,298 @@
+//! prism-admin's gRPC services: the launcher part of the upstream
+//! `prism.ControlPlane`, and `prism.admin.v1.Admin` for operators. Every
+//! error becomes a status in [`to_status`].
+
+use std::sync::Arc;
+
+use tonic::{Code, Request, Response, Status};
+
+use super::{
+    fleet::{Fleet, FleetError, now_ms},
+    placement::{self},
+    store::{HistoryEvent, LauncherRecord, PlacementState, ProcessRecord},
+};
+use crate::{
+    launcher::redact,
+    model::ProcessType,
+    pb::prism::{
+        self as pb,
+        admin::v1::{self as apb, admin_server::Admin},
+        control_plane_server::ControlPlane,
+    },
+    unit,
+};
+
+/// The gRPC metadata keys that steer placement.
+pub const REGION_METADATA: &str = "prism-region";
+pub const LAUNCHER_METADATA: &str = "prism-launcher-id";
+
+pub fn to_status(e: FleetError) -> Status {
+    let code = match &e {
+        FleetError::Invalid(_) | FleetError::BadRequest { .. } => Code::InvalidArgument,
+        FleetError::NoCandidate(_) | FleetError::StaleVersion { .. } => Code::FailedPrecondition,
+        FleetError::Revoking { .. } => Code::Aborted,
+        FleetError::NotFound { .. } => Code::NotFound,
+        // The launcher's own verdict (invalid binary on its host...) stands.
+        FleetError::Refused { status, .. } => status.code(),
+        FleetError::Unreachable { .. } => Code::Unavailable,
+        FleetError::Store(_) => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+fn metadata(request: &Request<impl Sized>, key: &str) -> Option<String> {
+    request
+        .metadata()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+pub struct ControlPlaneService {
+    fleet: Arc<Fleet>,
+}
+
+impl ControlPlaneService {
+    pub fn new(fleet: Arc<Fleet>) -> Self {
+        Self { fleet }
+    }
+}
+
+#[tonic::async_trait]
+impl ControlPlane for ControlPlaneService {
+    async fn register_launcher(
+        &self,
+        request: Request<pb::LauncherRegistration>,
+    ) -> Result<Response<pb::LauncherRegistrationAck>, Status> {
+        self.fleet
+            .register(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn assign_process(
+        &self,
+        request: Request<pb::ProcessAssignment>,
+    ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
+        let region = metadata(&request, REGION_METADATA);
+        let launcher = metadata(&request, LAUNCHER_METADATA);
+        let spec = request.into_inner();
+        let id = spec.process_id.clone();
+        let assigned = self.fleet.assign(spec, region, launcher).await.map_err(|e| {
+            tracing::info!(process = %id, "assignment of {id} refused: {e}");
+            to_status(e)
+        })?;
+        tracing::info!(process = %id, launcher = %assigned.launcher, "{}", assigned.message);
+        Ok(Response::new(pb::ProcessAssignmentAck {
+            success: true,
+            message: assigned.message,
+            launcher_id: assigned.launcher,
+            unit_name: assigned.unit,
+        }))
+    }
+
+    async fn launcher_heartbeat(
+        &self,
+        request: Request<pb::LauncherHeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatAck>, Status> {
+        Ok(Response::new(self.fleet.heartbeat(request.into_inner()).await))
+    }
+
+    async fn revoke_process(
+        &self,
+        request: Request<pb::ProcessRevocation>,
+    ) -> Result<Response<pb::ProcessRevocationAck>, Status> {
+        let req = request.into_inner();
+        let id = req.process_id.clone();
+        let ack = self.fleet.revoke(req).await.map_err(to_status)?;
+        tracing::info!(process = %id, "{}", ack.message);
+        Ok(Response::new(ack))
+    }
+}
+
+fn launcher_info(l: &LauncherRecord, used: u32, interval: std::time::Duration) -> apb::LauncherInfo {
+    apb::LauncherInfo {
+        launcher_id: l.id.clone(),
+        address: l.address.clone(),
+        region: l.region.clone(),
+        version: l.version.clone(),
+        capabilities: l.capabilities.clone(),
+        process_types: l.process_types.clone(),
+        max_processes: l.max_processes as i32,
+        slots_used: used as i32,
+        health: placement::liveness(l.last_heartbeat_ms, now_ms(), interval)
+            .as_str()
+            .into(),
+        draining: l.draining,
+        registered_at_unix_ms: l.registered_at_ms,
+        last_heartbeat_unix_ms: l.last_heartbeat_ms,
+        resources: l.resources,
+        metadata: l.metadata.clone().into_iter().collect(),
+    }
+}
+
+fn history(events: Vec<HistoryEvent>) -> Vec<apb::HistoryEvent> {
+    events
+        .into_iter()
+        .map(|e| apb::HistoryEvent {
+            at_unix_ms: e.at_ms,
+            event: e.event,
+            version: e.version,
+            launcher_id: e.launcher_id,
+            detail: e.detail,
+        })
+        .collect()
+}
+
+pub struct AdminService {
+    fleet: Arc<Fleet>,
+}
+
+impl AdminService {
+    pub fn new(fleet: Arc<Fleet>) -> Self {
+        Self { fleet }
+    }
+
+    async fn process_info(&self, p: &ProcessRecord, events: Vec<HistoryEvent>) -> apb::ProcessInfo {
+        let st = self.fleet.state.lock().await;
+        let launcher = p.launcher_id.clone().unwrap_or_default();
+        let pending = st.pending.contains_key(&(launcher.clone(), p.id().to_owned()));
+        let health = st.health.get(p.id());
+        let ty: ProcessType = p.spec.process_type.parse().unwrap_or(ProcessType::Pattern);
+        apb::ProcessInfo {
+            assignment: Some(redact(&p.spec)),
+            unit_name: unit::unit_name(ty, p.id()),
+            placement: match (p.state, pending) {
+                (PlacementState::Placed, true) => "pending".into(),
+                (state, _) => state.as_str().into(),
+            },
+            health: health.map(|h| h.health.clone()),
+            health_reported_unix_ms: health.map_or(0, |h| h.reported_at_ms),
+            history: history(events),
+            launcher_id: launcher,
+        }
+    }
+}
+
+fn not_found(what: &'static str, id: &str) -> Status {
+    to_status(FleetError::NotFound {
+        what,
+        id: id.to_owned(),
+    })
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_launchers(
+        &self,
+        _request: Request<apb::ListLaunchersRequest>,
+    ) -> Result<Response<apb::ListLaunchersResponse>, Status> {
+        let st = self.fleet.state.lock().await;
+        let used = st.used();
+        let launchers = st
+            .launchers
+            .values()
+            .map(|l| launcher_info(l, used.get(l.id.as_str()).copied().unwrap_or(0), self.fleet.interval()))
+            .collect();
+        Ok(Response::new(apb::ListLaunchersResponse { launchers }))
+    }
+
+    async fn get_launcher(
+        &self,
+        request: Request<apb::GetLauncherRequest>,
+    ) -> Result<Response<apb::LauncherInfo>, Status> {
+        let id = request.into_inner().launcher_id;
+        let st = self.fleet.state.lock().await;
+        let used = st.used();
+        let l = st.launchers.get(&id).ok_or_else(|| not_found("launcher", &id))?;
+        Ok(Response::new(launcher_info(
+            l,
+            used.get(id.as_str()).copied().unwrap_or(0),
+            self.fleet.interval(),
+        )))
+    }
+
+    async fn list_processes(
+        &self,
+        request: Request<apb::ListProcessesRequest>,
+    ) -> Result<Response<apb::ListProcessesResponse>, Status> {
+        let f = request.into_inner();
+        let records: Vec<ProcessRecord> = {
+            let st = self.fleet.state.lock().await;
+            st.processes
+                .values()
+                .filter(|p| f.process_type.is_empty() || p.process_type() == f.process_type)
+                .filter(|p| f.launcher_id.is_empty() || p.launcher_id.as_deref() == Some(f.launcher_id.as_str()))
+                .filter(|p| f.namespace.is_empty() || p.spec.namespace == f.namespace)
+                .cloned()
+                .collect()
+        };
+        let mut processes = Vec::with_capacity(records.len());
+        for p in &records {
+            let info = self.process_info(p, Vec::new()).await;
+            let matches = f.status.is_empty()
+                || info.placement == f.status
+                || info
+                    .health
+                    .as_ref()
+                    .is_some_and(|h| h.detailed_status == f.status || h.status == f.status);
+            if matches {
+                processes.push(info);
+            }
+        }
+        Ok(Response::new(apb::ListProcessesResponse { processes }))
+    }
+
+    async fn get_process(
+        &self,
+        request: Request<apb::GetProcessRequest>,
+    ) -> Result<Response<apb::ProcessInfo>, Status> {
+        let req = request.into_inner();
+        let record = self
+            .fleet
+            .state
+            .lock()
+            .await
+            .processes
+            .get(&req.process_id)
+            .cloned()
+            .ok_or_else(|| not_found("process", &req.process_id))?;
+        let limit = if req.history_limit > 0 { req.history_limit as u32 } else { 20 };
+        let events = self
+            .fleet
+            .store
+            .history(&req.process_id, limit)
+            .await
+            .map_err(|e| to_status(e.into()))?;
+        Ok(Response::new(self.process_info(&record, events).await))
+    }
+
+    async fn drain_launcher(
+        &self,
+        request: Request<apb::DrainRequest>,
+    ) -> Result<Response<apb::LauncherInfo>, Status> {
+        let id = request.into_inner().launcher_id;
+        self.fleet.set_draining(&id, true).await.map_err(to_status)?;
+        self.get_launcher(Request::new(apb::GetLauncherRequest { launcher_id: id })).await
+    }
+
+    async fn undrain_launcher(
+        &self,
+        request: Request<apb::DrainRequest>,
+    ) -> Result<Response<apb::LauncherInfo>, Status> {
+        let id = request.into_inner().launcher_id;
+        self.fleet.set_draining(&id, false).await.map_err(to_status)?;
+        self.get_launcher(Request::new(apb::GetLauncherRequest { launcher_id: id })).await
+    }
+
+    async fn move_processes(
+        &self,
+        request: Request<apb::MoveProcessesRequest>,
+    ) -> Result<Response<apb::MoveProcessesResponse>, Status> {
+        let id = request.into_inner().launcher_id;
+        let moved = self.fleet.move_processes(&id).await.map_err(to_status)?;
+        Ok(Response::new(apb::MoveProcessesResponse { moved }))
+    }
+}

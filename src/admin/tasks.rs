@@ -1,0 +1,374 @@
+//! The admin's background work: delivering pending pushes with backoff,
+//! judging launcher liveness (and, opt-in, rescheduling the processes of
+//! lost launchers), flushing heartbeat data, and operator-driven moves.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::{StreamExt, stream};
+use tonic::Code;
+
+use super::{
+    dispatch::unreachable,
+    fleet::{Delivery, DeliveryKind, Fleet, FleetError, event, now_ms},
+    placement::{self, Liveness, Request},
+    store::PlacementState,
+};
+use crate::pb::prism::admin::v1 as apb;
+
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+fn backoff(attempts: u32) -> Duration {
+    let base = Duration::from_millis(500) * 2u32.saturating_pow(attempts.min(10));
+    // Up to a quarter of jitter, from the clock: fleets do not retry in step.
+    let jitter = (now_ms() as u64 % 250) * base.as_millis() as u64 / 1000;
+    (base + Duration::from_millis(jitter)).min(BACKOFF_MAX)
+}
+
+impl Fleet {
+    /// Deliver pending pushes as they come due.
+    pub async fn delivery_loop(self: Arc<Self>) {
+        loop {
+            let now = Instant::now();
+            let (due, next) = {
+                let mut st = self.state.lock().await;
+                let mut due = Vec::new();
+                let mut next = now + Duration::from_secs(1);
+                for (key, d) in st.pending.iter_mut() {
+                    if d.next_at <= now {
+                        due.push((key.clone(), d.kind));
+                        // In flight: not due again until it settles.
+                        d.next_at = now + BACKOFF_MAX;
+                    } else {
+                        next = next.min(d.next_at);
+                    }
+                }
+                (due, next)
+            };
+            stream::iter(due)
+                .for_each_concurrent(16, |((launcher, process), kind)| {
+                    let this = self.clone();
+                    async move { this.deliver(&launcher, &process, kind).await }
+                })
+                .await;
+            tokio::select! {
+                _ = self.deliveries.notified() => {}
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
+        }
+    }
+
+    async fn deliver(&self, launcher: &str, process: &str, kind: DeliveryKind) {
+        let key = (launcher.to_owned(), process.to_owned());
+        let _guard = self.locks.lock(process).await;
+        let (address, spec) = {
+            let mut st = self.state.lock().await;
+            let Some(address) = st.launchers.get(launcher).map(|l| l.address.clone()) else {
+                st.pending.remove(&key);
+                return;
+            };
+            let spec = match kind {
+                DeliveryKind::Assign => match st.processes.get(process) {
+                    Some(p)
+                        if p.launcher_id.as_deref() == Some(launcher)
+                            && p.state == PlacementState::Placed =>
+                    {
+                        Some(p.spec.clone())
+                    }
+                    // Placed elsewhere by now, or revoked: nothing to deliver.
+                    _ => {
+                        st.pending.remove(&key);
+                        return;
+                    }
+                },
+                DeliveryKind::Revoke { .. } => None,
+            };
+            (address, spec)
+        };
+        let result = match (&kind, spec) {
+            (DeliveryKind::Assign, Some(spec)) => self
+                .dispatcher
+                .assign(&address, &spec)
+                .await
+                .map(|ack| ack.message),
+            (DeliveryKind::Revoke { grace }, _) => {
+                match self.dispatcher.revoke(&address, launcher, process, *grace).await {
+                    Ok(ack) => Ok(format!("exit code {}", ack.exit_code)),
+                    Err(s) if s.code() == Code::NotFound => Ok("it did not hold it".into()),
+                    Err(s) => Err(s),
+                }
+            }
+            _ => return,
+        };
+        match result {
+            Ok(detail) => {
+                let done = {
+                    let mut st = self.state.lock().await;
+                    st.pending.remove(&key);
+                    // A revocation of a process still placed there finishes it.
+                    st.processes.get(process).is_some_and(|p| {
+                        matches!(kind, DeliveryKind::Revoke { .. })
+                            && p.launcher_id.as_deref() == Some(launcher)
+                            && p.state == PlacementState::Revoking
+                    })
+                };
+                tracing::info!(launcher, process, "delivered {kind:?} of {process} to {launcher}: {detail}");
+                if done && let Err(e) = self.forget(process, launcher, detail).await {
+                    tracing::error!(process, "cannot record the revocation of {process}: {e}");
+                }
+            }
+            Err(status) => {
+                let mut st = self.state.lock().await;
+                if let Some(d) = st.pending.get_mut(&key) {
+                    d.attempts += 1;
+                    d.last_error = status.message().to_owned();
+                    let wait = backoff(d.attempts);
+                    d.next_at = Instant::now() + wait;
+                    if unreachable(&status) {
+                        tracing::debug!(launcher, process, "delivery to {launcher} failed ({}); retrying in {wait:?}", status.message());
+                    } else {
+                        tracing::warn!(launcher, process, "{launcher} refused {kind:?} of {process}: {}; retrying in {wait:?}", status.message());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Judge liveness every half interval; log changes; reschedule the
+    /// processes of launchers lost for `reschedule_lost_after` (opt-in).
+    pub async fn liveness_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.interval / 2).await;
+            let now = now_ms();
+            let mut moves = Vec::new();
+            {
+                let mut st = self.state.lock().await;
+                let judged: Vec<(String, Liveness, i64)> = st
+                    .launchers
+                    .values()
+                    .map(|l| {
+                        (
+                            l.id.clone(),
+                            placement::liveness(l.last_heartbeat_ms, now, self.interval),
+                            l.last_heartbeat_ms,
+                        )
+                    })
+                    .collect();
+                for (id, lv, last) in judged {
+                    let before = st.last_liveness.insert(id.clone(), lv);
+                    if before.is_some_and(|b| b != lv) || (before.is_none() && lv != Liveness::Healthy) {
+                        match lv {
+                            Liveness::Healthy => tracing::info!(launcher = %id, "launcher {id} is healthy again"),
+                            other => tracing::warn!(
+                                launcher = %id,
+                                "launcher {id} is {}: no heartbeat for {:.1} s",
+                                other.as_str(),
+                                (now - last) as f64 / 1000.0
+                            ),
+                        }
+                    }
+                    if let (Liveness::Lost, Some(after)) = (lv, self.reschedule_lost_after) {
+                        let lost_at = last + (self.interval * placement::LOST_AFTER_MISSED).as_millis() as i64;
+                        if now - lost_at >= after.as_millis() as i64 {
+                            moves.extend(
+                                st.processes
+                                    .values()
+                                    .filter(|p| {
+                                        p.launcher_id.as_deref() == Some(id.as_str())
+                                            && p.state == PlacementState::Placed
+                                    })
+                                    .map(|p| (p.id().to_owned(), id.clone())),
+                            );
+                        }
+                    }
+                }
+            }
+            for (process, from) in moves {
+                if let Err(e) = self.reschedule(&process, &from).await {
+                    tracing::warn!(process = %process, "cannot reschedule {process} away from lost {from}: {e}");
+                }
+            }
+        }
+    }
+
+    async fn reschedule(&self, process: &str, from: &str) -> Result<(), FleetError> {
+        let _guard = self.locks.lock(process).await;
+        let mut st = self.state.lock().await;
+        let Some(p) = st.processes.get(process).cloned() else {
+            return Ok(());
+        };
+        if p.launcher_id.as_deref() != Some(from) || p.state != PlacementState::Placed {
+            return Ok(());
+        }
+        let candidates = st.candidates(now_ms(), self.interval);
+        let target = placement::choose(
+            &candidates,
+            &Request {
+                process_type: p.process_type(),
+                exclude: &[from],
+                ..Request::default()
+            },
+        )?;
+        let mut moved = p.clone();
+        moved.launcher_id = Some(target.clone());
+        moved.updated_at_ms = now_ms();
+        self.store
+            .put_process(
+                &moved,
+                &event("rescheduled", p.version(), &target, format!("from lost launcher {from}")),
+            )
+            .await?;
+        st.processes.insert(process.to_owned(), moved);
+        tracing::warn!(process, "rescheduled {process} from lost launcher {from} to {target}");
+        self.schedule(&mut st, &target, process, DeliveryKind::Assign);
+        Ok(())
+    }
+
+    /// Write heartbeat data in batches, once a second.
+    pub async fn flush_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.flush().await;
+        }
+    }
+
+    pub async fn flush(&self) {
+        let batch = std::mem::take(&mut *self.batch.lock().expect("poisoned"));
+        if batch.launchers.is_empty() && batch.health.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.save_heartbeats(&batch).await {
+            tracing::error!("cannot save heartbeats: {e}");
+        }
+    }
+
+    pub async fn set_draining(&self, id: &str, draining: bool) -> Result<(), FleetError> {
+        let mut st = self.state.lock().await;
+        let l = st.launchers.get_mut(id).ok_or_else(|| FleetError::NotFound {
+            what: "launcher",
+            id: id.to_owned(),
+        })?;
+        self.store.set_draining(id, draining).await?;
+        l.draining = draining;
+        tracing::info!(launcher = id, "launcher {id} {}", if draining { "draining" } else { "no longer draining" });
+        Ok(())
+    }
+
+    /// Re-place a launcher's processes one at a time: each starts on its new
+    /// launcher before it is revoked from the old one.
+    pub async fn move_processes(&self, from: &str) -> Result<Vec<apb::MovedProcess>, FleetError> {
+        let ids: Vec<String> = {
+            let st = self.state.lock().await;
+            if !st.launchers.contains_key(from) {
+                return Err(FleetError::NotFound {
+                    what: "launcher",
+                    id: from.to_owned(),
+                });
+            }
+            st.processes
+                .values()
+                .filter(|p| p.launcher_id.as_deref() == Some(from) && p.state == PlacementState::Placed)
+                .map(|p| p.id().to_owned())
+                .collect()
+        };
+        let mut moved = Vec::new();
+        for id in ids {
+            let result = self.move_one(&id, from).await;
+            moved.push(match result {
+                Ok(to) => apb::MovedProcess {
+                    process_id: id,
+                    from_launcher: from.into(),
+                    to_launcher: to,
+                    success: true,
+                    message: String::new(),
+                },
+                Err(e) => apb::MovedProcess {
+                    process_id: id,
+                    from_launcher: from.into(),
+                    to_launcher: String::new(),
+                    success: false,
+                    message: e.to_string(),
+                },
+            });
+        }
+        Ok(moved)
+    }
+
+    async fn move_one(&self, id: &str, from: &str) -> Result<String, FleetError> {
+        let _guard = self.locks.lock(id).await;
+        let (target, previous) = {
+            let mut st = self.state.lock().await;
+            let p = st
+                .processes
+                .get(id)
+                .cloned()
+                .filter(|p| p.launcher_id.as_deref() == Some(from))
+                .ok_or_else(|| FleetError::NotFound {
+                    what: "process",
+                    id: id.to_owned(),
+                })?;
+            let candidates = st.candidates(now_ms(), self.interval);
+            let target = placement::choose(
+                &candidates,
+                &Request {
+                    process_type: p.process_type(),
+                    exclude: &[from],
+                    ..Request::default()
+                },
+            )?;
+            let mut next = p.clone();
+            next.launcher_id = Some(target.clone());
+            next.updated_at_ms = now_ms();
+            self.store
+                .put_process(&next, &event("moving", p.version(), &target, format!("from {from}")))
+                .await?;
+            st.processes.insert(id.to_owned(), next);
+            // Its copy on `from` stays until the new one runs.
+            st.moving.insert((id.to_owned(), from.to_owned()));
+            (target, p)
+        };
+        let target_address = self.address_of(&target).await.unwrap_or_default();
+        let started = self.dispatcher.assign(&target_address, &previous.spec).await;
+        let mut st = self.state.lock().await;
+        st.moving.remove(&(id.to_owned(), from.to_owned()));
+        match started {
+            Ok(_) => {
+                self.store
+                    .put_process(
+                        &st.processes[id],
+                        &event("moved", previous.version(), &target, format!("from {from}")),
+                    )
+                    .await?;
+                self.schedule(&mut st, from, id, DeliveryKind::Revoke { grace: 0 });
+                Ok(target)
+            }
+            Err(status) => {
+                self.store
+                    .put_process(
+                        &previous,
+                        &event("move failed", previous.version(), from, status.message()),
+                    )
+                    .await?;
+                st.processes.insert(id.to_owned(), previous);
+                Err(FleetError::Refused {
+                    launcher: target,
+                    status,
+                })
+            }
+        }
+    }
+
+    /// Pending deliveries to a launcher (for reports).
+    pub async fn pending_of(&self, launcher: &str) -> Vec<(String, Delivery)> {
+        self.state
+            .lock()
+            .await
+            .pending
+            .iter()
+            .filter(|((l, _), _)| l == launcher)
+            .map(|((_, p), d)| (p.clone(), d.clone()))
+            .collect()
+    }
+}

@@ -1,0 +1,189 @@
+//! The launcher's link to prism-admin: register (with jittered backoff while
+//! the admin is unreachable), reconcile to the processes the admin placed
+//! here, then heartbeat. Any failure leads back to registration, so an admin
+//! restart or a partition heals by itself. Workloads keep running and
+//! direct assignments keep being accepted throughout.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use futures_util::{StreamExt, stream};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Config, supervisor::Supervisor};
+use crate::pb::prism::{self as pb, control_plane_client::ControlPlaneClient};
+
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub struct AdminLink {
+    supervisor: Arc<Supervisor>,
+    client: ControlPlaneClient<Channel>,
+    endpoint: String,
+    registration: pb::LauncherRegistration,
+    interval: Duration,
+}
+
+/// Between half and all of `base`, pseudo-randomly: launchers must not
+/// reconnect in step after an admin restart.
+fn jittered(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0) as u64
+        ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9);
+    let half = base / 2;
+    half + Duration::from_nanos(nanos % (half.as_nanos() as u64).max(1))
+}
+
+impl AdminLink {
+    /// Prepare the link; `endpoint` is the admin's URL.
+    pub fn new(
+        config: &Config,
+        endpoint: &str,
+        supervisor: Arc<Supervisor>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let mut e = Endpoint::from_shared(endpoint.to_owned())?.connect_timeout(Duration::from_secs(3));
+        if let Some(tls) = &config.tls {
+            e = e.tls_config(tls.client_config())?;
+        }
+        let types: Vec<String> = config.capabilities.iter().map(|t| t.to_string()).collect();
+        let registration = pb::LauncherRegistration {
+            launcher_id: config.launcher_id.clone(),
+            address: config.advertise_address.clone(),
+            region: config.region.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: types.clone(),
+            max_processes: config.max_processes as i32,
+            process_types: types,
+            metadata: [
+                ("hostname".to_owned(), crate::settings::hostname()),
+                ("systemd".to_owned(), config.systemd.to_string()),
+                ("tls".to_owned(), config.tls.is_some().to_string()),
+            ]
+            .into(),
+        };
+        Ok(Self {
+            supervisor,
+            client: ControlPlaneClient::new(e.connect_lazy()),
+            endpoint: endpoint.to_owned(),
+            registration,
+            interval: config.heartbeat_interval,
+        })
+    }
+
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.register().await {
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(reason) => {
+                    let wait = jittered(backoff);
+                    tracing::warn!(
+                        admin = %self.endpoint,
+                        "cannot register with the admin at {} ({reason}); retrying in {wait:.1?}",
+                        self.endpoint
+                    );
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            }
+            let reason = self.heartbeat_until_failure().await;
+            tracing::warn!(admin = %self.endpoint, "lost the admin at {} ({reason}); registering again", self.endpoint);
+            tokio::time::sleep(jittered(BACKOFF_MIN)).await;
+        }
+    }
+
+    async fn register(&mut self) -> Result<(), String> {
+        let ack = tokio::time::timeout(
+            REGISTER_TIMEOUT,
+            self.client.register_launcher(self.registration.clone()),
+        )
+        .await
+        .map_err(|_| "no answer".to_owned())?
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+        if !ack.success {
+            return Err(format!("refused: {}", ack.message));
+        }
+        if ack.heartbeat_interval_ms > 0 {
+            self.interval = Duration::from_millis(ack.heartbeat_interval_ms as u64);
+        }
+        tracing::info!(
+            admin = %self.endpoint,
+            "registered with the admin at {}: {} processes placed here; heartbeat every {:?}",
+            self.endpoint,
+            ack.initial_processes.len(),
+            self.interval
+        );
+        self.supervisor.sync_to(ack.initial_processes).await;
+        Ok(())
+    }
+
+    /// Heartbeat until the admin is unreachable or asks to register again.
+    async fn heartbeat_until_failure(&mut self) -> String {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            let list = self.supervisor.list("", "", "").await;
+            let process_health = list
+                .processes
+                .into_iter()
+                .filter_map(|p| {
+                    let id = p.assignment?.process_id;
+                    Some((id, p.health.unwrap_or_default()))
+                })
+                .collect();
+            let request = pb::LauncherHeartbeatRequest {
+                launcher_id: self.registration.launcher_id.clone(),
+                process_health,
+                resources: list.resources,
+                timestamp: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+            };
+            match tokio::time::timeout(HEARTBEAT_TIMEOUT, self.client.launcher_heartbeat(request)).await {
+                Ok(Ok(ack)) if ack.get_ref().reregister => {
+                    return format!("it asks to register again: {}", ack.get_ref().message);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => return status.message().to_owned(),
+                Err(_) => return "heartbeat timed out".to_owned(),
+            }
+        }
+    }
+}
+
+impl Supervisor {
+    /// Make the held processes exactly `wanted` (what the admin placed
+    /// here): assign each (idempotent by version), revoke the rest.
+    pub async fn sync_to(self: &Arc<Self>, wanted: Vec<pb::ProcessAssignment>) {
+        let keep: HashSet<String> = wanted.iter().map(|a| a.process_id.clone()).collect();
+        stream::iter(wanted)
+            .for_each_concurrent(32, |a| {
+                let this = self.clone();
+                async move {
+                    let id = a.process_id.clone();
+                    if let Err(e) = this.assign(a).await {
+                        tracing::warn!(process = %id, "cannot take {id} from the admin: {e}");
+                    }
+                }
+            })
+            .await;
+        let extra: Vec<String> = self
+            .table()
+            .entries
+            .keys()
+            .filter(|id| !keep.contains(*id))
+            .cloned()
+            .collect();
+        for id in extra {
+            tracing::info!(process = %id, "revoking {id}: the admin no longer places it here");
+            if let Err(e) = self.revoke(&id, None).await {
+                tracing::warn!(process = %id, "cannot revoke {id}: {e}");
+            }
+        }
+    }
+}
