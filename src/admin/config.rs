@@ -104,7 +104,11 @@ impl ServeArgs {
                     bad("config", "", format!("cannot read {}: {e}", path.display()))
                 })?;
                 toml::from_str::<FileConfig>(&text).or_else(|e| {
-                    bad("config", "", format!("{}: {}", path.display(), e.message().trim()))
+                    bad(
+                        "config",
+                        "",
+                        format!("{}: {}", path.display(), e.message().trim()),
+                    )
                 })?
             }
         };
@@ -118,19 +122,29 @@ impl ServeArgs {
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if !data_dir.is_absolute() {
-            return bad("data-dir", "data_dir", format!("{} is not absolute", data_dir.display()));
+            return bad(
+                "data-dir",
+                "data_dir",
+                format!("{} is not absolute", data_dir.display()),
+            );
         }
         let heartbeat_interval = match self.heartbeat_interval.or(file.heartbeat_interval) {
             None => Duration::from_secs(10),
             Some(v) => {
-                let d = parse_duration(&v).or_else(|r| bad("heartbeat-interval", "heartbeat_interval", r))?;
+                let d = parse_duration(&v)
+                    .or_else(|r| bad("heartbeat-interval", "heartbeat_interval", r))?;
                 if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
-                    return bad("heartbeat-interval", "heartbeat_interval", format!("{v} is outside 100ms..=1h"));
+                    return bad(
+                        "heartbeat-interval",
+                        "heartbeat_interval",
+                        format!("{v} is outside 100ms..=1h"),
+                    );
                 }
                 d
             }
         };
-        let reschedule_lost_after = match self.reschedule_lost_after.or(file.reschedule_lost_after) {
+        let reschedule_lost_after = match self.reschedule_lost_after.or(file.reschedule_lost_after)
+        {
             None => None,
             Some(v) => Some(
                 parse_duration(&v)
@@ -175,8 +189,14 @@ mod tests {
         assert_eq!(c.reschedule_lost_after, None);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         for (flags, setting) in [
-            (vec!["--heartbeat-interval", "0s"], "--heartbeat-interval (heartbeat_interval)"),
-            (vec!["--reschedule-lost-after", "soon"], "--reschedule-lost-after (reschedule_lost_after)"),
+            (
+                vec!["--heartbeat-interval", "0s"],
+                "--heartbeat-interval (heartbeat_interval)",
+            ),
+            (
+                vec!["--reschedule-lost-after", "soon"],
+                "--reschedule-lost-after (reschedule_lost_after)",
+            ),
             (vec!["--data-dir", "rel"], "--data-dir (data_dir)"),
             (vec!["--tls-ca", "/x"], "--tls-ca (tls.ca)"),
         ] {

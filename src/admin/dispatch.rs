@@ -2,11 +2,7 @@
 //! registered, over TLS (mTLS with the admin's own certificate) when the
 //! admin has it.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tonic::{Code, Status, transport::Channel};
 

@@ -42,7 +42,11 @@ pub enum FleetError {
     #[error(transparent)]
     NoCandidate(#[from] NoCandidate),
     #[error("process {id} is placed at version {held}; version {requested} is older")]
-    StaleVersion { id: String, held: i64, requested: i64 },
+    StaleVersion {
+        id: String,
+        held: i64,
+        requested: i64,
+    },
     #[error("process {id} is being revoked; retry once that is done")]
     Revoking { id: String },
     #[error("no {what} {id}")]
@@ -84,6 +88,10 @@ pub struct State {
     /// the move finishes.
     pub moving: BTreeSet<(String, String)>,
     pub last_liveness: BTreeMap<String, Liveness>,
+    /// Launchers that registered with this admin process. A launcher that
+    /// heartbeats without having done so (the admin restarted) is asked to
+    /// register again, so it reconciles to the admin's placement.
+    pub registered: BTreeSet<String>,
 }
 
 impl State {
@@ -210,7 +218,13 @@ impl Fleet {
         self.interval
     }
 
-    pub(super) fn schedule(&self, st: &mut State, launcher: &str, process: &str, kind: DeliveryKind) {
+    pub(super) fn schedule(
+        &self,
+        st: &mut State,
+        launcher: &str,
+        process: &str,
+        kind: DeliveryKind,
+    ) {
         st.pending
             .entry((launcher.to_owned(), process.to_owned()))
             .and_modify(|d| d.kind = kind)
@@ -391,7 +405,12 @@ impl Fleet {
     }
 
     /// Forget a process whose revocation finished.
-    pub(super) async fn forget(&self, id: &str, launcher: &str, detail: String) -> Result<(), StoreError> {
+    pub(super) async fn forget(
+        &self,
+        id: &str,
+        launcher: &str,
+        detail: String,
+    ) -> Result<(), StoreError> {
         let mut st = self.state.lock().await;
         let version = st.processes.get(id).map_or(0, |p| p.version());
         self.store
@@ -403,7 +422,10 @@ impl Fleet {
         Ok(())
     }
 
-    pub async fn revoke(&self, req: pb::ProcessRevocation) -> Result<pb::ProcessRevocationAck, FleetError> {
+    pub async fn revoke(
+        &self,
+        req: pb::ProcessRevocation,
+    ) -> Result<pb::ProcessRevocationAck, FleetError> {
         let id = req.process_id.clone();
         if id.is_empty() {
             return Err(FleetError::BadRequest {
@@ -414,16 +436,22 @@ impl Fleet {
         if !(0..=3600).contains(&req.graceful_timeout_seconds) {
             return Err(FleetError::BadRequest {
                 field: "graceful_timeout_seconds".into(),
-                reason: format!("{} is outside 0..=3600 (0 means 30)", req.graceful_timeout_seconds),
+                reason: format!(
+                    "{} is outside 0..=3600 (0 means 30)",
+                    req.graceful_timeout_seconds
+                ),
             });
         }
         let _guard = self.locks.lock(&id).await;
         let launcher = {
             let mut st = self.state.lock().await;
-            let rec = st.processes.get_mut(&id).ok_or_else(|| FleetError::NotFound {
-                what: "process",
-                id: id.clone(),
-            })?;
+            let rec = st
+                .processes
+                .get_mut(&id)
+                .ok_or_else(|| FleetError::NotFound {
+                    what: "process",
+                    id: id.clone(),
+                })?;
             if !req.launcher_id.is_empty() && rec.launcher_id.as_deref() != Some(&req.launcher_id) {
                 return Err(FleetError::BadRequest {
                     field: "launcher_id".into(),
@@ -508,11 +536,13 @@ impl Fleet {
         if !is_token(&reg.launcher_id) {
             return Err(bad(
                 "launcher_id",
-                format!("{:?} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -", reg.launcher_id),
+                format!(
+                    "{:?} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -",
+                    reg.launcher_id
+                ),
             ));
         }
-        crate::settings::parse_endpoint(&reg.address)
-            .map_err(|e| bad("address", e))?;
+        crate::settings::parse_endpoint(&reg.address).map_err(|e| bad("address", e))?;
         if !(1..=100_000).contains(&reg.max_processes) {
             return Err(bad(
                 "max_processes",
@@ -521,7 +551,11 @@ impl Fleet {
         }
         let known = |t: &str| matches!(t, "pattern" | "proxy" | "backend" | "utility");
         let mut types: Vec<String> = if reg.process_types.is_empty() {
-            reg.capabilities.iter().filter(|c| known(c)).cloned().collect()
+            reg.capabilities
+                .iter()
+                .filter(|c| known(c))
+                .cloned()
+                .collect()
         } else {
             if let Some(t) = reg.process_types.iter().find(|t| !known(t)) {
                 return Err(bad("process_types", format!("unknown process type {t:?}")));
@@ -557,6 +591,7 @@ impl Fleet {
             self.dispatcher.forget(&prev.address);
         }
         st.launchers.insert(record.id.clone(), record);
+        st.registered.insert(reg.launcher_id.clone());
         let initial: Vec<pb::ProcessAssignment> = st
             .processes
             .values()
@@ -595,16 +630,31 @@ impl Fleet {
     pub async fn heartbeat(&self, hb: pb::LauncherHeartbeatRequest) -> pb::HeartbeatAck {
         let now = now_ms();
         let mut st = self.state.lock().await;
-        let Some(l) = st.launchers.get_mut(&hb.launcher_id) else {
+        let known = st.launchers.contains_key(&hb.launcher_id);
+        if !known || !st.registered.contains(&hb.launcher_id) {
+            // Liveness counts: it is alive, whatever else.
+            if let Some(l) = st.launchers.get_mut(&hb.launcher_id) {
+                l.last_heartbeat_ms = now;
+            }
             return pb::HeartbeatAck {
                 success: false,
-                message: format!("unknown launcher {:?}: register again", hb.launcher_id),
+                message: if known {
+                    format!(
+                        "the admin restarted: {} must register again",
+                        hb.launcher_id
+                    )
+                } else {
+                    format!("unknown launcher {:?}: register again", hb.launcher_id)
+                },
                 server_timestamp: now / 1000,
                 reregister: true,
             };
+        }
+        let Some(l) = st.launchers.get_mut(&hb.launcher_id) else {
+            unreachable!("checked above");
         };
         l.last_heartbeat_ms = now;
-        l.resources = hb.resources.clone();
+        l.resources = hb.resources;
         let launcher = hb.launcher_id.clone();
         let mut batch_health = Vec::new();
         for (pid, health) in &hb.process_health {
@@ -633,15 +683,12 @@ impl Fleet {
             let reported = hb.process_health.get(p.id());
             match p.state {
                 PlacementState::Placed => {
-                    let behind = reported
-                        .is_some_and(|h| h.version > 0 && h.version < p.version());
+                    let behind = reported.is_some_and(|h| h.version > 0 && h.version < p.version());
                     if (reported.is_none() || behind) && p.updated_at_ms < fresh {
                         assign.push(p.id().to_owned());
                     }
                 }
-                PlacementState::Revoking if reported.is_none() => {
-                    finished.push(p.id().to_owned())
-                }
+                PlacementState::Revoking if reported.is_none() => finished.push(p.id().to_owned()),
                 PlacementState::Revoking => {}
             }
         }
@@ -672,11 +719,14 @@ impl Fleet {
         {
             let mut batch = self.batch.lock().expect("poisoned");
             batch.launchers.retain(|(id, _, _)| id != &launcher);
-            batch.launchers.push((launcher.clone(), now, hb.resources.clone()));
+            batch.launchers.push((launcher.clone(), now, hb.resources));
             batch.health.extend(batch_health);
         }
         for pid in finished {
-            if let Err(e) = self.forget(&pid, &launcher, "no longer reported by its launcher".into()).await {
+            if let Err(e) = self
+                .forget(&pid, &launcher, "no longer reported by its launcher".into())
+                .await
+            {
                 tracing::error!(process = %pid, "cannot record the end of {pid}'s revocation: {e}");
             }
         }

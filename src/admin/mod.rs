@@ -82,7 +82,8 @@ where
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.0.poll_ready(cx)
@@ -115,7 +116,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         dir: config.data_dir.clone(),
         source,
     })?;
-    let db: Arc<dyn store::AdminStore> = Arc::new(store::SqliteStore::open(&config.data_dir).await?);
+    let db: Arc<dyn store::AdminStore> =
+        Arc::new(store::SqliteStore::open(&config.data_dir).await?);
     let fleet = Fleet::open(
         db,
         config.tls.clone(),
@@ -134,14 +136,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     health
         .set_serving::<ControlPlaneServer<service::ControlPlaneService>>()
         .await;
-    health.set_serving::<AdminServer<service::AdminService>>().await;
+    health
+        .set_serving::<AdminServer<service::AdminService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("descriptor set built in");
     let mut server = Server::builder();
     if let Some(tls) = &config.tls {
-        server = server.tls_config(tls.server_config()).map_err(RunError::Tls)?;
+        server = server
+            .tls_config(tls.server_config())
+            .map_err(RunError::Tls)?;
     } else if !local.ip().is_loopback() {
         tracing::warn!("serving plaintext gRPC on non-loopback address {local} (--insecure)");
     }
@@ -166,7 +172,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     notify(&[sd_notify::NotifyState::Ready]);
     let result = router
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
         .await
         .map_err(RunError::Serve);
     notify(&[sd_notify::NotifyState::Stopping]);

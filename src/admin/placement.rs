@@ -72,7 +72,10 @@ pub enum NoCandidate {
     #[error("no launchers support process type: {0}")]
     Unsupported(String),
     #[error("no launcher can take a {process_type}: {detail}")]
-    Unavailable { process_type: String, detail: String },
+    Unavailable {
+        process_type: String,
+        detail: String,
+    },
     #[error("launcher {launcher} cannot take a {process_type}: {reason}")]
     Explicit {
         launcher: String,
@@ -175,15 +178,18 @@ mod tests {
     fn choices() {
         let all = types(&["pattern", "proxy", "backend", "utility"]);
         let patterns = types(&["pattern"]);
-        let c = |id: &'static str, region: &'static str, t: &'static [String], used, draining, l| Candidate {
-            id,
-            region,
-            process_types: t,
-            max_processes: 10,
-            used,
-            draining,
-            liveness: l,
-        };
+        let c =
+            |id: &'static str, region: &'static str, t: &'static [String], used, draining, l| {
+                Candidate {
+                    id,
+                    region,
+                    process_types: t,
+                    max_processes: 10,
+                    used,
+                    draining,
+                    liveness: l,
+                }
+            };
         let all: &'static [String] = Box::leak(all.into_boxed_slice());
         let patterns: &'static [String] = Box::leak(patterns.into_boxed_slice());
         use Liveness::*;
@@ -205,12 +211,17 @@ mod tests {
         // Region first, then free slots.
         assert_eq!(choose(&fleet, &req("proxy", Some("eu"))).unwrap(), "a");
         // Deterministic tie-break by id.
-        let tie = vec![c("y", "eu", all, 1, false, Healthy), c("x", "eu", all, 1, false, Healthy)];
+        let tie = vec![
+            c("y", "eu", all, 1, false, Healthy),
+            c("x", "eu", all, 1, false, Healthy),
+        ];
         assert_eq!(choose(&tie, &req("utility", None)).unwrap(), "x");
         // Nothing supports the type.
         let only_patterns = vec![c("c", "us", patterns, 0, false, Healthy)];
         assert_eq!(
-            choose(&only_patterns, &req("proxy", None)).unwrap_err().to_string(),
+            choose(&only_patterns, &req("proxy", None))
+                .unwrap_err()
+                .to_string(),
             "no launchers support process type: proxy"
         );
         // Something supports it but cannot take it, and the reasons say why.
@@ -219,7 +230,9 @@ mod tests {
             c("drain", "eu", all, 0, true, Healthy),
             c("sick", "eu", all, 0, false, Unhealthy),
         ];
-        let e = choose(&stuck, &req("backend", None)).unwrap_err().to_string();
+        let e = choose(&stuck, &req("backend", None))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("3 support it"), "{e}");
         assert!(e.contains("full: it is full (10 of 10)"), "{e}");
         assert!(e.contains("drain: it is draining"), "{e}");
@@ -230,7 +243,12 @@ mod tests {
             launcher: Some("c"),
             ..Request::default()
         };
-        assert!(choose(&fleet, &explicit).unwrap_err().to_string().contains("does not run proxy"));
+        assert!(
+            choose(&fleet, &explicit)
+                .unwrap_err()
+                .to_string()
+                .contains("does not run proxy")
+        );
         let away = Request {
             process_type: "pattern",
             exclude: &["c"],

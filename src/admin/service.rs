@@ -80,10 +80,14 @@ impl ControlPlane for ControlPlaneService {
         let launcher = metadata(&request, LAUNCHER_METADATA);
         let spec = request.into_inner();
         let id = spec.process_id.clone();
-        let assigned = self.fleet.assign(spec, region, launcher).await.map_err(|e| {
-            tracing::info!(process = %id, "assignment of {id} refused: {e}");
-            to_status(e)
-        })?;
+        let assigned = self
+            .fleet
+            .assign(spec, region, launcher)
+            .await
+            .map_err(|e| {
+                tracing::info!(process = %id, "assignment of {id} refused: {e}");
+                to_status(e)
+            })?;
         tracing::info!(process = %id, launcher = %assigned.launcher, "{}", assigned.message);
         Ok(Response::new(pb::ProcessAssignmentAck {
             success: true,
@@ -97,7 +101,9 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<pb::LauncherHeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatAck>, Status> {
-        Ok(Response::new(self.fleet.heartbeat(request.into_inner()).await))
+        Ok(Response::new(
+            self.fleet.heartbeat(request.into_inner()).await,
+        ))
     }
 
     async fn revoke_process(
@@ -112,7 +118,11 @@ impl ControlPlane for ControlPlaneService {
     }
 }
 
-fn launcher_info(l: &LauncherRecord, used: u32, interval: std::time::Duration) -> apb::LauncherInfo {
+fn launcher_info(
+    l: &LauncherRecord,
+    used: u32,
+    interval: std::time::Duration,
+) -> apb::LauncherInfo {
     apb::LauncherInfo {
         launcher_id: l.id.clone(),
         address: l.address.clone(),
@@ -158,7 +168,9 @@ impl AdminService {
     async fn process_info(&self, p: &ProcessRecord, events: Vec<HistoryEvent>) -> apb::ProcessInfo {
         let st = self.fleet.state.lock().await;
         let launcher = p.launcher_id.clone().unwrap_or_default();
-        let pending = st.pending.contains_key(&(launcher.clone(), p.id().to_owned()));
+        let pending = st
+            .pending
+            .contains_key(&(launcher.clone(), p.id().to_owned()));
         let health = st.health.get(p.id());
         let ty: ProcessType = p.spec.process_type.parse().unwrap_or(ProcessType::Pattern);
         apb::ProcessInfo {
@@ -194,7 +206,13 @@ impl Admin for AdminService {
         let launchers = st
             .launchers
             .values()
-            .map(|l| launcher_info(l, used.get(l.id.as_str()).copied().unwrap_or(0), self.fleet.interval()))
+            .map(|l| {
+                launcher_info(
+                    l,
+                    used.get(l.id.as_str()).copied().unwrap_or(0),
+                    self.fleet.interval(),
+                )
+            })
             .collect();
         Ok(Response::new(apb::ListLaunchersResponse { launchers }))
     }
@@ -206,7 +224,10 @@ impl Admin for AdminService {
         let id = request.into_inner().launcher_id;
         let st = self.fleet.state.lock().await;
         let used = st.used();
-        let l = st.launchers.get(&id).ok_or_else(|| not_found("launcher", &id))?;
+        let l = st
+            .launchers
+            .get(&id)
+            .ok_or_else(|| not_found("launcher", &id))?;
         Ok(Response::new(launcher_info(
             l,
             used.get(id.as_str()).copied().unwrap_or(0),
@@ -224,7 +245,10 @@ impl Admin for AdminService {
             st.processes
                 .values()
                 .filter(|p| f.process_type.is_empty() || p.process_type() == f.process_type)
-                .filter(|p| f.launcher_id.is_empty() || p.launcher_id.as_deref() == Some(f.launcher_id.as_str()))
+                .filter(|p| {
+                    f.launcher_id.is_empty()
+                        || p.launcher_id.as_deref() == Some(f.launcher_id.as_str())
+                })
                 .filter(|p| f.namespace.is_empty() || p.spec.namespace == f.namespace)
                 .cloned()
                 .collect()
@@ -259,7 +283,11 @@ impl Admin for AdminService {
             .get(&req.process_id)
             .cloned()
             .ok_or_else(|| not_found("process", &req.process_id))?;
-        let limit = if req.history_limit > 0 { req.history_limit as u32 } else { 20 };
+        let limit = if req.history_limit > 0 {
+            req.history_limit as u32
+        } else {
+            20
+        };
         let events = self
             .fleet
             .store
@@ -274,8 +302,12 @@ impl Admin for AdminService {
         request: Request<apb::DrainRequest>,
     ) -> Result<Response<apb::LauncherInfo>, Status> {
         let id = request.into_inner().launcher_id;
-        self.fleet.set_draining(&id, true).await.map_err(to_status)?;
-        self.get_launcher(Request::new(apb::GetLauncherRequest { launcher_id: id })).await
+        self.fleet
+            .set_draining(&id, true)
+            .await
+            .map_err(to_status)?;
+        self.get_launcher(Request::new(apb::GetLauncherRequest { launcher_id: id }))
+            .await
     }
 
     async fn undrain_launcher(
@@ -283,8 +315,12 @@ impl Admin for AdminService {
         request: Request<apb::DrainRequest>,
     ) -> Result<Response<apb::LauncherInfo>, Status> {
         let id = request.into_inner().launcher_id;
-        self.fleet.set_draining(&id, false).await.map_err(to_status)?;
-        self.get_launcher(Request::new(apb::GetLauncherRequest { launcher_id: id })).await
+        self.fleet
+            .set_draining(&id, false)
+            .await
+            .map_err(to_status)?;
+        self.get_launcher(Request::new(apb::GetLauncherRequest { launcher_id: id }))
+            .await
     }
 
     async fn move_processes(

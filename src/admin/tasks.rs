@@ -94,7 +94,11 @@ impl Fleet {
                 .await
                 .map(|ack| ack.message),
             (DeliveryKind::Revoke { grace }, _) => {
-                match self.dispatcher.revoke(&address, launcher, process, *grace).await {
+                match self
+                    .dispatcher
+                    .revoke(&address, launcher, process, *grace)
+                    .await
+                {
                     Ok(ack) => Ok(format!("exit code {}", ack.exit_code)),
                     Err(s) if s.code() == Code::NotFound => Ok("it did not hold it".into()),
                     Err(s) => Err(s),
@@ -114,7 +118,11 @@ impl Fleet {
                             && p.state == PlacementState::Revoking
                     })
                 };
-                tracing::info!(launcher, process, "delivered {kind:?} of {process} to {launcher}: {detail}");
+                tracing::info!(
+                    launcher,
+                    process,
+                    "delivered {kind:?} of {process} to {launcher}: {detail}"
+                );
                 if done && let Err(e) = self.forget(process, launcher, detail).await {
                     tracing::error!(process, "cannot record the revocation of {process}: {e}");
                 }
@@ -127,9 +135,19 @@ impl Fleet {
                     let wait = backoff(d.attempts);
                     d.next_at = Instant::now() + wait;
                     if unreachable(&status) {
-                        tracing::debug!(launcher, process, "delivery to {launcher} failed ({}); retrying in {wait:?}", status.message());
+                        tracing::debug!(
+                            launcher,
+                            process,
+                            "delivery to {launcher} failed ({}); retrying in {wait:?}",
+                            status.message()
+                        );
                     } else {
-                        tracing::warn!(launcher, process, "{launcher} refused {kind:?} of {process}: {}; retrying in {wait:?}", status.message());
+                        tracing::warn!(
+                            launcher,
+                            process,
+                            "{launcher} refused {kind:?} of {process}: {}; retrying in {wait:?}",
+                            status.message()
+                        );
                     }
                 }
             }
@@ -158,9 +176,13 @@ impl Fleet {
                     .collect();
                 for (id, lv, last) in judged {
                     let before = st.last_liveness.insert(id.clone(), lv);
-                    if before.is_some_and(|b| b != lv) || (before.is_none() && lv != Liveness::Healthy) {
+                    if before.is_some_and(|b| b != lv)
+                        || (before.is_none() && lv != Liveness::Healthy)
+                    {
                         match lv {
-                            Liveness::Healthy => tracing::info!(launcher = %id, "launcher {id} is healthy again"),
+                            Liveness::Healthy => {
+                                tracing::info!(launcher = %id, "launcher {id} is healthy again")
+                            }
                             other => tracing::warn!(
                                 launcher = %id,
                                 "launcher {id} is {}: no heartbeat for {:.1} s",
@@ -170,7 +192,8 @@ impl Fleet {
                         }
                     }
                     if let (Liveness::Lost, Some(after)) = (lv, self.reschedule_lost_after) {
-                        let lost_at = last + (self.interval * placement::LOST_AFTER_MISSED).as_millis() as i64;
+                        let lost_at = last
+                            + (self.interval * placement::LOST_AFTER_MISSED).as_millis() as i64;
                         if now - lost_at >= after.as_millis() as i64 {
                             moves.extend(
                                 st.processes
@@ -217,11 +240,19 @@ impl Fleet {
         self.store
             .put_process(
                 &moved,
-                &event("rescheduled", p.version(), &target, format!("from lost launcher {from}")),
+                &event(
+                    "rescheduled",
+                    p.version(),
+                    &target,
+                    format!("from lost launcher {from}"),
+                ),
             )
             .await?;
         st.processes.insert(process.to_owned(), moved);
-        tracing::warn!(process, "rescheduled {process} from lost launcher {from} to {target}");
+        tracing::warn!(
+            process,
+            "rescheduled {process} from lost launcher {from} to {target}"
+        );
         self.schedule(&mut st, &target, process, DeliveryKind::Assign);
         Ok(())
     }
@@ -246,13 +277,24 @@ impl Fleet {
 
     pub async fn set_draining(&self, id: &str, draining: bool) -> Result<(), FleetError> {
         let mut st = self.state.lock().await;
-        let l = st.launchers.get_mut(id).ok_or_else(|| FleetError::NotFound {
-            what: "launcher",
-            id: id.to_owned(),
-        })?;
+        let l = st
+            .launchers
+            .get_mut(id)
+            .ok_or_else(|| FleetError::NotFound {
+                what: "launcher",
+                id: id.to_owned(),
+            })?;
         self.store.set_draining(id, draining).await?;
         l.draining = draining;
-        tracing::info!(launcher = id, "launcher {id} {}", if draining { "draining" } else { "no longer draining" });
+        tracing::info!(
+            launcher = id,
+            "launcher {id} {}",
+            if draining {
+                "draining"
+            } else {
+                "no longer draining"
+            }
+        );
         Ok(())
     }
 
@@ -269,7 +311,9 @@ impl Fleet {
             }
             st.processes
                 .values()
-                .filter(|p| p.launcher_id.as_deref() == Some(from) && p.state == PlacementState::Placed)
+                .filter(|p| {
+                    p.launcher_id.as_deref() == Some(from) && p.state == PlacementState::Placed
+                })
                 .map(|p| p.id().to_owned())
                 .collect()
         };
@@ -322,7 +366,10 @@ impl Fleet {
             next.launcher_id = Some(target.clone());
             next.updated_at_ms = now_ms();
             self.store
-                .put_process(&next, &event("moving", p.version(), &target, format!("from {from}")))
+                .put_process(
+                    &next,
+                    &event("moving", p.version(), &target, format!("from {from}")),
+                )
                 .await?;
             st.processes.insert(id.to_owned(), next);
             // Its copy on `from` stays until the new one runs.
@@ -330,7 +377,10 @@ impl Fleet {
             (target, p)
         };
         let target_address = self.address_of(&target).await.unwrap_or_default();
-        let started = self.dispatcher.assign(&target_address, &previous.spec).await;
+        let started = self
+            .dispatcher
+            .assign(&target_address, &previous.spec)
+            .await;
         let mut st = self.state.lock().await;
         st.moving.remove(&(id.to_owned(), from.to_owned()));
         match started {

@@ -44,7 +44,8 @@ impl AdminLink {
         endpoint: &str,
         supervisor: Arc<Supervisor>,
     ) -> Result<Self, tonic::transport::Error> {
-        let mut e = Endpoint::from_shared(endpoint.to_owned())?.connect_timeout(Duration::from_secs(3));
+        let mut e =
+            Endpoint::from_shared(endpoint.to_owned())?.connect_timeout(Duration::from_secs(3));
         if let Some(tls) = &config.tls {
             e = e.tls_config(tls.client_config())?;
         }
@@ -97,6 +98,8 @@ impl AdminLink {
     }
 
     async fn register(&mut self) -> Result<(), String> {
+        // Assignments made after this point are newer than the admin's answer.
+        let asked_at = self.supervisor.assign_seq();
         let ack = tokio::time::timeout(
             REGISTER_TIMEOUT,
             self.client.register_launcher(self.registration.clone()),
@@ -118,7 +121,11 @@ impl AdminLink {
             ack.initial_processes.len(),
             self.interval
         );
-        self.supervisor.sync_to(ack.initial_processes).await;
+        self.supervisor
+            .sync_to(ack.initial_processes, asked_at)
+            .await;
+        self.supervisor.allow_stopping_undesired(true);
+        self.supervisor.request_reconcile();
         Ok(())
     }
 
@@ -144,7 +151,9 @@ impl AdminLink {
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or(0),
             };
-            match tokio::time::timeout(HEARTBEAT_TIMEOUT, self.client.launcher_heartbeat(request)).await {
+            match tokio::time::timeout(HEARTBEAT_TIMEOUT, self.client.launcher_heartbeat(request))
+                .await
+            {
                 Ok(Ok(ack)) if ack.get_ref().reregister => {
                     return format!("it asks to register again: {}", ack.get_ref().message);
                 }
@@ -157,9 +166,11 @@ impl AdminLink {
 }
 
 impl Supervisor {
-    /// Make the held processes exactly `wanted` (what the admin placed
-    /// here): assign each (idempotent by version), revoke the rest.
-    pub async fn sync_to(self: &Arc<Self>, wanted: Vec<pb::ProcessAssignment>) {
+    /// Make the held processes `wanted` (what the admin placed here, as of
+    /// assignment `asked_at`): assign each (idempotent by version), and
+    /// revoke the rest that were assigned before the admin was asked; later
+    /// ones are newer than its answer, and heartbeats settle them.
+    pub async fn sync_to(self: &Arc<Self>, wanted: Vec<pb::ProcessAssignment>, asked_at: u64) {
         let keep: HashSet<String> = wanted.iter().map(|a| a.process_id.clone()).collect();
         stream::iter(wanted)
             .for_each_concurrent(32, |a| {
@@ -175,9 +186,9 @@ impl Supervisor {
         let extra: Vec<String> = self
             .table()
             .entries
-            .keys()
-            .filter(|id| !keep.contains(*id))
-            .cloned()
+            .values()
+            .filter(|e| !keep.contains(&e.process.id) && e.assigned_seq <= asked_at)
+            .map(|e| e.process.id.clone())
             .collect();
         for id in extra {
             tracing::info!(process = %id, "revoking {id}: the admin no longer places it here");

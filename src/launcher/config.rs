@@ -563,4 +563,23 @@ failure_threshold = 2
             "https://admin:8981"
         );
     }
+
+    #[test]
+    fn repeated_allow_binary_dir_appends() {
+        let args = Args::try_parse_from([
+            "prism-launcher",
+            "--listen",
+            "127.0.0.1:1",
+            "--allow-binary-dir",
+            "/a",
+            "--allow-binary-dir",
+            "/b",
+        ])
+        .unwrap();
+        let c = args.resolve().unwrap();
+        assert_eq!(
+            c.policy.binary_dirs,
+            [PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+    }
 }

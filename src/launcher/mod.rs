@@ -67,6 +67,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.max_processes,
         config.circuit_cooldown,
     );
+    // With an admin, what is not desired here may be about to be handed back
+    // (a wiped state directory): wait for its placement before stopping.
+    supervisor.allow_stopping_undesired(config.admin_endpoint.is_none());
     for c in supervisor.load()? {
         tracing::error!(
             file = %c.file.display(),

@@ -199,6 +199,13 @@ impl Supervisor {
                 }
             }
             Action::Stop { unit } => {
+                if !self
+                    .may_stop_undesired
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    tracing::debug!(%unit, "leaving {unit} until the admin's placement is known");
+                    return;
+                }
                 let _guard = self.locks.lock(&format!("unit:{unit}")).await;
                 if self.table().units.contains_key(&unit) {
                     return;

@@ -83,6 +83,8 @@ pub struct Entry {
     pub restorations: u32,
     pub restore_not_before: Option<Instant>,
     pub circuit_opened_at: Option<Instant>,
+    /// When it was assigned, in the supervisor's assignment sequence.
+    pub assigned_seq: u64,
 }
 
 impl Entry {
@@ -102,6 +104,7 @@ impl Entry {
             restorations: 0,
             restore_not_before: None,
             circuit_opened_at: None,
+            assigned_seq: 0,
         }
     }
 
@@ -219,6 +222,13 @@ pub struct Supervisor {
     pub(super) reconcile: Notify,
     /// Wakes the status reporter.
     pub(super) changed: Notify,
+    /// Units nobody wants may be stopped. With an admin, only once its
+    /// placement was applied: a launcher whose state was lost must not stop
+    /// what the admin is about to hand back.
+    pub(super) may_stop_undesired: std::sync::atomic::AtomicBool,
+    /// Counts assignments, so a snapshot of the admin's placement is never
+    /// applied to assignments made after it was asked for.
+    assign_seq: std::sync::atomic::AtomicU64,
     me: Weak<Supervisor>,
 }
 
@@ -252,8 +262,27 @@ impl Supervisor {
             usage: UsageReader::default(),
             reconcile: Notify::new(),
             changed: Notify::new(),
+            may_stop_undesired: std::sync::atomic::AtomicBool::new(true),
+            assign_seq: std::sync::atomic::AtomicU64::new(0),
             me: me.clone(),
         })
+    }
+
+    /// The latest assignment's sequence number.
+    pub fn assign_seq(&self) -> u64 {
+        self.assign_seq.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.assign_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+
+    /// Whether units nobody wants may be stopped (see the field).
+    pub fn allow_stopping_undesired(&self, allowed: bool) {
+        self.may_stop_undesired
+            .store(allowed, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// This supervisor as an `Arc`, for tasks it spawns.
@@ -347,7 +376,9 @@ impl Supervisor {
                             max: self.max_processes,
                         });
                     }
-                    table.insert(Entry::new(process.clone(), wire.clone(), Phase::Starting));
+                    let mut entry = Entry::new(process.clone(), wire.clone(), Phase::Starting);
+                    entry.assigned_seq = self.next_seq();
+                    table.insert(entry);
                     None
                 }
             }
@@ -366,7 +397,9 @@ impl Supervisor {
             {
                 let mut table = self.table();
                 table.remove(&id);
-                table.insert(Entry::new(process.clone(), wire.clone(), Phase::Starting));
+                let mut entry = Entry::new(process.clone(), wire.clone(), Phase::Starting);
+                entry.assigned_seq = self.next_seq();
+                table.insert(entry);
             }
             // The old version goes first; the unit name may be the same.
             if let Err(e) = self.systemd.stop(old_unit, process.stop_timeout).await {

@@ -196,6 +196,11 @@ impl Daemon {
             })
     }
 
+    /// It was started with `arg` among its arguments.
+    pub fn args_contain(&self, arg: &str) -> bool {
+        self.args.iter().any(|a| a == arg)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

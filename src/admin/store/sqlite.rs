@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use prost::Message;
 use sqlx::{
     Row,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
 };
 
 use super::*;
@@ -38,7 +40,9 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("src/admin/store/migrations").run(&pool).await?;
+        sqlx::migrate!("src/admin/store/migrations")
+            .run(&pool)
+            .await?;
         Ok(Self { pool })
     }
 
@@ -48,12 +52,18 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(SqliteConnectOptions::from_str("sqlite::memory:")?)
             .await?;
-        sqlx::migrate!("src/admin/store/migrations").run(&pool).await?;
+        sqlx::migrate!("src/admin/store/migrations")
+            .run(&pool)
+            .await?;
         Ok(Self { pool })
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(id: &str, col: &str, text: String) -> Result<T, StoreError> {
+fn parse_json<T: serde::de::DeserializeOwned>(
+    id: &str,
+    col: &str,
+    text: String,
+) -> Result<T, StoreError> {
     serde_json::from_str(&text).map_err(|e| corrupt(format!("launcher {id} {col}"), e))
 }
 
@@ -85,7 +95,10 @@ async fn add_history(
 impl AdminStore for SqliteStore {
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
-        for row in sqlx::query("SELECT * FROM launchers").fetch_all(&self.pool).await? {
+        for row in sqlx::query("SELECT * FROM launchers")
+            .fetch_all(&self.pool)
+            .await?
+        {
             let id: String = row.try_get("id")?;
             let resources: Option<Vec<u8>> = row.try_get("resources")?;
             snapshot.launchers.push(LauncherRecord {
@@ -109,7 +122,10 @@ impl AdminStore for SqliteStore {
                 id,
             });
         }
-        for row in sqlx::query("SELECT * FROM processes").fetch_all(&self.pool).await? {
+        for row in sqlx::query("SELECT * FROM processes")
+            .fetch_all(&self.pool)
+            .await?
+        {
             let id: String = row.try_get("id")?;
             let spec: Vec<u8> = row.try_get("spec")?;
             let state: String = row.try_get("state")?;
@@ -123,7 +139,10 @@ impl AdminStore for SqliteStore {
                 updated_at_ms: row.try_get("updated_at")?,
             });
         }
-        for row in sqlx::query("SELECT * FROM process_health").fetch_all(&self.pool).await? {
+        for row in sqlx::query("SELECT * FROM process_health")
+            .fetch_all(&self.pool)
+            .await?
+        {
             let id: String = row.try_get("process_id")?;
             let health: Vec<u8> = row.try_get("health")?;
             snapshot.health.insert(
@@ -344,7 +363,10 @@ mod tests {
         let history = store.history("kv-1", 10).await.unwrap();
         let events: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(events, ["delivered", "placed"]);
-        store.delete_process("kv-1", &event("revoked")).await.unwrap();
+        store
+            .delete_process("kv-1", &event("revoked"))
+            .await
+            .unwrap();
         let snap = store.load().await.unwrap();
         assert!(snap.processes.is_empty() && snap.health.is_empty());
         assert_eq!(store.history("kv-1", 1).await.unwrap()[0].event, "revoked");

@@ -1,0 +1,886 @@
+//! prism-admin with launchers, each launcher on its own "host": its own
+//! sandboxed systemd manager. Everything goes over gRPC, and outcomes are
+//! read back from the admin's API and from each host's systemd.
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use futures_util::future::join_all;
+use prism_launcher::pb::prism::{
+    self as pb,
+    admin::v1::{self as apb, admin_client::AdminClient},
+    control_plane_client::ControlPlaneClient,
+};
+use support::{daemon::*, *};
+use tonic::{Code, transport::Channel};
+
+struct Host {
+    h: Harness,
+    launcher: Daemon,
+}
+
+struct Fleet {
+    admin: Daemon,
+    hosts: Vec<Host>,
+    dir: tempfile::TempDir,
+}
+
+const HEARTBEAT: &str = "300ms";
+
+impl Fleet {
+    /// An admin and one launcher per `(id, flags)`, all registered.
+    async fn start(launchers: &[(&str, &[&str])], admin_flags: &[&str]) -> Option<Fleet> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flags = vec!["--heartbeat-interval", HEARTBEAT];
+        flags.extend_from_slice(admin_flags);
+        let admin = Daemon::admin(dir.path(), &flags).await;
+        let endpoint = format!("http://127.0.0.1:{}", admin.port);
+        let mut harnesses = Vec::new();
+        for _ in launchers {
+            harnesses.push(support::sandbox()?);
+        }
+        // As on a real fleet, the workload binary has one path everywhere:
+        // the first host's, which every host can read.
+        let shared_bin = harnesses[0].bin_dir.display().to_string();
+        let mut hosts = Vec::new();
+        for (h, (id, extra)) in harnesses.into_iter().zip(launchers) {
+            let mut args = vec![
+                "--admin-endpoint",
+                endpoint.as_str(),
+                "--allow-binary-dir",
+                shared_bin.as_str(),
+            ];
+            args.extend_from_slice(extra);
+            let launcher = Daemon::start_named(&h, id, &args).await;
+            hosts.push(Host { h, launcher });
+        }
+        let fleet = Fleet { admin, hosts, dir };
+        fleet.wait_healthy(launchers.len()).await;
+        Some(fleet)
+    }
+
+    async fn cp(&self) -> ControlPlaneClient<Channel> {
+        ControlPlaneClient::new(self.admin.channel().await)
+    }
+
+    async fn api(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.admin.channel().await)
+    }
+
+    async fn launchers(&self) -> HashMap<String, apb::LauncherInfo> {
+        self.api()
+            .await
+            .list_launchers(apb::ListLaunchersRequest {})
+            .await
+            .expect("list launchers")
+            .into_inner()
+            .launchers
+            .into_iter()
+            .map(|l| (l.launcher_id.clone(), l))
+            .collect()
+    }
+
+    async fn wait_healthy(&self, n: usize) {
+        eventually(&format!("{n} healthy launchers"), DEADLINE, || async {
+            let ls = self.launchers().await;
+            (ls.values().filter(|l| l.health == "healthy").count() == n).then_some(())
+        })
+        .await;
+    }
+
+    async fn process(&self, id: &str) -> apb::ProcessInfo {
+        self.api()
+            .await
+            .get_process(apb::GetProcessRequest {
+                process_id: id.into(),
+                history_limit: 50,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("GetProcess {id}: {e}"))
+            .into_inner()
+    }
+
+    fn host(&self, launcher: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.launcher.args_contain(launcher))
+            .unwrap_or_else(|| panic!("no host runs {launcher}"))
+    }
+}
+
+fn assign_in_region(
+    a: pb::ProcessAssignment,
+    region: &str,
+) -> tonic::Request<pb::ProcessAssignment> {
+    let mut r = tonic::Request::new(a);
+    r.metadata_mut()
+        .insert("prism-region", region.parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launchers_register_and_processes_are_placed_by_type_and_slots() {
+    let Some(f) = Fleet::start(
+        &[
+            (
+                "host-a",
+                &[
+                    "--capabilities",
+                    "pattern,proxy,utility",
+                    "--max-processes",
+                    "10",
+                    "--region",
+                    "eu",
+                ],
+            ),
+            (
+                "host-b",
+                &[
+                    "--capabilities",
+                    "pattern,utility",
+                    "--max-processes",
+                    "10",
+                    "--region",
+                    "us",
+                ],
+            ),
+        ],
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let ls = f.launchers().await;
+    assert_eq!(ls.len(), 2);
+    let a = &ls["host-a"];
+    assert_eq!(
+        (a.max_processes, a.slots_used, a.region.as_str()),
+        (10, 0, "eu")
+    );
+    assert_eq!(a.process_types, ["pattern", "proxy", "utility"]);
+    assert!(a.address.starts_with("127.0.0.1:"), "{}", a.address);
+    assert_eq!(ls["host-b"].process_types, ["pattern", "utility"]);
+
+    let mut cp = f.cp().await;
+    let demo_a = f.hosts[0].h.demo.clone();
+    // Proxies go where proxies run.
+    for i in 0..3 {
+        let ack = cp
+            .assign_process(proxy(&format!("p-{i}"), &demo_a, &[]))
+            .await
+            .expect("assign proxy")
+            .into_inner();
+        assert_eq!(ack.launcher_id, "host-a", "{ack:?}");
+        assert_eq!(
+            f.host("host-a").h.prop(&ack.unit_name, "ActiveState"),
+            "active"
+        );
+    }
+    // Patterns go to the launcher with the most free slots: host-b (10 free).
+    let ack = cp
+        .assign_process(pattern("kv-1", &demo_a, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.launcher_id, "host-b");
+    assert!(ack.unit_name.starts_with("prism-pattern-kv"), "{ack:?}");
+    assert_eq!(
+        f.host("host-b").h.prop(&ack.unit_name, "ActiveState"),
+        "active"
+    );
+    // ...unless the request asks for a region.
+    let ack = cp
+        .assign_process(assign_in_region(pattern("kv-2", &demo_a, &[]), "eu"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.launcher_id, "host-a");
+    // Nobody runs backends.
+    let e = cp
+        .assign_process(backend("db-1", &demo_a, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(e.message(), "no launchers support process type: backend");
+    // Bad input is rejected at the admin, naming the field.
+    let mut bad = pattern("kv-x", &demo_a, &[]);
+    bad.config.as_mut().unwrap().binary = "relative/path".into();
+    let e = cp.assign_process(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("config.binary"), "{}", e.message());
+
+    let ls = f.launchers().await;
+    assert_eq!((ls["host-a"].slots_used, ls["host-b"].slots_used), (4, 1));
+    let kv = f.process("kv-1").await;
+    assert_eq!(
+        (kv.launcher_id.as_str(), kv.placement.as_str()),
+        ("host-b", "placed")
+    );
+    let events: Vec<&str> = kv.history.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(events, ["delivered", "placed"]);
+    // Health arrives with heartbeats.
+    eventually("kv-1's health from its launcher", DEADLINE, || async {
+        let p = f.process("kv-1").await;
+        p.health
+            .filter(|h| h.status == "running" && h.pid > 0)
+            .map(drop)
+    })
+    .await;
+
+    // Revoke through the admin: the unit on host-b goes.
+    let ack = cp
+        .revoke_process(pb::ProcessRevocation {
+            process_id: "kv-1".into(),
+            graceful_timeout_seconds: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert!(ack.success && ack.stopped_at > 0, "{ack:?}");
+    assert!(f.host("host-b").h.listed_units().is_empty());
+    let e = f
+        .api()
+        .await
+        .get_process(apb::GetProcessRequest {
+            process_id: "kv-1".into(),
+            history_limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_assignments_never_overbook() {
+    let Some(f) = Fleet::start(
+        &[
+            ("host-a", &["--max-processes", "10"]),
+            ("host-b", &["--max-processes", "10"]),
+        ],
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let cp = f.cp().await;
+    let demo = f.hosts[0].h.demo.clone();
+    let results = join_all((0..30).map(|i| {
+        let mut c = cp.clone();
+        let a = utility(&format!("u-{i:02}"), &demo, &[]);
+        async move { c.assign_process(a).await.map(|r| r.into_inner()) }
+    }))
+    .await;
+    let placed: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(placed.len(), 20, "{results:?}");
+    for e in &refused {
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+        assert!(e.message().contains("full (10 of 10)"), "{}", e.message());
+    }
+    let on_a = placed.iter().filter(|a| a.launcher_id == "host-a").count();
+    assert_eq!(on_a, 10);
+    for host in &f.hosts {
+        assert_eq!(host.h.listed_units().len(), 10);
+    }
+    let ls = f.launchers().await;
+    assert_eq!((ls["host-a"].slots_used, ls["host-b"].slots_used), (10, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_restart_keeps_everything_and_restarts_nothing() {
+    let Some(mut f) = Fleet::start(&[("host-a", &[])], &[]).await else {
+        return;
+    };
+    let mut cp = f.cp().await;
+    let demo = f.hosts[0].h.demo.clone();
+    let unit = cp
+        .assign_process(pattern("kv-1", &demo, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .unit_name;
+    let pid = f.hosts[0].h.prop(&unit, "MainPID");
+    f.admin.restart().await;
+    f.wait_healthy(1).await;
+    let p = f.process("kv-1").await;
+    assert_eq!(
+        (p.launcher_id.as_str(), p.placement.as_str()),
+        ("host-a", "placed")
+    );
+    // The launcher registered again...
+    eventually("the launcher to register again", DEADLINE, || async {
+        f.hosts[0]
+            .launcher
+            .log_text()
+            .matches("registered with the admin")
+            .nth(1)
+            .map(drop)
+    })
+    .await;
+    // ...and nothing restarted.
+    let s = f.hosts[0].h.show(&unit, &["MainPID", "NRestarts"]);
+    assert_eq!(
+        (s["MainPID"].as_str(), s["NRestarts"].as_str()),
+        (pid.as_str(), "0")
+    );
+    // Same id and version: unchanged.
+    let ack = f
+        .cp()
+        .await
+        .assign_process(pattern("kv-1", &demo, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ack.message.contains("nothing changed"), "{}", ack.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launcher_with_wiped_state_gets_its_processes_back() {
+    let Some(mut f) = Fleet::start(&[("host-a", &[])], &[]).await else {
+        return;
+    };
+    let mut cp = f.cp().await;
+    let demo = f.hosts[0].h.demo.clone();
+    let mut units = Vec::new();
+    for i in 0..3 {
+        let a = pattern(&format!("kv-{i}"), &demo, &[]);
+        units.push(cp.assign_process(a).await.unwrap().into_inner().unit_name);
+    }
+    let pids: Vec<String> = units
+        .iter()
+        .map(|u| f.hosts[0].h.prop(u, "MainPID"))
+        .collect();
+    let host = &mut f.hosts[0];
+    host.launcher.kill9();
+    std::fs::remove_dir_all(&host.launcher.state_dir).unwrap();
+    host.launcher.restart().await;
+    eventually(
+        "the desired state back from the admin",
+        DEADLINE,
+        || async { (host.launcher.state_files().len() == 3).then_some(()) },
+    )
+    .await;
+    for (u, pid) in units.iter().zip(&pids) {
+        assert_eq!(&host.h.prop(u, "MainPID"), pid, "{u} was restarted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_launcher_is_detected_and_its_processes_rescheduled() {
+    let Some(mut f) = Fleet::start(
+        &[("host-a", &[]), ("host-b", &[])],
+        &["--reschedule-lost-after", "1s"],
+    )
+    .await
+    else {
+        return;
+    };
+    let mut cp = f.cp().await;
+    let demo = f.hosts[0].h.demo.clone();
+    let ack = cp
+        .assign_process(pattern("kv-1", &demo, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let (victim, survivor) = if ack.launcher_id == "host-a" {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let victim_id = ack.launcher_id.clone();
+    f.hosts[victim].launcher.kill9();
+    // 3 missed heartbeats (0.9 s): unhealthy; 6 (1.8 s): lost.
+    let seen = eventually("the launcher to be unhealthy", DEADLINE, || async {
+        let l = f.launchers().await.remove(&victim_id)?;
+        (l.health != "healthy").then_some(l.health)
+    })
+    .await;
+    assert!(seen == "unhealthy" || seen == "lost", "{seen}");
+    eventually("the launcher to be lost", DEADLINE, || async {
+        (f.launchers().await[&victim_id].health == "lost").then_some(())
+    })
+    .await;
+    // Rescheduled on the survivor, and running there.
+    let survivor_id = if victim == 0 { "host-b" } else { "host-a" };
+    eventually("kv-1 on the other launcher", DEADLINE, || async {
+        let p = f.process("kv-1").await;
+        let on = f.hosts[survivor].h.listed_units();
+        (p.launcher_id == survivor_id && on.iter().any(|u| u.contains("kv"))).then_some(())
+    })
+    .await;
+    let p = f.process("kv-1").await;
+    assert!(
+        p.history.iter().any(|e| e.event == "rescheduled"),
+        "{:?}",
+        p.history
+    );
+    // When it comes back, it stops the copy it no longer owns.
+    assert!(
+        !f.hosts[victim].h.listed_units().is_empty(),
+        "the orphan kept running meanwhile"
+    );
+    f.hosts[victim].launcher.restart().await;
+    eventually(
+        "the returning launcher to stop its stale copy",
+        DEADLINE,
+        || async { f.hosts[victim].h.listed_units().is_empty().then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_repair_drift() {
+    let Some(f) = Fleet::start(&[("host-a", &[])], &[]).await else {
+        return;
+    };
+    let mut cp = f.cp().await;
+    let host = &f.hosts[0];
+    let unit = cp
+        .assign_process(pattern("kv-1", &host.h.demo, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .unit_name;
+
+    // Revoked behind the admin's back, on the launcher itself: the admin
+    // sees it missing in a heartbeat and pushes it again.
+    host.launcher
+        .client()
+        .await
+        .revoke_process(pb::ProcessRevocation {
+            process_id: "kv-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("direct revoke");
+    assert!(host.h.listed_units().is_empty());
+    eventually("the admin to restore kv-1", DEADLINE, || async {
+        (host.h.listed_units() == [unit.clone()] && host.h.prop(&unit, "ActiveState") == "active")
+            .then_some(())
+    })
+    .await;
+
+    // Stopped behind the launcher's back: it is restored and reported.
+    let out = host
+        .h
+        .sandbox
+        .systemctl()
+        .args(["stop", &unit])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    eventually("the restart reported to the admin", DEADLINE, || async {
+        let p = f.process("kv-1").await;
+        p.health
+            .filter(|h| h.restart_count >= 1 && h.status == "running")
+            .map(drop)
+    })
+    .await;
+    assert_eq!(host.h.prop(&unit, "ActiveState"), "active");
+
+    // A process nobody placed there is revoked.
+    host.launcher
+        .client()
+        .await
+        .assign_process(pattern("stray-1", &host.h.demo, &[]))
+        .await
+        .expect("direct assign");
+    eventually(
+        "the admin to revoke the stray process",
+        DEADLINE,
+        || async { (!host.h.listed_units().iter().any(|u| u.contains("stray"))).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_stops_placements_and_moves_on_request() {
+    let Some(f) = Fleet::start(&[("host-a", &[]), ("host-b", &[])], &[]).await else {
+        return;
+    };
+    let mut cp = f.cp().await;
+    let demo = f.hosts[0].h.demo.clone();
+    let mut api = f.api().await;
+    api.drain_launcher(apb::DrainRequest {
+        launcher_id: "host-b".into(),
+    })
+    .await
+    .expect("drain");
+    for i in 0..3 {
+        let ack = cp
+            .assign_process(utility(&format!("u-{i}"), &demo, &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ack.launcher_id, "host-a");
+    }
+    api.undrain_launcher(apb::DrainRequest {
+        launcher_id: "host-b".into(),
+    })
+    .await
+    .expect("undrain");
+    api.drain_launcher(apb::DrainRequest {
+        launcher_id: "host-a".into(),
+    })
+    .await
+    .unwrap();
+    let a = f.host("host-a");
+    let b = f.host("host-b");
+    assert_eq!(a.h.listed_units().len(), 3);
+    let moved = api
+        .move_processes(apb::MoveProcessesRequest {
+            launcher_id: "host-a".into(),
+        })
+        .await
+        .expect("move")
+        .into_inner()
+        .moved;
+    assert_eq!(moved.len(), 3);
+    assert!(
+        moved.iter().all(|m| m.success && m.to_launcher == "host-b"),
+        "{moved:?}"
+    );
+    assert_eq!(b.h.listed_units().len(), 3);
+    eventually("the old copies to be revoked", DEADLINE, || async {
+        a.h.listed_units().is_empty().then_some(())
+    })
+    .await;
+    let p = f.process("u-0").await;
+    assert_eq!(p.launcher_id, "host-b");
+    assert!(
+        p.history.iter().any(|e| e.event == "moved"),
+        "{:?}",
+        p.history
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_client_registers_heartbeats_and_assigns() {
+    mod upstream {
+        include!(concat!(env!("OUT_DIR"), "/upstream/prism.rs"));
+    }
+    let Some(f) = Fleet::start(&[("host-a", &[])], &[]).await else {
+        return;
+    };
+    let mut client =
+        upstream::control_plane_client::ControlPlaneClient::new(f.admin.channel().await);
+    // An upstream launcher registers (nothing listens at its address).
+    let ack = client
+        .register_launcher(upstream::LauncherRegistration {
+            launcher_id: "upstream-1".into(),
+            address: "127.0.0.1:9".into(),
+            region: "local".into(),
+            version: "upstream".into(),
+            capabilities: vec!["pattern".into()],
+            max_processes: 5,
+            process_types: vec!["pattern".into()],
+            metadata: HashMap::new(),
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    assert!(ack.success && ack.initial_processes.is_empty(), "{ack:?}");
+    assert_eq!(ack.assigned_capacity, 5);
+    let hb = client
+        .launcher_heartbeat(upstream::LauncherHeartbeatRequest {
+            launcher_id: "upstream-1".into(),
+            process_health: HashMap::new(),
+            resources: Some(upstream::LauncherResourceUsage {
+                process_count: 0,
+                max_processes: 5,
+                available_slots: 5,
+                ..Default::default()
+            }),
+            timestamp: 1,
+        })
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert!(hb.success && hb.server_timestamp > 0, "{hb:?}");
+    // An upstream client assigns; it lands on a real launcher and runs.
+    let demo = f.hosts[0].h.demo.display().to_string();
+    let mut request = tonic::Request::new(upstream::ProcessAssignment {
+        process_id: "up-kv".into(),
+        process_type: "pattern".into(),
+        namespace: "orders".into(),
+        version: 1,
+        config: Some(upstream::ProcessConfig {
+            binary: demo,
+            pattern: Some(upstream::PatternProcessConfig {
+                pattern_type: "keyvalue".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("prism-launcher-id", "host-a".parse().unwrap());
+    let ack = client
+        .assign_process(request)
+        .await
+        .expect("assign")
+        .into_inner();
+    assert!(ack.success, "{ack:?}");
+    assert!(ack.message.contains("host-a"), "{}", ack.message);
+    assert!(f.hosts[0].h.listed_units().iter().any(|u| u.contains("up")));
+    // The proxy RPCs answer UNIMPLEMENTED, saying why.
+    let e = client
+        .register_proxy(upstream::ProxyRegistration {
+            proxy_id: "proxy-1".into(),
+            address: "127.0.0.1:1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(e.message().contains("RegisterProxy"), "{}", e.message());
+    let revoked = client
+        .revoke_process(upstream::ProcessRevocation {
+            launcher_id: "host-a".into(),
+            process_id: "up-kv".into(),
+            graceful_timeout_seconds: 5,
+        })
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert!(revoked.success, "{revoked:?}");
+    let _ = &f.dir;
+}
+
+#[tokio::test]
+async fn bad_admin_configuration_exits_64() {
+    for (flags, setting) in [
+        (vec!["serve", "--listen", "0.0.0.0:8981"], "--listen"),
+        (
+            vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "1y",
+            ],
+            "--heartbeat-interval",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "/nonexistent",
+            ],
+            "--tls-key",
+        ),
+        (vec!["serve", "--bogus"], "--bogus"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_prism-admin"))
+            .args(&flags)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{flags:?}: {}", text(&out));
+        assert!(text(&out).contains(setting), "{flags:?}: {}", text(&out));
+    }
+    let _ = Duration::ZERO;
+}
+
+/// A test PKI: a CA, and certificates it signs for 127.0.0.1.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, ca) = Self::make_ca("prism test CA");
+        std::fs::write(dir.path().join("ca.pem"), ca_pem).unwrap();
+        Pki { dir, ca }
+    }
+
+    fn make_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        (pem, rcgen::Issuer::new(params, key))
+    }
+
+    /// `<name>.pem` and `<name>.key`, signed by `issuer`, for 127.0.0.1.
+    fn issue_with(
+        &self,
+        name: &str,
+        issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    ) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, issuer).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+
+    fn issue(&self, name: &str) -> (String, String) {
+        self.issue_with(name, &self.ca)
+    }
+
+    fn ca_path(&self) -> String {
+        self.dir.path().join("ca.pem").display().to_string()
+    }
+
+    fn read(&self, path: &str) -> Vec<u8> {
+        std::fs::read(path).unwrap()
+    }
+
+    /// An https channel presenting `identity` (if any) and trusting the CA.
+    async fn channel(
+        &self,
+        port: u16,
+        identity: Option<&(String, String)>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.read(&self.ca_path())));
+        if let Some((c, k)) = identity {
+            tls = tls.identity(Identity::from_pem(self.read(c), self.read(k)));
+        }
+        Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+    }
+}
+
+/// A call over `channel` fails (refused at the handshake or by the server).
+async fn refused(channel: Result<Channel, tonic::transport::Error>) -> bool {
+    match channel {
+        Err(_) => true,
+        Ok(ch) => AdminClient::new(ch)
+            .list_launchers(apb::ListLaunchersRequest {})
+            .await
+            .is_err(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_both_ways_and_clients_without_a_valid_certificate_are_refused() {
+    let Some(h) = harness!() else { return };
+    let pki = Pki::new();
+    let (admin_cert, admin_key) = pki.issue("admin");
+    let (launcher_cert, launcher_key) = pki.issue("launcher");
+    let operator = pki.issue("operator");
+    let (_, rogue_ca) = Pki::make_ca("rogue CA");
+    let rogue = pki.issue_with("rogue", &rogue_ca);
+    let ca = pki.ca_path();
+
+    let admin = Daemon::admin(
+        pki.dir.path(),
+        &[
+            "--heartbeat-interval",
+            HEARTBEAT,
+            "--tls-cert",
+            &admin_cert,
+            "--tls-key",
+            &admin_key,
+            "--tls-ca",
+            &ca,
+        ],
+    )
+    .await;
+    let endpoint = format!("https://127.0.0.1:{}", admin.port);
+    let launcher = Daemon::start_named(
+        &h,
+        "secure-1",
+        &[
+            "--admin-endpoint",
+            &endpoint,
+            "--tls-cert",
+            &launcher_cert,
+            "--tls-key",
+            &launcher_key,
+            "--tls-ca",
+            &ca,
+        ],
+    )
+    .await;
+
+    // The launcher registered over mTLS.
+    let api = AdminClient::new(
+        pki.channel(admin.port, Some(&operator))
+            .await
+            .expect("operator connects"),
+    );
+    eventually("the launcher to register over mTLS", DEADLINE, || {
+        let mut api = api.clone();
+        async move {
+            let ls = api
+                .list_launchers(apb::ListLaunchersRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .launchers;
+            (ls.len() == 1 && ls[0].health == "healthy").then_some(())
+        }
+    })
+    .await;
+    // The admin reaches the launcher over mTLS too.
+    let mut cp = ControlPlaneClient::new(pki.channel(admin.port, Some(&operator)).await.unwrap());
+    let ack = cp
+        .assign_process(pattern("kv-1", &h.demo, &[]))
+        .await
+        .expect("assign over mTLS")
+        .into_inner();
+    assert!(
+        !ack.message.contains("pending"),
+        "{ack:?}\n{}",
+        admin.log_text()
+    );
+    assert_eq!(
+        h.prop(&ack.unit_name, "ActiveState"),
+        "active",
+        "{ack:?}\nADMIN:\n{}\nLAUNCHER:\n{}",
+        admin.log_text(),
+        launcher.log_text()
+    );
+
+    // No certificate, an untrusted one, or plaintext: refused, both daemons.
+    for port in [admin.port, launcher.port] {
+        assert!(
+            refused(pki.channel(port, None).await).await,
+            "no client certificate on {port}"
+        );
+        assert!(
+            refused(pki.channel(port, Some(&rogue)).await).await,
+            "rogue certificate on {port}"
+        );
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await;
+        assert!(refused(plain).await, "plaintext on {port}");
+    }
+}
