@@ -884,3 +884,89 @@ async fn mtls_both_ways_and_clients_without_a_valid_certificate_are_refused() {
         assert!(refused(plain).await, "plaintext on {port}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launcher_keeps_working_while_the_admin_is_unreachable() {
+    let Some(h) = harness!() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there yet.
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let launcher = Daemon::start_named(&h, "lonely-1", &["--admin-endpoint", &endpoint]).await;
+    // It is ready and takes direct assignments meanwhile.
+    let ack = launcher
+        .client()
+        .await
+        .assign_process(pattern("direct-1", &h.demo, &[]))
+        .await
+        .expect("direct assignment while the admin is away")
+        .into_inner();
+    assert_eq!(h.prop(&ack.unit_name, "ActiveState"), "active");
+    eventually("a registration retry in the log", DEADLINE, || async {
+        launcher.log_text().contains("retrying in").then_some(())
+    })
+    .await;
+    // The admin comes up at that address: the launcher registers, and
+    // reconciles to the admin's placement (which does not include the
+    // direct assignment).
+    let data = dir.path().join("admin-data").display().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let _admin = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_prism-admin"))
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--data-dir",
+                &data,
+                "--heartbeat-interval",
+                HEARTBEAT,
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let channel = eventually("the admin to listen", DEADLINE, || async {
+        tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .ok()?
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+    let mut api = AdminClient::new(channel);
+    eventually("the launcher to register", DEADLINE, || {
+        let mut api = api.clone();
+        async move {
+            let ls = api
+                .list_launchers(apb::ListLaunchersRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (ls.launchers.len() == 1 && ls.launchers[0].launcher_id == "lonely-1").then_some(())
+        }
+    })
+    .await;
+    eventually(
+        "the unplaced direct assignment to be revoked",
+        DEADLINE,
+        || async { h.listed_units().is_empty().then_some(()) },
+    )
+    .await;
+    let ls = api
+        .list_launchers(apb::ListLaunchersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ls.launchers[0].health, "healthy");
+}
+
+/// Kills a child process when dropped, even if the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
