@@ -221,13 +221,23 @@ async fn launchers_register_and_processes_are_placed_by_type_and_slots() {
     let events: Vec<&str> = kv.history.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(events, ["delivered", "placed"]);
     // Health arrives with heartbeats.
-    eventually("kv-1's health from its launcher", DEADLINE, || async {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
         let p = f.process("kv-1").await;
-        p.health
-            .filter(|h| h.status == "running" && h.pid > 0)
-            .map(drop)
-    })
-    .await;
+        if p.health
+            .as_ref()
+            .is_some_and(|h| h.status == "running" && h.pid > 0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no health for kv-1: {p:?}\nADMIN:\n{}\nHOST-B:\n{}",
+            f.admin.log_text(),
+            f.host("host-b").launcher.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Revoke through the admin: the unit on host-b goes.
     let ack = cp

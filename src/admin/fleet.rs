@@ -80,7 +80,12 @@ pub enum DeliveryKind {
 #[derive(Default)]
 pub struct State {
     pub launchers: BTreeMap<String, LauncherRecord>,
+    /// Read freely; change only through [`State::put`] and [`State::take`],
+    /// which keep `by_launcher` in step.
     pub processes: BTreeMap<String, ProcessRecord>,
+    /// Process ids placed on (or being revoked from) each launcher, so a
+    /// heartbeat or a placement never scans the whole fleet.
+    by_launcher: BTreeMap<String, BTreeSet<String>>,
     pub health: BTreeMap<String, HealthRecord>,
     /// (launcher, process) to deliver.
     pub pending: BTreeMap<(String, String), Delivery>,
@@ -95,15 +100,48 @@ pub struct State {
 }
 
 impl State {
-    /// Processes placed on (or being revoked from) each launcher.
-    pub fn used(&self) -> BTreeMap<&str, u32> {
-        let mut used = BTreeMap::new();
-        for p in self.processes.values() {
-            if let Some(l) = &p.launcher_id {
-                *used.entry(l.as_str()).or_default() += 1;
+    /// Insert or replace a process record.
+    pub fn put(&mut self, record: ProcessRecord) {
+        let id = record.id().to_owned();
+        self.take(&id);
+        if let Some(l) = &record.launcher_id {
+            self.by_launcher
+                .entry(l.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.processes.insert(id, record);
+    }
+
+    /// Remove a process record.
+    pub fn take(&mut self, id: &str) -> Option<ProcessRecord> {
+        let record = self.processes.remove(id)?;
+        if let Some(l) = &record.launcher_id
+            && let Some(set) = self.by_launcher.get_mut(l)
+        {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_launcher.remove(l);
             }
         }
-        used
+        Some(record)
+    }
+
+    /// The processes placed on (or being revoked from) `launcher`.
+    pub fn on<'a>(&'a self, launcher: &str) -> impl Iterator<Item = &'a ProcessRecord> + 'a {
+        self.by_launcher
+            .get(launcher)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.processes.get(id))
+    }
+
+    /// Processes placed on (or being revoked from) each launcher.
+    pub fn used(&self) -> BTreeMap<&str, u32> {
+        self.by_launcher
+            .iter()
+            .map(|(l, ids)| (l.as_str(), ids.len() as u32))
+            .collect()
     }
 
     pub fn candidates(&self, now_ms: i64, interval: Duration) -> Vec<Candidate<'_>> {
@@ -198,7 +236,7 @@ impl Fleet {
                     },
                 );
             }
-            state.processes.insert(p.id().to_owned(), p);
+            state.put(p);
         }
         state.health = snapshot.health;
         Ok(Arc::new(Self {
@@ -328,7 +366,7 @@ impl Fleet {
                 None => event("placed", spec.version, &target, ""),
             };
             self.store.put_process(&record, &what).await?;
-            st.processes.insert(id.clone(), record);
+            st.put(record);
             // A replacement that moved launchers leaves its old copy to revoke.
             if let Some(old) = previous.as_ref().and_then(|p| p.launcher_id.clone())
                 && old != target
@@ -389,11 +427,11 @@ impl Fleet {
                 match previous {
                     Some(prev) => {
                         self.store.put_process(&prev, &why).await?;
-                        st.processes.insert(id, prev);
+                        st.put(prev);
                     }
                     None => {
                         self.store.delete_process(&id, &why).await?;
-                        st.processes.remove(&id);
+                        st.take(&id);
                     }
                 }
                 Err(FleetError::Refused {
@@ -416,7 +454,7 @@ impl Fleet {
         self.store
             .delete_process(id, &event("revoked", version, launcher, detail))
             .await?;
-        st.processes.remove(id);
+        st.take(id);
         st.health.remove(id);
         st.pending.retain(|(_, p), _| p != id);
         Ok(())
@@ -593,12 +631,8 @@ impl Fleet {
         st.launchers.insert(record.id.clone(), record);
         st.registered.insert(reg.launcher_id.clone());
         let initial: Vec<pb::ProcessAssignment> = st
-            .processes
-            .values()
-            .filter(|p| {
-                p.launcher_id.as_deref() == Some(reg.launcher_id.as_str())
-                    && p.state == PlacementState::Placed
-            })
+            .on(&reg.launcher_id)
+            .filter(|p| p.state == PlacementState::Placed)
             .map(|p| p.spec.clone())
             .collect();
         // The launcher reconciles to `initial`, which delivers every pending
@@ -676,10 +710,7 @@ impl Fleet {
         let fresh = now - 2 * self.interval.as_millis() as i64;
         let mut assign = Vec::new();
         let mut finished = Vec::new();
-        for p in st.processes.values() {
-            if p.launcher_id.as_deref() != Some(launcher.as_str()) {
-                continue;
-            }
+        for p in st.on(&launcher) {
             let reported = hb.process_health.get(p.id());
             match p.state {
                 PlacementState::Placed => {

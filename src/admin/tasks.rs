@@ -196,12 +196,8 @@ impl Fleet {
                             + (self.interval * placement::LOST_AFTER_MISSED).as_millis() as i64;
                         if now - lost_at >= after.as_millis() as i64 {
                             moves.extend(
-                                st.processes
-                                    .values()
-                                    .filter(|p| {
-                                        p.launcher_id.as_deref() == Some(id.as_str())
-                                            && p.state == PlacementState::Placed
-                                    })
+                                st.on(&id)
+                                    .filter(|p| p.state == PlacementState::Placed)
                                     .map(|p| (p.id().to_owned(), id.clone())),
                             );
                         }
@@ -248,7 +244,7 @@ impl Fleet {
                 ),
             )
             .await?;
-        st.processes.insert(process.to_owned(), moved);
+        st.put(moved);
         tracing::warn!(
             process,
             "rescheduled {process} from lost launcher {from} to {target}"
@@ -309,11 +305,8 @@ impl Fleet {
                     id: from.to_owned(),
                 });
             }
-            st.processes
-                .values()
-                .filter(|p| {
-                    p.launcher_id.as_deref() == Some(from) && p.state == PlacementState::Placed
-                })
+            st.on(from)
+                .filter(|p| p.state == PlacementState::Placed)
                 .map(|p| p.id().to_owned())
                 .collect()
         };
@@ -371,7 +364,7 @@ impl Fleet {
                     &event("moving", p.version(), &target, format!("from {from}")),
                 )
                 .await?;
-            st.processes.insert(id.to_owned(), next);
+            st.put(next);
             // Its copy on `from` stays until the new one runs.
             st.moving.insert((id.to_owned(), from.to_owned()));
             (target, p)
@@ -401,7 +394,7 @@ impl Fleet {
                         &event("move failed", previous.version(), from, status.message()),
                     )
                     .await?;
-                st.processes.insert(id.to_owned(), previous);
+                st.put(previous);
                 Err(FleetError::Refused {
                     launcher: target,
                     status,

@@ -118,11 +118,14 @@ impl Supervisor {
             .for_each_concurrent(16, |(id, unit)| {
                 let this = self.clone();
                 async move {
-                    if let Ok(status) = this.systemd.status(&unit).await
+                    if let Ok(read) = this.systemd.status(&unit).await
                         && let Some(e) = this.table().entries.get_mut(&id)
                         && e.unit == unit
                     {
-                        e.unit_status = Some(status);
+                        // Signals may have arrived during the read: they win.
+                        e.unit_status
+                            .get_or_insert_with(|| crate::systemd::UnitStatus::new(&unit))
+                            .absorb_read(&read);
                     }
                 }
             })

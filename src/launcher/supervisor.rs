@@ -492,7 +492,10 @@ impl Supervisor {
                     if status.start_limit_hit() {
                         e.circuit_opened_at.get_or_insert(now);
                     }
-                    e.unit_status = Some(*status);
+                    let unit = e.unit.clone();
+                    e.unit_status
+                        .get_or_insert_with(|| UnitStatus::new(unit))
+                        .absorb_read(&status);
                 }
                 Ok(AssignOutcome::StartFailed { reason })
             }

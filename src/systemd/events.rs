@@ -158,13 +158,15 @@ impl Hub {
         }
     }
 
-    /// Keep a full status read (e.g. of an adopted unit) as the baseline
-    /// that later signals update.
+    /// Keep what a full status read (e.g. of an adopted unit) knows that
+    /// signals never tell, without overwriting newer signalled state.
     pub fn remember(&self, status: &UnitStatus) {
         self.units
             .lock()
             .expect("unit cache poisoned")
-            .insert(status.name.clone(), status.clone());
+            .entry(status.name.clone())
+            .or_insert_with(|| UnitStatus::new(&status.name))
+            .absorb_read(status);
     }
 
     pub fn unit_removed(&self, unit: &str) {

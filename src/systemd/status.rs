@@ -116,6 +116,28 @@ impl UnitStatus {
         }
     }
 
+    /// Take a full read (`GetAll`) into a status built from signals,
+    /// without going back in time: the read may be older than the latest
+    /// signal. Only what systemd never signals (constant properties and the
+    /// cgroup path) is filled in, unless no signal has arrived at all.
+    pub fn absorb_read(&mut self, read: &UnitStatus) {
+        if self.active_state.is_empty() {
+            *self = read.clone();
+            return;
+        }
+        let fill = |field: &mut String, value: &String| {
+            if field.is_empty() {
+                field.clone_from(value);
+            }
+        };
+        fill(&mut self.control_group, &read.control_group);
+        fill(&mut self.restart, &read.restart);
+        fill(&mut self.description, &read.description);
+        if self.start_limit_burst == 0 {
+            self.start_limit_burst = read.start_limit_burst;
+        }
+    }
+
     pub fn is_active(&self) -> bool {
         self.active_state == "active"
     }
@@ -172,5 +194,45 @@ impl UnitStatus {
             ));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_never_takes_signalled_state_back_in_time() {
+        let read = UnitStatus {
+            name: "u".into(),
+            active_state: "activating".into(),
+            sub_state: "start".into(),
+            control_group: "/prism.slice/u".into(),
+            restart: "on-failure".into(),
+            start_limit_burst: 5,
+            ..UnitStatus::default()
+        };
+        // Signals said "active" meanwhile: the older read must not undo it.
+        let mut signalled = UnitStatus {
+            name: "u".into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            main_pid: 42,
+            ..UnitStatus::default()
+        };
+        signalled.absorb_read(&read);
+        assert_eq!(
+            (signalled.active_state.as_str(), signalled.main_pid),
+            ("active", 42)
+        );
+        assert_eq!(signalled.control_group, "/prism.slice/u");
+        assert_eq!(
+            (signalled.restart.as_str(), signalled.start_limit_burst),
+            ("on-failure", 5)
+        );
+        // With no signal yet, the read is all there is.
+        let mut fresh = UnitStatus::new("u");
+        fresh.absorb_read(&read);
+        assert_eq!(fresh, read);
     }
 }

@@ -1,0 +1,315 @@
+//! prism-admin benchmark: `cargo bench --bench admin`.
+//!
+//! 1. placement decisions per second over 100 launchers (the pure choice);
+//! 2. AssignProcess throughput through the admin binary with 100 registered
+//!    launchers (placement, SQLite, push, ack), the launchers played by an
+//!    in-process fake that acknowledges at once;
+//! 3. heartbeat handling for 1000 launchers at a 10 s interval (each
+//!    reporting 5 processes): the admin's CPU and the RPC latency;
+//! 4. end to end: AssignProcess at the admin until the unit is active on a
+//!    real launcher with a real (sandboxed) systemd manager.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use futures_util::{StreamExt, stream};
+use prism_launcher::{
+    admin::placement::{Candidate, Liveness, Request, choose},
+    pb::prism::{
+        self as pb,
+        control_plane_client::ControlPlaneClient,
+        launcher::v1::{
+            GetProcessRequest, ListProcessesRequest, ListProcessesResponse, ProcessInfo,
+            launcher_server::{Launcher, LauncherServer},
+        },
+    },
+};
+use support::{daemon::Daemon, percentile};
+use tonic::{Request as Req, Response, Status, transport::Channel};
+
+/// Plays every launcher: acknowledges at once.
+struct FakeLauncher;
+
+#[tonic::async_trait]
+impl Launcher for FakeLauncher {
+    async fn assign_process(
+        &self,
+        r: Req<pb::ProcessAssignment>,
+    ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
+        let a = r.into_inner();
+        Ok(Response::new(pb::ProcessAssignmentAck {
+            success: true,
+            message: "started".into(),
+            launcher_id: String::new(),
+            unit_name: format!("prism-pattern-{}.service", a.process_id),
+        }))
+    }
+    async fn revoke_process(
+        &self,
+        _: Req<pb::ProcessRevocation>,
+    ) -> Result<Response<pb::ProcessRevocationAck>, Status> {
+        Ok(Response::new(pb::ProcessRevocationAck {
+            success: true,
+            ..Default::default()
+        }))
+    }
+    async fn get_process(
+        &self,
+        _: Req<GetProcessRequest>,
+    ) -> Result<Response<ProcessInfo>, Status> {
+        Err(Status::not_found("fake"))
+    }
+    async fn list_processes(
+        &self,
+        _: Req<ListProcessesRequest>,
+    ) -> Result<Response<ListProcessesResponse>, Status> {
+        Ok(Response::new(ListProcessesResponse::default()))
+    }
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn registration(id: &str, address: &str, max: i32) -> pb::LauncherRegistration {
+    pb::LauncherRegistration {
+        launcher_id: id.into(),
+        address: address.into(),
+        region: "local".into(),
+        version: "bench".into(),
+        capabilities: vec!["pattern".into()],
+        max_processes: max,
+        process_types: vec!["pattern".into()],
+        metadata: HashMap::new(),
+    }
+}
+
+fn assignment(id: &str) -> pb::ProcessAssignment {
+    pb::ProcessAssignment {
+        process_id: id.into(),
+        process_type: "pattern".into(),
+        namespace: String::new(),
+        version: 1,
+        config: Some(pb::ProcessConfig {
+            binary: "/usr/bin/true".into(),
+            pattern: Some(pb::PatternProcessConfig {
+                pattern_type: "keyvalue".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // 1. The pure choice over 100 launchers.
+    let types = vec!["pattern".to_owned()];
+    let ids: Vec<String> = (0..100).map(|i| format!("l-{i:03}")).collect();
+    let candidates: Vec<Candidate<'_>> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Candidate {
+            id,
+            region: if i % 2 == 0 { "eu" } else { "us" },
+            process_types: &types,
+            max_processes: 100,
+            used: (i * 7 % 100) as u32,
+            draining: false,
+            liveness: Liveness::Healthy,
+        })
+        .collect();
+    let req = Request {
+        process_type: "pattern",
+        region: Some("eu"),
+        ..Request::default()
+    };
+    let n = 200_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(choose(std::hint::black_box(&candidates), &req).unwrap());
+    }
+    println!(
+        "placement choice over 100 launchers: {:.0} decisions/s ({:.2} µs each)",
+        n as f64 / t.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+
+    // The admin (release build) and the fake launchers.
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Daemon::admin(dir.path(), &["--heartbeat-interval", "10s"]).await;
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_addr = fake.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(LauncherServer::new(FakeLauncher))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(fake)),
+    );
+    let cp: ControlPlaneClient<Channel> = ControlPlaneClient::new(admin.channel().await);
+
+    // 2. AssignProcess through the admin, 100 launchers registered.
+    for i in 0..100 {
+        cp.clone()
+            .register_launcher(registration(&format!("l-{i:03}"), &fake_addr, 1000))
+            .await
+            .unwrap();
+    }
+    let total = 5000;
+    let t = Instant::now();
+    let results: Vec<_> = stream::iter(0..total)
+        .map(|i| {
+            let mut c = cp.clone();
+            async move { c.assign_process(assignment(&format!("p-{i:05}"))).await }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    println!(
+        "AssignProcess through the admin, 100 launchers: {total} in {:.2} s = {:.0} placements/s (32 in flight)",
+        t.elapsed().as_secs_f64(),
+        total as f64 / t.elapsed().as_secs_f64()
+    );
+
+    // 3. 1000 launchers heartbeating every 10 s, 5 processes each.
+    for i in 0..1000 {
+        cp.clone()
+            .register_launcher(registration(&format!("hb-{i:04}"), &fake_addr, 5))
+            .await
+            .unwrap();
+    }
+    let placed: Vec<_> = stream::iter(0..5000)
+        .map(|i| {
+            let mut c = cp.clone();
+            let mut r = tonic::Request::new(assignment(&format!("hbp-{i:04}")));
+            r.metadata_mut().insert(
+                "prism-launcher-id",
+                format!("hb-{:04}", i / 5).parse().unwrap(),
+            );
+            async move { c.assign_process(r).await }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(placed.iter().all(Result::is_ok));
+    let heartbeat = |i: usize| pb::LauncherHeartbeatRequest {
+        launcher_id: format!("hb-{i:04}"),
+        process_health: (0..5)
+            .map(|k| {
+                (
+                    format!("hbp-{:04}", i * 5 + k),
+                    pb::ProcessHealth {
+                        status: "running".into(),
+                        pid: 1000 + k as i32,
+                        version: 1,
+                        detailed_status: "running".into(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect(),
+        resources: Some(pb::LauncherResourceUsage {
+            process_count: 5,
+            max_processes: 5,
+            ..Default::default()
+        }),
+        timestamp: 0,
+    };
+    let seconds = 20;
+    let (c0, t0) = (cpu_ticks(admin.pid()), Instant::now());
+    let mut latencies = Vec::new();
+    // 1000 launchers / 10 s = 100 heartbeats per second, evenly spread.
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for k in 0..(seconds * 100) {
+        tick.tick().await;
+        let t = Instant::now();
+        let ack = cp
+            .clone()
+            .launcher_heartbeat(heartbeat(k % 1000))
+            .await
+            .unwrap()
+            .into_inner();
+        latencies.push(t.elapsed());
+        assert!(ack.success, "{ack:?}");
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(admin.pid()) - c0) as f64 / 100.0;
+    latencies.sort();
+    println!(
+        "heartbeats, 1000 launchers at 10 s (100/s, 5 processes each) for {seconds} s: admin CPU {:.1} % of one core; RPC median {:.2} ms, p99 {:.2} ms",
+        cpu / wall * 100.0,
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    );
+    println!(
+        "admin RSS with 1100 launchers and 10000 processes: {:.1} MiB",
+        support::rss_mib(admin.pid())
+    );
+
+    // 4. End to end on a real launcher.
+    let Some(h) = support::sandbox() else { return };
+    let endpoint = format!("http://127.0.0.1:{}", admin.port);
+    let _launcher = Daemon::start_named(
+        &h,
+        "real-1",
+        &[
+            "--admin-endpoint",
+            &endpoint,
+            "--capabilities",
+            "utility",
+            "--max-processes",
+            "200",
+        ],
+    )
+    .await;
+    let mut ready = false;
+    for _ in 0..200 {
+        let mut r = tonic::Request::new(support::utility("probe-0", &h.demo, &[]));
+        r.metadata_mut()
+            .insert("prism-launcher-id", "real-1".parse().unwrap());
+        if cp.clone().assign_process(r).await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the real launcher never registered");
+    let mut e2e = Vec::new();
+    for i in 1..=100 {
+        let mut r = tonic::Request::new(support::utility(&format!("e2e-{i}"), &h.demo, &[]));
+        r.metadata_mut()
+            .insert("prism-launcher-id", "real-1".parse().unwrap());
+        let t = Instant::now();
+        let ack = cp
+            .clone()
+            .assign_process(r)
+            .await
+            .expect("assign")
+            .into_inner();
+        e2e.push(t.elapsed());
+        assert!(!ack.message.contains("pending"), "{ack:?}");
+    }
+    e2e.sort();
+    println!(
+        "AssignProcess at the admin to an active unit on a launcher (100 sequential): median {:.1} ms, p99 {:.1} ms",
+        percentile(&e2e, 0.5).as_secs_f64() * 1e3,
+        percentile(&e2e, 0.99).as_secs_f64() * 1e3,
+    );
+}
