@@ -19,7 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("prism_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure()
+        // JSON/YAML output and spec files use the wire names; unknown keys
+        // in a spec file are errors, absent ones take their defaults.
+        .type_attribute(
+            ".",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        )
+        .compile_fds(fds)?;
 
     // An independent copy of the upstream protocol, for the compatibility
     // test's client (tests/upstream/); it never reaches the library.

@@ -1,9 +1,11 @@
-//! `prismctl local`: a Prism stack on this machine.
+//! `prismctl local`: a whole Prism stack on this machine — prism-admin and
+//! one prism-launcher (all four process types) registered with it, both as
+//! transient units of a systemd user manager, started by the project's own
+//! systemd client, so the stack is launched the way it launches everything.
 //!
-//! On a host whose PID 1 is systemd, processes run as units of the system
-//! manager. Elsewhere (containers, CI, build VMs) `up` starts a private
-//! systemd user manager under the state directory and leaves it running
-//! until `down`.
+//! Where no user manager is reachable (a container, CI, a build VM), `up`
+//! starts a private one under the state directory and says so; it needs
+//! root. `down` stops everything `up` started and removes it.
 
 use std::{
     fs,
@@ -13,26 +15,31 @@ use std::{
 };
 
 use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
 
-use super::{Error, table};
-use tonic::transport::Channel;
-
+use super::{
+    Error, Global,
+    client::{Admin, AdminOpts, call_failed},
+    fleet::{ps_table, status_of},
+    output::{Format, out, structured},
+};
 use crate::{
-    pb::prism::{
-        self as pb,
-        launcher::v1::{ListProcessesRequest, launcher_client::LauncherClient},
-    },
+    pb::prism::{self as pb, admin::v1 as apb},
     sandbox::Sandbox,
     systemd::{DbusSystemd, Options, Systemd, SystemdError, Target},
-    unit,
+    unit::{ExecCommand, PropValue, UnitSpec},
 };
 
-/// Name of the sandbox directory, which also names its cgroup.
+/// Name of the private manager's directory, which also names its cgroup.
 const SANDBOX_DIR: &str = "prism-local-manager";
+pub const ADMIN_UNIT: &str = "prism-local-admin.service";
+pub const LAUNCHER_UNIT: &str = "prism-local-launcher.service";
+const LAUNCHER_ID: &str = "local";
+const REDIS: &str = "/usr/bin/redis-server";
 
 #[derive(Args, Debug)]
 pub struct LocalArgs {
-    /// Where the local stack keeps its manager, binaries and credentials.
+    /// Where the local stack keeps its manager, binaries and data.
     #[arg(
         long,
         global = true,
@@ -51,49 +58,61 @@ pub enum LocalAction {
         /// Also run one demo process of each type.
         #[arg(long)]
         demo: bool,
+        /// prism-admin's port on 127.0.0.1.
+        #[arg(long, default_value_t = 8981)]
+        admin_port: u16,
+        /// prism-launcher's port on 127.0.0.1.
+        #[arg(long, default_value_t = 7070)]
+        launcher_port: u16,
     },
-    /// Show the stack's processes.
+    /// Show the stack and its processes.
     Status,
     /// Stop everything `up` started and remove it.
     Down,
 }
 
-pub async fn run(args: LocalArgs) -> Result<(), Error> {
-    match args.action {
-        LocalAction::Up { demo } => up(&args.state_dir, demo).await,
-        LocalAction::Status => status(&args.state_dir).await,
-        LocalAction::Down => down(&args.state_dir).await,
+/// What `up` decided, kept for `status` and `down`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Saved {
+    /// "user" or "sandbox".
+    manager: String,
+    admin_port: u16,
+    launcher_port: u16,
+}
+
+impl Saved {
+    fn path(state: &Path) -> PathBuf {
+        state.join("local.toml")
+    }
+
+    fn load(state: &Path) -> Option<Self> {
+        toml::from_str(&fs::read_to_string(Self::path(state)).ok()?).ok()
+    }
+
+    fn save(&self, state: &Path) -> Result<(), Error> {
+        fs::write(Self::path(state), toml::to_string(self).unwrap_or_default())
+            .map_err(io(format!("writing {}", Self::path(state).display())))
+    }
+
+    fn admin(&self) -> AdminOpts {
+        AdminOpts {
+            admin: format!("http://127.0.0.1:{}", self.admin_port),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
     }
 }
 
-/// The host's own systemd runs as PID 1.
-fn host_has_systemd() -> bool {
-    fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
-}
-
-/// Where the stack's processes run.
-struct Manager {
-    target: Target,
-    /// The private manager's directory, when there is one. The handle is
-    /// detached at once: only `down` stops it, never an error or a panic.
-    sandbox: Option<PathBuf>,
-}
-
-impl Manager {
-    fn inspect_hints(&self, ids: &[String]) -> String {
-        let first = ids.first().map(String::as_str).unwrap_or("<process id>");
-        match &self.sandbox {
-            None => {
-                format!("Inspect with:\n  systemctl status 'prism-*'\n  journalctl -t {first}\n")
-            }
-            Some(dir) => format!(
-                "These run in a private systemd manager (this host's PID 1 is not systemd).\n\
-                 Inspect with:\n  XDG_RUNTIME_DIR={} systemctl --user status 'prism-*'\n  \
-                 journalctl -D {} -t {first}\n",
-                dir.join("run").display(),
-                dir.join("log/journal").display()
-            ),
-        }
+pub async fn run(g: &Global, args: &LocalArgs) -> Result<(), Error> {
+    match args.action {
+        LocalAction::Up {
+            demo,
+            admin_port,
+            launcher_port,
+        } => up(g, &args.state_dir, demo, admin_port, launcher_port).await,
+        LocalAction::Status => status(g, &args.state_dir).await,
+        LocalAction::Down => down(&args.state_dir).await,
     }
 }
 
@@ -108,39 +127,51 @@ fn ensure_root() -> Result<(), Error> {
     );
     if uid != 0 {
         return Err(Error::Usage(format!(
-            "prismctl local needs root (uid is {uid}): it runs processes as systemd units \
-             with dynamic users. Run it with sudo."
+            "prismctl local needs root (uid is {uid}): its processes run as systemd units with \
+             dynamic users. Run it with sudo."
         )));
     }
     Ok(())
 }
 
-/// The manager to use, starting a sandbox when `start` and none runs.
-fn manager(state: &Path, start: bool) -> Result<Option<Manager>, Error> {
-    if host_has_systemd() {
-        return Ok(Some(Manager {
-            target: Target::System,
-            sandbox: None,
-        }));
-    }
+/// The manager the stack runs in: a private one already running here, else
+/// the user manager if it answers, else a new private one (when `start`).
+async fn manager(
+    state: &Path,
+    saved: Option<&Saved>,
+    start: bool,
+) -> Result<Option<Target>, Error> {
     let dir = state.join(SANDBOX_DIR);
-    let sandbox = match Sandbox::attach(&dir) {
-        Some(s) => s,
-        None if start => {
-            eprintln!(
-                "This host's PID 1 is not systemd: starting a private systemd manager in {}",
-                dir.display()
-            );
-            Sandbox::start_in(&dir)?
+    if let Some(sandbox) = Sandbox::attach(&dir) {
+        let target = Target::Private(sandbox.private_address());
+        sandbox.detach();
+        return Ok(Some(target));
+    }
+    if saved.is_none_or(|s| s.manager == "user") {
+        let probe = DbusSystemd::connect(Options {
+            target: Target::User,
+            call_timeout: Duration::from_secs(2),
+            credentials_dir: state.join("credentials"),
+            ..Options::default()
+        })
+        .await;
+        if probe.is_ok() {
+            return Ok(Some(Target::User));
         }
-        None => return Ok(None),
-    };
+    }
+    if !start {
+        return Ok(None);
+    }
+    eprintln!(
+        "No systemd user manager is reachable (this host's PID 1 is not systemd?): starting a \
+         private one in {}",
+        dir.display()
+    );
+    let sandbox = Sandbox::start_in(&dir)?;
     let target = Target::Private(sandbox.private_address());
+    // Only `down` stops it: never an error or a panic on the way out.
     sandbox.detach();
-    Ok(Some(Manager {
-        target,
-        sandbox: Some(dir),
-    }))
+    Ok(Some(target))
 }
 
 async fn engine(state: &Path, target: Target) -> Result<DbusSystemd, Error> {
@@ -168,8 +199,8 @@ fn install(state: &Path, name: &str) -> Result<PathBuf, Error> {
         .find(|p| p.is_file())
         .ok_or_else(|| {
             Error::Failed(format!(
-                "{name} not found next to prismctl, in /usr/bin or in /usr/lib/prism; \
-                 build it with `cargo build --bins`"
+                "{name} not found next to prismctl, in /usr/bin or in /usr/lib/prism; build it \
+                 with `cargo build --bins`"
             ))
         })?;
     let bin = state.join("bin");
@@ -185,9 +216,39 @@ fn install(state: &Path, name: &str) -> Result<PathBuf, Error> {
     Ok(target)
 }
 
+/// A daemon of the stack as a transient unit. Its name is outside the
+/// workload pattern, so the launcher never manages it.
+fn daemon_unit(name: &str, description: &str, argv: Vec<String>, identifier: &str) -> UnitSpec {
+    let s = |v: &str| PropValue::Str(v.into());
+    UnitSpec {
+        name: name.into(),
+        properties: vec![
+            ("Description", s(description)),
+            (
+                "ExecStart",
+                PropValue::Exec(vec![ExecCommand {
+                    path: argv[0].clone(),
+                    argv,
+                    ignore_failure: false,
+                }]),
+            ),
+            // READY=1 once it listens (and, for the launcher, has reconciled).
+            ("Type", s("notify")),
+            ("Restart", s("on-failure")),
+            ("SyslogIdentifier", s(identifier)),
+            ("StandardError", s("journal")),
+            // Stopping the launcher never stops workloads: they are units of
+            // their own.
+            ("KillMode", s("mixed")),
+            ("TimeoutStopUSec", PropValue::U64(10_000_000)),
+        ],
+        credentials: vec![],
+    }
+}
+
 /// One process of each type, each with its own health port and a quick
-/// probe, so the demo shows them healthy within seconds.
-pub fn demo_assignments(demo: &Path) -> Vec<pb::ProcessAssignment> {
+/// probe. The backend is a real redis-server when one is installed.
+pub fn demo_assignments(demo: &Path, redis: Option<&Path>) -> Vec<pb::ProcessAssignment> {
     let base = |id: &str, ty: &str, ns: &str, health: i32| pb::ProcessAssignment {
         process_id: id.into(),
         process_type: ty.into(),
@@ -220,11 +281,38 @@ pub fn demo_assignments(demo: &Path) -> Vec<pb::ProcessAssignment> {
         partition_ranges: vec![],
     });
     let mut backend = base("redis-demo", "backend", "demo", 18003);
-    backend.config.as_mut().expect("config").backend = Some(pb::BackendProcessConfig {
-        backend_type: "redis".into(),
-        connection_string: "redis://127.0.0.1:6379/0".into(),
-        ..Default::default()
-    });
+    {
+        let c = backend.config.as_mut().expect("config");
+        c.backend = Some(pb::BackendProcessConfig {
+            backend_type: "redis".into(),
+            connection_string: "redis://127.0.0.1:18003/0".into(),
+            ..Default::default()
+        });
+        if let Some(redis) = redis {
+            c.binary = redis.display().to_string();
+            // Nothing to save: the demo's redis lives in memory only.
+            c.args = [
+                "--port",
+                "18003",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .map(String::from)
+            .to_vec();
+            c.health_port = 0;
+            c.health_check = Some(pb::HealthCheck {
+                kind: "tcp".into(),
+                port: 18003,
+                interval_ms: 1000,
+                timeout_ms: 500,
+                ..Default::default()
+            });
+        }
+    }
     let mut utility = base("logs-demo", "utility", "", 18004);
     utility.config.as_mut().expect("config").utility = Some(pb::UtilityProcessConfig {
         utility_type: "log-collector".into(),
@@ -234,20 +322,94 @@ pub fn demo_assignments(demo: &Path) -> Vec<pb::ProcessAssignment> {
     vec![kv, proxy, backend, utility]
 }
 
-/// The launcher of the local stack, as a transient unit of the same
-/// manager it drives. Its name is outside the workload pattern, so it never
-/// manages itself.
-fn launcher_unit(state: &Path, binary: &Path, target: &Target, listen: &str) -> unit::UnitSpec {
-    use unit::{ExecCommand, PropValue};
-    let path = binary.display().to_string();
-    let argv = vec![
-        path.clone(),
+async fn start_daemon(engine: &DbusSystemd, spec: &UnitSpec, what: &str) -> Result<(), Error> {
+    match engine.start_transient(spec).await {
+        Ok(()) => eprintln!("started {what} as {}", spec.name),
+        Err(SystemdError::UnitExists { .. }) => {
+            eprintln!("{what} is already running as {}", spec.name)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+async fn connect(saved: &Saved) -> Result<Admin, Error> {
+    saved.admin().connect().await.map_err(|e| match e {
+        Error::Unreachable(_) => Error::Unreachable(format!(
+            "the local stack's prism-admin does not answer on 127.0.0.1:{}; see \
+             `prismctl local status`, or restart the stack with `prismctl local down` then `up`",
+            saved.admin_port
+        )),
+        other => other,
+    })
+}
+
+async fn up(
+    g: &Global,
+    state: &Path,
+    demo: bool,
+    admin_port: u16,
+    launcher_port: u16,
+) -> Result<(), Error> {
+    ensure_root()?;
+    fs::create_dir_all(state).map_err(io(format!("creating {}", state.display())))?;
+    let previous = Saved::load(state);
+    let target = manager(state, previous.as_ref(), true)
+        .await?
+        .expect("started when missing");
+    let saved = Saved {
+        manager: if target == Target::User {
+            "user"
+        } else {
+            "sandbox"
+        }
+        .into(),
+        // A stack that runs keeps its ports.
+        admin_port: previous.as_ref().map_or(admin_port, |p| p.admin_port),
+        launcher_port: previous.as_ref().map_or(launcher_port, |p| p.launcher_port),
+    };
+    saved.save(state)?;
+    let engine = engine(state, target.clone()).await?;
+    let admin_bin = install(state, "prism-admin")?;
+    let launcher_bin = install(state, "prism-launcher")?;
+    let demo_bin = install(state, "prism-demo")?;
+    let redis = Path::new(REDIS).is_file().then_some(Path::new(REDIS));
+
+    let admin_listen = format!("127.0.0.1:{}", saved.admin_port);
+    let admin_argv = vec![
+        admin_bin.display().to_string(),
+        "serve".into(),
         "--listen".into(),
-        listen.into(),
+        admin_listen.clone(),
+        "--data-dir".into(),
+        state.join("admin").display().to_string(),
+        // Quick health for a local demo.
+        "--heartbeat-interval".into(),
+        "2s".into(),
+    ];
+    start_daemon(
+        &engine,
+        &daemon_unit(
+            ADMIN_UNIT,
+            "prism-admin of the local stack",
+            admin_argv,
+            "prism-admin",
+        ),
+        "prism-admin",
+    )
+    .await?;
+    let mut launcher_argv = vec![
+        launcher_bin.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", saved.launcher_port),
+        "--admin-endpoint".into(),
+        format!("http://{admin_listen}"),
         "--systemd".into(),
         target.to_string(),
         "--launcher-id".into(),
-        "local".into(),
+        LAUNCHER_ID.into(),
+        "--capabilities".into(),
+        "pattern,proxy,backend,utility".into(),
         "--state-dir".into(),
         state.join("launcher").display().to_string(),
         "--credentials-dir".into(),
@@ -255,204 +417,254 @@ fn launcher_unit(state: &Path, binary: &Path, target: &Target, listen: &str) -> 
         "--allow-binary-dir".into(),
         state.join("bin").display().to_string(),
     ];
-    let s = |v: &str| PropValue::Str(v.into());
-    unit::UnitSpec {
-        name: LAUNCHER_UNIT.into(),
-        properties: vec![
-            ("Description", s("prism-launcher of the local stack")),
-            (
-                "ExecStart",
-                PropValue::Exec(vec![ExecCommand {
-                    path,
-                    argv,
-                    ignore_failure: false,
-                }]),
-            ),
-            // READY=1 once it listens and has reconciled.
-            ("Type", s("notify")),
-            ("Restart", s("on-failure")),
-            ("SyslogIdentifier", s("prism-launcher")),
-            ("StandardError", s("journal")),
-            // Stopping the launcher never stops workloads: they are units of
-            // their own.
-            ("KillMode", s("mixed")),
-            ("TimeoutStopUSec", PropValue::U64(10_000_000)),
-        ],
-        credentials: vec![],
+    if redis.is_some() {
+        launcher_argv.extend(["--allow-binary-dir".into(), "/usr/bin".into()]);
     }
-}
+    start_daemon(
+        &engine,
+        &daemon_unit(
+            LAUNCHER_UNIT,
+            "prism-launcher of the local stack",
+            launcher_argv,
+            "prism-launcher",
+        ),
+        "prism-launcher",
+    )
+    .await?;
 
-/// The unit running the local stack's launcher.
-pub const LAUNCHER_UNIT: &str = "prism-local-launcher.service";
-const LOCAL_LISTEN: &str = "127.0.0.1:7070";
-
-async fn launcher_client(listen: &str) -> Result<LauncherClient<Channel>, Error> {
-    LauncherClient::connect(format!("http://{listen}"))
-        .await
-        .map_err(|e| Error::Unreachable(format!("prism-launcher at {listen}: {e}")))
-}
-
-async fn up(state: &Path, demo: bool) -> Result<(), Error> {
-    ensure_root()?;
-    let manager = manager(state, true)?.expect("started when missing");
-    let engine = engine(state, manager.target.clone()).await?;
-    let launcher_bin = install(state, "prism-launcher")?;
-    let spec = launcher_unit(state, &launcher_bin, &manager.target, LOCAL_LISTEN);
-    match engine.start_transient(&spec).await {
-        Ok(()) => eprintln!("started prism-launcher as {LAUNCHER_UNIT} on {LOCAL_LISTEN}"),
-        Err(SystemdError::UnitExists { .. }) => {
-            eprintln!("prism-launcher is already running as {LAUNCHER_UNIT}")
+    let mut admin = connect(&saved).await?;
+    // The launcher registers with the admin within a heartbeat or two.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let launchers = admin
+            .api
+            .list_launchers(apb::ListLaunchersRequest {})
+            .await
+            .map_err(|s| call_failed("listing launchers", s))?
+            .into_inner()
+            .launchers;
+        if launchers
+            .iter()
+            .any(|l| l.launcher_id == LAUNCHER_ID && l.health == "healthy")
+        {
+            break;
         }
-        Err(e) => return Err(e.into()),
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Failed(
+                "prism-launcher did not register with prism-admin within 30 s; see `journalctl` \
+                 for prism-launcher (the commands are in `prismctl local status`)"
+                    .into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut client = launcher_client(LOCAL_LISTEN).await?;
-    let mut ids = Vec::new();
     if demo {
-        let binary = install(state, "prism-demo")?;
-        for wire in demo_assignments(&binary) {
+        eprintln!(
+            "backend: {}",
+            if redis.is_some() {
+                "redis-server (installed on this host)"
+            } else {
+                "the demo workload (install redis-server to run a real one)"
+            }
+        );
+        for wire in demo_assignments(&demo_bin, redis) {
             let id = wire.process_id.clone();
-            let ack = client
+            let ack = admin
+                .cp
                 .assign_process(wire)
                 .await
-                .map_err(|s| Error::Failed(format!("assigning {id}: {}", s.message())))?
+                .map_err(|s| call_failed(&format!("assigning {id}"), s))?
                 .into_inner();
             eprintln!("{}", ack.message);
-            ids.push(id);
         }
-        // Show them once they passed their first probe (or a deadline).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        // Show them once they are running (or a deadline passed).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::time::Instant::now() < deadline {
-            let list = client
-                .list_processes(ListProcessesRequest::default())
-                .await
-                .map_err(|s| Error::Unreachable(s.message().to_owned()))?
-                .into_inner();
-            let settled = list.processes.iter().all(|p| {
-                p.health
-                    .as_ref()
-                    .is_some_and(|h| h.detailed_status != "starting")
-            });
-            if settled {
+            let list = processes(&mut admin).await?;
+            if list.len() >= 4 && list.iter().all(|p| status_of(p) == "running") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    out(&process_table(&mut client).await?);
-    out(&manager.inspect_hints(&ids));
+    let list = processes(&mut admin).await?;
+    if let Some(text) = structured(
+        g.output,
+        &apb::ListProcessesResponse {
+            processes: list.clone(),
+        },
+    )? {
+        out(&text);
+    } else {
+        out(&ps_table(&list, g.output == Format::Wide));
+        out(&hints(state, &target, &list));
+    }
     Ok(())
 }
 
-/// Print to stdout; a closed pipe (`| head`) is not an error.
-fn out(text: &str) {
-    use std::io::Write;
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+async fn processes(admin: &mut Admin) -> Result<Vec<apb::ProcessInfo>, Error> {
+    Ok(admin
+        .api
+        .list_processes(apb::ListProcessesRequest::default())
+        .await
+        .map_err(|s| call_failed("listing processes", s))?
+        .into_inner()
+        .processes)
 }
 
-async fn status(state: &Path) -> Result<(), Error> {
+/// How to look at the stack with systemd's own tools.
+fn hints(state: &Path, target: &Target, list: &[apb::ProcessInfo]) -> String {
+    let first = list
+        .iter()
+        .filter_map(|p| p.assignment.as_ref())
+        .map(|a| a.process_id.as_str())
+        .find(|id| *id == "kv-demo")
+        .or_else(|| {
+            list.first()
+                .and_then(|p| p.assignment.as_ref())
+                .map(|a| a.process_id.as_str())
+        })
+        .unwrap_or("<process id>");
+    match target {
+        Target::Private(_) => {
+            let dir = state.join(SANDBOX_DIR);
+            format!(
+                "\nThe stack runs in a private systemd manager (no user manager was reachable).\n\
+                 Inspect it with systemd's tools:\n  \
+                 XDG_RUNTIME_DIR={run} systemctl --user status 'prism-*'\n  \
+                 journalctl -D {journal} -t {first}\n  \
+                 journalctl -D {journal} -t prism-launcher\n\
+                 Or with prismctl: `prismctl ps`, `prismctl describe {first}`, `prismctl logs {first}`.\n\
+                 Stop everything with `prismctl local down`.\n",
+                run = dir.join("run").display(),
+                journal = dir.join("log/journal").display(),
+            )
+        }
+        _ => format!(
+            "\nInspect it with systemd's tools:\n  systemctl --user status 'prism-*'\n  \
+             journalctl --user -t {first}\n\
+             Or with prismctl: `prismctl ps`, `prismctl describe {first}`, `prismctl logs {first}`.\n\
+             Stop everything with `prismctl local down`.\n"
+        ),
+    }
+}
+
+async fn status(g: &Global, state: &Path) -> Result<(), Error> {
     ensure_root()?;
-    let Some(manager) = manager(state, false)? else {
+    let saved = Saved::load(state);
+    let target = match &saved {
+        Some(s) => manager(state, Some(s), false).await?,
+        None => None,
+    };
+    let (Some(saved), Some(target)) = (saved, target) else {
         out("The local stack is not running; start it with `prismctl local up --demo`.\n");
         return Ok(());
     };
-    let _ = manager;
-    let mut client = launcher_client(LOCAL_LISTEN).await?;
-    out(&process_table(&mut client).await?);
+    let engine = engine(state, target.clone()).await?;
+    let mut text = String::new();
+    for unit in [ADMIN_UNIT, LAUNCHER_UNIT] {
+        let state = match engine.status(unit).await {
+            Ok(s) => format!("{}/{} (pid {})", s.active_state, s.sub_state, s.main_pid),
+            Err(SystemdError::NoSuchUnit { .. }) => "not running".into(),
+            Err(e) => return Err(e.into()),
+        };
+        text.push_str(&format!("{unit:<30} {state}\n"));
+    }
+    let mut admin = connect(&saved).await?;
+    let list = processes(&mut admin).await?;
+    if let Some(structured) = structured(
+        g.output,
+        &apb::ListProcessesResponse {
+            processes: list.clone(),
+        },
+    )? {
+        out(&structured);
+        return Ok(());
+    }
+    text.push('\n');
+    text.push_str(&ps_table(&list, g.output == Format::Wide));
+    text.push_str(&hints(state, &target, &list));
+    out(&text);
     Ok(())
 }
 
 async fn down(state: &Path) -> Result<(), Error> {
     ensure_root()?;
-    let Some(manager) = manager(state, false)? else {
-        remove_leftovers(state)?;
-        out("The local stack is not running.\n");
-        return Ok(());
+    let saved = Saved::load(state);
+    let target = match &saved {
+        Some(s) => manager(state, Some(s), false).await?,
+        None => None,
     };
-    // Revoke through the launcher, so each process stops gracefully and the
-    // launcher forgets it; then stop the launcher itself.
-    if let Ok(mut client) = launcher_client(LOCAL_LISTEN).await
-        && let Ok(list) = client.list_processes(ListProcessesRequest::default()).await
-    {
-        for p in list.into_inner().processes {
-            let id = p.assignment.map(|a| a.process_id).unwrap_or_default();
-            match client
-                .revoke_process(pb::ProcessRevocation {
-                    process_id: id.clone(),
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(ack) => eprintln!("{}", ack.into_inner().message),
-                Err(s) => eprintln!("revoking {id}: {}", s.message()),
+    if let (Some(saved), Some(target)) = (&saved, target) {
+        // Revoke through the admin, so each process stops gracefully and is
+        // forgotten; then the daemons.
+        if let Ok(mut admin) = connect(saved).await
+            && let Ok(list) = processes(&mut admin).await
+        {
+            for p in list {
+                let id = p.assignment.map(|a| a.process_id).unwrap_or_default();
+                match admin
+                    .cp
+                    .revoke_process(pb::ProcessRevocation {
+                        process_id: id.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(ack) => eprintln!("{}", ack.into_inner().message),
+                    Err(s) => eprintln!("revoking {id}: {}", s.message()),
+                }
             }
         }
+        let engine = engine(state, target).await?;
+        for unit in [LAUNCHER_UNIT, ADMIN_UNIT] {
+            engine.stop(unit, Duration::from_secs(10)).await?;
+            eprintln!("stopped {unit}");
+        }
+        // Workloads the admin could not reach are stopped here.
+        for u in engine.list().await? {
+            engine.stop(&u.name, Duration::from_secs(30)).await?;
+            eprintln!("stopped {}", u.name);
+        }
     }
-    let engine = engine(state, manager.target.clone()).await?;
-    engine.stop(LAUNCHER_UNIT, Duration::from_secs(10)).await?;
-    eprintln!("stopped prism-launcher");
-    drop(engine);
-    if let Some(sandbox) = manager.sandbox.as_deref().and_then(Sandbox::attach) {
+    if let Some(sandbox) = Sandbox::attach(&state.join(SANDBOX_DIR)) {
         // Dropping it stops the manager and removes its directory and cgroups.
         drop(sandbox);
         eprintln!("stopped the private systemd manager");
     }
-    remove_leftovers(state)
-}
-
-/// What `up` put in the state directory.
-fn remove_leftovers(state: &Path) -> Result<(), Error> {
-    for leftover in ["bin", "credentials", "launcher"] {
+    for leftover in ["bin", "credentials", "launcher", "admin", SANDBOX_DIR] {
         let path = state.join(leftover);
         if path.exists() {
             fs::remove_dir_all(&path).map_err(io(format!("removing {}", path.display())))?;
         }
     }
+    let _ = fs::remove_file(Saved::path(state));
     let _ = fs::remove_dir(state);
+    if saved.is_none() {
+        out("The local stack is not running.\n");
+    }
     Ok(())
 }
 
-/// `ID TYPE STATUS PID RESTARTS UNIT`, from the launcher.
-async fn process_table(client: &mut LauncherClient<Channel>) -> Result<String, Error> {
-    let list = client
-        .list_processes(ListProcessesRequest::default())
-        .await
-        .map_err(|s| Error::Unreachable(format!("prism-launcher: {}", s.message())))?
-        .into_inner();
-    let mut rows: Vec<Vec<String>> = list
-        .processes
-        .iter()
-        .map(|p| {
-            let a = p.assignment.clone().unwrap_or_default();
-            let h = p.health.clone().unwrap_or_default();
-            vec![
-                a.process_id,
-                if a.process_type.is_empty() {
-                    "pattern".into()
-                } else {
-                    a.process_type
-                },
-                h.detailed_status,
-                if h.pid > 0 {
-                    h.pid.to_string()
-                } else {
-                    "-".into()
-                },
-                h.restart_count.to_string(),
-                p.unit_name.clone(),
-            ]
-        })
-        .collect();
-    rows.sort();
-    let mut out = if rows.is_empty() {
-        "prism-launcher holds no processes.\n".to_owned()
-    } else {
-        table::render(&["ID", "TYPE", "STATUS", "PID", "RESTARTS", "UNIT"], &rows)
-    };
-    if let Some(r) = list.resources {
-        out.push_str(&format!(
-            "{} of {} slots used\n",
-            r.process_count, r.max_processes
-        ));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unit;
+
+    #[test]
+    fn the_stack_daemons_are_never_taken_for_workloads() {
+        assert!(!unit::is_workload_unit(ADMIN_UNIT));
+        assert!(!unit::is_workload_unit(LAUNCHER_UNIT));
     }
-    Ok(out)
+
+    #[test]
+    fn the_demo_has_one_process_of_each_type() {
+        let demo = demo_assignments(Path::new("/x/prism-demo"), None);
+        let types: Vec<&str> = demo.iter().map(|a| a.process_type.as_str()).collect();
+        assert_eq!(types, ["pattern", "proxy", "backend", "utility"]);
+        let with_redis = demo_assignments(Path::new("/x/prism-demo"), Some(Path::new(REDIS)));
+        let backend = with_redis[2].config.as_ref().unwrap();
+        assert_eq!(backend.binary, REDIS);
+        assert_eq!(backend.health_check.as_ref().unwrap().kind, "tcp");
+    }
 }

@@ -1,11 +1,20 @@
-//! `prismctl`: the operator CLI. One file per subcommand.
+//! `prismctl`: the operator CLI. One file per concern: `local` (a whole
+//! stack on this machine), `fleet` (launchers, ps, revoke, drain), `assign`,
+//! `inspect` (describe, logs).
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 usage, 3 prism-admin
+//! (or the local stack) unreachable.
 
+pub mod assign;
+pub mod client;
+pub mod fleet;
+pub mod inspect;
 pub mod local;
-mod table;
+pub mod output;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::{sandbox::SandboxError, systemd::SystemdError};
 
@@ -17,15 +26,53 @@ use crate::{sandbox::SandboxError, systemd::SystemdError};
     propagate_version = true
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
     #[command(subcommand)]
     pub command: Command,
 }
 
+#[derive(Args, Debug)]
+pub struct Global {
+    #[command(flatten)]
+    pub admin: client::AdminOpts,
+    /// How listings are printed.
+    #[arg(short, long, global = true, value_enum, default_value_t = output::Format::Table)]
+    pub output: output::Format,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a Prism stack on this machine, with its own systemd manager when
-    /// the host has none (containers, CI).
+    /// Run a whole Prism stack (admin, launcher, demo processes) on this
+    /// machine, with its own systemd manager when the host has none.
     Local(local::LocalArgs),
+    /// Registered launchers: address, region, health, slots, types.
+    Launchers,
+    /// Processes with their placement and health.
+    #[command(visible_alias = "processes")]
+    Ps(fleet::PsArgs),
+    /// Assign processes, from a spec file or flags, and wait for them.
+    Assign(Box<assign::AssignArgs>),
+    /// Stop a process gracefully (SIGTERM, then SIGKILL).
+    Revoke(fleet::RevokeArgs),
+    /// Everything about one process, and how to inspect it on its host.
+    Describe(inspect::DescribeArgs),
+    /// A process's output, from the journal of this host.
+    Logs(inspect::LogsArgs),
+    /// Place nothing new on a launcher.
+    Drain(fleet::DrainArgs),
+    /// Let a drained launcher take new processes again.
+    Undrain(fleet::DrainArgs),
+    /// Re-place a launcher's processes elsewhere, one at a time (each starts
+    /// on its new launcher before it stops on the old one).
+    Move(fleet::DrainArgs),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 /// Why a command failed; each maps to an exit code and names the next step.
@@ -35,7 +82,7 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     Failed(String),
-    #[error("{0}; is it running? (`prismctl local status`)")]
+    #[error("{0}")]
     Unreachable(String),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
@@ -64,7 +111,47 @@ impl Error {
 
 /// Run one parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    match cli.command {
-        Command::Local(args) => local::run(args).await,
+    let g = &cli.global;
+    match &cli.command {
+        Command::Local(args) => local::run(g, args).await,
+        Command::Launchers => fleet::launchers(g).await,
+        Command::Ps(args) => fleet::ps(g, args).await,
+        Command::Assign(args) => assign::assign(g, args).await,
+        Command::Revoke(args) => fleet::revoke(g, args).await,
+        Command::Describe(args) => inspect::describe(g, args).await,
+        Command::Logs(args) => inspect::logs(g, args).await,
+        Command::Drain(args) => fleet::drain(g, args, true).await,
+        Command::Undrain(args) => fleet::drain(g, args, false).await,
+        Command::Move(args) => fleet::move_processes(g, args).await,
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "prismctl", &mut buf);
+            output::out(&String::from_utf8_lossy(&buf));
+            Ok(())
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut buf)
+                .map_err(|source| Error::Io {
+                    what: "rendering the man page".into(),
+                    source,
+                })?;
+            output::out(&String::from_utf8_lossy(&buf));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (duplicate flags, bad defaults...).
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        crate::launcher::Args::command().debug_assert();
+        crate::admin::Cli::command().debug_assert();
     }
 }

@@ -1,0 +1,367 @@
+//! `prismctl describe` and `prismctl logs`, and the exact `systemctl` and
+//! `journalctl` commands that inspect a process on its host.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{
+    Error, Global,
+    client::call_failed,
+    fleet::status_of,
+    output::{duration, out, structured},
+};
+use crate::{launcher::redact, pb::prism::admin::v1 as apb};
+
+/// How to reach a launcher's systemd manager from a shell on its host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostTools {
+    /// Environment to set first (a private manager's runtime directory).
+    pub env: Vec<(String, String)>,
+    /// `systemctl --user` rather than `systemctl`.
+    pub user: bool,
+    /// The journal directory of a private manager (`journalctl -D`).
+    pub journal_dir: Option<PathBuf>,
+}
+
+impl HostTools {
+    /// From the `systemd` metadata a launcher registers with.
+    pub fn from_target(target: &str) -> Self {
+        let path = target
+            .strip_prefix("private:unix:path=")
+            .or_else(|| target.strip_prefix("bus:unix:path="));
+        if let Some(path) = path {
+            // <runtime dir>/systemd/private or <runtime dir>/bus
+            let p = Path::new(path);
+            let runtime = if p.ends_with("systemd/private") {
+                p.parent().and_then(Path::parent)
+            } else {
+                p.parent()
+            };
+            if let Some(runtime) = runtime {
+                let journal = runtime.parent().map(|d| d.join("log/journal"));
+                return Self {
+                    env: vec![("XDG_RUNTIME_DIR".into(), runtime.display().to_string())],
+                    user: true,
+                    journal_dir: journal.filter(|j| j.exists()),
+                };
+            }
+        }
+        Self {
+            env: vec![],
+            user: target == "user",
+            journal_dir: None,
+        }
+    }
+
+    fn prefix(&self) -> String {
+        self.env.iter().map(|(k, v)| format!("{k}={v} ")).collect()
+    }
+
+    /// `systemctl status '<unit>'`, as typed on the host.
+    pub fn systemctl(&self, unit: &str) -> String {
+        let user = if self.user { "--user " } else { "" };
+        format!("{}systemctl {user}status '{unit}'", self.prefix())
+    }
+
+    /// `journalctl` for a process's output, as typed on the host.
+    pub fn journalctl(&self, id: &str, unit: &str) -> String {
+        match &self.journal_dir {
+            Some(dir) => format!("journalctl -D {} -t {id}", dir.display()),
+            None if self.user => format!("journalctl --user -u '{unit}'"),
+            None => format!("journalctl -u '{unit}'"),
+        }
+    }
+
+    /// The journalctl argv (without a shell) for `prismctl logs`.
+    pub fn journalctl_args(&self, id: &str) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(dir) = &self.journal_dir {
+            args.push("-D".into());
+            args.push(dir.display().to_string());
+        } else if self.user {
+            args.push("--user".into());
+        }
+        args.push("-t".into());
+        args.push(id.into());
+        args
+    }
+}
+
+/// Drop what is left at its default (null, "", 0, false, empty), so a spec
+/// reads like the file it was written as.
+pub fn prune(v: serde_norway::Value) -> serde_norway::Value {
+    use serde_norway::Value;
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Sequence(s) => s.is_empty(),
+        Value::Mapping(m) => m.is_empty(),
+        Value::Tagged(_) => false,
+    };
+    match v {
+        Value::Mapping(m) => Value::Mapping(
+            m.into_iter()
+                .map(|(k, v)| (k, prune(v)))
+                .filter(|(_, v)| !empty(v))
+                .collect(),
+        ),
+        Value::Sequence(s) => Value::Sequence(s.into_iter().map(prune).collect()),
+        other => other,
+    }
+}
+
+/// A UTC timestamp from unix milliseconds: `2026-11-26 09:12:03`.
+pub fn timestamp(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+async fn process_and_launcher(
+    g: &Global,
+    id: &str,
+    history: i32,
+) -> Result<(apb::ProcessInfo, Option<apb::LauncherInfo>), Error> {
+    let mut admin = g.admin.connect().await?;
+    let p = admin
+        .api
+        .get_process(apb::GetProcessRequest {
+            process_id: id.into(),
+            history_limit: history,
+        })
+        .await
+        .map_err(|s| call_failed(&format!("describing {id}"), s))?
+        .into_inner();
+    let launcher = if p.launcher_id.is_empty() {
+        None
+    } else {
+        admin
+            .api
+            .get_launcher(apb::GetLauncherRequest {
+                launcher_id: p.launcher_id.clone(),
+            })
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+    };
+    Ok((p, launcher))
+}
+
+fn tools_of(launcher: Option<&apb::LauncherInfo>) -> HostTools {
+    HostTools::from_target(
+        launcher
+            .and_then(|l| l.metadata.get("systemd"))
+            .map_or("system", String::as_str),
+    )
+}
+
+#[derive(Args, Debug)]
+pub struct DescribeArgs {
+    /// The process.
+    pub id: String,
+    /// History events to show.
+    #[arg(long, default_value_t = 20)]
+    pub history: i32,
+}
+
+#[derive(Serialize)]
+struct Described<'a> {
+    process: &'a apb::ProcessInfo,
+    launcher: Option<&'a apb::LauncherInfo>,
+    systemctl: String,
+    journalctl: String,
+}
+
+pub async fn describe(g: &Global, a: &DescribeArgs) -> Result<(), Error> {
+    let (p, launcher) = process_and_launcher(g, &a.id, a.history).await?;
+    let tools = tools_of(launcher.as_ref());
+    let spec = p.assignment.clone().map(|s| redact(&s)).unwrap_or_default();
+    let systemctl = tools.systemctl(&p.unit_name);
+    let journalctl = tools.journalctl(&a.id, &p.unit_name);
+    let described = Described {
+        process: &p,
+        launcher: launcher.as_ref(),
+        systemctl: systemctl.clone(),
+        journalctl: journalctl.clone(),
+    };
+    if let Some(text) = structured(g.output, &described)? {
+        out(&text);
+        return Ok(());
+    }
+    let h = p.health.clone().unwrap_or_default();
+    let ty = if spec.process_type.is_empty() {
+        "pattern"
+    } else {
+        &spec.process_type
+    };
+    let mut text = format!(
+        "Process:     {} ({ty}{}), version {}\n",
+        spec.process_id,
+        if spec.namespace.is_empty() {
+            String::new()
+        } else {
+            format!(", namespace {}", spec.namespace)
+        },
+        spec.version
+    );
+    text.push_str(&format!(
+        "Placement:   {} on {}{}\n",
+        p.placement,
+        p.launcher_id,
+        launcher
+            .as_ref()
+            .map(|l| format!(" ({}, {})", l.address, l.health))
+            .unwrap_or_default()
+    ));
+    text.push_str(&format!("Unit:        {}\n", p.unit_name));
+    text.push_str(&format!(
+        "Status:      {}{}{}, {} restarts\n",
+        status_of(&p),
+        if h.pid > 0 {
+            format!(", pid {}", h.pid)
+        } else {
+            String::new()
+        },
+        if h.uptime_seconds > 0 {
+            format!(", up {}", duration(h.uptime_seconds))
+        } else {
+            String::new()
+        },
+        h.restart_count
+    ));
+    if !h.last_error.is_empty() {
+        text.push_str(&format!("Last error:  {}\n", h.last_error));
+    }
+    if p.health_reported_unix_ms > 0 {
+        text.push_str(&format!(
+            "Reported:    {} UTC\n",
+            timestamp(p.health_reported_unix_ms)
+        ));
+    }
+    text.push_str("\nSpec (credentials redacted, defaults omitted):\n");
+    let yaml = serde_norway::to_value(&spec)
+        .map(prune)
+        .and_then(|v| serde_norway::to_string(&v))
+        .unwrap_or_default();
+    for line in yaml.lines() {
+        text.push_str(&format!("  {line}\n"));
+    }
+    text.push_str("\nHistory (newest first):\n");
+    for e in &p.history {
+        text.push_str(&format!(
+            "  {}  {:<10} v{:<3} {:<12} {}\n",
+            timestamp(e.at_unix_ms),
+            e.event,
+            e.version,
+            e.launcher_id,
+            e.detail
+        ));
+    }
+    text.push_str(&format!(
+        "\nInspect it on its host{}:\n  {systemctl}\n  {journalctl}\n",
+        launcher
+            .as_ref()
+            .map(|l| format!(" ({})", l.launcher_id))
+            .unwrap_or_default()
+    ));
+    out(&text);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The process.
+    pub id: String,
+    /// Keep following new output.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Show the last N lines.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+    pub lines: u32,
+}
+
+/// The process's journal on this host, through journalctl (no shell).
+pub async fn logs(g: &Global, a: &LogsArgs) -> Result<(), Error> {
+    let (_, launcher) = process_and_launcher(g, &a.id, 0).await?;
+    let tools = tools_of(launcher.as_ref());
+    let mut cmd = std::process::Command::new("journalctl");
+    cmd.args(tools.journalctl_args(&a.id)).args([
+        "-n",
+        &a.lines.to_string(),
+        "--no-pager",
+        "-o",
+        "short-iso",
+    ]);
+    if a.follow {
+        cmd.arg("-f");
+    }
+    for (k, v) in &tools.env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().map_err(|e| {
+        Error::Failed(format!(
+            "cannot run journalctl ({e}); is systemd's journalctl installed?"
+        ))
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!(
+            "journalctl exited with {status}; the process runs on launcher {} — run this on its host",
+            launcher.map(|l| l.launcher_id).unwrap_or_default()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_commands_per_target() {
+        let unit = r"prism-pattern-kv\x2d1.service";
+        let system = HostTools::from_target("system");
+        assert_eq!(system.systemctl(unit), format!("systemctl status '{unit}'"));
+        assert_eq!(
+            system.journalctl("kv-1", unit),
+            format!("journalctl -u '{unit}'")
+        );
+        let user = HostTools::from_target("user");
+        assert_eq!(
+            user.systemctl(unit),
+            format!("systemctl --user status '{unit}'")
+        );
+        let private = HostTools::from_target("private:unix:path=/var/lib/x/m/run/systemd/private");
+        assert_eq!(
+            private.systemctl(unit),
+            format!("XDG_RUNTIME_DIR=/var/lib/x/m/run systemctl --user status '{unit}'")
+        );
+        assert_eq!(private.journalctl_args("kv-1"), ["--user", "-t", "kv-1"]);
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(timestamp(1_795_685_523_000), "2026-11-26 09:32:03");
+        assert_eq!(timestamp(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}
