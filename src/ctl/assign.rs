@@ -372,3 +372,29 @@ process_id = "b"
         assert!(e.contains("namespce"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+    use crate::model::{ManagedProcess, Policy};
+
+    /// Every shipped example parses and passes the validation gate (all but
+    /// the host checks of the binary, which belong to a launcher's host).
+    #[test]
+    fn shipped_examples_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let specs =
+                parse_spec(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for spec in specs {
+                ManagedProcess::try_from((spec, &Policy::structural()))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "{seen} examples");
+    }
+}

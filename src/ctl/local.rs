@@ -27,11 +27,17 @@ use crate::{
     pb::prism::{self as pb, admin::v1 as apb},
     sandbox::Sandbox,
     systemd::{DbusSystemd, Options, Systemd, SystemdError, Target},
-    unit::{ExecCommand, PropValue, UnitSpec},
+    unit::{self, ExecCommand, PropValue, UnitSpec},
 };
 
-/// Name of the private manager's directory, which also names its cgroup.
-const SANDBOX_DIR: &str = "prism-local-manager";
+/// The private manager's directory. Its name also names its cgroup
+/// (`/sys/fs/cgroup/<name>`), which is global: it is unique per state
+/// directory, so two stacks never share one.
+pub fn sandbox_dir(state: &Path) -> PathBuf {
+    let canonical = fs::canonicalize(state).unwrap_or_else(|_| state.to_owned());
+    let hash = unit::fnv1a(&canonical.display().to_string());
+    state.join(format!("prism-local-{:08x}", hash >> 32))
+}
 pub const ADMIN_UNIT: &str = "prism-local-admin.service";
 pub const LAUNCHER_UNIT: &str = "prism-local-launcher.service";
 const LAUNCHER_ID: &str = "local";
@@ -141,7 +147,7 @@ async fn manager(
     saved: Option<&Saved>,
     start: bool,
 ) -> Result<Option<Target>, Error> {
-    let dir = state.join(SANDBOX_DIR);
+    let dir = sandbox_dir(state);
     if let Some(sandbox) = Sandbox::attach(&dir) {
         let target = Target::Private(sandbox.private_address());
         sandbox.detach();
@@ -527,7 +533,7 @@ fn hints(state: &Path, target: &Target, list: &[apb::ProcessInfo]) -> String {
         .unwrap_or("<process id>");
     match target {
         Target::Private(_) => {
-            let dir = state.join(SANDBOX_DIR);
+            let dir = sandbox_dir(state);
             format!(
                 "\nThe stack runs in a private systemd manager (no user manager was reachable).\n\
                  Inspect it with systemd's tools:\n  \
@@ -627,13 +633,17 @@ async fn down(state: &Path) -> Result<(), Error> {
             eprintln!("stopped {}", u.name);
         }
     }
-    if let Some(sandbox) = Sandbox::attach(&state.join(SANDBOX_DIR)) {
+    let sandbox_dir = sandbox_dir(state);
+    if let Some(sandbox) = Sandbox::attach(&sandbox_dir) {
         // Dropping it stops the manager and removes its directory and cgroups.
         drop(sandbox);
         eprintln!("stopped the private systemd manager");
     }
-    for leftover in ["bin", "credentials", "launcher", "admin", SANDBOX_DIR] {
-        let path = state.join(leftover);
+    let leftovers = ["bin", "credentials", "launcher", "admin"]
+        .map(|d| state.join(d))
+        .into_iter()
+        .chain([sandbox_dir]);
+    for path in leftovers {
         if path.exists() {
             fs::remove_dir_all(&path).map_err(io(format!("removing {}", path.display())))?;
         }
@@ -649,7 +659,6 @@ async fn down(state: &Path) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unit;
 
     #[test]
     fn the_stack_daemons_are_never_taken_for_workloads() {

@@ -1,0 +1,332 @@
+//! prismctl end to end: `local up --demo` brings up prism-admin and
+//! prism-launcher as units of a systemd manager, the operator commands work
+//! against it, and `local down` leaves nothing behind.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use prism_launcher::pb::prism::admin::v1::{
+    ListLaunchersRequest, ListLaunchersResponse, ListProcessesResponse, admin_client::AdminClient,
+};
+use support::{DEADLINE, daemon::free_port, eventually, text};
+
+fn prismctl(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prismctl"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run prismctl")
+}
+
+fn root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+}
+
+/// A private state directory (not under /tmp: workloads run with PrivateTmp)
+/// and its own ports; `local down` runs on drop if a test fails midway.
+struct Stack {
+    state: PathBuf,
+    admin: String,
+    env: Vec<(String, String)>,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        let base = Path::new(prism_launcher::sandbox::DEFAULT_BASE);
+        std::fs::create_dir_all(base).unwrap();
+        let state = base.join(format!("local-{}-{}", std::process::id(), free_port()));
+        let admin_port = free_port();
+        Stack {
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            env: vec![
+                ("PRISM_LOCAL_STATE".into(), state.display().to_string()),
+                (
+                    "PRISM_ADMIN".into(),
+                    format!("http://127.0.0.1:{admin_port}"),
+                ),
+            ],
+            state,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        prismctl(args, &env)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "prismctl {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if self.state.exists() {
+            let _ = self.run(&["local", "down"]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_demo_then_every_operator_command_then_nothing_left() {
+    if !root() && std::env::var("CI").is_err() {
+        eprintln!("SKIPPED: prismctl local needs root");
+        return;
+    }
+    let stack = Stack::new();
+    let admin_port = stack.admin.rsplit(':').next().unwrap().to_owned();
+    let launcher_port = free_port().to_string();
+    let up = stack.run(&[
+        "local",
+        "up",
+        "--demo",
+        "--admin-port",
+        &admin_port,
+        "--launcher-port",
+        &launcher_port,
+    ]);
+    assert!(up.status.success(), "{}", text(&up));
+    let table = String::from_utf8_lossy(&up.stdout).into_owned();
+    for id in ["kv-demo", "proxy-demo", "redis-demo", "logs-demo"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("running")),
+            "{table}"
+        );
+    }
+    // The table (up to the first blank line; the commands after it are
+    // meant to be copied whole).
+    let rows: Vec<&str> = table.lines().take_while(|l| !l.is_empty()).collect();
+    assert!(
+        rows.iter().all(|l| l.chars().count() <= 80),
+        "wider than 80 columns:\n{table}"
+    );
+    assert!(
+        text(&up).contains("starting a private one"),
+        "{}",
+        text(&up)
+    );
+
+    // Running `up` again is safe and says what runs.
+    let again = stack.run(&[
+        "local",
+        "up",
+        "--admin-port",
+        &admin_port,
+        "--launcher-port",
+        &launcher_port,
+    ]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("already running"), "{}", text(&again));
+
+    // ps: all four types running, as JSON whose fields are the admin API's.
+    let json = stack.ok(&["ps", "-o", "json"]);
+    let from_ctl: ListProcessesResponse = serde_json::from_str(&json).expect("ps JSON parses");
+    let types: BTreeMap<String, String> = from_ctl
+        .processes
+        .iter()
+        .map(|p| {
+            let a = p.assignment.as_ref().unwrap();
+            (
+                a.process_type.clone(),
+                p.health.as_ref().unwrap().detailed_status.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(types.len(), 4, "{types:?}");
+    assert!(types.values().all(|s| s == "running"), "{types:?}");
+    let mut api = AdminClient::connect(stack.admin.clone()).await.unwrap();
+    let launchers_json = stack.ok(&["launchers", "-o", "json"]);
+    let from_ctl: ListLaunchersResponse = serde_json::from_str(&launchers_json).unwrap();
+    let from_api = api
+        .list_launchers(ListLaunchersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(from_ctl.launchers.len(), 1);
+    let (c, a) = (&from_ctl.launchers[0], &from_api.launchers[0]);
+    assert_eq!(
+        (
+            &c.launcher_id,
+            &c.address,
+            c.max_processes,
+            c.slots_used,
+            &c.process_types
+        ),
+        (
+            &a.launcher_id,
+            &a.address,
+            a.max_processes,
+            a.slots_used,
+            &a.process_types
+        )
+    );
+    let yaml = stack.ok(&["ps", "-o", "yaml", "--type", "proxy"]);
+    let parsed: ListProcessesResponse = serde_norway::from_str(&yaml).expect("ps YAML parses");
+    assert_eq!(parsed.processes.len(), 1);
+
+    // describe: spec, placement, and commands that work on this host.
+    let described = stack.ok(&["describe", "kv-demo"]);
+    assert!(
+        described.contains(r"prism-pattern-kv\x2ddemo.service"),
+        "{described}"
+    );
+    assert!(described.contains("pattern_type: keyvalue"), "{described}");
+    let journalctl = described
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("journalctl "))
+        .expect("a journalctl command");
+    let words: Vec<&str> = journalctl.split_whitespace().collect();
+    let out = Command::new(words[0])
+        .args(&words[1..])
+        .arg("--no-pager")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("prism-demo kv-demo ready"),
+        "{journalctl}: {}",
+        text(&out)
+    );
+    let systemctl = described
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("systemctl "))
+        .expect("a systemctl command");
+    let (env, rest) = systemctl.split_once(' ').unwrap();
+    let (k, v) = env.split_once('=').unwrap();
+    let words: Vec<String> = rest
+        .split_whitespace()
+        .map(|w| w.trim_matches('\'').to_owned())
+        .collect();
+    let out = Command::new(&words[0])
+        .args(&words[1..])
+        .arg("--no-pager")
+        .env(k, v)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("active (running)"),
+        "{systemctl}: {}",
+        text(&out)
+    );
+
+    // logs: the workload's own output.
+    let logs = stack.ok(&["logs", "kv-demo", "-n", "20"]);
+    assert!(logs.contains("prism-demo kv-demo ready"), "{logs}");
+    // Where redis-server is installed (CI installs it), the backend is real.
+    if Path::new("/usr/bin/redis-server").exists() {
+        let described = stack.ok(&["describe", "redis-demo"]);
+        assert!(
+            described.contains("binary: /usr/bin/redis-server"),
+            "{described}"
+        );
+        let logs = stack.ok(&["logs", "redis-demo", "-n", "50"]);
+        assert!(logs.contains("Ready to accept connections"), "{logs}");
+    }
+
+    // assign from a spec file and wait; revoke.
+    let spec_dir = tempfile::tempdir().unwrap();
+    let spec = spec_dir.path().join("extra.yaml");
+    let demo = stack.state.join("bin/prism-demo");
+    std::fs::write(
+        &spec,
+        format!(
+            "- process_id: extra-1\n  process_type: utility\n  config:\n    binary: {}\n    utility:\n      utility_type: log-collector\n",
+            demo.display()
+        ),
+    )
+    .unwrap();
+    let assigned = stack.run(&["assign", "-f", &spec.display().to_string()]);
+    assert!(assigned.status.success(), "{}", text(&assigned));
+    assert!(
+        text(&assigned).contains("extra-1: running"),
+        "{}",
+        text(&assigned)
+    );
+    stack.ok(&["revoke", "extra-1"]);
+    stack.ok(&["revoke", "kv-demo"]);
+    let ps = stack.ok(&["ps"]);
+    assert!(!ps.contains("kv-demo") && ps.contains("proxy-demo"), "{ps}");
+    // A failed operation exits 1.
+    assert_eq!(
+        stack.run(&["revoke", "no-such-process"]).status.code(),
+        Some(1)
+    );
+
+    // down: nothing left — no process, unit, mount, cgroup or directory.
+    let down = stack.run(&["local", "down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(!stack.state.exists(), "{} is left", stack.state.display());
+    let state = stack.state.display().to_string();
+    eventually("the stack's processes to be gone", DEADLINE, || async {
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&state))
+            .collect();
+        left.is_empty().then_some(())
+    })
+    .await;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&state), "a mount is left");
+    let cgroup = prism_launcher::ctl::local::sandbox_dir(&stack.state);
+    let name = cgroup.file_name().unwrap().to_string_lossy().into_owned();
+    for root in [
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/systemd",
+        "/sys/fs/cgroup",
+    ] {
+        assert!(
+            !Path::new(root).join(&name).exists(),
+            "cgroup {root}/{name} is left"
+        );
+    }
+    // And the admin is gone: unreachable exits 3.
+    assert_eq!(stack.run(&["ps"]).status.code(), Some(3));
+}
+
+#[test]
+fn exit_codes_and_messages() {
+    // Unreachable admin: 3, and the message says what to do.
+    let out = prismctl(&["--admin", "127.0.0.1:1", "launchers"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("prismctl local up"), "{}", text(&out));
+    // Usage errors: 2.
+    for args in [
+        vec!["ps", "--bogus"],
+        vec!["nosuchcommand"],
+        vec!["--admin", "ftp://x:1", "ps"],
+        vec!["assign", "only-an-id"],
+    ] {
+        let out = prismctl(&args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+    // A bad spec file is a usage error naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("bad.toml");
+    std::fs::write(&spec, "process_id = \"a\"\nbinray = \"/x\"\n").unwrap();
+    let out = prismctl(&["assign", "-f", &spec.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("binray"), "{}", text(&out));
+    // Completions and the man page come from the command definitions.
+    let out = prismctl(&["completions", "bash"], &[]);
+    assert!(out.status.success() && text(&out).contains("prismctl"));
+    let out = prismctl(&["man"], &[]);
+    assert!(out.status.success() && text(&out).contains(".TH prismctl"));
+}
