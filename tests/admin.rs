@@ -218,7 +218,12 @@ async fn launchers_register_and_processes_are_placed_by_type_and_slots() {
         (kv.launcher_id.as_str(), kv.placement.as_str()),
         ("host-b", "placed")
     );
-    let events: Vec<&str> = kv.history.iter().map(|e| e.event.as_str()).collect();
+    let events: Vec<&str> = kv
+        .history
+        .iter()
+        .map(|e| e.event.as_str())
+        .filter(|e| *e != "status")
+        .collect();
     assert_eq!(events, ["delivered", "placed"]);
     // Health arrives with heartbeats.
     let end = tokio::time::Instant::now() + DEADLINE;
@@ -238,6 +243,16 @@ async fn launchers_register_and_processes_are_placed_by_type_and_slots() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Status changes are kept as the process's health history.
+    eventually("a status change in kv-1's history", DEADLINE, || async {
+        let p = f.process("kv-1").await;
+        p.history
+            .iter()
+            .any(|e| e.event == "status" && e.detail.contains("→ running"))
+            .then_some(())
+    })
+    .await;
 
     // Revoke through the admin: the unit on host-b goes.
     let ack = cp

@@ -691,12 +691,33 @@ impl Fleet {
         l.resources = hb.resources;
         let launcher = hb.launcher_id.clone();
         let mut batch_health = Vec::new();
+        let mut transitions = Vec::new();
         for (pid, health) in &hb.process_health {
-            if st
+            if let Some(p) = st
                 .processes
                 .get(pid)
-                .is_some_and(|p| p.launcher_id.as_deref() == Some(launcher.as_str()))
+                .filter(|p| p.launcher_id.as_deref() == Some(launcher.as_str()))
             {
+                let status = |h: &pb::ProcessHealth| {
+                    if h.detailed_status.is_empty() {
+                        h.status.clone()
+                    } else {
+                        h.detailed_status.clone()
+                    }
+                };
+                let before = st.health.get(pid).map(|r| status(&r.health));
+                let after = status(health);
+                if before.as_deref() != Some(after.as_str()) {
+                    let mut detail = format!("{} → {after}", before.as_deref().unwrap_or("-"));
+                    if health.pid > 0 {
+                        detail.push_str(&format!(" (pid {})", health.pid));
+                    }
+                    if !health.last_error.is_empty() && after != "running" {
+                        detail.push_str(&format!(": {}", health.last_error));
+                    }
+                    transitions
+                        .push((pid.clone(), event("status", p.version(), &launcher, detail)));
+                }
                 let record = HealthRecord {
                     health: health.clone(),
                     reported_at_ms: now,
@@ -752,6 +773,11 @@ impl Fleet {
             batch.launchers.retain(|(id, _, _)| id != &launcher);
             batch.launchers.push((launcher.clone(), now, hb.resources));
             batch.health.extend(batch_health);
+        }
+        for (pid, e) in transitions {
+            if let Err(err) = self.store.add_history(&pid, &e).await {
+                tracing::warn!(process = %pid, "cannot record {pid}'s status change: {err}");
+            }
         }
         for pid in finished {
             if let Err(e) = self

@@ -262,6 +262,13 @@ impl AdminStore for SqliteStore {
         Ok(())
     }
 
+    async fn add_history(&self, id: &str, event: &HistoryEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        add_history(&mut tx, id, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, event, version, launcher_id, detail FROM history WHERE process_id = ? \
