@@ -24,6 +24,7 @@
 //!   health, over a store trait (SQLite by default).
 //! - [`ctl`]: `prismctl` subcommands, one file each.
 //! - [`settings`]: configuration pieces both daemons share.
+//! - [`logging`], [`metrics`]: journal/text/JSON logs, Prometheus metrics.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -31,6 +32,8 @@ pub mod ctl;
 pub mod health;
 pub mod launcher;
 pub mod locks;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod sandbox;
 pub mod settings;

@@ -144,6 +144,18 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
+/// `--metrics-listen`: an address, or `none` to serve no metrics.
+pub fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "none" {
+        Ok(None)
+    } else {
+        parse_listen(s).map(Some)
+    }
+}
+
+/// The metrics port upstream's launcher used.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9092";
+
 /// ADR-057's `host:port`, or a URL; returns a URL.
 pub fn parse_endpoint(s: &str) -> Result<String, String> {
     let (scheme, rest) = match s.split_once("://") {

@@ -254,6 +254,33 @@ async fn launchers_register_and_processes_are_placed_by_type_and_slots() {
     })
     .await;
 
+    // The admin's metrics count the fleet and what could not be placed.
+    let addr = f.admin.metrics_addr().await;
+    let expected = [
+        (r#"prism_admin_launchers{health="healthy"}"#, 2.0),
+        (
+            r#"prism_admin_placement_failures_total{reason="unsupported_type"}"#,
+            1.0,
+        ),
+        // Health arrives with each launcher's next heartbeat.
+        (r#"prism_admin_processes{status="running"}"#, 5.0),
+    ];
+    let mut last = String::new();
+    let matched = tokio::time::timeout(DEADLINE, async {
+        loop {
+            last = scrape(&addr).await;
+            if expected
+                .iter()
+                .all(|(series, v)| sample(&last, series) == Some(*v))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(matched.is_ok(), "expected {expected:?} in:\n{last}");
+
     // Revoke through the admin: the unit on host-b goes.
     let ack = cp
         .revoke_process(pb::ProcessRevocation {

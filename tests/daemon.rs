@@ -851,3 +851,60 @@ async fn an_outdated_unit_is_replaced_by_reconciliation() {
     assert_eq!(s["ActiveState"], "active");
     assert_eq!(health(&get(&d, "kv-1").await).version, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_json_logs_describe_what_happened() {
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &["--log-format", "json"]).await;
+    let mut client = d.client().await;
+    let ack = client
+        .assign_process(pattern("kv-m", &h.demo, &[]))
+        .await
+        .expect("assign")
+        .into_inner();
+    assert!(ack.success, "{ack:?}");
+    let mut bad = utility("logs-m", &h.demo, &[]);
+    bad.config.as_mut().unwrap().binary = "relative".into();
+    assert!(client.assign_process(bad).await.is_err());
+    wait_status(&d, "kv-m", "running").await;
+
+    let addr = d.metrics_addr().await;
+    let metrics = scrape(&addr).await;
+    for (series, value) in [
+        (r#"prism_launcher_assignments_total{result="started"}"#, 1.0),
+        (r#"prism_launcher_assignments_total{result="invalid"}"#, 1.0),
+        (
+            r#"prism_launcher_processes{type="pattern",status="running"}"#,
+            1.0,
+        ),
+        (r#"prism_launcher_slots{state="used"}"#, 1.0),
+        (r#"prism_launcher_slots{state="free"}"#, 49.0),
+        ("prism_launcher_systemd_connected", 1.0),
+        ("prism_launcher_unit_start_duration_seconds_count", 1.0),
+        ("prism_launcher_systemd_call_errors_total", 0.0),
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series}:\n{metrics}"
+        );
+    }
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+
+    // Every line of the log is a JSON object; the assignment's line carries
+    // the process id as a field.
+    let log = d.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["fields"]["prism_process_id"] == "kv-m"
+                && v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("started kv-m"))),
+        "{log}"
+    );
+}

@@ -238,6 +238,33 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
         assert!(logs.contains("Ready to accept connections"), "{logs}");
     }
 
+    // Each daemon serves metrics on the port after its own.
+    let next = |p: &str| format!("127.0.0.1:{}", p.parse::<u16>().unwrap() + 1);
+    let metrics = support::scrape(&next(&launcher_port)).await;
+    assert_eq!(
+        support::sample(
+            &metrics,
+            r#"prism_launcher_processes{type="pattern",status="running"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    let metrics = support::scrape(&next(&admin_port)).await;
+    assert_eq!(
+        support::sample(&metrics, r#"prism_admin_launchers{health="healthy"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    // The launcher logs to the journal with the process id as a field.
+    let journal = prism_launcher::ctl::local::sandbox_dir(&stack.state).join("log/journal");
+    let out = Command::new("journalctl")
+        .arg("-D")
+        .arg(&journal)
+        .args(["--no-pager", "-o", "cat", "PRISM_PROCESS_ID=kv-demo"])
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("started kv-demo"), "{}", text(&out));
+
     // assign from a spec file and wait; revoke.
     let spec_dir = tempfile::tempdir().unwrap();
     let spec = spec_dir.path().join("extra.yaml");

@@ -63,11 +63,20 @@ pub struct ServeArgs {
     /// Allow plaintext gRPC on a non-loopback address.
     #[arg(long)]
     pub insecure: bool,
+    /// Prometheus metrics at /metrics on this address, or `none`
+    /// [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// auto (journal under systemd, else text), text, json or journal.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    metrics_listen: Option<String>,
+    log_format: Option<crate::logging::LogFormat>,
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     heartbeat_interval: Option<String>,
@@ -93,6 +102,8 @@ pub struct Config {
     pub reschedule_lost_after: Option<Duration>,
     pub tls: Option<Tls>,
     pub insecure: bool,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl ServeArgs {
@@ -158,7 +169,16 @@ impl ServeArgs {
         )?;
         let insecure = self.insecure || file.insecure.unwrap_or(false);
         check_plaintext(listen, tls.is_some(), insecure)?;
+        let metrics_listen = crate::settings::parse_metrics_listen(
+            &self
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or_else(|| crate::settings::DEFAULT_METRICS_LISTEN.to_owned()),
+        )
+        .or_else(|r| bad("metrics-listen", "metrics_listen", r))?;
         Ok(Config {
+            metrics_listen,
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             listen,
             data_dir,
             heartbeat_interval,

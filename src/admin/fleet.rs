@@ -197,6 +197,7 @@ pub struct Fleet {
     pub(super) policy: Policy,
     /// Wakes the delivery task.
     pub(super) deliveries: Notify,
+    pub metrics: Arc<crate::metrics::AdminMetrics>,
 }
 
 fn unit_of(spec: &pb::ProcessAssignment) -> String {
@@ -249,11 +250,49 @@ impl Fleet {
             batch: std::sync::Mutex::default(),
             policy: Policy::structural(),
             deliveries: Notify::new(),
+            metrics: Arc::default(),
         }))
     }
 
     pub fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// The metrics text, with gauges refreshed from the live state.
+    pub async fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        m.launchers.clear();
+        m.processes.clear();
+        let now = now_ms();
+        let st = self.state.lock().await;
+        for l in st.launchers.values() {
+            let health = placement::liveness(l.last_heartbeat_ms, now, self.interval);
+            m.launchers
+                .get_or_create(&crate::metrics::Health {
+                    health: health.as_str().into(),
+                })
+                .inc();
+        }
+        for p in st.processes.values() {
+            let pending = p
+                .launcher_id
+                .as_ref()
+                .is_some_and(|l| st.pending.contains_key(&(l.clone(), p.id().to_owned())));
+            let status = match (p.state, pending, st.health.get(p.id())) {
+                (PlacementState::Revoking, _, _) => "revoking".to_owned(),
+                (_, true, _) => "pending".to_owned(),
+                (_, _, Some(h)) if !h.health.detailed_status.is_empty() => {
+                    h.health.detailed_status.clone()
+                }
+                (_, _, Some(h)) if !h.health.status.is_empty() => h.health.status.clone(),
+                _ => "placed".to_owned(),
+            };
+            m.processes
+                .get_or_create(&crate::metrics::Status { status })
+                .inc();
+        }
+        drop(st);
+        m.render()
     }
 
     pub(super) fn schedule(
@@ -347,7 +386,19 @@ impl Fleet {
                 });
             let target = match keep {
                 Some(l) => l,
-                None => placement::choose(&candidates, &req)?,
+                None => placement::choose(&candidates, &req).inspect_err(|e| {
+                    let reason = match e {
+                        NoCandidate::Unsupported(_) => "unsupported_type",
+                        NoCandidate::Unavailable { .. } => "no_free_launcher",
+                        NoCandidate::Explicit { .. } => "explicit_launcher",
+                    };
+                    self.metrics
+                        .placement_failures
+                        .get_or_create(&crate::metrics::Reason {
+                            reason: reason.into(),
+                        })
+                        .inc();
+                })?,
             };
             let record = ProcessRecord {
                 spec: spec.clone(),
@@ -639,7 +690,7 @@ impl Fleet {
         // assignment and revocation at once.
         st.pending.retain(|(l, _), _| l != &reg.launcher_id);
         tracing::info!(
-            launcher = %reg.launcher_id,
+            prism_launcher_id = %reg.launcher_id,
             address = %reg.address,
             "launcher {} registered from {} with {} processes placed on it",
             reg.launcher_id,
@@ -757,13 +808,13 @@ impl Fleet {
         }
         for pid in &assign {
             if !st.pending.contains_key(&(launcher.clone(), pid.clone())) {
-                tracing::info!(launcher = %launcher, process = %pid, "{pid} is placed on {launcher} but not running there; pushing it again");
+                tracing::info!(prism_launcher_id = %launcher, prism_process_id = %pid, "{pid} is placed on {launcher} but not running there; pushing it again");
                 self.schedule(&mut st, &launcher, pid, DeliveryKind::Assign);
             }
         }
         for pid in &revoke {
             if !st.pending.contains_key(&(launcher.clone(), pid.clone())) {
-                tracing::info!(launcher = %launcher, process = %pid, "{launcher} runs {pid}, which is not placed there; revoking it");
+                tracing::info!(prism_launcher_id = %launcher, prism_process_id = %pid, "{launcher} runs {pid}, which is not placed there; revoking it");
                 self.schedule(&mut st, &launcher, pid, DeliveryKind::Revoke { grace: 0 });
             }
         }
@@ -776,7 +827,7 @@ impl Fleet {
         }
         for (pid, e) in transitions {
             if let Err(err) = self.store.add_history(&pid, &e).await {
-                tracing::warn!(process = %pid, "cannot record {pid}'s status change: {err}");
+                tracing::warn!(prism_process_id = %pid, "cannot record {pid}'s status change: {err}");
             }
         }
         for pid in finished {
@@ -784,7 +835,7 @@ impl Fleet {
                 .forget(&pid, &launcher, "no longer reported by its launcher".into())
                 .await
             {
-                tracing::error!(process = %pid, "cannot record the end of {pid}'s revocation: {e}");
+                tracing::error!(prism_process_id = %pid, "cannot record the end of {pid}'s revocation: {e}");
             }
         }
         pb::HeartbeatAck {

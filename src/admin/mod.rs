@@ -132,6 +132,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             source,
         })?;
     let local = listener.local_addr().unwrap_or(config.listen);
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            crate::metrics::bind(addr)
+                .await
+                .map_err(|source| RunError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ControlPlaneServer<service::ControlPlaneService>>()
@@ -163,6 +171,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tasks.spawn(fleet.clone().delivery_loop());
     tasks.spawn(fleet.clone().liveness_loop());
     tasks.spawn(fleet.clone().flush_loop());
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr().ok();
+        let f = fleet.clone();
+        tasks.spawn(async move {
+            let render = move || {
+                let f = f.clone();
+                async move { f.render_metrics().await }
+            };
+            if let Err(e) = crate::metrics::serve(listener, render, std::future::pending()).await {
+                tracing::error!("the metrics server stopped: {e}");
+            }
+        });
+        if let Some(addr) = addr {
+            tracing::info!("metrics at http://{addr}/metrics");
+        }
+    }
 
     tracing::info!(
         addr = %local,

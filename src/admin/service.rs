@@ -85,10 +85,10 @@ impl ControlPlane for ControlPlaneService {
             .assign(spec, region, launcher)
             .await
             .map_err(|e| {
-                tracing::info!(process = %id, "assignment of {id} refused: {e}");
+                tracing::info!(prism_process_id = %id, "assignment of {id} refused: {e}");
                 to_status(e)
             })?;
-        tracing::info!(process = %id, launcher = %assigned.launcher, "{}", assigned.message);
+        tracing::info!(prism_process_id = %id, prism_launcher_id = %assigned.launcher, "{}", assigned.message);
         Ok(Response::new(pb::ProcessAssignmentAck {
             success: true,
             message: assigned.message,
@@ -113,7 +113,7 @@ impl ControlPlane for ControlPlaneService {
         let req = request.into_inner();
         let id = req.process_id.clone();
         let ack = self.fleet.revoke(req).await.map_err(to_status)?;
-        tracing::info!(process = %id, "{}", ack.message);
+        tracing::info!(prism_process_id = %id, "{}", ack.message);
         Ok(Response::new(ack))
     }
 }

@@ -119,16 +119,24 @@ impl Fleet {
                     })
                 };
                 tracing::info!(
-                    launcher,
-                    process,
+                    prism_launcher_id = %launcher,
+                    prism_process_id = %process,
                     "delivered {kind:?} of {process} to {launcher}: {detail}"
                 );
                 if done && let Err(e) = self.forget(process, launcher, detail).await {
-                    tracing::error!(process, "cannot record the revocation of {process}: {e}");
+                    tracing::error!(prism_process_id = %process, "cannot record the revocation of {process}: {e}");
                 }
             }
             Err(status) => {
                 let mut st = self.state.lock().await;
+                let label = match kind {
+                    DeliveryKind::Assign => "assign",
+                    DeliveryKind::Revoke { .. } => "revoke",
+                };
+                self.metrics
+                    .dispatch_retries
+                    .get_or_create(&crate::metrics::Kind { kind: label.into() })
+                    .inc();
                 if let Some(d) = st.pending.get_mut(&key) {
                     d.attempts += 1;
                     d.last_error = status.message().to_owned();
@@ -136,15 +144,15 @@ impl Fleet {
                     d.next_at = Instant::now() + wait;
                     if unreachable(&status) {
                         tracing::debug!(
-                            launcher,
-                            process,
+                            prism_launcher_id = %launcher,
+                            prism_process_id = %process,
                             "delivery to {launcher} failed ({}); retrying in {wait:?}",
                             status.message()
                         );
                     } else {
                         tracing::warn!(
-                            launcher,
-                            process,
+                            prism_launcher_id = %launcher,
+                            prism_process_id = %process,
                             "{launcher} refused {kind:?} of {process}: {}; retrying in {wait:?}",
                             status.message()
                         );
@@ -181,10 +189,10 @@ impl Fleet {
                     {
                         match lv {
                             Liveness::Healthy => {
-                                tracing::info!(launcher = %id, "launcher {id} is healthy again")
+                                tracing::info!(prism_launcher_id = %id, "launcher {id} is healthy again")
                             }
                             other => tracing::warn!(
-                                launcher = %id,
+                                prism_launcher_id = %id,
                                 "launcher {id} is {}: no heartbeat for {:.1} s",
                                 other.as_str(),
                                 (now - last) as f64 / 1000.0
@@ -206,7 +214,7 @@ impl Fleet {
             }
             for (process, from) in moves {
                 if let Err(e) = self.reschedule(&process, &from).await {
-                    tracing::warn!(process = %process, "cannot reschedule {process} away from lost {from}: {e}");
+                    tracing::warn!(prism_process_id = %process, "cannot reschedule {process} away from lost {from}: {e}");
                 }
             }
         }
@@ -246,7 +254,7 @@ impl Fleet {
             .await?;
         st.put(moved);
         tracing::warn!(
-            process,
+            prism_process_id = %process,
             "rescheduled {process} from lost launcher {from} to {target}"
         );
         self.schedule(&mut st, &target, process, DeliveryKind::Assign);

@@ -7,28 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use prism_launcher::admin::{self, Cli, Command};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// sysexits.h EX_USAGE.
 const EX_USAGE: u8 = 64;
-
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if std::env::var_os("JOURNAL_STREAM").is_some()
-        && let Ok(journald) = tracing_journald::layer()
-    {
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(journald.with_field_prefix(None))
-            .init();
-        return;
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
 
 async fn terminated() {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -59,7 +40,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    init_logging();
+    if let Err(e) = prism_launcher::logging::init(config.log_format, &[]) {
+        eprintln!("prism-admin: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

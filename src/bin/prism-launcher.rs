@@ -7,33 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use prism_launcher::launcher::{self, Args};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// sysexits.h EX_USAGE.
 const EX_USAGE: u8 = 64;
-
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    // Under systemd stdout/stderr are a journal stream: log natively, with
-    // structured fields.
-    if std::env::var_os("JOURNAL_STREAM").is_some()
-        && let Ok(journald) = tracing_journald::layer()
-    {
-        // Fields as they are: UNIT= ties a message to its unit the way
-        // systemd's own messages are, so `journalctl -u <unit>` shows it.
-        let journald = journald.with_field_prefix(None);
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(journald)
-            .init();
-        return;
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
 
 async fn terminated() {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -64,7 +40,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    init_logging();
+    if let Err(e) = prism_launcher::logging::init(
+        config.log_format,
+        &[("PRISM_LAUNCHER_ID", config.launcher_id.as_str())],
+    ) {
+        eprintln!("prism-launcher: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

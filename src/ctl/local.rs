@@ -64,10 +64,10 @@ pub enum LocalAction {
         /// Also run one demo process of each type.
         #[arg(long)]
         demo: bool,
-        /// prism-admin's port on 127.0.0.1.
+        /// prism-admin's port on 127.0.0.1; its metrics are on the next port.
         #[arg(long, default_value_t = 8981)]
         admin_port: u16,
-        /// prism-launcher's port on 127.0.0.1.
+        /// prism-launcher's port on 127.0.0.1; its metrics are on the next port.
         #[arg(long, default_value_t = 7070)]
         launcher_port: u16,
     },
@@ -98,6 +98,11 @@ impl Saved {
     fn save(&self, state: &Path) -> Result<(), Error> {
         fs::write(Self::path(state), toml::to_string(self).unwrap_or_default())
             .map_err(io(format!("writing {}", Self::path(state).display())))
+    }
+
+    /// Each daemon serves /metrics on the port after its gRPC port.
+    fn metrics(port: u16) -> String {
+        format!("127.0.0.1:{}", port.wrapping_add(1))
     }
 
     fn admin(&self) -> AdminOpts {
@@ -392,6 +397,8 @@ async fn up(
         // Quick health for a local demo.
         "--heartbeat-interval".into(),
         "2s".into(),
+        "--metrics-listen".into(),
+        Saved::metrics(saved.admin_port),
     ];
     start_daemon(
         &engine,
@@ -408,6 +415,8 @@ async fn up(
         launcher_bin.display().to_string(),
         "--listen".into(),
         format!("127.0.0.1:{}", saved.launcher_port),
+        "--metrics-listen".into(),
+        Saved::metrics(saved.launcher_port),
         "--admin-endpoint".into(),
         format!("http://{admin_listen}"),
         "--systemd".into(),
@@ -576,6 +585,11 @@ async fn status(g: &Global, state: &Path) -> Result<(), Error> {
         };
         text.push_str(&format!("{unit:<30} {state}\n"));
     }
+    text.push_str(&format!(
+        "metrics: http://{}/metrics (admin), http://{}/metrics (launcher)\n",
+        Saved::metrics(saved.admin_port),
+        Saved::metrics(saved.launcher_port)
+    ));
     let mut admin = connect(&saved).await?;
     let list = processes(&mut admin).await?;
     if let Some(structured) = structured(

@@ -158,8 +158,14 @@ impl AdminLink {
                     return format!("it asks to register again: {}", ack.get_ref().message);
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(status)) => return status.message().to_owned(),
-                Err(_) => return "heartbeat timed out".to_owned(),
+                Ok(Err(status)) => {
+                    self.supervisor.metrics.heartbeat_failures.inc();
+                    return status.message().to_owned();
+                }
+                Err(_) => {
+                    self.supervisor.metrics.heartbeat_failures.inc();
+                    return "heartbeat timed out".to_owned();
+                }
             }
         }
     }
@@ -178,7 +184,7 @@ impl Supervisor {
                 async move {
                     let id = a.process_id.clone();
                     if let Err(e) = this.assign(a).await {
-                        tracing::warn!(process = %id, "cannot take {id} from the admin: {e}");
+                        tracing::warn!(prism_process_id = %id, "cannot take {id} from the admin: {e}");
                     }
                 }
             })
@@ -191,9 +197,9 @@ impl Supervisor {
             .map(|e| e.process.id.clone())
             .collect();
         for id in extra {
-            tracing::info!(process = %id, "revoking {id}: the admin no longer places it here");
+            tracing::info!(prism_process_id = %id, "revoking {id}: the admin no longer places it here");
             if let Err(e) = self.revoke(&id, None).await {
-                tracing::warn!(process = %id, "cannot revoke {id}: {e}");
+                tracing::warn!(prism_process_id = %id, "cannot revoke {id}: {e}");
             }
         }
     }

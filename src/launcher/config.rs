@@ -106,6 +106,13 @@ pub struct Args {
     /// interfaces].
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_address: Option<String>,
+    /// Prometheus metrics at /metrics on this address, or `none`
+    /// [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// auto (journal under systemd, else text), text, json or journal.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -127,6 +134,8 @@ struct FileConfig {
     insecure: Option<bool>,
     heartbeat_interval: Option<String>,
     advertise_address: Option<String>,
+    metrics_listen: Option<String>,
+    log_format: Option<crate::logging::LogFormat>,
     #[serde(default)]
     probe: ProbeFile,
     #[serde(default)]
@@ -170,6 +179,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// What the launcher registers as its address.
     pub advertise_address: String,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl Args {
@@ -407,6 +418,14 @@ impl Args {
             None if listen.ip().is_unspecified() => format!("{}:{}", hostname(), listen.port()),
             None => listen.to_string(),
         };
+        let metrics_listen = crate::settings::parse_metrics_listen(
+            &self
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or_else(|| crate::settings::DEFAULT_METRICS_LISTEN.to_owned()),
+        )
+        .or_else(|r| bad("metrics-listen", "metrics_listen", r))?;
+        let log_format = self.log_format.or(file.log_format).unwrap_or_default();
 
         Ok(Config {
             admin_endpoint,
@@ -425,6 +444,8 @@ impl Args {
             insecure,
             heartbeat_interval,
             advertise_address,
+            metrics_listen,
+            log_format,
         })
     }
 }

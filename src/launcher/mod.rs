@@ -90,6 +90,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             source,
         })?;
     let local = listener.local_addr().unwrap_or(config.listen);
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            crate::metrics::bind(addr)
+                .await
+                .map_err(|source| RunError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -132,6 +140,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(supervisor.clone().follow_events());
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr().ok();
+        let sup = supervisor.clone();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let render = move || {
+                let sup = sup.clone();
+                async move { sup.render_metrics() }
+            };
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::metrics::serve(listener, render, shutdown).await {
+                tracing::error!("the metrics server stopped: {e}");
+            }
+        });
+        if let Some(addr) = addr {
+            tracing::info!("metrics at http://{addr}/metrics");
+        }
+    }
 
     let ready = async {
         // Reconciliation needs systemd; until it answers, keep trying.

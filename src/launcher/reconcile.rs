@@ -175,7 +175,7 @@ impl Supervisor {
             Action::Start { id } => self.recreate(&id, None).await,
             Action::Recreate { id, reason } => self.recreate(&id, Some(reason)).await,
             Action::HalfOpen { id } => {
-                tracing::info!(process = %id, "circuit half-open for {id}: one more try");
+                tracing::info!(prism_process_id = %id, "circuit half-open for {id}: one more try");
                 self.recreate(&id, Some(HALF_OPEN)).await;
             }
             Action::FinishRevoke { id } => {
@@ -187,14 +187,14 @@ impl Supervisor {
                 match self.systemd.stop(&unit, UNWANTED_GRACE).await {
                     Ok(_) => {
                         if let Err(e) = self.store.remove(&id) {
-                            tracing::error!(process = %id, error = %e, "cannot remove the revoked state of {id}: {e}");
+                            tracing::error!(prism_process_id = %id, error = %e, "cannot remove the revoked state of {id}: {e}");
                             return;
                         }
                         self.table().remove(&id);
-                        tracing::info!(process = %id, %unit, "finished the recorded revocation of {id}");
+                        tracing::info!(prism_process_id = %id, %unit, "finished the recorded revocation of {id}");
                     }
                     Err(e) => {
-                        tracing::warn!(process = %id, error = %e, "revocation of {id} still pending: {e}")
+                        tracing::warn!(prism_process_id = %id, error = %e, "revocation of {id} still pending: {e}")
                     }
                 }
             }
@@ -233,15 +233,15 @@ impl Supervisor {
         };
         let spec = unit::translate(&process);
         if let Some(reason) = reason {
-            tracing::info!(process = %id, unit = %spec.name, "recreating the unit of {id}: it {reason}");
+            tracing::info!(prism_process_id = %id, unit = %spec.name, "recreating the unit of {id}: it {reason}");
             if let Err(e) = self.systemd.stop(&spec.name, process.stop_timeout).await {
-                tracing::warn!(process = %id, error = %e, "cannot stop the unit of {id} to recreate it: {e}");
+                tracing::warn!(prism_process_id = %id, error = %e, "cannot stop the unit of {id} to recreate it: {e}");
                 return;
             }
         } else if restoring {
-            tracing::info!(process = %id, unit = %spec.name, "restoring the unit of {id}");
+            tracing::info!(prism_process_id = %id, unit = %spec.name, "restoring the unit of {id}");
         } else {
-            tracing::info!(process = %id, unit = %spec.name, "starting the missing unit of {id}");
+            tracing::info!(prism_process_id = %id, unit = %spec.name, "starting the missing unit of {id}");
         }
         match self.start_unit(&process, &spec).await {
             Ok(outcome) => {
@@ -249,14 +249,16 @@ impl Supervisor {
                 if let Some(e) = table.entries.get_mut(id) {
                     if restoring || reason == Some(HALF_OPEN) {
                         e.launcher_restarts += 1;
+                        let cause = if restoring { "restore" } else { "half_open" };
+                        self.metrics.restart(cause, 1);
                     }
                     if let AssignOutcome::StartFailed { reason } = outcome {
-                        tracing::warn!(process = %id, "start of {id} failed: {reason}");
+                        tracing::warn!(prism_process_id = %id, "start of {id} failed: {reason}");
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(process = %id, error = %e, "cannot start the unit of {id}: {e}");
+                tracing::warn!(prism_process_id = %id, error = %e, "cannot start the unit of {id}: {e}");
                 if let Some(entry) = self.table().entries.get_mut(id) {
                     entry.last_error = Some(e.to_string());
                 }

@@ -202,6 +202,41 @@ impl Supervisor {
         counts
     }
 
+    /// The metrics text, with gauges refreshed from the live state.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        m.processes.clear();
+        let mut used = 0usize;
+        {
+            let table = self.table();
+            for e in table.entries.values() {
+                m.processes
+                    .get_or_create(&crate::metrics::TypeStatus {
+                        r#type: e.process.process_type().to_string(),
+                        status: self.status_of(e).as_str().to_owned(),
+                    })
+                    .inc();
+                used += 1;
+            }
+        }
+        for (state, n) in [
+            ("used", used),
+            ("free", self.max_processes.saturating_sub(used)),
+        ] {
+            m.slots
+                .get_or_create(&crate::metrics::SlotState {
+                    state: state.into(),
+                })
+                .set(n as i64);
+        }
+        m.systemd_connected.set(i64::from(
+            self.systemd.connection_state() == ConnectionState::Connected,
+        ));
+        let (errors, reconnects) = self.systemd.stats();
+        m.engine_totals(errors, reconnects);
+        m.render()
+    }
+
     /// `12 running, 1 unhealthy, 37 slots free; systemd connected`.
     pub fn status_line(&self) -> String {
         let counts = self.counts();

@@ -85,8 +85,24 @@ impl Launcher for LauncherService {
         let wire = request.into_inner();
         let id = wire.process_id.clone();
         let version = wire.version;
-        let assigned = self.supervisor.assign(wire).await.map_err(|e| {
-            tracing::info!(process = %id, error = %e, "assignment of {id} refused: {e}");
+        let result = self.supervisor.assign(wire).await;
+        let label = match &result {
+            Ok(a) => match a.outcome {
+                AssignOutcome::Started => "started",
+                AssignOutcome::Unchanged => "unchanged",
+                AssignOutcome::Adopted => "adopted",
+                AssignOutcome::Replaced { .. } => "replaced",
+                AssignOutcome::StartFailed { .. } => "start_failed",
+            },
+            Err(LauncherError::Invalid(_) | LauncherError::BadRequest { .. }) => "invalid",
+            Err(LauncherError::NotCapable { .. }) => "not_capable",
+            Err(LauncherError::CapacityExhausted { .. }) => "capacity_exhausted",
+            Err(LauncherError::StaleVersion { .. }) => "stale_version",
+            Err(_) => "error",
+        };
+        self.supervisor.metrics.assignment(label);
+        let assigned = result.map_err(|e| {
+            tracing::info!(prism_process_id = %id, error = %e, "assignment of {id} refused: {e}");
             to_status(e)
         })?;
         let message = match &assigned.outcome {
@@ -107,7 +123,7 @@ impl Launcher for LauncherService {
                 assigned.unit
             ),
         };
-        tracing::info!(process = %id, version, unit = %assigned.unit, "{message}");
+        tracing::info!(prism_process_id = %id, version, unit = %assigned.unit, "{message}");
         Ok(Response::new(pb::ProcessAssignmentAck {
             success: true,
             message,
@@ -148,7 +164,7 @@ impl Launcher for LauncherService {
             .await
             .map_err(to_status)?;
         tracing::info!(
-            process = %r.process_id,
+            prism_process_id = %r.process_id,
             exit_code = revoked.exit_code,
             killed = revoked.killed,
             "revoked {} (exit code {})",

@@ -222,6 +222,7 @@ pub struct Supervisor {
     pub(super) reconcile: Notify,
     /// Wakes the status reporter.
     pub(super) changed: Notify,
+    pub metrics: Arc<crate::metrics::LauncherMetrics>,
     /// Units nobody wants may be stopped. With an admin, only once its
     /// placement was applied: a launcher whose state was lost must not stop
     /// what the admin is about to hand back.
@@ -262,6 +263,7 @@ impl Supervisor {
             usage: UsageReader::default(),
             reconcile: Notify::new(),
             changed: Notify::new(),
+            metrics: Arc::default(),
             may_stop_undesired: std::sync::atomic::AtomicBool::new(true),
             assign_seq: std::sync::atomic::AtomicU64::new(0),
             me: me.clone(),
@@ -445,7 +447,13 @@ impl Supervisor {
         spec: &unit::UnitSpec,
     ) -> Result<AssignOutcome, SystemdError> {
         let mut outcome = AssignOutcome::Started;
+        let began = Instant::now();
         let mut result = self.systemd.start_transient(spec).await;
+        if !matches!(result, Err(SystemdError::UnitExists { .. })) {
+            self.metrics
+                .unit_start
+                .observe(began.elapsed().as_secs_f64());
+        }
         if let Err(SystemdError::UnitExists { .. }) = &result {
             let existing = self.systemd.status(&spec.name).await;
             let same = existing.as_ref().ok().is_some_and(|s| {

@@ -25,7 +25,7 @@ impl Supervisor {
                     if status.start_limit_hit() {
                         if entry.circuit_opened_at.is_none() {
                             tracing::warn!(
-                                process = %entry.process.id,
+                                prism_process_id = %entry.process.id,
                                 unit = %status.name,
                                 "circuit open for {}: systemd stopped restarting it ({})",
                                 entry.process.id,
@@ -37,6 +37,12 @@ impl Supervisor {
                         }
                     } else if status.is_finally_failed() {
                         entry.last_error = Some(status.describe_failure());
+                    }
+                    // systemd's own restarts, as NRestarts grows.
+                    let before = entry.unit_status.as_ref().map_or(0, |s| s.n_restarts);
+                    if status.n_restarts > before {
+                        self.metrics
+                            .restart("systemd", u64::from(status.n_restarts - before));
                     }
                     if status.is_active() {
                         entry.circuit_opened_at = None;
@@ -56,7 +62,7 @@ impl Supervisor {
                         // Gone behind the launcher's back (stopped by hand,
                         // exited, collected): restore it.
                         tracing::info!(
-                            process = %entry.process.id,
+                            prism_process_id = %entry.process.id,
                             %unit,
                             "unit of {} disappeared; restoring it",
                             entry.process.id
@@ -145,7 +151,7 @@ impl Supervisor {
                 match &result {
                     Ok(()) => {
                         if !p.passed || p.restarted_unhealthy {
-                            tracing::info!(process = %id, "probe of {id} passing");
+                            tracing::info!(prism_process_id = %id, "probe of {id} passing");
                         }
                         p.passed = true;
                         p.restarted_unhealthy = false;
@@ -156,7 +162,7 @@ impl Supervisor {
                         p.consecutive_failures += 1;
                         p.total_failures += 1;
                         p.last_error = Some(reason.clone());
-                        tracing::debug!(process = %id, failures = p.consecutive_failures, %reason, "probe failed");
+                        tracing::debug!(prism_process_id = %id, failures = p.consecutive_failures, %reason, "probe failed");
                         p.consecutive_failures >= check.failure_threshold
                     }
                 }
@@ -164,7 +170,7 @@ impl Supervisor {
             self.changed.notify_one();
             if restart {
                 tracing::warn!(
-                    process = %id,
+                    prism_process_id = %id,
                     %unit,
                     failures = check.failure_threshold,
                     "{id} unhealthy: restarting through systemd after {} failed probes",
@@ -175,6 +181,7 @@ impl Supervisor {
                     self.systemd.restart(&unit).await
                 };
                 let mut table = self.table();
+                self.metrics.restart("probe", 1);
                 if let Some(e) = table.entries.get_mut(&id) {
                     e.launcher_restarts += 1;
                     e.probe.consecutive_failures = 0;

@@ -74,6 +74,8 @@ struct Inner {
     hub: Hub,
     in_flight: Semaphore,
     creds: CredentialStore,
+    call_errors: std::sync::atomic::AtomicU64,
+    reconnects: std::sync::atomic::AtomicU64,
 }
 
 /// The D-Bus implementation of [`Systemd`]. Dropping it closes the
@@ -110,6 +112,8 @@ impl DbusSystemd {
             last_error: Mutex::new("not connected yet".to_owned()),
             hub: Hub::default(),
             creds,
+            call_errors: Default::default(),
+            reconnects: Default::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(supervise(inner.clone(), rx));
@@ -171,6 +175,9 @@ async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         };
         backoff.reset();
         if ever_connected {
+            inner
+                .reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(target = %inner.opts.target, "reconnected to systemd ({})", inner.opts.target);
         } else {
             tracing::debug!(target = %inner.opts.target, "connected to systemd");
@@ -472,14 +479,26 @@ impl Inner {
                 .await
                 .map_err(|e| map_error(method, unit, e, self))
         };
-        match tokio::time::timeout(timeout, work).await {
+        let result = match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(SystemdError::Timeout {
                 what: method,
                 unit: unit.to_owned(),
                 after: timeout,
             }),
+        };
+        // Typed answers (UnitExists, NoSuchUnit) are outcomes, not errors.
+        if let Err(
+            SystemdError::Timeout { .. }
+            | SystemdError::Unavailable { .. }
+            | SystemdError::Refused { .. }
+            | SystemdError::Dbus { .. },
+        ) = &result
+        {
+            self.call_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        result
     }
 
     async fn manager_call<B>(
@@ -902,5 +921,13 @@ impl Systemd for DbusSystemd {
 
     fn connection_state(&self) -> ConnectionState {
         *self.inner.state.borrow()
+    }
+
+    fn stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.call_errors.load(Relaxed),
+            self.inner.reconnects.load(Relaxed),
+        )
     }
 }

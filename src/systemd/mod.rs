@@ -223,4 +223,9 @@ pub trait Systemd: Send + Sync + 'static {
     fn events(&self) -> broadcast::Receiver<UnitEvent>;
 
     fn connection_state(&self) -> ConnectionState;
+
+    /// Cumulative (failed or timed-out calls, reconnections), for metrics.
+    fn stats(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }

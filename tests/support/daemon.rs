@@ -56,6 +56,9 @@ impl Daemon {
             format!("127.0.0.1:{port}"),
             "--data-dir".into(),
             data.display().to_string(),
+            // Tests run many daemons at once: no fixed metrics port.
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut d = Daemon {
@@ -92,6 +95,9 @@ impl Daemon {
             h.bin_dir.display().to_string(),
             "--launcher-id".into(),
             id.into(),
+            // Tests run many daemons at once: no fixed metrics port.
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let notify_path = h.sandbox.dir().join("launcher-notify");
@@ -177,6 +183,17 @@ impl Daemon {
         LauncherClient::connect(format!("http://127.0.0.1:{}", self.port))
             .await
             .expect("connect to prism-launcher")
+    }
+
+    /// Where it serves /metrics (from its log: tests bind port 0).
+    pub async fn metrics_addr(&self) -> String {
+        eventually("the metrics address in the log", DEADLINE, || async {
+            let log = self.log_text();
+            let at = log.rfind("metrics at http://")? + "metrics at http://".len();
+            let addr = log[at..].split('/').next()?;
+            Some(addr.to_owned())
+        })
+        .await
     }
 
     pub fn log_text(&self) -> String {

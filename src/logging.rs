@@ -1,0 +1,62 @@
+//! Where the daemons' logs go: the journal under systemd (structured:
+//! `PRISM_PROCESS_ID=`, `UNIT=`, `PRISM_LAUNCHER_ID=` are journal fields),
+//! otherwise human-readable text on stderr, or JSON lines on request.
+
+use std::io::IsTerminal;
+
+use clap::ValueEnum;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// The journal when running under systemd (`JOURNAL_STREAM` set), text
+    /// otherwise.
+    #[default]
+    Auto,
+    /// Human-readable lines on stderr.
+    Text,
+    /// One JSON object per line on stderr.
+    Json,
+    /// Native journal entries with structured fields.
+    Journal,
+}
+
+/// Install the global subscriber. `fields` are added to every journal
+/// entry (e.g. the launcher's id). The level filter comes from `RUST_LOG`,
+/// default `info`.
+pub fn init(format: LogFormat, fields: &[(&str, &str)]) -> Result<(), String> {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let format = match format {
+        LogFormat::Auto if std::env::var_os("JOURNAL_STREAM").is_some() => LogFormat::Journal,
+        LogFormat::Auto => LogFormat::Text,
+        other => other,
+    };
+    match format {
+        LogFormat::Journal => {
+            let journald = tracing_journald::layer()
+                .map_err(|e| format!("cannot log to the journal: {e}"))?
+                // Field names as they are: `UNIT=` ties a message to its
+                // unit the way systemd's own messages are.
+                .with_field_prefix(None)
+                .with_custom_fields(fields.iter().map(|(k, v)| (*k, v.as_bytes())));
+            tracing_subscriber::registry()
+                .with(filter())
+                .with(journald)
+                .try_init()
+                .map_err(|e| e.to_string())
+        }
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .try_init()
+            .map_err(|e| e.to_string()),
+        LogFormat::Text | LogFormat::Auto => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+            .map_err(|e| e.to_string()),
+    }
+}

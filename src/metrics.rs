@@ -1,0 +1,279 @@
+//! Prometheus metrics of both daemons, served at `GET /metrics` on
+//! `--metrics-listen` (OpenMetrics text). Counters are bumped where things
+//! happen; gauges are computed from live state at each scrape.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use axum::{Router, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeStatus {
+    pub r#type: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Cause {
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotState {
+    pub state: String,
+}
+
+/// The launcher's metrics (`prism_launcher_*`).
+pub struct LauncherMetrics {
+    registry: Mutex<Registry>,
+    pub processes: Family<TypeStatus, Gauge>,
+    pub slots: Family<SlotState, Gauge>,
+    pub assignments: Family<Outcome, Counter>,
+    pub unit_start: Histogram,
+    pub systemd_call_errors: Counter,
+    pub systemd_reconnects: Counter,
+    pub systemd_connected: Gauge,
+    pub restarts: Family<Cause, Counter>,
+    pub heartbeat_failures: Counter,
+    /// Engine counters already folded in (they are cumulative there).
+    seen_errors: AtomicU64,
+    seen_reconnects: AtomicU64,
+}
+
+impl Default for LauncherMetrics {
+    fn default() -> Self {
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            processes: Family::default(),
+            slots: Family::default(),
+            assignments: Family::default(),
+            // 5 ms .. ~10 s
+            unit_start: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            systemd_call_errors: Counter::default(),
+            systemd_reconnects: Counter::default(),
+            systemd_connected: Gauge::default(),
+            restarts: Family::default(),
+            heartbeat_failures: Counter::default(),
+            seen_errors: AtomicU64::new(0),
+            seen_reconnects: AtomicU64::new(0),
+        };
+        {
+            let mut r = m.registry.lock().expect("poisoned");
+            r.register(
+                "prism_launcher_processes",
+                "Processes held, by type and status",
+                m.processes.clone(),
+            );
+            r.register(
+                "prism_launcher_slots",
+                "Process slots, used and free",
+                m.slots.clone(),
+            );
+            r.register(
+                "prism_launcher_assignments",
+                "Assignments received, by result",
+                m.assignments.clone(),
+            );
+            r.register_with_unit(
+                "prism_launcher_unit_start_duration",
+                "From StartTransientUnit to the start job's end",
+                Unit::Seconds,
+                m.unit_start.clone(),
+            );
+            r.register(
+                "prism_launcher_systemd_call_errors",
+                "D-Bus calls to systemd that failed or timed out",
+                m.systemd_call_errors.clone(),
+            );
+            r.register(
+                "prism_launcher_systemd_reconnects",
+                "Connections to systemd re-established after a loss",
+                m.systemd_reconnects.clone(),
+            );
+            r.register(
+                "prism_launcher_systemd_connected",
+                "1 while connected to systemd",
+                m.systemd_connected.clone(),
+            );
+            r.register(
+                "prism_launcher_restarts",
+                "Process restarts, by cause (systemd, probe, restore, half_open)",
+                m.restarts.clone(),
+            );
+            r.register(
+                "prism_launcher_heartbeat_failures",
+                "Heartbeats to prism-admin that failed",
+                m.heartbeat_failures.clone(),
+            );
+        }
+        m
+    }
+}
+
+impl LauncherMetrics {
+    /// Fold in the engine's cumulative counters.
+    pub fn engine_totals(&self, call_errors: u64, reconnects: u64) {
+        let prev = self.seen_errors.swap(call_errors, Ordering::Relaxed);
+        self.systemd_call_errors
+            .inc_by(call_errors.saturating_sub(prev));
+        let prev = self.seen_reconnects.swap(reconnects, Ordering::Relaxed);
+        self.systemd_reconnects
+            .inc_by(reconnects.saturating_sub(prev));
+    }
+
+    pub fn restart(&self, cause: &str, n: u64) {
+        if n > 0 {
+            self.restarts
+                .get_or_create(&Cause {
+                    cause: cause.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn assignment(&self, result: &str) {
+        self.assignments
+            .get_or_create(&Outcome {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry.lock().expect("poisoned"));
+        out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Health {
+    pub health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Status {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    pub kind: String,
+}
+
+/// The admin's metrics (`prism_admin_*`).
+pub struct AdminMetrics {
+    registry: Mutex<Registry>,
+    pub launchers: Family<Health, Gauge>,
+    pub processes: Family<Status, Gauge>,
+    pub placement_failures: Family<Reason, Counter>,
+    pub dispatch_retries: Family<Kind, Counter>,
+}
+
+impl Default for AdminMetrics {
+    fn default() -> Self {
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            launchers: Family::default(),
+            processes: Family::default(),
+            placement_failures: Family::default(),
+            dispatch_retries: Family::default(),
+        };
+        {
+            let mut r = m.registry.lock().expect("poisoned");
+            r.register(
+                "prism_admin_launchers",
+                "Registered launchers, by health",
+                m.launchers.clone(),
+            );
+            r.register(
+                "prism_admin_processes",
+                "Placed processes, by status",
+                m.processes.clone(),
+            );
+            r.register(
+                "prism_admin_placement_failures",
+                "Assignments no launcher could take, by reason",
+                m.placement_failures.clone(),
+            );
+            r.register(
+                "prism_admin_dispatch_retries",
+                "Pushes to launchers that failed and are retried, by kind",
+                m.dispatch_retries.clone(),
+            );
+        }
+        m
+    }
+}
+
+impl AdminMetrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry.lock().expect("poisoned"));
+        out
+    }
+}
+
+/// Serve `GET /metrics` on `listener` until `shutdown`; `render` produces
+/// the text (refreshing gauges first).
+pub async fn serve<F, Fut>(
+    listener: tokio::net::TcpListener,
+    render: F,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let render = render.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    render().await,
+                )
+                    .into_response()
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Bind the metrics listener (before anything else runs, so a busy port
+/// fails start-up with a clear error).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
