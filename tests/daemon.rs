@@ -908,3 +908,121 @@ async fn metrics_and_json_logs_describe_what_happened() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoked_as_pattern_launcher_it_takes_the_old_flags_and_runs_patterns_only() {
+    let Some(h) = harness!() else { return };
+    let (port, metrics_port) = (free_port(), free_port());
+    let bin_dir = h.bin_dir.display().to_string();
+    // The old flags, Go spellings included; no new flag names the allowlist:
+    // the patterns directory is where binaries may come from.
+    let d = Daemon::start_legacy(
+        &h,
+        port,
+        &[
+            "-grpc-port",
+            &port.to_string(),
+            // All interfaces, as the old launcher listened; plaintext there
+            // must be forced.
+            "--insecure",
+            &format!("-metrics-port={metrics_port}"),
+            "--health-port",
+            "9093",
+            "--isolation",
+            "none",
+            "--patterns-dir",
+            &bin_dir,
+            "-launcher-id",
+            "old-launcher",
+        ],
+    )
+    .await;
+    let log = d.log_text();
+    let notices: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("pattern-launcher is deprecated"))
+        .collect();
+    assert_eq!(notices.len(), 1, "{log}");
+    assert!(notices[0].contains("run prism-launcher instead"), "{log}");
+    assert!(log.contains("--health-port 9093 is ignored"), "{log}");
+
+    let mut client = d.client().await;
+    // An assignment without a process type is a pattern.
+    let mut kv = pattern("kv-old", &h.demo, &[]);
+    kv.process_type.clear();
+    let ack = client
+        .assign_process(kv)
+        .await
+        .expect("assign")
+        .into_inner();
+    assert!(ack.success, "{ack:?}");
+    assert_eq!(ack.launcher_id, "old-launcher");
+    assert_eq!(ack.unit_name, r"prism-pattern-kv\x2dold.service");
+    assert_eq!(h.prop(&ack.unit_name, "ActiveState"), "active");
+    // --isolation none: the shared per-type user, as the default level.
+    assert_eq!(h.prop(&ack.unit_name, "User"), "prism-pattern");
+    // Patterns only, 20 slots: the old defaults.
+    let e = client
+        .assign_process(proxy("proxy-old", &h.demo, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("proxy"), "{}", e.message());
+    let resources = client
+        .list_processes(ListProcessesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .resources
+        .unwrap();
+    assert_eq!((resources.process_count, resources.max_processes), (1, 20));
+    // --metrics-port is the metrics listener on 127.0.0.1.
+    let metrics = scrape(&format!("127.0.0.1:{metrics_port}")).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"prism_launcher_processes{type="pattern",status="running"}"#
+        )
+        .or(sample(
+            &metrics,
+            r#"prism_launcher_processes{type="pattern",status="starting"}"#
+        )),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn pattern_launcher_help_shows_the_old_flags_and_prism_launcher_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("pattern-launcher");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_prism-launcher"), &link).unwrap();
+    let help = std::process::Command::new(&link)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--grpc-port",
+        "--patterns-dir",
+        "--isolation",
+        "[default: pattern]",
+    ] {
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+    }
+    let new = std::process::Command::new(env!("CARGO_BIN_EXE_prism-launcher"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&new.stdout).contains("--grpc-port"));
+    let (code, text) = run_to_exit(
+        &["--grpc-port", "8982", "--listen", "127.0.0.1:1"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(64), "{text}");
+    assert!(
+        text.contains("--grpc-port: is a pattern-launcher flag; prism-launcher takes --listen"),
+        "{text}"
+    );
+}

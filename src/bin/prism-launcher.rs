@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use prism_launcher::launcher::{self, Args};
+use prism_launcher::launcher::{self, Args, legacy};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// sysexits.h EX_USAGE.
@@ -21,7 +21,13 @@ async fn terminated() {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let parsed = if legacy::invoked_as_legacy(argv.first().map(|a| a.as_os_str())) {
+        legacy::parse(argv)
+    } else {
+        Args::try_parse_from(argv)
+    };
+    let args = match parsed {
         Ok(args) => args,
         Err(e) if e.use_stderr() => {
             let _ = e.print();
@@ -46,6 +52,9 @@ fn main() -> ExitCode {
     ) {
         eprintln!("prism-launcher: {e}");
         return ExitCode::from(EX_USAGE);
+    }
+    for notice in &config.notices {
+        tracing::warn!("{notice}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -113,7 +113,30 @@ pub struct Args {
     /// auto (journal under systemd, else text), text, json or journal.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<crate::logging::LogFormat>,
+
+    // pattern-launcher's flags, accepted when invoked by that name (see
+    // `legacy`); shown only in its --help.
+    /// gRPC port on all interfaces (as --listen :PORT) [default: 8982].
+    #[arg(long, value_name = "PORT", hide = true, help_heading = LEGACY)]
+    pub grpc_port: Option<String>,
+    /// Isolation of assignments that name none (as --default-isolation).
+    #[arg(long, value_name = "LEVEL", hide = true, help_heading = LEGACY)]
+    pub isolation: Option<String>,
+    /// Metrics port on 127.0.0.1 (as --metrics-listen 127.0.0.1:PORT).
+    #[arg(long, value_name = "PORT", hide = true, help_heading = LEGACY)]
+    pub metrics_port: Option<String>,
+    /// Ignored: health is grpc.health.v1 on the gRPC port.
+    #[arg(long, value_name = "PORT", hide = true, help_heading = LEGACY)]
+    pub health_port: Option<String>,
+    /// Binaries under it may run (as --allow-binary-dir); manifests are not read.
+    #[arg(long, value_name = "DIR", hide = true, help_heading = LEGACY)]
+    pub patterns_dir: Option<PathBuf>,
+    /// Invoked as pattern-launcher: its flags and pattern-only defaults.
+    #[arg(skip)]
+    pub legacy: bool,
 }
+
+const LEGACY: &str = "pattern-launcher flags";
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -181,11 +204,14 @@ pub struct Config {
     pub advertise_address: String,
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: crate::logging::LogFormat,
+    /// Things to tell the operator once logging is up (the pattern-launcher
+    /// deprecation notice, what its flags do now).
+    pub notices: Vec<String>,
 }
 
 impl Args {
     /// Merge with the config file (if any) and defaults, and validate.
-    pub fn resolve(self) -> Result<Config, ConfigError> {
+    pub fn resolve(mut self) -> Result<Config, ConfigError> {
         let file = match &self.config {
             None => FileConfig::default(),
             Some(path) => {
@@ -201,6 +227,8 @@ impl Args {
                 })?
             }
         };
+
+        let legacy = super::legacy::Legacy::take(&mut self)?;
 
         let admin_endpoint = match self.admin_endpoint.or(file.admin_endpoint) {
             None => None,
@@ -219,11 +247,18 @@ impl Args {
                 format!("{launcher_id:?} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"),
             );
         }
+        // --grpc-port stands for --listen; errors about it name it.
+        let listen_flag = if legacy.listen.is_some() && self.listen.is_none() {
+            "grpc-port"
+        } else {
+            "listen"
+        };
         let listen_text = self
             .listen
+            .or(legacy.listen.clone())
             .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = parse_listen(&listen_text).or_else(|r| bad("listen", "listen", r))?;
+            .unwrap_or_else(|| legacy.default_listen().to_owned());
+        let listen = parse_listen(&listen_text).or_else(|r| bad(listen_flag, "listen", r))?;
 
         let max_processes = match self.max_processes {
             Some(s) => s.parse::<i64>().or_else(|_| {
@@ -233,7 +268,9 @@ impl Args {
                     format!("{s:?} is not a number"),
                 )
             })?,
-            None => file.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES),
+            None => file
+                .max_processes
+                .unwrap_or_else(|| legacy.default_max_processes()),
         };
         if !(1..=10_000).contains(&max_processes) {
             return bad(
@@ -246,7 +283,7 @@ impl Args {
         let capability_names = self
             .capabilities
             .or(file.capabilities)
-            .unwrap_or_else(|| ProcessType::ALL.iter().map(|t| t.to_string()).collect());
+            .unwrap_or_else(|| legacy.default_capabilities());
         let mut capabilities = BTreeSet::new();
         for name in &capability_names {
             let name = name.trim();
@@ -313,18 +350,28 @@ impl Args {
             .parse()
             .or_else(|r| bad("systemd", "systemd", r))?;
 
-        let binary_dirs = if !self.binary_dirs.is_empty() {
+        let mut binary_dirs = if !self.binary_dirs.is_empty() {
             self.binary_dirs
         } else {
             file.binary_dirs
                 .unwrap_or_else(|| DEFAULT_BINARY_DIRS.iter().map(PathBuf::from).collect())
         };
+        binary_dirs.extend(legacy.binary_dir.clone());
         let mut policy = Policy::with_binary_dirs(binary_dirs)
             .or_else(|e| bad("allow-binary-dir", "binary_dirs", e.reason))?;
-        if let Some(level) = self.default_isolation.or(file.default_isolation) {
+        let isolation_flag = if legacy.isolation.is_some() && self.default_isolation.is_none() {
+            "isolation"
+        } else {
+            "default-isolation"
+        };
+        if let Some(level) = self
+            .default_isolation
+            .or(legacy.isolation.clone())
+            .or(file.default_isolation)
+        {
             policy.default_isolation = level
                 .parse::<IsolationLevel>()
-                .or_else(|r| bad("default-isolation", "default_isolation", r))?;
+                .or_else(|r| bad(isolation_flag, "default_isolation", r))?;
         }
 
         let duration =
@@ -402,7 +449,12 @@ impl Args {
             self.tls_ca.or(file.tls.ca).as_deref(),
         )?;
         let insecure = self.insecure || file.insecure.unwrap_or(false);
-        check_plaintext(listen, tls.is_some(), insecure)?;
+        check_plaintext(listen, tls.is_some(), insecure).map_err(|mut e| {
+            if listen_flag != "listen" {
+                e.setting = format!("--{listen_flag}");
+            }
+            e
+        })?;
         let heartbeat_interval = duration(
             "heartbeat-interval",
             "heartbeat_interval",
@@ -421,6 +473,7 @@ impl Args {
         let metrics_listen = crate::settings::parse_metrics_listen(
             &self
                 .metrics_listen
+                .or(legacy.metrics_listen.clone())
                 .or(file.metrics_listen)
                 .unwrap_or_else(|| crate::settings::DEFAULT_METRICS_LISTEN.to_owned()),
         )
@@ -446,6 +499,7 @@ impl Args {
             advertise_address,
             metrics_listen,
             log_format,
+            notices: legacy.notices,
         })
     }
 }

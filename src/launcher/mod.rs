@@ -7,6 +7,7 @@
 
 mod admin_link;
 pub mod config;
+pub mod legacy;
 mod reconcile;
 mod report;
 pub mod service;

@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use super::{DEADLINE, Harness, eventually};
 
 pub struct Daemon {
-    binary: &'static str,
+    binary: PathBuf,
     pub child: Option<Child>,
     pub port: u16,
     pub state_dir: PathBuf,
@@ -62,7 +62,7 @@ impl Daemon {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut d = Daemon {
-            binary: env!("CARGO_BIN_EXE_prism-admin"),
+            binary: env!("CARGO_BIN_EXE_prism-admin").into(),
             child: None,
             port,
             state_dir: data,
@@ -102,12 +102,48 @@ impl Daemon {
         args.extend(extra.iter().map(|s| s.to_string()));
         let notify_path = h.sandbox.dir().join("launcher-notify");
         let mut d = Daemon {
-            binary: env!("CARGO_BIN_EXE_prism-launcher"),
+            binary: env!("CARGO_BIN_EXE_prism-launcher").into(),
             child: None,
             port,
             state_dir,
             log: h.sandbox.dir().join("launcher.log"),
             args,
+            env: Vec::new(),
+            notify_path,
+            notifications: Arc::default(),
+            runs: 0,
+        };
+        d.spawn();
+        d.wait_ready().await;
+        d
+    }
+
+    /// Start the launcher through a `pattern-launcher` symlink with only
+    /// `args` (the old flags) and the harness's manager, and wait until
+    /// ready. `port` is where its gRPC ends up.
+    pub async fn start_legacy(h: &Harness, port: u16, args: &[&str]) -> Daemon {
+        let link = h.sandbox.dir().join("pattern-launcher");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_prism-launcher"), &link)
+            .expect("pattern-launcher symlink");
+        let state_dir = h.sandbox.dir().join("launcher-state");
+        let mut all: Vec<String> = vec![
+            "--systemd".into(),
+            format!("bus:{}", h.sandbox.bus_address()),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--credentials-dir".into(),
+            h.sandbox.dir().join("credentials").display().to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let notify_path = h.sandbox.dir().join("launcher-notify");
+        let mut d = Daemon {
+            binary: link,
+            child: None,
+            port,
+            state_dir,
+            log: h.sandbox.dir().join("launcher.log"),
+            args: all,
             env: Vec::new(),
             notify_path,
             notifications: Arc::default(),
@@ -138,7 +174,7 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(self.binary)
+        let child = Command::new(&self.binary)
             .args(&self.args)
             .env("NOTIFY_SOCKET", &self.notify_path)
             .env("RUST_LOG", "info,prism_launcher=debug")

@@ -1,0 +1,393 @@
+//! The pattern-launcher migration path (ADR-057): the same binary, invoked
+//! as `pattern-launcher` (the packages install that name as a symlink),
+//! takes the old launcher's flags and defaults to running patterns only.
+//!
+//! | pattern-launcher          | prism-launcher                              |
+//! |---------------------------|---------------------------------------------|
+//! | `--grpc-port N` (8982)    | `--listen :N`                               |
+//! | `--isolation L`           | `--default-isolation L`                     |
+//! | `--metrics-port N` (9092) | `--metrics-listen 127.0.0.1:N`              |
+//! | `--health-port N`         | ignored: grpc.health.v1 on the gRPC port     |
+//! | `--patterns-dir D`        | `--allow-binary-dir D`; manifests not read  |
+//! | `--max-processes` (20), `--launcher-id`, `--region`, `--admin-endpoint` | the same |
+//!
+//! Go-style single-dash spellings (`-grpc-port 8982`) are accepted too.
+
+use std::{
+    ffi::{OsStr, OsString},
+    path::{Component, Path, PathBuf},
+};
+
+use clap::{CommandFactory, FromArgMatches};
+
+use super::config::{Args, DEFAULT_LISTEN, DEFAULT_MAX_PROCESSES};
+use crate::{
+    model::ProcessType,
+    settings::{ConfigError, bad},
+};
+
+/// The old name.
+pub const NAME: &str = "pattern-launcher";
+
+/// The old launcher's defaults.
+const LISTEN: &str = ":8982";
+const MAX_PROCESSES: i64 = 20;
+
+/// Flags taken only under the old name.
+const FLAGS: &[&str] = &[
+    "grpc-port",
+    "isolation",
+    "metrics-port",
+    "health-port",
+    "patterns-dir",
+];
+
+/// The old flags that kept their names (for the single-dash spelling).
+const SHARED: &[&str] = &[
+    "max-processes",
+    "launcher-id",
+    "region",
+    "admin-endpoint",
+    "config",
+];
+
+/// Was the binary invoked as pattern-launcher?
+pub fn invoked_as_legacy(argv0: Option<&OsStr>) -> bool {
+    argv0
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == NAME)
+}
+
+/// Parse pattern-launcher's command line.
+pub fn parse(argv: Vec<OsString>) -> Result<Args, clap::Error> {
+    let mut command = Args::command()
+        .name(NAME)
+        .bin_name(NAME)
+        .about(
+            "pattern-launcher, now prism-launcher running patterns only; \
+             its old flags still work (deprecated: run prism-launcher)",
+        )
+        .mut_arg("capabilities", |a| {
+            a.help("Process types this launcher runs [default: pattern]")
+        })
+        .mut_arg("listen", |a| {
+            a.help("gRPC listen address [default: :8982, all interfaces]")
+        })
+        .mut_arg("max_processes", |a| {
+            a.help("Most processes held at once [default: 20]")
+        });
+    for flag in FLAGS {
+        command = command.mut_arg(flag.replace('-', "_"), |a| a.hide(false));
+    }
+    let argv = argv.into_iter().map(go_style).collect::<Vec<_>>();
+    let matches = command.try_get_matches_from(argv)?;
+    let mut args = Args::from_arg_matches(&matches)?;
+    args.legacy = true;
+    Ok(args)
+}
+
+/// `-grpc-port` and `-grpc-port=8982` as `--grpc-port…` (Go's flag package
+/// took both spellings).
+fn go_style(arg: OsString) -> OsString {
+    let Some(s) = arg.to_str() else { return arg };
+    let Some(rest) = s.strip_prefix('-') else {
+        return arg;
+    };
+    let name = rest.split('=').next().unwrap_or_default();
+    if !rest.starts_with('-') && (FLAGS.contains(&name) || SHARED.contains(&name)) {
+        format!("-{s}").into()
+    } else {
+        arg
+    }
+}
+
+/// What the old flags and name amount to, taken out of [`Args`].
+#[derive(Debug, Default)]
+pub struct Legacy {
+    active: bool,
+    /// `--grpc-port N` as a listen address.
+    pub listen: Option<String>,
+    pub isolation: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub binary_dir: Option<PathBuf>,
+    pub notices: Vec<String>,
+}
+
+impl Legacy {
+    /// Check and take the old flags. Under the new name they are errors
+    /// naming their replacement.
+    pub fn take(args: &mut Args) -> Result<Legacy, ConfigError> {
+        let given = [
+            ("grpc-port", args.grpc_port.is_some(), "--listen ADDR"),
+            ("isolation", args.isolation.is_some(), "--default-isolation"),
+            (
+                "metrics-port",
+                args.metrics_port.is_some(),
+                "--metrics-listen ADDR",
+            ),
+            (
+                "health-port",
+                args.health_port.is_some(),
+                "nothing: health is grpc.health.v1 on the gRPC port",
+            ),
+            (
+                "patterns-dir",
+                args.patterns_dir.is_some(),
+                "--allow-binary-dir",
+            ),
+        ];
+        if !args.legacy {
+            if let Some((flag, _, instead)) = given.iter().find(|(_, set, _)| *set) {
+                return bad(
+                    flag,
+                    "",
+                    format!("is a pattern-launcher flag; prism-launcher takes {instead}"),
+                );
+            }
+            return Ok(Legacy::default());
+        }
+        let mut legacy = Legacy {
+            active: true,
+            notices: vec![format!(
+                "{NAME} is deprecated: this is prism-launcher with pattern-only defaults; \
+                 run prism-launcher instead (README: \"From pattern-launcher to prism-launcher\")"
+            )],
+            ..Legacy::default()
+        };
+        if let Some(port) = args.grpc_port.take() {
+            if args.listen.is_some() {
+                return bad("grpc-port", "", "conflicts with --listen; give one of them");
+            }
+            legacy.listen = Some(format!(":{}", port_number("grpc-port", &port)?));
+        }
+        if let Some(level) = args.isolation.take() {
+            if args.default_isolation.is_some() {
+                return bad(
+                    "isolation",
+                    "",
+                    "conflicts with --default-isolation; give one of them",
+                );
+            }
+            legacy.isolation = Some(level);
+        }
+        if let Some(port) = args.metrics_port.take() {
+            if args.metrics_listen.is_some() {
+                return bad(
+                    "metrics-port",
+                    "",
+                    "conflicts with --metrics-listen; give one of them",
+                );
+            }
+            legacy.metrics_listen =
+                Some(format!("127.0.0.1:{}", port_number("metrics-port", &port)?));
+        }
+        if let Some(port) = args.health_port.take() {
+            let port = port_number("health-port", &port)?;
+            legacy.notices.push(format!(
+                "--health-port {port} is ignored: health is the grpc.health.v1 service on the \
+                 gRPC port, and each process's own /health is probed by the launcher"
+            ));
+        }
+        if let Some(dir) = args.patterns_dir.take() {
+            let dir = absolute("patterns-dir", &dir)?;
+            if !dir.is_dir() {
+                return bad(
+                    "patterns-dir",
+                    "",
+                    format!("{} is not a directory", dir.display()),
+                );
+            }
+            legacy.notices.push(format!(
+                "--patterns-dir {}: binaries under it may run (it is added to the binary \
+                 allowlist); manifests there are not read, the admin's assignments name each binary",
+                dir.display()
+            ));
+            legacy.binary_dir = Some(dir);
+        }
+        Ok(legacy)
+    }
+
+    pub fn default_listen(&self) -> &'static str {
+        if self.active { LISTEN } else { DEFAULT_LISTEN }
+    }
+
+    pub fn default_max_processes(&self) -> i64 {
+        if self.active {
+            MAX_PROCESSES
+        } else {
+            DEFAULT_MAX_PROCESSES
+        }
+    }
+
+    pub fn default_capabilities(&self) -> Vec<String> {
+        if self.active {
+            vec![ProcessType::Pattern.to_string()]
+        } else {
+            ProcessType::ALL.iter().map(|t| t.to_string()).collect()
+        }
+    }
+}
+
+fn port_number(flag: &str, text: &str) -> Result<u16, ConfigError> {
+    match text.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => bad(flag, "", format!("{text:?} is not a port (1-65535)")),
+    }
+}
+
+/// Relative to the working directory, as the old launcher read it, and
+/// without `.`/`..` (the allowlist holds normalised paths).
+fn absolute(flag: &str, dir: &Path) -> Result<PathBuf, ConfigError> {
+    let joined =
+        std::path::absolute(dir).or_else(|e| bad(flag, "", format!("{}: {e}", dir.display())))?;
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_old(list: &[&str]) -> Args {
+        let mut argv: Vec<OsString> = vec!["/usr/bin/pattern-launcher".into()];
+        argv.extend(list.iter().map(OsString::from));
+        parse(argv).expect("parses")
+    }
+
+    #[test]
+    fn the_name_is_recognised_by_basename() {
+        assert!(invoked_as_legacy(Some(OsStr::new(
+            "/usr/bin/pattern-launcher"
+        ))));
+        assert!(invoked_as_legacy(Some(OsStr::new("pattern-launcher"))));
+        assert!(!invoked_as_legacy(Some(OsStr::new(
+            "/usr/bin/prism-launcher"
+        ))));
+        assert!(!invoked_as_legacy(None));
+    }
+
+    #[test]
+    fn defaults_are_the_old_launchers() {
+        let c = parse_old(&["--insecure"]).resolve().unwrap();
+        assert_eq!(c.capabilities.len(), 1);
+        assert!(c.capabilities.contains(&ProcessType::Pattern));
+        assert_eq!(c.listen.port(), 8982);
+        assert_eq!(c.max_processes, 20);
+        assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9092");
+        assert_eq!(c.notices.len(), 1);
+        assert!(c.notices[0].contains("prism-launcher"), "{:?}", c.notices);
+    }
+
+    #[test]
+    fn old_flags_map_to_new_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let patterns = dir.path().join("patterns");
+        std::fs::create_dir(&patterns).unwrap();
+        let c = parse_old(&[
+            "-grpc-port",
+            "9982",
+            "--isolation=session",
+            "-metrics-port=9192",
+            "--health-port",
+            "9093",
+            "--patterns-dir",
+            &format!("{}/../patterns/.", patterns.display()),
+            "-launcher-id",
+            "old-1",
+            "--region",
+            "eu",
+            "--max-processes",
+            "7",
+            "--insecure",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9982");
+        assert_eq!(
+            c.policy.default_isolation,
+            crate::model::IsolationLevel::Session
+        );
+        assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9192");
+        assert!(
+            c.policy.binary_dirs.contains(&patterns),
+            "{:?}",
+            c.policy.binary_dirs
+        );
+        assert_eq!((c.launcher_id.as_str(), c.region.as_str()), ("old-1", "eu"));
+        assert_eq!(c.max_processes, 7);
+        assert_eq!(c.notices.len(), 3, "{:?}", c.notices);
+        assert!(
+            c.notices
+                .iter()
+                .any(|n| n.contains("--health-port 9093 is ignored"))
+        );
+        assert!(
+            c.notices
+                .iter()
+                .any(|n| n.contains("manifests there are not read"))
+        );
+    }
+
+    #[test]
+    fn plaintext_on_all_interfaces_names_grpc_port() {
+        let e = parse_old(&["--grpc-port", "8982"]).resolve().unwrap_err();
+        assert_eq!(e.setting, "--grpc-port");
+        assert!(e.reason.contains("--insecure"), "{e}");
+        let e = parse_old(&[]).resolve().unwrap_err();
+        assert!(e.setting.starts_with("--listen"), "{e}");
+    }
+
+    #[test]
+    fn bad_old_flags_are_named() {
+        for (flags, setting) in [
+            (&["--grpc-port", "0"][..], "--grpc-port"),
+            (&["--grpc-port", "x"][..], "--grpc-port"),
+            (
+                &["--grpc-port", "1", "--listen", "127.0.0.1:1"][..],
+                "--grpc-port",
+            ),
+            (&["--metrics-port", "70000"][..], "--metrics-port"),
+            (&["--isolation", "total"][..], "--isolation"),
+            (
+                &["--patterns-dir", "/nonexistent/patterns"][..],
+                "--patterns-dir",
+            ),
+        ] {
+            let e = parse_old(flags).resolve().unwrap_err();
+            assert!(e.setting.starts_with(setting), "{flags:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_and_new_flags_still_win() {
+        let c = parse_old(&[
+            "--capabilities",
+            "pattern,utility",
+            "--listen",
+            "127.0.0.1:7070",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.capabilities.len(), 2);
+        assert_eq!(c.listen.port(), 7070);
+    }
+
+    #[test]
+    fn the_new_name_refuses_old_flags_naming_the_replacement() {
+        let args =
+            <Args as clap::Parser>::try_parse_from(["prism-launcher", "--grpc-port", "8982"])
+                .unwrap();
+        let e = args.resolve().unwrap_err();
+        assert_eq!(e.setting, "--grpc-port");
+        assert!(e.reason.contains("--listen"), "{e}");
+    }
+}
