@@ -202,6 +202,14 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_configuration_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/etc/admin.toml");
+        let c = resolve(&["--config", path]).expect("packaging/etc/admin.toml");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8981");
+        assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9094");
+    }
+
+    #[test]
     fn defaults_and_named_errors() {
         assert!(resolve(&[]).unwrap_err().setting.starts_with("--listen"));
         let c = resolve(&["--listen", "127.0.0.1:8981"]).unwrap();

@@ -259,6 +259,12 @@ impl Fleet {
     }
 
     /// The metrics text, with gauges refreshed from the live state.
+    /// Returns once the fleet's state could be locked (the watchdog's
+    /// liveness check).
+    pub async fn ping(&self) {
+        drop(self.state.lock().await);
+    }
+
     pub async fn render_metrics(&self) -> String {
         let m = &self.metrics;
         m.launchers.clear();

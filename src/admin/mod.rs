@@ -188,6 +188,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
 
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        let f = fleet.clone();
+        tasks.spawn(async move {
+            loop {
+                // Only while the fleet's state can be reached: a wedged admin
+                // stops pinging and systemd restarts it.
+                if tokio::time::timeout(interval / 2, f.ping()).await.is_ok() {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                tokio::time::sleep(interval / 2).await;
+            }
+        });
+    }
+
     tracing::info!(
         addr = %local,
         tls = config.tls.is_some(),

@@ -71,8 +71,49 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print a man page (roff): prismctl's, or prism-launcher's or
+    /// prism-admin's (the packages install all three).
+    Man {
+        #[arg(value_enum, default_value_t = Program::Prismctl)]
+        program: Program,
+    },
+}
+
+/// The programs with man pages.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Program {
+    Prismctl,
+    PrismLauncher,
+    PrismAdmin,
+}
+
+impl Program {
+    /// The program's command line, and its manual section (the daemons are
+    /// administration commands).
+    pub fn command(self) -> (clap::Command, &'static str) {
+        match self {
+            Self::Prismctl => (Cli::command(), "1"),
+            Self::PrismLauncher => (crate::launcher::Args::command(), "8"),
+            // The daemon is `prism-admin serve`: its page documents serve's
+            // options.
+            Self::PrismAdmin => {
+                let admin = crate::admin::Cli::command();
+                let serve = admin
+                    .find_subcommand("serve")
+                    .cloned()
+                    .unwrap_or_else(|| admin.clone());
+                let about = admin.get_about().cloned().unwrap_or_default();
+                (
+                    serve
+                        .name("prism-admin")
+                        .bin_name("prism-admin serve")
+                        .about(about)
+                        .version(env!("CARGO_PKG_VERSION")),
+                    "8",
+                )
+            }
+        }
+    }
 }
 
 /// Why a command failed; each maps to an exit code and names the next step.
@@ -129,9 +170,11 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             output::out(&String::from_utf8_lossy(&buf));
             Ok(())
         }
-        Command::Man => {
+        Command::Man { program } => {
             let mut buf = Vec::new();
-            clap_mangen::Man::new(Cli::command())
+            let (command, section) = program.command();
+            clap_mangen::Man::new(command)
+                .section(section)
                 .render(&mut buf)
                 .map_err(|source| Error::Io {
                     what: "rendering the man page".into(),

@@ -515,6 +515,17 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_configuration_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/etc/launcher.toml");
+        let c = args(&["--config", path])
+            .resolve()
+            .expect("packaging/etc/launcher.toml");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.capabilities.len(), 4);
+    }
+
+    #[test]
     fn defaults_need_tls_or_loopback() {
         let e = args(&[]).resolve().unwrap_err();
         assert!(e.setting.starts_with("--listen"), "{e}");

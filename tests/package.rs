@@ -1,0 +1,280 @@
+//! The .deb as built by `packaging/build`: its units verify, and its
+//! binaries run under its own unit files (hardening included) in a sandbox
+//! systemd manager. These tests need the package: `.ci/run` builds it and
+//! runs them with `PRISM_DEB=target/packages/<name>.deb cargo test --test
+//! package -- --ignored`.
+
+mod support;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use prism_launcher::pb::prism::{admin::v1 as apb, launcher::v1::ListProcessesRequest};
+use support::{daemon::free_port, *};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// The package under test, extracted into `dir`.
+fn extract(dir: &Path) -> PathBuf {
+    let deb = std::env::var_os("PRISM_DEB").expect(
+        "PRISM_DEB must name the .deb to test (build it with packaging/build; .ci/run does)",
+    );
+    let root = dir.join("pkg");
+    fs::create_dir_all(&root).unwrap();
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .output()
+        .expect("run dpkg-deb");
+    assert!(out.status.success(), "dpkg-deb -x: {}", text(&out));
+    root
+}
+
+const UNITS: [&str; 3] = [
+    "prism-launcher.service",
+    "prism-admin.service",
+    "prism.slice",
+];
+
+/// Run `args` in a private mount namespace where the package's /usr/bin
+/// is laid over the host's (units name /usr/bin/prism-*) and its man pages
+/// are on MANPATH (units name their man pages).
+fn with_package_mounted(root: &Path, args: &[&str]) -> std::process::Output {
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir={root}/usr/bin:/usr/bin /usr/bin && exec \"$@\"",
+        root = root.display()
+    );
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+        .args(args)
+        .env("MANPATH", root.join("usr/share/man"))
+        .output()
+        .expect("run unshare")
+}
+
+#[test]
+#[ignore = "needs the .deb: run by .ci/run with PRISM_DEB"]
+fn the_packaged_units_verify_and_are_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = extract(dir.path());
+    let units: Vec<String> = UNITS
+        .iter()
+        .map(|u| {
+            root.join("lib/systemd/system")
+                .join(u)
+                .display()
+                .to_string()
+        })
+        .collect();
+    let mut args = vec!["systemd-analyze", "verify"];
+    args.extend(units.iter().map(String::as_str));
+    let out = with_package_mounted(&root, &args);
+    assert!(
+        out.status.success() && text(&out).trim().is_empty(),
+        "systemd-analyze verify: {}",
+        text(&out)
+    );
+    // systemd's own exposure score of each daemon (0 best, 10 worst).
+    for unit in &units[..2] {
+        let out = with_package_mounted(
+            &root,
+            &["systemd-analyze", "security", "--offline=true", unit],
+        );
+        let report = text(&out);
+        let score: f64 = report
+            .lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")
+            })
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level: {report}"));
+        assert!(score <= 2.5, "{unit}: exposure {score}\n{report}");
+    }
+    // The old name is the same binary.
+    let link = root.join("usr/bin/pattern-launcher");
+    assert_eq!(
+        fs::read_link(&link).expect("pattern-launcher is a symlink"),
+        Path::new("prism-launcher")
+    );
+}
+
+/// What the sandbox manager cannot set up in its nesting: a fresh /proc
+/// (ProtectProc=) and read-only remounts of /proc/sys and cgroupfs (exit
+/// 226/NAMESPACE). Every other setting of the packaged units applies.
+const SANDBOX_CANNOT: &str =
+    "ProtectProc=default\nProtectKernelTunables=no\nProtectControlGroups=no\n";
+
+/// A unit of the package installed in the sandbox manager, with a drop-in
+/// that points it at the extracted binary and the sandbox's manager.
+fn install_unit(h: &Harness, root: &Path, unit: &str, exec_start: &str) {
+    let dir = h.sandbox.dir().join("home/.config/systemd/user");
+    fs::create_dir_all(dir.join(format!("{unit}.d"))).unwrap();
+    fs::copy(root.join("lib/systemd/system").join(unit), dir.join(unit)).unwrap();
+    fs::write(
+        dir.join(format!("{unit}.d/sandbox.conf")),
+        format!("[Service]\nExecStart=\nExecStart={exec_start}\n{SANDBOX_CANNOT}"),
+    )
+    .unwrap();
+}
+
+fn systemctl(h: &Harness, args: &[&str]) {
+    let out = h.sandbox.systemctl().args(args).output().unwrap();
+    if !out.status.success() {
+        let journal = h.sandbox.journalctl().args(["-n", "40"]).output().unwrap();
+        panic!(
+            "systemctl {args:?}: {}\njournal:\n{}",
+            text(&out),
+            text(&journal)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the .deb: run by .ci/run with PRISM_DEB"]
+async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_launcher() {
+    let Some(h) = harness!() else { return };
+    let root = extract(h.sandbox.dir());
+    let bin = |name: &str| root.join("usr/bin").join(name).display().to_string();
+    let etc = |name: &str| root.join("etc/prism").join(name).display().to_string();
+    let (admin_port, launcher_port) = (free_port(), free_port());
+
+    // The admin with its packaged configuration (a dynamic user; state in
+    // its StateDirectory).
+    install_unit(
+        &h,
+        &root,
+        "prism-admin.service",
+        &format!(
+            "{} serve --config {} --listen 127.0.0.1:{admin_port} --data-dir ${{STATE_DIRECTORY}} \
+             --metrics-listen none --heartbeat-interval 1s",
+            bin("prism-admin"),
+            etc("admin.toml"),
+        ),
+    );
+    // The launcher with its packaged configuration, registering with it.
+    install_unit(
+        &h,
+        &root,
+        "prism-launcher.service",
+        &format!(
+            "{} --config {} --systemd bus:{} --state-dir ${{STATE_DIRECTORY}} \
+             --credentials-dir ${{RUNTIME_DIRECTORY}}/credentials --listen 127.0.0.1:{launcher_port} \
+             --metrics-listen none --allow-binary-dir {} --launcher-id packaged \
+             --admin-endpoint 127.0.0.1:{admin_port}",
+            bin("prism-launcher"),
+            etc("launcher.toml"),
+            h.sandbox.bus_address(),
+            h.bin_dir.display(),
+        ),
+    );
+    systemctl(&h, &["daemon-reload"]);
+    systemctl(&h, &["log-level", "debug"]);
+    // Type=notify: `start` returns once each daemon said READY=1.
+    systemctl(&h, &["start", "prism-admin.service"]);
+    systemctl(&h, &["start", "prism-launcher.service"]);
+    for unit in ["prism-admin.service", "prism-launcher.service"] {
+        assert_eq!(h.prop(unit, "ActiveState"), "active", "{unit}");
+    }
+    assert_eq!(h.prop("prism-admin.service", "DynamicUser"), "yes");
+    // The launcher talks to the manager with its hardening in force: no
+    // capabilities, a read-only system, no new privileges.
+    let hardening = h.show(
+        "prism-launcher.service",
+        &[
+            "CapabilityBoundingSet",
+            "ProtectSystem",
+            "NoNewPrivileges",
+            "PrivateTmp",
+        ],
+    );
+    assert_eq!(hardening["CapabilityBoundingSet"], "", "{hardening:?}");
+    assert_eq!(hardening["ProtectSystem"], "strict", "{hardening:?}");
+    assert_eq!(hardening["NoNewPrivileges"], "yes", "{hardening:?}");
+    assert_eq!(hardening["PrivateTmp"], "yes", "{hardening:?}");
+
+    // Both answer their health checks.
+    for port in [admin_port, launcher_port] {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel);
+        let status = health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("health check")
+            .into_inner()
+            .status();
+        assert_eq!(status.as_str_name(), "SERVING", "port {port}");
+    }
+
+    // A process placed through the admin runs on the packaged launcher.
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    eventually("the launcher registered", DEADLINE, || async {
+        let mut api = apb::admin_client::AdminClient::connect(admin.clone())
+            .await
+            .ok()?;
+        let list = api
+            .list_launchers(apb::ListLaunchersRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        list.launchers
+            .iter()
+            .any(|l| l.launcher_id == "packaged" && l.health == "healthy")
+            .then_some(())
+    })
+    .await;
+    let mut cp =
+        prism_launcher::pb::prism::control_plane_client::ControlPlaneClient::connect(admin.clone())
+            .await
+            .unwrap();
+    let ack = cp
+        .assign_process(pattern("kv-pkg", &h.demo, &[]))
+        .await
+        .expect("assign")
+        .into_inner();
+    assert_eq!(ack.launcher_id, "packaged", "{ack:?}");
+    let workload = ack.unit_name.clone();
+    assert_eq!(h.prop(&workload, "ActiveState"), "active");
+    let pid = h.prop(&workload, "MainPID");
+
+    // The launcher logs to the journal, with its id as a field.
+    let out = h
+        .sandbox
+        .journalctl()
+        .args(["-o", "cat", "PRISM_LAUNCHER_ID=packaged"])
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("started kv-pkg"), "{}", text(&out));
+
+    // Restarting or stopping the launcher leaves the workload running.
+    systemctl(&h, &["restart", "prism-launcher.service"]);
+    assert_eq!(h.prop("prism-launcher.service", "ActiveState"), "active");
+    let mut launcher =
+        prism_launcher::pb::prism::launcher::v1::launcher_client::LauncherClient::connect(format!(
+            "http://127.0.0.1:{launcher_port}"
+        ))
+        .await
+        .unwrap();
+    let list = launcher
+        .list_processes(ListProcessesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.processes.len(), 1, "adopted after the restart");
+    systemctl(&h, &["stop", "prism-launcher.service"]);
+    assert_eq!(h.prop(&workload, "ActiveState"), "active");
+    assert_eq!(
+        h.prop(&workload, "MainPID"),
+        pid,
+        "the workload never restarted"
+    );
+    systemctl(&h, &["stop", &workload, "prism-admin.service"]);
+}
