@@ -245,11 +245,18 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
     assert_eq!(h.prop(&workload, "ActiveState"), "active");
     let pid = h.prop(&workload, "MainPID");
 
-    // The launcher logs to the journal, with its id as a field.
+    // The launcher logs to the journal (JOURNAL_STREAM is set under
+    // systemd), with its id, the process id and the unit as fields.
     let out = h
         .sandbox
         .journalctl()
-        .args(["-o", "cat", "PRISM_LAUNCHER_ID=packaged"])
+        .args([
+            "-o",
+            "cat",
+            "PRISM_LAUNCHER_ID=packaged",
+            "PRISM_PROCESS_ID=kv-pkg",
+        ])
+        .arg(format!("UNIT={workload}"))
         .output()
         .unwrap();
     assert!(text(&out).contains("started kv-pkg"), "{}", text(&out));
