@@ -866,7 +866,7 @@ async fn metrics_and_json_logs_describe_what_happened() {
     let mut bad = utility("logs-m", &h.demo, &[]);
     bad.config.as_mut().unwrap().binary = "relative".into();
     assert!(client.assign_process(bad).await.is_err());
-    wait_status(&d, "kv-m", "running").await;
+    let pid = health(&wait_status(&d, "kv-m", "running").await).pid;
 
     let addr = d.metrics_addr().await;
     let metrics = scrape(&addr).await;
@@ -907,6 +907,37 @@ async fn metrics_and_json_logs_describe_what_happened() {
                     .is_some_and(|m| m.starts_with("started kv-m"))),
         "{log}"
     );
+
+    // A second launcher whose metrics address is taken exits 1 naming the
+    // address, before it serves or reconciles anything: the first one's
+    // process is untouched and its metrics still answer.
+    let other = h.sandbox.dir().join("other-launcher");
+    let args: Vec<String> = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--systemd".into(),
+        format!("bus:{}", h.sandbox.bus_address()),
+        "--state-dir".into(),
+        other.join("state").display().to_string(),
+        "--credentials-dir".into(),
+        other.join("credentials").display().to_string(),
+        "--metrics-listen".into(),
+        addr.clone(),
+    ];
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_to_exit(&args, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("cannot listen on {addr}")), "{out}");
+    let after = get(&d, "kv-m").await;
+    assert_eq!(
+        (health(&after).status.as_str(), health(&after).pid),
+        ("running", pid)
+    );
+    assert!(scrape(&addr).await.contains("prism_launcher_slots"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,6 @@ mod tasks;
 use std::{
     convert::Infallible,
     future::Future,
-    net::SocketAddr,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -45,12 +44,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::metrics::BindError),
     #[error("TLS: {0}")]
     Tls(#[source] tonic::transport::Error),
     #[error("gRPC server: {0}")]
@@ -125,21 +120,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.reschedule_lost_after,
     )
     .await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local = listener.local_addr().unwrap_or(config.listen);
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(
-            crate::metrics::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind { addr, source })?,
-        ),
-        None => None,
-    };
+    let crate::metrics::Listeners {
+        api: listener,
+        local,
+        metrics: metrics_listener,
+    } = crate::metrics::bind(config.listen, config.metrics_listen).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ControlPlaneServer<service::ControlPlaneService>>()

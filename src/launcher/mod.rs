@@ -15,9 +15,8 @@ pub mod store;
 pub mod supervisor;
 mod watch;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 pub use config::{Args, Config, ConfigError};
@@ -35,12 +34,8 @@ use crate::{
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::metrics::BindError),
     #[error("TLS: {0}")]
     Tls(#[source] tonic::transport::Error),
     #[error("gRPC server: {0}")]
@@ -84,21 +79,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local = listener.local_addr().unwrap_or(config.listen);
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(
-            crate::metrics::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind { addr, source })?,
-        ),
-        None => None,
-    };
+    let crate::metrics::Listeners {
+        api: listener,
+        local,
+        metrics: metrics_listener,
+    } = crate::metrics::bind(config.listen, config.metrics_listen).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

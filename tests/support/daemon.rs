@@ -100,16 +100,34 @@ impl Daemon {
             "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let notify_path = h.sandbox.dir().join("launcher-notify");
+        Self::launcher(
+            h,
+            env!("CARGO_BIN_EXE_prism-launcher").into(),
+            port,
+            state_dir,
+            args,
+        )
+        .await
+    }
+
+    /// Spawn the launcher `binary` with `args` in the harness's sandbox dir
+    /// and wait until it is ready.
+    async fn launcher(
+        h: &Harness,
+        binary: PathBuf,
+        port: u16,
+        state_dir: PathBuf,
+        args: Vec<String>,
+    ) -> Daemon {
         let mut d = Daemon {
-            binary: env!("CARGO_BIN_EXE_prism-launcher").into(),
+            binary,
             child: None,
             port,
             state_dir,
             log: h.sandbox.dir().join("launcher.log"),
             args,
             env: Vec::new(),
-            notify_path,
+            notify_path: h.sandbox.dir().join("launcher-notify"),
             notifications: Arc::default(),
             runs: 0,
         };
@@ -136,22 +154,7 @@ impl Daemon {
             h.sandbox.dir().join("credentials").display().to_string(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
-        let notify_path = h.sandbox.dir().join("launcher-notify");
-        let mut d = Daemon {
-            binary: link,
-            child: None,
-            port,
-            state_dir,
-            log: h.sandbox.dir().join("launcher.log"),
-            args: all,
-            env: Vec::new(),
-            notify_path,
-            notifications: Arc::default(),
-            runs: 0,
-        };
-        d.spawn();
-        d.wait_ready().await;
-        d
+        Self::launcher(h, link, port, state_dir, all).await
     }
 
     fn spawn(&mut self) {
