@@ -2,9 +2,9 @@
 //! sandboxed systemd manager. `cargo bench --bench daemon [-- --units N]`.
 //!
 //! Prints assignment-to-active latency, the time to assign N processes,
-//! the launcher's RSS with N running, restart-to-READY with N adopted, and
-//! its CPU while idle (and the manager's, which event-driven clients leave
-//! alone).
+//! the launcher's RSS with N running, its CPU while idle (and the
+//! manager's, which event-driven clients leave alone), the cost of a
+//! /metrics scrape, and restart-to-READY with N adopted.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -115,7 +115,28 @@ async fn main() {
         (m1 - m0) as f64 / ticks / idle_secs as f64 * 100.0,
     );
 
-    // 4. kill -9, restart, READY=1 once all N are adopted.
+    // 4. /metrics with N units: gauges come from the launcher's own state,
+    //    so a scrape costs the systemd manager nothing.
+    let addr = d.metrics_addr().await;
+    let m0 = cpu_ticks(manager);
+    let mut scrapes = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..100 {
+        let t = Instant::now();
+        bytes = support::scrape(&addr).await.len();
+        scrapes.push(t.elapsed());
+    }
+    let m1 = cpu_ticks(manager);
+    scrapes.sort();
+    println!(
+        "GET /metrics with {units} units (100 sequential): median {:.2} ms, p99 {:.2} ms, \
+         {bytes} bytes; systemd manager CPU ticks meanwhile: {}",
+        percentile(&scrapes, 0.5).as_secs_f64() * 1e3,
+        percentile(&scrapes, 0.99).as_secs_f64() * 1e3,
+        m1 - m0,
+    );
+
+    // 5. kill -9, restart, READY=1 once all N are adopted.
     let t = Instant::now();
     d.restart().await;
     println!(
