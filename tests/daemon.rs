@@ -600,6 +600,12 @@ async fn a_failing_probe_is_unhealthy_then_restarted() {
         d.log_text()
             .contains("unhealthy: restarting through systemd")
     );
+    let metrics = scrape(&d.metrics_addr().await).await;
+    assert!(
+        sample(&metrics, r#"prism_launcher_restarts_total{cause="probe"}"#)
+            .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,8 +181,11 @@ impl Daemon {
             .args(&self.args)
             .env("NOTIFY_SOCKET", &self.notify_path)
             .env("RUST_LOG", "info,prism_launcher=debug")
+            // What a process started from a service sees when its stderr is
+            // redirected: the variable names a stream that is not stderr, so
+            // logs must stay on stderr (which every test here reads).
+            .env("JOURNAL_STREAM", "0:0")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env_remove("JOURNAL_STREAM")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
