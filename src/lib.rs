@@ -24,6 +24,8 @@
 //!   health, over a store trait (SQLite by default).
 //! - [`ctl`]: `prismctl` subcommands, one file each.
 //! - [`settings`]: configuration pieces both daemons share.
+//! - [`serve`]: start-up and serving both daemons share (exit codes,
+//!   signals, sockets, the gRPC server).
 //! - [`logging`], [`metrics`]: journal/text/JSON logs, Prometheus metrics.
 #![forbid(unsafe_code)]
 
@@ -36,6 +38,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod sandbox;
+pub mod serve;
 pub mod settings;
 pub mod systemd;
 pub mod unit;

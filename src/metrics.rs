@@ -4,7 +4,6 @@
 
 use std::{
     future::Future,
-    net::SocketAddr,
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -270,42 +269,4 @@ where
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// A daemon's listening address could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
-pub struct BindError {
-    pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// A daemon's sockets, bound before anything else runs so that a busy port
-/// fails start-up with an error naming the address.
-pub struct Listeners {
-    pub api: tokio::net::TcpListener,
-    /// The API's bound address (the real port when asked for port 0).
-    pub local: SocketAddr,
-    pub metrics: Option<tokio::net::TcpListener>,
-}
-
-/// Bind the API address and, unless disabled, the metrics address.
-pub async fn bind(listen: SocketAddr, metrics: Option<SocketAddr>) -> Result<Listeners, BindError> {
-    let bind = |addr: SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| BindError { addr, source })
-    };
-    let api = bind(listen).await?;
-    let local = api.local_addr().unwrap_or(listen);
-    let metrics = match metrics {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
-    Ok(Listeners {
-        api,
-        local,
-        metrics,
-    })
 }

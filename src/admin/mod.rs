@@ -23,15 +23,13 @@ use tonic::{
     body::Body,
     codegen::{Service, http},
     server::NamedService,
-    transport::Server,
 };
 
 pub use config::{Cli, Command, Config, ConfigError, ServeArgs};
 pub use fleet::Fleet;
 
-use crate::pb::{
-    self,
-    prism::{admin::v1::admin_server::AdminServer, control_plane_server::ControlPlaneServer},
+use crate::pb::prism::{
+    admin::v1::admin_server::AdminServer, control_plane_server::ControlPlaneServer,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +43,7 @@ pub enum RunError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
-    Bind(#[from] crate::metrics::BindError),
+    Bind(#[from] crate::serve::BindError),
     #[error("TLS: {0}")]
     Tls(#[source] tonic::transport::Error),
     #[error("gRPC server: {0}")]
@@ -120,11 +118,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.reschedule_lost_after,
     )
     .await?;
-    let crate::metrics::Listeners {
+    let crate::serve::Listeners {
         api: listener,
         local,
         metrics: metrics_listener,
-    } = crate::metrics::bind(config.listen, config.metrics_listen).await?;
+    } = crate::serve::bind(config.listen, config.metrics_listen).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ControlPlaneServer<service::ControlPlaneService>>()
@@ -132,21 +130,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     health
         .set_serving::<AdminServer<service::AdminService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("descriptor set built in");
-    let mut server = Server::builder();
-    if let Some(tls) = &config.tls {
-        server = server
-            .tls_config(tls.server_config())
-            .map_err(RunError::Tls)?;
-    } else if !local.ip().is_loopback() {
-        tracing::warn!("serving plaintext gRPC on non-loopback address {local} (--insecure)");
-    }
+    let mut server =
+        crate::serve::grpc_server(config.tls.as_ref(), local).map_err(RunError::Tls)?;
     let router = server
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(crate::serve::reflection())
         .add_service(ControlPlaneWithNotice(ControlPlaneServer::new(
             service::ControlPlaneService::new(fleet.clone()),
         )))

@@ -6,19 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use prism_launcher::admin::{self, Cli, Command};
-use tokio::signal::unix::{SignalKind, signal};
-
-/// sysexits.h EX_USAGE.
-const EX_USAGE: u8 = 64;
-
-async fn terminated() {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-}
+use prism_launcher::serve::{self, EX_USAGE, terminated};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -44,22 +32,5 @@ fn main() -> ExitCode {
         eprintln!("prism-admin: {e}");
         return ExitCode::from(EX_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("prism-admin: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(admin::run(config, terminated())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("prism-admin failed: {e}");
-            eprintln!("prism-admin: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    serve::run("prism-admin", admin::run(config, terminated()))
 }

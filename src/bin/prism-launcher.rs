@@ -6,19 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use prism_launcher::launcher::{self, Args, legacy};
-use tokio::signal::unix::{SignalKind, signal};
-
-/// sysexits.h EX_USAGE.
-const EX_USAGE: u8 = 64;
-
-async fn terminated() {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-}
+use prism_launcher::serve::{self, EX_USAGE, terminated};
 
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -56,22 +44,5 @@ fn main() -> ExitCode {
     for notice in &config.notices {
         tracing::warn!("{notice}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("prism-launcher: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(launcher::run(config, terminated())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "prism-launcher failed");
-            eprintln!("prism-launcher: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    serve::run("prism-launcher", launcher::run(config, terminated()))
 }

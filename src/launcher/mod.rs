@@ -17,15 +17,13 @@ mod watch;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tonic::transport::Server;
-
 pub use config::{Args, Config, ConfigError};
 pub use reconcile::{Action, Want, plan};
 pub use report::redact;
 pub use supervisor::{LauncherError, Supervisor};
 
 use crate::{
-    pb::{self, prism::launcher::v1::launcher_server::LauncherServer},
+    pb::prism::launcher::v1::launcher_server::LauncherServer,
     systemd::{ConnectionState, DbusSystemd, Options, Systemd},
 };
 
@@ -35,7 +33,7 @@ pub enum RunError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
-    Bind(#[from] crate::metrics::BindError),
+    Bind(#[from] crate::serve::BindError),
     #[error("TLS: {0}")]
     Tls(#[source] tonic::transport::Error),
     #[error("gRPC server: {0}")]
@@ -79,33 +77,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
 
-    let crate::metrics::Listeners {
+    let crate::serve::Listeners {
         api: listener,
         local,
         metrics: metrics_listener,
-    } = crate::metrics::bind(config.listen, config.metrics_listen).await?;
+    } = crate::serve::bind(config.listen, config.metrics_listen).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<LauncherServer<service::LauncherService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("descriptor set built in");
-    let mut server = Server::builder();
-    if let Some(tls) = &config.tls {
-        server = server
-            .tls_config(tls.server_config())
-            .map_err(RunError::Tls)?;
-    } else if !local.ip().is_loopback() {
-        tracing::warn!(addr = %local, "serving plaintext gRPC on non-loopback address {local} (--insecure)");
-    }
+    let mut server =
+        crate::serve::grpc_server(config.tls.as_ref(), local).map_err(RunError::Tls)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_server = stop_rx.clone();
     let router = server
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(crate::serve::reflection())
         .add_service(LauncherServer::new(service::LauncherService::new(
             supervisor.clone(),
             config.launcher_id.clone(),
