@@ -12,9 +12,9 @@ use tonic::Code;
 
 use super::{
     dispatch::unreachable,
-    fleet::{Delivery, DeliveryKind, Fleet, FleetError, event, now_ms},
+    fleet::{Delivery, DeliveryKind, Fleet, FleetError, State, event, now_ms},
     placement::{self, Liveness, Request},
-    store::PlacementState,
+    store::{PlacementState, ProcessRecord},
 };
 use crate::pb::prism::admin::v1 as apb;
 
@@ -220,15 +220,16 @@ impl Fleet {
         }
     }
 
-    async fn reschedule(&self, process: &str, from: &str) -> Result<(), FleetError> {
-        let _guard = self.locks.lock(process).await;
-        let mut st = self.state.lock().await;
-        let Some(p) = st.processes.get(process).cloned() else {
-            return Ok(());
-        };
-        if p.launcher_id.as_deref() != Some(from) || p.state != PlacementState::Placed {
-            return Ok(());
-        }
+    /// Place `p` on a launcher other than `from`, store it with the history
+    /// event `name` (and `detail`), and return the new launcher.
+    async fn place_away(
+        &self,
+        st: &mut State,
+        p: &ProcessRecord,
+        from: &str,
+        name: &str,
+        detail: String,
+    ) -> Result<String, FleetError> {
         let candidates = st.candidates(now_ms(), self.interval);
         let target = placement::choose(
             &candidates,
@@ -238,21 +239,34 @@ impl Fleet {
                 ..Request::default()
             },
         )?;
-        let mut moved = p.clone();
-        moved.launcher_id = Some(target.clone());
-        moved.updated_at_ms = now_ms();
+        let mut next = p.clone();
+        next.launcher_id = Some(target.clone());
+        next.updated_at_ms = now_ms();
         self.store
-            .put_process(
-                &moved,
-                &event(
-                    "rescheduled",
-                    p.version(),
-                    &target,
-                    format!("from lost launcher {from}"),
-                ),
+            .put_process(&next, &event(name, p.version(), &target, detail))
+            .await?;
+        st.put(next);
+        Ok(target)
+    }
+
+    async fn reschedule(&self, process: &str, from: &str) -> Result<(), FleetError> {
+        let _guard = self.locks.lock(process).await;
+        let mut st = self.state.lock().await;
+        let Some(p) = st.processes.get(process).cloned() else {
+            return Ok(());
+        };
+        if p.launcher_id.as_deref() != Some(from) || p.state != PlacementState::Placed {
+            return Ok(());
+        }
+        let target = self
+            .place_away(
+                &mut st,
+                &p,
+                from,
+                "rescheduled",
+                format!("from lost launcher {from}"),
             )
             .await?;
-        st.put(moved);
         tracing::warn!(
             prism_process_id = %process,
             "rescheduled {process} from lost launcher {from} to {target}"
@@ -354,25 +368,9 @@ impl Fleet {
                     what: "process",
                     id: id.to_owned(),
                 })?;
-            let candidates = st.candidates(now_ms(), self.interval);
-            let target = placement::choose(
-                &candidates,
-                &Request {
-                    process_type: p.process_type(),
-                    exclude: &[from],
-                    ..Request::default()
-                },
-            )?;
-            let mut next = p.clone();
-            next.launcher_id = Some(target.clone());
-            next.updated_at_ms = now_ms();
-            self.store
-                .put_process(
-                    &next,
-                    &event("moving", p.version(), &target, format!("from {from}")),
-                )
+            let target = self
+                .place_away(&mut st, &p, from, "moving", format!("from {from}"))
                 .await?;
-            st.put(next);
             // Its copy on `from` stays until the new one runs.
             st.moving.insert((id.to_owned(), from.to_owned()));
             (target, p)
