@@ -918,18 +918,13 @@ async fn metrics_and_json_logs_describe_what_happened() {
     // address, before it serves or reconciles anything: the first one's
     // process is untouched and its metrics still answer.
     let other = h.sandbox.dir().join("other-launcher");
-    let args: Vec<String> = vec![
+    let mut args = host_args(&h, &other.join("state"), &other.join("credentials"));
+    args.extend([
         "--listen".into(),
         format!("127.0.0.1:{}", free_port()),
-        "--systemd".into(),
-        format!("bus:{}", h.sandbox.bus_address()),
-        "--state-dir".into(),
-        other.join("state").display().to_string(),
-        "--credentials-dir".into(),
-        other.join("credentials").display().to_string(),
         "--metrics-listen".into(),
         addr.clone(),
-    ];
+    ]);
     let (code, out) = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_to_exit(&args, Duration::from_secs(20))

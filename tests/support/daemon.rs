@@ -6,7 +6,7 @@ use std::{
     fs,
     net::TcpListener,
     os::unix::net::UnixDatagram,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -85,12 +85,6 @@ impl Daemon {
         let mut args: Vec<String> = vec![
             "--listen".into(),
             format!("127.0.0.1:{port}"),
-            "--systemd".into(),
-            format!("bus:{}", h.sandbox.bus_address()),
-            "--state-dir".into(),
-            state_dir.display().to_string(),
-            "--credentials-dir".into(),
-            h.sandbox.dir().join("credentials").display().to_string(),
             "--allow-binary-dir".into(),
             h.bin_dir.display().to_string(),
             "--launcher-id".into(),
@@ -110,15 +104,18 @@ impl Daemon {
         .await
     }
 
-    /// Spawn the launcher `binary` with `args` in the harness's sandbox dir
-    /// and wait until it is ready.
+    /// Spawn the launcher `binary` with the harness's manager, `state_dir`
+    /// and then `args`, in the harness's sandbox dir, and wait until it is
+    /// ready.
     async fn launcher(
         h: &Harness,
         binary: PathBuf,
         port: u16,
         state_dir: PathBuf,
-        args: Vec<String>,
+        extra: Vec<String>,
     ) -> Daemon {
+        let mut args = host_args(h, &state_dir, &h.sandbox.dir().join("credentials"));
+        args.extend(extra);
         let mut d = Daemon {
             binary,
             child: None,
@@ -145,16 +142,8 @@ impl Daemon {
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_prism-launcher"), &link)
             .expect("pattern-launcher symlink");
         let state_dir = h.sandbox.dir().join("launcher-state");
-        let mut all: Vec<String> = vec![
-            "--systemd".into(),
-            format!("bus:{}", h.sandbox.bus_address()),
-            "--state-dir".into(),
-            state_dir.display().to_string(),
-            "--credentials-dir".into(),
-            h.sandbox.dir().join("credentials").display().to_string(),
-        ];
-        all.extend(args.iter().map(|s| s.to_string()));
-        Self::launcher(h, link, port, state_dir, all).await
+        let args = args.iter().map(|s| s.to_string()).collect();
+        Self::launcher(h, link, port, state_dir, args).await
     }
 
     fn spawn(&mut self) {
@@ -315,6 +304,19 @@ impl Drop for Daemon {
         self.kill9();
         let _ = fs::remove_file(&self.notify_path);
     }
+}
+
+/// The launcher flags that tie it to the harness's manager and give it its
+/// own state and credentials directories.
+pub fn host_args(h: &Harness, state_dir: &Path, credentials_dir: &Path) -> Vec<String> {
+    vec![
+        "--systemd".into(),
+        format!("bus:{}", h.sandbox.bus_address()),
+        "--state-dir".into(),
+        state_dir.display().to_string(),
+        "--credentials-dir".into(),
+        credentials_dir.display().to_string(),
+    ]
 }
 
 /// Run a `prism-launcher` that is expected to exit on its own.
