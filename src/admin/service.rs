@@ -186,6 +186,21 @@ impl AdminService {
             launcher_id: launcher,
         }
     }
+
+    /// Drain or undrain a launcher; answers with the launcher as it is now.
+    async fn set_draining(
+        &self,
+        request: Request<apb::DrainRequest>,
+        draining: bool,
+    ) -> Result<Response<apb::LauncherInfo>, Status> {
+        let id = request.into_inner().launcher_id;
+        self.fleet
+            .set_draining(&id, draining)
+            .await
+            .map_err(to_status)?;
+        self.get_launcher(Request::new(apb::GetLauncherRequest { launcher_id: id }))
+            .await
+    }
 }
 
 fn not_found(what: &'static str, id: &str) -> Status {
@@ -301,26 +316,14 @@ impl Admin for AdminService {
         &self,
         request: Request<apb::DrainRequest>,
     ) -> Result<Response<apb::LauncherInfo>, Status> {
-        let id = request.into_inner().launcher_id;
-        self.fleet
-            .set_draining(&id, true)
-            .await
-            .map_err(to_status)?;
-        self.get_launcher(Request::new(apb::GetLauncherRequest { launcher_id: id }))
-            .await
+        self.set_draining(request, true).await
     }
 
     async fn undrain_launcher(
         &self,
         request: Request<apb::DrainRequest>,
     ) -> Result<Response<apb::LauncherInfo>, Status> {
-        let id = request.into_inner().launcher_id;
-        self.fleet
-            .set_draining(&id, false)
-            .await
-            .map_err(to_status)?;
-        self.get_launcher(Request::new(apb::GetLauncherRequest { launcher_id: id }))
-            .await
+        self.set_draining(request, false).await
     }
 
     async fn move_processes(
