@@ -41,6 +41,12 @@ done
 echo "$hier" > "$SBX/cgroup-hierarchies"
 mount -t tmpfs tmpfs /run/systemd
 mkdir -p /run/systemd/system /run/systemd/journal
+# Units' PrivateTmp= directories (systemd-private-*) land in the sandbox,
+# not in the host's /tmp and /var/tmp, and go with it.
+mkdir -p "$SBX/tmp" "$SBX/var-tmp"
+chmod 1777 "$SBX/tmp" "$SBX/var-tmp"
+mount --bind "$SBX/tmp" /tmp
+mount --bind "$SBX/var-tmp" /var/tmp
 # The nodes a system manager creates at boot; units' mount namespaces
 # (DynamicUser, ProtectSystem, PrivateTmp...) mask paths with them.
 mkdir -p /run/systemd/inaccessible
