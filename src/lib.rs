@@ -23,6 +23,8 @@
 //! - [`admin`]: prism-admin: launcher registry, placement, dispatch, fleet
 //!   health, over a store trait (SQLite by default).
 //! - [`ctl`]: `prismctl` subcommands, one file each.
+//! - [`auth`]: who is calling (certificates, `SO_PEERCRED`) and the one
+//!   authorization table every RPC is checked against.
 //! - [`settings`]: configuration pieces both daemons share.
 //! - [`serve`]: start-up and serving both daemons share (exit codes,
 //!   signals, sockets, the gRPC server).
@@ -30,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod ctl;
 pub mod health;
 pub mod launcher;

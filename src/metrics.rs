@@ -38,6 +38,14 @@ pub struct Cause {
     pub cause: String,
 }
 
+/// A call refused by the authorization gate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Denial {
+    pub rpc: String,
+    /// The kind of caller (root, local_user, launcher, operator, anonymous...).
+    pub caller: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlotState {
     pub state: String,
@@ -55,6 +63,7 @@ pub struct LauncherMetrics {
     pub systemd_connected: Gauge,
     pub restarts: Family<Cause, Counter>,
     pub heartbeat_failures: Counter,
+    pub auth_denied: Family<Denial, Counter>,
     /// Engine counters already folded in (they are cumulative there).
     seen_errors: AtomicU64,
     seen_reconnects: AtomicU64,
@@ -74,6 +83,7 @@ impl Default for LauncherMetrics {
             systemd_connected: Gauge::default(),
             restarts: Family::default(),
             heartbeat_failures: Counter::default(),
+            auth_denied: Family::default(),
             seen_errors: AtomicU64::new(0),
             seen_reconnects: AtomicU64::new(0),
         };
@@ -124,6 +134,11 @@ impl Default for LauncherMetrics {
                 "prism_launcher_heartbeat_failures",
                 "Heartbeats to prism-admin that failed",
                 m.heartbeat_failures.clone(),
+            );
+            r.register(
+                "prism_launcher_auth_denied",
+                "Calls refused by authorization, by RPC and kind of caller",
+                m.auth_denied.clone(),
             );
         }
         m
@@ -193,6 +208,7 @@ pub struct AdminMetrics {
     pub processes: Family<Status, Gauge>,
     pub placement_failures: Family<Reason, Counter>,
     pub dispatch_retries: Family<Kind, Counter>,
+    pub auth_denied: Family<Denial, Counter>,
 }
 
 impl Default for AdminMetrics {
@@ -203,6 +219,7 @@ impl Default for AdminMetrics {
             processes: Family::default(),
             placement_failures: Family::default(),
             dispatch_retries: Family::default(),
+            auth_denied: Family::default(),
         };
         {
             let mut r = m.registry.lock().expect("poisoned");
@@ -225,6 +242,11 @@ impl Default for AdminMetrics {
                 "prism_admin_dispatch_retries",
                 "Pushes to launchers that failed and are retried, by kind",
                 m.dispatch_retries.clone(),
+            );
+            r.register(
+                "prism_admin_auth_denied",
+                "Calls refused by authorization, by RPC and kind of caller",
+                m.auth_denied.clone(),
             );
         }
         m

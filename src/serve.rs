@@ -2,13 +2,14 @@
 //! runtime, binding their sockets before anything else runs, and the gRPC
 //! server with TLS and reflection.
 
-use std::{fmt::Display, future::Future, net::SocketAddr, process::ExitCode};
+use std::{fmt::Display, future::Future, net::SocketAddr, path::Path, process::ExitCode};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tonic::transport::Server;
+use tonic::transport::{Server, server::Router};
 use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
+use tower::layer::util::{Identity, Stack};
 
-use crate::settings::Tls;
+use crate::{auth::Gate, settings::Tls};
 
 /// sysexits.h EX_USAGE: a bad flag or setting. The units do not restart on
 /// it (`RestartPreventExitStatus=64`).
@@ -51,7 +52,7 @@ pub fn run<E: Display>(name: &str, daemon: impl Future<Output = Result<(), E>>) 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {source}")]
 pub struct BindError {
-    pub addr: SocketAddr,
+    pub addr: String,
     #[source]
     pub source: std::io::Error,
 }
@@ -59,21 +60,45 @@ pub struct BindError {
 /// A daemon's sockets, bound before anything else runs so that a busy port
 /// fails start-up with an error naming the address.
 pub struct Listeners {
-    pub api: tokio::net::TcpListener,
+    /// gRPC over TCP, if configured.
+    pub api: Option<tokio::net::TcpListener>,
     /// The API's bound address (the real port when asked for port 0).
-    pub local: SocketAddr,
+    pub local: Option<SocketAddr>,
+    /// gRPC on the local Unix socket, if configured.
+    pub unix: Option<tokio::net::UnixListener>,
     pub metrics: Option<tokio::net::TcpListener>,
 }
 
-/// Bind the API address and, unless disabled, the metrics address.
-pub async fn bind(listen: SocketAddr, metrics: Option<SocketAddr>) -> Result<Listeners, BindError> {
+/// Bind the TCP API address, the local socket and, unless disabled, the
+/// metrics address.
+pub async fn bind(
+    listen: Option<SocketAddr>,
+    socket: Option<&Path>,
+    metrics: Option<SocketAddr>,
+) -> Result<Listeners, BindError> {
     let bind = |addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|source| BindError { addr, source })
+            .map_err(|source| BindError {
+                addr: addr.to_string(),
+                source,
+            })
     };
-    let api = bind(listen).await?;
-    let local = api.local_addr().unwrap_or(listen);
+    let (api, local) = match listen {
+        Some(addr) => {
+            let api = bind(addr).await?;
+            let local = api.local_addr().unwrap_or(addr);
+            (Some(api), Some(local))
+        }
+        None => (None, None),
+    };
+    let unix = match socket {
+        Some(path) => Some(bind_unix(path).map_err(|source| BindError {
+            addr: format!("unix:{}", path.display()),
+            source,
+        })?),
+        None => None,
+    };
     let metrics = match metrics {
         Some(addr) => Some(bind(addr).await?),
         None => None,
@@ -81,31 +106,110 @@ pub async fn bind(listen: SocketAddr, metrics: Option<SocketAddr>) -> Result<Lis
     Ok(Listeners {
         api,
         local,
+        unix,
         metrics,
     })
 }
 
-/// The gRPC server for the API bound at `local`: TLS when configured,
-/// otherwise plaintext, with a warning when that is not on loopback
-/// (configuration only allows it with `--insecure`).
-pub fn grpc_server(
-    tls: Option<&Tls>,
-    local: SocketAddr,
-) -> Result<Server, tonic::transport::Error> {
-    let server = Server::builder();
-    match tls {
-        Some(tls) => server.tls_config(tls.server_config()),
-        None => {
-            if !local.ip().is_loopback() {
-                tracing::warn!(
-                    addr = %local,
-                    "serving plaintext gRPC on non-loopback address {local} (--insecure)"
-                );
-            }
-            Ok(server)
-        }
+/// Bind the local socket: a stale one (nobody answers) is replaced, a live
+/// one is an error. Anyone may connect (mode 0666): the gate decides by
+/// the peer's uid, which the kernel vouches for.
+fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
     }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another daemon is serving this socket",
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
 }
+
+/// A gRPC server whose every call passes the gate.
+pub type GatedServer = Server<Stack<Gate, Identity>>;
+pub type GatedRouter = Router<Stack<Gate, Identity>>;
+
+/// Serve the routes that `routes` adds on the TCP listener (TLS when
+/// configured) and on the local socket, until `stop` turns true. Both
+/// servers pass every call through `gate`. Resolves when both have
+/// stopped, with the first error.
+pub fn serve_grpc(
+    routes: impl Fn(GatedServer) -> GatedRouter,
+    gate: &Gate,
+    tls: Option<&Tls>,
+    listeners: (
+        Option<tokio::net::TcpListener>,
+        Option<tokio::net::UnixListener>,
+    ),
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Serving, tonic::transport::Error> {
+    let (tcp, unix) = listeners;
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let mut servers: Vec<
+        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>,
+    > = Vec::new();
+    if let Some(listener) = tcp {
+        let local = listener.local_addr().ok();
+        let mut server = Server::builder();
+        match tls {
+            Some(tls) => server = server.tls_config(tls.server_config())?,
+            None => {
+                if let Some(addr) = local {
+                    tracing::warn!(
+                        addr = %addr,
+                        "serving plaintext gRPC on {addr} (--insecure): every peer that can \
+                         connect is trusted with every role, including every local user"
+                    );
+                }
+            }
+        }
+        let router = routes(server.layer(gate.clone()));
+        servers.push(Box::pin(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            stopped(stop.clone()),
+        )));
+    }
+    if let Some(listener) = unix {
+        let incoming = futures_util::stream::unfold(listener, |l| async move {
+            let next = l.accept().await.map(|(stream, _)| stream);
+            Some((next, l))
+        });
+        let router = routes(Server::builder().layer(gate.clone()));
+        servers.push(Box::pin(
+            router.serve_with_incoming_shutdown(incoming, stopped(stop.clone())),
+        ));
+    }
+    Ok(Box::pin(async move {
+        let results = futures_util::future::join_all(servers).await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
+    }))
+}
+
+/// The gRPC servers of a daemon, until they stop.
+pub type Serving =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
 /// gRPC server reflection over every service of this crate.
 pub fn reflection() -> ServerReflectionServer<impl ServerReflection> {

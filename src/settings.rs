@@ -3,7 +3,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs},
-    path::Path,
+    path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
 };
@@ -85,20 +85,90 @@ impl Tls {
     }
 }
 
-/// Refuse plaintext gRPC on a non-loopback address unless forced.
-pub fn check_plaintext(listen: SocketAddr, tls: bool, insecure: bool) -> Result<(), ConfigError> {
-    if tls || insecure || listen.ip().is_loopback() {
+/// Who may reach a daemon's TCP listener: plaintext only with
+/// `--insecure` (then every peer is trusted), and TLS on a non-loopback
+/// address only with a client CA (else peers cannot be told apart).
+pub fn check_transport(
+    listen: Option<SocketAddr>,
+    tls: Option<&Tls>,
+    insecure: bool,
+) -> Result<(), ConfigError> {
+    let Some(listen) = listen else {
+        return Ok(());
+    };
+    if insecure {
         return Ok(());
     }
-    bad(
-        "listen",
-        "listen",
-        format!(
-            "plaintext gRPC on non-loopback address {listen} would let anyone on the network \
-             start processes as root; configure --tls-cert/--tls-key (and --tls-ca for mTLS), \
-             listen on 127.0.0.1, or pass --insecure"
+    match tls {
+        None => bad(
+            "listen",
+            "listen",
+            format!(
+                "plaintext gRPC on {listen} cannot tell who calls, so anyone who can connect could \
+                 start processes as root; configure TLS with a client CA (--tls-cert, --tls-key, \
+                 --tls-ca), serve only the local socket (--listen none), or pass --insecure to \
+                 trust every peer"
+            ),
         ),
-    )
+        Some(t) if t.client_ca.is_none() && !listen.ip().is_loopback() => bad(
+            "tls-ca",
+            "tls.ca",
+            format!(
+                "TLS on non-loopback address {listen} without a client CA cannot tell who calls; \
+                 set --tls-ca (mutual TLS) or pass --insecure to trust every peer"
+            ),
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+/// `--listen`: an address, or `none` for no TCP listener.
+pub fn parse_listen_opt(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "none" {
+        Ok(None)
+    } else {
+        parse_listen(s).map(Some)
+    }
+}
+
+/// `--socket`: an absolute path, or `none` for no local socket.
+pub fn parse_socket(s: &str) -> Result<Option<PathBuf>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    let path = PathBuf::from(s);
+    if !path.is_absolute() {
+        return Err(format!("{s:?} is not an absolute path (or none)"));
+    }
+    Ok(Some(path))
+}
+
+/// A SPIFFE trust domain: lower-case letters, digits, `.`, `-`, `_`.
+pub fn check_trust_domain(s: &str) -> Result<(), String> {
+    if !s.is_empty()
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a trust domain (lower-case letters, digits, . - _)"
+        ))
+    }
+}
+
+/// A group name as in /etc/group.
+pub fn check_group(s: &str) -> Result<(), String> {
+    if !s.is_empty()
+        && s.len() <= 32
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a group name"))
+    }
 }
 
 /// `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.

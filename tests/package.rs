@@ -150,7 +150,8 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
         &root,
         "prism-admin.service",
         &format!(
-            "{} serve --config {} --listen 127.0.0.1:{admin_port} --data-dir ${{STATE_DIRECTORY}} \
+            "{} serve --config {} --listen 127.0.0.1:{admin_port} --insecure \
+             --socket ${{RUNTIME_DIRECTORY}}/admin.sock --data-dir ${{STATE_DIRECTORY}} \
              --metrics-listen none --heartbeat-interval 1s",
             bin("prism-admin"),
             etc("admin.toml"),
@@ -164,6 +165,7 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
         &format!(
             "{} --config {} --systemd bus:{} --state-dir ${{STATE_DIRECTORY}} \
              --credentials-dir ${{RUNTIME_DIRECTORY}}/credentials --listen 127.0.0.1:{launcher_port} \
+             --insecure --socket ${{RUNTIME_DIRECTORY}}/launcher.sock \
              --metrics-listen none --allow-binary-dir {} --launcher-id packaged \
              --admin-endpoint 127.0.0.1:{admin_port}",
             bin("prism-launcher"),

@@ -33,6 +33,8 @@ fn root() -> bool {
 struct Stack {
     state: PathBuf,
     admin: String,
+    /// Its metrics are on the next port.
+    admin_port: u16,
     env: Vec<(String, String)>,
 }
 
@@ -41,16 +43,15 @@ impl Stack {
         let base = Path::new(prism_launcher::sandbox::DEFAULT_BASE);
         std::fs::create_dir_all(base).unwrap();
         let state = base.join(format!("local-{}-{}", std::process::id(), free_port()));
-        let admin_port = free_port();
+        // The stack serves gRPC on sockets in its state directory only.
+        let admin = format!("unix:{}", state.join("admin.sock").display());
         Stack {
-            admin: format!("http://127.0.0.1:{admin_port}"),
+            admin_port: free_port(),
             env: vec![
                 ("PRISM_LOCAL_STATE".into(), state.display().to_string()),
-                (
-                    "PRISM_ADMIN".into(),
-                    format!("http://127.0.0.1:{admin_port}"),
-                ),
+                ("PRISM_ADMIN".into(), admin.clone()),
             ],
+            admin,
             state,
         }
     }
@@ -86,7 +87,7 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
         return;
     }
     let stack = Stack::new();
-    let admin_port = stack.admin.rsplit(':').next().unwrap().to_owned();
+    let admin_port = stack.admin_port.to_string();
     let launcher_port = free_port().to_string();
     let up = stack.run(&[
         "local",
@@ -148,7 +149,11 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
         .collect();
     assert_eq!(types.len(), 4, "{types:?}");
     assert!(types.values().all(|s| s == "running"), "{types:?}");
-    let mut api = AdminClient::connect(stack.admin.clone()).await.unwrap();
+    let address = prism_launcher::auth::dial::Address::parse(&stack.admin).unwrap();
+    let channel =
+        prism_launcher::auth::dial::channel(&address, None, std::time::Duration::from_secs(5))
+            .unwrap();
+    let mut api = AdminClient::new(channel);
     let launchers_json = stack.ok(&["launchers", "-o", "json"]);
     let from_ctl: ListLaunchersResponse = serde_json::from_str(&launchers_json).unwrap();
     let from_api = api

@@ -7,9 +7,18 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde::Deserialize;
 
 pub use crate::settings::{ConfigError, Tls};
-use crate::settings::{bad, check_plaintext, parse_duration, parse_listen};
+use crate::{
+    auth::{DEFAULT_OPERATOR_GROUP, DEFAULT_TRUST_DOMAIN, Role, identity::role_of_pem},
+    settings::{
+        bad, check_group, check_transport, check_trust_domain, parse_duration, parse_listen_opt,
+        parse_socket,
+    },
+};
 
+/// The TCP listener when TLS is configured; without TLS the admin serves
+/// only its local socket unless told otherwise.
 pub const DEFAULT_LISTEN: &str = ":8981";
+pub const DEFAULT_SOCKET: &str = "/run/prism-admin/admin.sock";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/prism-admin";
 
 #[derive(Parser, Debug)]
@@ -35,9 +44,20 @@ pub struct ServeArgs {
     /// TOML configuration file; flags override its settings.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// gRPC listen address [default: :8981, all interfaces].
+    /// gRPC over TCP on this address, or `none` [default: :8981 with TLS;
+    /// none without].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// gRPC on this Unix socket, or `none`; callers are known by their uid
+    /// [default: /run/prism-admin/admin.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<String>,
+    /// Members of this group are operators on the local socket [default: prism].
+    #[arg(long, value_name = "GROUP")]
+    pub operator_group: Option<String>,
+    /// Certificates name roles as spiffe://<DOMAIN>/<role> [default: prism].
+    #[arg(long, value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
     /// Where the SQLite database lives [default: /var/lib/prism-admin].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -60,7 +80,8 @@ pub struct ServeArgs {
     /// launchers' server certificates.
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
-    /// Allow plaintext gRPC on a non-loopback address.
+    /// Serve TCP peers without client certificates, trusting each of them
+    /// with every role (plaintext, or TLS without a client CA).
     #[arg(long)]
     pub insecure: bool,
     /// Prometheus metrics at /metrics on this address, or `none`
@@ -78,6 +99,9 @@ struct FileConfig {
     metrics_listen: Option<String>,
     log_format: Option<crate::logging::LogFormat>,
     listen: Option<String>,
+    socket: Option<String>,
+    operator_group: Option<String>,
+    trust_domain: Option<String>,
     data_dir: Option<PathBuf>,
     heartbeat_interval: Option<String>,
     reschedule_lost_after: Option<String>,
@@ -96,7 +120,10 @@ struct TlsFile {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
+    pub socket: Option<PathBuf>,
+    pub operator_group: String,
+    pub trust_domain: String,
     pub data_dir: PathBuf,
     pub heartbeat_interval: Duration,
     pub reschedule_lost_after: Option<Duration>,
@@ -123,11 +150,6 @@ impl ServeArgs {
                 })?
             }
         };
-        let listen_text = self
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = parse_listen(&listen_text).or_else(|r| bad("listen", "listen", r))?;
         let data_dir = self
             .data_dir
             .or(file.data_dir)
@@ -167,8 +189,59 @@ impl ServeArgs {
             self.tls_key.or(file.tls.key).as_deref(),
             self.tls_ca.or(file.tls.ca).as_deref(),
         )?;
+        let trust_domain = self
+            .trust_domain
+            .or(file.trust_domain)
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        check_trust_domain(&trust_domain).or_else(|r| bad("trust-domain", "trust_domain", r))?;
+        if let Some(tls) = &tls {
+            // Launchers accept only an admin's certificate.
+            match role_of_pem(&tls.cert, &trust_domain) {
+                Ok((Role::Admin, _)) => {}
+                Ok((role, uri)) => {
+                    return bad(
+                        "tls-cert",
+                        "tls.cert",
+                        format!(
+                            "the certificate names {role} ({uri}); the admin's must name spiffe://{trust_domain}/admin"
+                        ),
+                    );
+                }
+                Err(e) => {
+                    return bad(
+                        "tls-cert",
+                        "tls.cert",
+                        format!("{e}; the admin's must name spiffe://{trust_domain}/admin"),
+                    );
+                }
+            }
+        }
+        let listen = match self.listen.or(file.listen) {
+            Some(text) => parse_listen_opt(&text).or_else(|r| bad("listen", "listen", r))?,
+            None if tls.is_some() => parse_listen_opt(DEFAULT_LISTEN).ok().flatten(),
+            None => None,
+        };
+        let socket = parse_socket(
+            &self
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.to_owned()),
+        )
+        .or_else(|r| bad("socket", "socket", r))?;
+        if listen.is_none() && socket.is_none() {
+            return bad(
+                "listen",
+                "listen",
+                "with --socket none as well, nothing would be served",
+            );
+        }
+        let operator_group = self
+            .operator_group
+            .or(file.operator_group)
+            .unwrap_or_else(|| DEFAULT_OPERATOR_GROUP.to_owned());
+        check_group(&operator_group).or_else(|r| bad("operator-group", "operator_group", r))?;
         let insecure = self.insecure || file.insecure.unwrap_or(false);
-        check_plaintext(listen, tls.is_some(), insecure)?;
+        check_transport(listen, tls.as_ref(), insecure)?;
         let metrics_listen = crate::settings::parse_metrics_listen(
             &self
                 .metrics_listen
@@ -180,6 +253,9 @@ impl ServeArgs {
             metrics_listen,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             listen,
+            socket,
+            operator_group,
+            trust_domain,
             data_dir,
             heartbeat_interval,
             reschedule_lost_after,
@@ -205,14 +281,24 @@ mod tests {
     fn the_packaged_configuration_is_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/etc/admin.toml");
         let c = resolve(&["--config", path]).expect("packaging/etc/admin.toml");
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8981");
+        assert_eq!(c.listen, None);
+        assert_eq!(c.socket, Some(PathBuf::from(DEFAULT_SOCKET)));
         assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9094");
     }
 
     #[test]
     fn defaults_and_named_errors() {
-        assert!(resolve(&[]).unwrap_err().setting.starts_with("--listen"));
-        let c = resolve(&["--listen", "127.0.0.1:8981"]).unwrap();
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.listen, None, "no TCP without TLS");
+        assert_eq!(c.socket, Some(PathBuf::from(DEFAULT_SOCKET)));
+        assert_eq!(c.operator_group, "prism");
+        assert_eq!(c.trust_domain, "prism");
+        let e = resolve(&["--listen", "127.0.0.1:8981"]).unwrap_err();
+        assert!(e.setting.starts_with("--listen"), "{e}");
+        assert!(e.reason.contains("--insecure"), "{e}");
+        let e = resolve(&["--listen", "none", "--socket", "none"]).unwrap_err();
+        assert!(e.setting.starts_with("--listen"), "{e}");
+        let c = resolve(&["--listen", "127.0.0.1:8981", "--insecure"]).unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(c.reschedule_lost_after, None);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
@@ -227,8 +313,17 @@ mod tests {
             ),
             (vec!["--data-dir", "rel"], "--data-dir (data_dir)"),
             (vec!["--tls-ca", "/x"], "--tls-ca (tls.ca)"),
+            (vec!["--socket", "rel.sock"], "--socket (socket)"),
+            (
+                vec!["--trust-domain", "Prism/x"],
+                "--trust-domain (trust_domain)",
+            ),
+            (
+                vec!["--operator-group", "a:b"],
+                "--operator-group (operator_group)",
+            ),
         ] {
-            let mut all = vec!["--listen", "127.0.0.1:8981"];
+            let mut all = vec!["--listen", "127.0.0.1:8981", "--insecure"];
             all.extend(flags);
             assert_eq!(resolve(&all).unwrap_err().setting, setting);
         }

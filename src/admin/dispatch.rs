@@ -1,12 +1,15 @@
 //! Pushing assignments and revocations to launchers, at the address each
-//! registered, over TLS (mTLS with the admin's own certificate) when the
-//! admin has it.
+//! registered: over mTLS with the admin's own certificate when the admin
+//! has one, accepting only the certificate of the launcher meant (a
+//! process's credentials go only to the launcher that runs it); or over a
+//! launcher's local socket.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tonic::{Code, Status, transport::Channel};
 
 use crate::{
+    auth::dial::{Address, ClientPem, Expect, channel, client_config},
     pb::prism::{self as pb, launcher::v1::launcher_client::LauncherClient},
     settings::Tls,
 };
@@ -20,7 +23,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Dispatcher {
     tls: Option<Tls>,
-    channels: Mutex<HashMap<String, Channel>>,
+    trust_domain: String,
+    insecure: bool,
+    /// By (launcher id, address): TLS checks the id in the certificate.
+    channels: Mutex<HashMap<(String, String), Channel>>,
 }
 
 /// A push failed because the launcher could not be reached (retry later),
@@ -33,43 +39,75 @@ pub fn unreachable(status: &Status) -> bool {
 }
 
 impl Dispatcher {
-    pub fn new(tls: Option<Tls>) -> Self {
+    /// Push with `tls` (the admin's own certificate, and the CA launchers'
+    /// certificates chain to) when configured; plaintext to a launcher on
+    /// another host only when `insecure`.
+    pub fn new(tls: Option<Tls>, trust_domain: String, insecure: bool) -> Self {
         Self {
             tls,
+            trust_domain,
+            insecure,
             channels: Mutex::default(),
         }
     }
 
-    fn client(&self, address: &str) -> Result<LauncherClient<Channel>, Status> {
+    fn client(&self, launcher: &str, address: &str) -> Result<LauncherClient<Channel>, Status> {
+        let key = (launcher.to_owned(), address.to_owned());
         let mut channels = self.channels.lock().expect("poisoned");
-        if let Some(ch) = channels.get(address) {
+        if let Some(ch) = channels.get(&key) {
             return Ok(LauncherClient::new(ch.clone()));
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
-            .map_err(|e| Status::invalid_argument(format!("launcher address {address:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT);
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.client_config())
-                .map_err(|e| Status::internal(format!("TLS for {address}: {e}")))?;
-        }
-        let channel = endpoint.connect_lazy();
-        channels.insert(address.to_owned(), channel.clone());
+        let refuse = |reason: String| {
+            Status::failed_precondition(format!("launcher {launcher} at {address}: {reason}"))
+        };
+        let target = Address::parse(address).map_err(refuse)?;
+        let tls = match (&target, &self.tls) {
+            (Address::Unix(_), _) => None,
+            (Address::Tcp { .. }, Some(tls)) => {
+                let ca = tls.client_ca.as_deref().ok_or_else(|| {
+                    refuse("the admin has no CA (--tls-ca) to verify launchers with".into())
+                })?;
+                Some(
+                    client_config(
+                        ClientPem {
+                            ca,
+                            identity: Some((&tls.cert, &tls.key)),
+                        },
+                        &self.trust_domain,
+                        Expect::Launcher(launcher.to_owned()),
+                    )
+                    .map_err(|e| refuse(e.to_string()))?,
+                )
+            }
+            (Address::Tcp { .. }, None) if target.is_local() || self.insecure => None,
+            (Address::Tcp { .. }, None) => {
+                return Err(refuse(
+                    "plaintext to another host would hand its processes' credentials to \
+                     anyone on the path; configure TLS, or pass --insecure"
+                        .into(),
+                ));
+            }
+        };
+        let channel = channel(&target, tls, CONNECT_TIMEOUT).map_err(|e| refuse(e.to_string()))?;
+        channels.insert(key, channel.clone());
         Ok(LauncherClient::new(channel))
     }
 
     /// Drop a cached connection (the launcher moved or re-registered).
     pub fn forget(&self, address: &str) {
-        self.channels.lock().expect("poisoned").remove(address);
+        self.channels
+            .lock()
+            .expect("poisoned")
+            .retain(|(_, a), _| a != address);
     }
 
     pub async fn assign(
         &self,
+        launcher: &str,
         address: &str,
         spec: &pb::ProcessAssignment,
     ) -> Result<pb::ProcessAssignmentAck, Status> {
-        let mut client = self.client(address)?;
+        let mut client = self.client(launcher, address)?;
         let mut request = tonic::Request::new(spec.clone());
         request.set_timeout(ASSIGN_TIMEOUT);
         match tokio::time::timeout(ASSIGN_TIMEOUT, client.assign_process(request)).await {
@@ -87,7 +125,7 @@ impl Dispatcher {
         process_id: &str,
         graceful_timeout_seconds: i32,
     ) -> Result<pb::ProcessRevocationAck, Status> {
-        let mut client = self.client(address)?;
+        let mut client = self.client(launcher_id, address)?;
         let grace = Duration::from_secs(match graceful_timeout_seconds {
             s if s > 0 => s as u64,
             _ => 30,

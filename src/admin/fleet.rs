@@ -29,7 +29,7 @@ use crate::{
     locks::KeyedLocks,
     model::{ManagedProcess, Policy, ProcessType, ValidationError},
     pb::prism as pb,
-    settings::{Tls, is_token},
+    settings::is_token,
     unit,
 };
 
@@ -209,7 +209,7 @@ impl Fleet {
     /// Load the fleet from `store`.
     pub async fn open(
         store: Arc<dyn AdminStore>,
-        tls: Option<Tls>,
+        dispatcher: Dispatcher,
         interval: Duration,
         reschedule_lost_after: Option<Duration>,
     ) -> Result<Arc<Self>, StoreError> {
@@ -242,7 +242,7 @@ impl Fleet {
         state.health = snapshot.health;
         Ok(Arc::new(Self {
             store,
-            dispatcher: Dispatcher::new(tls),
+            dispatcher,
             interval,
             reschedule_lost_after,
             state: Mutex::new(state),
@@ -439,7 +439,7 @@ impl Fleet {
                 id: target,
             });
         };
-        match self.dispatcher.assign(&address, &spec).await {
+        match self.dispatcher.assign(&target, &address, &spec).await {
             Ok(ack) => {
                 let _ = self
                     .store
@@ -637,7 +637,7 @@ impl Fleet {
                 ),
             ));
         }
-        crate::settings::parse_endpoint(&reg.address).map_err(|e| bad("address", e))?;
+        crate::auth::dial::Address::parse(&reg.address).map_err(|e| bad("address", e))?;
         if !(1..=100_000).contains(&reg.max_processes) {
             return Err(bad(
                 "max_processes",

@@ -103,9 +103,32 @@ fn notify(states: &[sd_notify::NotifyState]) {
     let _ = sd_notify::notify(states);
 }
 
+/// Create the data directory 0700 and the database file 0600, whatever
+/// the umask: the database holds every credential of the fleet. SQLite
+/// gives its WAL and shared-memory files the database file's mode.
+fn private_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for name in ["admin.db", "admin.db-wal", "admin.db-shm"] {
+        let path = dir.join(name);
+        if name == "admin.db" {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)?;
+        }
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// Run the admin until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| RunError::DataDir {
+    private_data_dir(&config.data_dir).map_err(|source| RunError::DataDir {
         dir: config.data_dir.clone(),
         source,
     })?;
@@ -113,7 +136,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Arc::new(store::SqliteStore::open(&config.data_dir).await?);
     let fleet = Fleet::open(
         db,
-        config.tls.clone(),
+        dispatch::Dispatcher::new(
+            config.tls.clone(),
+            config.trust_domain.clone(),
+            config.insecure,
+        ),
         config.heartbeat_interval,
         config.reschedule_lost_after,
     )
@@ -121,8 +148,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let crate::serve::Listeners {
         api: listener,
         local,
+        unix,
         metrics: metrics_listener,
-    } = crate::serve::bind(config.listen, config.metrics_listen).await?;
+    } = crate::serve::bind(
+        config.listen,
+        config.socket.as_deref(),
+        config.metrics_listen,
+    )
+    .await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ControlPlaneServer<service::ControlPlaneService>>()
@@ -130,15 +163,39 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     health
         .set_serving::<AdminServer<service::AdminService>>()
         .await;
-    let mut server =
-        crate::serve::grpc_server(config.tls.as_ref(), local).map_err(RunError::Tls)?;
-    let router = server
-        .add_service(health_service)
-        .add_service(crate::serve::reflection())
-        .add_service(ControlPlaneWithNotice(ControlPlaneServer::new(
-            service::ControlPlaneService::new(fleet.clone()),
-        )))
-        .add_service(AdminServer::new(service::AdminService::new(fleet.clone())));
+    let group = crate::auth::OperatorGroup::resolve(&config.operator_group);
+    if config.socket.is_some() && group.gid.is_none() {
+        tracing::info!(
+            "no group {:?} on this host: only root may use the local socket",
+            config.operator_group
+        );
+    }
+    let gate = crate::auth::Gate::new(
+        &config.trust_domain,
+        group,
+        config.insecure,
+        false,
+        fleet.metrics.auth_denied.clone(),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let routes = |server: crate::serve::GatedServer| {
+        let mut server = server;
+        server
+            .add_service(health_service.clone())
+            .add_service(crate::serve::reflection())
+            .add_service(ControlPlaneWithNotice(ControlPlaneServer::new(
+                service::ControlPlaneService::new(fleet.clone(), gate.clone()),
+            )))
+            .add_service(AdminServer::new(service::AdminService::new(fleet.clone())))
+    };
+    let servers = crate::serve::serve_grpc(
+        routes,
+        &gate,
+        config.tls.as_ref(),
+        (listener, unix),
+        stop_rx,
+    )
+    .map_err(RunError::Tls)?;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(fleet.clone().delivery_loop());
@@ -175,20 +232,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         });
     }
 
+    let tcp = local.map_or_else(|| "no TCP".to_owned(), |a| a.to_string());
+    let socket = config.socket.as_ref().map_or_else(
+        || "no socket".to_owned(),
+        |p| format!("unix:{}", p.display()),
+    );
     tracing::info!(
-        addr = %local,
         tls = config.tls.is_some(),
-        "prism-admin listening on {local}; data in {}",
+        insecure = config.insecure,
+        "prism-admin listening on {tcp} and {socket}; data in {}",
         config.data_dir.display()
     );
     notify(&[sd_notify::NotifyState::Ready]);
-    let result = router
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
-        .await
-        .map_err(RunError::Serve);
+    tokio::pin!(servers);
+    let result = tokio::select! {
+        r = &mut servers => r.map_err(RunError::Serve),
+        _ = shutdown => {
+            let _ = stop_tx.send(true);
+            servers.await.map_err(RunError::Serve)
+        }
+    };
     notify(&[sd_notify::NotifyState::Stopping]);
     tasks.abort_all();
     fleet.flush().await;

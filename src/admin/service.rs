@@ -12,6 +12,7 @@ use super::{
     store::{HistoryEvent, LauncherRecord, PlacementState, ProcessRecord},
 };
 use crate::{
+    auth,
     launcher::redact,
     model::ProcessType,
     pb::prism::{
@@ -51,11 +52,12 @@ fn metadata(request: &Request<impl Sized>, key: &str) -> Option<String> {
 
 pub struct ControlPlaneService {
     fleet: Arc<Fleet>,
+    gate: auth::Gate,
 }
 
 impl ControlPlaneService {
-    pub fn new(fleet: Arc<Fleet>) -> Self {
-        Self { fleet }
+    pub fn new(fleet: Arc<Fleet>, gate: auth::Gate) -> Self {
+        Self { fleet, gate }
     }
 }
 
@@ -65,8 +67,23 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<pb::LauncherRegistration>,
     ) -> Result<Response<pb::LauncherRegistrationAck>, Status> {
+        let caller = auth::caller(&request);
+        let reg = request.into_inner();
+        // A launcher registers only as itself; nothing is changed or
+        // returned otherwise.
+        const PATH: &str = "/prism.ControlPlane/RegisterLauncher";
+        auth::acts_as(&caller, &reg.launcher_id).map_err(|d| self.gate.refuse(PATH, &caller, d))?;
+        // A socket path means this host: only a local root may name one.
+        if reg.address.starts_with("unix:") && !caller.is_superuser() {
+            let d = auth::Denied {
+                path: format!("registering the local socket address {:?}", reg.address),
+                required: "root on the admin's local socket".into(),
+                caller: caller.to_string(),
+            };
+            return Err(self.gate.refuse(PATH, &caller, d));
+        }
         self.fleet
-            .register(request.into_inner())
+            .register(reg)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -101,9 +118,13 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<pb::LauncherHeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatAck>, Status> {
-        Ok(Response::new(
-            self.fleet.heartbeat(request.into_inner()).await,
-        ))
+        let caller = auth::caller(&request);
+        let hb = request.into_inner();
+        auth::acts_as(&caller, &hb.launcher_id).map_err(|d| {
+            self.gate
+                .refuse("/prism.ControlPlane/LauncherHeartbeat", &caller, d)
+        })?;
+        Ok(Response::new(self.fleet.heartbeat(hb).await))
     }
 
     async fn revoke_process(

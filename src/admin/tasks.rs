@@ -90,7 +90,7 @@ impl Fleet {
         let result = match (&kind, spec) {
             (DeliveryKind::Assign, Some(spec)) => self
                 .dispatcher
-                .assign(&address, &spec)
+                .assign(launcher, &address, &spec)
                 .await
                 .map(|ack| ack.message),
             (DeliveryKind::Revoke { grace }, _) => {
@@ -378,7 +378,7 @@ impl Fleet {
         let target_address = self.address_of(&target).await.unwrap_or_default();
         let started = self
             .dispatcher
-            .assign(&target_address, &previous.spec)
+            .assign(&target, &target_address, &previous.spec)
             .await;
         let mut st = self.state.lock().await;
         st.moving.remove(&(id.to_owned(), from.to_owned()));

@@ -4,35 +4,43 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tonic::{
-    Code, Status,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-};
+use tonic::{Code, Status, transport::Channel};
 
 use super::Error;
-use crate::pb::prism::{
-    admin::v1::admin_client::AdminClient, control_plane_client::ControlPlaneClient,
+use crate::{
+    auth::dial::{Address, ClientPem, Expect, channel, client_config},
+    pb::prism::{admin::v1::admin_client::AdminClient, control_plane_client::ControlPlaneClient},
 };
 
 #[derive(Args, Debug, Clone)]
 pub struct AdminOpts {
-    /// prism-admin to talk to, as host:port or a URL.
+    /// prism-admin to talk to: its local socket (unix:PATH), host:port or a
+    /// URL. On the admin's host the socket needs no certificate: root, and
+    /// members of the operator group, are known by their uid.
     #[arg(
         long,
         global = true,
         env = "PRISM_ADMIN",
-        default_value = "http://127.0.0.1:8981"
+        default_value = "unix:/run/prism-admin/admin.sock"
     )]
     pub admin: String,
-    /// CA (PEM) to verify the admin's certificate with (switches to https).
+    /// CA (PEM) to verify the admin's certificate with (TCP over TLS).
     #[arg(long, global = true, env = "PRISM_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mTLS.
+    /// Client certificate (PEM) for mTLS: an operator's or a viewer's.
     #[arg(long, global = true, env = "PRISM_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// Private key (PEM) of --tls-cert.
     #[arg(long, global = true, env = "PRISM_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Trust domain the admin's certificate names its role in.
+    #[arg(
+        long,
+        global = true,
+        env = "PRISM_TRUST_DOMAIN",
+        default_value = crate::auth::DEFAULT_TRUST_DOMAIN
+    )]
+    pub trust_domain: String,
 }
 
 /// Clients for the admin's two services, on one connection.
@@ -49,40 +57,60 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, Error> {
 
 impl AdminOpts {
     pub async fn connect(&self) -> Result<Admin, Error> {
-        let tls = self.tls_ca.is_some() || self.tls_cert.is_some();
-        let mut url = crate::settings::parse_endpoint(&self.admin)
-            .map_err(|e| Error::Usage(format!("--admin: {e}")))?;
-        if tls && url.starts_with("http://") {
-            url = url.replacen("http://", "https://", 1);
-        }
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::Usage(format!("--admin {url}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5));
-        if tls {
-            let mut config = ClientTlsConfig::new();
-            if let Some(ca) = &self.tls_ca {
-                config = config.ca_certificate(Certificate::from_pem(read(ca, "--tls-ca")?));
+        let address =
+            Address::parse(&self.admin).map_err(|e| Error::Usage(format!("--admin: {e}")))?;
+        let tls = match (&address, &self.tls_ca) {
+            (Address::Unix(_), _) => None,
+            (Address::Tcp { .. }, Some(ca)) => {
+                let ca = read(ca, "--tls-ca")?;
+                let identity = match (&self.tls_cert, &self.tls_key) {
+                    (Some(c), Some(k)) => Some((read(c, "--tls-cert")?, read(k, "--tls-key")?)),
+                    (None, None) => None,
+                    _ => return Err(Error::Usage("--tls-cert and --tls-key go together".into())),
+                };
+                Some(
+                    client_config(
+                        ClientPem {
+                            ca: &ca,
+                            identity: identity.as_ref().map(|(c, k)| (&c[..], &k[..])),
+                        },
+                        &self.trust_domain,
+                        Expect::Admin,
+                    )
+                    .map_err(|e| Error::Usage(format!("TLS: {e}")))?,
+                )
             }
-            match (&self.tls_cert, &self.tls_key) {
-                (Some(c), Some(k)) => {
-                    config = config.identity(Identity::from_pem(
-                        read(c, "--tls-cert")?,
-                        read(k, "--tls-key")?,
-                    ))
+            (Address::Tcp { https: true, .. }, None) => {
+                return Err(Error::Usage(format!(
+                    "--admin {address}: TLS needs --tls-ca to verify the admin with"
+                )));
+            }
+            (Address::Tcp { .. }, None) => {
+                if self.tls_cert.is_some() {
+                    return Err(Error::Usage(
+                        "--tls-cert needs --tls-ca to verify the admin with".into(),
+                    ));
                 }
-                (None, None) => {}
-                _ => return Err(Error::Usage("--tls-cert and --tls-key go together".into())),
+                None
             }
-            endpoint = endpoint
-                .tls_config(config)
-                .map_err(|e| Error::Usage(format!("TLS: {e}")))?;
+        };
+        let url = address.to_string();
+        let channel = channel(&address, tls, std::time::Duration::from_secs(5))
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        // Connect now, so that an unreachable admin is told apart from a
+        // refusing one.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        if let Err(status) = health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            && matches!(status.code(), Code::Unavailable | Code::Unknown)
+        {
+            return Err(Error::Unreachable(format!(
+                "cannot reach prism-admin at {url} ({}). Start one with `prismctl local up`, or \
+                 point --admin (or PRISM_ADMIN) at a running admin",
+                causes(&status)
+            )));
         }
-        let channel = endpoint.connect().await.map_err(|e| {
-            Error::Unreachable(format!(
-                "cannot reach prism-admin at {url} ({e}). Start one with `prismctl local up`, or \
-                 point --admin (or PRISM_ADMIN) at a running admin"
-            ))
-        })?;
         Ok(Admin {
             api: AdminClient::new(channel.clone()),
             cp: ControlPlaneClient::new(channel),
@@ -91,13 +119,25 @@ impl AdminOpts {
     }
 }
 
+/// A status's message and the errors under it.
+pub fn causes(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 /// A failed call: unreachable (exit 3) or refused (exit 1), with the
 /// admin's own message.
 pub fn call_failed(what: &str, status: Status) -> Error {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded => Error::Unreachable(format!(
             "{what}: prism-admin is unreachable: {}",
-            status.message()
+            causes(&status)
         )),
         Code::NotFound => Error::Failed(format!(
             "{what}: {}. List what exists with `prismctl ps` or `prismctl launchers`",

@@ -64,10 +64,12 @@ pub enum LocalAction {
         /// Also run one demo process of each type.
         #[arg(long)]
         demo: bool,
-        /// prism-admin's port on 127.0.0.1; its metrics are on the next port.
+        /// prism-admin's metrics are on 127.0.0.1 at the port after this one
+        /// (its gRPC is on the local socket in the state directory).
         #[arg(long, default_value_t = 8981)]
         admin_port: u16,
-        /// prism-launcher's port on 127.0.0.1; its metrics are on the next port.
+        /// prism-launcher's metrics are on 127.0.0.1 at the port after this
+        /// one (its gRPC is on the local socket in the state directory).
         #[arg(long, default_value_t = 7070)]
         launcher_port: u16,
     },
@@ -105,12 +107,23 @@ impl Saved {
         format!("127.0.0.1:{}", port.wrapping_add(1))
     }
 
-    fn admin(&self) -> AdminOpts {
+    /// The admin's local socket: the stack serves no plaintext TCP, and
+    /// the socket knows its callers by uid.
+    fn admin_socket(state: &Path) -> PathBuf {
+        state.join("admin.sock")
+    }
+
+    fn launcher_socket(state: &Path) -> PathBuf {
+        state.join("launcher.sock")
+    }
+
+    fn admin(state: &Path) -> AdminOpts {
         AdminOpts {
-            admin: format!("http://127.0.0.1:{}", self.admin_port),
+            admin: format!("unix:{}", Self::admin_socket(state).display()),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            trust_domain: crate::auth::DEFAULT_TRUST_DOMAIN.into(),
         }
     }
 }
@@ -344,12 +357,12 @@ async fn start_daemon(engine: &DbusSystemd, spec: &UnitSpec, what: &str) -> Resu
     Ok(())
 }
 
-async fn connect(saved: &Saved) -> Result<Admin, Error> {
-    saved.admin().connect().await.map_err(|e| match e {
+async fn connect(state: &Path) -> Result<Admin, Error> {
+    Saved::admin(state).connect().await.map_err(|e| match e {
         Error::Unreachable(_) => Error::Unreachable(format!(
-            "the local stack's prism-admin does not answer on 127.0.0.1:{}; see \
+            "the local stack's prism-admin does not answer on unix:{}; see \
              `prismctl local status`, or restart the stack with `prismctl local down` then `up`",
-            saved.admin_port
+            Saved::admin_socket(state).display()
         )),
         other => other,
     })
@@ -386,12 +399,14 @@ async fn up(
     let demo_bin = install(state, "prism-demo")?;
     let redis = Path::new(REDIS).is_file().then_some(Path::new(REDIS));
 
-    let admin_listen = format!("127.0.0.1:{}", saved.admin_port);
+    let admin_socket = Saved::admin_socket(state);
     let admin_argv = vec![
         admin_bin.display().to_string(),
         "serve".into(),
         "--listen".into(),
-        admin_listen.clone(),
+        "none".into(),
+        "--socket".into(),
+        admin_socket.display().to_string(),
         "--data-dir".into(),
         state.join("admin").display().to_string(),
         // Quick health for a local demo.
@@ -414,11 +429,13 @@ async fn up(
     let mut launcher_argv = vec![
         launcher_bin.display().to_string(),
         "--listen".into(),
-        format!("127.0.0.1:{}", saved.launcher_port),
+        "none".into(),
+        "--socket".into(),
+        Saved::launcher_socket(state).display().to_string(),
         "--metrics-listen".into(),
         Saved::metrics(saved.launcher_port),
         "--admin-endpoint".into(),
-        format!("http://{admin_listen}"),
+        format!("unix:{}", admin_socket.display()),
         "--systemd".into(),
         target.to_string(),
         "--launcher-id".into(),
@@ -447,7 +464,7 @@ async fn up(
     )
     .await?;
 
-    let mut admin = connect(&saved).await?;
+    let mut admin = connect(state).await?;
     // The launcher registers with the admin within a heartbeat or two.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -590,7 +607,7 @@ async fn status(g: &Global, state: &Path) -> Result<(), Error> {
         Saved::metrics(saved.admin_port),
         Saved::metrics(saved.launcher_port)
     ));
-    let mut admin = connect(&saved).await?;
+    let mut admin = connect(state).await?;
     let list = processes(&mut admin).await?;
     if let Some(structured) = structured(
         g.output,
@@ -615,10 +632,10 @@ async fn down(state: &Path) -> Result<(), Error> {
         Some(s) => manager(state, Some(s), false).await?,
         None => None,
     };
-    if let (Some(saved), Some(target)) = (&saved, target) {
+    if let (Some(_), Some(target)) = (&saved, target) {
         // Revoke through the admin, so each process stops gracefully and is
         // forgotten; then the daemons.
-        if let Ok(mut admin) = connect(saved).await
+        if let Ok(mut admin) = connect(state).await
             && let Ok(list) = processes(&mut admin).await
         {
             for p in list {

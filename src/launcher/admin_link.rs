@@ -7,10 +7,13 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{Config, supervisor::Supervisor};
-use crate::pb::prism::{self as pb, control_plane_client::ControlPlaneClient};
+use crate::{
+    auth::dial::{Address, ClientPem, DialError, Expect, channel, client_config},
+    pb::prism::{self as pb, control_plane_client::ControlPlaneClient},
+};
 
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,18 +40,43 @@ fn jittered(base: Duration) -> Duration {
     half + Duration::from_nanos(nanos % (half.as_nanos() as u64).max(1))
 }
 
+/// A status's message and the errors under it (a TLS refusal hides
+/// beneath "transport error").
+fn with_causes(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 impl AdminLink {
-    /// Prepare the link; `endpoint` is the admin's URL.
+    /// Prepare the link to the admin at `endpoint`: over TLS whenever TLS
+    /// is configured (whatever the endpoint's spelling), accepting only a
+    /// certificate that names the admin; the local socket; or plaintext
+    /// where configuration allowed it.
     pub fn new(
         config: &Config,
-        endpoint: &str,
+        endpoint: &Address,
         supervisor: Arc<Supervisor>,
-    ) -> Result<Self, tonic::transport::Error> {
-        let mut e =
-            Endpoint::from_shared(endpoint.to_owned())?.connect_timeout(Duration::from_secs(3));
-        if let Some(tls) = &config.tls {
-            e = e.tls_config(tls.client_config())?;
-        }
+    ) -> Result<Self, DialError> {
+        let tls = match (endpoint, &config.tls) {
+            (Address::Tcp { .. }, Some(tls)) => Some(client_config(
+                ClientPem {
+                    ca: tls.client_ca.as_deref().ok_or_else(|| {
+                        DialError::Tls("no CA (tls.ca) to verify the admin with".into())
+                    })?,
+                    identity: Some((&tls.cert, &tls.key)),
+                },
+                &config.trust_domain,
+                Expect::Admin,
+            )?),
+            _ => None,
+        };
+        let channel = channel(endpoint, tls.clone(), Duration::from_secs(3))?;
         let types: Vec<String> = config.capabilities.iter().map(|t| t.to_string()).collect();
         let registration = pb::LauncherRegistration {
             launcher_id: config.launcher_id.clone(),
@@ -61,14 +89,14 @@ impl AdminLink {
             metadata: [
                 ("hostname".to_owned(), crate::settings::hostname()),
                 ("systemd".to_owned(), config.systemd.to_string()),
-                ("tls".to_owned(), config.tls.is_some().to_string()),
+                ("tls".to_owned(), tls.is_some().to_string()),
             ]
             .into(),
         };
         Ok(Self {
             supervisor,
-            client: ControlPlaneClient::new(e.connect_lazy()),
-            endpoint: endpoint.to_owned(),
+            client: ControlPlaneClient::new(channel),
+            endpoint: endpoint.to_string(),
             registration,
             interval: config.heartbeat_interval,
         })
@@ -106,7 +134,7 @@ impl AdminLink {
         )
         .await
         .map_err(|_| "no answer".to_owned())?
-        .map_err(|s| s.message().to_owned())?
+        .map_err(|s| with_causes(&s))?
         .into_inner();
         if !ack.success {
             return Err(format!("refused: {}", ack.message));
@@ -160,7 +188,7 @@ impl AdminLink {
                 Ok(Ok(_)) => {}
                 Ok(Err(status)) => {
                     self.supervisor.metrics.heartbeat_failures.inc();
-                    return status.message().to_owned();
+                    return with_causes(&status);
                 }
                 Err(_) => {
                     self.supervisor.metrics.heartbeat_failures.inc();

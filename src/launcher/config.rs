@@ -9,14 +9,21 @@ use serde::Deserialize;
 
 pub use crate::settings::{ConfigError, Tls};
 use crate::{
+    auth::{
+        DEFAULT_OPERATOR_GROUP, DEFAULT_TRUST_DOMAIN, Role, dial::Address, identity::role_of_pem,
+    },
     model::{IsolationLevel, Policy, ProbeDefaults, ProcessType, validate::DEFAULT_BINARY_DIRS},
     settings::{
-        bad, check_plaintext, hostname, is_token, parse_duration, parse_endpoint, parse_listen,
+        bad, check_group, check_transport, check_trust_domain, hostname, is_token, parse_duration,
+        parse_listen_opt, parse_socket,
     },
     systemd::Target,
 };
 
+/// The TCP listener with TLS (or `--insecure`); otherwise the launcher
+/// serves only its local socket.
 pub const DEFAULT_LISTEN: &str = ":7070";
+pub const DEFAULT_SOCKET: &str = "/run/prism-launcher/launcher.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/prism-launcher";
 pub const DEFAULT_MAX_PROCESSES: i64 = 50;
 pub const DEFAULT_REGION: &str = "local";
@@ -37,12 +44,24 @@ pub struct Args {
     /// launcher runs standalone and takes assignments directly.
     #[arg(long, value_name = "HOST:PORT")]
     pub admin_endpoint: Option<String>,
-    /// This launcher's id [default: the host name].
+    /// This launcher's id [default: the one its certificate names, else the
+    /// host name].
     #[arg(long, value_name = "ID")]
     pub launcher_id: Option<String>,
-    /// gRPC listen address [default: :7070, all interfaces].
+    /// gRPC over TCP on this address, or `none` [default: :7070 with TLS or
+    /// --insecure; none otherwise].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// gRPC on this Unix socket, or `none`; callers are known by their uid
+    /// [default: /run/prism-launcher/launcher.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<String>,
+    /// Members of this group are operators on the local socket [default: prism].
+    #[arg(long, value_name = "GROUP")]
+    pub operator_group: Option<String>,
+    /// Certificates name roles as spiffe://<DOMAIN>/<role> [default: prism].
+    #[arg(long, value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
     /// Most processes held at once [default: 50].
     #[arg(long, value_name = "N")]
     pub max_processes: Option<String>,
@@ -94,7 +113,8 @@ pub struct Args {
     /// CA (PEM) that client certificates must chain to; enables mTLS.
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
-    /// Allow plaintext gRPC on a non-loopback address.
+    /// Serve TCP peers without client certificates, trusting each of them
+    /// with every role, and allow plaintext to an admin on another host.
     #[arg(long)]
     pub insecure: bool,
     /// Heartbeat interval towards the admin, until the admin says otherwise
@@ -144,6 +164,9 @@ struct FileConfig {
     admin_endpoint: Option<String>,
     launcher_id: Option<String>,
     listen: Option<String>,
+    socket: Option<String>,
+    operator_group: Option<String>,
+    trust_domain: Option<String>,
     max_processes: Option<i64>,
     capabilities: Option<Vec<String>>,
     region: Option<String>,
@@ -184,10 +207,14 @@ struct TlsFile {
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The admin as a URL (`http://host:port` or `https://…`), if any.
-    pub admin_endpoint: Option<String>,
+    /// The admin, if any: its socket, or host and port (TLS whenever
+    /// `tls` is configured).
+    pub admin_endpoint: Option<Address>,
     pub launcher_id: String,
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
+    pub socket: Option<PathBuf>,
+    pub operator_group: String,
+    pub trust_domain: String,
     pub max_processes: usize,
     pub capabilities: BTreeSet<ProcessType>,
     pub region: String,
@@ -233,13 +260,57 @@ impl Args {
         let admin_endpoint = match self.admin_endpoint.or(file.admin_endpoint) {
             None => None,
             Some(e) => {
-                Some(parse_endpoint(&e).or_else(|r| bad("admin-endpoint", "admin_endpoint", r))?)
+                Some(Address::parse(&e).or_else(|r| bad("admin-endpoint", "admin_endpoint", r))?)
             }
+        };
+        let tls = Tls::load(
+            self.tls_cert.or(file.tls.cert).as_deref(),
+            self.tls_key.or(file.tls.key).as_deref(),
+            self.tls_ca.or(file.tls.ca).as_deref(),
+        )?;
+        let trust_domain = self
+            .trust_domain
+            .or(file.trust_domain)
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        check_trust_domain(&trust_domain).or_else(|r| bad("trust-domain", "trust_domain", r))?;
+        // The admin accepts only the certificate of the launcher it means.
+        let cert_id = match &tls {
+            None => None,
+            Some(tls) => match role_of_pem(&tls.cert, &trust_domain) {
+                Ok((Role::Launcher(id), _)) => Some(id),
+                Ok((role, uri)) => {
+                    return bad(
+                        "tls-cert",
+                        "tls.cert",
+                        format!(
+                            "the certificate names {role} ({uri}); a launcher's must name \
+                             spiffe://{trust_domain}/launcher/<id>"
+                        ),
+                    );
+                }
+                Err(e) => {
+                    return bad(
+                        "tls-cert",
+                        "tls.cert",
+                        format!(
+                            "{e}; a launcher's must name spiffe://{trust_domain}/launcher/<id>"
+                        ),
+                    );
+                }
+            },
         };
         let launcher_id = self
             .launcher_id
             .or(file.launcher_id)
+            .or(cert_id.clone())
             .unwrap_or_else(hostname);
+        if let Some(id) = cert_id.filter(|id| *id != launcher_id) {
+            return bad(
+                "launcher-id",
+                "launcher_id",
+                format!("{launcher_id:?} is not the launcher its certificate names ({id:?})"),
+            );
+        }
         if !is_token(&launcher_id) {
             return bad(
                 "launcher-id",
@@ -253,12 +324,33 @@ impl Args {
         } else {
             "listen"
         };
-        let listen_text = self
-            .listen
-            .or(legacy.listen.clone())
-            .or(file.listen)
-            .unwrap_or_else(|| legacy.default_listen().to_owned());
-        let listen = parse_listen(&listen_text).or_else(|r| bad(listen_flag, "listen", r))?;
+        let insecure = self.insecure || file.insecure.unwrap_or(false);
+        let listen = match self.listen.or(legacy.listen.clone()).or(file.listen) {
+            Some(text) => parse_listen_opt(&text).or_else(|r| bad(listen_flag, "listen", r))?,
+            None if tls.is_some() || insecure => {
+                parse_listen_opt(legacy.default_listen()).ok().flatten()
+            }
+            None => None,
+        };
+        let socket = parse_socket(
+            &self
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.to_owned()),
+        )
+        .or_else(|r| bad("socket", "socket", r))?;
+        if listen.is_none() && socket.is_none() {
+            return bad(
+                listen_flag,
+                "listen",
+                "with --socket none as well, nothing would be served",
+            );
+        }
+        let operator_group = self
+            .operator_group
+            .or(file.operator_group)
+            .unwrap_or_else(|| DEFAULT_OPERATOR_GROUP.to_owned());
+        check_group(&operator_group).or_else(|r| bad("operator-group", "operator_group", r))?;
 
         let max_processes = match self.max_processes {
             Some(s) => s.parse::<i64>().or_else(|_| {
@@ -443,18 +535,45 @@ impl Args {
             Duration::from_millis(100),
         )?;
 
-        let tls = Tls::load(
-            self.tls_cert.or(file.tls.cert).as_deref(),
-            self.tls_key.or(file.tls.key).as_deref(),
-            self.tls_ca.or(file.tls.ca).as_deref(),
-        )?;
-        let insecure = self.insecure || file.insecure.unwrap_or(false);
-        check_plaintext(listen, tls.is_some(), insecure).map_err(|mut e| {
-            if listen_flag != "listen" {
+        check_transport(listen, tls.as_ref(), insecure).map_err(|mut e| {
+            if listen_flag != "listen" && e.setting.starts_with("--listen") {
                 e.setting = format!("--{listen_flag}");
             }
             e
         })?;
+        if let Some(admin) = &admin_endpoint {
+            match (admin, &tls) {
+                (Address::Tcp { .. }, Some(t)) if t.client_ca.is_none() => {
+                    return bad(
+                        "tls-ca",
+                        "tls.ca",
+                        format!(
+                            "the link to the admin at {admin} needs a CA to verify the admin's certificate with"
+                        ),
+                    );
+                }
+                (Address::Tcp { https: true, .. }, None) => {
+                    return bad(
+                        "admin-endpoint",
+                        "admin_endpoint",
+                        format!(
+                            "{admin} asks for TLS; configure --tls-cert, --tls-key and --tls-ca"
+                        ),
+                    );
+                }
+                (Address::Tcp { .. }, None) if !admin.is_local() && !insecure => {
+                    return bad(
+                        "admin-endpoint",
+                        "admin_endpoint",
+                        format!(
+                            "plaintext to {admin} on another host would let anyone on the path \
+                             act as the admin; configure TLS, or pass --insecure"
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
         let heartbeat_interval = duration(
             "heartbeat-interval",
             "heartbeat_interval",
@@ -464,11 +583,16 @@ impl Args {
         )?;
         let advertise_address = match self.advertise_address.or(file.advertise_address) {
             Some(a) => {
-                parse_endpoint(&a).or_else(|r| bad("advertise-address", "advertise_address", r))?;
+                Address::parse(&a).or_else(|r| bad("advertise-address", "advertise_address", r))?;
                 a
             }
-            None if listen.ip().is_unspecified() => format!("{}:{}", hostname(), listen.port()),
-            None => listen.to_string(),
+            None => match (listen, &socket) {
+                (Some(l), _) if l.ip().is_unspecified() => format!("{}:{}", hostname(), l.port()),
+                (Some(l), _) => l.to_string(),
+                (None, Some(path)) => format!("unix:{}", path.display()),
+                // Refused above: something is always served.
+                (None, None) => String::new(),
+            },
         };
         let metrics_listen = crate::settings::parse_metrics_listen(
             &self
@@ -484,6 +608,9 @@ impl Args {
             admin_endpoint,
             launcher_id,
             listen,
+            socket,
+            operator_group,
+            trust_domain,
             max_processes: max_processes as usize,
             capabilities,
             region,
@@ -520,17 +647,23 @@ mod tests {
         let c = args(&["--config", path])
             .resolve()
             .expect("packaging/etc/launcher.toml");
-        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.listen, None, "the local socket only");
+        assert_eq!(c.socket, Some(PathBuf::from(DEFAULT_SOCKET)));
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.capabilities.len(), 4);
     }
 
     #[test]
-    fn defaults_need_tls_or_loopback() {
-        let e = args(&[]).resolve().unwrap_err();
+    fn plaintext_tcp_needs_insecure() {
+        let c = args(&[]).resolve().unwrap();
+        assert_eq!(c.listen, None);
+        assert_eq!(c.advertise_address, format!("unix:{DEFAULT_SOCKET}"));
+        let e = args(&["--listen", "127.0.0.1:7070"]).resolve().unwrap_err();
         assert!(e.setting.starts_with("--listen"), "{e}");
         assert!(e.reason.contains("--insecure"), "{e}");
-        let c = args(&["--listen", "127.0.0.1:7070"]).resolve().unwrap();
+        let c = args(&["--listen", "127.0.0.1:7070", "--insecure"])
+            .resolve()
+            .unwrap();
         assert_eq!(c.max_processes, 50);
         assert_eq!(c.capabilities.len(), 4);
         assert_eq!(c.systemd, Target::System);
@@ -586,9 +719,27 @@ mod tests {
                 "--tls-cert (tls.cert)",
             ),
             (&["--config", "/nonexistent.toml"], "--config"),
+            (&["--socket", "launcher.sock"], "--socket (socket)"),
+            (
+                &["--listen", "none", "--socket", "none"],
+                "--listen (listen)",
+            ),
+            (&["--trust-domain", "a/b"], "--trust-domain (trust_domain)"),
+            (
+                &["--operator-group", "a b"],
+                "--operator-group (operator_group)",
+            ),
+            (
+                &["--admin-endpoint", "https://admin:8981"],
+                "--admin-endpoint (admin_endpoint)",
+            ),
+            (
+                &["--admin-endpoint", "unix:relative.sock"],
+                "--admin-endpoint (admin_endpoint)",
+            ),
         ];
         for (flags, setting) in cases {
-            let mut all = vec!["--listen", "127.0.0.1:7070"];
+            let mut all = vec!["--listen", "127.0.0.1:7070", "--insecure"];
             all.extend_from_slice(flags);
             // Later flags win, so a case's own --listen overrides.
             let e = args(&all).resolve().unwrap_err();
@@ -604,6 +755,7 @@ mod tests {
             &file,
             r#"
 listen = "127.0.0.1:7171"
+insecure = true
 max_processes = 7
 capabilities = ["pattern", "utility"]
 region = "eu-1"
@@ -618,12 +770,12 @@ failure_threshold = 2
         let c = args(&["--config", &path, "--max-processes", "9"])
             .resolve()
             .unwrap();
-        assert_eq!(c.listen.port(), 7171);
+        assert_eq!(c.listen.unwrap().port(), 7171);
         assert_eq!(c.max_processes, 9);
         assert_eq!(c.region, "eu-1");
         assert_eq!(
-            c.admin_endpoint.as_deref(),
-            Some("http://admin.example:8981")
+            c.admin_endpoint.unwrap().to_string(),
+            "http://admin.example:8981"
         );
         assert_eq!(c.capabilities.len(), 2);
         assert_eq!(c.policy.probe_defaults.interval, Duration::from_millis(500));
@@ -637,6 +789,7 @@ failure_threshold = 2
 
     #[test]
     fn durations_and_addresses() {
+        use crate::settings::{parse_endpoint, parse_listen};
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
@@ -656,6 +809,7 @@ failure_threshold = 2
             "prism-launcher",
             "--listen",
             "127.0.0.1:1",
+            "--insecure",
             "--allow-binary-dir",
             "/a",
             "--allow-binary-dir",

@@ -280,7 +280,7 @@ mod tests {
         let c = parse_old(&["--insecure"]).resolve().unwrap();
         assert_eq!(c.capabilities.len(), 1);
         assert!(c.capabilities.contains(&ProcessType::Pattern));
-        assert_eq!(c.listen.port(), 8982);
+        assert_eq!(c.listen.unwrap().port(), 8982);
         assert_eq!(c.max_processes, 20);
         assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9092");
         assert_eq!(c.notices.len(), 1);
@@ -311,7 +311,7 @@ mod tests {
         ])
         .resolve()
         .unwrap();
-        assert_eq!(c.listen.to_string(), "0.0.0.0:9982");
+        assert_eq!(c.listen.unwrap().to_string(), "0.0.0.0:9982");
         assert_eq!(
             c.policy.default_isolation,
             crate::model::IsolationLevel::Session
@@ -342,8 +342,10 @@ mod tests {
         let e = parse_old(&["--grpc-port", "8982"]).resolve().unwrap_err();
         assert_eq!(e.setting, "--grpc-port");
         assert!(e.reason.contains("--insecure"), "{e}");
-        let e = parse_old(&[]).resolve().unwrap_err();
-        assert!(e.setting.starts_with("--listen"), "{e}");
+        // Without TLS or --insecure: only the local socket.
+        let c = parse_old(&[]).resolve().unwrap();
+        assert_eq!(c.listen, None);
+        assert!(c.socket.is_some());
     }
 
     #[test]
@@ -374,11 +376,12 @@ mod tests {
             "pattern,utility",
             "--listen",
             "127.0.0.1:7070",
+            "--insecure",
         ])
         .resolve()
         .unwrap();
         assert_eq!(c.capabilities.len(), 2);
-        assert_eq!(c.listen.port(), 7070);
+        assert_eq!(c.listen.unwrap().port(), 7070);
     }
 
     #[test]

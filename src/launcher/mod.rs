@@ -80,36 +80,65 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let crate::serve::Listeners {
         api: listener,
         local,
+        unix,
         metrics: metrics_listener,
-    } = crate::serve::bind(config.listen, config.metrics_listen).await?;
+    } = crate::serve::bind(
+        config.listen,
+        config.socket.as_deref(),
+        config.metrics_listen,
+    )
+    .await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<LauncherServer<service::LauncherService>>()
         .await;
-    let mut server =
-        crate::serve::grpc_server(config.tls.as_ref(), local).map_err(RunError::Tls)?;
+    let group = crate::auth::OperatorGroup::resolve(&config.operator_group);
+    if config.socket.is_some() && group.gid.is_none() {
+        tracing::info!(
+            "no group {:?} on this host: only root may use the local socket",
+            config.operator_group
+        );
+    }
+    let gate = crate::auth::Gate::new(
+        &config.trust_domain,
+        group,
+        config.insecure,
+        config.admin_endpoint.is_none(),
+        supervisor.metrics.auth_denied.clone(),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut stop_server = stop_rx.clone();
-    let router = server
-        .add_service(health_service)
-        .add_service(crate::serve::reflection())
-        .add_service(LauncherServer::new(service::LauncherService::new(
-            supervisor.clone(),
-            config.launcher_id.clone(),
-        )));
-    let server_task = tokio::spawn(router.serve_with_incoming_shutdown(
-        tonic::transport::server::TcpIncoming::from(listener),
-        async move {
-            let _ = stop_server.wait_for(|s| *s).await;
-        },
-    ));
+    let routes = |server: crate::serve::GatedServer| {
+        let mut server = server;
+        server
+            .add_service(health_service.clone())
+            .add_service(crate::serve::reflection())
+            .add_service(LauncherServer::new(service::LauncherService::new(
+                supervisor.clone(),
+                config.launcher_id.clone(),
+            )))
+    };
+    let server_task = tokio::spawn(
+        crate::serve::serve_grpc(
+            routes,
+            &gate,
+            config.tls.as_ref(),
+            (listener, unix),
+            stop_rx.clone(),
+        )
+        .map_err(RunError::Tls)?,
+    );
+    let tcp = local.map_or_else(|| "no TCP".to_owned(), |a| a.to_string());
+    let socket = config.socket.as_ref().map_or_else(
+        || "no socket".to_owned(),
+        |p| format!("unix:{}", p.display()),
+    );
     tracing::info!(
-        addr = %local,
         launcher_id = %config.launcher_id,
         tls = config.tls.is_some(),
         mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-        "listening"
+        insecure = config.insecure,
+        "listening on {tcp} and {socket}"
     );
 
     let mut tasks = tokio::task::JoinSet::new();

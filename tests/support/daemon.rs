@@ -56,6 +56,11 @@ impl Daemon {
             format!("127.0.0.1:{port}"),
             "--data-dir".into(),
             data.display().to_string(),
+            // Plaintext on loopback, every peer trusted; the security tests
+            // (tests/auth.rs) start their daemons without it.
+            "--insecure".into(),
+            "--socket".into(),
+            dir.join("admin.sock").display().to_string(),
             // Tests run many daemons at once: no fixed metrics port.
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
@@ -307,9 +312,14 @@ impl Drop for Daemon {
 }
 
 /// The launcher flags that tie it to the harness's manager and give it its
-/// own state and credentials directories.
+/// own state and credentials directories and local socket (beside the state
+/// directory), and trust plaintext TCP peers (the security tests in
+/// tests/auth.rs start their daemons without `--insecure`).
 pub fn host_args(h: &Harness, state_dir: &Path, credentials_dir: &Path) -> Vec<String> {
     vec![
+        "--insecure".into(),
+        "--socket".into(),
+        state_dir.with_extension("sock").display().to_string(),
         "--systemd".into(),
         format!("bus:{}", h.sandbox.bus_address()),
         "--state-dir".into(),
