@@ -780,6 +780,15 @@ impl Pki {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
+        // Each certificate names its role (README "Security model").
+        let role = match name {
+            "admin" => "admin".to_owned(),
+            "launcher" => "launcher/secure-1".to_owned(),
+            other => format!("operator/{other}"),
+        };
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(format!("spiffe://prism/{role}")).unwrap(),
+        ));
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -849,7 +858,7 @@ async fn mtls_both_ways_and_clients_without_a_valid_certificate_are_refused() {
     let rogue = pki.issue_with("rogue", &rogue_ca);
     let ca = pki.ca_path();
 
-    let admin = Daemon::admin(
+    let admin = Daemon::admin_secure(
         pki.dir.path(),
         &[
             "--heartbeat-interval",
@@ -864,7 +873,7 @@ async fn mtls_both_ways_and_clients_without_a_valid_certificate_are_refused() {
     )
     .await;
     let endpoint = format!("https://127.0.0.1:{}", admin.port);
-    let launcher = Daemon::start_named(
+    let launcher = Daemon::start_secure(
         &h,
         "secure-1",
         &[
@@ -969,6 +978,9 @@ async fn a_launcher_keeps_working_while_the_admin_is_unreachable() {
                 "serve",
                 "--listen",
                 &listen,
+                "--insecure",
+                "--socket",
+                "none",
                 "--data-dir",
                 &data,
                 "--heartbeat-interval",

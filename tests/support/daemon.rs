@@ -47,7 +47,17 @@ impl Daemon {
     }
 
     /// Start prism-admin with its data under `dir`, and wait until ready.
+    /// Plaintext on loopback, every peer trusted (`--insecure`).
     pub async fn admin(dir: &std::path::Path, extra: &[&str]) -> Daemon {
+        let mut all = vec!["--insecure"];
+        all.extend_from_slice(extra);
+        Self::admin_secure(dir, &all).await
+    }
+
+    /// Start prism-admin without `--insecure`: `extra` brings TLS, or the
+    /// admin serves its local socket (`<dir>/admin.sock`) only.
+    pub async fn admin_secure(dir: &std::path::Path, extra: &[&str]) -> Daemon {
+        fs::create_dir_all(dir).expect("admin directory");
         let port = free_port();
         let data = dir.join("admin-data");
         let mut args: Vec<String> = vec![
@@ -56,9 +66,6 @@ impl Daemon {
             format!("127.0.0.1:{port}"),
             "--data-dir".into(),
             data.display().to_string(),
-            // Plaintext on loopback, every peer trusted; the security tests
-            // (tests/auth.rs) start their daemons without it.
-            "--insecure".into(),
             "--socket".into(),
             dir.join("admin.sock").display().to_string(),
             // Tests run many daemons at once: no fixed metrics port.
@@ -107,6 +114,41 @@ impl Daemon {
             args,
         )
         .await
+    }
+
+    /// Like [`Daemon::start_named`] without `--insecure`: `extra` brings
+    /// TLS (or `--listen none`).
+    pub async fn start_secure(h: &Harness, id: &str, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let state_dir = h.sandbox.dir().join(format!("{id}-state"));
+        let mut args = host_args(h, &state_dir, &h.sandbox.dir().join("credentials"));
+        args.retain(|a| a != "--insecure");
+        args.extend([
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--allow-binary-dir".into(),
+            h.bin_dir.display().to_string(),
+            "--launcher-id".into(),
+            id.into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Daemon {
+            binary: env!("CARGO_BIN_EXE_prism-launcher").into(),
+            child: None,
+            port,
+            state_dir,
+            log: h.sandbox.dir().join(format!("{id}.log")),
+            args,
+            env: Vec::new(),
+            notify_path: h.sandbox.dir().join(format!("{id}-notify")),
+            notifications: Arc::default(),
+            runs: 0,
+        };
+        d.spawn();
+        d.wait_ready().await;
+        d
     }
 
     /// Spawn the launcher `binary` with the harness's manager, `state_dir`
