@@ -189,14 +189,24 @@ pub fn serve_grpc(
         )));
     }
     if let Some(listener) = unix {
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned));
         let incoming = futures_util::stream::unfold(listener, |l| async move {
             let next = l.accept().await.map(|(stream, _)| stream);
             Some((next, l))
         });
         let router = routes(Server::builder().layer(gate.clone()));
-        servers.push(Box::pin(
-            router.serve_with_incoming_shutdown(incoming, stopped(stop.clone())),
-        ));
+        let serving = router.serve_with_incoming_shutdown(incoming, stopped(stop.clone()));
+        servers.push(Box::pin(async move {
+            let result = serving.await;
+            // Nobody answers there any more.
+            if let Some(path) = path {
+                let _ = std::fs::remove_file(path);
+            }
+            result
+        }));
     }
     Ok(Box::pin(async move {
         let results = futures_util::future::join_all(servers).await;

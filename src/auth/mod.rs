@@ -7,6 +7,7 @@
 pub mod dial;
 pub mod identity;
 pub mod layer;
+pub mod pki;
 pub mod policy;
 
 pub use identity::{Caller, DEFAULT_TRUST_DOMAIN, OperatorGroup, Role};

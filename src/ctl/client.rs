@@ -94,7 +94,10 @@ impl AdminOpts {
                 None
             }
         };
-        let url = address.to_string();
+        let url = match (&address, &tls) {
+            (Address::Tcp { host, port, .. }, Some(_)) => format!("https://{host}:{port}"),
+            _ => address.to_string(),
+        };
         let channel = channel(&address, tls, std::time::Duration::from_secs(5))
             .map_err(|e| Error::Usage(e.to_string()))?;
         // Connect now, so that an unreachable admin is told apart from a
@@ -103,11 +106,19 @@ impl AdminOpts {
         if let Err(status) = health
             .check(tonic_health::pb::HealthCheckRequest::default())
             .await
-            && matches!(status.code(), Code::Unavailable | Code::Unknown)
+            && !matches!(
+                status.code(),
+                Code::NotFound | Code::PermissionDenied | Code::Unimplemented
+            )
         {
+            let hint = if matches!(address, Address::Tcp { .. }) && self.tls_cert.is_none() {
+                "; an admin with mutual TLS needs a client certificate (--tls-cert, --tls-key)"
+            } else {
+                ""
+            };
             return Err(Error::Unreachable(format!(
-                "cannot reach prism-admin at {url} ({}). Start one with `prismctl local up`, or \
-                 point --admin (or PRISM_ADMIN) at a running admin",
+                "cannot reach prism-admin at {url} ({}{hint}). Start one with `prismctl local \
+                 up`, or point --admin (or PRISM_ADMIN) at a running admin",
                 causes(&status)
             )));
         }
@@ -124,8 +135,11 @@ pub fn causes(status: &Status) -> String {
     let mut text = status.message().to_owned();
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
         source = e.source();
     }
     text

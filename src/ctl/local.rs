@@ -680,6 +680,9 @@ async fn down(state: &Path) -> Result<(), Error> {
         }
     }
     let _ = fs::remove_file(Saved::path(state));
+    // A daemon that was killed leaves its socket behind.
+    let _ = fs::remove_file(Saved::admin_socket(state));
+    let _ = fs::remove_file(Saved::launcher_socket(state));
     let _ = fs::remove_dir(state);
     if saved.is_none() {
         out("The local stack is not running.\n");

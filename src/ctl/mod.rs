@@ -1,6 +1,6 @@
 //! `prismctl`: the operator CLI. One file per concern: `local` (a whole
 //! stack on this machine), `fleet` (launchers, ps, revoke, drain), `assign`,
-//! `inspect` (describe, logs).
+//! `inspect` (describe, logs), `pki` (certificates).
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 usage, 3 prism-admin
 //! (or the local stack) unreachable.
@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod inspect;
 pub mod local;
 pub mod output;
+pub mod pki;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,8 @@ pub enum Command {
     /// Re-place a launcher's processes elsewhere, one at a time (each starts
     /// on its new launcher before it stops on the old one).
     Move(fleet::DrainArgs),
+    /// A CA for a fleet, and a certificate per daemon and operator.
+    Pki(pki::PkiArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -164,6 +167,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Drain(args) => fleet::drain(g, args, true).await,
         Command::Undrain(args) => fleet::drain(g, args, false).await,
         Command::Move(args) => fleet::move_processes(g, args).await,
+        Command::Pki(args) => pki::run(args),
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "prismctl", &mut buf);

@@ -46,8 +46,11 @@ fn with_causes(status: &tonic::Status) -> String {
     let mut text = status.message().to_owned();
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
         source = e.source();
     }
     text
