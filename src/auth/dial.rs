@@ -290,3 +290,19 @@ pub fn channel(
         }
     }
 }
+
+/// A status's message and the errors beneath it, each once (a TLS refusal
+/// hides beneath "transport error").
+pub fn describe(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = e.source();
+    }
+    text
+}

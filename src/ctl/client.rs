@@ -8,7 +8,7 @@ use tonic::{Code, Status, transport::Channel};
 
 use super::Error;
 use crate::{
-    auth::dial::{Address, ClientPem, Expect, channel, client_config},
+    auth::dial::{Address, ClientPem, Expect, channel, client_config, describe},
     pb::prism::{admin::v1::admin_client::AdminClient, control_plane_client::ControlPlaneClient},
 };
 
@@ -119,7 +119,7 @@ impl AdminOpts {
             return Err(Error::Unreachable(format!(
                 "cannot reach prism-admin at {url} ({}{hint}). Start one with `prismctl local \
                  up`, or point --admin (or PRISM_ADMIN) at a running admin",
-                causes(&status)
+                describe(&status)
             )));
         }
         Ok(Admin {
@@ -130,28 +130,13 @@ impl AdminOpts {
     }
 }
 
-/// A status's message and the errors under it.
-pub fn causes(status: &Status) -> String {
-    let mut text = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        let more = e.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = e.source();
-    }
-    text
-}
-
 /// A failed call: unreachable (exit 3) or refused (exit 1), with the
 /// admin's own message.
 pub fn call_failed(what: &str, status: Status) -> Error {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded => Error::Unreachable(format!(
             "{what}: prism-admin is unreachable: {}",
-            causes(&status)
+            describe(&status)
         )),
         Code::NotFound => Error::Failed(format!(
             "{what}: {}. List what exists with `prismctl ps` or `prismctl launchers`",

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 
 use super::{Config, supervisor::Supervisor};
 use crate::{
-    auth::dial::{Address, ClientPem, DialError, Expect, channel, client_config},
+    auth::dial::{Address, ClientPem, DialError, Expect, channel, client_config, describe},
     pb::prism::{self as pb, control_plane_client::ControlPlaneClient},
 };
 
@@ -38,22 +38,6 @@ fn jittered(base: Duration) -> Duration {
         ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9);
     let half = base / 2;
     half + Duration::from_nanos(nanos % (half.as_nanos() as u64).max(1))
-}
-
-/// A status's message and the errors under it (a TLS refusal hides
-/// beneath "transport error").
-fn with_causes(status: &tonic::Status) -> String {
-    let mut text = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        let more = e.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = e.source();
-    }
-    text
 }
 
 impl AdminLink {
@@ -137,7 +121,7 @@ impl AdminLink {
         )
         .await
         .map_err(|_| "no answer".to_owned())?
-        .map_err(|s| with_causes(&s))?
+        .map_err(|s| describe(&s))?
         .into_inner();
         if !ack.success {
             return Err(format!("refused: {}", ack.message));
@@ -191,7 +175,7 @@ impl AdminLink {
                 Ok(Ok(_)) => {}
                 Ok(Err(status)) => {
                     self.supervisor.metrics.heartbeat_failures.inc();
-                    return with_causes(&status);
+                    return describe(&status);
                 }
                 Err(_) => {
                     self.supervisor.metrics.heartbeat_failures.inc();
