@@ -111,10 +111,13 @@ impl Authority {
         }
         crate::settings::check_trust_domain(trust_domain).map_err(PkiError::Invalid)?;
         let mut params = CertificateParams::new(dns.to_vec())?;
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         let uri = role.uri(trust_domain, name);
         params.subject_alt_names.push(SanType::URI(
-            Ia5String::try_from(uri.clone()).map_err(|e| PkiError::Invalid(format!("{uri}: {e}")))?,
+            Ia5String::try_from(uri.clone())
+                .map_err(|e| PkiError::Invalid(format!("{uri}: {e}")))?,
         ));
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
@@ -162,14 +165,13 @@ fn write(dir: &Path, name: &str, text: &str, mode: u32) -> Result<(), PkiError> 
         .map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .map_err(io)
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(io)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::identity::{role_of_pem, Role};
+    use crate::auth::identity::{Role, role_of_pem};
 
     #[test]
     fn issued_certificates_name_their_role_and_a_saved_ca_signs_again() {
@@ -177,7 +179,10 @@ mod tests {
         let op = ca
             .issue(&Role::Operator, "alice", "prism", &[], &[], 30)
             .unwrap();
-        assert_eq!(role_of_pem(op.cert_pem.as_bytes(), "prism").unwrap().0, Role::Operator);
+        assert_eq!(
+            role_of_pem(op.cert_pem.as_bytes(), "prism").unwrap().0,
+            Role::Operator
+        );
         let dir = tempfile::tempdir().unwrap();
         ca.save_dir(dir.path()).unwrap();
         let mode = |n: &str| {
@@ -202,6 +207,9 @@ mod tests {
             role_of_pem(l.cert_pem.as_bytes(), "prism").unwrap().0,
             Role::Launcher("host-a".into())
         );
-        assert!(ca.issue(&Role::Operator, "a b", "prism", &[], &[], 1).is_err());
+        assert!(
+            ca.issue(&Role::Operator, "a b", "prism", &[], &[], 1)
+                .is_err()
+        );
     }
 }

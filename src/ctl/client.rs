@@ -7,6 +7,7 @@ use clap::Args;
 use tonic::{Code, Status, transport::Channel};
 
 use super::Error;
+use crate::admin::config::DEFAULT_SOCKET;
 use crate::{
     auth::dial::{Address, ClientPem, Expect, channel, client_config, describe},
     pb::prism::{admin::v1::admin_client::AdminClient, control_plane_client::ControlPlaneClient},
@@ -16,14 +17,11 @@ use crate::{
 pub struct AdminOpts {
     /// prism-admin to talk to: its local socket (unix:PATH), host:port or a
     /// URL. On the admin's host the socket needs no certificate: root, and
-    /// members of the operator group, are known by their uid.
-    #[arg(
-        long,
-        global = true,
-        env = "PRISM_ADMIN",
-        default_value = "unix:/run/prism-admin/admin.sock"
-    )]
-    pub admin: String,
+    /// members of the operator group, are known by their uid [default: the
+    /// packaged admin's socket, /run/prism-admin/admin.sock, or else the
+    /// socket of `prismctl local`'s stack].
+    #[arg(long, global = true, env = "PRISM_ADMIN", value_name = "ADDRESS")]
+    pub admin: Option<String>,
     /// CA (PEM) to verify the admin's certificate with (TCP over TLS).
     #[arg(long, global = true, env = "PRISM_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -56,9 +54,26 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, Error> {
 }
 
 impl AdminOpts {
+    /// The admin's address: as given, or the first local socket that
+    /// exists (the packaged admin's, then the local stack's).
+    pub fn address(&self) -> String {
+        if let Some(a) = &self.admin {
+            return a.clone();
+        }
+        let local = std::env::var_os("PRISM_LOCAL_STATE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(super::local::DEFAULT_STATE_DIR))
+            .join("admin.sock");
+        let path = [PathBuf::from(DEFAULT_SOCKET), local]
+            .into_iter()
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        format!("unix:{}", path.display())
+    }
+
     pub async fn connect(&self) -> Result<Admin, Error> {
         let address =
-            Address::parse(&self.admin).map_err(|e| Error::Usage(format!("--admin: {e}")))?;
+            Address::parse(&self.address()).map_err(|e| Error::Usage(format!("--admin: {e}")))?;
         let tls = match (&address, &self.tls_ca) {
             (Address::Unix(_), _) => None,
             (Address::Tcp { .. }, Some(ca)) => {

@@ -42,6 +42,7 @@ pub const ADMIN_UNIT: &str = "prism-local-admin.service";
 pub const LAUNCHER_UNIT: &str = "prism-local-launcher.service";
 const LAUNCHER_ID: &str = "local";
 const REDIS: &str = "/usr/bin/redis-server";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/prism-local";
 
 #[derive(Args, Debug)]
 pub struct LocalArgs {
@@ -49,7 +50,7 @@ pub struct LocalArgs {
     #[arg(
         long,
         global = true,
-        default_value = "/var/lib/prism-local",
+        default_value = DEFAULT_STATE_DIR,
         env = "PRISM_LOCAL_STATE"
     )]
     pub state_dir: PathBuf,
@@ -64,12 +65,12 @@ pub enum LocalAction {
         /// Also run one demo process of each type.
         #[arg(long)]
         demo: bool,
-        /// prism-admin's metrics are on 127.0.0.1 at the port after this one
-        /// (its gRPC is on the local socket in the state directory).
+        /// prism-admin's mutual-TLS port on 127.0.0.1 (the stack's own CA);
+        /// its metrics are on the next port. prismctl uses its local socket.
         #[arg(long, default_value_t = 8981)]
         admin_port: u16,
-        /// prism-launcher's metrics are on 127.0.0.1 at the port after this
-        /// one (its gRPC is on the local socket in the state directory).
+        /// prism-launcher's mutual-TLS port on 127.0.0.1, where the admin
+        /// reaches it; its metrics are on the next port.
         #[arg(long, default_value_t = 7070)]
         launcher_port: u16,
     },
@@ -119,7 +120,7 @@ impl Saved {
 
     fn admin(state: &Path) -> AdminOpts {
         AdminOpts {
-            admin: format!("unix:{}", Self::admin_socket(state).display()),
+            admin: Some(format!("unix:{}", Self::admin_socket(state).display())),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -209,6 +210,51 @@ async fn engine(state: &Path, target: Target) -> Result<DbusSystemd, Error> {
 
 /// Install `name` (found next to prismctl, or where packages put it) into
 /// `<state>/bin`, where dynamic users can execute it.
+/// The stack's own throwaway CA and the daemons' certificates, in
+/// `<state>/pki`: the admin's (for localhost and 127.0.0.1) and the
+/// launcher's (naming its id). Made once; kept until `down`.
+fn pki(state: &Path) -> Result<PathBuf, Error> {
+    use crate::auth::{Role, pki::Authority};
+    let dir = state.join("pki");
+    if dir.join("launcher.key").is_file() {
+        return Ok(dir);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    let failed = |e: crate::auth::pki::PkiError| Error::Failed(format!("the local CA: {e}"));
+    let ca = Authority::create("prism local stack CA", 30).map_err(failed)?;
+    ca.save_dir(&dir).map_err(failed)?;
+    let names = ["localhost".to_owned()];
+    let ips = [std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)];
+    let domain = crate::auth::DEFAULT_TRUST_DOMAIN;
+    ca.issue(&Role::Admin, "admin", domain, &names, &ips, 30)
+        .and_then(|c| c.save(&dir, "admin"))
+        .map_err(failed)?;
+    ca.issue(
+        &Role::Launcher(LAUNCHER_ID.into()),
+        LAUNCHER_ID,
+        domain,
+        &names,
+        &ips,
+        30,
+    )
+    .and_then(|c| c.save(&dir, "launcher"))
+    .map_err(failed)?;
+    Ok(dir)
+}
+
+/// `--tls-cert`, `--tls-key`, `--tls-ca` for `who` (admin or launcher).
+fn tls_flags(pki: &Path, who: &str) -> Vec<String> {
+    let file = |name: String| pki.join(name).display().to_string();
+    vec![
+        "--tls-cert".into(),
+        file(format!("{who}.crt")),
+        "--tls-key".into(),
+        file(format!("{who}.key")),
+        "--tls-ca".into(),
+        file("ca.crt".into()),
+    ]
+}
+
 fn install(state: &Path, name: &str) -> Result<PathBuf, Error> {
     let candidates = [
         std::env::current_exe()
@@ -399,12 +445,16 @@ async fn up(
     let demo_bin = install(state, "prism-demo")?;
     let redis = Path::new(REDIS).is_file().then_some(Path::new(REDIS));
 
+    // The production security model: mutual TLS between the daemons with
+    // the stack's own CA, and local sockets for prismctl.
+    let pki = pki(state)?;
     let admin_socket = Saved::admin_socket(state);
-    let admin_argv = vec![
+    let admin_listen = format!("127.0.0.1:{}", saved.admin_port);
+    let mut admin_argv = vec![
         admin_bin.display().to_string(),
         "serve".into(),
         "--listen".into(),
-        "none".into(),
+        admin_listen.clone(),
         "--socket".into(),
         admin_socket.display().to_string(),
         "--data-dir".into(),
@@ -415,6 +465,7 @@ async fn up(
         "--metrics-listen".into(),
         Saved::metrics(saved.admin_port),
     ];
+    admin_argv.extend(tls_flags(&pki, "admin"));
     start_daemon(
         &engine,
         &daemon_unit(
@@ -429,13 +480,13 @@ async fn up(
     let mut launcher_argv = vec![
         launcher_bin.display().to_string(),
         "--listen".into(),
-        "none".into(),
+        format!("127.0.0.1:{}", saved.launcher_port),
         "--socket".into(),
         Saved::launcher_socket(state).display().to_string(),
         "--metrics-listen".into(),
         Saved::metrics(saved.launcher_port),
         "--admin-endpoint".into(),
-        format!("unix:{}", admin_socket.display()),
+        admin_listen,
         "--systemd".into(),
         target.to_string(),
         "--launcher-id".into(),
@@ -449,6 +500,7 @@ async fn up(
         "--allow-binary-dir".into(),
         state.join("bin").display().to_string(),
     ];
+    launcher_argv.extend(tls_flags(&pki, "launcher"));
     if redis.is_some() {
         launcher_argv.extend(["--allow-binary-dir".into(), "/usr/bin".into()]);
     }
@@ -670,7 +722,7 @@ async fn down(state: &Path) -> Result<(), Error> {
         drop(sandbox);
         eprintln!("stopped the private systemd manager");
     }
-    let leftovers = ["bin", "credentials", "launcher", "admin"]
+    let leftovers = ["bin", "credentials", "launcher", "admin", "pki"]
         .map(|d| state.join(d))
         .into_iter()
         .chain([sandbox_dir]);

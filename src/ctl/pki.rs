@@ -68,7 +68,10 @@ fn failed(e: PkiError) -> Error {
 
 pub fn run(args: &PkiArgs) -> Result<(), Error> {
     if !(1..=3650).contains(&args.days) {
-        return Err(Error::Usage(format!("--days {} is outside 1..=3650", args.days)));
+        return Err(Error::Usage(format!(
+            "--days {} is outside 1..=3650",
+            args.days
+        )));
     }
     match &args.action {
         PkiAction::Init { name } => {
