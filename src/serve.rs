@@ -142,6 +142,29 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// Requests in flight on one connection (HTTP/2 streams): a client that
+/// opens more waits for one to finish.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// No request runs longer: the longest is a revocation with the longest
+/// graceful timeout (1 h) plus slack.
+pub const MAX_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(3600 + 60);
+/// Largest request a daemon decodes (a heartbeat of thousands of
+/// processes fits), and largest message it sends or a client accepts (a
+/// registration ack carrying every process placed on a launcher).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// The server side limits every listener has: streams per connection, a
+/// request deadline (DEADLINE_EXCEEDED), and keepalive pings that find
+/// peers gone without a word.
+fn limited() -> Server {
+    Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .timeout(MAX_REQUEST_TIME)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+}
+
 /// A gRPC server whose every call passes the gate.
 pub type GatedServer = Server<Stack<Gate, Identity>>;
 pub type GatedRouter = Router<Stack<Gate, Identity>>;
@@ -169,7 +192,7 @@ pub fn serve_grpc(
     > = Vec::new();
     if let Some(listener) = tcp {
         let local = listener.local_addr().ok();
-        let mut server = Server::builder();
+        let mut server = limited();
         match tls {
             Some(tls) => server = server.tls_config(tls.server_config())?,
             None => {
@@ -197,7 +220,7 @@ pub fn serve_grpc(
             let next = l.accept().await.map(|(stream, _)| stream);
             Some((next, l))
         });
-        let router = routes(Server::builder().layer(gate.clone()));
+        let router = routes(limited().layer(gate.clone()));
         let serving = router.serve_with_incoming_shutdown(incoming, stopped(stop.clone()));
         servers.push(Box::pin(async move {
             let result = serving.await;

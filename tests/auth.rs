@@ -176,6 +176,26 @@ async fn a_launcher_certificate_acts_only_as_its_launcher_and_roles_decide_the_r
         "127.0.0.1:1111"
     );
 
+    // Bounded fields: named, nothing changed.
+    let mut big = registration("host-a", "127.0.0.1:1111");
+    big.metadata = (0..40).map(|i| (format!("k{i}"), "v".into())).collect();
+    let e = cp(&host_a).register_launcher(big).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("metadata"), "{e:?}");
+    let mut bad_region = registration("host-a", "127.0.0.1:1111");
+    bad_region.region = "eu\nwest".into();
+    let e = cp(&host_a).register_launcher(bad_region).await.unwrap_err();
+    assert!(e.message().contains("region"), "{e:?}");
+    let e = operator_api
+        .get_process(apb::GetProcessRequest {
+            process_id: "p-1".into(),
+            history_limit: 100_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("history_limit"), "{e:?}");
+
     // Refusals are counted by RPC and kind of caller.
     let metrics = support::scrape(&admin.metrics_addr().await).await;
     assert_eq!(

@@ -38,6 +38,13 @@ pub fn unreachable(status: &Status) -> bool {
     )
 }
 
+/// A client within the size limits both ends agree on.
+fn sized(channel: Channel) -> LauncherClient<Channel> {
+    LauncherClient::new(channel)
+        .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES)
+        .max_encoding_message_size(crate::serve::MAX_REQUEST_BYTES)
+}
+
 impl Dispatcher {
     /// Push with `tls` (the admin's own certificate, and the CA launchers'
     /// certificates chain to) when configured; plaintext to a launcher on
@@ -55,7 +62,7 @@ impl Dispatcher {
         let key = (launcher.to_owned(), address.to_owned());
         let mut channels = self.channels.lock().expect("poisoned");
         if let Some(ch) = channels.get(&key) {
-            return Ok(LauncherClient::new(ch.clone()));
+            return Ok(sized(ch.clone()));
         }
         let refuse = |reason: String| {
             Status::failed_precondition(format!("launcher {launcher} at {address}: {reason}"))
@@ -90,7 +97,7 @@ impl Dispatcher {
         };
         let channel = channel(&target, tls, CONNECT_TIMEOUT).map_err(|e| refuse(e.to_string()))?;
         channels.insert(key, channel.clone());
-        Ok(LauncherClient::new(channel))
+        Ok(sized(channel))
     }
 
     /// Drop a cached connection (the launcher moved or re-registered).

@@ -200,6 +200,12 @@ pub struct Fleet {
     pub metrics: Arc<crate::metrics::AdminMetrics>,
 }
 
+/// Bounds of a registration's free-form fields.
+pub const MAX_ADDRESS_BYTES: usize = 256;
+pub const MAX_LABEL_BYTES: usize = 64;
+pub const MAX_METADATA_ENTRIES: usize = 32;
+pub const MAX_METADATA_VALUE_BYTES: usize = 256;
+
 fn unit_of(spec: &pb::ProcessAssignment) -> String {
     let ty: ProcessType = spec.process_type.parse().unwrap_or(ProcessType::Pattern);
     unit::unit_name(ty, &spec.process_id)
@@ -638,6 +644,49 @@ impl Fleet {
             ));
         }
         crate::auth::dial::Address::parse(&reg.address).map_err(|e| bad("address", e))?;
+        if reg.address.len() > MAX_ADDRESS_BYTES {
+            return Err(bad(
+                "address",
+                format!("longer than {MAX_ADDRESS_BYTES} bytes"),
+            ));
+        }
+        if !reg.region.is_empty() && !is_token(&reg.region) {
+            return Err(bad(
+                "region",
+                format!(
+                    "{:?} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -",
+                    reg.region
+                ),
+            ));
+        }
+        if reg.version.len() > MAX_LABEL_BYTES || reg.version.chars().any(char::is_control) {
+            return Err(bad(
+                "version",
+                format!("at most {MAX_LABEL_BYTES} bytes, no control characters"),
+            ));
+        }
+        if reg.capabilities.len() > 16 || reg.process_types.len() > 16 {
+            return Err(bad("capabilities", "more than 16 entries".into()));
+        }
+        if reg.metadata.len() > MAX_METADATA_ENTRIES {
+            return Err(bad(
+                "metadata",
+                format!("more than {MAX_METADATA_ENTRIES} entries"),
+            ));
+        }
+        if let Some((k, _)) = reg.metadata.iter().find(|(k, v)| {
+            k.len() > MAX_LABEL_BYTES
+                || v.len() > MAX_METADATA_VALUE_BYTES
+                || k.chars().chain(v.chars()).any(char::is_control)
+        }) {
+            return Err(bad(
+                "metadata",
+                format!(
+                    "entry {k:?}: keys at most {MAX_LABEL_BYTES} bytes, values at most \
+                     {MAX_METADATA_VALUE_BYTES}, no control characters"
+                ),
+            ));
+        }
         if !(1..=100_000).contains(&reg.max_processes) {
             return Err(bad(
                 "max_processes",

@@ -183,10 +183,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         server
             .add_service(health_service.clone())
             .add_service(crate::serve::reflection())
-            .add_service(ControlPlaneWithNotice(ControlPlaneServer::new(
-                service::ControlPlaneService::new(fleet.clone(), gate.clone()),
-            )))
-            .add_service(AdminServer::new(service::AdminService::new(fleet.clone())))
+            .add_service(ControlPlaneWithNotice(
+                ControlPlaneServer::new(service::ControlPlaneService::new(
+                    fleet.clone(),
+                    gate.clone(),
+                ))
+                .max_decoding_message_size(crate::serve::MAX_REQUEST_BYTES)
+                .max_encoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
+            ))
+            .add_service(
+                AdminServer::new(service::AdminService::new(fleet.clone()))
+                    .max_decoding_message_size(crate::serve::MAX_REQUEST_BYTES)
+                    .max_encoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
+            )
     };
     let servers = crate::serve::serve_grpc(
         routes,

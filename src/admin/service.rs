@@ -23,6 +23,10 @@ use crate::{
     unit,
 };
 
+/// The most history events one GetProcess returns (the store keeps 200
+/// per process).
+pub const MAX_HISTORY_LIMIT: i32 = 1000;
+
 /// The gRPC metadata keys that steer placement.
 pub const REGION_METADATA: &str = "prism-region";
 pub const LAUNCHER_METADATA: &str = "prism-launcher-id";
@@ -102,7 +106,7 @@ impl ControlPlane for ControlPlaneService {
             .assign(spec, region, launcher)
             .await
             .map_err(|e| {
-                tracing::info!(prism_process_id = %id, "assignment of {id} refused: {e}");
+                tracing::info!(prism_process_id = ?id, "assignment of {id:?} refused: {e}");
                 to_status(e)
             })?;
         tracing::info!(prism_process_id = %id, prism_launcher_id = %assigned.launcher, "{}", assigned.message);
@@ -310,6 +314,16 @@ impl Admin for AdminService {
         request: Request<apb::GetProcessRequest>,
     ) -> Result<Response<apb::ProcessInfo>, Status> {
         let req = request.into_inner();
+        let limit = match req.history_limit {
+            0 => 20,
+            n @ 1..=MAX_HISTORY_LIMIT => n as u32,
+            n => {
+                return Err(to_status(FleetError::BadRequest {
+                    field: "history_limit".into(),
+                    reason: format!("{n} is outside 0..={MAX_HISTORY_LIMIT} (0 means 20)"),
+                }));
+            }
+        };
         let record = self
             .fleet
             .state
@@ -319,11 +333,6 @@ impl Admin for AdminService {
             .get(&req.process_id)
             .cloned()
             .ok_or_else(|| not_found("process", &req.process_id))?;
-        let limit = if req.history_limit > 0 {
-            req.history_limit as u32
-        } else {
-            20
-        };
         let events = self
             .fleet
             .store

@@ -138,8 +138,10 @@ impl AdminOpts {
             )));
         }
         Ok(Admin {
-            api: AdminClient::new(channel.clone()),
-            cp: ControlPlaneClient::new(channel),
+            api: AdminClient::new(channel.clone())
+                .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
+            cp: ControlPlaneClient::new(channel)
+                .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
             url,
         })
     }

@@ -82,7 +82,9 @@ impl AdminLink {
         };
         Ok(Self {
             supervisor,
-            client: ControlPlaneClient::new(channel),
+            client: ControlPlaneClient::new(channel)
+                .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES)
+                .max_encoding_message_size(crate::serve::MAX_REQUEST_BYTES),
             endpoint: endpoint.to_string(),
             registration,
             interval: config.heartbeat_interval,

@@ -113,10 +113,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         server
             .add_service(health_service.clone())
             .add_service(crate::serve::reflection())
-            .add_service(LauncherServer::new(service::LauncherService::new(
-                supervisor.clone(),
-                config.launcher_id.clone(),
-            )))
+            .add_service(
+                LauncherServer::new(service::LauncherService::new(
+                    supervisor.clone(),
+                    config.launcher_id.clone(),
+                ))
+                .max_decoding_message_size(crate::serve::MAX_REQUEST_BYTES)
+                .max_encoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
+            )
     };
     let server_task = tokio::spawn(
         crate::serve::serve_grpc(

@@ -102,7 +102,8 @@ impl Launcher for LauncherService {
         };
         self.supervisor.metrics.assignment(label);
         let assigned = result.map_err(|e| {
-            tracing::info!(prism_process_id = %id, error = %e, "assignment of {id} refused: {e}");
+            // Quoted: the id has not passed validation.
+            tracing::info!(prism_process_id = ?id, error = %e, "assignment of {id:?} refused: {e}");
             to_status(e)
         })?;
         let message = match &assigned.outcome {

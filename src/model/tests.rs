@@ -527,6 +527,20 @@ fn rejects_bad_input_naming_the_field() {
             "needs a port",
         ),
         (
+            "probe of another process's port",
+            "pattern",
+            |w, _| {
+                cfg(w).health_port = 8080;
+                cfg(w).health_check = Some(pb::HealthCheck {
+                    kind: "tcp".into(),
+                    port: 22,
+                    ..Default::default()
+                });
+            },
+            "config.health_check.port",
+            "not a port of this assignment",
+        ),
+        (
             "bad probe path",
             "pattern",
             |w, _| {

@@ -195,9 +195,16 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
         let kind = check_payload(process_type, &config)?;
         let isolation = check_isolation(&config, policy)?;
         let restart = check_restart(config.restart_policy.as_ref())?;
+        // A probe reaches only ports of this assignment, never another
+        // service on the host.
+        let mut own_ports: Vec<u16> = port.into_iter().chain(health_port).collect();
+        if let ProcessKind::Proxy(p) = &kind {
+            own_ports.extend([p.control_port, p.data_port]);
+        }
         let health = check_health(
             config.health_check.as_ref(),
             health_port,
+            &own_ports,
             &policy.probe_defaults,
         )?;
         let resources = check_resources(config.resources.as_ref())?;
@@ -740,6 +747,7 @@ fn check_restart(policy: Option<&pb::RestartPolicy>) -> Result<RestartPolicy> {
 fn check_health(
     check: Option<&pb::HealthCheck>,
     health_port: Option<u16>,
+    own_ports: &[u16],
     defaults: &ProbeDefaults,
 ) -> Result<HealthCheck> {
     let f = "config.health_check";
@@ -747,6 +755,13 @@ fn check_health(
     let c = check.unwrap_or(&default_check);
     let port = || -> Result<u16> {
         match check_optional_port(&format!("{f}.port"), c.port)?.or(health_port) {
+            Some(p) if !own_ports.contains(&p) => err(
+                format!("{f}.port"),
+                format!(
+                    "{p} is not a port of this assignment (config.port, config.health_port, \
+                     or a proxy's control and data ports): a probe reaches only its own process"
+                ),
+            ),
             Some(p) => Ok(p),
             None => err(
                 format!("{f}.port"),

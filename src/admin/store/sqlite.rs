@@ -43,6 +43,10 @@ impl SqliteStore {
         sqlx::migrate!("src/admin/store/migrations")
             .run(&pool)
             .await?;
+        sqlx::query("DELETE FROM history WHERE at < ?")
+            .bind(crate::admin::fleet::now_ms() - HISTORY_MAX_AGE_MS)
+            .execute(&pool)
+            .await?;
         Ok(Self { pool })
     }
 
@@ -88,8 +92,23 @@ async fn add_history(
     .bind(&e.detail)
     .execute(&mut **tx)
     .await?;
+    // Retention: the newest HISTORY_KEEP events of each process.
+    sqlx::query(
+        "DELETE FROM history WHERE process_id = ? AND seq <= \
+         (SELECT seq FROM history WHERE process_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+    )
+    .bind(id)
+    .bind(id)
+    .bind(HISTORY_KEEP)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
+
+/// History kept per process (its newest events).
+pub const HISTORY_KEEP: i64 = 200;
+/// History older than this is removed when the admin starts.
+pub const HISTORY_MAX_AGE_MS: i64 = 30 * 24 * 3600 * 1000;
 
 #[async_trait]
 impl AdminStore for SqliteStore {
@@ -315,7 +334,8 @@ mod tests {
 
     fn event(name: &str) -> HistoryEvent {
         HistoryEvent {
-            at_ms: 5,
+            // Recent: older history is removed at open.
+            at_ms: crate::admin::fleet::now_ms(),
             event: name.into(),
             version: 1,
             launcher_id: "l1".into(),
@@ -370,6 +390,12 @@ mod tests {
         let history = store.history("kv-1", 10).await.unwrap();
         let events: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(events, ["delivered", "placed"]);
+        // Each process keeps its newest HISTORY_KEEP events.
+        for _ in 0..HISTORY_KEEP + 5 {
+            store.add_history("kv-1", &event("probe")).await.unwrap();
+        }
+        let kept = store.history("kv-1", 1000).await.unwrap();
+        assert_eq!(kept.len() as i64, HISTORY_KEEP);
         store
             .delete_process("kv-1", &event("revoked"))
             .await
