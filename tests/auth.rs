@@ -273,9 +273,15 @@ async fn as_a_local_user() {
 
 /// Run `as_a_local_user` as `uid`:`gid` and return its results.
 fn as_user(socket: &std::path::Path, uid: u32, gid: u32) -> String {
+    run_as("as_a_local_user", &[(SOCKET_ENV, socket)], uid, gid)
+}
+
+/// Run the ignored test `name` as `uid`:`gid` with `env`, and return its
+/// RESULT line.
+fn run_as(name: &str, env: &[(&str, &std::path::Path)], uid: u32, gid: u32) -> String {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "as_a_local_user", "--ignored", "--nocapture"])
-        .env(SOCKET_ENV, socket)
+        .args(["--exact", name, "--ignored", "--nocapture"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .uid(uid)
         .gid(gid)
         .output()
@@ -525,4 +531,219 @@ async fn the_launcher_speaks_tls_to_the_admin_whatever_the_spelling_and_takes_or
             .unwrap(),
     );
     assert!(launchers(&mut plain_api).await.is_empty());
+}
+
+const LAUNCHER_SOCKET_ENV: &str = "PRISM_TEST_LAUNCHER_SOCKET";
+
+/// What the reproduction did, step by step, as a local user on the
+/// packaged configuration's sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by the_reproduction_fails_at_every_step as another user"]
+async fn the_reproduction_as_a_local_user() {
+    let (Ok(admin), Ok(launcher)) = (
+        std::env::var(SOCKET_ENV),
+        std::env::var(LAUNCHER_SOCKET_ENV),
+    ) else {
+        return;
+    };
+    let dial = |s: &str| {
+        channel(
+            &Address::parse(&format!("unix:{s}")).unwrap(),
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    };
+    fn code<T>(r: Result<T, tonic::Status>) -> String {
+        match r {
+            Ok(_) => "Ok".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        }
+    }
+    let mut cp = ControlPlaneClient::new(dial(&admin));
+    let mut api = AdminClient::new(dial(&admin));
+    let mut l = LauncherClient::new(dial(&launcher));
+    let mut results = Vec::new();
+    // RegisterLauncher as the existing launcher, with an address of ours:
+    // its processes and their credentials would come back.
+    results.push(code(
+        cp.register_launcher(registration("packaged", "127.0.0.1:6666"))
+            .await,
+    ));
+    // The operator API: drain, move, revoke; and reading the fleet.
+    results.push(code(
+        api.drain_launcher(apb::DrainRequest {
+            launcher_id: "packaged".into(),
+        })
+        .await,
+    ));
+    results.push(code(
+        api.move_processes(apb::MoveProcessesRequest {
+            launcher_id: "packaged".into(),
+        })
+        .await,
+    ));
+    results.push(code(
+        cp.revoke_process(pb::ProcessRevocation {
+            process_id: "secret-1".into(),
+            ..Default::default()
+        })
+        .await,
+    ));
+    results.push(code(
+        api.get_process(apb::GetProcessRequest {
+            process_id: "secret-1".into(),
+            history_limit: 0,
+        })
+        .await,
+    ));
+    // The launcher's own service: a shell; another process's namespace
+    // (its dynamic user); a higher version of an existing id; revoke.
+    let mut shell = support::pattern("shell-1", std::path::Path::new("/usr/bin/bash"), &[]);
+    shell.config.as_mut().unwrap().args = vec!["-c".into(), "id".into()];
+    results.push(code(l.assign_process(shell).await));
+    let mut hijack = support::pattern("secret-1", std::path::Path::new("/usr/bin/bash"), &[]);
+    hijack.version = 99;
+    hijack.namespace = "demo".into();
+    results.push(code(l.assign_process(hijack).await));
+    results.push(code(
+        l.revoke_process(pb::ProcessRevocation {
+            process_id: "secret-1".into(),
+            ..Default::default()
+        })
+        .await,
+    ));
+    results.push(code(
+        l.list_processes(pb::launcher::v1::ListProcessesRequest::default())
+            .await,
+    ));
+    println!("RESULT {}", results.join(" "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reproduction_fails_at_every_step() {
+    let Some(h) = harness!() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let etc = |f: &str| format!("{}/packaging/etc/{f}", env!("CARGO_MANIFEST_DIR"));
+    // Both daemons on their packaged configuration (local sockets, no TCP).
+    let admin_config = etc("admin.toml");
+    let admin = Daemon::admin_secure(
+        dir.path(),
+        &[
+            "--config",
+            &admin_config,
+            "--listen",
+            "none",
+            "--heartbeat-interval",
+            "1s",
+        ],
+    )
+    .await;
+    assert!(admin.log_text().contains("no TCP"), "{}", admin.log_text());
+    let admin_socket = dir.path().join("admin.sock");
+    let launcher_socket = dir.path().join("launcher.sock");
+    let launcher_config = etc("launcher.toml");
+    let admin_endpoint = format!("unix:{}", admin_socket.display());
+    let launcher_socket_arg = launcher_socket.display().to_string();
+    let launcher = Daemon::start_secure(
+        &h,
+        "packaged",
+        &[
+            "--config",
+            &launcher_config,
+            "--listen",
+            "none",
+            "--socket",
+            &launcher_socket_arg,
+            "--admin-endpoint",
+            &admin_endpoint,
+            "--heartbeat-interval",
+            "1s",
+        ],
+    )
+    .await;
+    // Root places a process with a secret on it, through the admin's socket.
+    let root = channel(
+        &Address::parse(&admin_endpoint).unwrap(),
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut api = AdminClient::new(root.clone());
+    eventually("the launcher to register over the socket", DEADLINE, || {
+        let mut api = api.clone();
+        async move {
+            let ls = launchers(&mut api).await;
+            (ls.len() == 1 && ls[0].health == "healthy").then_some(())
+        }
+    })
+    .await;
+    let mut secret = support::backend("secret-1", &h.demo, &[]);
+    secret.namespace = "demo".into();
+    secret
+        .config
+        .as_mut()
+        .unwrap()
+        .backend
+        .as_mut()
+        .unwrap()
+        .credentials
+        .insert("password".into(), "hunter2".into());
+    let ack = ControlPlaneClient::new(root)
+        .assign_process(secret)
+        .await
+        .expect("root assigns")
+        .into_inner();
+    let pid = h.prop(&ack.unit_name, "MainPID");
+    assert_ne!(pid, "0");
+    let units = h.listed_units();
+
+    // Every step, as uid 65534: refused.
+    let result = run_as(
+        "the_reproduction_as_a_local_user",
+        &[
+            (SOCKET_ENV, admin_socket.as_path()),
+            (LAUNCHER_SOCKET_ENV, launcher_socket.as_path()),
+        ],
+        65534,
+        65534,
+    );
+    assert_eq!(
+        result,
+        ["PermissionDenied"; 9].join(" "),
+        "register, drain, move, revoke, read (admin); shell, hijack, revoke, list (launcher)"
+    );
+
+    // Nothing changed: the launcher's address, its placement, the
+    // process (same PID), the units, the launcher's state.
+    let ls = launchers(&mut api).await;
+    assert_eq!(ls[0].address, format!("unix:{launcher_socket_arg}"));
+    assert!(!ls[0].draining);
+    assert_eq!(h.prop(&ack.unit_name, "MainPID"), pid);
+    assert_eq!(h.listed_units(), units);
+    assert_eq!(
+        launcher.state_files().len(),
+        1,
+        "{:?}",
+        launcher.state_files()
+    );
+    // The secret never left the admin for an operator: redacted.
+    let info = api
+        .get_process(apb::GetProcessRequest {
+            process_id: "secret-1".into(),
+            history_limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let creds = &info
+        .assignment
+        .unwrap()
+        .config
+        .unwrap()
+        .backend
+        .unwrap()
+        .credentials;
+    assert_eq!(creds["password"], "(redacted)");
 }

@@ -119,9 +119,11 @@ fn main() {
         let address = Address::parse(&format!("127.0.0.1:{}", secure.port)).unwrap();
         let tls = latencies(channel(&address, Some(config), timeout).unwrap(), n).await;
 
-        let address =
-            Address::parse(&format!("unix:{}", dir.path().join("secure/admin.sock").display()))
-                .unwrap();
+        let address = Address::parse(&format!(
+            "unix:{}",
+            dir.path().join("secure/admin.sock").display()
+        ))
+        .unwrap();
         let unix = latencies(channel(&address, None, timeout).unwrap(), n).await;
 
         println!("\nGetLauncher end to end, {n} sequential calls each:");
