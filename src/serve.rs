@@ -187,9 +187,7 @@ pub fn serve_grpc(
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let mut servers: Vec<
-        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>,
-    > = Vec::new();
+    let mut servers: Vec<Serving> = Vec::new();
     if let Some(listener) = tcp {
         let local = listener.local_addr().ok();
         let mut server = limited();
