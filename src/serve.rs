@@ -142,25 +142,21 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Requests in flight on one connection (HTTP/2 streams): a client that
-/// opens more waits for one to finish.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
-/// No request runs longer: the longest is a revocation with the longest
-/// graceful timeout (1 h) plus slack.
-pub const MAX_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(3600 + 60);
+/// HTTP/2 streams one connection may open; the gate answers
+/// RESOURCE_EXHAUSTED well before (`auth::layer::MAX_IN_FLIGHT_PER_CONNECTION`).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// Largest request a daemon decodes (a heartbeat of thousands of
 /// processes fits), and largest message it sends or a client accepts (a
 /// registration ack carrying every process placed on a launcher).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
-/// The server side limits every listener has: streams per connection, a
-/// request deadline (DEADLINE_EXCEEDED), and keepalive pings that find
-/// peers gone without a word.
+/// The server side limits every listener has: streams per connection and
+/// keepalive pings that find peers gone without a word (the gate limits
+/// requests in flight and their time).
 fn limited() -> Server {
     Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .timeout(MAX_REQUEST_TIME)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
 }

@@ -12,8 +12,11 @@ use std::{
     process::Command,
 };
 
-use prism_launcher::pb::prism::{admin::v1 as apb, launcher::v1::ListProcessesRequest};
-use support::{daemon::free_port, *};
+use prism_launcher::{
+    auth::dial::{Address, ClientPem, Expect, channel, client_config},
+    pb::prism::{admin::v1 as apb, launcher::v1::ListProcessesRequest},
+};
+use support::{daemon::free_port, pki::Pki, *};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// The package under test, extracted into `dir`.
@@ -111,13 +114,13 @@ const SANDBOX_CANNOT: &str =
 
 /// A unit of the package installed in the sandbox manager, with a drop-in
 /// that points it at the extracted binary and the sandbox's manager.
-fn install_unit(h: &Harness, root: &Path, unit: &str, exec_start: &str) {
+fn install_unit(h: &Harness, root: &Path, unit: &str, exec_start: &str, extra: &str) {
     let dir = h.sandbox.dir().join("home/.config/systemd/user");
     fs::create_dir_all(dir.join(format!("{unit}.d"))).unwrap();
     fs::copy(root.join("lib/systemd/system").join(unit), dir.join(unit)).unwrap();
     fs::write(
         dir.join(format!("{unit}.d/sandbox.conf")),
-        format!("[Service]\nExecStart=\nExecStart={exec_start}\n{SANDBOX_CANNOT}"),
+        format!("[Service]\nExecStart=\nExecStart={exec_start}\n{SANDBOX_CANNOT}{extra}"),
     )
     .unwrap();
 }
@@ -142,22 +145,39 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
     let bin = |name: &str| root.join("usr/bin").join(name).display().to_string();
     let etc = |name: &str| root.join("etc/prism").join(name).display().to_string();
     let (admin_port, launcher_port) = (free_port(), free_port());
+    // Mutual TLS between the daemons, as a fleet runs them: a CA and a
+    // certificate per role (what `prismctl pki` makes).
+    let pki = Pki::new(&h.sandbox.dir().join("pki"));
+    let admin_pair = pki.issue("admin", "spiffe://prism/admin");
+    let launcher_pair = pki.issue("packaged", "spiffe://prism/launcher/packaged");
+    let operator = pki.issue("alice", "spiffe://prism/operator/alice");
 
-    // The admin with its packaged configuration (a dynamic user; state in
-    // its StateDirectory).
+    // The admin with its packaged configuration (a dynamic user, which
+    // reads its TLS material as credentials, as prism-admin.service
+    // describes; state in its StateDirectory).
     install_unit(
         &h,
         &root,
         "prism-admin.service",
         &format!(
-            "{} serve --config {} --listen 127.0.0.1:{admin_port} --insecure \
+            "{} serve --config {} --listen 127.0.0.1:{admin_port} \
              --socket ${{RUNTIME_DIRECTORY}}/admin.sock --data-dir ${{STATE_DIRECTORY}} \
+             --tls-cert ${{CREDENTIALS_DIRECTORY}}/admin.crt \
+             --tls-key ${{CREDENTIALS_DIRECTORY}}/admin.key \
+             --tls-ca ${{CREDENTIALS_DIRECTORY}}/ca.crt \
              --metrics-listen none --heartbeat-interval 1s",
             bin("prism-admin"),
             etc("admin.toml"),
         ),
+        &format!(
+            "LoadCredential=admin.crt:{}\nLoadCredential=admin.key:{}\nLoadCredential=ca.crt:{}\n",
+            admin_pair.cert.display(),
+            admin_pair.key.display(),
+            pki.ca.display()
+        ),
     );
-    // The launcher with its packaged configuration, registering with it.
+    // The launcher with its packaged configuration, registering with it
+    // over TLS (a host:port endpoint: TLS because [tls] is configured).
     install_unit(
         &h,
         &root,
@@ -165,14 +185,16 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
         &format!(
             "{} --config {} --systemd bus:{} --state-dir ${{STATE_DIRECTORY}} \
              --credentials-dir ${{RUNTIME_DIRECTORY}}/credentials --listen 127.0.0.1:{launcher_port} \
-             --insecure --socket ${{RUNTIME_DIRECTORY}}/launcher.sock \
-             --metrics-listen none --allow-binary-dir {} --launcher-id packaged \
+             --socket ${{RUNTIME_DIRECTORY}}/launcher.sock {} \
+             --metrics-listen none --allow-binary-dir {} \
              --admin-endpoint 127.0.0.1:{admin_port}",
             bin("prism-launcher"),
             etc("launcher.toml"),
             h.sandbox.bus_address(),
+            pki.flags(&launcher_pair).join(" "),
             h.bin_dir.display(),
         ),
+        "",
     );
     systemctl(&h, &["daemon-reload"]);
     systemctl(&h, &["log-level", "debug"]);
@@ -199,14 +221,33 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
     assert_eq!(hardening["NoNewPrivileges"], "yes", "{hardening:?}");
     assert_eq!(hardening["PrivateTmp"], "yes", "{hardening:?}");
 
-    // Both answer their health checks.
-    for port in [admin_port, launcher_port] {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect");
-        let mut health = HealthClient::new(channel);
+    // Both answer their health checks, over mutual TLS.
+    let ca = fs::read(&pki.ca).unwrap();
+    let (cert, key) = operator.pem();
+    let tls = |expect: Expect| {
+        client_config(
+            ClientPem {
+                ca: &ca,
+                identity: Some((&cert, &key)),
+            },
+            "prism",
+            expect,
+        )
+        .unwrap()
+    };
+    let dial = |port: u16, expect: Expect| {
+        channel(
+            &Address::parse(&format!("127.0.0.1:{port}")).unwrap(),
+            Some(tls(expect)),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap()
+    };
+    for (port, expect) in [
+        (admin_port, Expect::Admin),
+        (launcher_port, Expect::Launcher("packaged".into())),
+    ] {
+        let mut health = HealthClient::new(dial(port, expect));
         let status = health
             .check(HealthCheckRequest::default())
             .await
@@ -217,26 +258,26 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
     }
 
     // A process placed through the admin runs on the packaged launcher.
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    eventually("the launcher registered", DEADLINE, || async {
-        let mut api = apb::admin_client::AdminClient::connect(admin.clone())
-            .await
-            .ok()?;
-        let list = api
-            .list_launchers(apb::ListLaunchersRequest {})
-            .await
-            .ok()?
-            .into_inner();
-        list.launchers
-            .iter()
-            .any(|l| l.launcher_id == "packaged" && l.health == "healthy")
-            .then_some(())
+    let api = apb::admin_client::AdminClient::new(dial(admin_port, Expect::Admin));
+    eventually("the launcher registered", DEADLINE, || {
+        let mut api = api.clone();
+        async move {
+            let list = api
+                .list_launchers(apb::ListLaunchersRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            list.launchers
+                .iter()
+                .any(|l| l.launcher_id == "packaged" && l.health == "healthy")
+                .then_some(())
+        }
     })
     .await;
-    let mut cp =
-        prism_launcher::pb::prism::control_plane_client::ControlPlaneClient::connect(admin.clone())
-            .await
-            .unwrap();
+    let mut cp = prism_launcher::pb::prism::control_plane_client::ControlPlaneClient::new(dial(
+        admin_port,
+        Expect::Admin,
+    ));
     let ack = cp
         .assign_process(pattern("kv-pkg", &h.demo, &[]))
         .await
@@ -267,11 +308,10 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
     systemctl(&h, &["restart", "prism-launcher.service"]);
     assert_eq!(h.prop("prism-launcher.service", "ActiveState"), "active");
     let mut launcher =
-        prism_launcher::pb::prism::launcher::v1::launcher_client::LauncherClient::connect(format!(
-            "http://127.0.0.1:{launcher_port}"
-        ))
-        .await
-        .unwrap();
+        prism_launcher::pb::prism::launcher::v1::launcher_client::LauncherClient::new(dial(
+            launcher_port,
+            Expect::Launcher("packaged".into()),
+        ));
     let list = launcher
         .list_processes(ListProcessesRequest::default())
         .await

@@ -3,7 +3,7 @@
 //! handlers (as a request extension) or refuse with PERMISSION_DENIED.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     convert::Infallible,
     future::Future,
     pin::Pin,
@@ -29,6 +29,52 @@ use crate::metrics::Denial;
 /// more are remembered (they are still counted).
 const LOGGED_CALLERS: usize = 4096;
 
+/// Requests one connection may have in flight (TCP: the peer's address and
+/// port; the local socket: the peer process); more are RESOURCE_EXHAUSTED.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
+/// No request runs longer: the longest is a revocation with the longest
+/// graceful timeout (1 h) plus slack. Past it: DEADLINE_EXCEEDED.
+pub const MAX_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(3600 + 60);
+
+/// One connection, as far as the server can tell.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Connection {
+    Tcp(std::net::SocketAddr),
+    Process(i32),
+    Unknown,
+}
+
+fn connection_of(ext: &http::Extensions) -> Connection {
+    if let Some(uds) = ext.get::<UdsConnectInfo>() {
+        return uds
+            .peer_cred
+            .and_then(|c| c.pid())
+            .map_or(Connection::Unknown, Connection::Process);
+    }
+    ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|t| t.get_ref().remote_addr())
+        .or_else(|| ext.get::<TcpConnectInfo>().and_then(|t| t.remote_addr()))
+        .map_or(Connection::Unknown, Connection::Tcp)
+}
+
+/// A request in flight; counted down when dropped.
+struct InFlight {
+    table: Arc<Mutex<HashMap<Connection, usize>>>,
+    connection: Connection,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = t.get_mut(&self.connection) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.connection);
+            }
+        }
+    }
+}
+
 /// What the gate needs to know about its daemon.
 #[derive(Clone)]
 pub struct Gate {
@@ -44,6 +90,7 @@ struct GateInner {
     standalone: bool,
     denied: Family<Denial, Counter>,
     logged: Mutex<HashSet<Caller>>,
+    in_flight: Arc<Mutex<HashMap<Connection, usize>>>,
 }
 
 impl Gate {
@@ -62,6 +109,7 @@ impl Gate {
                 standalone,
                 denied,
                 logged: Mutex::default(),
+                in_flight: Arc::default(),
             }),
         }
     }
@@ -93,6 +141,28 @@ impl Gate {
             None if g.insecure => Caller::Insecure { addr },
             None => Caller::Anonymous { addr },
         }
+    }
+
+    /// Count a request in on its connection, or refuse it past the limit.
+    fn admit(&self, ext: &http::Extensions) -> Result<InFlight, Status> {
+        let connection = connection_of(ext);
+        let mut t = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = t.entry(connection.clone()).or_insert(0);
+        if *n >= MAX_IN_FLIGHT_PER_CONNECTION {
+            return Err(Status::resource_exhausted(format!(
+                "more than {MAX_IN_FLIGHT_PER_CONNECTION} requests in flight on one connection \
+                 (the limit per connection); wait for some to finish"
+            )));
+        }
+        *n += 1;
+        Ok(InFlight {
+            table: self.inner.in_flight.clone(),
+            connection,
+        })
     }
 
     /// Check `path` for `caller`; a refusal is counted, logged once per
@@ -203,10 +273,143 @@ where
         if let Err(status) = self.gate.check(req.uri().path(), &caller) {
             return Box::pin(async move { Ok(status.into_http()) });
         }
+        let in_flight = match self.gate.admit(req.extensions()) {
+            Ok(guard) => guard,
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+        };
         req.extensions_mut().insert(caller);
         // The ready service takes this call; a clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(req))
+        let call = inner.call(req);
+        Box::pin(async move {
+            let _in_flight = in_flight;
+            match tokio::time::timeout(MAX_REQUEST_TIME, call).await {
+                Ok(response) => response,
+                Err(_) => Ok(Status::deadline_exceeded(format!(
+                    "the request ran longer than {} s, the limit of one request",
+                    MAX_REQUEST_TIME.as_secs()
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::identity::OperatorGroup;
+    use tower::{Layer, Service, ServiceExt};
+
+    fn gate(insecure: bool) -> Gate {
+        Gate::new(
+            "prism",
+            OperatorGroup {
+                name: "prism".into(),
+                gid: None,
+                own_uid: None,
+            },
+            insecure,
+            false,
+            Family::default(),
+        )
+    }
+
+    fn request(path: &str, port: u16) -> http::Request<Body> {
+        let mut r = http::Request::builder()
+            .uri(format!("http://x{path}"))
+            .body(Body::empty())
+            .unwrap();
+        r.extensions_mut().insert(TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(([127, 0, 0, 1], port).into()),
+        });
+        r
+    }
+
+    fn code(r: &http::Response<Body>) -> Option<String> {
+        r.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    /// Answers once `release` is notified; records the caller it was given.
+    fn inner(
+        release: Arc<tokio::sync::Notify>,
+    ) -> impl tower::Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(move |r: http::Request<Body>| {
+            let release = release.clone();
+            let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+                assert!(
+                    r.extensions().get::<Caller>().is_some(),
+                    "the caller is handed on"
+                );
+                release.notified().await;
+                Ok::<_, Infallible>(http::Response::new(Body::empty()))
+            });
+            fut
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refuses_unauthenticated_calls_and_hands_the_caller_on() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let mut svc = gate(false).layer(inner(release.clone()));
+        let r = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request("/prism.admin.v1.Admin/DrainLauncher", 1))
+            .await
+            .unwrap();
+        assert_eq!(code(&r).as_deref(), Some("7"), "PERMISSION_DENIED");
+        let mut svc = gate(true).layer(inner(release.clone()));
+        let call = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request("/prism.admin.v1.Admin/DrainLauncher", 1));
+        release.notify_one();
+        assert_eq!(code(&call.await.unwrap()), None, "passed to the service");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_requests_in_flight_per_connection_and_their_time() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let mut svc = gate(true).layer(inner(release.clone()));
+        let path = "/grpc.health.v1.Health/Check";
+        let mut held = Vec::new();
+        for _ in 0..MAX_IN_FLIGHT_PER_CONNECTION {
+            let call = svc.ready().await.unwrap().call(request(path, 1));
+            held.push(tokio::spawn(call));
+        }
+        let over = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(path, 1))
+            .await
+            .unwrap();
+        assert_eq!(code(&over).as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+        // Another connection has its own budget.
+        let other = tokio::spawn(svc.ready().await.unwrap().call(request(path, 2)));
+        // Past the time limit, every held call ends DEADLINE_EXCEEDED, and
+        // the connection's budget is whole again.
+        tokio::time::advance(MAX_REQUEST_TIME + std::time::Duration::from_secs(1)).await;
+        for h in held {
+            assert_eq!(code(&h.await.unwrap().unwrap()).as_deref(), Some("4"));
+        }
+        assert_eq!(code(&other.await.unwrap().unwrap()).as_deref(), Some("4"));
+        let again = svc.ready().await.unwrap().call(request(path, 1));
+        release.notify_one();
+        assert_eq!(code(&again.await.unwrap()), None);
     }
 }
