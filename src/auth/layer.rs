@@ -334,20 +334,22 @@ mod tests {
             .map(|v| v.to_str().unwrap().to_owned())
     }
 
-    /// Answers once `release` is notified; records the caller it was given.
+    type Answer = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+    /// Answers once `release` is notified; checks it was handed the caller.
     fn inner(
         release: Arc<tokio::sync::Notify>,
     ) -> impl tower::Service<
         http::Request<Body>,
         Response = http::Response<Body>,
         Error = Infallible,
-        Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>,
+        Future = Answer,
     > + Clone
     + Send
     + 'static {
         tower::service_fn(move |r: http::Request<Body>| {
             let release = release.clone();
-            let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+            let fut: Answer = Box::pin(async move {
                 assert!(
                     r.extensions().get::<Caller>().is_some(),
                     "the caller is handed on"
