@@ -152,9 +152,11 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
     let launcher_pair = pki.issue("packaged", "spiffe://prism/launcher/packaged");
     let operator = pki.issue("alice", "spiffe://prism/operator/alice");
 
-    // The admin with its packaged configuration (a dynamic user, which
-    // reads its TLS material as credentials, as prism-admin.service
-    // describes; state in its StateDirectory).
+    // The admin with its packaged configuration (a dynamic user; state in
+    // its StateDirectory). On a host it would read its key through
+    // LoadCredential= (see prism-admin.service); this nested user manager
+    // does not hand credentials to a dynamic user, so the test key is read
+    // where it lies, in a directory any user may read.
     install_unit(
         &h,
         &root,
@@ -162,19 +164,12 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
         &format!(
             "{} serve --config {} --listen 127.0.0.1:{admin_port} \
              --socket ${{RUNTIME_DIRECTORY}}/admin.sock --data-dir ${{STATE_DIRECTORY}} \
-             --tls-cert ${{CREDENTIALS_DIRECTORY}}/admin.crt \
-             --tls-key ${{CREDENTIALS_DIRECTORY}}/admin.key \
-             --tls-ca ${{CREDENTIALS_DIRECTORY}}/ca.crt \
-             --metrics-listen none --heartbeat-interval 1s",
+             {} --metrics-listen none --heartbeat-interval 1s",
             bin("prism-admin"),
             etc("admin.toml"),
+            pki.flags(&admin_pair).join(" "),
         ),
-        &format!(
-            "LoadCredential=admin.crt:{}\nLoadCredential=admin.key:{}\nLoadCredential=ca.crt:{}\n",
-            admin_pair.cert.display(),
-            admin_pair.key.display(),
-            pki.ca.display()
-        ),
+        "",
     );
     // The launcher with its packaged configuration, registering with it
     // over TLS (a host:port endpoint: TLS because [tls] is configured).
