@@ -747,3 +747,56 @@ async fn the_reproduction_fails_at_every_step() {
         .credentials;
     assert_eq!(creds["password"], "(redacted)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_ack_of_many_large_specs_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Daemon::admin(dir.path(), &[]).await;
+    let url = format!("http://127.0.0.1:{}", admin.port);
+    let address = Address::parse(&url).unwrap();
+    let ch = channel(&address, None, Duration::from_secs(5)).unwrap();
+    // Sized as the launcher's own link to the admin is.
+    let mut cp = ControlPlaneClient::new(ch.clone())
+        .max_decoding_message_size(prism_launcher::serve::MAX_RESPONSE_BYTES);
+    // Nothing listens at its address: every push stays pending.
+    let gone = format!("127.0.0.1:{}", free_port());
+    let mut reg = registration("big", &gone);
+    reg.max_processes = 100;
+    cp.register_launcher(reg.clone()).await.unwrap();
+    let n = 40;
+    for i in 0..n {
+        let mut a = support::pattern(
+            &format!("big-{i}"),
+            std::path::Path::new("/usr/bin/true"),
+            &[],
+        );
+        let c = a.config.as_mut().unwrap();
+        c.env.insert("PAYLOAD".into(), "e".repeat(60_000));
+        c.args = vec!["a".repeat(60_000)];
+        let mut request = tonic::Request::new(a);
+        request
+            .metadata_mut()
+            .insert("prism-launcher-id", "big".parse().unwrap());
+        let ack = cp.assign_process(request).await.unwrap().into_inner();
+        assert!(ack.message.contains("pending"), "{ack:?}");
+    }
+    // Over gRPC's default 4 MiB, the ack still arrives whole.
+    let ack = cp
+        .register_launcher(reg.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.initial_processes.len(), n);
+    let size: usize = ack
+        .initial_processes
+        .iter()
+        .map(prost::Message::encoded_len)
+        .sum();
+    assert!(size > 4 << 20, "{size} bytes");
+    // A client with the default limit could not have taken it.
+    let e = ControlPlaneClient::new(ch)
+        .register_launcher(reg)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+}

@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prost::Message;
 use tokio::sync::{Mutex, Notify};
 use tonic::{Code, Status};
 
@@ -86,6 +87,8 @@ pub struct State {
     /// Process ids placed on (or being revoked from) each launcher, so a
     /// heartbeat or a placement never scans the whole fleet.
     by_launcher: BTreeMap<String, BTreeSet<String>>,
+    /// Encoded size of the specs on each launcher (its registration ack).
+    spec_bytes: BTreeMap<String, usize>,
     pub health: BTreeMap<String, HealthRecord>,
     /// (launcher, process) to deliver.
     pub pending: BTreeMap<(String, String), Delivery>,
@@ -109,6 +112,7 @@ impl State {
                 .entry(l.clone())
                 .or_default()
                 .insert(id.clone());
+            *self.spec_bytes.entry(l.clone()).or_default() += record.spec.encoded_len();
         }
         self.processes.insert(id, record);
     }
@@ -122,6 +126,9 @@ impl State {
             set.remove(id);
             if set.is_empty() {
                 self.by_launcher.remove(l);
+                self.spec_bytes.remove(l);
+            } else if let Some(b) = self.spec_bytes.get_mut(l) {
+                *b = b.saturating_sub(record.spec.encoded_len());
             }
         }
         Some(record)
@@ -154,6 +161,7 @@ impl State {
                 process_types: &l.process_types,
                 max_processes: l.max_processes,
                 used: used.get(l.id.as_str()).copied().unwrap_or(0),
+                spec_bytes: self.spec_bytes.get(&l.id).copied().unwrap_or(0),
                 draining: l.draining,
                 liveness: placement::liveness(l.last_heartbeat_ms, now_ms, interval),
             })
@@ -382,6 +390,7 @@ impl Fleet {
                 region: region.as_deref(),
                 launcher: launcher.as_deref(),
                 exclude: &[],
+                spec_bytes: spec.encoded_len(),
             };
             // A new version stays where it runs when that launcher can still
             // take it (its slot is its own already).

@@ -23,6 +23,11 @@ impl Liveness {
     }
 }
 
+/// The specs placed on one launcher, encoded, stay under this, so that its
+/// registration ack (which carries all of them) fits the largest message
+/// both ends accept, with room for the ack's own fields.
+pub const SPEC_BYTES_PER_LAUNCHER: usize = crate::serve::MAX_RESPONSE_BYTES - (1 << 20);
+
 pub const UNHEALTHY_AFTER_MISSED: u32 = 3;
 pub const LOST_AFTER_MISSED: u32 = 6;
 
@@ -45,6 +50,8 @@ pub struct Candidate<'a> {
     pub process_types: &'a [String],
     pub max_processes: u32,
     pub used: u32,
+    /// Encoded size of the specs placed on it.
+    pub spec_bytes: usize,
     pub draining: bool,
     pub liveness: Liveness,
 }
@@ -64,6 +71,8 @@ pub struct Request<'a> {
     pub launcher: Option<&'a str>,
     /// Never these launchers (moving away from them).
     pub exclude: &'a [&'a str],
+    /// Encoded size of the spec to place.
+    pub spec_bytes: usize,
 }
 
 /// Why nothing fits; the message says which constraint failed.
@@ -84,7 +93,8 @@ pub enum NoCandidate {
     },
 }
 
-fn refusal(c: &Candidate<'_>, process_type: &str) -> Option<String> {
+fn refusal(c: &Candidate<'_>, req: &Request<'_>) -> Option<String> {
+    let process_type = req.process_type;
     if !c.process_types.iter().any(|t| t == process_type) {
         Some(format!("it does not run {process_type} processes"))
     } else if c.liveness != Liveness::Healthy {
@@ -93,6 +103,11 @@ fn refusal(c: &Candidate<'_>, process_type: &str) -> Option<String> {
         Some("it is draining".into())
     } else if c.free() == 0 {
         Some(format!("it is full ({} of {})", c.used, c.max_processes))
+    } else if c.spec_bytes + req.spec_bytes > SPEC_BYTES_PER_LAUNCHER {
+        Some(format!(
+            "its specs would exceed {} MiB, the most its registration ack carries",
+            SPEC_BYTES_PER_LAUNCHER >> 20
+        ))
     } else {
         None
     }
@@ -111,7 +126,7 @@ pub fn choose(candidates: &[Candidate<'_>], req: &Request<'_>) -> Result<String,
                 reason: "it is not registered".into(),
             });
         };
-        return match refusal(c, ty) {
+        return match refusal(c, req) {
             Some(reason) => Err(NoCandidate::Explicit {
                 launcher: wanted.into(),
                 process_type: ty.into(),
@@ -133,7 +148,7 @@ pub fn choose(candidates: &[Candidate<'_>], req: &Request<'_>) -> Result<String,
     }
     let best = supporting
         .iter()
-        .filter(|c| refusal(c, ty).is_none())
+        .filter(|c| refusal(c, req).is_none())
         .min_by(|a, b| {
             let in_region = |c: &Candidate<'_>| req.region.is_some_and(|r| r == c.region);
             in_region(b)
@@ -146,7 +161,7 @@ pub fn choose(candidates: &[Candidate<'_>], req: &Request<'_>) -> Result<String,
         None => {
             let mut reasons: Vec<String> = supporting
                 .iter()
-                .filter_map(|c| refusal(c, ty).map(|r| format!("{}: {r}", c.id)))
+                .filter_map(|c| refusal(c, req).map(|r| format!("{}: {r}", c.id)))
                 .collect();
             reasons.sort();
             Err(NoCandidate::Unavailable {
@@ -186,6 +201,7 @@ mod tests {
                     process_types: t,
                     max_processes: 10,
                     used,
+                    spec_bytes: 0,
                     draining,
                     liveness: l,
                 }
@@ -255,5 +271,21 @@ mod tests {
             ..Request::default()
         };
         assert_eq!(choose(&fleet, &away).unwrap(), "b");
+        // A launcher whose registration ack would outgrow the message limit
+        // takes nothing more.
+        let mut heavy = c("h", "eu", all, 0, false, Healthy);
+        heavy.spec_bytes = SPEC_BYTES_PER_LAUNCHER - 10;
+        let big = Request {
+            process_type: "pattern",
+            spec_bytes: 11,
+            ..Request::default()
+        };
+        let e = choose(&[heavy.clone()], &big).unwrap_err().to_string();
+        assert!(e.contains("registration ack"), "{e}");
+        let small = Request {
+            spec_bytes: 10,
+            ..big
+        };
+        assert_eq!(choose(&[heavy], &small).unwrap(), "h");
     }
 }

@@ -8,6 +8,7 @@ use std::{
 };
 
 use futures_util::{StreamExt, stream};
+use prost::Message;
 use tonic::Code;
 
 use super::{
@@ -236,6 +237,7 @@ impl Fleet {
             &Request {
                 process_type: p.process_type(),
                 exclude: &[from],
+                spec_bytes: p.spec.encoded_len(),
                 ..Request::default()
             },
         )?;

@@ -373,6 +373,8 @@ pub fn demo_assignments(demo: &Path, redis: Option<&Path>) -> Vec<pb::ProcessAss
             ]
             .map(String::from)
             .to_vec();
+            // Its own port: the one the probe checks.
+            c.port = 18003;
             c.health_port = 0;
             c.health_check = Some(pb::HealthCheck {
                 kind: "tcp".into(),

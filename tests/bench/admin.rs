@@ -128,6 +128,7 @@ async fn main() {
             process_types: &types,
             max_processes: 100,
             used: (i * 7 % 100) as u32,
+            spec_bytes: 0,
             draining: false,
             liveness: Liveness::Healthy,
         })
