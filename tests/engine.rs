@@ -477,6 +477,39 @@ async fn stdout_reaches_the_journal_under_the_syslog_identifier() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dollar_in_an_argument_reaches_the_program_literally() {
+    let Some(h) = harness!() else { return };
+    let engine = h.engine().await;
+    let mut wire = pattern(
+        "kv-dollar",
+        &h.demo,
+        &[
+            "--echo", "$HOME", "--echo", "${X} y", "--echo", "$$", "--echo", "a$",
+        ],
+    );
+    wire.config
+        .as_mut()
+        .unwrap()
+        .env
+        .insert("X".into(), "expanded".into());
+    let spec = unit::translate(&h.process(wire));
+    engine.start_transient(&spec).await.expect("start");
+    let lines = eventually("the echoed arguments in the journal", DEADLINE, || async {
+        let lines = h.journal("kv-dollar");
+        lines
+            .iter()
+            .any(|l| l == "prism-demo kv-dollar ready")
+            .then_some(lines)
+    })
+    .await;
+    let echoed: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("echo: "))
+        .collect();
+    assert_eq!(echoed, ["$HOME", "${X} y", "$$", "a$"], "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_an_existing_unit_is_reported_and_changes_nothing() {
     let Some(h) = harness!() else { return };
     let engine = h.engine().await;

@@ -40,6 +40,9 @@ struct Args {
     /// Print the PRISM_* environment and credential names at start.
     #[arg(long)]
     print_env: bool,
+    /// Print this argument as received (`echo: ARG`); repeatable.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    echo: Vec<String>,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -64,6 +67,9 @@ async fn main() {
             "prism-demo {id} crashing on purpose with status {status}"
         ));
         std::process::exit(status);
+    }
+    for arg in &args.echo {
+        log(format!("echo: {arg}"));
     }
     if args.print_env {
         let mut vars: Vec<(String, String)> = std::env::vars()

@@ -82,6 +82,9 @@ pub struct Args {
     /// [default: /usr/bin, /usr/local/bin, /usr/lib/prism, /opt/prism/bin].
     #[arg(long = "allow-binary-dir", value_name = "DIR")]
     pub binary_dirs: Vec<PathBuf>,
+    /// Accept LD_* (dynamic-linker) variables in assignments' environment.
+    #[arg(long)]
+    pub allow_dynamic_linker_env: bool,
     /// Isolation of assignments that name none: none, namespace or session
     /// [default: namespace].
     #[arg(long, value_name = "LEVEL")]
@@ -173,6 +176,7 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     systemd: Option<String>,
     binary_dirs: Option<Vec<PathBuf>>,
+    allow_dynamic_linker_env: Option<bool>,
     default_isolation: Option<String>,
     reconcile_interval: Option<String>,
     circuit_cooldown: Option<String>,
@@ -451,6 +455,8 @@ impl Args {
         binary_dirs.extend(legacy.binary_dir.clone());
         let mut policy = Policy::with_binary_dirs(binary_dirs)
             .or_else(|e| bad("allow-binary-dir", "binary_dirs", e.reason))?;
+        policy.allow_dynamic_linker_env =
+            self.allow_dynamic_linker_env || file.allow_dynamic_linker_env.unwrap_or(false);
         let isolation_flag = if legacy.isolation.is_some() && self.default_isolation.is_none() {
             "isolation"
         } else {

@@ -527,6 +527,15 @@ fn rejects_bad_input_naming_the_field() {
             "needs a port",
         ),
         (
+            "dynamic-linker variable",
+            "pattern",
+            |w, _| {
+                cfg(w).env.insert("LD_PRELOAD".into(), "/tmp/x.so".into());
+            },
+            "config.env.LD_PRELOAD",
+            "dynamic-linker",
+        ),
+        (
             "probe of another process's port",
             "pattern",
             |w, _| {
@@ -658,6 +667,20 @@ fn defaults_and_extensions_are_applied() {
     // Secrets never print.
     assert!(!format!("{b:?}").contains("pw\""));
     assert_eq!(b.credentials["password"].expose(), "pw");
+}
+
+#[test]
+fn dynamic_linker_variables_only_when_allowed() {
+    let fx = Fixture::new();
+    let mut wire = base(&fx.runner(), "pattern");
+    cfg(&mut wire)
+        .env
+        .insert("LD_LIBRARY_PATH".into(), "/opt/lib".into());
+    let mut policy = fx.policy();
+    assert!(ManagedProcess::try_from((wire.clone(), &policy)).is_err());
+    policy.allow_dynamic_linker_env = true;
+    let p = ManagedProcess::try_from((wire, &policy)).unwrap();
+    assert_eq!(p.env["LD_LIBRARY_PATH"], "/opt/lib");
 }
 
 #[test]

@@ -67,6 +67,10 @@ pub struct Policy {
     /// Check the binary against this host's allowlist and filesystem. The
     /// admin turns it off: each launcher checks its own host.
     pub check_binary_on_host: bool,
+    /// Accept dynamic-linker variables (`LD_PRELOAD`, `LD_LIBRARY_PATH`,
+    /// `LD_AUDIT`, every `LD_*`) in an assignment's environment: they load
+    /// code of the assigner's choosing into an allowlisted binary.
+    pub allow_dynamic_linker_env: bool,
 }
 
 /// Launcher-wide defaults of a health check (upstream: 10 s, 5 s, 3).
@@ -94,6 +98,7 @@ impl Default for Policy {
             default_isolation: IsolationLevel::default(),
             probe_defaults: ProbeDefaults::default(),
             check_binary_on_host: true,
+            allow_dynamic_linker_env: false,
         }
     }
 }
@@ -103,6 +108,8 @@ impl Policy {
     pub fn structural() -> Self {
         Self {
             check_binary_on_host: false,
+            // Each launcher decides by its own configuration.
+            allow_dynamic_linker_env: true,
             ..Self::default()
         }
     }
@@ -184,7 +191,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
 
         let binary = check_binary(&config.binary, policy)?;
         let args = check_args(&config.args)?;
-        let env = check_env(&config.env)?;
+        let env = check_env(&config.env, policy)?;
         let port = check_optional_port("config.port", config.port)?;
         let health_port = check_optional_port("config.health_port", config.health_port)?;
         let log_level = match config.log_level.as_str() {
@@ -410,7 +417,7 @@ fn is_env_key(key: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn check_env(env: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+fn check_env(env: &HashMap<String, String>, policy: &Policy) -> Result<BTreeMap<String, String>> {
     if env.len() > MAX_ENV {
         return err(
             "config.env",
@@ -439,6 +446,13 @@ fn check_env(env: &HashMap<String, String>) -> Result<BTreeMap<String, String>> 
         }
         if key.starts_with(RESERVED_ENV_PREFIX) || RESERVED_ENV.contains(&key.as_str()) {
             return err(field, "reserved: the launcher sets this variable itself");
+        }
+        if key.starts_with("LD_") && !policy.allow_dynamic_linker_env {
+            return err(
+                field,
+                "dynamic-linker variables (LD_*) would load code of the assigner's choosing into \
+                 the binary; this launcher refuses them (allow_dynamic_linker_env)",
+            );
         }
         check_text(&field, value, MAX_ENV_BYTES)?;
     }

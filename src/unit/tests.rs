@@ -218,6 +218,17 @@ fn exec_start_has_no_shell() {
 }
 
 #[test]
+fn a_dollar_is_passed_to_systemd_escaped() {
+    let mut p = process(pattern());
+    p.args = vec!["$HOME".into(), "${X} y".into(), "a$$".into()];
+    let spec = translate(&p);
+    let Some(PropValue::Exec(cmds)) = spec.get("ExecStart") else {
+        panic!("no ExecStart")
+    };
+    assert_eq!(cmds[0].argv[1..], ["$$HOME", "$${X} y", "a$$$$"]);
+}
+
+#[test]
 fn service_type_follows_readiness() {
     // (notify_ready, probe, Type, WatchdogUSec)
     let cases = [
