@@ -273,13 +273,26 @@ async fn as_a_local_user() {
 
 /// Run `as_a_local_user` as `uid`:`gid` and return its results.
 fn as_user(socket: &std::path::Path, uid: u32, gid: u32) -> String {
-    run_as("as_a_local_user", &[(SOCKET_ENV, socket)], uid, gid)
+    let dir = socket.parent().unwrap();
+    run_as(dir, "as_a_local_user", &[(SOCKET_ENV, socket)], uid, gid)
 }
 
 /// Run the ignored test `name` as `uid`:`gid` with `env`, and return its
-/// RESULT line.
-fn run_as(name: &str, env: &[(&str, &std::path::Path)], uid: u32, gid: u32) -> String {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
+/// RESULT line. The test binary is copied into `dir` (searchable by
+/// anyone) first: the checkout it was built in may not be.
+fn run_as(
+    dir: &std::path::Path,
+    name: &str,
+    env: &[(&str, &std::path::Path)],
+    uid: u32,
+    gid: u32,
+) -> String {
+    let exe = dir.join("auth-test-binary");
+    if !exe.exists() {
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = std::process::Command::new(&exe)
         .args(["--exact", name, "--ignored", "--nocapture"])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .uid(uid)
@@ -701,6 +714,7 @@ async fn the_reproduction_fails_at_every_step() {
 
     // Every step, as uid 65534: refused.
     let result = run_as(
+        dir.path(),
         "the_reproduction_as_a_local_user",
         &[
             (SOCKET_ENV, admin_socket.as_path()),
