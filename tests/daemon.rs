@@ -609,6 +609,41 @@ async fn a_failing_probe_is_unhealthy_then_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_binary_at_start_never_drops_desired_state_or_stops_its_unit() {
+    let Some(h) = harness!() else { return };
+    // A binary of its own, removed while the launcher is down (a package
+    // upgrade, a late mount): the running process keeps its copy.
+    let bin = h.bin_dir.join("prism-demo-upgraded");
+    fs::copy(&h.demo, &bin).unwrap();
+    let mut d = Daemon::start(&h, &[]).await;
+    let ack = d
+        .client()
+        .await
+        .assign_process(pattern("kv-host", &bin, &[]))
+        .await
+        .expect("assign")
+        .into_inner();
+    let pid = h.prop(&ack.unit_name, "MainPID");
+    d.kill9();
+    fs::remove_file(&bin).unwrap();
+    d.restart().await;
+    assert_eq!(d.state_files().len(), 1, "desired state kept");
+    assert!(!d.state_dir.join("corrupt").exists(), "{}", d.log_text());
+    let info = d
+        .client()
+        .await
+        .get_process(GetProcessRequest {
+            process_id: "kv-host".into(),
+        })
+        .await
+        .expect("still held")
+        .into_inner();
+    assert_eq!(info.unit_name, ack.unit_name);
+    assert_eq!(h.prop(&ack.unit_name, "ActiveState"), "active");
+    assert_eq!(h.prop(&ack.unit_name, "MainPID"), pid, "never restarted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_is_reported_and_moved_aside() {
     let Some(h) = harness!() else { return };
     let mut d = Daemon::start(&h, &[]).await;

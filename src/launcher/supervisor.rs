@@ -310,8 +310,17 @@ impl Supervisor {
     }
 
     /// Load the desired state from disk; returns the corrupt files found.
+    ///
+    /// Stored assignments are checked for structure only: a host problem
+    /// (a binary missing after an upgrade, `/opt` mounted late, a narrowed
+    /// allowlist) never drops desired state or stops a running unit. Such a
+    /// process fails to start, is reported with systemd's reason, and
+    /// starts again once the problem is gone.
     pub fn load(&self) -> Result<Vec<super::store::Corrupt>, StoreError> {
-        let policy = self.policy.clone();
+        let policy = Policy {
+            check_binary_on_host: false,
+            ..self.policy.clone()
+        };
         let loaded = self.store.load(|a| {
             ManagedProcess::try_from((a.clone(), &policy))
                 .map(drop)
@@ -324,9 +333,15 @@ impl Supervisor {
             .map(|w| (w, Phase::Held))
             .chain(loaded.revoked.into_iter().map(|w| (w, Phase::Revoking)))
         {
-            let process =
-                ManagedProcess::try_from((wire.clone(), &policy)).expect("checked while loading");
-            table.insert(Entry::new(process, wire, phase));
+            // The same pure check passed while loading.
+            match ManagedProcess::try_from((wire.clone(), &policy)) {
+                Ok(process) => table.insert(Entry::new(process, wire, phase)),
+                Err(e) => tracing::error!(
+                    prism_process_id = ?wire.process_id,
+                    "cannot hold {:?}: {e}",
+                    wire.process_id
+                ),
+            }
         }
         Ok(loaded.corrupt)
     }
