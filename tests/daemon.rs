@@ -644,6 +644,40 @@ async fn a_missing_binary_at_start_never_drops_desired_state_or_stops_its_unit()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_files_of_units_that_no_longer_exist_are_swept_at_start() {
+    let Some(h) = harness!() else { return };
+    let mut d = Daemon::start(&h, &[]).await;
+    let ack = d
+        .client()
+        .await
+        .assign_process(backend("cred-1", &h.demo, &[]))
+        .await
+        .expect("assign")
+        .into_inner();
+    let creds = h.sandbox.dir().join("credentials");
+    assert!(
+        creds.join(&ack.unit_name).is_dir(),
+        "held unit's credentials"
+    );
+    // Left behind by a unit that is gone (a crash between its stop and the
+    // cleanup).
+    d.kill9();
+    let ghost = creds.join("prism-backend-ghost.service/7");
+    fs::create_dir_all(&ghost).unwrap();
+    fs::write(ghost.join("password"), "stale").unwrap();
+    d.restart().await;
+    assert!(!creds.join("prism-backend-ghost.service").exists(), "swept");
+    assert!(creds.join(&ack.unit_name).is_dir(), "kept: its unit runs");
+    assert_eq!(h.prop(&ack.unit_name, "ActiveState"), "active");
+    assert!(
+        d.log_text()
+            .contains("removed stale credential files of units that no longer exist: prism-backend-ghost.service"),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_is_reported_and_moved_aside() {
     let Some(h) = harness!() else { return };
     let mut d = Daemon::start(&h, &[]).await;

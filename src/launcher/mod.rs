@@ -190,6 +190,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
 
+    // Credentials of units that no longer exist (a crash between a stop
+    // and its cleanup): nothing will load them again.
+    match supervisor.systemd().list().await {
+        Ok(listed) => {
+            let keep: std::collections::BTreeSet<String> = listed
+                .into_iter()
+                .map(|u| u.name)
+                .chain(supervisor.table().entries.values().map(|e| e.unit.clone()))
+                .collect();
+            match supervisor.systemd().sweep_credentials(&keep) {
+                Ok(swept) if !swept.is_empty() => tracing::info!(
+                    "removed stale credential files of units that no longer exist: {}",
+                    swept.join(", ")
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot sweep stale credential files: {e}"),
+            }
+        }
+        Err(e) => tracing::warn!("not sweeping stale credential files: {e}"),
+    }
     tasks.spawn(supervisor.clone().reconcile_loop(config.reconcile_interval));
     tasks.spawn(supervisor.clone().report_status(|line| {
         notify(&[sd_notify::NotifyState::Status(line)]);

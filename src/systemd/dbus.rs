@@ -923,6 +923,21 @@ impl Systemd for DbusSystemd {
         *self.inner.state.borrow()
     }
 
+    fn sweep_credentials(
+        &self,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> std::io::Result<Vec<String>> {
+        let creds = &self.inner.creds;
+        let mut swept = Vec::new();
+        for unit in creds.units()? {
+            if !keep.contains(&unit) {
+                creds.remove(&unit)?;
+                swept.push(unit);
+            }
+        }
+        Ok(swept)
+    }
+
     fn stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (
