@@ -32,8 +32,12 @@ impl SqliteStore {
             .create_if_missing(true)
             // Readers never block the writer; a crash never corrupts.
             .journal_mode(SqliteJournalMode::Wal)
-            // With WAL, NORMAL is durable across application crashes.
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: every commit is on disk when it returns, so an
+            // acknowledged placement survives power loss, not only a crash
+            // of the admin (WAL with NORMAL may lose the last commits).
+            // Heartbeat data is batched once a second, so this costs one
+            // fsync per placement, revocation or batch.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -390,6 +394,12 @@ mod tests {
         let history = store.history("kv-1", 10).await.unwrap();
         let events: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(events, ["delivered", "placed"]);
+        // Commits reach the disk before they return (2 = FULL).
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(sync, 2);
         // Each process keeps its newest HISTORY_KEEP events.
         for _ in 0..HISTORY_KEEP + 5 {
             store.add_history("kv-1", &event("probe")).await.unwrap();
