@@ -9,7 +9,9 @@ use tonic::transport::{Server, server::Router};
 use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
 use tower::layer::util::{Identity, Stack};
 
-use crate::{auth::Gate, settings::Tls};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
+use crate::{auth::Gate, metrics::Denial, settings::Tls};
 
 /// sysexits.h EX_USAGE: a bad flag or setting. The units do not restart on
 /// it (`RestartPreventExitStatus=64`).
@@ -159,6 +161,36 @@ fn limited() -> Server {
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+}
+
+/// The gate in front of a daemon's servers (see [`crate::auth`]); says at
+/// start when its operator group does not exist on this host.
+pub fn gate(
+    socket: Option<&Path>,
+    operator_group: &str,
+    trust_domain: &str,
+    insecure: bool,
+    standalone: bool,
+    denied: Family<Denial, Counter>,
+) -> Gate {
+    let group = crate::auth::OperatorGroup::resolve(operator_group);
+    if socket.is_some() && group.gid.is_none() {
+        tracing::info!(
+            "no group {operator_group:?} on this host: only root may use the local socket"
+        );
+    }
+    Gate::new(trust_domain, group, insecure, standalone, denied)
+}
+
+/// What a daemon serves, for its start-up line:
+/// `127.0.0.1:8981 and unix:/run/prism-admin/admin.sock`.
+pub fn serving(local: Option<SocketAddr>, socket: Option<&Path>) -> String {
+    let tcp = local.map_or_else(|| "no TCP".to_owned(), |a| a.to_string());
+    let socket = socket.map_or_else(
+        || "no socket".to_owned(),
+        |p| format!("unix:{}", p.display()),
+    );
+    format!("{tcp} and {socket}")
 }
 
 /// A gRPC server whose every call passes the gate.

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// A setting is wrong; `setting` names it as a flag and a file key.
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +46,6 @@ impl Tls {
         let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert, &self.key));
         if let Some(ca) = &self.client_ca {
             config = config.client_ca_root(Certificate::from_pem(ca));
-        }
-        config
-    }
-
-    /// The client side: present this identity, trust the configured CA.
-    pub fn client_config(&self) -> ClientTlsConfig {
-        let mut config = ClientTlsConfig::new().identity(Identity::from_pem(&self.cert, &self.key));
-        if let Some(ca) = &self.client_ca {
-            config = config.ca_certificate(Certificate::from_pem(ca));
         }
         config
     }

@@ -8,11 +8,8 @@ use serde::Deserialize;
 
 pub use crate::settings::{ConfigError, Tls};
 use crate::{
-    auth::{DEFAULT_OPERATOR_GROUP, DEFAULT_TRUST_DOMAIN, Role, identity::role_of_pem},
-    settings::{
-        bad, check_group, check_transport, check_trust_domain, parse_duration, parse_listen_opt,
-        parse_socket,
-    },
+    auth::{Role, access::Access},
+    settings::{bad, check_transport, parse_duration, parse_listen_opt},
 };
 
 /// The TCP listener when TLS is configured; without TLS the admin serves
@@ -189,57 +186,26 @@ impl ServeArgs {
             self.tls_key.or(file.tls.key).as_deref(),
             self.tls_ca.or(file.tls.ca).as_deref(),
         )?;
-        let trust_domain = self
-            .trust_domain
-            .or(file.trust_domain)
-            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
-        check_trust_domain(&trust_domain).or_else(|r| bad("trust-domain", "trust_domain", r))?;
+        let access = Access::resolve(
+            self.socket.or(file.socket),
+            DEFAULT_SOCKET,
+            self.operator_group.or(file.operator_group),
+            self.trust_domain.or(file.trust_domain),
+        )?;
         if let Some(tls) = &tls {
             // Launchers accept only an admin's certificate.
-            match role_of_pem(&tls.cert, &trust_domain) {
-                Ok((Role::Admin, _)) => {}
-                Ok((role, uri)) => {
-                    return bad(
-                        "tls-cert",
-                        "tls.cert",
-                        format!(
-                            "the certificate names {role} ({uri}); the admin's must name spiffe://{trust_domain}/admin"
-                        ),
-                    );
-                }
-                Err(e) => {
-                    return bad(
-                        "tls-cert",
-                        "tls.cert",
-                        format!("{e}; the admin's must name spiffe://{trust_domain}/admin"),
-                    );
-                }
-            }
+            let must = format!(
+                "the admin's must name spiffe://{}/admin",
+                access.trust_domain
+            );
+            access.own_role(tls, &must, |r| (*r == Role::Admin).then_some(()))?;
         }
         let listen = match self.listen.or(file.listen) {
             Some(text) => parse_listen_opt(&text).or_else(|r| bad("listen", "listen", r))?,
             None if tls.is_some() => parse_listen_opt(DEFAULT_LISTEN).ok().flatten(),
             None => None,
         };
-        let socket = parse_socket(
-            &self
-                .socket
-                .or(file.socket)
-                .unwrap_or_else(|| DEFAULT_SOCKET.to_owned()),
-        )
-        .or_else(|r| bad("socket", "socket", r))?;
-        if listen.is_none() && socket.is_none() {
-            return bad(
-                "listen",
-                "listen",
-                "with --socket none as well, nothing would be served",
-            );
-        }
-        let operator_group = self
-            .operator_group
-            .or(file.operator_group)
-            .unwrap_or_else(|| DEFAULT_OPERATOR_GROUP.to_owned());
-        check_group(&operator_group).or_else(|r| bad("operator-group", "operator_group", r))?;
+        access.check_served(listen, "listen")?;
         let insecure = self.insecure || file.insecure.unwrap_or(false);
         check_transport(listen, tls.as_ref(), insecure)?;
         let metrics_listen = crate::settings::parse_metrics_listen(
@@ -253,9 +219,9 @@ impl ServeArgs {
             metrics_listen,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             listen,
-            socket,
-            operator_group,
-            trust_domain,
+            socket: access.socket,
+            operator_group: access.operator_group,
+            trust_domain: access.trust_domain,
             data_dir,
             heartbeat_interval,
             reschedule_lost_after,

@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 use tonic::{Code, Status, transport::Channel};
 
 use crate::{
-    auth::dial::{Address, ClientPem, Expect, channel, client_config},
+    auth::dial::{Address, Expect, channel, daemon_client},
     pb::prism::{self as pb, launcher::v1::launcher_client::LauncherClient},
     settings::Tls,
 };
@@ -70,22 +70,14 @@ impl Dispatcher {
         let target = Address::parse(address).map_err(refuse)?;
         let tls = match (&target, &self.tls) {
             (Address::Unix(_), _) => None,
-            (Address::Tcp { .. }, Some(tls)) => {
-                let ca = tls.client_ca.as_deref().ok_or_else(|| {
-                    refuse("the admin has no CA (--tls-ca) to verify launchers with".into())
-                })?;
-                Some(
-                    client_config(
-                        ClientPem {
-                            ca,
-                            identity: Some((&tls.cert, &tls.key)),
-                        },
-                        &self.trust_domain,
-                        Expect::Launcher(launcher.to_owned()),
-                    )
-                    .map_err(|e| refuse(e.to_string()))?,
+            (Address::Tcp { .. }, Some(tls)) => Some(
+                daemon_client(
+                    tls,
+                    &self.trust_domain,
+                    Expect::Launcher(launcher.to_owned()),
                 )
-            }
+                .map_err(|e| refuse(e.to_string()))?,
+            ),
             (Address::Tcp { .. }, None) if target.is_local() || self.insecure => None,
             (Address::Tcp { .. }, None) => {
                 return Err(refuse(

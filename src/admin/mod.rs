@@ -163,16 +163,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     health
         .set_serving::<AdminServer<service::AdminService>>()
         .await;
-    let group = crate::auth::OperatorGroup::resolve(&config.operator_group);
-    if config.socket.is_some() && group.gid.is_none() {
-        tracing::info!(
-            "no group {:?} on this host: only root may use the local socket",
-            config.operator_group
-        );
-    }
-    let gate = crate::auth::Gate::new(
+    let gate = crate::serve::gate(
+        config.socket.as_deref(),
+        &config.operator_group,
         &config.trust_domain,
-        group,
         config.insecure,
         false,
         fleet.metrics.auth_denied.clone(),
@@ -241,15 +235,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         });
     }
 
-    let tcp = local.map_or_else(|| "no TCP".to_owned(), |a| a.to_string());
-    let socket = config.socket.as_ref().map_or_else(
-        || "no socket".to_owned(),
-        |p| format!("unix:{}", p.display()),
-    );
+    let serving = crate::serve::serving(local, config.socket.as_deref());
     tracing::info!(
         tls = config.tls.is_some(),
         insecure = config.insecure,
-        "prism-admin listening on {tcp} and {socket}; data in {}",
+        "prism-admin listening on {serving}; data in {}",
         config.data_dir.display()
     );
     notify(&[sd_notify::NotifyState::Ready]);

@@ -99,8 +99,6 @@ pub enum DialError {
 pub enum Expect {
     Admin,
     Launcher(String),
-    /// Either daemon (prismctl against a launcher or an admin).
-    AnyDaemon,
 }
 
 impl Expect {
@@ -108,7 +106,6 @@ impl Expect {
         match (self, role) {
             (Expect::Admin, Role::Admin) => true,
             (Expect::Launcher(want), Role::Launcher(id)) => want == id,
-            (Expect::AnyDaemon, Role::Admin | Role::Launcher(_)) => true,
             _ => false,
         }
     }
@@ -119,7 +116,6 @@ impl std::fmt::Display for Expect {
         match self {
             Expect::Admin => f.write_str("the admin"),
             Expect::Launcher(id) => write!(f, "launcher {id:?}"),
-            Expect::AnyDaemon => f.write_str("the admin or a launcher"),
         }
     }
 }
@@ -228,6 +224,26 @@ pub fn client_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A daemon's TLS towards another daemon: its own certificate as client
+/// identity, and its CA (required) to verify `expect` with.
+pub fn daemon_client(
+    tls: &crate::settings::Tls,
+    trust_domain: &str,
+    expect: Expect,
+) -> Result<Arc<ClientConfig>, DialError> {
+    let ca = tls.client_ca.as_deref().ok_or_else(|| {
+        DialError::Tls(format!("no CA (--tls-ca, tls.ca) to verify {expect} with"))
+    })?;
+    client_config(
+        ClientPem {
+            ca,
+            identity: Some((&tls.cert, &tls.key)),
+        },
+        trust_domain,
+        expect,
+    )
 }
 
 /// A lazily connecting channel to `address`: the socket, TLS with

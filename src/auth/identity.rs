@@ -183,11 +183,6 @@ impl Caller {
             _ => None,
         }
     }
-
-    /// The caller is on this host, over the local socket (or trusted as if).
-    pub fn is_local_root(&self) -> bool {
-        matches!(self, Caller::Root)
-    }
 }
 
 /// Members of the operator group, resolved once at start.

@@ -4,6 +4,7 @@
 //! checks it against one table ([`policy::TABLE`]). Clients verify the
 //! daemon they reach the same way ([`dial`]).
 
+pub mod access;
 pub mod dial;
 pub mod identity;
 pub mod layer;

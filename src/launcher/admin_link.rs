@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 
 use super::{Config, supervisor::Supervisor};
 use crate::{
-    auth::dial::{Address, ClientPem, DialError, Expect, channel, client_config, describe},
+    auth::dial::{Address, DialError, Expect, channel, daemon_client, describe},
     pb::prism::{self as pb, control_plane_client::ControlPlaneClient},
 };
 
@@ -51,16 +51,9 @@ impl AdminLink {
         supervisor: Arc<Supervisor>,
     ) -> Result<Self, DialError> {
         let tls = match (endpoint, &config.tls) {
-            (Address::Tcp { .. }, Some(tls)) => Some(client_config(
-                ClientPem {
-                    ca: tls.client_ca.as_deref().ok_or_else(|| {
-                        DialError::Tls("no CA (tls.ca) to verify the admin with".into())
-                    })?,
-                    identity: Some((&tls.cert, &tls.key)),
-                },
-                &config.trust_domain,
-                Expect::Admin,
-            )?),
+            (Address::Tcp { .. }, Some(tls)) => {
+                Some(daemon_client(tls, &config.trust_domain, Expect::Admin)?)
+            }
             _ => None,
         };
         let channel = channel(endpoint, tls.clone(), Duration::from_secs(3))?;

@@ -9,14 +9,9 @@ use serde::Deserialize;
 
 pub use crate::settings::{ConfigError, Tls};
 use crate::{
-    auth::{
-        DEFAULT_OPERATOR_GROUP, DEFAULT_TRUST_DOMAIN, Role, dial::Address, identity::role_of_pem,
-    },
+    auth::{Role, access::Access, dial::Address},
     model::{IsolationLevel, Policy, ProbeDefaults, ProcessType, validate::DEFAULT_BINARY_DIRS},
-    settings::{
-        bad, check_group, check_transport, check_trust_domain, hostname, is_token, parse_duration,
-        parse_listen_opt, parse_socket,
-    },
+    settings::{bad, check_transport, hostname, is_token, parse_duration, parse_listen_opt},
     systemd::Target,
 };
 
@@ -272,36 +267,25 @@ impl Args {
             self.tls_key.or(file.tls.key).as_deref(),
             self.tls_ca.or(file.tls.ca).as_deref(),
         )?;
-        let trust_domain = self
-            .trust_domain
-            .or(file.trust_domain)
-            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
-        check_trust_domain(&trust_domain).or_else(|r| bad("trust-domain", "trust_domain", r))?;
+        let access = Access::resolve(
+            self.socket.or(file.socket),
+            DEFAULT_SOCKET,
+            self.operator_group.or(file.operator_group),
+            self.trust_domain.or(file.trust_domain),
+        )?;
         // The admin accepts only the certificate of the launcher it means.
         let cert_id = match &tls {
             None => None,
-            Some(tls) => match role_of_pem(&tls.cert, &trust_domain) {
-                Ok((Role::Launcher(id), _)) => Some(id),
-                Ok((role, uri)) => {
-                    return bad(
-                        "tls-cert",
-                        "tls.cert",
-                        format!(
-                            "the certificate names {role} ({uri}); a launcher's must name \
-                             spiffe://{trust_domain}/launcher/<id>"
-                        ),
-                    );
-                }
-                Err(e) => {
-                    return bad(
-                        "tls-cert",
-                        "tls.cert",
-                        format!(
-                            "{e}; a launcher's must name spiffe://{trust_domain}/launcher/<id>"
-                        ),
-                    );
-                }
-            },
+            Some(tls) => {
+                let must = format!(
+                    "a launcher's must name spiffe://{}/launcher/<id>",
+                    access.trust_domain
+                );
+                Some(access.own_role(tls, &must, |r| match r {
+                    Role::Launcher(id) => Some(id.clone()),
+                    _ => None,
+                })?)
+            }
         };
         let launcher_id = self
             .launcher_id
@@ -336,25 +320,7 @@ impl Args {
             }
             None => None,
         };
-        let socket = parse_socket(
-            &self
-                .socket
-                .or(file.socket)
-                .unwrap_or_else(|| DEFAULT_SOCKET.to_owned()),
-        )
-        .or_else(|r| bad("socket", "socket", r))?;
-        if listen.is_none() && socket.is_none() {
-            return bad(
-                listen_flag,
-                "listen",
-                "with --socket none as well, nothing would be served",
-            );
-        }
-        let operator_group = self
-            .operator_group
-            .or(file.operator_group)
-            .unwrap_or_else(|| DEFAULT_OPERATOR_GROUP.to_owned());
-        check_group(&operator_group).or_else(|r| bad("operator-group", "operator_group", r))?;
+        access.check_served(listen, listen_flag)?;
 
         let max_processes = match self.max_processes {
             Some(s) => s.parse::<i64>().or_else(|_| {
@@ -592,7 +558,7 @@ impl Args {
                 Address::parse(&a).or_else(|r| bad("advertise-address", "advertise_address", r))?;
                 a
             }
-            None => match (listen, &socket) {
+            None => match (listen, &access.socket) {
                 (Some(l), _) if l.ip().is_unspecified() => format!("{}:{}", hostname(), l.port()),
                 (Some(l), _) => l.to_string(),
                 (None, Some(path)) => format!("unix:{}", path.display()),
@@ -614,9 +580,9 @@ impl Args {
             admin_endpoint,
             launcher_id,
             listen,
-            socket,
-            operator_group,
-            trust_domain,
+            socket: access.socket,
+            operator_group: access.operator_group,
+            trust_domain: access.trust_domain,
             max_processes: max_processes as usize,
             capabilities,
             region,

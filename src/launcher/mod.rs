@@ -93,16 +93,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     health
         .set_not_serving::<LauncherServer<service::LauncherService>>()
         .await;
-    let group = crate::auth::OperatorGroup::resolve(&config.operator_group);
-    if config.socket.is_some() && group.gid.is_none() {
-        tracing::info!(
-            "no group {:?} on this host: only root may use the local socket",
-            config.operator_group
-        );
-    }
-    let gate = crate::auth::Gate::new(
+    let gate = crate::serve::gate(
+        config.socket.as_deref(),
+        &config.operator_group,
         &config.trust_domain,
-        group,
         config.insecure,
         config.admin_endpoint.is_none(),
         supervisor.metrics.auth_denied.clone(),
@@ -132,17 +126,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )
         .map_err(RunError::Tls)?,
     );
-    let tcp = local.map_or_else(|| "no TCP".to_owned(), |a| a.to_string());
-    let socket = config.socket.as_ref().map_or_else(
-        || "no socket".to_owned(),
-        |p| format!("unix:{}", p.display()),
-    );
+    let serving = crate::serve::serving(local, config.socket.as_deref());
     tracing::info!(
         launcher_id = %config.launcher_id,
         tls = config.tls.is_some(),
         mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         insecure = config.insecure,
-        "listening on {tcp} and {socket}"
+        "listening on {serving}"
     );
 
     let mut tasks = tokio::task::JoinSet::new();
