@@ -7,7 +7,7 @@ mod support;
 use std::{os::unix::fs::PermissionsExt, os::unix::process::CommandExt, time::Duration};
 
 use prism_launcher::{
-    auth::dial::{Address, ClientPem, Expect, channel, client_config},
+    auth::dial::{Address, Expect, channel},
     pb::prism::{
         self as pb,
         admin::v1::{self as apb, admin_client::AdminClient},
@@ -15,25 +15,14 @@ use prism_launcher::{
         launcher::v1::launcher_client::LauncherClient,
     },
 };
-use support::{DEADLINE, daemon::*, eventually, pki::Pair, pki::Pki, text};
+use support::{
+    DEADLINE,
+    daemon::*,
+    eventually,
+    pki::{Pair, Pki, unix_channel},
+    text,
+};
 use tonic::{Code, transport::Channel};
-
-/// A channel to 127.0.0.1:`port` over mTLS as `who`, expecting `expect`.
-fn tls_channel(pki: &Pki, port: u16, who: &Pair, expect: Expect) -> Channel {
-    let ca = std::fs::read(&pki.ca).unwrap();
-    let (cert, key) = who.pem();
-    let config = client_config(
-        ClientPem {
-            ca: &ca,
-            identity: Some((&cert, &key)),
-        },
-        "prism",
-        expect,
-    )
-    .unwrap();
-    let address = Address::parse(&format!("127.0.0.1:{port}")).unwrap();
-    channel(&address, Some(config), Duration::from_secs(5)).unwrap()
-}
 
 fn registration(id: &str, address: &str) -> pb::LauncherRegistration {
     pb::LauncherRegistration {
@@ -45,6 +34,14 @@ fn registration(id: &str, address: &str) -> pb::LauncherRegistration {
         max_processes: 5,
         process_types: vec!["pattern".into()],
         metadata: Default::default(),
+    }
+}
+
+/// A call's outcome as the name of its code (`Ok`, `PermissionDenied`...).
+fn code<T>(r: Result<T, tonic::Status>) -> String {
+    match r {
+        Ok(_) => "Ok".to_owned(),
+        Err(s) => format!("{:?}", s.code()),
     }
 }
 
@@ -84,9 +81,8 @@ async fn a_launcher_certificate_acts_only_as_its_launcher_and_roles_decide_the_r
     let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
     args.extend(["--heartbeat-interval", "1s"]);
     let admin = Daemon::admin_secure(dir.path(), &args).await;
-    let cp =
-        |who: &Pair| ControlPlaneClient::new(tls_channel(&pki, admin.port, who, Expect::Admin));
-    let api = |who: &Pair| AdminClient::new(tls_channel(&pki, admin.port, who, Expect::Admin));
+    let cp = |who: &Pair| ControlPlaneClient::new(pki.channel(admin.port, who, Expect::Admin));
+    let api = |who: &Pair| AdminClient::new(pki.channel(admin.port, who, Expect::Admin));
 
     // host-a registers as itself.
     let ack = cp(&host_a)
@@ -233,16 +229,9 @@ async fn as_a_local_user() {
     let Ok(socket) = std::env::var(SOCKET_ENV) else {
         return;
     };
-    let address = Address::parse(&format!("unix:{socket}")).unwrap();
-    let ch = channel(&address, None, Duration::from_secs(5)).unwrap();
+    let ch = unix_channel(std::path::Path::new(&socket));
     let mut cp = ControlPlaneClient::new(ch.clone());
     let mut api = AdminClient::new(ch);
-    fn code<T>(r: Result<T, tonic::Status>) -> String {
-        match r {
-            Ok(_) => "Ok".to_owned(),
-            Err(s) => format!("{:?}", s.code()),
-        }
-    }
     let assign = code(
         cp.assign_process(support::pattern(
             "p-1",
@@ -339,8 +328,7 @@ async fn the_local_socket_knows_its_callers_by_uid() {
     assert!(operator.contains("register=PermissionDenied"), "{operator}");
     assert!(!operator.contains("assign=PermissionDenied"), "{operator}");
     // Root may do everything; nothing was registered by the others.
-    let address = Address::parse(&format!("unix:{}", socket.display())).unwrap();
-    let mut api = AdminClient::new(channel(&address, None, Duration::from_secs(5)).unwrap());
+    let mut api = AdminClient::new(unix_channel(&socket));
     assert!(launchers(&mut api).await.is_empty());
     let log = admin.log_text();
     assert!(log.contains("uid 65534 on the local socket"), "{log}");
@@ -453,7 +441,7 @@ async fn the_launcher_speaks_tls_to_the_admin_whatever_the_spelling_and_takes_or
     let mut largs: Vec<&str> = lflags.iter().map(String::as_str).collect();
     largs.extend(["--admin-endpoint", &endpoint, "--heartbeat-interval", "1s"]);
     let launcher = Daemon::start_secure(&h, "host-a", &largs).await;
-    let api = AdminClient::new(tls_channel(&pki, admin.port, &operator, Expect::Admin));
+    let api = AdminClient::new(pki.channel(admin.port, &operator, Expect::Admin));
     eventually("host-a to register over TLS", DEADLINE, || {
         let mut api = api.clone();
         async move {
@@ -467,20 +455,15 @@ async fn the_launcher_speaks_tls_to_the_admin_whatever_the_spelling_and_takes_or
     // Its own service takes assignments from the admin only: another
     // launcher's certificate, or an operator's while an admin leads, are
     // refused, and nothing is created.
-    let mut as_b = LauncherClient::new(tls_channel(
-        &pki,
-        launcher.port,
-        &host_b,
-        Expect::Launcher("host-a".into()),
-    ));
+    let mut as_b =
+        LauncherClient::new(pki.channel(launcher.port, &host_b, Expect::Launcher("host-a".into())));
     let msg = denied(
         as_b.assign_process(support::pattern("p-b", &h.demo, &[]))
             .await,
         "host-b assigning on host-a",
     );
     assert!(msg.contains("requires the admin role"), "{msg}");
-    let mut as_op = LauncherClient::new(tls_channel(
-        &pki,
+    let mut as_op = LauncherClient::new(pki.channel(
         launcher.port,
         &operator,
         Expect::Launcher("host-a".into()),
@@ -497,8 +480,7 @@ async fn the_launcher_speaks_tls_to_the_admin_whatever_the_spelling_and_takes_or
         launcher.state_files()
     );
     // A client expecting host-b refuses host-a's certificate.
-    let mut wrong = LauncherClient::new(tls_channel(
-        &pki,
+    let mut wrong = LauncherClient::new(pki.channel(
         launcher.port,
         &operator,
         Expect::Launcher("host-b".into()),
@@ -510,7 +492,7 @@ async fn the_launcher_speaks_tls_to_the_admin_whatever_the_spelling_and_takes_or
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
 
     // Through the admin (which checks host-a's certificate) it runs.
-    let mut cp = ControlPlaneClient::new(tls_channel(&pki, admin.port, &operator, Expect::Admin));
+    let mut cp = ControlPlaneClient::new(pki.channel(admin.port, &operator, Expect::Admin));
     let ack = cp
         .assign_process(support::pattern("p-1", &h.demo, &[]))
         .await
@@ -559,20 +541,7 @@ async fn the_reproduction_as_a_local_user() {
     ) else {
         return;
     };
-    let dial = |s: &str| {
-        channel(
-            &Address::parse(&format!("unix:{s}")).unwrap(),
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap()
-    };
-    fn code<T>(r: Result<T, tonic::Status>) -> String {
-        match r {
-            Ok(_) => "Ok".to_owned(),
-            Err(s) => format!("{:?}", s.code()),
-        }
-    }
+    let dial = |s: &str| unix_channel(std::path::Path::new(s));
     let mut cp = ControlPlaneClient::new(dial(&admin));
     let mut api = AdminClient::new(dial(&admin));
     let mut l = LauncherClient::new(dial(&launcher));
@@ -677,12 +646,7 @@ async fn the_reproduction_fails_at_every_step() {
     )
     .await;
     // Root places a process with a secret on it, through the admin's socket.
-    let root = channel(
-        &Address::parse(&admin_endpoint).unwrap(),
-        None,
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let root = unix_channel(&admin_socket);
     let mut api = AdminClient::new(root.clone());
     eventually("the launcher to register over the socket", DEADLINE, || {
         let mut api = api.clone();

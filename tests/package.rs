@@ -13,7 +13,7 @@ use std::{
 };
 
 use prism_launcher::{
-    auth::dial::{Address, ClientPem, Expect, channel, client_config},
+    auth::dial::Expect,
     pb::prism::{admin::v1 as apb, launcher::v1::ListProcessesRequest},
 };
 use support::{daemon::free_port, pki::Pki, *};
@@ -217,27 +217,7 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
     assert_eq!(hardening["PrivateTmp"], "yes", "{hardening:?}");
 
     // Both answer their health checks, over mutual TLS.
-    let ca = fs::read(&pki.ca).unwrap();
-    let (cert, key) = operator.pem();
-    let tls = |expect: Expect| {
-        client_config(
-            ClientPem {
-                ca: &ca,
-                identity: Some((&cert, &key)),
-            },
-            "prism",
-            expect,
-        )
-        .unwrap()
-    };
-    let dial = |port: u16, expect: Expect| {
-        channel(
-            &Address::parse(&format!("127.0.0.1:{port}")).unwrap(),
-            Some(tls(expect)),
-            std::time::Duration::from_secs(5),
-        )
-        .unwrap()
-    };
+    let dial = |port: u16, expect: Expect| pki.channel(port, &operator, expect);
     for (port, expect) in [
         (admin_port, Expect::Admin),
         (launcher_port, Expect::Launcher("packaged".into())),

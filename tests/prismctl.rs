@@ -32,7 +32,6 @@ fn root() -> bool {
 /// and its own ports; `local down` runs on drop if a test fails midway.
 struct Stack {
     state: PathBuf,
-    admin: String,
     /// Its metrics are on the next port.
     admin_port: u16,
     env: Vec<(String, String)>,
@@ -49,9 +48,8 @@ impl Stack {
             admin_port: free_port(),
             env: vec![
                 ("PRISM_LOCAL_STATE".into(), state.display().to_string()),
-                ("PRISM_ADMIN".into(), admin.clone()),
+                ("PRISM_ADMIN".into(), admin),
             ],
-            admin,
             state,
         }
     }
@@ -149,11 +147,7 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
         .collect();
     assert_eq!(types.len(), 4, "{types:?}");
     assert!(types.values().all(|s| s == "running"), "{types:?}");
-    let address = prism_launcher::auth::dial::Address::parse(&stack.admin).unwrap();
-    let channel =
-        prism_launcher::auth::dial::channel(&address, None, std::time::Duration::from_secs(5))
-            .unwrap();
-    let mut api = AdminClient::new(channel);
+    let mut api = AdminClient::new(support::pki::unix_channel(&stack.state.join("admin.sock")));
     let launchers_json = stack.ok(&["launchers", "-o", "json"]);
     let from_ctl: ListLaunchersResponse = serde_json::from_str(&launchers_json).unwrap();
     let from_api = api

@@ -17,13 +17,17 @@ use std::time::{Duration, Instant};
 use prism_launcher::{
     auth::{
         Caller, OperatorGroup, authorize,
-        dial::{Address, ClientPem, Expect, channel, client_config},
+        dial::{Address, Expect, channel},
         identity::role_of_cert,
     },
     pb::prism::admin::v1::{GetLauncherRequest, admin_client::AdminClient},
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use support::{daemon::Daemon, percentile, pki::Pki};
+use support::{
+    daemon::Daemon,
+    percentile,
+    pki::{Pki, unix_channel},
+};
 use tonic::transport::Channel;
 
 fn per_call(n: u32, mut f: impl FnMut()) -> Duration {
@@ -105,26 +109,8 @@ fn main() {
         let address = Address::parse(&format!("127.0.0.1:{}", plain.port)).unwrap();
         let floor = latencies(channel(&address, None, timeout).unwrap(), n).await;
 
-        let ca = std::fs::read(&pki.ca).unwrap();
-        let (c, k) = operator.pem();
-        let config = client_config(
-            ClientPem {
-                ca: &ca,
-                identity: Some((&c, &k)),
-            },
-            "prism",
-            Expect::Admin,
-        )
-        .unwrap();
-        let address = Address::parse(&format!("127.0.0.1:{}", secure.port)).unwrap();
-        let tls = latencies(channel(&address, Some(config), timeout).unwrap(), n).await;
-
-        let address = Address::parse(&format!(
-            "unix:{}",
-            dir.path().join("secure/admin.sock").display()
-        ))
-        .unwrap();
-        let unix = latencies(channel(&address, None, timeout).unwrap(), n).await;
+        let tls = latencies(pki.channel(secure.port, &operator, Expect::Admin), n).await;
+        let unix = latencies(unix_channel(&dir.path().join("secure/admin.sock")), n).await;
 
         println!("\nGetLauncher end to end, {n} sequential calls each:");
         println!(

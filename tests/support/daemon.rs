@@ -94,84 +94,49 @@ impl Daemon {
     pub async fn start_named(h: &Harness, id: &str, extra: &[&str]) -> Daemon {
         let port = free_port();
         let state_dir = h.sandbox.dir().join("launcher-state");
-        let mut args: Vec<String> = vec![
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--allow-binary-dir".into(),
-            h.bin_dir.display().to_string(),
-            "--launcher-id".into(),
-            id.into(),
-            // Tests run many daemons at once: no fixed metrics port.
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::launcher(
-            h,
-            env!("CARGO_BIN_EXE_prism-launcher").into(),
-            port,
-            state_dir,
-            args,
-        )
-        .await
+        let args = own_args(h, port, id, extra);
+        let binary = env!("CARGO_BIN_EXE_prism-launcher").into();
+        Self::launcher(h, binary, port, state_dir, "launcher", true, args).await
     }
 
     /// Like [`Daemon::start_named`] without `--insecure`: `extra` brings
-    /// TLS (or `--listen none`).
+    /// TLS (or `--listen none`). Its state, log and notify socket are named
+    /// after `id`, so several can run on one manager.
     pub async fn start_secure(h: &Harness, id: &str, extra: &[&str]) -> Daemon {
         let port = free_port();
         let state_dir = h.sandbox.dir().join(format!("{id}-state"));
-        let mut args = host_args(h, &state_dir, &h.sandbox.dir().join("credentials"));
-        args.retain(|a| a != "--insecure");
-        args.extend([
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--allow-binary-dir".into(),
-            h.bin_dir.display().to_string(),
-            "--launcher-id".into(),
-            id.into(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-        ]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut d = Daemon {
-            binary: env!("CARGO_BIN_EXE_prism-launcher").into(),
-            child: None,
-            port,
-            state_dir,
-            log: h.sandbox.dir().join(format!("{id}.log")),
-            args,
-            env: Vec::new(),
-            notify_path: h.sandbox.dir().join(format!("{id}-notify")),
-            notifications: Arc::default(),
-            runs: 0,
-        };
-        d.spawn();
-        d.wait_ready().await;
-        d
+        let args = own_args(h, port, id, extra);
+        let binary = env!("CARGO_BIN_EXE_prism-launcher").into();
+        Self::launcher(h, binary, port, state_dir, id, false, args).await
     }
 
     /// Spawn the launcher `binary` with the harness's manager, `state_dir`
-    /// and then `args`, in the harness's sandbox dir, and wait until it is
-    /// ready.
+    /// and then `args` (trusting plaintext peers when `insecure`), its log
+    /// and notify socket named after `name` in the harness's sandbox dir,
+    /// and wait until it is ready.
     async fn launcher(
         h: &Harness,
         binary: PathBuf,
         port: u16,
         state_dir: PathBuf,
+        name: &str,
+        insecure: bool,
         extra: Vec<String>,
     ) -> Daemon {
         let mut args = host_args(h, &state_dir, &h.sandbox.dir().join("credentials"));
+        if !insecure {
+            args.retain(|a| a != "--insecure");
+        }
         args.extend(extra);
         let mut d = Daemon {
             binary,
             child: None,
             port,
             state_dir,
-            log: h.sandbox.dir().join("launcher.log"),
+            log: h.sandbox.dir().join(format!("{name}.log")),
             args,
             env: Vec::new(),
-            notify_path: h.sandbox.dir().join("launcher-notify"),
+            notify_path: h.sandbox.dir().join(format!("{name}-notify")),
             notifications: Arc::default(),
             runs: 0,
         };
@@ -190,7 +155,7 @@ impl Daemon {
             .expect("pattern-launcher symlink");
         let state_dir = h.sandbox.dir().join("launcher-state");
         let args = args.iter().map(|s| s.to_string()).collect();
-        Self::launcher(h, link, port, state_dir, args).await
+        Self::launcher(h, link, port, state_dir, "launcher", true, args).await
     }
 
     fn spawn(&mut self) {
@@ -351,6 +316,24 @@ impl Drop for Daemon {
         self.kill9();
         let _ = fs::remove_file(&self.notify_path);
     }
+}
+
+/// A test launcher's own flags, then `extra`: its port on loopback, the
+/// harness's allowlist, its id, and no fixed metrics port (tests run many
+/// daemons at once).
+fn own_args(h: &Harness, port: u16, id: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--allow-binary-dir".into(),
+        h.bin_dir.display().to_string(),
+        "--launcher-id".into(),
+        id.into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// The launcher flags that tie it to the harness's manager and give it its

@@ -2,7 +2,13 @@
 //! each names its role as a URI SAN `spiffe://prism/<role>`, and is valid
 //! for localhost and 127.0.0.1.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use prism_launcher::auth::dial::{Address, ClientPem, Expect, channel, client_config};
+use tonic::transport::Channel;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -89,10 +95,34 @@ impl Pki {
         pair
     }
 
+    /// A lazy channel to 127.0.0.1:`port` over mutual TLS as `who`,
+    /// accepting only a server whose certificate names `expect`.
+    pub fn channel(&self, port: u16, who: &Pair, expect: Expect) -> Channel {
+        let ca = std::fs::read(&self.ca).unwrap();
+        let (cert, key) = who.pem();
+        let config = client_config(
+            ClientPem {
+                ca: &ca,
+                identity: Some((&cert, &key)),
+            },
+            "prism",
+            expect,
+        )
+        .unwrap();
+        let address = Address::parse(&format!("127.0.0.1:{port}")).unwrap();
+        channel(&address, Some(config), Duration::from_secs(5)).unwrap()
+    }
+
     /// `--tls-ca CA` plus `pair`'s flags.
     pub fn flags(&self, pair: &Pair) -> Vec<String> {
         let mut f = pair.flags();
         f.extend(["--tls-ca".into(), self.ca.display().to_string()]);
         f
     }
+}
+
+/// A lazy channel to a daemon's local socket.
+pub fn unix_channel(socket: &Path) -> Channel {
+    let address = Address::Unix(socket.to_owned());
+    channel(&address, None, Duration::from_secs(5)).unwrap()
 }
