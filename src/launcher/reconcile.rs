@@ -10,6 +10,7 @@
 //! stopped. The launcher's and admin's own units never match.
 
 use std::{
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -31,6 +32,9 @@ pub struct Want {
     pub version: i64,
     pub process_type: ProcessType,
     pub unit: String,
+    /// The name an older release gave this unit, when it differs
+    /// ([`unit::legacy_unit_name`]): a unit running under it is adopted.
+    pub legacy_unit: Option<String>,
     /// A revocation was recorded and must be finished.
     pub revoking: bool,
     /// A missing or dead unit may be (re)created now (restore backoff).
@@ -45,23 +49,53 @@ pub enum Action {
     Start { id: String },
     /// Desired and running as specified: keep it, do not restart it.
     Adopt { id: String },
+    /// Running as specified under the name an older release gave it: keep
+    /// it, and track it under that name until it is next replaced.
+    AdoptLegacy { id: String, unit: String },
     /// Its unit runs another version (or is dead): stop it, start anew.
     Recreate { id: String, reason: &'static str },
     /// The circuit cool-down passed: reset and start once more.
     HalfOpen { id: String },
     /// Finish a recorded revocation.
     FinishRevoke { id: String },
-    /// A launcher-named unit nobody wants.
-    Stop { unit: String },
+    /// A launcher-named unit nobody wants; `id` is the process its
+    /// description names, whose lock the stop takes.
+    Stop { unit: String, id: Option<String> },
 }
 
-/// The plan: pure, so it is tested with tables.
+fn runs(w: &Want, u: &UnitSummary) -> bool {
+    unit::parse_description(&u.description)
+        .is_some_and(|i| i.id == w.id && i.version == w.version && i.process_type == w.process_type)
+}
+
+/// The plan: pure, so it is tested with tables. Linear in wants + units.
 pub fn plan(wants: &[Want], actual: &[UnitSummary]) -> Vec<Action> {
+    let by_name: HashMap<&str, &UnitSummary> =
+        actual.iter().map(|u| (u.name.as_str(), u)).collect();
+    let mut kept: HashSet<&str> = wants.iter().map(|w| w.unit.as_str()).collect();
     let mut actions = Vec::new();
     for w in wants {
-        let found = actual.iter().find(|u| u.name == w.unit);
+        let found = by_name.get(w.unit.as_str()).copied();
         if w.revoking {
             actions.push(Action::FinishRevoke { id: w.id.clone() });
+            continue;
+        }
+        let legacy = w
+            .legacy_unit
+            .as_deref()
+            .and_then(|l| by_name.get(l).copied());
+        if let (None, Some(u)) = (found, legacy)
+            && runs(w, u)
+            && matches!(
+                u.active_state.as_str(),
+                "active" | "activating" | "reloading"
+            )
+        {
+            kept.insert(u.name.as_str());
+            actions.push(Action::AdoptLegacy {
+                id: w.id.clone(),
+                unit: u.name.clone(),
+            });
             continue;
         }
         let Some(u) = found else {
@@ -70,11 +104,7 @@ pub fn plan(wants: &[Want], actual: &[UnitSummary]) -> Vec<Action> {
             }
             continue;
         };
-        let identity = unit::parse_description(&u.description);
-        let same = identity.is_some_and(|i| {
-            i.id == w.id && i.version == w.version && i.process_type == w.process_type
-        });
-        if !same {
+        if !runs(w, u) {
             actions.push(Action::Recreate {
                 id: w.id.clone(),
                 reason: "runs another version",
@@ -96,9 +126,10 @@ pub fn plan(wants: &[Want], actual: &[UnitSummary]) -> Vec<Action> {
         }
     }
     for u in actual {
-        if !wants.iter().any(|w| w.unit == u.name) {
+        if !kept.contains(u.name.as_str()) {
             actions.push(Action::Stop {
                 unit: u.name.clone(),
+                id: unit::parse_description(&u.description).map(|i| i.id),
             });
         }
     }
@@ -127,6 +158,10 @@ impl Supervisor {
                 version: e.process.version,
                 process_type: e.process.process_type(),
                 unit: e.unit.clone(),
+                legacy_unit: {
+                    let legacy = unit::legacy_unit_name(e.process.process_type(), &e.process.id);
+                    (legacy != e.unit).then_some(legacy)
+                },
                 revoking: e.phase == Phase::Revoking,
                 start_allowed: e.restore_not_before.is_none_or(|t| t <= now),
                 circuit_due: e
@@ -172,6 +207,22 @@ impl Supervisor {
                     self.ensure_probe(&id);
                 }
             }
+            Action::AdoptLegacy { id, unit } => {
+                let _guard = self.locks.lock(&id).await;
+                let adopted = {
+                    let mut table = self.table();
+                    let held = table
+                        .entries
+                        .get(&id)
+                        .is_some_and(|e| e.phase != Phase::Revoking && e.phase != Phase::Starting);
+                    held && table.rename_unit(&id, &unit)
+                };
+                drop(_guard);
+                if adopted {
+                    tracing::info!(prism_process_id = %id, %unit, "adopted {unit}, the unit an older release named for {id}");
+                    Box::pin(self.execute(Action::Adopt { id })).await;
+                }
+            }
             Action::Start { id } => self.recreate(&id, None).await,
             Action::Recreate { id, reason } => self.recreate(&id, Some(reason)).await,
             Action::HalfOpen { id } => {
@@ -198,7 +249,7 @@ impl Supervisor {
                     }
                 }
             }
-            Action::Stop { unit } => {
+            Action::Stop { unit, id } => {
                 if !self
                     .may_stop_undesired
                     .load(std::sync::atomic::Ordering::SeqCst)
@@ -206,7 +257,12 @@ impl Supervisor {
                     tracing::debug!(%unit, "leaving {unit} until the admin's placement is known");
                     return;
                 }
-                let _guard = self.locks.lock(&format!("unit:{unit}")).await;
+                // The lock an assignment of that process takes, so a fresh
+                // assignment is never stopped by this stale decision.
+                let _guard = self
+                    .locks
+                    .lock(&id.unwrap_or_else(|| format!("unit:{unit}")))
+                    .await;
                 if self.table().units.contains_key(&unit) {
                     return;
                 }
@@ -222,27 +278,37 @@ impl Supervisor {
     /// when `reason` says so. Re-checks under the process's lock.
     async fn recreate(self: &Arc<Self>, id: &str, reason: Option<&'static str>) {
         let _guard = self.locks.lock(id).await;
-        let (process, restoring) = {
+        let (process, restoring, tracked) = {
             let table = self.table();
             match table.entries.get(id) {
-                Some(e) if e.phase != Phase::Revoking && e.phase != Phase::Starting => {
-                    (e.process.clone(), e.phase == Phase::Restoring)
-                }
+                Some(e) if e.phase != Phase::Revoking && e.phase != Phase::Starting => (
+                    e.process.clone(),
+                    e.phase == Phase::Restoring,
+                    e.unit.clone(),
+                ),
                 _ => return,
             }
         };
         let spec = unit::translate(&process);
-        if let Some(reason) = reason {
-            tracing::info!(prism_process_id = %id, unit = %spec.name, "recreating the unit of {id}: it {reason}");
-            if let Err(e) = self.systemd.stop(&spec.name, process.stop_timeout).await {
-                tracing::warn!(prism_process_id = %id, error = %e, "cannot stop the unit of {id} to recreate it: {e}");
-                return;
+        match reason {
+            Some(reason) => {
+                tracing::info!(prism_process_id = %id, unit = %spec.name, "recreating the unit of {id}: it {reason}");
+                // `tracked` differs from the spec's name for a unit adopted
+                // under the name an older release gave it.
+                if let Err(e) = self.systemd.stop(&tracked, process.stop_timeout).await {
+                    tracing::warn!(prism_process_id = %id, error = %e, "cannot stop the unit of {id} to recreate it: {e}");
+                    return;
+                }
             }
-        } else if restoring {
-            tracing::info!(prism_process_id = %id, unit = %spec.name, "restoring the unit of {id}");
-        } else {
-            tracing::info!(prism_process_id = %id, unit = %spec.name, "starting the missing unit of {id}");
+            None if restoring => {
+                tracing::info!(prism_process_id = %id, unit = %spec.name, "restoring the unit of {id}")
+            }
+            None => {
+                tracing::info!(prism_process_id = %id, unit = %spec.name, "starting the missing unit of {id}")
+            }
         }
+        // From now on under the name this release gives it.
+        self.table().rename_unit(id, &spec.name);
         match self.start_unit(&process, &spec).await {
             Ok(outcome) => {
                 let mut table = self.table();
@@ -307,6 +373,7 @@ mod tests {
             version,
             process_type: ProcessType::Pattern,
             unit: unit::unit_name(ProcessType::Pattern, id),
+            legacy_unit: None,
             revoking: false,
             start_allowed: true,
             circuit_due: false,
@@ -337,7 +404,7 @@ mod tests {
         let mut tripped = want("trip", 1);
         tripped.circuit_due = true;
         type Case = (&'static str, Vec<Want>, Vec<UnitSummary>, Vec<Action>);
-        let cases: Vec<Case> = vec![
+        let mut cases: Vec<Case> = vec![
             (
                 "adopts what runs as specified, starts what is missing",
                 vec![want("a", 1), want("b", 1)],
@@ -363,9 +430,11 @@ mod tests {
                 vec![
                     Action::Stop {
                         unit: stray.name.clone(),
+                        id: None,
                     },
                     Action::Stop {
                         unit: unit::unit_name(ProcessType::Pattern, "old"),
+                        id: Some("old".into()),
                     },
                 ],
             ),
@@ -400,6 +469,36 @@ mod tests {
                 }],
             ),
         ];
+        // A unit still running under the name an older release gave it.
+        let long = "-".repeat(128);
+        let legacy_name = unit::legacy_unit_name(ProcessType::Pattern, &long);
+        let mut upgraded = want(&long, 1);
+        upgraded.legacy_unit = Some(legacy_name.clone());
+        let legacy = |version, state: &str| UnitSummary {
+            name: legacy_name.clone(),
+            ..running(&long, version, state)
+        };
+        cases.push((
+            "adopts a unit under its legacy name",
+            vec![upgraded.clone()],
+            vec![legacy(1, "active")],
+            vec![Action::AdoptLegacy {
+                id: long.clone(),
+                unit: legacy_name.clone(),
+            }],
+        ));
+        cases.push((
+            "replaces a legacy-named unit of another version",
+            vec![upgraded.clone()],
+            vec![legacy(0, "active")],
+            vec![
+                Action::Start { id: long.clone() },
+                Action::Stop {
+                    unit: legacy_name.clone(),
+                    id: Some(long.clone()),
+                },
+            ],
+        ));
         for (name, wants, actual, expected) in cases {
             assert_eq!(plan(&wants, &actual), expected, "{name}");
         }

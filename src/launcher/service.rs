@@ -40,9 +40,9 @@ impl LauncherService {
 pub fn to_status(e: LauncherError) -> Status {
     let code = match &e {
         LauncherError::Invalid(_) | LauncherError::BadRequest { .. } => Code::InvalidArgument,
-        LauncherError::NotCapable { .. } | LauncherError::StaleVersion { .. } => {
-            Code::FailedPrecondition
-        }
+        LauncherError::NotCapable { .. }
+        | LauncherError::StaleVersion { .. }
+        | LauncherError::UserCollision(_) => Code::FailedPrecondition,
         LauncherError::CapacityExhausted { .. } => Code::ResourceExhausted,
         LauncherError::NotFound { .. } => Code::NotFound,
         LauncherError::Revoking { .. } => Code::Aborted,
@@ -98,6 +98,7 @@ impl Launcher for LauncherService {
             Err(LauncherError::NotCapable { .. }) => "not_capable",
             Err(LauncherError::CapacityExhausted { .. }) => "capacity_exhausted",
             Err(LauncherError::StaleVersion { .. }) => "stale_version",
+            Err(LauncherError::UserCollision(_)) => "user_collision",
             Err(_) => "error",
         };
         self.supervisor.metrics.assignment(label);

@@ -31,6 +31,12 @@ pub enum LauncherError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error(
+        "namespace: {} and {} would run as the same dynamic user {}; this launcher refuses to \
+         let them share it (rename one)",
+        .0.owner, .0.holder, .0.user
+    )]
+    UserCollision(UserCollision),
+    #[error(
         "process type {process_type} is not among this launcher's capabilities ({capabilities})"
     )]
     NotCapable {
@@ -149,15 +155,32 @@ pub struct Table {
     pub entries: HashMap<String, Entry>,
     /// Unit name to process id.
     pub units: HashMap<String, String>,
+    /// Dynamic user name to who it belongs to ([`unit::user_owner`]) and
+    /// how many held processes run as it.
+    users: HashMap<String, (String, usize)>,
+}
+
+/// Two owners (namespaces, processes) hash to one dynamic user name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserCollision {
+    pub user: String,
+    pub owner: String,
+    pub holder: String,
 }
 
 impl Table {
     pub fn insert(&mut self, entry: Entry) {
-        self.units
-            .insert(entry.unit.clone(), entry.process.id.clone());
-        if let Some(mut old) = self.entries.insert(entry.process.id.clone(), entry) {
+        if let Some(mut old) = self.remove(&entry.process.id) {
             old.stop_probe();
         }
+        self.units
+            .insert(entry.unit.clone(), entry.process.id.clone());
+        let claim = self
+            .users
+            .entry(unit::dynamic_user(&entry.process))
+            .or_insert_with(|| (unit::user_owner(&entry.process), 0));
+        claim.1 += 1;
+        self.entries.insert(entry.process.id.clone(), entry);
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Entry> {
@@ -165,8 +188,49 @@ impl Table {
         if self.units.get(&entry.unit).is_some_and(|i| i == id) {
             self.units.remove(&entry.unit);
         }
+        self.release_user(&unit::dynamic_user(&entry.process));
         entry.stop_probe();
         Some(entry)
+    }
+
+    fn release_user(&mut self, user: &str) {
+        if let Some(claim) = self.users.get_mut(user) {
+            claim.1 -= 1;
+            if claim.1 == 0 {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    /// Would `process` share a dynamic user with an owner other than its
+    /// own? Processes of one namespace share theirs by design; two
+    /// namespaces (or processes) whose names hash alike must not.
+    pub fn user_collision(&self, process: &ManagedProcess) -> Option<UserCollision> {
+        self.user_collision_as(&unit::dynamic_user(process), &unit::user_owner(process))
+    }
+
+    fn user_collision_as(&self, user: &str, owner: &str) -> Option<UserCollision> {
+        let (holder, _) = self.users.get(user)?;
+        (holder != owner).then(|| UserCollision {
+            user: user.to_owned(),
+            owner: owner.to_owned(),
+            holder: holder.clone(),
+        })
+    }
+
+    /// Track `id` under another unit name; false if `id` is not held.
+    pub fn rename_unit(&mut self, id: &str, unit: &str) -> bool {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return false;
+        };
+        if entry.unit != unit {
+            if self.units.get(&entry.unit).is_some_and(|i| i == id) {
+                self.units.remove(&entry.unit);
+            }
+            entry.unit = unit.to_owned();
+            self.units.insert(unit.to_owned(), id.to_owned());
+        }
+        true
     }
 
     pub fn by_unit(&mut self, unit: &str) -> Option<&mut Entry> {
@@ -367,6 +431,9 @@ impl Supervisor {
         // Decide, and reserve a slot, in one critical section.
         let previous = {
             let mut table = self.table();
+            if let Some(collision) = table.user_collision(&process) {
+                return Err(LauncherError::UserCollision(collision));
+            }
             match table.entries.get(&id) {
                 Some(e) if e.phase == Phase::Revoking => {
                     return Err(LauncherError::Revoking { id });
@@ -569,5 +636,62 @@ impl Supervisor {
             was_running: stopped.was_loaded,
             killed: stopped.killed,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unit::tests::{pattern, process};
+
+    #[test]
+    fn dynamic_users_are_claimed_per_owner_and_collisions_refused() {
+        let mut table = Table::default();
+        let a = process(pattern());
+        let user = unit::dynamic_user(&a);
+        table.insert(Entry::new(
+            a.clone(),
+            pb::ProcessAssignment::default(),
+            Phase::Held,
+        ));
+        // Another process of the same namespace shares the user by design.
+        let mut b = a.clone();
+        b.id = "kv-2".into();
+        assert_eq!(table.user_collision(&b), None);
+        table.insert(Entry::new(
+            b.clone(),
+            pb::ProcessAssignment::default(),
+            Phase::Held,
+        ));
+        // A namespace whose name hashes to the same user is refused (a
+        // collision of 110 bits of SHA-256 is forged here).
+        let collision = table
+            .user_collision_as(&user, "ns:billing")
+            .expect("collision");
+        assert_eq!(collision.holder, "ns:orders");
+        assert_eq!(collision.owner, "ns:billing");
+        let message = LauncherError::UserCollision(collision).to_string();
+        assert!(
+            message.starts_with("namespace: ns:billing and ns:orders"),
+            "{message}"
+        );
+        // The claim goes with its last holder.
+        table.remove(&a.id);
+        assert!(table.user_collision_as(&user, "ns:billing").is_some());
+        table.remove(&b.id);
+        assert_eq!(table.user_collision_as(&user, "ns:billing"), None);
+        // Replacing a process keeps one claim.
+        table.insert(Entry::new(
+            a.clone(),
+            pb::ProcessAssignment::default(),
+            Phase::Held,
+        ));
+        table.insert(Entry::new(
+            a.clone(),
+            pb::ProcessAssignment::default(),
+            Phase::Held,
+        ));
+        table.remove(&a.id);
+        assert!(table.users.is_empty());
     }
 }

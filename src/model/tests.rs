@@ -2,6 +2,7 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, path::PathBuf, time::Duration};
 
+use super::validate::{MAX_EXEC_STRING_BYTES, check_exec_size};
 use super::*;
 use crate::pb::prism as pb;
 
@@ -599,6 +600,77 @@ fn rejects_bad_input_naming_the_field() {
             "assignment",
             "over the limit",
         ),
+        // Payloads that become one environment string each: accepted
+        // on the wire, they would fail at every exec with E2BIG.
+        (
+            "pattern settings past MAX_ARG_STRLEN",
+            "pattern",
+            |w, _| {
+                cfg(w).pattern.as_mut().unwrap().settings = (0..3)
+                    .map(|i| (format!("k{i}"), "x".repeat(50_000)))
+                    .collect();
+            },
+            "config.pattern.settings",
+            "E2BIG",
+        ),
+        (
+            "control characters grow six-fold in JSON",
+            "utility",
+            |w, _| {
+                cfg(w)
+                    .utility
+                    .as_mut()
+                    .unwrap()
+                    .settings
+                    .insert("k".into(), "\u{1}".repeat(25_000));
+            },
+            "config.utility.settings",
+            "E2BIG",
+        ),
+        (
+            "slot options",
+            "pattern",
+            |w, _| {
+                let slot = pb::BackendConfig {
+                    backend_type: "redis".into(),
+                    options: [("o".to_owned(), "y".repeat(70_000))].into(),
+                    ..Default::default()
+                };
+                let slots = &mut cfg(w).pattern.as_mut().unwrap().slots;
+                slots.insert("a".into(), slot.clone());
+                slots.insert("b".into(), slot);
+            },
+            "config.pattern.slots",
+            "E2BIG",
+        ),
+        (
+            "driver options",
+            "backend",
+            |w, _| {
+                cfg(w).backend.as_mut().unwrap().driver_options = (0..3)
+                    .map(|i| (format!("k{i}"), "x".repeat(50_000)))
+                    .collect();
+            },
+            "config.backend.driver_options",
+            "E2BIG",
+        ),
+        (
+            "target processes",
+            "utility",
+            |w, _| {
+                cfg(w).utility.as_mut().unwrap().target_processes =
+                    (0..1500).map(|i| format!("{i:0>100}")).collect();
+            },
+            "config.utility.target_processes",
+            "E2BIG",
+        ),
+        (
+            "partition ranges",
+            "proxy",
+            |w, _| cfg(w).proxy.as_mut().unwrap().partition_ranges = vec![1_000_000_000; 30_000],
+            "config.proxy.partition_ranges",
+            "E2BIG",
+        ),
     ];
     let fx = Fixture::new();
     for (name, ty, mutate, field, reason) in cases {
@@ -722,4 +794,19 @@ fn default_policy_allows_usr_bin() {
     let p = ManagedProcess::try_from((base("/usr/bin/true", "pattern"), &Policy::default()))
         .expect("/usr/bin/true is in the default allowlist");
     assert_eq!(p.binary, PathBuf::from("/usr/bin/true"));
+}
+
+#[test]
+fn arguments_and_environment_fit_one_exec() {
+    let fx = Fixture::new();
+    let mut p = check(&fx, base(&fx.runner(), "pattern")).unwrap();
+    // Each string fits, the sum does not.
+    p.args = vec!["a".repeat(100_000); 12];
+    let e = check_exec_size(&p).unwrap_err();
+    assert_eq!(e.field, "config");
+    assert!(e.reason.contains("a process can be started with"), "{e}");
+    p.args.truncate(8);
+    check_exec_size(&p).unwrap();
+    p.args.push("a".repeat(MAX_EXEC_STRING_BYTES + 1));
+    assert_eq!(check_exec_size(&p).unwrap_err().field, "config.args[8]");
 }

@@ -29,6 +29,14 @@ pub const MAX_ENV_BYTES: usize = 64 * 1024;
 pub const MAX_MAP_ENTRIES: usize = 256;
 /// Bytes of one credential (systemd accepts up to 1 MiB; we stay well below).
 pub const MAX_CREDENTIAL_BYTES: usize = 64 * 1024;
+/// Linux refuses to exec a program one of whose arguments or environment
+/// strings is `MAX_ARG_STRLEN` (32 pages, 128 KiB) or longer (E2BIG).
+pub const MAX_EXEC_STRING_BYTES: usize = 128 * 1024 - 1;
+/// All arguments and environment strings together, as the kernel counts
+/// them (bytes, NUL and pointer each). Linux allows a quarter of the stack
+/// limit (2 MiB under the usual 8 MiB); this leaves room for what systemd
+/// adds (`INVOCATION_ID`, `CREDENTIALS_DIRECTORY`, …).
+pub const MAX_EXEC_BYTES: usize = 1024 * 1024;
 const MAX_TOKEN_BYTES: usize = 128;
 const MAX_TEXT_BYTES: usize = 1024;
 const MAX_STOP_TIMEOUT_SECS: i32 = 3600;
@@ -228,7 +236,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
         // A watchdog is fed through sd_notify, so it implies the notify protocol.
         let notify_ready = config.notify_ready || matches!(health.probe, Probe::Watchdog { .. });
 
-        Ok(ManagedProcess {
+        let process = ManagedProcess {
             id,
             namespace,
             version: wire.version,
@@ -245,8 +253,75 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
             resources,
             stop_timeout,
             notify_ready,
-        })
+        };
+        check_exec_size(&process)?;
+        Ok(process)
     }
+}
+
+/// The wire field a launcher-set environment variable is made from.
+fn field_of_variable(name: &str) -> String {
+    match name {
+        "PRISM_PATTERN_SETTINGS" => "config.pattern.settings".into(),
+        "PRISM_PATTERN_SLOTS" => "config.pattern.slots".into(),
+        "PRISM_DRIVER_OPTIONS" => "config.backend.driver_options".into(),
+        "PRISM_UTILITY_SETTINGS" => "config.utility.settings".into(),
+        "PRISM_TARGET_PROCESSES" => "config.utility.target_processes".into(),
+        "PRISM_PARTITION_RANGES" => "config.proxy.partition_ranges".into(),
+        "PRISM_CREDENTIALS" => "config".into(),
+        name if !name.starts_with(RESERVED_ENV_PREFIX) && !RESERVED_ENV.contains(&name) => {
+            format!("config.env.{name}")
+        }
+        _ => "config".into(),
+    }
+}
+
+/// An assignment that could never be executed (E2BIG at every start) is
+/// refused here, naming the field it grew from, instead of being held and
+/// failing forever. Checks what the unit would really pass: the JSON of
+/// settings, options and slots, the joined lists.
+pub(crate) fn check_exec_size(p: &ManagedProcess) -> Result<()> {
+    let spec = crate::unit::translate(p);
+    let environment = match spec.get("Environment") {
+        Some(crate::unit::PropValue::StrList(env)) => env.as_slice(),
+        _ => &[],
+    };
+    let binary = p.binary.as_os_str().len();
+    let strings = std::iter::once(("config.binary".to_owned(), binary))
+        .chain(
+            p.args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("config.args[{i}]"), a.len())),
+        )
+        .chain(environment.iter().map(|assignment| {
+            let name = assignment.split_once('=').map_or("", |(k, _)| k);
+            (field_of_variable(name), assignment.len())
+        }));
+    let mut total = 0usize;
+    for (field, len) in strings {
+        if len > MAX_EXEC_STRING_BYTES {
+            return err(
+                field,
+                format!(
+                    "becomes a {len}-byte argument or environment string; Linux executes none \
+                     over {MAX_EXEC_STRING_BYTES} bytes (E2BIG)"
+                ),
+            );
+        }
+        // The string, its NUL and its pointer.
+        total += len + 1 + std::mem::size_of::<usize>();
+    }
+    if total > MAX_EXEC_BYTES {
+        return err(
+            "config",
+            format!(
+                "arguments and environment come to {total} bytes, over the {MAX_EXEC_BYTES} bytes \
+                 a process can be started with"
+            ),
+        );
+    }
+    Ok(())
 }
 
 fn is_id_char(c: char) -> bool {

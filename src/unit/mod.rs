@@ -6,7 +6,7 @@
 
 mod name;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -46,8 +46,9 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// Stable 64-bit FNV-1a: names derived from it must never change between
-/// releases, or upgrades would orphan running units.
+/// Stable 64-bit FNV-1a. Only [`legacy_unit_name`] and names that are not
+/// security boundaries (the local stack's directory) use it: it is not
+/// collision-resistant against chosen input.
 pub fn fnv1a(data: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in data.bytes() {
@@ -57,16 +58,47 @@ pub fn fnv1a(data: &str) -> u64 {
     h
 }
 
+/// SHA-256 of `data`, the first `chars` characters in RFC 4648 base32,
+/// lower case (`[a-z2-7]`, 5 bits each): valid in unit and user names.
+/// Names derived from it must never change between releases, or upgrades
+/// would orphan running units.
+pub fn digest32(data: &str, chars: usize) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let digest = ring::digest::digest(&ring::digest::SHA256, data.as_bytes());
+    let bytes = digest.as_ref();
+    (0..chars.min(bytes.len() * 8 / 5))
+        .map(|i| {
+            let bit = i * 5;
+            let pair = u16::from(bytes[bit / 8]) << 8
+                | u16::from(bytes.get(bit / 8 + 1).copied().unwrap_or(0));
+            let value = (pair >> (11 - bit % 8)) & 0x1f;
+            ALPHABET[usize::from(value)] as char
+        })
+        .collect()
+}
+
+/// Characters of the hash that keeps a cut unit or slice name unique:
+/// 26 × 5 = 130 bits of SHA-256.
+const NAME_HASH_CHARS: usize = 26;
+
 /// `<prefix><escaped><suffix>`, keeping within systemd's length limit: an
 /// escaped part too long to fit is cut (never inside an escape sequence) and
-/// suffixed with a hash of the full value, so names stay unique.
+/// suffixed with `_<hash of the full value>`, so names stay unique.
 fn bounded(prefix: &str, raw: &str, suffix: &str) -> String {
+    bounded_with(
+        prefix,
+        raw,
+        suffix,
+        &format!("_{}", digest32(raw, NAME_HASH_CHARS)),
+    )
+}
+
+fn bounded_with(prefix: &str, raw: &str, suffix: &str, hash: &str) -> String {
     let escaped = escape(raw);
     let room = UNIT_NAME_MAX - prefix.len() - suffix.len();
     if escaped.len() <= room {
         return format!("{prefix}{escaped}{suffix}");
     }
-    let hash = format!("_{:016x}", fnv1a(raw));
     let mut cut = room - hash.len();
     // Back up to a boundary that does not split `\xNN`.
     while let Some(pos) = escaped[..cut].rfind('\\') {
@@ -76,6 +108,19 @@ fn bounded(prefix: &str, raw: &str, suffix: &str) -> String {
         cut = pos;
     }
     format!("{prefix}{}{hash}{suffix}", &escaped[..cut])
+}
+
+/// The name releases up to 0.1 gave a unit whose escaped id does not fit
+/// (a 64-bit FNV-1a suffix). The reconciler adopts a unit still running
+/// under it until the process is next replaced, so an upgrade restarts
+/// nothing. Equal to [`unit_name`] for every id that fits.
+pub fn legacy_unit_name(process_type: ProcessType, id: &str) -> String {
+    bounded_with(
+        &format!("{UNIT_PREFIX}{process_type}-"),
+        id,
+        ".service",
+        &format!("_{:016x}", fnv1a(id)),
+    )
 }
 
 /// `prism-<type>-<escaped id>.service`.
@@ -151,18 +196,33 @@ pub fn parse_description(description: &str) -> Option<UnitIdentity> {
     })
 }
 
-/// A dynamic user name valid for systemd (`[a-z_][a-z0-9_-]*`, ≤ 31 bytes).
-pub fn dynamic_user(p: &ManagedProcess) -> String {
-    match p.isolation {
+/// Characters of the hash in a dynamic user name: 22 × 5 = 110 bits of
+/// SHA-256, the most that fits systemd's 31-byte user names.
+const USER_HASH_CHARS: usize = 22;
+
+/// Who shares a dynamic user: what [`dynamic_user`] hashes. Two different
+/// owners with one user name are a collision, which the launcher refuses.
+pub fn user_owner(p: &ManagedProcess) -> String {
+    match (p.isolation, p.namespace.as_str()) {
         // One user shared by every process of the type.
-        IsolationLevel::None => format!("prism-{}", p.process_type()),
+        (IsolationLevel::None, _) => format!("type:{}", p.process_type()),
         // One user per namespace, shared across types.
-        IsolationLevel::Namespace => format!("prism-ns-{:010x}", fnv1a(&p.namespace) >> 24),
-        // One user per process.
-        IsolationLevel::Session => format!(
-            "prism-p-{:010x}",
-            fnv1a(&format!("{}/{}", p.process_type(), p.id)) >> 24
-        ),
+        (IsolationLevel::Namespace, ns) if !ns.is_empty() => format!("ns:{ns}"),
+        // One user per process: session isolation, and a process of no
+        // namespace (which shares nothing with anyone).
+        _ => format!("process:{}/{}", p.process_type(), p.id),
+    }
+}
+
+/// A dynamic user name valid for systemd (`[a-z_][a-z0-9_-]*`, ≤ 31 bytes):
+/// `prism-<type>` for isolation `none`, `prism-ns-<hash>` per namespace,
+/// `prism-p-<hash>` per process.
+pub fn dynamic_user(p: &ManagedProcess) -> String {
+    let owner = user_owner(p);
+    match owner.split_once(':') {
+        Some(("type", ty)) => format!("prism-{ty}"),
+        Some(("ns", _)) => format!("prism-ns-{}", digest32(&owner, USER_HASH_CHARS)),
+        _ => format!("prism-p-{}", digest32(&owner, USER_HASH_CHARS + 1)),
     }
 }
 

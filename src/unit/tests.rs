@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use super::*;
 use crate::model::*;
 
-fn process(kind: ProcessKind) -> ManagedProcess {
+pub(crate) fn process(kind: ProcessKind) -> ManagedProcess {
     ManagedProcess {
         id: "kv-1".into(),
         namespace: "orders".into(),
@@ -26,7 +26,7 @@ fn process(kind: ProcessKind) -> ManagedProcess {
     }
 }
 
-fn pattern() -> ProcessKind {
+pub(crate) fn pattern() -> ProcessKind {
     ProcessKind::Pattern(PatternConfig {
         pattern_type: "keyvalue".into(),
         slots: BTreeMap::from([(
@@ -179,7 +179,24 @@ fn long_names_stay_within_systemd_limits_and_unique() {
         assert!(body[..hash_at].ends_with(r"\x2d") || body[..hash_at].ends_with(r"\x40"));
     }
     assert_ne!(na, nb);
+    // The hash is 130 bits of SHA-256; the name releases up to 0.1 gave
+    // (64-bit FNV-1a) is kept for adopting units that still run under it.
+    assert!(
+        na.ends_with(&format!("_{}.service", digest32(&a, 26))),
+        "{na}"
+    );
+    let legacy = legacy_unit_name(ProcessType::Utility, &a);
+    assert!(
+        legacy.ends_with(&format!("_{:016x}.service", fnv1a(&a))),
+        "{legacy}"
+    );
+    assert_ne!(legacy, na);
+    assert!(legacy.len() <= UNIT_NAME_MAX);
     // Short ids are never hashed.
+    assert_eq!(
+        legacy_unit_name(ProcessType::Proxy, "p"),
+        "prism-proxy-p.service"
+    );
     assert_eq!(unit_name(ProcessType::Proxy, "p"), "prism-proxy-p.service");
 }
 
@@ -437,6 +454,35 @@ fn isolation_levels_map_to_users_and_sandboxing() {
     a2.id = "kv-2".into();
     a2.namespace = "other".into();
     assert_eq!(str_prop(&translate(&a2), "User"), "prism-pattern");
+    // A process of no namespace shares its user with nobody, unless its
+    // level is `none`.
+    for level in [IsolationLevel::Namespace, IsolationLevel::Session] {
+        a.isolation = level;
+        a.namespace = String::new();
+        a2.isolation = level;
+        a2.namespace = String::new();
+        let (ua, ub) = (dynamic_user(&a), dynamic_user(&a2));
+        assert_ne!(ua, ub, "{level}");
+        assert!(ua.starts_with("prism-p-") && ua.len() == 31, "{ua}");
+    }
+    // Namespaces: 110 bits of SHA-256 in the 31 bytes systemd allows.
+    a.isolation = IsolationLevel::Namespace;
+    a.namespace = "orders".into();
+    assert_eq!(
+        dynamic_user(&a),
+        format!("prism-ns-{}", digest32("ns:orders", 22))
+    );
+    assert_eq!(dynamic_user(&a).len(), 31);
+}
+
+#[test]
+fn digests_are_sha256_in_base32() {
+    // RFC 4648 base32 of SHA-256(""), e3b0c442…, lower case.
+    assert_eq!(
+        digest32("", 64),
+        "4oymiquy7qobjgx36tejs35zeqt24qpemsnzgtfeswmrw6csxbk"
+    );
+    assert_eq!(digest32("", 10), "4oymiquy7q");
 }
 
 #[test]
