@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::{collections::HashMap, fs, time::Duration};
+use std::{collections::HashMap, fs, os::unix::fs::PermissionsExt, time::Duration};
 
 use futures_util::future::join_all;
 use prism_launcher::pb::prism::{
@@ -272,8 +272,25 @@ async fn bad_input_is_rejected_naming_the_field_and_creates_nothing() {
     let mut client = d.client().await;
     let demo = h.demo.display().to_string();
     let outside = "/usr/sbin/nologin".to_owned();
+    // Inside the allowlist, but anyone could replace it.
+    let writable = h.bin_dir.join("prism-demo-writable");
+    fs::copy(&h.demo, &writable).unwrap();
+    fs::set_permissions(&writable, fs::Permissions::from_mode(0o777)).unwrap();
+    let writable = writable.display().to_string();
     type Edit = Box<dyn Fn(&mut pb::ProcessAssignment)>;
     let cases: Vec<(&str, Edit)> = vec![
+        (
+            "config.binary",
+            Box::new(move |w| w.config.as_mut().unwrap().binary = writable.clone()),
+        ),
+        (
+            // 150 KB of JSON in one environment string: E2BIG at exec.
+            "config.pattern.settings",
+            Box::new(|w| {
+                let p = w.config.as_mut().unwrap().pattern.as_mut().unwrap();
+                p.settings.insert("big".into(), "x".repeat(150_000));
+            }),
+        ),
         ("process_id", Box::new(|w| w.process_id.clear())),
         ("process_id", Box::new(|w| w.process_id = "x".repeat(129))),
         ("process_id", Box::new(|w| w.process_id = "../etc".into())),
@@ -641,6 +658,76 @@ async fn a_missing_binary_at_start_never_drops_desired_state_or_stops_its_unit()
     assert_eq!(info.unit_name, ack.unit_name);
     assert_eq!(h.prop(&ack.unit_name, "ActiveState"), "active");
     assert_eq!(h.prop(&ack.unit_name, "MainPID"), pid, "never restarted");
+
+    // Once its unit has to be recreated, the process is `failed`, naming
+    // the problem; nothing is created in systemd meanwhile.
+    let out = h
+        .sandbox
+        .systemctl()
+        .args(["stop", "--", &ack.unit_name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let info = wait_status(&d, "kv-host", "failed").await;
+    let error = &health(&info).last_error;
+    assert!(
+        error.contains("config.binary") && error.contains("does not exist"),
+        "{error}"
+    );
+    assert!(
+        !h.listed_units().contains(&ack.unit_name),
+        "{:?}",
+        h.listed_units()
+    );
+    assert_eq!(d.state_files().len(), 1, "still desired");
+    // It recovers by itself when the binary is back.
+    fs::copy(&h.demo, &bin).unwrap();
+    eventually("kv-host to run again", Duration::from_secs(60), || async {
+        (h.prop(&ack.unit_name, "ActiveState") == "active").then_some(())
+    })
+    .await;
+    wait_status(&d, "kv-host", "running").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checked_file_runs_even_if_its_symlink_is_repointed() {
+    let Some(h) = harness!() else { return };
+    // `current` -> v1 when assigned; re-pointed to another file later.
+    let v1 = h.bin_dir.join("prism-demo-v1");
+    fs::copy(&h.demo, &v1).unwrap();
+    let link = h.bin_dir.join("prism-demo-current");
+    std::os::unix::fs::symlink(&v1, &link).unwrap();
+    let d = Daemon::start(&h, &[]).await;
+    let ack = d
+        .client()
+        .await
+        .assign_process(pattern("kv-link", &link, &[]))
+        .await
+        .expect("assign")
+        .into_inner();
+    let exec = h.prop(&ack.unit_name, "ExecStart");
+    assert!(
+        exec.contains(&format!("path={} ", v1.display()))
+            && exec.contains(&format!("argv[]={} ", link.display())),
+        "{exec}"
+    );
+    let v2 = h.bin_dir.join("prism-demo-v2");
+    fs::copy(&h.demo, &v2).unwrap();
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&v2, &link).unwrap();
+    let out = h
+        .sandbox
+        .systemctl()
+        .args(["restart", "--", &ack.unit_name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let pid: u32 = h.prop(&ack.unit_name, "MainPID").parse().unwrap();
+    let running = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(
+        running, v1,
+        "what was checked runs, not what the link says now"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

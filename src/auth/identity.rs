@@ -198,7 +198,7 @@ pub struct OperatorGroup {
 }
 
 /// This process's real uid, from `/proc/self/status`.
-fn own_uid() -> Option<u32> {
+pub fn own_uid() -> Option<u32> {
     std::fs::read_to_string("/proc/self/status")
         .ok()?
         .lines()

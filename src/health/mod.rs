@@ -85,6 +85,9 @@ pub enum Phase {
     Restoring,
     /// A revocation is stopping it.
     Revoking,
+    /// This host cannot start it now (its binary is missing or refused,
+    /// see `last_error`); retried with backoff until it can.
+    Blocked,
 }
 
 /// The probe's view of a process.
@@ -111,6 +114,9 @@ pub fn verdict(
 ) -> Status {
     if phase == Phase::Revoking {
         return Status::Stopping;
+    }
+    if phase == Phase::Blocked {
+        return Status::Failed;
     }
     let Some(u) = unit.filter(|u| !u.active_state.is_empty()) else {
         return match phase {

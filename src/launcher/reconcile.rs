@@ -289,6 +289,20 @@ impl Supervisor {
                 _ => return,
             }
         };
+        // Before anything is stopped: can this host run it today?
+        let process = match self.on_host(&process) {
+            Ok(p) => p,
+            Err(e) => {
+                let mut table = self.table();
+                if let Some(entry) = table.entries.get_mut(id) {
+                    if entry.phase != Phase::Blocked {
+                        tracing::error!(prism_process_id = %id, error = %e, "cannot start {id} on this host: {e}; retrying until it can");
+                    }
+                    entry.block(Instant::now(), e.to_string());
+                }
+                return;
+            }
+        };
         let spec = unit::translate(&process);
         match reason {
             Some(reason) => {

@@ -67,6 +67,9 @@ pub enum LauncherError {
 
 /// Restoring a unit that keeps disappearing backs off up to this.
 const RESTORE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A process the host cannot start (missing binary) is retried at least
+/// this often: a package install or a late mount heals it soon.
+const BLOCKED_RETRY_MAX: Duration = Duration::from_secs(30);
 /// A unit that ran this long before vanishing is restored at once.
 const RESTORE_STABLE_AFTER: Duration = Duration::from_secs(60);
 
@@ -140,6 +143,18 @@ impl Entry {
         self.restore_not_before = Some(now + delay);
         self.phase = Phase::Restoring;
         self.unit_status = None;
+    }
+
+    /// This host cannot start the process now: report it failed with the
+    /// reason, and retry after a backoff.
+    pub fn block(&mut self, now: Instant, reason: String) {
+        let delay = (Duration::from_secs(1) * 2u32.saturating_pow(self.restorations))
+            .min(BLOCKED_RETRY_MAX);
+        self.restorations = self.restorations.saturating_add(1);
+        self.restore_not_before = Some(now + delay);
+        self.phase = Phase::Blocked;
+        self.start_failures += 1;
+        self.last_error = Some(reason);
     }
 
     /// Stop the probe task, if any.
@@ -373,13 +388,29 @@ impl Supervisor {
         self.reconcile.notify_one();
     }
 
+    /// The host's part of the checks, before a held process's unit is
+    /// (re)created: its binary against today's allowlist and filesystem.
+    /// Returns the process with the file to execute resolved.
+    pub(super) fn on_host(
+        &self,
+        process: &ManagedProcess,
+    ) -> Result<ManagedProcess, ValidationError> {
+        let mut process = process.clone();
+        if self.policy.check_binary_on_host {
+            process.executable =
+                crate::model::validate::check_binary_on_host(&process.binary, &self.policy)?;
+        }
+        Ok(process)
+    }
+
     /// Load the desired state from disk; returns the corrupt files found.
     ///
     /// Stored assignments are checked for structure only: a host problem
     /// (a binary missing after an upgrade, `/opt` mounted late, a narrowed
     /// allowlist) never drops desired state or stops a running unit. Such a
-    /// process fails to start, is reported with systemd's reason, and
-    /// starts again once the problem is gone.
+    /// process is reported `failed` with the problem as its last error when
+    /// its unit has to be (re)created, and starts once the problem is gone
+    /// (see `Entry::block`).
     pub fn load(&self) -> Result<Vec<super::store::Corrupt>, StoreError> {
         let policy = Policy {
             check_binary_on_host: false,

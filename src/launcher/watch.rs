@@ -46,7 +46,7 @@ impl Supervisor {
                     }
                     if status.is_active() {
                         entry.circuit_opened_at = None;
-                        if entry.phase == Phase::Restoring {
+                        if matches!(entry.phase, Phase::Restoring | Phase::Blocked) {
                             entry.phase = Phase::Held;
                         }
                     }

@@ -2,7 +2,7 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, path::PathBuf, time::Duration};
 
-use super::validate::{MAX_EXEC_STRING_BYTES, check_exec_size};
+use super::validate::{MAX_EXEC_STRING_BYTES, check_binary_on_host, check_exec_size};
 use super::*;
 use crate::pb::prism as pb;
 
@@ -21,15 +21,27 @@ impl Fixture {
         let outside = dir.path().join("elsewhere");
         fs::create_dir_all(&allowed).unwrap();
         fs::create_dir_all(&outside).unwrap();
+        fs::create_dir_all(allowed.join("open")).unwrap();
         for (path, mode) in [
             (allowed.join("runner"), 0o755),
             (allowed.join("plain"), 0o644),
+            (allowed.join("group-writable"), 0o775),
+            (allowed.join("world-writable"), 0o757),
+            (allowed.join("open/runner"), 0o755),
             (outside.join("evil"), 0o755),
         ] {
             fs::write(&path, "#!/bin/false\n").unwrap();
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
         }
+        // A directory inside the allowlist anyone may write to.
+        fs::set_permissions(allowed.join("open"), fs::Permissions::from_mode(0o1777)).unwrap();
+        // A binary of another user (where the tests may give one away).
+        let foreign = allowed.join("foreign");
+        fs::write(&foreign, "#!/bin/false\n").unwrap();
+        fs::set_permissions(&foreign, fs::Permissions::from_mode(0o755)).unwrap();
+        let _ = std::os::unix::fs::chown(&foreign, Some(65534), None);
         fs::create_dir_all(allowed.join("subdir")).unwrap();
+        std::os::unix::fs::symlink(allowed.join("runner"), allowed.join("alias")).unwrap();
         std::os::unix::fs::symlink(outside.join("evil"), allowed.join("link")).unwrap();
         Self {
             _dir: dir,
@@ -230,6 +242,27 @@ fn rejects_bad_input_naming_the_field() {
             |w, f| cfg(w).binary = f.allowed.join("link").display().to_string(),
             "config.binary",
             "resolves to",
+        ),
+        (
+            "group-writable binary",
+            "pattern",
+            |w, f| cfg(w).binary = f.allowed.join("group-writable").display().to_string(),
+            "config.binary",
+            "writable by its group (mode 0775)",
+        ),
+        (
+            "world-writable binary",
+            "pattern",
+            |w, f| cfg(w).binary = f.allowed.join("world-writable").display().to_string(),
+            "config.binary",
+            "writable by others",
+        ),
+        (
+            "binary in a world-writable directory of the allowlist (sticky or not)",
+            "pattern",
+            |w, f| cfg(w).binary = f.allowed.join("open/runner").display().to_string(),
+            "config.binary",
+            "is writable by others (mode 1777)",
         ),
         (
             "NUL in arg",
@@ -794,6 +827,45 @@ fn default_policy_allows_usr_bin() {
     let p = ManagedProcess::try_from((base("/usr/bin/true", "pattern"), &Policy::default()))
         .expect("/usr/bin/true is in the default allowlist");
     assert_eq!(p.binary, PathBuf::from("/usr/bin/true"));
+}
+
+#[test]
+fn binaries_of_other_users_are_refused_and_the_canonical_path_runs() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = Fixture::new();
+    let foreign = fx.allowed.join("foreign");
+    if fs::metadata(&foreign).unwrap().uid() == 65534 {
+        let e = check(&fx, base(&foreign.display().to_string(), "pattern")).unwrap_err();
+        assert_eq!(e.field, "config.binary");
+        assert!(e.reason.contains("owned by uid 65534"), "{e}");
+    }
+    // A symlink inside the allowlist: the unit runs the file it pointed to
+    // when checked, under the name it was assigned.
+    let alias = fx.allowed.join("alias");
+    let p = check(&fx, base(&alias.display().to_string(), "pattern")).unwrap();
+    assert_eq!(p.binary, alias);
+    assert_eq!(
+        p.executable,
+        fs::canonicalize(fx.allowed.join("runner")).unwrap()
+    );
+    let spec = crate::unit::translate(&p);
+    let Some(crate::unit::PropValue::Exec(exec)) = spec.get("ExecStart") else {
+        panic!("no ExecStart");
+    };
+    assert_eq!(exec[0].path, p.executable.display().to_string());
+    assert_eq!(exec[0].argv[0], alias.display().to_string());
+    // A structural check (the admin's, or the launcher's at start) leaves
+    // the host's part for later.
+    let p = ManagedProcess::try_from((
+        base(&alias.display().to_string(), "pattern"),
+        &Policy::structural(),
+    ))
+    .unwrap();
+    assert_eq!(p.executable, alias);
+    assert_eq!(
+        check_binary_on_host(&alias, &fx.policy()).unwrap(),
+        fs::canonicalize(fx.allowed.join("runner")).unwrap()
+    );
 }
 
 #[test]

@@ -299,8 +299,13 @@ pub struct ManagedProcess {
     /// Empty when the process belongs to no namespace.
     pub namespace: String,
     pub version: i64,
-    /// Absolute, inside the allowlist, an executable regular file.
+    /// As assigned: absolute, inside the allowlist, an executable regular
+    /// file. Also the program's `argv[0]`.
     pub binary: PathBuf,
+    /// The file the unit executes: `binary`'s canonical path once checked
+    /// on this host, so re-pointing a symlink later changes nothing that
+    /// runs; `binary` itself after a structural check only.
+    pub executable: PathBuf,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub port: Option<u16>,

@@ -197,7 +197,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
             return err("config", "missing");
         };
 
-        let binary = check_binary(&config.binary, policy)?;
+        let (binary, executable) = check_binary(&config.binary, policy)?;
         let args = check_args(&config.args)?;
         let env = check_env(&config.env, policy)?;
         let port = check_optional_port("config.port", config.port)?;
@@ -241,6 +241,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
             namespace,
             version: wire.version,
             binary,
+            executable,
             args,
             env,
             port,
@@ -393,7 +394,9 @@ fn inside_allowlist(path: &Path, dirs: &[PathBuf]) -> bool {
         .any(|d| path.parent().is_some_and(|p| p.starts_with(d)))
 }
 
-fn check_binary(binary: &str, policy: &Policy) -> Result<PathBuf> {
+/// The path as assigned, and the file to execute (see
+/// [`ManagedProcess::executable`]).
+fn check_binary(binary: &str, policy: &Policy) -> Result<(PathBuf, PathBuf)> {
     const F: &str = "config.binary";
     if binary.is_empty() {
         return err(F, "required");
@@ -407,8 +410,19 @@ fn check_binary(binary: &str, policy: &Policy) -> Result<PathBuf> {
         return err(F, format!("{binary:?} is not a normalised path"));
     }
     if !policy.check_binary_on_host {
-        return Ok(path);
+        return Ok((path.clone(), path));
     }
+    let executable = check_binary_on_host(&path, policy)?;
+    Ok((path, executable))
+}
+
+/// The host's part of the binary check, run at assignment and again before
+/// each start of a process held from an earlier run: inside the allowlist
+/// (after resolving symlinks), an executable regular file, and nothing on
+/// the way to it writable by anyone but root. Returns the canonical path.
+pub fn check_binary_on_host(path: &Path, policy: &Policy) -> Result<PathBuf> {
+    const F: &str = "config.binary";
+    let binary = path.display().to_string();
     let allowed = || {
         policy
             .binary_dirs
@@ -417,7 +431,7 @@ fn check_binary(binary: &str, policy: &Policy) -> Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if !inside_allowlist(&path, &policy.binary_dirs) {
+    if !inside_allowlist(path, &policy.binary_dirs) {
         return err(
             F,
             format!(
@@ -426,7 +440,7 @@ fn check_binary(binary: &str, policy: &Policy) -> Result<PathBuf> {
             ),
         );
     }
-    let meta = match fs::metadata(&path) {
+    let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return err(F, format!("{binary:?} does not exist"));
@@ -440,14 +454,14 @@ fn check_binary(binary: &str, policy: &Policy) -> Result<PathBuf> {
         return err(F, format!("{binary:?} is not executable"));
     }
     // A symlink inside the allowlist must not lead outside it.
-    let canonical = fs::canonicalize(&path)
+    let canonical = fs::canonicalize(path)
         .map_err(|e| ValidationError::new(F, format!("{binary:?} cannot be resolved: {e}")))?;
-    let canonical_dirs: Vec<PathBuf> = policy
+    let Some(dir) = policy
         .binary_dirs
         .iter()
-        .map(|d| fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
-        .collect();
-    if !inside_allowlist(&canonical, &canonical_dirs) {
+        .filter_map(|d| fs::canonicalize(d).ok())
+        .find(|d| canonical.parent().is_some_and(|p| p.starts_with(d)))
+    else {
         return err(
             F,
             format!(
@@ -456,8 +470,60 @@ fn check_binary(binary: &str, policy: &Policy) -> Result<PathBuf> {
                 allowed()
             ),
         );
+    };
+    check_ownership(&binary, &canonical, &dir)?;
+    Ok(canonical)
+}
+
+/// Who may replace what runs: the owner of the file and of every
+/// directory above it. Only root (or the launcher's own user, which is
+/// root-equivalent to it) may; group and others may write none of them.
+/// Above the allowlisted directory, a sticky directory such as `/tmp` may be
+/// writable by all: nobody can rename another user's entry in it.
+fn check_ownership(binary: &str, canonical: &Path, allowed_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    const F: &str = "config.binary";
+    let me = crate::auth::identity::own_uid().unwrap_or(0);
+    let mut checked = Some(canonical);
+    while let Some(path) = checked {
+        let meta = fs::metadata(path).map_err(|e| {
+            ValidationError::new(F, format!("{} cannot be read: {e}", path.display()))
+        })?;
+        let what = if path == canonical {
+            format!("{binary:?} ({})", canonical.display())
+        } else {
+            format!("directory {}", path.display())
+        };
+        if meta.uid() != 0 && meta.uid() != me {
+            return err(
+                F,
+                format!(
+                    "{what} is owned by uid {}; only root may own a binary the launcher runs and \
+                     the directories above it",
+                    meta.uid()
+                ),
+            );
+        }
+        let mode = meta.mode();
+        let sticky_above = mode & 0o1000 != 0 && !path.starts_with(allowed_dir);
+        if mode & 0o022 != 0 && !sticky_above {
+            return err(
+                F,
+                format!(
+                    "{what} is writable by {} (mode {:04o}); only its owner may write a binary the \
+                     launcher runs and the directories above it",
+                    if mode & 0o002 != 0 {
+                        "others"
+                    } else {
+                        "its group"
+                    },
+                    mode & 0o7777
+                ),
+            );
+        }
+        checked = path.parent();
     }
-    Ok(path)
+    Ok(())
 }
 
 fn check_args(args: &[String]) -> Result<Vec<String>> {

@@ -118,13 +118,16 @@ fn identity(p: &ManagedProcess, props: &mut Props) {
 }
 
 fn command(p: &ManagedProcess, props: &mut Props) {
-    let path = p.binary.display().to_string();
+    // The checked (canonical) file is executed; argv[0] stays the path as
+    // assigned, which multi-call binaries dispatch on.
+    let path = p.executable.display().to_string();
+    let argv0 = p.binary.display().to_string();
     // systemd expands `$VAR` and `${VAR}` in ExecStart's arguments (and
     // word-splits a bare `$VAR`); `$$` is its literal `$`. Arguments reach
     // the program exactly as assigned.
     let literal = |a: &str| a.replace('$', "$$");
     let mut argv = Vec::with_capacity(p.args.len() + 1);
-    argv.push(literal(&path));
+    argv.push(literal(&argv0));
     argv.extend(p.args.iter().map(|a| literal(a)));
     // The binary is executed directly with its argv: there is never a shell.
     props.push((

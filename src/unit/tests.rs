@@ -11,6 +11,7 @@ pub(crate) fn process(kind: ProcessKind) -> ManagedProcess {
         namespace: "orders".into(),
         version: 3,
         binary: PathBuf::from("/usr/bin/keyvalue-runner"),
+        executable: PathBuf::from("/usr/bin/keyvalue-runner"),
         args: vec!["--listen".into(), "0.0.0.0:8980".into()],
         env: BTreeMap::from([("EXTRA".into(), "1".into())]),
         port: Some(8980),
