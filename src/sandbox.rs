@@ -39,6 +39,11 @@ for h in $hier; do
   echo $$ > "$h/$name/init.scope/cgroup.procs"
 done
 echo "$hier" > "$SBX/cgroup-hierarchies"
+# /run a mount point, as on every systemd host (a tmpfs there): units with
+# ProtectProc=, ProcSubset=, ProtectKernelTunables= or ProtectControlGroups=
+# would otherwise get an empty tmpfs over /run, hiding their binaries
+# (203/EXEC) and the notify socket.
+mount --bind /run /run
 mount -t tmpfs tmpfs /run/systemd
 mkdir -p /run/systemd/system /run/systemd/journal
 # Units' PrivateTmp= directories (systemd-private-*) land in the sandbox,
@@ -343,7 +348,13 @@ impl Sandbox {
 
     /// `systemctl --user` aimed at this manager.
     pub fn systemctl(&self) -> Command {
-        let mut c = Command::new("systemctl");
+        self.user_command("systemctl")
+    }
+
+    /// `<program> --user --no-pager` (systemctl, systemd-analyze, busctl)
+    /// aimed at this manager.
+    pub fn user_command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         c.arg("--user")
             .arg("--no-pager")
             .env("XDG_RUNTIME_DIR", self.runtime_dir())

@@ -763,3 +763,120 @@ async fn demo_workload_serves_health_and_fails_on_request() {
     .await;
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+/// `systemd-analyze security`'s overall exposure of a running unit.
+fn exposure(h: &Harness, unit: &str) -> f64 {
+    let out = h
+        .sandbox
+        .user_command("systemd-analyze")
+        .args(["security", "--", unit])
+        .output()
+        .expect("run systemd-analyze");
+    let text = text(&out);
+    text.lines()
+        .find_map(|l| {
+            l.split_once("Overall exposure level for ")?
+                .1
+                .split_once(": ")
+        })
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_isolation_level_runs_hardened_and_scores_low() {
+    let Some(h) = harness!() else { return };
+    let engine = h.engine().await;
+    let mut scores = Vec::new();
+    for (level, jit_free) in [
+        ("none", false),
+        ("namespace", false),
+        ("session", false),
+        ("namespace", true),
+    ] {
+        let id = format!("hard-{level}-{jit_free}");
+        let wire = with_config(pattern(&id, &h.demo, &[]), |c| {
+            c.isolation_level = level.into();
+            if jit_free {
+                c.sandbox = Some(pb::SandboxOptions {
+                    memory_deny_write_execute: true,
+                });
+            }
+        });
+        let spec = unit::translate(&h.process(wire));
+        engine.start_transient(&spec).await.expect("start");
+        h.wait_ready(&id).await;
+        let props = h.show(
+            &spec.name,
+            &[
+                "ActiveState",
+                "MainPID",
+                "ProtectKernelTunables",
+                "ProtectKernelModules",
+                "ProtectKernelLogs",
+                "ProtectControlGroups",
+                "ProtectClock",
+                "ProtectHostname",
+                "ProtectProc",
+                "ProcSubset",
+                "RestrictNamespaces",
+                "RestrictRealtime",
+                "RestrictSUIDSGID",
+                "LockPersonality",
+                "SystemCallArchitectures",
+                "SystemCallErrorNumber",
+                "RestrictAddressFamilies",
+                "CapabilityBoundingSet",
+                "UMask",
+                "MemoryDenyWriteExecute",
+            ],
+        );
+        let expected = [
+            ("ActiveState", "active"),
+            ("ProtectKernelTunables", "yes"),
+            ("ProtectKernelModules", "yes"),
+            ("ProtectKernelLogs", "yes"),
+            ("ProtectControlGroups", "yes"),
+            ("ProtectClock", "yes"),
+            ("ProtectHostname", "yes"),
+            ("ProtectProc", "invisible"),
+            ("ProcSubset", "pid"),
+            ("RestrictNamespaces", "yes"),
+            ("RestrictRealtime", "yes"),
+            ("RestrictSUIDSGID", "yes"),
+            ("LockPersonality", "yes"),
+            ("SystemCallArchitectures", "native"),
+            ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+            ("CapabilityBoundingSet", ""),
+            ("UMask", "0077"),
+            (
+                "MemoryDenyWriteExecute",
+                if jit_free { "yes" } else { "no" },
+            ),
+        ];
+        for (name, value) in expected {
+            assert_eq!(props[name], value, "{id}: {name}");
+        }
+        // Printed by name or by number, depending on systemd's version.
+        assert!(
+            ["EPERM", "1"].contains(&props["SystemCallErrorNumber"].as_str()),
+            "{id}: SystemCallErrorNumber={}",
+            props["SystemCallErrorNumber"]
+        );
+        // In force, as the kernel sees the process: a seccomp filter, no
+        // capabilities, no privilege gain.
+        let status = fs::read_to_string(format!("/proc/{}/status", props["MainPID"])).unwrap();
+        for line in ["Seccomp:\t2", "NoNewPrivs:\t1", "CapBnd:\t0000000000000000"] {
+            assert!(
+                status.lines().any(|l| l == line),
+                "{id}: {line} in {status}"
+            );
+        }
+        scores.push((id, exposure(&h, &spec.name)));
+    }
+    eprintln!("systemd-analyze security: {scores:?}");
+    for (id, score) in &scores {
+        let limit = 2.5;
+        assert!(*score <= limit, "{id}: exposure {score} over {limit}");
+    }
+}

@@ -394,15 +394,45 @@ pub fn demo_assignments(demo: &Path, redis: Option<&Path>) -> Vec<pb::ProcessAss
     vec![kv, proxy, backend, utility]
 }
 
-async fn start_daemon(engine: &DbusSystemd, spec: &UnitSpec, what: &str) -> Result<(), Error> {
+async fn start_daemon(
+    engine: &DbusSystemd,
+    state: &Path,
+    spec: &UnitSpec,
+    what: &str,
+) -> Result<(), Error> {
     match engine.start_transient(spec).await {
         Ok(()) => eprintln!("started {what} as {}", spec.name),
         Err(SystemdError::UnitExists { .. }) => {
             eprintln!("{what} is already running as {}", spec.name)
         }
+        Err(e @ SystemdError::StartFailed { .. }) => {
+            return Err(Error::Failed(format!(
+                "{e}; its last words:\n{}",
+                journal_tail(state, what)
+            )));
+        }
         Err(e) => return Err(e.into()),
     }
     Ok(())
+}
+
+/// The last lines a daemon of the stack logged (its syslog identifier is
+/// its name), from the sandbox's journal or the user's.
+fn journal_tail(state: &Path, identifier: &str) -> String {
+    let journal = sandbox_dir(state).join("log/journal");
+    let mut cmd = std::process::Command::new("journalctl");
+    if journal.is_dir() {
+        cmd.arg("-D").arg(&journal);
+    } else {
+        cmd.arg("--user");
+    }
+    match cmd
+        .args(["--no-pager", "-o", "cat", "-n", "20", "-t", identifier])
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("(journalctl: {e})"),
+    }
 }
 
 async fn connect(state: &Path) -> Result<Admin, Error> {
@@ -470,6 +500,7 @@ async fn up(
     admin_argv.extend(tls_flags(&pki, "admin"));
     start_daemon(
         &engine,
+        state,
         &daemon_unit(
             ADMIN_UNIT,
             "prism-admin of the local stack",
@@ -508,6 +539,7 @@ async fn up(
     }
     start_daemon(
         &engine,
+        state,
         &daemon_unit(
             LAUNCHER_UNIT,
             "prism-launcher of the local stack",

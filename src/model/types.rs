@@ -282,6 +282,14 @@ impl Default for HealthCheck {
     }
 }
 
+/// Sandboxing beyond what every unit gets, chosen per assignment because
+/// it breaks some workloads.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SandboxOptions {
+    /// systemd `MemoryDenyWriteExecute=`: breaks JIT compilers.
+    pub memory_deny_write_execute: bool,
+}
+
 /// cgroup limits; `None` is unlimited.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Resources {
@@ -316,6 +324,7 @@ pub struct ManagedProcess {
     pub restart: RestartPolicy,
     pub health: HealthCheck,
     pub resources: Resources,
+    pub sandbox: SandboxOptions,
     /// Time between SIGTERM and SIGKILL on stop.
     pub stop_timeout: Duration,
     /// The process reports readiness with sd_notify.

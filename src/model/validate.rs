@@ -252,6 +252,12 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
             restart,
             health,
             resources,
+            sandbox: SandboxOptions {
+                memory_deny_write_execute: config
+                    .sandbox
+                    .as_ref()
+                    .is_some_and(|s| s.memory_deny_write_execute),
+            },
             stop_timeout,
             notify_ready,
         };

@@ -405,6 +405,8 @@ fn to_variant(value: &PropValue) -> OwnedVariant {
         PropValue::U64(n) => variant(Variant::from(*n)),
         PropValue::StrList(list) => variant(Variant::from(list.clone())),
         PropValue::BytesList(list) => variant(Variant::from(list.clone())),
+        PropValue::I32(n) => variant(Variant::from(*n)),
+        PropValue::NameList(allow, names) => variant(Variant::from((*allow, names.clone()))),
         PropValue::Exec(cmds) => {
             let cmds: Vec<(String, Vec<String>, bool)> = cmds
                 .iter()

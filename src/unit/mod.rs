@@ -31,6 +31,10 @@ pub enum PropValue {
     BytesList(Vec<Vec<u8>>),
     /// `a(sasb)`: path, argv, ignore-failure.
     Exec(Vec<ExecCommand>),
+    I32(i32),
+    /// `(bas)`: an allow list (true) or a deny list (false) of names, as
+    /// `SystemCallFilter` and `RestrictAddressFamilies` take them.
+    NameList(bool, Vec<String>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -348,4 +352,87 @@ fn isolation(p: &ManagedProcess, props: &mut Props) {
         // Session isolation also hides physical devices.
         props.push(("PrivateDevices", PropValue::Bool(true)));
     }
+    hardening(p, props);
 }
+
+/// The properties [`hardening`] sets (for measuring their cost).
+pub const HARDENING_PROPERTIES: &[&str] = &[
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectClock",
+    "ProtectHostname",
+    "ProtectProc",
+    "ProcSubset",
+    "RestrictNamespaces",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "LockPersonality",
+    "SystemCallArchitectures",
+    "SystemCallFilter",
+    "SystemCallErrorNumber",
+    "RestrictAddressFamilies",
+    "CapabilityBoundingSet",
+    "UMask",
+    "MemoryDenyWriteExecute",
+];
+
+/// What every long-running network service tolerates, at every isolation
+/// level (`systemd-analyze security` scores in the README).
+fn hardening(p: &ManagedProcess, props: &mut Props) {
+    // The kernel is not the workload's to tune, load into, read the logs
+    // of, or set the clock of; the cgroup tree and hostname are read-only.
+    for name in [
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "ProtectHostname",
+    ] {
+        props.push((name, PropValue::Bool(true)));
+    }
+    // Other users' processes are invisible in /proc, and /proc holds
+    // processes only (no /proc/sys, /proc/kcore...).
+    props.push(("ProtectProc", s("invisible")));
+    props.push(("ProcSubset", s("pid")));
+    // No new namespaces of any kind (a flag set of those allowed: none).
+    props.push(("RestrictNamespaces", PropValue::U64(0)));
+    props.push(("RestrictRealtime", PropValue::Bool(true)));
+    props.push(("RestrictSUIDSGID", PropValue::Bool(true)));
+    props.push(("LockPersonality", PropValue::Bool(true)));
+    // Native system calls only, and only those a service needs; a call
+    // outside the set fails with EPERM rather than killing the process.
+    props.push((
+        "SystemCallArchitectures",
+        PropValue::StrList(vec!["native".into()]),
+    ));
+    props.push((
+        "SystemCallFilter",
+        PropValue::NameList(true, vec!["@system-service".into()]),
+    ));
+    props.push(("SystemCallErrorNumber", PropValue::I32(EPERM)));
+    // Sockets: local, IPv4 and IPv6; no netlink, packet or others.
+    props.push((
+        "RestrictAddressFamilies",
+        PropValue::NameList(
+            true,
+            ["AF_UNIX", "AF_INET", "AF_INET6"]
+                .map(String::from)
+                .to_vec(),
+        ),
+    ));
+    // No capabilities at all, even for a binary that would gain some.
+    props.push(("CapabilityBoundingSet", PropValue::U64(0)));
+    // Files the workload creates are its own.
+    props.push(("UMask", PropValue::U32(0o077)));
+    if p.sandbox.memory_deny_write_execute {
+        // Opt-in: no memory both writable and executable. JIT compilers
+        // (JVM, V8, .NET, LuaJIT, PCRE's JIT) need such memory.
+        props.push(("MemoryDenyWriteExecute", PropValue::Bool(true)));
+    }
+}
+
+/// `EPERM`, what a filtered system call returns.
+const EPERM: i32 = 1;

@@ -22,6 +22,7 @@ pub(crate) fn process(kind: ProcessKind) -> ManagedProcess {
         restart: RestartPolicy::default(),
         health: HealthCheck::default(),
         resources: Resources::default(),
+        sandbox: SandboxOptions::default(),
         stop_timeout: Duration::from_secs(30),
         notify_ready: false,
     }
@@ -446,6 +447,55 @@ fn isolation_levels_map_to_users_and_sandboxing() {
             sa.get("PrivateDevices") == Some(&PropValue::Bool(true)),
             devices,
             "{level}"
+        );
+        // The hardening set, at every level.
+        for (name, value) in [
+            ("ProtectKernelTunables", PropValue::Bool(true)),
+            ("ProtectKernelModules", PropValue::Bool(true)),
+            ("ProtectKernelLogs", PropValue::Bool(true)),
+            ("ProtectControlGroups", PropValue::Bool(true)),
+            ("ProtectClock", PropValue::Bool(true)),
+            ("ProtectHostname", PropValue::Bool(true)),
+            ("ProtectProc", PropValue::Str("invisible".into())),
+            ("ProcSubset", PropValue::Str("pid".into())),
+            ("RestrictNamespaces", PropValue::U64(0)),
+            ("RestrictRealtime", PropValue::Bool(true)),
+            ("RestrictSUIDSGID", PropValue::Bool(true)),
+            ("LockPersonality", PropValue::Bool(true)),
+            (
+                "SystemCallArchitectures",
+                PropValue::StrList(vec!["native".into()]),
+            ),
+            (
+                "SystemCallFilter",
+                PropValue::NameList(true, vec!["@system-service".into()]),
+            ),
+            ("SystemCallErrorNumber", PropValue::I32(1)),
+            (
+                "RestrictAddressFamilies",
+                PropValue::NameList(
+                    true,
+                    vec!["AF_UNIX".into(), "AF_INET".into(), "AF_INET6".into()],
+                ),
+            ),
+            ("CapabilityBoundingSet", PropValue::U64(0)),
+            ("UMask", PropValue::U32(0o077)),
+        ] {
+            assert_eq!(sa.get(name), Some(&value), "{level}: {name}");
+        }
+        let listed = sa
+            .properties
+            .iter()
+            .filter(|(n, _)| HARDENING_PROPERTIES.contains(n))
+            .count();
+        assert_eq!(listed, HARDENING_PROPERTIES.len() - 1, "{level}");
+        // Opt-in only: it breaks JIT compilers.
+        assert_eq!(sa.get("MemoryDenyWriteExecute"), None);
+        let mut jitless = a.clone();
+        jitless.sandbox.memory_deny_write_execute = true;
+        assert_eq!(
+            translate(&jitless).get("MemoryDenyWriteExecute"),
+            Some(&PropValue::Bool(true))
         );
     }
     // None: shared per type.

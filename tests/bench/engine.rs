@@ -21,26 +21,44 @@ async fn main() {
     let engine = h.engine().await;
     let rss_idle = rss_mib(std::process::id());
 
-    // 1. Start-to-active latency of one unit, one at a time.
-    let mut latencies = Vec::with_capacity(samples);
-    for i in 0..samples {
+    // 1. Start-to-active latency of one unit, one at a time: the unit as
+    //    translated, and the same unit without the hardening set,
+    //    interleaved so both see the same machine.
+    let mut hardened = Vec::with_capacity(samples);
+    let mut plain = Vec::with_capacity(samples);
+    for i in 0..samples * 2 {
         let p = h.process(support::pattern(&format!("lat-{i}"), &h.demo, &[]));
-        let spec = unit::translate(&p);
+        let mut spec = unit::translate(&p);
+        let strip = i % 2 == 1;
+        if strip {
+            spec.properties
+                .retain(|(name, _)| !unit::HARDENING_PROPERTIES.contains(name));
+        }
         let t = Instant::now();
         engine.start_transient(&spec).await.expect("start");
-        latencies.push(t.elapsed());
+        if strip { &mut plain } else { &mut hardened }.push(t.elapsed());
         engine
             .stop(&spec.name, Duration::from_secs(10))
             .await
             .expect("stop");
     }
-    latencies.sort();
+    for (what, latencies) in [
+        ("hardened", &mut hardened),
+        ("without hardening", &mut plain),
+    ] {
+        latencies.sort();
+        println!(
+            "start-to-active, one unit, {what} ({samples} samples): median {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            percentile(latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(latencies, 0.9).as_secs_f64() * 1e3,
+            percentile(latencies, 0.99).as_secs_f64() * 1e3,
+            latencies.last().unwrap().as_secs_f64() * 1e3,
+        );
+    }
     println!(
-        "start-to-active, one unit ({samples} samples): median {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.9).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().unwrap().as_secs_f64() * 1e3,
+        "hardening cost: median {:.2}x, p90 {:.2}x of the unit without it",
+        percentile(&hardened, 0.5).as_secs_f64() / percentile(&plain, 0.5).as_secs_f64(),
+        percentile(&hardened, 0.9).as_secs_f64() / percentile(&plain, 0.9).as_secs_f64(),
     );
 
     // 2. N units at once, 32 calls in flight, spread over the four types'
