@@ -6,7 +6,7 @@ mod support;
 
 use std::{collections::HashMap, fs, os::unix::fs::PermissionsExt, time::Duration};
 
-use futures_util::future::join_all;
+use futures_util::{StreamExt, future::join_all};
 use prism_launcher::pb::prism::{
     self as pb,
     launcher::v1::{GetProcessRequest, ListProcessesRequest, ProcessInfo},
@@ -1213,4 +1213,91 @@ fn pattern_launcher_help_shows_the_old_flags_and_prism_launcher_refuses_them() {
         text.contains("--grpc-port: is a pattern-launcher flag; prism-launcher takes --listen"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignments_across_a_daemon_reexec_are_never_internal_and_all_run() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &["--max-processes", "250"]).await;
+    let client = d.client().await;
+    const N: usize = 200;
+    let answered = Arc::new(AtomicUsize::new(0));
+    // Two re-executions of the manager while assignments are in flight.
+    let reexec = {
+        let answered = answered.clone();
+        let systemctl = || h.sandbox.systemctl();
+        let (mut first, mut second) = (systemctl(), systemctl());
+        first.arg("daemon-reexec");
+        second.arg("daemon-reexec");
+        async move {
+            for (at, mut cmd) in [(20, first), (110, second)] {
+                eventually(
+                    "assignments to be answered",
+                    Duration::from_secs(120),
+                    || {
+                        let n = answered.load(Ordering::SeqCst);
+                        async move { (n >= at).then_some(()) }
+                    },
+                )
+                .await;
+                let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                    .await
+                    .unwrap();
+                assert!(out.status.success(), "daemon-reexec: {}", text(&out));
+            }
+        }
+    };
+    let assign = async {
+        futures_util::stream::iter(0..N)
+            .map(|i| {
+                let mut c = client.clone();
+                let answered = answered.clone();
+                let a = pattern(&format!("rx-{i:03}"), &h.demo, &[]);
+                async move {
+                    let r = c.assign_process(a).await;
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    r
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+    };
+    let (results, ()) = tokio::join!(assign, reexec);
+    let mut unavailable = 0;
+    for r in &results {
+        if let Err(status) = r {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert!(
+                status.message().contains("will start once systemd answers"),
+                "{status:?}"
+            );
+            unavailable += 1;
+        }
+    }
+    let retried = d.log_text().matches("systemd is briefly away").count();
+    eprintln!(
+        "{N} assignments across two daemon-reexecs: {unavailable} answered UNAVAILABLE (held), \
+         the rest OK; {retried} starts retried"
+    );
+    // Every one of them runs, the UNAVAILABLE ones included.
+    eventually("every process to run", Duration::from_secs(120), || async {
+        let listed = d
+            .client()
+            .await
+            .list_processes(ListProcessesRequest {
+                status: "running".into(),
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner();
+        (listed.processes.len() == N).then_some(())
+    })
+    .await;
+    assert_eq!(h.listed_units().len(), N);
 }

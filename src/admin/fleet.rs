@@ -573,13 +573,18 @@ impl Fleet {
                 });
             }
             if rec.state != PlacementState::Revoking {
-                rec.state = PlacementState::Revoking;
-                rec.updated_at_ms = now_ms();
-                let launcher = rec.launcher_id.clone().unwrap_or_default();
-                let rec = rec.clone();
+                // Durable first: memory changes only once the store has it.
+                let mut revoking = rec.clone();
+                revoking.state = PlacementState::Revoking;
+                revoking.updated_at_ms = now_ms();
+                let launcher = revoking.launcher_id.clone().unwrap_or_default();
                 self.store
-                    .put_process(&rec, &event("revoking", rec.version(), &launcher, ""))
+                    .put_process(
+                        &revoking,
+                        &event("revoking", revoking.version(), &launcher, ""),
+                    )
                     .await?;
+                *rec = revoking;
             }
             st.processes[&id].launcher_id.clone()
         };

@@ -46,6 +46,7 @@ pub fn to_status(e: LauncherError) -> Status {
         LauncherError::CapacityExhausted { .. } => Code::ResourceExhausted,
         LauncherError::NotFound { .. } => Code::NotFound,
         LauncherError::Revoking { .. } => Code::Aborted,
+        LauncherError::Pending { .. } => Code::Unavailable,
         LauncherError::Systemd(s) => match s {
             SystemdError::Unavailable { .. } | SystemdError::Timeout { .. } => Code::Unavailable,
             SystemdError::NoSuchUnit { .. } => Code::NotFound,
@@ -99,6 +100,7 @@ impl Launcher for LauncherService {
             Err(LauncherError::CapacityExhausted { .. }) => "capacity_exhausted",
             Err(LauncherError::StaleVersion { .. }) => "stale_version",
             Err(LauncherError::UserCollision(_)) => "user_collision",
+            Err(LauncherError::Pending { .. }) => "pending",
             Err(_) => "error",
         };
         self.supervisor.metrics.assignment(label);

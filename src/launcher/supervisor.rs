@@ -59,6 +59,14 @@ pub enum LauncherError {
     Revoking { id: String },
     #[error("{field}: {reason}")]
     BadRequest { field: String, reason: String },
+    /// Recorded, but systemd did not answer in time (re-executing,
+    /// reconnecting): the launcher holds it and starts it once it does.
+    #[error("process {id} is recorded and will start once systemd answers: {source}")]
+    Pending {
+        id: String,
+        #[source]
+        source: Box<SystemdError>,
+    },
     #[error(transparent)]
     Systemd(#[from] SystemdError),
     #[error(transparent)]
@@ -67,6 +75,9 @@ pub enum LauncherError {
 
 /// Restoring a unit that keeps disappearing backs off up to this.
 const RESTORE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How long an assignment keeps retrying a start that failed because
+/// systemd was briefly away, before answering UNAVAILABLE (still held).
+const ASSIGN_RETRY_BUDGET: Duration = Duration::from_secs(10);
 /// A process the host cannot start (missing binary) is retried at least
 /// this often: a package install or a late mount heals it soon.
 const BLOCKED_RETRY_MAX: Duration = Duration::from_secs(30);
@@ -523,7 +534,7 @@ impl Supervisor {
                 return Err(e.into());
             }
         }
-        let outcome = self.start_unit(&process, &spec).await;
+        let outcome = self.start_retrying(&process, &spec).await;
         self.changed.notify_one();
         self.request_reconcile();
         let outcome = match outcome {
@@ -532,7 +543,14 @@ impl Supervisor {
                 // Recorded but not started: the reconciler retries.
                 self.set_phase(&id, Phase::Held);
                 self.request_reconcile();
-                return Err(e.into());
+                return Err(if e.is_transient() {
+                    LauncherError::Pending {
+                        id,
+                        source: Box::new(e),
+                    }
+                } else {
+                    e.into()
+                });
             }
         };
         Ok(Assigned {
@@ -544,6 +562,28 @@ impl Supervisor {
                 (_, o) => o,
             },
         })
+    }
+
+    /// [`Self::start_unit`], retried with backoff within
+    /// [`ASSIGN_RETRY_BUDGET`] while systemd is briefly away. A retry after
+    /// a lost reply finds the unit created and adopts it.
+    async fn start_retrying(
+        &self,
+        process: &ManagedProcess,
+        spec: &unit::UnitSpec,
+    ) -> Result<AssignOutcome, SystemdError> {
+        let deadline = Instant::now() + ASSIGN_RETRY_BUDGET;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.start_unit(process, spec).await {
+                Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
+                    tracing::info!(prism_process_id = %process.id, error = %e, "systemd is briefly away; retrying the start of {} in {delay:?}: {e}", process.id);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                result => return result,
+            }
+        }
     }
 
     pub(super) fn set_phase(&self, id: &str, phase: Phase) {
@@ -631,7 +671,16 @@ impl Supervisor {
         grace: Option<Duration>,
     ) -> Result<Revoked, LauncherError> {
         let _guard = self.locks.lock(id).await;
-        let (unit, wire) = {
+        let wire = self
+            .table()
+            .entries
+            .get(id)
+            .map(|e| e.wire.clone())
+            .ok_or_else(|| LauncherError::NotFound { id: id.to_owned() })?;
+        // The revocation is durable before memory changes and the stop
+        // begins: a failed write leaves everything as it was.
+        self.store.save(&wire, true)?;
+        let unit = {
             let mut table = self.table();
             let entry = table
                 .entries
@@ -639,11 +688,9 @@ impl Supervisor {
                 .ok_or_else(|| LauncherError::NotFound { id: id.to_owned() })?;
             entry.phase = Phase::Revoking;
             entry.stop_probe();
-            (entry.unit.clone(), entry.wire.clone())
+            entry.unit.clone()
         };
         self.changed.notify_one();
-        // The revocation is durable before the stop begins.
-        self.store.save(&wire, true)?;
         let stopped = self
             .systemd
             .stop(&unit, grace.unwrap_or(DEFAULT_REVOKE_GRACE))

@@ -729,10 +729,34 @@ where
         })
 }
 
+/// D-Bus errors that mean the manager is briefly away (re-executing,
+/// reloading, restarting), not that it refused: the call may be retried.
+const TRANSIENT_ERRORS: &[&str] = &[
+    "org.freedesktop.DBus.Error.NoReply",
+    "org.freedesktop.DBus.Error.Disconnected",
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.NoServer",
+    "org.freedesktop.DBus.Error.Timeout",
+    "org.freedesktop.DBus.Error.TimedOut",
+];
+
 /// Well-known D-Bus error names become typed outcomes.
 fn map_error(method: &'static str, unit: &str, e: zbus::Error, inner: &Inner) -> SystemdError {
     let unit = unit.to_owned();
+    let transient = |name: &str, message: &str| SystemdError::Unavailable {
+        target: inner.opts.target.to_string(),
+        reason: format!("{method} for unit {unit}: {name}: {message}"),
+    };
     match e {
+        zbus::Error::MethodError(name, message, _) if TRANSIENT_ERRORS.contains(&name.as_str()) => {
+            transient(name.as_str(), message.as_deref().unwrap_or_default())
+        }
+        zbus::Error::FDO(fdo)
+            if TRANSIENT_ERRORS.contains(&zbus::DBusError::name(&*fdo).as_str()) =>
+        {
+            transient(zbus::DBusError::name(&*fdo).as_str(), &fdo.to_string())
+        }
         zbus::Error::MethodError(name, message, _) => match name.as_str() {
             "org.freedesktop.systemd1.UnitExists" => SystemdError::UnitExists { unit },
             "org.freedesktop.systemd1.NoSuchUnit" | "org.freedesktop.DBus.Error.UnknownObject" => {

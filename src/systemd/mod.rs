@@ -171,6 +171,14 @@ pub enum SystemdError {
     },
 }
 
+impl SystemdError {
+    /// The manager was briefly away (re-exec, reconnect) or slow: the same
+    /// call may succeed if retried. Everything else is an answer.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+    }
+}
+
 /// Which processes of a unit a signal goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Whom {
