@@ -880,3 +880,22 @@ async fn every_isolation_level_runs_hardened_and_scores_low() {
         assert!(*score <= limit, "{id}: exposure {score} over {limit}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_ids_get_distinct_units_that_start() {
+    let Some(h) = harness!() else { return };
+    let engine = h.engine().await;
+    // 128 bytes each, escaped to 512: cut and hashed, differing only at
+    // the end.
+    let a = "-".repeat(128);
+    let b = format!("{}@", "-".repeat(127));
+    let mut names = Vec::new();
+    for id in [&a, &b] {
+        let spec = unit::translate(&h.process(pattern(id, &h.demo, &[])));
+        assert!(spec.name.len() <= unit::WORKLOAD_NAME_MAX, "{}", spec.name);
+        engine.start_transient(&spec).await.expect("start");
+        assert_eq!(h.prop(&spec.name, "ActiveState"), "active");
+        names.push(spec.name);
+    }
+    assert_ne!(names[0], names[1]);
+}

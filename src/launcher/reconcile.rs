@@ -32,9 +32,6 @@ pub struct Want {
     pub version: i64,
     pub process_type: ProcessType,
     pub unit: String,
-    /// The name an older release gave this unit, when it differs
-    /// ([`unit::legacy_unit_name`]): a unit running under it is adopted.
-    pub legacy_unit: Option<String>,
     /// A revocation was recorded and must be finished.
     pub revoking: bool,
     /// A missing or dead unit may be (re)created now (restore backoff).
@@ -49,9 +46,6 @@ pub enum Action {
     Start { id: String },
     /// Desired and running as specified: keep it, do not restart it.
     Adopt { id: String },
-    /// Running as specified under the name an older release gave it: keep
-    /// it, and track it under that name until it is next replaced.
-    AdoptLegacy { id: String, unit: String },
     /// Its unit runs another version (or is dead): stop it, start anew.
     Recreate { id: String, reason: &'static str },
     /// The circuit cool-down passed: reset and start once more.
@@ -72,30 +66,12 @@ fn runs(w: &Want, u: &UnitSummary) -> bool {
 pub fn plan(wants: &[Want], actual: &[UnitSummary]) -> Vec<Action> {
     let by_name: HashMap<&str, &UnitSummary> =
         actual.iter().map(|u| (u.name.as_str(), u)).collect();
-    let mut kept: HashSet<&str> = wants.iter().map(|w| w.unit.as_str()).collect();
+    let kept: HashSet<&str> = wants.iter().map(|w| w.unit.as_str()).collect();
     let mut actions = Vec::new();
     for w in wants {
         let found = by_name.get(w.unit.as_str()).copied();
         if w.revoking {
             actions.push(Action::FinishRevoke { id: w.id.clone() });
-            continue;
-        }
-        let legacy = w
-            .legacy_unit
-            .as_deref()
-            .and_then(|l| by_name.get(l).copied());
-        if let (None, Some(u)) = (found, legacy)
-            && runs(w, u)
-            && matches!(
-                u.active_state.as_str(),
-                "active" | "activating" | "reloading"
-            )
-        {
-            kept.insert(u.name.as_str());
-            actions.push(Action::AdoptLegacy {
-                id: w.id.clone(),
-                unit: u.name.clone(),
-            });
             continue;
         }
         let Some(u) = found else {
@@ -158,10 +134,6 @@ impl Supervisor {
                 version: e.process.version,
                 process_type: e.process.process_type(),
                 unit: e.unit.clone(),
-                legacy_unit: {
-                    let legacy = unit::legacy_unit_name(e.process.process_type(), &e.process.id);
-                    (legacy != e.unit).then_some(legacy)
-                },
                 revoking: e.phase == Phase::Revoking,
                 start_allowed: e.restore_not_before.is_none_or(|t| t <= now),
                 circuit_due: e
@@ -205,22 +177,6 @@ impl Supervisor {
                 };
                 if newly {
                     self.ensure_probe(&id);
-                }
-            }
-            Action::AdoptLegacy { id, unit } => {
-                let _guard = self.locks.lock(&id).await;
-                let adopted = {
-                    let mut table = self.table();
-                    let held = table
-                        .entries
-                        .get(&id)
-                        .is_some_and(|e| e.phase != Phase::Revoking && e.phase != Phase::Starting);
-                    held && table.rename_unit(&id, &unit)
-                };
-                drop(_guard);
-                if adopted {
-                    tracing::info!(prism_process_id = %id, %unit, "adopted {unit}, the unit an older release named for {id}");
-                    Box::pin(self.execute(Action::Adopt { id })).await;
                 }
             }
             Action::Start { id } => self.recreate(&id, None).await,
@@ -278,14 +234,12 @@ impl Supervisor {
     /// when `reason` says so. Re-checks under the process's lock.
     async fn recreate(self: &Arc<Self>, id: &str, reason: Option<&'static str>) {
         let _guard = self.locks.lock(id).await;
-        let (process, restoring, tracked) = {
+        let (process, restoring) = {
             let table = self.table();
             match table.entries.get(id) {
-                Some(e) if e.phase != Phase::Revoking && e.phase != Phase::Starting => (
-                    e.process.clone(),
-                    e.phase == Phase::Restoring,
-                    e.unit.clone(),
-                ),
+                Some(e) if e.phase != Phase::Revoking && e.phase != Phase::Starting => {
+                    (e.process.clone(), e.phase == Phase::Restoring)
+                }
                 _ => return,
             }
         };
@@ -307,9 +261,7 @@ impl Supervisor {
         match reason {
             Some(reason) => {
                 tracing::info!(prism_process_id = %id, unit = %spec.name, "recreating the unit of {id}: it {reason}");
-                // `tracked` differs from the spec's name for a unit adopted
-                // under the name an older release gave it.
-                if let Err(e) = self.systemd.stop(&tracked, process.stop_timeout).await {
+                if let Err(e) = self.systemd.stop(&spec.name, process.stop_timeout).await {
                     tracing::warn!(prism_process_id = %id, error = %e, "cannot stop the unit of {id} to recreate it: {e}");
                     return;
                 }
@@ -321,8 +273,6 @@ impl Supervisor {
                 tracing::info!(prism_process_id = %id, unit = %spec.name, "starting the missing unit of {id}")
             }
         }
-        // From now on under the name this release gives it.
-        self.table().rename_unit(id, &spec.name);
         match self.start_unit(&process, &spec).await {
             Ok(outcome) => {
                 let mut table = self.table();
@@ -387,7 +337,6 @@ mod tests {
             version,
             process_type: ProcessType::Pattern,
             unit: unit::unit_name(ProcessType::Pattern, id),
-            legacy_unit: None,
             revoking: false,
             start_allowed: true,
             circuit_due: false,
@@ -418,7 +367,7 @@ mod tests {
         let mut tripped = want("trip", 1);
         tripped.circuit_due = true;
         type Case = (&'static str, Vec<Want>, Vec<UnitSummary>, Vec<Action>);
-        let mut cases: Vec<Case> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "adopts what runs as specified, starts what is missing",
                 vec![want("a", 1), want("b", 1)],
@@ -483,36 +432,6 @@ mod tests {
                 }],
             ),
         ];
-        // A unit still running under the name an older release gave it.
-        let long = "-".repeat(128);
-        let legacy_name = unit::legacy_unit_name(ProcessType::Pattern, &long);
-        let mut upgraded = want(&long, 1);
-        upgraded.legacy_unit = Some(legacy_name.clone());
-        let legacy = |version, state: &str| UnitSummary {
-            name: legacy_name.clone(),
-            ..running(&long, version, state)
-        };
-        cases.push((
-            "adopts a unit under its legacy name",
-            vec![upgraded.clone()],
-            vec![legacy(1, "active")],
-            vec![Action::AdoptLegacy {
-                id: long.clone(),
-                unit: legacy_name.clone(),
-            }],
-        ));
-        cases.push((
-            "replaces a legacy-named unit of another version",
-            vec![upgraded.clone()],
-            vec![legacy(0, "active")],
-            vec![
-                Action::Start { id: long.clone() },
-                Action::Stop {
-                    unit: legacy_name.clone(),
-                    id: Some(long.clone()),
-                },
-            ],
-        ));
         for (name, wants, actual, expected) in cases {
             assert_eq!(plan(&wants, &actual), expected, "{name}");
         }

@@ -244,21 +244,6 @@ impl Table {
         })
     }
 
-    /// Track `id` under another unit name; false if `id` is not held.
-    pub fn rename_unit(&mut self, id: &str, unit: &str) -> bool {
-        let Some(entry) = self.entries.get_mut(id) else {
-            return false;
-        };
-        if entry.unit != unit {
-            if self.units.get(&entry.unit).is_some_and(|i| i == id) {
-                self.units.remove(&entry.unit);
-            }
-            entry.unit = unit.to_owned();
-            self.units.insert(unit.to_owned(), id.to_owned());
-        }
-        true
-    }
-
     pub fn by_unit(&mut self, unit: &str) -> Option<&mut Entry> {
         let id = self.units.get(unit)?;
         self.entries.get_mut(id)

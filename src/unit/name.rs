@@ -9,6 +9,11 @@ pub const UNIT_PREFIX: &str = "prism-";
 pub const ROOT_SLICE: &str = "prism.slice";
 /// systemd rejects unit names of 256 bytes or more (UNIT_NAME_MAX).
 pub const UNIT_NAME_MAX: usize = 255;
+/// The longest name a workload unit gets. A unit with `PrivateTmp=` (which
+/// `DynamicUser=` implies) fails to start, "File name too long", when
+/// `systemd-private-<32-hex boot id>-<unit>-XXXXXX`, its /tmp directory,
+/// passes the 255-byte NAME_MAX: 56 bytes go to the rest.
+pub const WORKLOAD_NAME_MAX: usize = 199;
 /// The `ListUnitsByPatterns` globs matching every workload service, and
 /// nothing else: not `prism-launcher.service` or `prism-admin.service`,
 /// which the reconciler would otherwise stop as "not desired".
@@ -46,9 +51,9 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// Stable 64-bit FNV-1a. Only [`legacy_unit_name`] and names that are not
-/// security boundaries (the local stack's directory) use it: it is not
-/// collision-resistant against chosen input.
+/// Stable 64-bit FNV-1a, for names that are no security boundary (the
+/// local stack's directory): it is not collision-resistant against chosen
+/// input.
 pub fn fnv1a(data: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in data.bytes() {
@@ -81,21 +86,13 @@ pub fn digest32(data: &str, chars: usize) -> String {
 /// 26 × 5 = 130 bits of SHA-256.
 const NAME_HASH_CHARS: usize = 26;
 
-/// `<prefix><escaped><suffix>`, keeping within systemd's length limit: an
+/// `<prefix><escaped><suffix>`, keeping within [`WORKLOAD_NAME_MAX`]: an
 /// escaped part too long to fit is cut (never inside an escape sequence) and
 /// suffixed with `_<hash of the full value>`, so names stay unique.
 fn bounded(prefix: &str, raw: &str, suffix: &str) -> String {
-    bounded_with(
-        prefix,
-        raw,
-        suffix,
-        &format!("_{}", digest32(raw, NAME_HASH_CHARS)),
-    )
-}
-
-fn bounded_with(prefix: &str, raw: &str, suffix: &str, hash: &str) -> String {
+    let hash = format!("_{}", digest32(raw, NAME_HASH_CHARS));
     let escaped = escape(raw);
-    let room = UNIT_NAME_MAX - prefix.len() - suffix.len();
+    let room = WORKLOAD_NAME_MAX - prefix.len() - suffix.len();
     if escaped.len() <= room {
         return format!("{prefix}{escaped}{suffix}");
     }
@@ -108,19 +105,6 @@ fn bounded_with(prefix: &str, raw: &str, suffix: &str, hash: &str) -> String {
         cut = pos;
     }
     format!("{prefix}{}{hash}{suffix}", &escaped[..cut])
-}
-
-/// The name releases up to 0.1 gave a unit whose escaped id does not fit
-/// (a 64-bit FNV-1a suffix). The reconciler adopts a unit still running
-/// under it until the process is next replaced, so an upgrade restarts
-/// nothing. Equal to [`unit_name`] for every id that fits.
-pub fn legacy_unit_name(process_type: ProcessType, id: &str) -> String {
-    bounded_with(
-        &format!("{UNIT_PREFIX}{process_type}-"),
-        id,
-        ".service",
-        &format!("_{:016x}", fnv1a(id)),
-    )
 }
 
 /// `prism-<type>-<escaped id>.service`.

@@ -173,7 +173,7 @@ fn long_names_stay_within_systemd_limits_and_unique() {
         unit_name(ProcessType::Utility, &b),
     );
     for n in [&na, &nb] {
-        assert!(n.len() <= UNIT_NAME_MAX, "{} bytes", n.len());
+        assert!(n.len() <= WORKLOAD_NAME_MAX, "{} bytes", n.len());
         assert!(n.ends_with(".service"));
         // No escape sequence is cut in half.
         let body = n.trim_end_matches(".service");
@@ -181,24 +181,12 @@ fn long_names_stay_within_systemd_limits_and_unique() {
         assert!(body[..hash_at].ends_with(r"\x2d") || body[..hash_at].ends_with(r"\x40"));
     }
     assert_ne!(na, nb);
-    // The hash is 130 bits of SHA-256; the name releases up to 0.1 gave
-    // (64-bit FNV-1a) is kept for adopting units that still run under it.
+    // The hash is 130 bits of SHA-256.
     assert!(
         na.ends_with(&format!("_{}.service", digest32(&a, 26))),
         "{na}"
     );
-    let legacy = legacy_unit_name(ProcessType::Utility, &a);
-    assert!(
-        legacy.ends_with(&format!("_{:016x}.service", fnv1a(&a))),
-        "{legacy}"
-    );
-    assert_ne!(legacy, na);
-    assert!(legacy.len() <= UNIT_NAME_MAX);
     // Short ids are never hashed.
-    assert_eq!(
-        legacy_unit_name(ProcessType::Proxy, "p"),
-        "prism-proxy-p.service"
-    );
     assert_eq!(unit_name(ProcessType::Proxy, "p"), "prism-proxy-p.service");
 }
 
