@@ -86,7 +86,11 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
     }
     let stack = Stack::new();
     let admin_port = stack.admin_port.to_string();
-    let launcher_port = free_port().to_string();
+    // Not next to the admin's: each daemon serves metrics on port + 1.
+    let launcher_port = std::iter::repeat_with(free_port)
+        .find(|p| p.abs_diff(stack.admin_port) > 2)
+        .unwrap()
+        .to_string();
     let up = stack.run(&[
         "local",
         "up",

@@ -70,6 +70,10 @@ pub struct AssignArgs {
     /// For utilities: e.g. log-collector.
     #[arg(long)]
     pub utility_type: Option<String>,
+    /// Deny memory both writable and executable (systemd
+    /// MemoryDenyWriteExecute=); not for JIT compilers.
+    #[arg(long)]
+    pub memory_deny_write_execute: bool,
     /// Place on this launcher.
     #[arg(long)]
     pub launcher: Option<String>,
@@ -141,6 +145,9 @@ fn from_flags(a: &AssignArgs) -> Result<pb::ProcessAssignment, Error> {
         env,
         port: a.port.unwrap_or(0),
         health_port: a.health_port.unwrap_or(0),
+        sandbox: a.memory_deny_write_execute.then_some(pb::SandboxOptions {
+            memory_deny_write_execute: true,
+        }),
         ..Default::default()
     };
     match a.process_type.as_str() {
@@ -327,11 +334,15 @@ binary = "/usr/lib/prism/keyvalue-runner"
 health_port = 9093
 [config.pattern]
 pattern_type = "keyvalue"
+[config.sandbox]
+memory_deny_write_execute = true
 "#;
         let specs = parse_spec(Path::new("kv.toml"), one).unwrap();
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].version, 2);
-        assert_eq!(specs[0].config.as_ref().unwrap().health_port, 9093);
+        let config = specs[0].config.as_ref().unwrap();
+        assert_eq!(config.health_port, 9093);
+        assert!(config.sandbox.as_ref().unwrap().memory_deny_write_execute);
 
         let many = r#"
 [[process]]

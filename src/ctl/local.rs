@@ -453,6 +453,13 @@ async fn up(
     admin_port: u16,
     launcher_port: u16,
 ) -> Result<(), Error> {
+    // Each daemon also serves metrics on its port + 1.
+    if admin_port.abs_diff(launcher_port) < 2 {
+        return Err(Error::Usage(format!(
+            "--admin-port {admin_port} and --launcher-port {launcher_port} overlap: each daemon \
+             also serves metrics on its port + 1"
+        )));
+    }
     ensure_root()?;
     fs::create_dir_all(state).map_err(io(format!("creating {}", state.display())))?;
     let previous = Saved::load(state);
