@@ -1034,3 +1034,108 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_back_from_an_older_copy_takes_running_processes_back() {
+    let Some(mut f) = Fleet::start(&[("host-a", &[])], &[]).await else {
+        return;
+    };
+    let demo = f.hosts[0].h.demo.clone();
+    f.cp()
+        .await
+        .assign_process(pattern("kv-1", &demo, &[]))
+        .await
+        .unwrap();
+    // A copy of the admin's data, as a crash that loses the latest
+    // commits, or a restored backup, would leave it.
+    f.admin.terminate().await;
+    let copy = f.dir.path().join("older-copy");
+    copy_dir(&f.admin.state_dir, &copy);
+    f.admin.restart().await;
+    f.wait_healthy(1).await;
+    // What the copy does not know: kv-1 replaced by v2, and kv-2.
+    let mut cp = f.cp().await;
+    let mut v2 = pattern("kv-1", &demo, &[]);
+    v2.version = 2;
+    let u1 = cp.assign_process(v2).await.unwrap().into_inner().unit_name;
+    let u2 = cp
+        .assign_process(pattern("kv-2", &demo, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .unit_name;
+    let host = &f.hosts[0];
+    let pids: Vec<String> = [&u1, &u2]
+        .iter()
+        .map(|u| host.h.prop(u, "MainPID"))
+        .collect();
+
+    f.admin.terminate().await;
+    std::fs::remove_dir_all(&f.admin.state_dir).unwrap();
+    copy_dir(&copy, &f.admin.state_dir);
+    f.admin.restart().await;
+    f.wait_healthy(1).await;
+    // The launcher's records are newer than the admin's: both are taken
+    // back as they run, never revoked or replaced by the older v1.
+    let lookup = |id: &'static str| {
+        let f = &f;
+        async move {
+            f.api()
+                .await
+                .get_process(apb::GetProcessRequest {
+                    process_id: id.into(),
+                    history_limit: 50,
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        }
+    };
+    eventually(
+        "the admin to record kv-1 v2 and kv-2 again",
+        DEADLINE,
+        || async {
+            let (a, b) = (lookup("kv-1").await?, lookup("kv-2").await?);
+            let version = a.assignment.as_ref()?.version;
+            (version == 2 && a.launcher_id == "host-a" && b.launcher_id == "host-a").then_some(())
+        },
+    )
+    .await;
+    let host = &f.hosts[0];
+    for (u, pid) in [&u1, &u2].iter().zip(&pids) {
+        let s = host.h.show(u, &["MainPID", "NRestarts", "ActiveState"]);
+        assert_eq!(
+            (
+                s["MainPID"].as_str(),
+                s["NRestarts"].as_str(),
+                s["ActiveState"].as_str()
+            ),
+            (pid.as_str(), "0", "active"),
+            "{u}"
+        );
+    }
+    let history = f.process("kv-2").await.history;
+    assert!(
+        history
+            .iter()
+            .any(|e| e.event == "reclaimed" && e.launcher_id == "host-a"),
+        "{history:?}"
+    );
+    // The admin's later decisions still win: a revocation through it.
+    f.cp()
+        .await
+        .revoke_process(pb::ProcessRevocation {
+            process_id: "kv-2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("revoke kv-2");
+    assert!(!host.h.listed_units().contains(&u2));
+}

@@ -34,6 +34,7 @@ fn registration(id: &str, address: &str) -> pb::LauncherRegistration {
         max_processes: 5,
         process_types: vec!["pattern".into()],
         metadata: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -109,6 +109,10 @@ impl Dispatcher {
         let mut client = self.client(launcher, address)?;
         let mut request = tonic::Request::new(spec.clone());
         request.set_timeout(ASSIGN_TIMEOUT);
+        request.metadata_mut().insert(
+            crate::auth::PLACED_BY_METADATA,
+            tonic::metadata::MetadataValue::from_static("admin"),
+        );
         match tokio::time::timeout(ASSIGN_TIMEOUT, client.assign_process(request)).await {
             Ok(r) => r.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(

@@ -100,6 +100,10 @@ pub struct State {
     /// heartbeats without having done so (the admin restarted) is asked to
     /// register again, so it reconciles to the admin's placement.
     pub registered: BTreeSet<String>,
+    /// (launcher, process) the admin lost and asked that launcher, at its
+    /// registration, to hand back (`ReclaimProcesses`); never revoked
+    /// meanwhile.
+    pub reclaimable: BTreeSet<(String, String)>,
 }
 
 impl State {
@@ -132,6 +136,11 @@ impl State {
             }
         }
         Some(record)
+    }
+
+    /// Encoded bytes of the specs placed on `launcher`.
+    pub fn spec_bytes_on(&self, launcher: &str) -> usize {
+        self.spec_bytes.get(launcher).copied().unwrap_or(0)
     }
 
     /// The processes placed on (or being revoked from) `launcher`.
@@ -707,6 +716,15 @@ impl Fleet {
                 format!("{} is outside 1..=100000", reg.max_processes),
             ));
         }
+        if reg.held.len() > 100_000 {
+            return Err(bad("held", "more than 100000 entries".into()));
+        }
+        if let Some(h) = reg.held.iter().find(|h| !is_token(&h.process_id)) {
+            return Err(bad(
+                "held",
+                format!("process id {:?} is not a valid id", h.process_id),
+            ));
+        }
         let known = |t: &str| matches!(t, "pattern" | "proxy" | "backend" | "utility");
         let mut types: Vec<String> = if reg.process_types.is_empty() {
             reg.capabilities
@@ -750,9 +768,10 @@ impl Fleet {
         }
         st.launchers.insert(record.id.clone(), record);
         st.registered.insert(reg.launcher_id.clone());
+        let reclaim = self.lost(&mut st, &reg.launcher_id, &reg.held).await?;
         let initial: Vec<pb::ProcessAssignment> = st
             .on(&reg.launcher_id)
-            .filter(|p| p.state == PlacementState::Placed)
+            .filter(|p| p.state == PlacementState::Placed && !reclaim.contains(&p.id().to_owned()))
             .map(|p| p.spec.clone())
             .collect();
         // The launcher reconciles to `initial`, which delivers every pending
@@ -776,7 +795,106 @@ impl Fleet {
             assigned_capacity: reg.max_processes,
             initial_processes: initial,
             heartbeat_interval_ms: self.interval.as_millis() as i64,
+            reclaim,
         })
+    }
+
+    /// Which of what `launcher` holds this admin has lost: a process it has
+    /// no record of, and did not revoke after the launcher recorded it (its
+    /// history's last event); or one recorded on that launcher at an older
+    /// version, written before the launcher recorded the newer one. A
+    /// crash or a restored backup loses these; they are taken back
+    /// (`reclaim`), never revoked.
+    async fn lost(
+        &self,
+        st: &mut State,
+        launcher: &str,
+        held: &[pb::HeldProcess],
+    ) -> Result<Vec<String>, StoreError> {
+        st.reclaimable.retain(|(l, _)| l != launcher);
+        let mut lost = Vec::new();
+        for h in held {
+            let id = &h.process_id;
+            let older = match st.processes.get(id) {
+                Some(r) => {
+                    r.launcher_id.as_deref() == Some(launcher)
+                        && r.version() < h.version
+                        && r.updated_at_ms < h.recorded_at_ms
+                }
+                None => match self.store.history(id, 1).await?.first() {
+                    Some(last) if last.event == "revoked" => last.at_ms < h.recorded_at_ms,
+                    _ => true,
+                },
+            };
+            if older {
+                tracing::warn!(prism_launcher_id = %launcher, prism_process_id = %id, "{launcher} holds {id} v{}, which this admin has lost; asking for it back", h.version);
+                st.reclaimable.insert((launcher.to_owned(), id.clone()));
+                lost.push(id.clone());
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Record again what a launcher hands back after [`Self::lost`] asked
+    /// for it: only those, only from that launcher, only while the admin's
+    /// record is still missing or older, and only if the assignment passes
+    /// the structural checks and fits the launcher's spec budget.
+    pub async fn reclaim(&self, req: pb::ReclaimRequest) -> Result<pb::ReclaimAck, FleetError> {
+        let launcher = req.launcher_id;
+        let mut ack = pb::ReclaimAck::default();
+        for spec in req.processes {
+            let id = spec.process_id.clone();
+            let _guard = self.locks.lock(&id).await;
+            let mut st = self.state.lock().await;
+            let refusal = if !st.reclaimable.remove(&(launcher.clone(), id.clone())) {
+                Some("this admin did not ask for it back".to_owned())
+            } else if let Some(r) = st.processes.get(&id)
+                && !(r.launcher_id.as_deref() == Some(launcher.as_str())
+                    && r.version() < spec.version)
+            {
+                Some(format!("the admin's record (v{}) is newer", r.version()))
+            } else if let Err(e) = crate::model::ManagedProcess::try_from((
+                spec.clone(),
+                &crate::model::Policy::structural(),
+            )) {
+                Some(e.to_string())
+            } else {
+                (st.spec_bytes_on(&launcher) + spec.encoded_len()
+                    > placement::SPEC_BYTES_PER_LAUNCHER)
+                    .then(|| {
+                        "the launcher's placed specs would pass what one registration ack carries"
+                            .to_owned()
+                    })
+            };
+            if let Some(why) = refusal {
+                tracing::warn!(prism_launcher_id = %launcher, prism_process_id = %id, "not taking {id} back from {launcher}: {why}");
+                ack.refused.insert(id, why);
+                continue;
+            }
+            let now = now_ms();
+            let record = ProcessRecord {
+                created_at_ms: st.processes.get(&id).map_or(now, |r| r.created_at_ms),
+                updated_at_ms: now,
+                launcher_id: Some(launcher.clone()),
+                state: PlacementState::Placed,
+                spec,
+            };
+            self.store
+                .put_process(
+                    &record,
+                    &event(
+                        "reclaimed",
+                        record.version(),
+                        &launcher,
+                        "its launcher held it; this admin had lost it",
+                    ),
+                )
+                .await?;
+            tracing::info!(prism_launcher_id = %launcher, prism_process_id = %id, "took {id} v{} back from {launcher}", record.version());
+            st.put(record);
+            ack.recorded.push(id);
+        }
+        Ok(ack)
     }
 
     /// Record a heartbeat and repair drift between what the launcher runs
@@ -871,7 +989,11 @@ impl Fleet {
                 p.launcher_id.as_deref() == Some(launcher.as_str())
                     && p.state == PlacementState::Placed
             });
-            if !placed_here && !st.moving.contains(&(pid.clone(), launcher.clone())) {
+            let key = (pid.clone(), launcher.clone());
+            if !placed_here
+                && !st.moving.contains(&key)
+                && !st.reclaimable.contains(&(launcher.clone(), pid.clone()))
+            {
                 revoke.push(pid.clone());
             }
         }

@@ -118,6 +118,23 @@ impl ControlPlane for ControlPlaneService {
         }))
     }
 
+    async fn reclaim_processes(
+        &self,
+        request: Request<pb::ReclaimRequest>,
+    ) -> Result<Response<pb::ReclaimAck>, Status> {
+        let caller = auth::caller(&request);
+        let req = request.into_inner();
+        auth::acts_as(&caller, &req.launcher_id).map_err(|d| {
+            self.gate
+                .refuse("/prism.ControlPlane/ReclaimProcesses", &caller, d)
+        })?;
+        self.fleet
+            .reclaim(req)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
     async fn launcher_heartbeat(
         &self,
         request: Request<pb::LauncherHeartbeatRequest>,

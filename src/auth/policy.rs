@@ -39,6 +39,23 @@ const READ: &[Grant] = &[Admin, Operator, Viewer];
 const OPERATE: &[Grant] = &[Operator];
 const ANYONE: &[Grant] = &[Anyone];
 
+/// Request metadata the admin sets on the assignments it places.
+pub const PLACED_BY_METADATA: &str = "prism-placed-by";
+
+/// Did the admin place this assignment (rather than an operator assigning
+/// directly)? A certificate says so by itself; callers trusted with every
+/// role (root on the socket, `--insecure` peers) say so with
+/// [`PLACED_BY_METADATA`]; nobody else is the admin.
+pub fn placed_by_admin(caller: &Caller, placed_by: Option<&str>) -> bool {
+    match caller {
+        Caller::Certified {
+            role: Role::Admin, ..
+        } => true,
+        Caller::Root | Caller::Insecure { .. } => placed_by == Some("admin"),
+        _ => false,
+    }
+}
+
 /// (gRPC path, who may call it).
 pub const TABLE: &[(&str, &[Grant])] = &[
     // The launcher's own service.
@@ -55,6 +72,7 @@ pub const TABLE: &[(&str, &[Grant])] = &[
     // The admin's prism.ControlPlane: launchers, as themselves.
     ("/prism.ControlPlane/RegisterLauncher", &[Launcher]),
     ("/prism.ControlPlane/LauncherHeartbeat", &[Launcher]),
+    ("/prism.ControlPlane/ReclaimProcesses", &[Launcher]),
     ("/prism.ControlPlane/AssignProcess", OPERATE),
     ("/prism.ControlPlane/RevokeProcess", OPERATE),
     // Upstream's proxy RPCs answer UNIMPLEMENTED, saying why.
@@ -240,5 +258,26 @@ mod tests {
         assert!(e.to_string().contains("launcher \"host-b\""), "{e}");
         assert!(acts_as(&cert(Role::Admin), "host-a").is_err());
         assert!(acts_as(&Caller::Root, "host-a").is_ok());
+    }
+
+    #[test]
+    fn only_the_admin_places() {
+        let insecure = Caller::Insecure { addr: None };
+        for (caller, header, expected) in [
+            (cert(Role::Admin), None, true),
+            (cert(Role::Operator), Some("admin"), false),
+            (cert(Role::Launcher("a".into())), Some("admin"), false),
+            (Caller::Root, Some("admin"), true),
+            (Caller::Root, None, false),
+            (insecure.clone(), Some("admin"), true),
+            (insecure, Some("operator"), false),
+            (Caller::LocalOperator { uid: 5 }, Some("admin"), false),
+        ] {
+            assert_eq!(
+                placed_by_admin(&caller, header),
+                expected,
+                "{caller} {header:?}"
+            );
+        }
     }
 }

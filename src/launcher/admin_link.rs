@@ -72,6 +72,7 @@ impl AdminLink {
                 ("tls".to_owned(), tls.is_some().to_string()),
             ]
             .into(),
+            held: Vec::new(),
         };
         Ok(Self {
             supervisor,
@@ -110,9 +111,13 @@ impl AdminLink {
     async fn register(&mut self) -> Result<(), String> {
         // Assignments made after this point are newer than the admin's answer.
         let asked_at = self.supervisor.assign_seq();
+        let registration = pb::LauncherRegistration {
+            held: self.supervisor.held(),
+            ..self.registration.clone()
+        };
         let ack = tokio::time::timeout(
             REGISTER_TIMEOUT,
-            self.client.register_launcher(self.registration.clone()),
+            self.client.register_launcher(registration),
         )
         .await
         .map_err(|_| "no answer".to_owned())?
@@ -131,11 +136,60 @@ impl AdminLink {
             ack.initial_processes.len(),
             self.interval
         );
+        let reclaim: HashSet<String> = ack.reclaim.iter().cloned().collect();
         self.supervisor
-            .sync_to(ack.initial_processes, asked_at)
+            .sync_to(ack.initial_processes, asked_at, &reclaim)
             .await;
         self.supervisor.allow_stopping_undesired(true);
         self.supervisor.request_reconcile();
+        if !ack.reclaim.is_empty() {
+            self.hand_back(&ack.reclaim).await?;
+        }
+        Ok(())
+    }
+
+    /// Send the admin the assignments it lost (`reclaim` of its ack), in
+    /// batches within the request size limit. What it refuses is revoked.
+    async fn hand_back(&mut self, ids: &[String]) -> Result<(), String> {
+        let mut batch: Vec<pb::ProcessAssignment> = Vec::new();
+        let mut bytes = 0;
+        let assignments = self.supervisor.assignments(ids);
+        let count = assignments.len();
+        let mut refused = std::collections::BTreeMap::new();
+        for a in assignments.into_iter().map(Some).chain([None]) {
+            let size = a.as_ref().map_or(0, prost::Message::encoded_len);
+            let full = bytes + size > crate::serve::MAX_REQUEST_BYTES / 2;
+            if (a.is_none() || full) && !batch.is_empty() {
+                let request = pb::ReclaimRequest {
+                    launcher_id: self.registration.launcher_id.clone(),
+                    processes: std::mem::take(&mut batch),
+                };
+                let ack =
+                    tokio::time::timeout(REGISTER_TIMEOUT, self.client.reclaim_processes(request))
+                        .await
+                        .map_err(|_| "no answer to ReclaimProcesses".to_owned())?
+                        .map_err(|s| describe(&s))?
+                        .into_inner();
+                refused.extend(ack.refused);
+                bytes = 0;
+            }
+            if let Some(a) = a {
+                bytes += size;
+                batch.push(a);
+            }
+        }
+        tracing::info!(
+            admin = %self.endpoint,
+            "handed {} processes back to the admin, which had lost them; {} refused",
+            count - refused.len(),
+            refused.len()
+        );
+        for (id, why) in refused {
+            tracing::warn!(prism_process_id = %id, "revoking {id}: the admin would not take it back ({why})");
+            if let Err(e) = self.supervisor.revoke(&id, None).await {
+                tracing::warn!(prism_process_id = %id, "cannot revoke {id}: {e}");
+            }
+        }
         Ok(())
     }
 
@@ -185,15 +239,21 @@ impl Supervisor {
     /// Make the held processes `wanted` (what the admin placed here, as of
     /// assignment `asked_at`): assign each (idempotent by version), and
     /// revoke the rest that were assigned before the admin was asked; later
-    /// ones are newer than its answer, and heartbeats settle them.
-    pub async fn sync_to(self: &Arc<Self>, wanted: Vec<pb::ProcessAssignment>, asked_at: u64) {
+    /// ones are newer than its answer, and heartbeats settle them. Processes
+    /// the admin asked to have handed back (`keep_too`) are kept.
+    pub async fn sync_to(
+        self: &Arc<Self>,
+        wanted: Vec<pb::ProcessAssignment>,
+        asked_at: u64,
+        keep_too: &HashSet<String>,
+    ) {
         let keep: HashSet<String> = wanted.iter().map(|a| a.process_id.clone()).collect();
         stream::iter(wanted)
             .for_each_concurrent(32, |a| {
                 let this = self.clone();
                 async move {
                     let id = a.process_id.clone();
-                    if let Err(e) = this.assign(a).await {
+                    if let Err(e) = this.assign(a, true).await {
                         tracing::warn!(prism_process_id = %id, "cannot take {id} from the admin: {e}");
                     }
                 }
@@ -203,7 +263,11 @@ impl Supervisor {
             .table()
             .entries
             .values()
-            .filter(|e| !keep.contains(&e.process.id) && e.assigned_seq <= asked_at)
+            .filter(|e| {
+                !keep.contains(&e.process.id)
+                    && !keep_too.contains(&e.process.id)
+                    && e.assigned_seq <= asked_at
+            })
             .map(|e| e.process.id.clone())
             .collect();
         for id in extra {

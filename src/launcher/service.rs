@@ -83,10 +83,17 @@ impl Launcher for LauncherService {
         &self,
         request: Request<pb::ProcessAssignment>,
     ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
+        let by_admin = crate::auth::placed_by_admin(
+            &crate::auth::caller(&request),
+            request
+                .metadata()
+                .get(crate::auth::PLACED_BY_METADATA)
+                .and_then(|v| v.to_str().ok()),
+        );
         let wire = request.into_inner();
         let id = wire.process_id.clone();
         let version = wire.version;
-        let result = self.supervisor.assign(wire).await;
+        let result = self.supervisor.assign(wire, by_admin).await;
         let label = match &result {
             Ok(a) => match a.outcome {
                 AssignOutcome::Started => "started",

@@ -46,6 +46,10 @@ pub struct Loaded {
     /// Processes whose revocation was recorded but may not have finished.
     pub revoked: Vec<ProcessAssignment>,
     pub corrupt: Vec<Corrupt>,
+    /// When each process's record was last written (Unix milliseconds).
+    pub recorded_at_ms: std::collections::HashMap<String, i64>,
+    /// Processes the admin placed.
+    pub placed_by_admin: std::collections::HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -97,12 +101,22 @@ impl Store {
     }
 
     /// Record `assignment` as desired (or as revoked), atomically.
-    pub fn save(&self, assignment: &ProcessAssignment, revoked: bool) -> Result<(), StoreError> {
+    pub fn save(
+        &self,
+        assignment: &ProcessAssignment,
+        revoked: bool,
+        placed_by_admin: bool,
+    ) -> Result<(), StoreError> {
         let path = self.path_of(&assignment.process_id);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let record = StoredProcess {
             assignment: Some(assignment.clone()),
             revoked,
-            updated_at: now_unix(),
+            updated_at: now.as_secs() as i64,
+            updated_at_ms: now.as_millis() as i64,
+            placed_by_admin,
         };
         self.write_atomic(&path, &record.encode_to_vec())
             .map_err(|source| StoreError { path, source })
@@ -175,7 +189,17 @@ impl Store {
                         .map_err(|e| format!("is not a valid state record: {e}"))
                 })
                 .and_then(|record| match record.assignment {
-                    Some(a) => Ok((a, record.revoked)),
+                    Some(a) => {
+                        let at = match record.updated_at_ms {
+                            0 => record.updated_at.saturating_mul(1000),
+                            ms => ms,
+                        };
+                        loaded.recorded_at_ms.insert(a.process_id.clone(), at);
+                        if record.placed_by_admin {
+                            loaded.placed_by_admin.insert(a.process_id.clone());
+                        }
+                        Ok((a, record.revoked))
+                    }
                     None => Err("holds no assignment".to_owned()),
                 })
                 .and_then(|(a, revoked)| {
@@ -237,10 +261,10 @@ mod tests {
     fn saves_loads_revokes_and_removes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.save(&assignment("kv-1", 1), false).unwrap();
-        store.save(&assignment("kv-1", 2), false).unwrap();
-        store.save(&assignment("..", 1), false).unwrap();
-        store.save(&assignment("gone", 1), true).unwrap();
+        store.save(&assignment("kv-1", 1), false, false).unwrap();
+        store.save(&assignment("kv-1", 2), false, false).unwrap();
+        store.save(&assignment("..", 1), false, false).unwrap();
+        store.save(&assignment("gone", 1), true, false).unwrap();
         let loaded = store.load(|_| Ok(())).unwrap();
         let mut desired: Vec<(String, i64)> = loaded
             .desired
@@ -267,8 +291,10 @@ mod tests {
     fn corrupt_files_are_moved_aside_and_reported() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.save(&assignment("good", 1), false).unwrap();
-        store.save(&assignment("rejected", 1), false).unwrap();
+        store.save(&assignment("good", 1), false, false).unwrap();
+        store
+            .save(&assignment("rejected", 1), false, false)
+            .unwrap();
         fs::write(store.dir().join("junk.pb"), b"\xff\xff\xff garbage").unwrap();
         fs::write(store.dir().join(".tmp-1-1"), b"half").unwrap();
         let loaded = store

@@ -105,6 +105,11 @@ pub struct Entry {
     pub circuit_opened_at: Option<Instant>,
     /// When it was assigned, in the supervisor's assignment sequence.
     pub assigned_seq: u64,
+    /// When its state file was written (Unix milliseconds): what an admin
+    /// that lost the process compares its own records with.
+    pub recorded_at_ms: i64,
+    /// The admin placed it (see `StoredProcess.placed_by_admin`).
+    pub placed_by_admin: bool,
 }
 
 impl Entry {
@@ -125,6 +130,8 @@ impl Entry {
             restore_not_before: None,
             circuit_opened_at: None,
             assigned_seq: 0,
+            recorded_at_ms: now_unix_ms(),
+            placed_by_admin: false,
         }
     }
 
@@ -310,6 +317,13 @@ pub struct Supervisor {
 
 pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
 
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -343,6 +357,32 @@ impl Supervisor {
             assign_seq: std::sync::atomic::AtomicU64::new(0),
             me: me.clone(),
         })
+    }
+
+    /// What the admin placed here and this launcher holds (not being
+    /// revoked), for its registration.
+    pub fn held(&self) -> Vec<pb::HeldProcess> {
+        self.table()
+            .entries
+            .values()
+            .filter(|e| e.phase != Phase::Revoking && e.placed_by_admin)
+            .map(|e| pb::HeldProcess {
+                process_id: e.process.id.clone(),
+                version: e.process.version,
+                recorded_at_ms: e.recorded_at_ms,
+            })
+            .collect()
+    }
+
+    /// The assignments of `ids` as held (secrets included), for handing
+    /// back to an admin that lost them.
+    pub fn assignments(&self, ids: &[String]) -> Vec<pb::ProcessAssignment> {
+        let table = self.table();
+        ids.iter()
+            .filter_map(|id| table.entries.get(id))
+            .filter(|e| e.phase != Phase::Revoking)
+            .map(|e| e.wire.clone())
+            .collect()
     }
 
     /// The latest assignment's sequence number.
@@ -426,7 +466,14 @@ impl Supervisor {
         {
             // The same pure check passed while loading.
             match ManagedProcess::try_from((wire.clone(), &policy)) {
-                Ok(process) => table.insert(Entry::new(process, wire, phase)),
+                Ok(process) => {
+                    let mut entry = Entry::new(process, wire, phase);
+                    if let Some(at) = loaded.recorded_at_ms.get(&entry.process.id) {
+                        entry.recorded_at_ms = *at;
+                    }
+                    entry.placed_by_admin = loaded.placed_by_admin.contains(&entry.process.id);
+                    table.insert(entry)
+                }
                 Err(e) => tracing::error!(
                     prism_process_id = ?wire.process_id,
                     "cannot hold {:?}: {e}",
@@ -438,7 +485,12 @@ impl Supervisor {
     }
 
     /// Validate, reserve, persist, start. See the module docs.
-    pub async fn assign(&self, wire: pb::ProcessAssignment) -> Result<Assigned, LauncherError> {
+    /// `placed_by_admin`: the admin placed it, not an operator directly.
+    pub async fn assign(
+        &self,
+        wire: pb::ProcessAssignment,
+        placed_by_admin: bool,
+    ) -> Result<Assigned, LauncherError> {
         let process = ManagedProcess::try_from((wire.clone(), &self.policy))?;
         let ty = process.process_type();
         if !self.capabilities.contains(&ty) {
@@ -489,6 +541,7 @@ impl Supervisor {
                     }
                     let mut entry = Entry::new(process.clone(), wire.clone(), Phase::Starting);
                     entry.assigned_seq = self.next_seq();
+                    entry.placed_by_admin = placed_by_admin;
                     table.insert(entry);
                     None
                 }
@@ -497,7 +550,7 @@ impl Supervisor {
 
         // Persist before touching systemd: a crash from here on is repaired
         // by reconciliation, never lost.
-        if let Err(e) = self.store.save(&wire, false) {
+        if let Err(e) = self.store.save(&wire, false, placed_by_admin) {
             if previous.is_none() {
                 self.table().remove(&id);
             }
@@ -510,6 +563,7 @@ impl Supervisor {
                 table.remove(&id);
                 let mut entry = Entry::new(process.clone(), wire.clone(), Phase::Starting);
                 entry.assigned_seq = self.next_seq();
+                entry.placed_by_admin = placed_by_admin;
                 table.insert(entry);
             }
             // The old version goes first; the unit name may be the same.
@@ -656,15 +710,15 @@ impl Supervisor {
         grace: Option<Duration>,
     ) -> Result<Revoked, LauncherError> {
         let _guard = self.locks.lock(id).await;
-        let wire = self
+        let (wire, by_admin) = self
             .table()
             .entries
             .get(id)
-            .map(|e| e.wire.clone())
+            .map(|e| (e.wire.clone(), e.placed_by_admin))
             .ok_or_else(|| LauncherError::NotFound { id: id.to_owned() })?;
         // The revocation is durable before memory changes and the stop
         // begins: a failed write leaves everything as it was.
-        self.store.save(&wire, true)?;
+        self.store.save(&wire, true, by_admin)?;
         let unit = {
             let mut table = self.table();
             let entry = table

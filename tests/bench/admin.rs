@@ -94,6 +94,7 @@ fn registration(id: &str, address: &str, max: i32) -> pb::LauncherRegistration {
         max_processes: max,
         process_types: vec!["pattern".into()],
         metadata: HashMap::new(),
+        ..Default::default()
     }
 }
 
