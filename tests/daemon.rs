@@ -1005,7 +1005,10 @@ async fn an_outdated_unit_is_replaced_by_reconciliation() {
     d.kill9();
     let mut v2 = with_config(v1, |c| c.args = vec!["--print-env".into()]);
     v2.version = 2;
-    Store::open(&d.state_dir).unwrap().save(&v2, false, false).unwrap();
+    Store::open(&d.state_dir)
+        .unwrap()
+        .save(&v2, false, false)
+        .unwrap();
     d.restart().await;
     let s = h.show(&unit, &["MainPID", "Description", "ActiveState"]);
     assert!(s["Description"].contains(" v2 "), "{s:?}");
