@@ -1,18 +1,37 @@
 //! Daemon benchmark: prism-launcher (release build) over gRPC against a
-//! sandboxed systemd manager. `cargo bench --bench daemon [-- --units N]`.
+//! sandboxed systemd manager, as a ratio to the floor measured in the same
+//! run: the same units started straight through the engine
+//! (`StartTransientUnit` with the exact properties `unit::translate` gives).
 //!
-//! Prints assignment-to-active latency, the time to assign N processes,
-//! the launcher's RSS with N running, its CPU while idle (and the
-//! manager's, which event-driven clients leave alone), the cost of a
-//! /metrics scrape, and restart-to-READY with N adopted.
+//! `cargo bench --bench daemon [-- --held 0,1000,5000 --samples 100
+//! --throughput-units 500 --idle-seconds 10]`
+//!
+//! At each number of units already held by the launcher it prints, for one
+//! unit started at a time (raw and launcher samples interleaved, so both
+//! see the same machine), p50 and p99 of start-to-active (AssignProcess
+//! answers once the start job is done) and their ratios; then throughput
+//! with 32 in flight, raw and through the launcher; the launcher's RSS;
+//! idle CPU; a /metrics scrape; and restart-to-READY with everything
+//! adopted. The workload is `sleep infinity`: the held units cost little
+//! memory, so thousands fit.
 
 #[path = "../support/mod.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use futures_util::{StreamExt, stream};
-use support::{arg, daemon::Daemon, percentile, rss_mib};
+use prism_launcher::{
+    pb::prism::{self as pb, launcher::v1::launcher_client::LauncherClient},
+    systemd::Systemd,
+    unit,
+};
+use support::{Harness, arg, daemon::Daemon, percentile, rss_mib};
+use tonic::transport::Channel;
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -32,132 +51,260 @@ fn cpu_ticks(pid: u32) -> u64 {
     n(11) + n(12)
 }
 
+/// `--name a,b,c` from the command line, or `default`.
+fn list(name: &str, default: &[usize]) -> Vec<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn wire(sleep: &Path, id: &str) -> pb::ProcessAssignment {
+    support::pattern(id, sleep, &["infinity"])
+}
+
+struct Bench {
+    h: Harness,
+    sleep: std::path::PathBuf,
+    engine: prism_launcher::systemd::DbusSystemd,
+    client: LauncherClient<Channel>,
+}
+
+impl Bench {
+    /// A raw unit: the launcher's properties, under a name outside the
+    /// launcher's patterns (its reconciler stops workload units it does
+    /// not hold).
+    fn spec(&self, id: &str) -> unit::UnitSpec {
+        let mut spec = unit::translate(&self.h.process(wire(&self.sleep, id)));
+        spec.name = format!("bench-{}", spec.name);
+        spec
+    }
+
+    /// Assign `ids` through the launcher, `parallel` in flight; the time.
+    async fn assign_all(&self, ids: &[String], parallel: usize) -> Duration {
+        let t = Instant::now();
+        let results: Vec<_> = stream::iter(ids)
+            .map(|id| {
+                let mut c = self.client.clone();
+                let a = wire(&self.sleep, id);
+                async move { c.assign_process(a).await }
+            })
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
+        let elapsed = t.elapsed();
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            panic!("assign: {e}");
+        }
+        elapsed
+    }
+
+    async fn revoke_all(&self, ids: &[String]) {
+        let results: Vec<_> = stream::iter(ids)
+            .map(|id| {
+                let mut c = self.client.clone();
+                let r = pb::ProcessRevocation {
+                    process_id: id.clone(),
+                    graceful_timeout_seconds: 5,
+                    ..Default::default()
+                };
+                async move { c.revoke_process(r).await }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        assert!(results.iter().all(Result::is_ok));
+    }
+
+    /// Start `ids` straight through the engine, `parallel` in flight.
+    async fn raw_all(&self, ids: &[String], parallel: usize) -> Duration {
+        let specs: Vec<_> = ids.iter().map(|id| self.spec(id)).collect();
+        let t = Instant::now();
+        let results: Vec<_> = stream::iter(&specs)
+            .map(|s| self.engine.start_transient(s))
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
+        let elapsed = t.elapsed();
+        assert!(results.iter().all(Result::is_ok));
+        elapsed
+    }
+
+    async fn stop_raw(&self, ids: &[String]) {
+        let names: Vec<String> = ids.iter().map(|id| self.spec(id).name).collect();
+        let results: Vec<_> = stream::iter(&names)
+            .map(|n| self.engine.stop(n, Duration::from_secs(5)))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        assert!(results.iter().all(Result::is_ok));
+    }
+}
+
+fn row(what: &str, raw: &mut [Duration], launcher: &mut [Duration]) {
+    raw.sort();
+    launcher.sort();
+    let (r50, l50) = (percentile(raw, 0.5), percentile(launcher, 0.5));
+    let (r99, l99) = (percentile(raw, 0.99), percentile(launcher, 0.99));
+    println!(
+        "{what}: raw p50 {:.1} ms, launcher p50 {:.1} ms, ratio {:.2}; raw p99 {:.1} ms, launcher p99 {:.1} ms, ratio {:.2}",
+        ms(r50),
+        ms(l50),
+        l50.as_secs_f64() / r50.as_secs_f64(),
+        ms(r99),
+        ms(l99),
+        l99.as_secs_f64() / r99.as_secs_f64(),
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let units = arg("--units", 500);
-    let samples = arg("--latency-samples", 100);
+    let held_levels = list("--held", &[0, 1000, 5000]);
+    let samples = arg("--samples", 100);
+    let throughput_units = arg("--throughput-units", 500);
     let idle_secs = arg("--idle-seconds", 10) as u64;
     let Some(h) = support::sandbox() else { return };
-    let max = (units + samples + 10).to_string();
+    // A workload that costs almost nothing while held.
+    let sleep = h.bin_dir.join("sleep");
+    std::fs::copy("/usr/bin/sleep", &sleep).expect("copy /usr/bin/sleep");
+    std::fs::set_permissions(&sleep, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let max = held_levels.iter().max().copied().unwrap_or(0) + samples + throughput_units + 10;
+    let max = max.to_string();
     let mut d = Daemon::start(&h, &["--max-processes", &max]).await;
     let client = d.client().await;
+    let engine = h.engine().await;
+    let bench = Bench {
+        h,
+        sleep,
+        engine,
+        client,
+    };
+    println!(
+        "floor: the same units started straight over D-Bus (StartTransientUnit, the properties \
+         unit::translate gives); launcher: AssignProcess over gRPC until its ack"
+    );
 
-    // 1. Assignment to active, one at a time (AssignProcess returns once
-    //    systemd's start job is done, i.e. the unit is active).
-    let mut latencies = Vec::new();
-    for i in 0..samples {
-        let a = support::pattern(&format!("lat-{i}"), &h.demo, &[]);
-        let t = Instant::now();
-        client.clone().assign_process(a).await.expect("assign");
-        latencies.push(t.elapsed());
+    let mut held = 0;
+    for &level in &held_levels {
+        // Fill up to `level` held units (not measured).
+        if level > held {
+            let ids: Vec<String> = (held..level).map(|i| format!("held-{i:05}")).collect();
+            let took = bench.assign_all(&ids, 32).await;
+            println!(
+                "-- {level} held ({} assigned in {:.1} s)",
+                level - held,
+                took.as_secs_f64()
+            );
+            held = level;
+        } else {
+            println!("-- {level} held");
+        }
+        // One at a time, raw and launcher interleaved.
+        let (mut raw, mut launched) = (Vec::new(), Vec::new());
+        let (mut raw_ids, mut launcher_ids) = (Vec::new(), Vec::new());
+        for i in 0..samples {
+            let id = format!("raw-{level}-{i}");
+            let spec = bench.spec(&id);
+            let t = Instant::now();
+            bench.engine.start_transient(&spec).await.expect("start");
+            raw.push(t.elapsed());
+            raw_ids.push(id);
+            let id = format!("lat-{level}-{i}");
+            let a = wire(&bench.sleep, &id);
+            let t = Instant::now();
+            bench
+                .client
+                .clone()
+                .assign_process(a)
+                .await
+                .expect("assign");
+            launched.push(t.elapsed());
+            launcher_ids.push(id);
+        }
+        row(
+            &format!("start to active, one at a time, {level} held ({samples} each)"),
+            &mut raw,
+            &mut launched,
+        );
+        bench.stop_raw(&raw_ids).await;
+        bench.revoke_all(&launcher_ids).await;
+        println!(
+            "launcher RSS with {level} held: {:.1} MiB",
+            rss_mib(d.pid())
+        );
     }
-    for i in 0..samples {
-        client
-            .clone()
-            .revoke_process(prism_launcher::pb::prism::ProcessRevocation {
-                process_id: format!("lat-{i}"),
-                ..Default::default()
-            })
-            .await
-            .expect("revoke");
-    }
-    latencies.sort();
-    println!(
-        "assignment to active over gRPC ({samples} sequential): median {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.9).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-    );
 
-    // 2. N assignments, 32 in flight, over the four types.
-    let t = Instant::now();
-    let results: Vec<_> = stream::iter(0..units)
-        .map(|i| {
-            let mut c = client.clone();
-            let id = format!("n-{i:04}");
-            let a = match i % 4 {
-                0 => support::pattern(&id, &h.demo, &[]),
-                1 => support::proxy(&id, &h.demo, &[]),
-                2 => support::backend(&id, &h.demo, &[]),
-                _ => support::utility(&id, &h.demo, &[]),
-            };
-            async move { c.assign_process(a).await }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    let elapsed = t.elapsed();
-    assert!(
-        results.iter().all(Result::is_ok),
-        "{:?}",
-        results.iter().find(|r| r.is_err())
+    // Throughput, 32 in flight, on top of what is held.
+    let raw_ids: Vec<String> = (0..throughput_units)
+        .map(|i| format!("rawtp-{i}"))
+        .collect();
+    let raw_took = bench.raw_all(&raw_ids, 32).await;
+    bench.stop_raw(&raw_ids).await;
+    let ids: Vec<String> = (0..throughput_units).map(|i| format!("tp-{i}")).collect();
+    let took = bench.assign_all(&ids, 32).await;
+    let (raw_rate, rate) = (
+        throughput_units as f64 / raw_took.as_secs_f64(),
+        throughput_units as f64 / took.as_secs_f64(),
     );
     println!(
-        "{units} processes assigned and active: {:.2} s ({:.0}/s)",
-        elapsed.as_secs_f64(),
-        units as f64 / elapsed.as_secs_f64()
+        "throughput, {throughput_units} units, 32 in flight, {held} held: raw {raw_rate:.0}/s, launcher {rate:.0}/s, ratio {:.2}",
+        rate / raw_rate
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    println!(
-        "launcher RSS with {units} running: {:.1} MiB",
-        rss_mib(d.pid())
-    );
+    bench.revoke_all(&ids).await;
 
-    // 3. Idle CPU with N units: the launcher only reacts to signals.
-    let manager = h.sandbox.manager_pid().expect("manager pid");
+    // Idle CPU: the launcher only reacts to signals.
+    let manager = bench.h.sandbox.manager_pid().expect("manager pid");
     let ticks = 100.0; // USER_HZ
     let (l0, m0) = (cpu_ticks(d.pid()), cpu_ticks(manager));
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
     let (l1, m1) = (cpu_ticks(d.pid()), cpu_ticks(manager));
     println!(
-        "idle {idle_secs} s with {units} units: launcher CPU {:.2} %, systemd manager CPU {:.2} %",
+        "idle {idle_secs} s with {held} held: launcher CPU {:.2} %, systemd manager CPU {:.2} %",
         (l1 - l0) as f64 / ticks / idle_secs as f64 * 100.0,
         (m1 - m0) as f64 / ticks / idle_secs as f64 * 100.0,
     );
 
-    // 4. /metrics with N units: gauges come from the launcher's own state,
-    //    so a scrape costs the systemd manager nothing.
+    // /metrics: gauges come from the launcher's own state.
     let addr = d.metrics_addr().await;
     let m0 = cpu_ticks(manager);
     let mut scrapes = Vec::new();
-    let mut bytes = 0;
-    for _ in 0..100 {
+    for _ in 0..20 {
         let t = Instant::now();
-        bytes = support::scrape(&addr).await.len();
+        support::scrape(&addr).await;
         scrapes.push(t.elapsed());
     }
-    let m1 = cpu_ticks(manager);
     scrapes.sort();
     println!(
-        "GET /metrics with {units} units (100 sequential): median {:.2} ms, p99 {:.2} ms, \
-         {bytes} bytes; systemd manager CPU ticks meanwhile: {}",
-        percentile(&scrapes, 0.5).as_secs_f64() * 1e3,
-        percentile(&scrapes, 0.99).as_secs_f64() * 1e3,
-        m1 - m0,
+        "GET /metrics with {held} held: median {:.2} ms; systemd manager CPU ticks meanwhile: {}",
+        ms(percentile(&scrapes, 0.5)),
+        cpu_ticks(manager) - m0,
     );
 
-    // 5. kill -9, restart, READY=1 once all N are adopted.
+    // kill -9, restart, READY=1 once everything is adopted.
     let t = Instant::now();
     d.restart().await;
     println!(
-        "launcher restart to READY=1 with {units} units adopted: {:.2} s",
+        "launcher restart to READY=1 with {held} adopted: {:.2} s",
         t.elapsed().as_secs_f64()
     );
-    let listed = client_list_len(&d).await;
-    assert_eq!(listed, units);
-    println!(
-        "launcher RSS after adopting {units}: {:.1} MiB",
-        rss_mib(d.pid())
-    );
-}
-
-async fn client_list_len(d: &Daemon) -> usize {
-    d.client()
+    let listed = d
+        .client()
         .await
-        .list_processes(prism_launcher::pb::prism::launcher::v1::ListProcessesRequest::default())
+        .list_processes(pb::launcher::v1::ListProcessesRequest::default())
         .await
         .expect("list")
         .into_inner()
         .processes
-        .len()
+        .len();
+    assert_eq!(listed, held);
+    println!(
+        "launcher RSS after adopting {held}: {:.1} MiB",
+        rss_mib(d.pid())
+    );
 }
