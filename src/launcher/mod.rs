@@ -213,6 +213,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             loop {
                 let up = supervisor.systemd().connection_state() == ConnectionState::Connected;
                 if last != Some(up) {
+                    // The status line says whether systemd is connected.
+                    supervisor.changed.notify_one();
                     if up {
                         health
                             .set_serving::<LauncherServer<service::LauncherService>>()

@@ -258,8 +258,10 @@ impl Supervisor {
         format!("{}, {free} slots free; {systemd}", parts.join(", "))
     }
 
-    /// Call `f` with the status line whenever it changes (at most every
-    /// 200 ms), until the task is dropped.
+    /// Call `f` with the status line whenever it changes (at most once a
+    /// second), until the task is dropped. The line counts every process,
+    /// so it is computed only after a change: never while idle, and not
+    /// once per assignment under load.
     pub async fn report_status(self: Arc<Self>, mut f: impl FnMut(&str) + Send) {
         let mut last = String::new();
         loop {
@@ -268,11 +270,8 @@ impl Supervisor {
                 f(&line);
                 last = line;
             }
-            tokio::select! {
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.changed.notified().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }

@@ -575,7 +575,10 @@ impl Supervisor {
         }
         let outcome = self.start_retrying(&process, &spec).await;
         self.changed.notify_one();
-        self.request_reconcile();
+        // No reconciliation on success: it lists every unit, and this
+        // assignment's own work must not grow with the units held. The
+        // reconciler runs on its timer and on real divergence (a unit
+        // vanished, a manager restart, a reconnect, a failure below).
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -741,7 +744,6 @@ impl Supervisor {
             self.usage.forget(&cg);
         }
         self.changed.notify_one();
-        self.request_reconcile();
         let exit_code = match (stopped.exit_code, stopped.exit_status) {
             (Some(1), Some(status)) => status,
             (Some(2 | 3), Some(signal)) => 128 + signal,
