@@ -1304,3 +1304,48 @@ async fn assignments_across_a_daemon_reexec_are_never_internal_and_all_run() {
     .await;
     assert_eq!(h.listed_units().len(), N);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_whose_state_cannot_be_written_is_refused_and_leaves_no_unit() {
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    client
+        .assign_process(pattern("kept-1", &h.demo, &[]))
+        .await
+        .expect("assign");
+    // The state directory's `processes` becomes a file: nothing can be
+    // written there (root ignores permission bits, not this).
+    let processes = d.state_dir.join("processes");
+    let aside = d.state_dir.join("processes.aside");
+    fs::rename(&processes, &aside).unwrap();
+    fs::write(&processes, "not a directory").unwrap();
+    let err = client
+        .assign_process(pattern("unwritten-1", &h.demo, &[]))
+        .await
+        .expect_err("not durable, so not accepted");
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(err.message().contains("processes"), "{err:?}");
+    // The unit systemd started meanwhile is gone again, and nothing is held.
+    let unit =
+        prism_launcher::unit::unit_name(prism_launcher::model::ProcessType::Pattern, "unwritten-1");
+    eventually("the unwritten unit to be gone", DEADLINE, || async {
+        (!h.listed_units().contains(&unit)).then_some(())
+    })
+    .await;
+    let missing = client
+        .get_process(GetProcessRequest {
+            process_id: "unwritten-1".into(),
+        })
+        .await
+        .expect_err("not held");
+    assert_eq!(missing.code(), Code::NotFound);
+    // The daemon keeps serving; what it held is untouched.
+    fs::remove_file(&processes).unwrap();
+    fs::rename(&aside, &processes).unwrap();
+    assert_eq!(get(&d, "kept-1").await.health.unwrap().status, "running");
+    client
+        .assign_process(pattern("unwritten-1", &h.demo, &[]))
+        .await
+        .expect("assign once the state can be written");
+}

@@ -193,7 +193,7 @@ impl Supervisor {
                 };
                 match self.systemd.stop(&unit, UNWANTED_GRACE).await {
                     Ok(_) => {
-                        if let Err(e) = self.store.remove(&id) {
+                        if let Err(e) = self.unpersist(&id).await {
                             tracing::error!(prism_process_id = %id, error = %e, "cannot remove the revoked state of {id}: {e}");
                             return;
                         }

@@ -292,7 +292,7 @@ pub struct Revoked {
 
 pub struct Supervisor {
     pub(super) systemd: Arc<dyn Systemd>,
-    pub(super) store: Store,
+    pub(super) store: Arc<Store>,
     pub(super) policy: Policy,
     pub(super) capabilities: BTreeSet<ProcessType>,
     pub(super) max_processes: usize,
@@ -342,7 +342,7 @@ impl Supervisor {
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             systemd,
-            store,
+            store: Arc::new(store),
             policy,
             capabilities,
             max_processes,
@@ -447,11 +447,50 @@ impl Supervisor {
     /// process is reported `failed` with the problem as its last error when
     /// its unit has to be (re)created, and starts once the problem is gone
     /// (see `Entry::block`).
-    pub fn load(&self) -> Result<Vec<super::store::Corrupt>, StoreError> {
-        let policy = Policy {
+    /// Write a process's state file on a blocking thread (it fsyncs),
+    /// never on the runtime's workers.
+    pub(super) async fn persist(
+        &self,
+        wire: pb::ProcessAssignment,
+        revoked: bool,
+        placed_by_admin: bool,
+    ) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let path = store.path_of(&wire.process_id);
+        tokio::task::spawn_blocking(move || store.save(&wire, revoked, placed_by_admin))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError {
+                    path,
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+
+    /// Remove a process's state file, on a blocking thread.
+    pub(super) async fn unpersist(&self, id: &str) -> Result<(), StoreError> {
+        let (store, id) = (self.store.clone(), id.to_owned());
+        let path = store.path_of(&id);
+        tokio::task::spawn_blocking(move || store.remove(&id))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError {
+                    path,
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+
+    /// This launcher's policy without the host's checks.
+    fn structural(&self) -> Policy {
+        Policy {
             check_binary_on_host: false,
             ..self.policy.clone()
-        };
+        }
+    }
+
+    pub fn load(&self) -> Result<Vec<super::store::Corrupt>, StoreError> {
+        let policy = self.structural();
         let loaded = self.store.load(|a| {
             ManagedProcess::try_from((a.clone(), &policy))
                 .map(drop)
@@ -548,33 +587,48 @@ impl Supervisor {
             }
         };
 
-        // Persist before touching systemd: a crash from here on is repaired
-        // by reconciliation, never lost.
-        if let Err(e) = self.store.save(&wire, false, placed_by_admin) {
-            if previous.is_none() {
-                self.table().remove(&id);
+        // The durable write runs on a blocking thread, overlapped with the
+        // work in systemd; the ack waits for both. A crash before the write
+        // completes leaves at most a unit nobody was told about: the
+        // reconciler stops it, and the caller, never answered, retries.
+        let save = self.persist(wire.clone(), false, placed_by_admin);
+        let spec = unit::translate(&process);
+        let work = async {
+            if let Some((old_unit, _, _)) = &previous {
+                {
+                    let mut table = self.table();
+                    table.remove(&id);
+                    let mut entry = Entry::new(process.clone(), wire.clone(), Phase::Starting);
+                    entry.assigned_seq = self.next_seq();
+                    entry.placed_by_admin = placed_by_admin;
+                    table.insert(entry);
+                }
+                // The old version goes first; the unit name may be the same.
+                self.systemd.stop(old_unit, process.stop_timeout).await?;
             }
+            self.start_retrying(&process, &spec).await
+        };
+        let (saved, outcome) = tokio::join!(save, work);
+        self.changed.notify_one();
+        if let Err(e) = saved {
+            // Not durable, so not accepted: undo what systemd did, and hold
+            // what the state directory still says.
+            if outcome.is_ok()
+                && let Err(stop) = self.systemd.stop(&spec.name, process.stop_timeout).await
+            {
+                tracing::warn!(prism_process_id = %id, error = %stop, "cannot stop {} after its state could not be written: {stop}", spec.name);
+            }
+            let mut table = self.table();
+            table.remove(&id);
+            if let Some((_, _, old)) = previous
+                && let Ok(old_process) = ManagedProcess::try_from((old.clone(), &self.structural()))
+            {
+                table.insert(Entry::new(old_process, old, Phase::Held));
+            }
+            drop(table);
+            self.request_reconcile();
             return Err(e.into());
         }
-        let spec = unit::translate(&process);
-        if let Some((old_unit, _, _)) = &previous {
-            {
-                let mut table = self.table();
-                table.remove(&id);
-                let mut entry = Entry::new(process.clone(), wire.clone(), Phase::Starting);
-                entry.assigned_seq = self.next_seq();
-                entry.placed_by_admin = placed_by_admin;
-                table.insert(entry);
-            }
-            // The old version goes first; the unit name may be the same.
-            if let Err(e) = self.systemd.stop(old_unit, process.stop_timeout).await {
-                self.set_phase(&id, Phase::Held);
-                self.request_reconcile();
-                return Err(e.into());
-            }
-        }
-        let outcome = self.start_retrying(&process, &spec).await;
-        self.changed.notify_one();
         // No reconciliation on success: it lists every unit, and this
         // assignment's own work must not grow with the units held. The
         // reconciler runs on its timer and on real divergence (a unit
@@ -721,7 +775,7 @@ impl Supervisor {
             .ok_or_else(|| LauncherError::NotFound { id: id.to_owned() })?;
         // The revocation is durable before memory changes and the stop
         // begins: a failed write leaves everything as it was.
-        self.store.save(&wire, true, by_admin)?;
+        self.persist(wire, true, by_admin).await?;
         let unit = {
             let mut table = self.table();
             let entry = table
@@ -737,7 +791,7 @@ impl Supervisor {
             .systemd
             .stop(&unit, grace.unwrap_or(DEFAULT_REVOKE_GRACE))
             .await?;
-        self.store.remove(id)?;
+        self.unpersist(id).await?;
         if let Some(e) = self.table().remove(id)
             && let Some(cg) = e.unit_status.as_ref().map(|s| s.control_group.clone())
         {
