@@ -185,7 +185,9 @@ impl Entry {
 
 #[derive(Debug, Default)]
 pub struct Table {
-    pub entries: HashMap<String, Entry>,
+    /// Boxed: an entry is about 1.7 KiB, and a map's spare capacity would
+    /// otherwise cost that much per empty bucket.
+    pub entries: HashMap<String, Box<Entry>>,
     /// Unit name to process id.
     pub units: HashMap<String, String>,
     /// Dynamic user name to who it belongs to ([`unit::user_owner`]) and
@@ -213,11 +215,12 @@ impl Table {
             .entry(unit::dynamic_user(&entry.process))
             .or_insert_with(|| (unit::user_owner(&entry.process), 0));
         claim.1 += 1;
-        self.entries.insert(entry.process.id.clone(), entry);
+        self.entries
+            .insert(entry.process.id.clone(), Box::new(entry));
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Entry> {
-        let mut entry = self.entries.remove(id)?;
+        let mut entry = *self.entries.remove(id)?;
         if self.units.get(&entry.unit).is_some_and(|i| i == id) {
             self.units.remove(&entry.unit);
         }
@@ -253,7 +256,7 @@ impl Table {
 
     pub fn by_unit(&mut self, unit: &str) -> Option<&mut Entry> {
         let id = self.units.get(unit)?;
-        self.entries.get_mut(id)
+        self.entries.get_mut(id).map(|e| &mut **e)
     }
 }
 
