@@ -697,8 +697,7 @@ async fn survives_a_manager_reexec_and_relists_running_units() {
     engine.start_transient(&spec).await.expect("start");
     let pid = h.prop(&spec.name, "MainPID");
 
-    let out = h.sandbox.systemctl().arg("daemon-reexec").output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    h.systemctl(&["daemon-reexec"]);
     let units = wait_resync(&mut events).await;
     assert_eq!(units.len(), 1, "{units:?}");
     assert_eq!(
@@ -787,6 +786,7 @@ fn exposure(h: &Harness, unit: &str) -> f64 {
 async fn every_isolation_level_runs_hardened_and_scores_low() {
     let Some(h) = harness!() else { return };
     let engine = h.engine().await;
+    let hardening = unit::hardening_properties();
     let mut scores = Vec::new();
     for (level, jit_free) in [
         ("none", false),
@@ -806,31 +806,9 @@ async fn every_isolation_level_runs_hardened_and_scores_low() {
         let spec = unit::translate(&h.process(wire));
         engine.start_transient(&spec).await.expect("start");
         h.wait_ready(&id).await;
-        let props = h.show(
-            &spec.name,
-            &[
-                "ActiveState",
-                "MainPID",
-                "ProtectKernelTunables",
-                "ProtectKernelModules",
-                "ProtectKernelLogs",
-                "ProtectControlGroups",
-                "ProtectClock",
-                "ProtectHostname",
-                "ProtectProc",
-                "ProcSubset",
-                "RestrictNamespaces",
-                "RestrictRealtime",
-                "RestrictSUIDSGID",
-                "LockPersonality",
-                "SystemCallArchitectures",
-                "SystemCallErrorNumber",
-                "RestrictAddressFamilies",
-                "CapabilityBoundingSet",
-                "UMask",
-                "MemoryDenyWriteExecute",
-            ],
-        );
+        let mut wanted = vec!["ActiveState", "MainPID"];
+        wanted.extend(&hardening);
+        let props = h.show(&spec.name, &wanted);
         let expected = [
             ("ActiveState", "active"),
             ("ProtectKernelTunables", "yes"),
@@ -883,7 +861,7 @@ async fn every_isolation_level_runs_hardened_and_scores_low() {
             let mut plain = unit::translate(&h.process(wire));
             plain
                 .properties
-                .retain(|(name, _)| !unit::HARDENING_PROPERTIES.contains(name));
+                .retain(|(name, _)| !hardening.contains(name));
             engine.start_transient(&plain).await.expect("start");
             eprintln!(
                 "{level}: exposure {:.1} without the hardening set, {score:.1} with it",

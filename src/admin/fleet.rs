@@ -989,9 +989,8 @@ impl Fleet {
                 p.launcher_id.as_deref() == Some(launcher.as_str())
                     && p.state == PlacementState::Placed
             });
-            let key = (pid.clone(), launcher.clone());
             if !placed_here
-                && !st.moving.contains(&key)
+                && !st.moving.contains(&(pid.clone(), launcher.clone()))
                 && !st.reclaimable.contains(&(launcher.clone(), pid.clone()))
             {
                 revoke.push(pid.clone());

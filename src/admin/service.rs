@@ -63,6 +63,17 @@ impl ControlPlaneService {
     pub fn new(fleet: Arc<Fleet>, gate: auth::Gate) -> Self {
         Self { fleet, gate }
     }
+
+    /// A launcher acts only as itself: refused (through the gate, counted
+    /// and logged) when `launcher_id` is not the caller's.
+    fn as_itself(
+        &self,
+        path: &str,
+        caller: &auth::Caller,
+        launcher_id: &str,
+    ) -> Result<(), Status> {
+        auth::acts_as(caller, launcher_id).map_err(|d| self.gate.refuse(path, caller, d))
+    }
 }
 
 #[tonic::async_trait]
@@ -76,7 +87,7 @@ impl ControlPlane for ControlPlaneService {
         // A launcher registers only as itself; nothing is changed or
         // returned otherwise.
         const PATH: &str = "/prism.ControlPlane/RegisterLauncher";
-        auth::acts_as(&caller, &reg.launcher_id).map_err(|d| self.gate.refuse(PATH, &caller, d))?;
+        self.as_itself(PATH, &caller, &reg.launcher_id)?;
         // A socket path means this host: only a local root may name one.
         if reg.address.starts_with("unix:") && !caller.is_superuser() {
             let d = auth::Denied {
@@ -124,10 +135,11 @@ impl ControlPlane for ControlPlaneService {
     ) -> Result<Response<pb::ReclaimAck>, Status> {
         let caller = auth::caller(&request);
         let req = request.into_inner();
-        auth::acts_as(&caller, &req.launcher_id).map_err(|d| {
-            self.gate
-                .refuse("/prism.ControlPlane/ReclaimProcesses", &caller, d)
-        })?;
+        self.as_itself(
+            "/prism.ControlPlane/ReclaimProcesses",
+            &caller,
+            &req.launcher_id,
+        )?;
         self.fleet
             .reclaim(req)
             .await
@@ -141,10 +153,11 @@ impl ControlPlane for ControlPlaneService {
     ) -> Result<Response<pb::HeartbeatAck>, Status> {
         let caller = auth::caller(&request);
         let hb = request.into_inner();
-        auth::acts_as(&caller, &hb.launcher_id).map_err(|d| {
-            self.gate
-                .refuse("/prism.ControlPlane/LauncherHeartbeat", &caller, d)
-        })?;
+        self.as_itself(
+            "/prism.ControlPlane/LauncherHeartbeat",
+            &caller,
+            &hb.launcher_id,
+        )?;
         Ok(Response::new(self.fleet.heartbeat(hb).await))
     }
 

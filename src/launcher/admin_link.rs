@@ -151,32 +151,33 @@ impl AdminLink {
     /// Send the admin the assignments it lost (`reclaim` of its ack), in
     /// batches within the request size limit. What it refuses is revoked.
     async fn hand_back(&mut self, ids: &[String]) -> Result<(), String> {
-        let mut batch: Vec<pb::ProcessAssignment> = Vec::new();
-        let mut bytes = 0;
         let assignments = self.supervisor.assignments(ids);
         let count = assignments.len();
-        let mut refused = std::collections::BTreeMap::new();
-        for a in assignments.into_iter().map(Some).chain([None]) {
-            let size = a.as_ref().map_or(0, prost::Message::encoded_len);
-            let full = bytes + size > crate::serve::MAX_REQUEST_BYTES / 2;
-            if (a.is_none() || full) && !batch.is_empty() {
-                let request = pb::ReclaimRequest {
-                    launcher_id: self.registration.launcher_id.clone(),
-                    processes: std::mem::take(&mut batch),
-                };
-                let ack =
-                    tokio::time::timeout(REGISTER_TIMEOUT, self.client.reclaim_processes(request))
-                        .await
-                        .map_err(|_| "no answer to ReclaimProcesses".to_owned())?
-                        .map_err(|s| describe(&s))?
-                        .into_inner();
-                refused.extend(ack.refused);
+        // Batches of at most half the request limit (one at least).
+        let (mut batches, mut batch, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for a in assignments {
+            let size = prost::Message::encoded_len(&a);
+            if bytes + size > crate::serve::MAX_REQUEST_BYTES / 2 && !batch.is_empty() {
+                batches.push(std::mem::take(&mut batch));
                 bytes = 0;
             }
-            if let Some(a) = a {
-                bytes += size;
-                batch.push(a);
-            }
+            bytes += size;
+            batch.push(a);
+        }
+        batches.push(batch);
+        let mut refused = std::collections::BTreeMap::new();
+        for processes in batches.into_iter().filter(|b| !b.is_empty()) {
+            let request = pb::ReclaimRequest {
+                launcher_id: self.registration.launcher_id.clone(),
+                processes,
+            };
+            let ack =
+                tokio::time::timeout(REGISTER_TIMEOUT, self.client.reclaim_processes(request))
+                    .await
+                    .map_err(|_| "no answer to ReclaimProcesses".to_owned())?
+                    .map_err(|s| describe(&s))?
+                    .into_inner();
+            refused.extend(ack.refused);
         }
         tracing::info!(
             admin = %self.endpoint,
@@ -247,7 +248,8 @@ impl Supervisor {
         asked_at: u64,
         keep_too: &HashSet<String>,
     ) {
-        let keep: HashSet<String> = wanted.iter().map(|a| a.process_id.clone()).collect();
+        let mut keep = keep_too.clone();
+        keep.extend(wanted.iter().map(|a| a.process_id.clone()));
         stream::iter(wanted)
             .for_each_concurrent(32, |a| {
                 let this = self.clone();
@@ -263,11 +265,7 @@ impl Supervisor {
             .table()
             .entries
             .values()
-            .filter(|e| {
-                !keep.contains(&e.process.id)
-                    && !keep_too.contains(&e.process.id)
-                    && e.assigned_seq <= asked_at
-            })
+            .filter(|e| !keep.contains(&e.process.id) && e.assigned_seq <= asked_at)
             .map(|e| e.process.id.clone())
             .collect();
         for id in extra {

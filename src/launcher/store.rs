@@ -42,14 +42,20 @@ pub struct Corrupt {
 #[derive(Debug, Default)]
 pub struct Loaded {
     /// Processes that are desired.
-    pub desired: Vec<ProcessAssignment>,
+    pub desired: Vec<Stored>,
     /// Processes whose revocation was recorded but may not have finished.
-    pub revoked: Vec<ProcessAssignment>,
+    pub revoked: Vec<Stored>,
     pub corrupt: Vec<Corrupt>,
-    /// When each process's record was last written (Unix milliseconds).
-    pub recorded_at_ms: std::collections::HashMap<String, i64>,
-    /// Processes the admin placed.
-    pub placed_by_admin: std::collections::HashSet<String>,
+}
+
+/// One process as its state file records it.
+#[derive(Debug)]
+pub struct Stored {
+    pub assignment: ProcessAssignment,
+    /// When the file was last written (Unix milliseconds).
+    pub recorded_at_ms: i64,
+    /// The admin placed it.
+    pub placed_by_admin: bool,
 }
 
 #[derive(Debug)]
@@ -189,20 +195,21 @@ impl Store {
                         .map_err(|e| format!("is not a valid state record: {e}"))
                 })
                 .and_then(|record| match record.assignment {
-                    Some(a) => {
-                        let at = match record.updated_at_ms {
-                            0 => record.updated_at.saturating_mul(1000),
-                            ms => ms,
-                        };
-                        loaded.recorded_at_ms.insert(a.process_id.clone(), at);
-                        if record.placed_by_admin {
-                            loaded.placed_by_admin.insert(a.process_id.clone());
-                        }
-                        Ok((a, record.revoked))
-                    }
+                    Some(assignment) => Ok((
+                        Stored {
+                            assignment,
+                            recorded_at_ms: match record.updated_at_ms {
+                                0 => record.updated_at.saturating_mul(1000),
+                                ms => ms,
+                            },
+                            placed_by_admin: record.placed_by_admin,
+                        },
+                        record.revoked,
+                    )),
                     None => Err("holds no assignment".to_owned()),
                 })
-                .and_then(|(a, revoked)| {
+                .and_then(|(stored, revoked)| {
+                    let a = &stored.assignment;
                     if !name.ends_with(".pb") {
                         return Err("is not a state file (*.pb)".to_owned());
                     }
@@ -212,11 +219,11 @@ impl Store {
                             a.process_id
                         ));
                     }
-                    check(&a).map(|()| (a, revoked))
+                    check(a).map(|()| (stored, revoked))
                 });
             match parsed {
-                Ok((a, false)) => loaded.desired.push(a),
-                Ok((a, true)) => loaded.revoked.push(a),
+                Ok((stored, false)) => loaded.desired.push(stored),
+                Ok((stored, true)) => loaded.revoked.push(stored),
                 Err(reason) => loaded.corrupt.push(self.move_aside(&path, reason)?),
             }
         }
@@ -269,11 +276,11 @@ mod tests {
         let mut desired: Vec<(String, i64)> = loaded
             .desired
             .iter()
-            .map(|a| (a.process_id.clone(), a.version))
+            .map(|s| (s.assignment.process_id.clone(), s.assignment.version))
             .collect();
         desired.sort();
         assert_eq!(desired, [("..".to_owned(), 1), ("kv-1".to_owned(), 2)]);
-        assert_eq!(loaded.revoked[0].process_id, "gone");
+        assert_eq!(loaded.revoked[0].assignment.process_id, "gone");
         assert!(loaded.corrupt.is_empty());
         // Only the store's own files, with private modes, no temp files.
         let mut names: Vec<String> = fs::read_dir(store.dir())

@@ -442,15 +442,7 @@ impl Supervisor {
         Ok(process)
     }
 
-    /// Load the desired state from disk; returns the corrupt files found.
-    ///
-    /// Stored assignments are checked for structure only: a host problem
-    /// (a binary missing after an upgrade, `/opt` mounted late, a narrowed
-    /// allowlist) never drops desired state or stops a running unit. Such a
-    /// process is reported `failed` with the problem as its last error when
-    /// its unit has to be (re)created, and starts once the problem is gone
-    /// (see `Entry::block`).
-    /// Write a process's state file on a blocking thread (it fsyncs),
+    /// Write a process's state file (it fsyncs) on a blocking thread,
     /// never on the runtime's workers.
     pub(super) async fn persist(
         &self,
@@ -458,23 +450,29 @@ impl Supervisor {
         revoked: bool,
         placed_by_admin: bool,
     ) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        let path = store.path_of(&wire.process_id);
-        tokio::task::spawn_blocking(move || store.save(&wire, revoked, placed_by_admin))
-            .await
-            .unwrap_or_else(|e| {
-                Err(StoreError {
-                    path,
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })
+        let id = wire.process_id.clone();
+        self.on_store(&id, move |store| {
+            store.save(&wire, revoked, placed_by_admin)
+        })
+        .await
     }
 
     /// Remove a process's state file, on a blocking thread.
     pub(super) async fn unpersist(&self, id: &str) -> Result<(), StoreError> {
-        let (store, id) = (self.store.clone(), id.to_owned());
-        let path = store.path_of(&id);
-        tokio::task::spawn_blocking(move || store.remove(&id))
+        let owned = id.to_owned();
+        self.on_store(id, move |store| store.remove(&owned)).await
+    }
+
+    /// Run `f` on the store on a blocking thread; `id` names the file in
+    /// the error if the thread itself fails.
+    async fn on_store(
+        &self,
+        id: &str,
+        f: impl FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let path = store.path_of(id);
+        tokio::task::spawn_blocking(move || f(&store))
             .await
             .unwrap_or_else(|e| {
                 Err(StoreError {
@@ -492,6 +490,14 @@ impl Supervisor {
         }
     }
 
+    /// Load the desired state from disk; returns the corrupt files found.
+    ///
+    /// Stored assignments are checked for structure only: a host problem
+    /// (a binary missing after an upgrade, `/opt` mounted late, a narrowed
+    /// allowlist) never drops desired state or stops a running unit. Such a
+    /// process is reported `failed` with the problem as its last error when
+    /// its unit has to be (re)created, and starts once the problem is gone
+    /// (see `Entry::block`).
     pub fn load(&self) -> Result<Vec<super::store::Corrupt>, StoreError> {
         let policy = self.structural();
         let loaded = self.store.load(|a| {
@@ -500,20 +506,19 @@ impl Supervisor {
                 .map_err(|e| e.to_string())
         })?;
         let mut table = self.table();
-        for (wire, phase) in loaded
+        for (stored, phase) in loaded
             .desired
             .into_iter()
-            .map(|w| (w, Phase::Held))
-            .chain(loaded.revoked.into_iter().map(|w| (w, Phase::Revoking)))
+            .map(|s| (s, Phase::Held))
+            .chain(loaded.revoked.into_iter().map(|s| (s, Phase::Revoking)))
         {
+            let wire = stored.assignment;
             // The same pure check passed while loading.
             match ManagedProcess::try_from((wire.clone(), &policy)) {
                 Ok(process) => {
                     let mut entry = Entry::new(process, wire, phase);
-                    if let Some(at) = loaded.recorded_at_ms.get(&entry.process.id) {
-                        entry.recorded_at_ms = *at;
-                    }
-                    entry.placed_by_admin = loaded.placed_by_admin.contains(&entry.process.id);
+                    entry.recorded_at_ms = stored.recorded_at_ms;
+                    entry.placed_by_admin = stored.placed_by_admin;
                     table.insert(entry)
                 }
                 Err(e) => tracing::error!(
@@ -548,6 +553,12 @@ impl Supervisor {
         }
         let id = process.id.clone();
         let _guard = self.locks.lock(&id).await;
+        let fresh = || {
+            let mut entry = Entry::new(process.clone(), wire.clone(), Phase::Starting);
+            entry.assigned_seq = self.next_seq();
+            entry.placed_by_admin = placed_by_admin;
+            entry
+        };
 
         // Decide, and reserve a slot, in one critical section.
         let previous = {
@@ -581,10 +592,7 @@ impl Supervisor {
                             max: self.max_processes,
                         });
                     }
-                    let mut entry = Entry::new(process.clone(), wire.clone(), Phase::Starting);
-                    entry.assigned_seq = self.next_seq();
-                    entry.placed_by_admin = placed_by_admin;
-                    table.insert(entry);
+                    table.insert(fresh());
                     None
                 }
             }
@@ -598,14 +606,8 @@ impl Supervisor {
         let spec = unit::translate(&process);
         let work = async {
             if let Some((old_unit, _, _)) = &previous {
-                {
-                    let mut table = self.table();
-                    table.remove(&id);
-                    let mut entry = Entry::new(process.clone(), wire.clone(), Phase::Starting);
-                    entry.assigned_seq = self.next_seq();
-                    entry.placed_by_admin = placed_by_admin;
-                    table.insert(entry);
-                }
+                // Replaces the held entry (and its user claim).
+                self.table().insert(fresh());
                 // The old version goes first; the unit name may be the same.
                 self.systemd.stop(old_unit, process.stop_timeout).await?;
             }

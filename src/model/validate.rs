@@ -288,11 +288,7 @@ fn field_of_variable(name: &str) -> String {
 /// failing forever. Checks what the unit would really pass: the JSON of
 /// settings, options and slots, the joined lists.
 pub(crate) fn check_exec_size(p: &ManagedProcess) -> Result<()> {
-    let spec = crate::unit::translate(p);
-    let environment = match spec.get("Environment") {
-        Some(crate::unit::PropValue::StrList(env)) => env.as_slice(),
-        _ => &[],
-    };
+    let environment = crate::unit::environment(p);
     let binary = p.binary.as_os_str().len();
     let strings = std::iter::once(("config.binary".to_owned(), binary))
         .chain(

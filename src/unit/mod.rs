@@ -96,7 +96,7 @@ pub fn translate(p: &ManagedProcess) -> UnitSpec {
     let mut props = Props::new();
     identity(p, &mut props);
     command(p, &mut props);
-    environment(p, &credentials, &mut props);
+    props.push(("Environment", PropValue::StrList(environment(p))));
     restarts(p, &mut props);
     stopping(p, &mut props);
     watchdog(p, &mut props);
@@ -152,9 +152,10 @@ fn json(map: &impl serde::Serialize) -> String {
     serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// Launcher variables, then type-specific ones, then the assignment's own.
-/// Secrets never appear here: `systemctl show` prints the environment.
-fn environment(p: &ManagedProcess, credentials: &[Credential], props: &mut Props) {
+/// The unit's `Environment`: launcher variables, then type-specific ones,
+/// then the assignment's own. Secrets never appear here: `systemctl show`
+/// prints the environment.
+pub fn environment(p: &ManagedProcess) -> Vec<String> {
     let mut env = vec![
         format!("PRISM_PROCESS_ID={}", p.id),
         format!("PRISM_PROCESS_TYPE={}", p.process_type()),
@@ -179,7 +180,10 @@ fn environment(p: &ManagedProcess, credentials: &[Credential], props: &mut Props
                 .slots
                 .iter()
                 .map(|(name, slot)| {
-                    let creds: Vec<String> = slot_credential_ids(name, slot);
+                    let creds: Vec<String> = slot_secrets(name, slot)
+                        .into_iter()
+                        .map(|(id, _)| id)
+                        .collect();
                     let value = serde_json::json!({
                         "backend_type": slot.backend_type,
                         "options": slot.options,
@@ -213,60 +217,57 @@ fn environment(p: &ManagedProcess, credentials: &[Credential], props: &mut Props
             ));
         }
     }
-    if !credentials.is_empty() {
+    let secrets = secrets(p);
+    if !secrets.is_empty() {
         // Names only, so the workload finds its secrets without listing
         // `$CREDENTIALS_DIRECTORY`.
-        let names: Vec<&str> = credentials.iter().map(|c| c.id.as_str()).collect();
+        let names: Vec<&str> = secrets.iter().map(|(id, _)| id.as_str()).collect();
         env.push(format!("PRISM_CREDENTIALS={}", names.join(",")));
     }
     env.extend(p.env.iter().map(|(k, v)| format!("{k}={v}")));
-    props.push(("Environment", PropValue::StrList(env)));
+    env
 }
 
-fn slot_credential_ids(name: &str, slot: &crate::model::SlotBackend) -> Vec<String> {
-    let mut ids = Vec::new();
-    if slot.connection_string.is_some() {
-        ids.push(format!("slot.{name}.connection_string"));
+/// A pattern slot's secrets, by credential id.
+fn slot_secrets<'a>(name: &str, slot: &'a crate::model::SlotBackend) -> Vec<(String, &'a Secret)> {
+    slot.connection_string
+        .iter()
+        .map(|cs| (format!("slot.{name}.connection_string"), cs))
+        .chain(
+            slot.credentials
+                .iter()
+                .map(|(k, v)| (format!("slot.{name}.{k}"), v)),
+        )
+        .collect()
+}
+
+/// Connection strings and credentials, by the credential id (the file name
+/// under `$CREDENTIALS_DIRECTORY`) each is passed as.
+fn secrets(p: &ManagedProcess) -> Vec<(String, &Secret)> {
+    match &p.kind {
+        ProcessKind::Backend(c) => {
+            std::iter::once(("connection_string".to_owned(), &c.connection_string))
+                .chain(c.credentials.iter().map(|(k, v)| (k.clone(), v)))
+                .collect()
+        }
+        ProcessKind::Pattern(c) => c
+            .slots
+            .iter()
+            .flat_map(|(name, slot)| slot_secrets(name, slot))
+            .collect(),
+        ProcessKind::Proxy(_) | ProcessKind::Utility(_) => Vec::new(),
     }
-    ids.extend(slot.credentials.keys().map(|k| format!("slot.{name}.{k}")));
-    ids
 }
 
 /// Connection strings and credentials: files under `$CREDENTIALS_DIRECTORY`.
 fn credentials(p: &ManagedProcess) -> Vec<Credential> {
-    let mut out = Vec::new();
-    match &p.kind {
-        ProcessKind::Backend(c) => {
-            out.push(Credential {
-                id: "connection_string".to_owned(),
-                value: c.connection_string.clone(),
-            });
-            for (k, v) in &c.credentials {
-                out.push(Credential {
-                    id: k.clone(),
-                    value: v.clone(),
-                });
-            }
-        }
-        ProcessKind::Pattern(c) => {
-            for (name, slot) in &c.slots {
-                if let Some(cs) = &slot.connection_string {
-                    out.push(Credential {
-                        id: format!("slot.{name}.connection_string"),
-                        value: cs.clone(),
-                    });
-                }
-                for (k, v) in &slot.credentials {
-                    out.push(Credential {
-                        id: format!("slot.{name}.{k}"),
-                        value: v.clone(),
-                    });
-                }
-            }
-        }
-        ProcessKind::Proxy(_) | ProcessKind::Utility(_) => {}
-    }
-    out
+    secrets(p)
+        .into_iter()
+        .map(|(id, value)| Credential {
+            id,
+            value: value.clone(),
+        })
+        .collect()
 }
 
 fn restarts(p: &ManagedProcess, props: &mut Props) {
@@ -352,35 +353,23 @@ fn isolation(p: &ManagedProcess, props: &mut Props) {
         // Session isolation also hides physical devices.
         props.push(("PrivateDevices", PropValue::Bool(true)));
     }
-    hardening(p, props);
+    hardening(&p.sandbox, props);
 }
 
-/// The properties [`hardening`] sets (for measuring their cost).
-pub const HARDENING_PROPERTIES: &[&str] = &[
-    "ProtectKernelTunables",
-    "ProtectKernelModules",
-    "ProtectKernelLogs",
-    "ProtectControlGroups",
-    "ProtectClock",
-    "ProtectHostname",
-    "ProtectProc",
-    "ProcSubset",
-    "RestrictNamespaces",
-    "RestrictRealtime",
-    "RestrictSUIDSGID",
-    "LockPersonality",
-    "SystemCallArchitectures",
-    "SystemCallFilter",
-    "SystemCallErrorNumber",
-    "RestrictAddressFamilies",
-    "CapabilityBoundingSet",
-    "UMask",
-    "MemoryDenyWriteExecute",
-];
+/// The names of the properties [`hardening`] may set, opt-ins included
+/// (for measuring their cost).
+pub fn hardening_properties() -> Vec<&'static str> {
+    let mut props = Props::new();
+    let all = crate::model::SandboxOptions {
+        memory_deny_write_execute: true,
+    };
+    hardening(&all, &mut props);
+    props.into_iter().map(|(name, _)| name).collect()
+}
 
 /// What every long-running network service tolerates, at every isolation
 /// level (`systemd-analyze security` scores in the README).
-fn hardening(p: &ManagedProcess, props: &mut Props) {
+fn hardening(sandbox: &crate::model::SandboxOptions, props: &mut Props) {
     // The kernel is not the workload's to tune, load into, read the logs
     // of, or set the clock of; the cgroup tree and hostname are read-only.
     for name in [
@@ -427,7 +416,7 @@ fn hardening(p: &ManagedProcess, props: &mut Props) {
     props.push(("CapabilityBoundingSet", PropValue::U64(0)));
     // Files the workload creates are its own.
     props.push(("UMask", PropValue::U32(0o077)));
-    if p.sandbox.memory_deny_write_execute {
+    if sandbox.memory_deny_write_execute {
         // Opt-in: no memory both writable and executable. JIT compilers
         // (JVM, V8, .NET, LuaJIT, PCRE's JIT) need such memory.
         props.push(("MemoryDenyWriteExecute", PropValue::Bool(true)));

@@ -90,12 +90,12 @@ const NAME_HASH_CHARS: usize = 26;
 /// escaped part too long to fit is cut (never inside an escape sequence) and
 /// suffixed with `_<hash of the full value>`, so names stay unique.
 fn bounded(prefix: &str, raw: &str, suffix: &str) -> String {
-    let hash = format!("_{}", digest32(raw, NAME_HASH_CHARS));
     let escaped = escape(raw);
     let room = WORKLOAD_NAME_MAX - prefix.len() - suffix.len();
     if escaped.len() <= room {
         return format!("{prefix}{escaped}{suffix}");
     }
+    let hash = format!("_{}", digest32(raw, NAME_HASH_CHARS));
     let mut cut = room - hash.len();
     // Back up to a boundary that does not split `\xNN`.
     while let Some(pos) = escaped[..cut].rfind('\\') {
