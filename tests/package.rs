@@ -125,18 +125,6 @@ fn install_unit(h: &Harness, root: &Path, unit: &str, exec_start: &str, extra: &
     .unwrap();
 }
 
-fn systemctl(h: &Harness, args: &[&str]) {
-    let out = h.sandbox.systemctl().args(args).output().unwrap();
-    if !out.status.success() {
-        let journal = h.sandbox.journalctl().args(["-n", "40"]).output().unwrap();
-        panic!(
-            "systemctl {args:?}: {}\njournal:\n{}",
-            text(&out),
-            text(&journal)
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the .deb: run by .ci/run with PRISM_DEB"]
 async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_launcher() {
@@ -191,11 +179,11 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
         ),
         "",
     );
-    systemctl(&h, &["daemon-reload"]);
-    systemctl(&h, &["log-level", "debug"]);
+    h.systemctl(&["daemon-reload"]);
+    h.systemctl(&["log-level", "debug"]);
     // Type=notify: `start` returns once each daemon said READY=1.
-    systemctl(&h, &["start", "prism-admin.service"]);
-    systemctl(&h, &["start", "prism-launcher.service"]);
+    h.systemctl(&["start", "prism-admin.service"]);
+    h.systemctl(&["start", "prism-launcher.service"]);
     for unit in ["prism-admin.service", "prism-launcher.service"] {
         assert_eq!(h.prop(unit, "ActiveState"), "active", "{unit}");
     }
@@ -280,7 +268,7 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
     assert!(text(&out).contains("started kv-pkg"), "{}", text(&out));
 
     // Restarting or stopping the launcher leaves the workload running.
-    systemctl(&h, &["restart", "prism-launcher.service"]);
+    h.systemctl(&["restart", "prism-launcher.service"]);
     assert_eq!(h.prop("prism-launcher.service", "ActiveState"), "active");
     let mut launcher =
         prism_launcher::pb::prism::launcher::v1::launcher_client::LauncherClient::new(dial(
@@ -293,12 +281,12 @@ async fn the_packaged_daemons_run_under_their_units_and_workloads_outlive_the_la
         .unwrap()
         .into_inner();
     assert_eq!(list.processes.len(), 1, "adopted after the restart");
-    systemctl(&h, &["stop", "prism-launcher.service"]);
+    h.systemctl(&["stop", "prism-launcher.service"]);
     assert_eq!(h.prop(&workload, "ActiveState"), "active");
     assert_eq!(
         h.prop(&workload, "MainPID"),
         pid,
         "the workload never restarted"
     );
-    systemctl(&h, &["stop", &workload, "prism-admin.service"]);
+    h.systemctl(&["stop", &workload, "prism-admin.service"]);
 }

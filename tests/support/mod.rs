@@ -135,6 +135,25 @@ impl Harness {
             .collect()
     }
 
+    /// `systemctl --user <args>` against the sandbox manager; fails the
+    /// test, with the journal's last lines, unless it succeeds.
+    pub fn systemctl(&self, args: &[&str]) {
+        let out = self.sandbox.systemctl().args(args).output().unwrap();
+        if !out.status.success() {
+            let journal = self
+                .sandbox
+                .journalctl()
+                .args(["-n", "40"])
+                .output()
+                .unwrap();
+            panic!(
+                "systemctl {args:?}: {}\njournal:\n{}",
+                text(&out),
+                text(&journal)
+            );
+        }
+    }
+
     pub fn prop(&self, unit: &str, prop: &str) -> String {
         self.show(unit, &[prop]).remove(prop).unwrap_or_default()
     }
