@@ -37,6 +37,19 @@ struct Stack {
     env: Vec<(String, String)>,
 }
 
+/// A port for a daemon of the stack, and its metrics port (+ 1), both free,
+/// below Linux's ephemeral range (32768 and up), so that no client
+/// connection of a concurrent test takes it between this check and the
+/// daemon's bind; not next to `other` (whose metrics are on other + 1).
+fn stack_port(other: Option<u16>) -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (0..10_000u16)
+        .map(|i| 20_000 + (start - 20_000 + i * 7) % 12_000)
+        .find(|&p| other.is_none_or(|o| p.abs_diff(o) > 2) && free(p) && free(p + 1))
+        .expect("a free port pair below the ephemeral range")
+}
+
 impl Stack {
     fn new() -> Stack {
         let base = Path::new(prism_launcher::sandbox::DEFAULT_BASE);
@@ -45,7 +58,7 @@ impl Stack {
         // The stack serves gRPC on sockets in its state directory only.
         let admin = format!("unix:{}", state.join("admin.sock").display());
         Stack {
-            admin_port: free_port(),
+            admin_port: stack_port(None),
             env: vec![
                 ("PRISM_LOCAL_STATE".into(), state.display().to_string()),
                 ("PRISM_ADMIN".into(), admin),
@@ -86,11 +99,7 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
     }
     let stack = Stack::new();
     let admin_port = stack.admin_port.to_string();
-    // Not next to the admin's: each daemon serves metrics on port + 1.
-    let launcher_port = std::iter::repeat_with(free_port)
-        .find(|p| p.abs_diff(stack.admin_port) > 2)
-        .unwrap()
-        .to_string();
+    let launcher_port = stack_port(Some(stack.admin_port)).to_string();
     let up = stack.run(&[
         "local",
         "up",
