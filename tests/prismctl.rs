@@ -11,7 +11,8 @@ use std::{
 };
 
 use prism_launcher::pb::prism::admin::v1::{
-    ListLaunchersRequest, ListLaunchersResponse, ListProcessesResponse, admin_client::AdminClient,
+    ListLaunchersRequest, ListLaunchersResponse, ListProcessesRequest, ListProcessesResponse,
+    admin_client::AdminClient,
 };
 use support::{DEADLINE, daemon::free_port, eventually, text};
 
@@ -80,6 +81,42 @@ impl Stack {
         let out = self.run(args);
         assert!(out.status.success(), "prismctl {args:?}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Stack {
+    /// What a benchmark left: processes the admin holds in its namespace,
+    /// and units systemd still lists for it (loaded in any state).
+    async fn bench_leftovers(
+        &self,
+        api: &mut AdminClient<tonic::transport::Channel>,
+    ) -> Vec<String> {
+        let mut left: Vec<String> = api
+            .list_processes(ListProcessesRequest {
+                namespace: "prism-bench".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .processes
+            .into_iter()
+            .filter_map(|p| p.assignment.map(|a| a.process_id))
+            .collect();
+        let run = prism_launcher::ctl::local::sandbox_dir(&self.state).join("run");
+        let units = Command::new("systemctl")
+            .args(["--user", "list-units", "--all", "--plain", "--no-legend"])
+            .arg("*bench*.service")
+            .env("XDG_RUNTIME_DIR", &run)
+            .output()
+            .unwrap();
+        assert!(units.status.success(), "{}", text(&units));
+        left.extend(
+            String::from_utf8_lossy(&units.stdout)
+                .lines()
+                .map(str::to_owned),
+        );
+        left
     }
 }
 
@@ -305,6 +342,66 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
         stack.run(&["revoke", "no-such-process"]).status.code(),
         Some(1)
     );
+
+    // bench: N harmless processes in their own namespace, a JSON report,
+    // and nothing left behind.
+    let json = stack.ok(&["bench", "-n", "12", "-c", "4", "-o", "json"]);
+    let report: serde_json::Value = serde_json::from_str(&json).expect("bench JSON parses");
+    assert_eq!(report["assigned"], 12, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["revoked"], 12, "{report}");
+    assert_eq!(report["namespace"], "prism-bench", "{report}");
+    let latency = &report["latency_ms"];
+    assert!(
+        latency["p50"].as_f64().unwrap() > 0.0
+            && latency["p50"].as_f64() <= latency["p99"].as_f64()
+            && report["per_second"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(stack.bench_leftovers(&mut api).await.is_empty());
+    // More than the launchers have room for: refused before anything starts.
+    let full = stack.run(&["bench", "-n", "100000"]);
+    assert_eq!(full.status.code(), Some(1), "{}", text(&full));
+    assert!(text(&full).contains("has room for"), "{}", text(&full));
+
+    // Ctrl-C midway: exit 130, and everything it created is revoked.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_prismctl"))
+        .args(["bench", "-n", "400", "-c", "2", "-o", "json"])
+        .envs(stack.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the benchmark to run processes", DEADLINE, || async {
+        let held = api
+            .clone()
+            .list_processes(ListProcessesRequest {
+                namespace: "prism-bench".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .processes;
+        (held.len() >= 3).then_some(())
+    })
+    .await;
+    let pid = child.id().to_string();
+    let kill = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(kill.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let assigned = report["assigned"].as_u64().unwrap();
+    assert!(report["interrupted"].as_bool().unwrap(), "{report}");
+    assert!((3..400).contains(&assigned), "{report}");
+    assert_eq!(report["revoked"].as_u64(), Some(assigned), "{report}");
+    assert!(text(&out).contains("interrupted"), "{}", text(&out));
+    assert!(stack.bench_leftovers(&mut api).await.is_empty());
 
     // down: nothing left — no process, unit, mount, cgroup or directory.
     let down = stack.run(&["local", "down"]);

@@ -60,10 +60,7 @@ impl AdminOpts {
         if let Some(a) = &self.admin {
             return a.clone();
         }
-        let local = std::env::var_os("PRISM_LOCAL_STATE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(super::local::DEFAULT_STATE_DIR))
-            .join("admin.sock");
+        let local = super::local::state_dir().join("admin.sock");
         let path = [PathBuf::from(DEFAULT_SOCKET), local]
             .into_iter()
             .find(|p| p.exists())
@@ -72,8 +69,33 @@ impl AdminOpts {
     }
 
     pub async fn connect(&self) -> Result<Admin, Error> {
-        let address =
-            Address::parse(&self.address()).map_err(|e| Error::Usage(format!("--admin: {e}")))?;
+        let (channel, url) = self.dial("--admin", &self.address(), Expect::Admin).await?;
+        Ok(Admin {
+            api: AdminClient::new(channel.clone())
+                .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
+            cp: ControlPlaneClient::new(channel)
+                .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
+            url,
+        })
+    }
+
+    /// A connection to `address` (the admin's, or a launcher's when
+    /// `expect` names one), with this command line's TLS settings; the
+    /// daemon must answer a health check, so that an unreachable one is
+    /// told apart from a refusing one. `flag` names the option the address
+    /// came from. Returns the channel and its URL.
+    pub async fn dial(
+        &self,
+        flag: &str,
+        address: &str,
+        expect: Expect,
+    ) -> Result<(Channel, String), Error> {
+        let what = match &expect {
+            Expect::Admin => "prism-admin".to_owned(),
+            Expect::Launcher(id) if id.is_empty() => "prism-launcher".to_owned(),
+            Expect::Launcher(id) => format!("prism-launcher {id}"),
+        };
+        let address = Address::parse(address).map_err(|e| Error::Usage(format!("{flag}: {e}")))?;
         let tls = match (&address, &self.tls_ca) {
             (Address::Unix(_), _) => None,
             (Address::Tcp { .. }, Some(ca)) => {
@@ -90,21 +112,21 @@ impl AdminOpts {
                             identity: identity.as_ref().map(|(c, k)| (&c[..], &k[..])),
                         },
                         &self.trust_domain,
-                        Expect::Admin,
+                        expect,
                     )
                     .map_err(|e| Error::Usage(format!("TLS: {e}")))?,
                 )
             }
             (Address::Tcp { https: true, .. }, None) => {
                 return Err(Error::Usage(format!(
-                    "--admin {address}: TLS needs --tls-ca to verify the admin with"
+                    "{address}: TLS needs --tls-ca to verify {what} with"
                 )));
             }
             (Address::Tcp { .. }, None) => {
                 if self.tls_cert.is_some() {
-                    return Err(Error::Usage(
-                        "--tls-cert needs --tls-ca to verify the admin with".into(),
-                    ));
+                    return Err(Error::Usage(format!(
+                        "--tls-cert needs --tls-ca to verify {what} with"
+                    )));
                 }
                 None
             }
@@ -115,8 +137,6 @@ impl AdminOpts {
         };
         let channel = channel(&address, tls, std::time::Duration::from_secs(5))
             .map_err(|e| Error::Usage(e.to_string()))?;
-        // Connect now, so that an unreachable admin is told apart from a
-        // refusing one.
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         if let Err(status) = health
             .check(tonic_health::pb::HealthCheckRequest::default())
@@ -127,23 +147,23 @@ impl AdminOpts {
             )
         {
             let hint = if matches!(address, Address::Tcp { .. }) && self.tls_cert.is_none() {
-                "; an admin with mutual TLS needs a client certificate (--tls-cert, --tls-key)"
+                "; a daemon with mutual TLS needs a client certificate (--tls-cert, --tls-key)"
             } else {
                 ""
             };
+            let next = if flag == "--admin" {
+                "Start one with `prismctl local up`, or point --admin (or PRISM_ADMIN) at a \
+                 running admin"
+                    .to_owned()
+            } else {
+                format!("Point {flag} at a running one")
+            };
             return Err(Error::Unreachable(format!(
-                "cannot reach prism-admin at {url} ({}{hint}). Start one with `prismctl local \
-                 up`, or point --admin (or PRISM_ADMIN) at a running admin",
+                "cannot reach {what} at {url} ({}{hint}). {next}",
                 describe(&status)
             )));
         }
-        Ok(Admin {
-            api: AdminClient::new(channel.clone())
-                .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
-            cp: ControlPlaneClient::new(channel)
-                .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
-            url,
-        })
+        Ok((channel, url))
     }
 }
 

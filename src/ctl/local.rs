@@ -44,6 +44,14 @@ const LAUNCHER_ID: &str = "local";
 const REDIS: &str = "/usr/bin/redis-server";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/prism-local";
 
+/// The local stack's state directory, as the other commands find it
+/// (`PRISM_LOCAL_STATE`, or the default).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("PRISM_LOCAL_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
 #[derive(Args, Debug)]
 pub struct LocalArgs {
     /// Where the local stack keeps its manager, binaries and data.
@@ -533,6 +541,9 @@ async fn up(
         LAUNCHER_ID.into(),
         "--capabilities".into(),
         "pattern,proxy,backend,utility".into(),
+        // Room for the demo and a `prismctl bench` of a few hundred.
+        "--max-processes".into(),
+        "500".into(),
         "--state-dir".into(),
         state.join("launcher").display().to_string(),
         "--credentials-dir".into(),

@@ -1,11 +1,13 @@
 //! `prismctl`: the operator CLI. One file per concern: `local` (a whole
 //! stack on this machine), `fleet` (launchers, ps, revoke, drain), `assign`,
-//! `inspect` (describe, logs), `pki` (certificates).
+//! `inspect` (describe, logs), `pki` (certificates), `bench` (assignment
+//! latency and throughput).
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 usage, 3 prism-admin
-//! (or the local stack) unreachable.
+//! (or the local stack) unreachable, 130 interrupted (`bench`, by Ctrl-C).
 
 pub mod assign;
+pub mod bench;
 pub mod client;
 pub mod fleet;
 pub mod inspect;
@@ -54,6 +56,9 @@ pub enum Command {
     Ps(fleet::PsArgs),
     /// Assign processes, from a spec file or flags, and wait for them.
     Assign(Box<assign::AssignArgs>),
+    /// Assign N harmless processes with C in flight, report latency
+    /// percentiles and throughput, then revoke them all (also on Ctrl-C).
+    Bench(bench::BenchArgs),
     /// Stop a process gracefully (SIGTERM, then SIGKILL).
     Revoke(fleet::RevokeArgs),
     /// Everything about one process, and how to inspect it on its host.
@@ -128,6 +133,9 @@ pub enum Error {
     Failed(String),
     #[error("{0}")]
     Unreachable(String),
+    /// Stopped by Ctrl-C (exit 130, as a shell reports SIGINT).
+    #[error("{0}")]
+    Interrupted(String),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
@@ -141,13 +149,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// 0 success, 1 the operation failed, 2 usage, 3 unreachable.
+    /// 0 success, 1 the operation failed, 2 usage, 3 unreachable, 130 interrupted.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Self::Usage(_) | Self::Sandbox(SandboxError::NotRoot { .. }) => ExitCode::from(2),
             Self::Systemd(SystemdError::Unavailable { .. }) | Self::Unreachable(_) => {
                 ExitCode::from(3)
             }
+            Self::Interrupted(_) => ExitCode::from(130),
             _ => ExitCode::from(1),
         }
     }
@@ -161,6 +170,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Launchers => fleet::launchers(g).await,
         Command::Ps(args) => fleet::ps(g, args).await,
         Command::Assign(args) => assign::assign(g, args).await,
+        Command::Bench(args) => bench::bench(g, args).await,
         Command::Revoke(args) => fleet::revoke(g, args).await,
         Command::Describe(args) => inspect::describe(g, args).await,
         Command::Logs(args) => inspect::logs(g, args).await,
