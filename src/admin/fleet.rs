@@ -1010,15 +1010,14 @@ impl Fleet {
         }
         drop(st);
         {
+            // Written within a second, together with every other
+            // launcher's (see `flush`).
             let mut batch = self.batch.lock().expect("poisoned");
-            batch.launchers.retain(|(id, _, _)| id != &launcher);
-            batch.launchers.push((launcher.clone(), now, hb.resources));
+            batch
+                .launchers
+                .insert(launcher.clone(), (now, hb.resources));
             batch.health.extend(batch_health);
-        }
-        for (pid, e) in transitions {
-            if let Err(err) = self.store.add_history(&pid, &e).await {
-                tracing::warn!(prism_process_id = %pid, "cannot record {pid}'s status change: {err}");
-            }
+            batch.history.extend(transitions);
         }
         for pid in finished {
             if let Err(e) = self

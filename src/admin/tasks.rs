@@ -287,7 +287,7 @@ impl Fleet {
 
     pub async fn flush(&self) {
         let batch = std::mem::take(&mut *self.batch.lock().expect("poisoned"));
-        if batch.launchers.is_empty() && batch.health.is_empty() {
+        if batch.is_empty() {
             return;
         }
         if let Err(e) = self.store.save_heartbeats(&batch).await {

@@ -4,7 +4,7 @@
 
 mod sqlite;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 
@@ -114,12 +114,22 @@ pub struct Snapshot {
     pub health: BTreeMap<String, HealthRecord>,
 }
 
-/// A batch of liveness and health reports, written together.
+/// A batch of liveness and health reports, and the status changes they
+/// showed, written together (one transaction, one sync) once a second.
 #[derive(Debug, Default)]
 pub struct HeartbeatBatch {
-    /// (launcher, last heartbeat ms, resources)
-    pub launchers: Vec<(String, i64, Option<pb::LauncherResourceUsage>)>,
-    pub health: Vec<(String, HealthRecord)>,
+    /// launcher → (last heartbeat ms, resources)
+    pub launchers: HashMap<String, (i64, Option<pb::LauncherResourceUsage>)>,
+    /// process → its latest health
+    pub health: HashMap<String, HealthRecord>,
+    /// (process, event), oldest first.
+    pub history: Vec<(String, HistoryEvent)>,
+}
+
+impl HeartbeatBatch {
+    pub fn is_empty(&self) -> bool {
+        self.launchers.is_empty() && self.health.is_empty() && self.history.is_empty()
+    }
 }
 
 #[async_trait]

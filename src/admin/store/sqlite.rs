@@ -261,7 +261,7 @@ impl AdminStore for SqliteStore {
 
     async fn save_heartbeats(&self, batch: &HeartbeatBatch) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for (id, at, resources) in &batch.launchers {
+        for (id, (at, resources)) in &batch.launchers {
             sqlx::query("UPDATE launchers SET last_heartbeat_at = ?, resources = ? WHERE id = ?")
                 .bind(at)
                 .bind(resources.as_ref().map(Message::encode_to_vec))
@@ -281,6 +281,9 @@ impl AdminStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        for (id, event) in &batch.history {
+            add_history(&mut tx, id, event).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -294,8 +297,10 @@ impl AdminStore for SqliteStore {
 
     async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEvent>, StoreError> {
         let rows = sqlx::query(
+            // By time: status changes are written in batches, after
+            // events recorded at once.
             "SELECT at, event, version, launcher_id, detail FROM history WHERE process_id = ? \
-             ORDER BY seq DESC LIMIT ?",
+             ORDER BY at DESC, seq DESC LIMIT ?",
         )
         .bind(id)
         .bind(i64::from(limit))
@@ -368,8 +373,17 @@ mod tests {
             store.put_process(&p, &event("placed")).await.unwrap();
             store
                 .save_heartbeats(&HeartbeatBatch {
-                    launchers: vec![("l1".into(), 99, None)],
-                    health: vec![(
+                    launchers: [("l1".into(), (99, None))].into(),
+                    // A status change seen before "placed" was recorded,
+                    // written after it.
+                    history: vec![(
+                        "kv-1".into(),
+                        HistoryEvent {
+                            at_ms: event("status").at_ms - 1000,
+                            ..event("status")
+                        },
+                    )],
+                    health: [(
                         "kv-1".into(),
                         HealthRecord {
                             health: pb::ProcessHealth {
@@ -378,7 +392,8 @@ mod tests {
                             },
                             reported_at_ms: 99,
                         },
-                    )],
+                    )]
+                    .into(),
                 })
                 .await
                 .unwrap();
@@ -393,7 +408,8 @@ mod tests {
         assert_eq!(snap.health["kv-1"].health.status, "running");
         let history = store.history("kv-1", 10).await.unwrap();
         let events: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
-        assert_eq!(events, ["delivered", "placed"]);
+        // Newest first, by time.
+        assert_eq!(events, ["delivered", "placed", "status"]);
         // Commits reach the disk before they return (2 = FULL).
         let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
             .fetch_one(&store.pool)
