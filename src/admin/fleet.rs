@@ -9,7 +9,7 @@
 //! repair whatever was lost (level-triggered).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,6 +20,7 @@ use tonic::{Code, Status};
 
 use super::{
     dispatch::{Dispatcher, unreachable},
+    pending::Pending,
     placement::{self, Candidate, Liveness, NoCandidate, Request},
     store::{
         AdminStore, HealthRecord, HeartbeatBatch, HistoryEvent, LauncherRecord, PlacementState,
@@ -82,16 +83,18 @@ pub enum DeliveryKind {
 pub struct State {
     pub launchers: BTreeMap<String, LauncherRecord>,
     /// Read freely; change only through [`State::put`] and [`State::take`],
-    /// which keep `by_launcher` in step.
-    pub processes: BTreeMap<String, ProcessRecord>,
+    /// which keep `by_launcher` in step. Hashed: a heartbeat looks up each
+    /// process it reports, and a tree of 10,000 string keys costs a cache
+    /// miss per key compared; listings sort.
+    pub processes: HashMap<String, ProcessRecord>,
     /// Process ids placed on (or being revoked from) each launcher, so a
     /// heartbeat or a placement never scans the whole fleet.
-    by_launcher: BTreeMap<String, BTreeSet<String>>,
+    by_launcher: HashMap<String, BTreeSet<String>>,
     /// Encoded size of the specs on each launcher (its registration ack).
     spec_bytes: BTreeMap<String, usize>,
-    pub health: BTreeMap<String, HealthRecord>,
+    pub health: HashMap<String, HealthRecord>,
     /// (launcher, process) to deliver.
-    pub pending: BTreeMap<(String, String), Delivery>,
+    pub pending: Pending,
     /// (process, launcher it moves away from): its copy there is kept until
     /// the move finishes.
     pub moving: BTreeSet<(String, String)>,
@@ -99,7 +102,7 @@ pub struct State {
     /// Launchers that registered with this admin process. A launcher that
     /// heartbeats without having done so (the admin restarted) is asked to
     /// register again, so it reconciles to the admin's placement.
-    pub registered: BTreeSet<String>,
+    pub registered: HashSet<String>,
     /// (launcher, process) the admin lost and asked that launcher, at its
     /// registration, to hand back (`ReclaimProcesses`); never revoked
     /// meanwhile.
@@ -141,6 +144,22 @@ impl State {
     /// Encoded bytes of the specs placed on `launcher`.
     pub fn spec_bytes_on(&self, launcher: &str) -> usize {
         self.spec_bytes.get(launcher).copied().unwrap_or(0)
+    }
+
+    /// Is `launcher`'s copy of `process` kept although it is not placed
+    /// there: it moves away from there, or the admin waits for that
+    /// launcher to hand it back?
+    pub fn kept_on(&self, launcher: &str, process: &str) -> bool {
+        self.moving
+            .contains(&(process.to_owned(), launcher.to_owned()))
+            || self
+                .reclaimable
+                .contains(&(launcher.to_owned(), process.to_owned()))
+    }
+
+    /// How many processes are placed on (or being revoked from) `launcher`.
+    pub fn count_on(&self, launcher: &str) -> usize {
+        self.by_launcher.get(launcher).map_or(0, BTreeSet::len)
     }
 
     /// The processes placed on (or being revoked from) `launcher`.
@@ -223,6 +242,36 @@ pub const MAX_LABEL_BYTES: usize = 64;
 pub const MAX_METADATA_ENTRIES: usize = 32;
 pub const MAX_METADATA_VALUE_BYTES: usize = 256;
 
+/// The same process state, whatever the usage figures (memory, CPU,
+/// uptime) say: a report that changes only those is not stored.
+fn same_state(a: &pb::ProcessHealth, b: &pb::ProcessHealth) -> bool {
+    a.status == b.status
+        && a.detailed_status == b.detailed_status
+        && a.pid == b.pid
+        && a.restart_count == b.restart_count
+        && a.error_count == b.error_count
+        && a.last_error == b.last_error
+        && a.unit_name == b.unit_name
+        && a.active_state == b.active_state
+        && a.sub_state == b.sub_state
+        && a.version == b.version
+}
+
+/// The same process counts and slots, whatever memory and CPU say.
+fn same_counts(
+    a: Option<&pb::LauncherResourceUsage>,
+    b: Option<&pb::LauncherResourceUsage>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            (a.process_count, a.max_processes, a.available_slots)
+                == (b.process_count, b.max_processes, b.available_slots)
+        }
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn unit_of(spec: &pb::ProcessAssignment) -> String {
     let ty: ProcessType = spec.process_type.parse().unwrap_or(ProcessType::Pattern);
     unit::unit_name(ty, &spec.process_id)
@@ -250,19 +299,13 @@ impl Fleet {
             if p.state == PlacementState::Revoking
                 && let Some(l) = &p.launcher_id
             {
-                state.pending.insert(
-                    (l.clone(), p.id().to_owned()),
-                    Delivery {
-                        kind: DeliveryKind::Revoke { grace: 0 },
-                        attempts: 0,
-                        next_at: later,
-                        last_error: String::new(),
-                    },
-                );
+                state
+                    .pending
+                    .schedule(l, p.id(), DeliveryKind::Revoke { grace: 0 }, later);
             }
             state.put(p);
         }
-        state.health = snapshot.health;
+        state.health = snapshot.health.into_iter().collect();
         Ok(Arc::new(Self {
             store,
             dispatcher,
@@ -306,7 +349,7 @@ impl Fleet {
             let pending = p
                 .launcher_id
                 .as_ref()
-                .is_some_and(|l| st.pending.contains_key(&(l.clone(), p.id().to_owned())));
+                .is_some_and(|l| st.pending.contains(l, p.id()));
             let status = match (p.state, pending, st.health.get(p.id())) {
                 (PlacementState::Revoking, _, _) => "revoking".to_owned(),
                 (_, true, _) => "pending".to_owned(),
@@ -331,15 +374,7 @@ impl Fleet {
         process: &str,
         kind: DeliveryKind,
     ) {
-        st.pending
-            .entry((launcher.to_owned(), process.to_owned()))
-            .and_modify(|d| d.kind = kind)
-            .or_insert(Delivery {
-                kind,
-                attempts: 0,
-                next_at: Instant::now(),
-                last_error: String::new(),
-            });
+        st.pending.schedule(launcher, process, kind, Instant::now());
         self.deliveries.notify_one();
     }
 
@@ -373,7 +408,7 @@ impl Fleet {
                 }
                 Some(p) if p.version() == spec.version => {
                     let on = p.launcher_id.clone().unwrap_or_default();
-                    let pending = st.pending.contains_key(&(on.clone(), id.clone()));
+                    let pending = st.pending.contains(&on, &id);
                     return Ok(Assigned {
                         unit: unit_of(&p.spec),
                         message: format!(
@@ -472,11 +507,11 @@ impl Fleet {
                         &event("delivered", spec.version, &target, ack.message.clone()),
                     )
                     .await;
-                self.state
-                    .lock()
-                    .await
-                    .pending
-                    .remove(&(target.clone(), id.clone()));
+                {
+                    let mut st = self.state.lock().await;
+                    st.pending.remove(&target, &id);
+                    st.pending.reached(&target, Instant::now());
+                }
                 Ok(Assigned {
                     unit: if ack.unit_name.is_empty() {
                         unit_of(&spec)
@@ -490,6 +525,15 @@ impl Fleet {
             Err(status) if unreachable(&status) => {
                 let mut st = self.state.lock().await;
                 self.schedule(&mut st, &target, &id, DeliveryKind::Assign);
+                // Retried when the launcher's backoff ends.
+                st.pending.failed(
+                    &target,
+                    &id,
+                    status.message(),
+                    true,
+                    Instant::now(),
+                    now_ms() as u64,
+                );
                 Ok(Assigned {
                     unit: unit_of(&spec),
                     message: format!(
@@ -537,7 +581,7 @@ impl Fleet {
             .await?;
         st.take(id);
         st.health.remove(id);
-        st.pending.retain(|(_, p), _| p != id);
+        st.pending.remove_process(id);
         Ok(())
     }
 
@@ -776,7 +820,7 @@ impl Fleet {
             .collect();
         // The launcher reconciles to `initial`, which delivers every pending
         // assignment and revocation at once.
-        st.pending.retain(|(l, _), _| l != &reg.launcher_id);
+        st.pending.remove_launcher(&reg.launcher_id);
         tracing::info!(
             prism_launcher_id = %reg.launcher_id,
             address = %reg.address,
@@ -926,84 +970,104 @@ impl Fleet {
             unreachable!("checked above");
         };
         l.last_heartbeat_ms = now;
+        // Stored when its counts change: liveness is judged afresh when the
+        // admin starts, and usage figures are live data.
+        let resources_changed = !same_counts(l.resources.as_ref(), hb.resources.as_ref());
         l.resources = hb.resources;
         let launcher = hb.launcher_id.clone();
+        // Each reported process is looked up once; the placed ones that
+        // were not reported are looked for only when some are missing.
+        let fresh = now - 2 * self.interval.as_millis() as i64;
         let mut batch_health = Vec::new();
         let mut transitions = Vec::new();
+        let (mut assign, mut revoke, mut finished) = (Vec::new(), Vec::new(), Vec::new());
+        let mut reported_here = 0;
         for (pid, health) in &hb.process_health {
-            if let Some(p) = st
+            let here = st
                 .processes
                 .get(pid)
                 .filter(|p| p.launcher_id.as_deref() == Some(launcher.as_str()))
-            {
-                let status = |h: &pb::ProcessHealth| {
-                    if h.detailed_status.is_empty() {
-                        h.status.clone()
-                    } else {
-                        h.detailed_status.clone()
-                    }
-                };
-                let before = st.health.get(pid).map(|r| status(&r.health));
-                let after = status(health);
-                if before.as_deref() != Some(after.as_str()) {
-                    let mut detail = format!("{} → {after}", before.as_deref().unwrap_or("-"));
-                    if health.pid > 0 {
-                        detail.push_str(&format!(" (pid {})", health.pid));
-                    }
-                    if !health.last_error.is_empty() && after != "running" {
-                        detail.push_str(&format!(": {}", health.last_error));
-                    }
-                    transitions
-                        .push((pid.clone(), event("status", p.version(), &launcher, detail)));
+                .map(|p| (p.state, p.version(), p.updated_at_ms));
+            let Some((state, version, updated_at_ms)) = here else {
+                // Run here but not placed here: revoke.
+                if !st.kept_on(&launcher, pid) {
+                    revoke.push(pid.clone());
                 }
-                let record = HealthRecord {
-                    health: health.clone(),
-                    reported_at_ms: now,
-                };
-                st.health.insert(pid.clone(), record.clone());
-                batch_health.push((pid.clone(), record));
-            }
-        }
-        // Drift: placed here but not run (or an older version): push again.
-        // A fresh placement is being pushed right now: leave it be.
-        let fresh = now - 2 * self.interval.as_millis() as i64;
-        let mut assign = Vec::new();
-        let mut finished = Vec::new();
-        for p in st.on(&launcher) {
-            let reported = hb.process_health.get(p.id());
-            match p.state {
-                PlacementState::Placed => {
-                    let behind = reported.is_some_and(|h| h.version > 0 && h.version < p.version());
-                    if (reported.is_none() || behind) && p.updated_at_ms < fresh {
-                        assign.push(p.id().to_owned());
-                    }
+                continue;
+            };
+            reported_here += 1;
+            match state {
+                // Running an older version: push again, unless the newer
+                // one is being pushed right now.
+                PlacementState::Placed
+                    if health.version > 0 && health.version < version && updated_at_ms < fresh =>
+                {
+                    assign.push(pid.clone())
                 }
-                PlacementState::Revoking if reported.is_none() => finished.push(p.id().to_owned()),
+                PlacementState::Placed => {}
+                // Still run where it is being revoked: revoke.
+                PlacementState::Revoking if !st.kept_on(&launcher, pid) => revoke.push(pid.clone()),
                 PlacementState::Revoking => {}
             }
-        }
-        // Drift: run here but not placed here: revoke.
-        let mut revoke = Vec::new();
-        for pid in hb.process_health.keys() {
-            let placed_here = st.processes.get(pid).is_some_and(|p| {
-                p.launcher_id.as_deref() == Some(launcher.as_str())
-                    && p.state == PlacementState::Placed
-            });
-            if !placed_here
-                && !st.moving.contains(&(pid.clone(), launcher.clone()))
-                && !st.reclaimable.contains(&(launcher.clone(), pid.clone()))
+            if let Some(r) = st.health.get_mut(pid)
+                && same_state(&r.health, health)
             {
-                revoke.push(pid.clone());
+                // Nothing but usage figures changed: memory only.
+                r.health.clone_from(health);
+                r.reported_at_ms = now;
+                continue;
+            }
+            let record = HealthRecord {
+                health: health.clone(),
+                reported_at_ms: now,
+            };
+            let status = |h: &pb::ProcessHealth| {
+                if h.detailed_status.is_empty() {
+                    h.status.clone()
+                } else {
+                    h.detailed_status.clone()
+                }
+            };
+            let before = st.health.get(pid).map(|r| status(&r.health));
+            let after = status(health);
+            if before.as_deref() != Some(after.as_str()) {
+                let mut detail = format!("{} → {after}", before.as_deref().unwrap_or("-"));
+                if health.pid > 0 {
+                    detail.push_str(&format!(" (pid {})", health.pid));
+                }
+                if !health.last_error.is_empty() && after != "running" {
+                    detail.push_str(&format!(": {}", health.last_error));
+                }
+                transitions.push((pid.clone(), event("status", version, &launcher, detail)));
+            }
+            st.health.insert(pid.clone(), record.clone());
+            batch_health.push((pid.clone(), record));
+        }
+        if reported_here < st.count_on(&launcher) {
+            for p in st.on(&launcher) {
+                if hb.process_health.contains_key(p.id()) {
+                    continue;
+                }
+                match p.state {
+                    // Placed here but not run: push again, unless it is
+                    // being pushed right now.
+                    PlacementState::Placed if p.updated_at_ms < fresh => {
+                        assign.push(p.id().to_owned())
+                    }
+                    PlacementState::Placed => {}
+                    // Revoked, and no longer run: done.
+                    PlacementState::Revoking => finished.push(p.id().to_owned()),
+                }
             }
         }
         for pid in &assign {
-            if !st.pending.contains_key(&(launcher.clone(), pid.clone())) {
+            if !st.pending.contains(&launcher, pid) {
                 tracing::info!(prism_launcher_id = %launcher, prism_process_id = %pid, "{pid} is placed on {launcher} but not running there; pushing it again");
                 self.schedule(&mut st, &launcher, pid, DeliveryKind::Assign);
             }
         }
         for pid in &revoke {
-            if !st.pending.contains_key(&(launcher.clone(), pid.clone())) {
+            if !st.pending.contains(&launcher, pid) {
                 tracing::info!(prism_launcher_id = %launcher, prism_process_id = %pid, "{launcher} runs {pid}, which is not placed there; revoking it");
                 self.schedule(&mut st, &launcher, pid, DeliveryKind::Revoke { grace: 0 });
             }
@@ -1013,9 +1077,11 @@ impl Fleet {
             // Written within a second, together with every other
             // launcher's (see `flush`).
             let mut batch = self.batch.lock().expect("poisoned");
-            batch
-                .launchers
-                .insert(launcher.clone(), (now, hb.resources));
+            if resources_changed {
+                batch
+                    .launchers
+                    .insert(launcher.clone(), (now, hb.resources));
+            }
             batch.health.extend(batch_health);
             batch.history.extend(transitions);
         }

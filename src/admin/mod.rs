@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dispatch;
 pub mod fleet;
+pub mod pending;
 pub mod placement;
 pub mod service;
 pub mod store;

@@ -223,9 +223,7 @@ impl AdminService {
     async fn process_info(&self, p: &ProcessRecord, events: Vec<HistoryEvent>) -> apb::ProcessInfo {
         let st = self.fleet.state.lock().await;
         let launcher = p.launcher_id.clone().unwrap_or_default();
-        let pending = st
-            .pending
-            .contains_key(&(launcher.clone(), p.id().to_owned()));
+        let pending = st.pending.contains(&launcher, p.id());
         let health = st.health.get(p.id());
         let ty: ProcessType = p.spec.process_type.parse().unwrap_or(ProcessType::Pattern);
         apb::ProcessInfo {
@@ -310,7 +308,7 @@ impl Admin for AdminService {
         request: Request<apb::ListProcessesRequest>,
     ) -> Result<Response<apb::ListProcessesResponse>, Status> {
         let f = request.into_inner();
-        let records: Vec<ProcessRecord> = {
+        let mut records: Vec<ProcessRecord> = {
             let st = self.fleet.state.lock().await;
             st.processes
                 .values()
@@ -323,6 +321,8 @@ impl Admin for AdminService {
                 .cloned()
                 .collect()
         };
+        // The listing's order: by id.
+        records.sort_by(|a, b| a.id().cmp(b.id()));
         let mut processes = Vec::with_capacity(records.len());
         for p in &records {
             let info = self.process_info(p, Vec::new()).await;

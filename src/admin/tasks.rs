@@ -13,47 +13,26 @@ use tonic::Code;
 
 use super::{
     dispatch::unreachable,
-    fleet::{Delivery, DeliveryKind, Fleet, FleetError, State, event, now_ms},
+    fleet::{DeliveryKind, Fleet, FleetError, State, event, now_ms},
+    pending::BACKOFF_MAX,
     placement::{self, Liveness, Request},
     store::{PlacementState, ProcessRecord},
 };
 use crate::pb::prism::admin::v1 as apb;
 
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
-
-fn backoff(attempts: u32) -> Duration {
-    let base = Duration::from_millis(500) * 2u32.saturating_pow(attempts.min(10));
-    // Up to a quarter of jitter, from the clock: fleets do not retry in step.
-    let jitter = (now_ms() as u64 % 250) * base.as_millis() as u64 / 1000;
-    (base + Duration::from_millis(jitter)).min(BACKOFF_MAX)
-}
-
 impl Fleet {
-    /// Deliver pending pushes as they come due.
+    /// Deliver pending pushes as they come due (see `pending`).
     pub async fn delivery_loop(self: Arc<Self>) {
         loop {
             let now = Instant::now();
-            let (due, next) = {
-                let mut st = self.state.lock().await;
-                let mut due = Vec::new();
-                let mut next = now + Duration::from_secs(1);
-                for (key, d) in st.pending.iter_mut() {
-                    if d.next_at <= now {
-                        due.push((key.clone(), d.kind));
-                        // In flight: not due again until it settles.
-                        d.next_at = now + BACKOFF_MAX;
-                    } else {
-                        next = next.min(d.next_at);
-                    }
-                }
-                (due, next)
-            };
+            let (due, next) = self.state.lock().await.pending.take_due(now);
             stream::iter(due)
-                .for_each_concurrent(16, |((launcher, process), kind)| {
+                .for_each_concurrent(16, |(launcher, process, kind)| {
                     let this = self.clone();
                     async move { this.deliver(&launcher, &process, kind).await }
                 })
                 .await;
+            let next = next.unwrap_or(now + BACKOFF_MAX);
             tokio::select! {
                 _ = self.deliveries.notified() => {}
                 _ = tokio::time::sleep_until(next.into()) => {}
@@ -62,12 +41,11 @@ impl Fleet {
     }
 
     async fn deliver(&self, launcher: &str, process: &str, kind: DeliveryKind) {
-        let key = (launcher.to_owned(), process.to_owned());
         let _guard = self.locks.lock(process).await;
         let (address, spec) = {
             let mut st = self.state.lock().await;
             let Some(address) = st.launchers.get(launcher).map(|l| l.address.clone()) else {
-                st.pending.remove(&key);
+                st.pending.remove(launcher, process);
                 return;
             };
             let spec = match kind {
@@ -80,7 +58,7 @@ impl Fleet {
                     }
                     // Placed elsewhere by now, or revoked: nothing to deliver.
                     _ => {
-                        st.pending.remove(&key);
+                        st.pending.remove(launcher, process);
                         return;
                     }
                 },
@@ -111,7 +89,8 @@ impl Fleet {
             Ok(detail) => {
                 let done = {
                     let mut st = self.state.lock().await;
-                    st.pending.remove(&key);
+                    st.pending.remove(launcher, process);
+                    st.pending.reached(launcher, Instant::now());
                     // A revocation of a process still placed there finishes it.
                     st.processes.get(process).is_some_and(|p| {
                         matches!(kind, DeliveryKind::Revoke { .. })
@@ -138,12 +117,16 @@ impl Fleet {
                     .dispatch_retries
                     .get_or_create(&crate::metrics::Kind { kind: label.into() })
                     .inc();
-                if let Some(d) = st.pending.get_mut(&key) {
-                    d.attempts += 1;
-                    d.last_error = status.message().to_owned();
-                    let wait = backoff(d.attempts);
-                    d.next_at = Instant::now() + wait;
-                    if unreachable(&status) {
+                let unreachable = unreachable(&status);
+                if let Some(wait) = st.pending.failed(
+                    launcher,
+                    process,
+                    status.message(),
+                    unreachable,
+                    Instant::now(),
+                    now_ms() as u64,
+                ) {
+                    if unreachable {
                         tracing::debug!(
                             prism_launcher_id = %launcher,
                             prism_process_id = %process,
@@ -409,17 +392,5 @@ impl Fleet {
                 })
             }
         }
-    }
-
-    /// Pending deliveries to a launcher (for reports).
-    pub async fn pending_of(&self, launcher: &str) -> Vec<(String, Delivery)> {
-        self.state
-            .lock()
-            .await
-            .pending
-            .iter()
-            .filter(|((l, _), _)| l == launcher)
-            .map(|((_, p), d)| (p.clone(), d.clone()))
-            .collect()
     }
 }

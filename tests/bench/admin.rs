@@ -4,8 +4,10 @@
 //! 2. AssignProcess throughput through the admin binary with 100 registered
 //!    launchers (placement, SQLite, push, ack), the launchers played by an
 //!    in-process fake that acknowledges at once;
-//! 3. heartbeat handling for 1000 launchers at a 10 s interval (each
-//!    reporting 5 processes): the admin's CPU and the RPC latency;
+//! 3. heartbeat handling for 1000 launchers at a 10 s interval: each
+//!    reporting its 5 processes, nothing, or 5 processes placed nowhere
+//!    (which the admin revokes towards launchers it cannot reach): the
+//!    admin's CPU, the RPC latency and its RSS;
 //! 4. end to end: AssignProcess at the admin until the unit is active on a
 //!    real launcher with a real (sandboxed) systemd manager.
 
@@ -115,6 +117,115 @@ fn assignment(id: &str) -> pb::ProcessAssignment {
     }
 }
 
+/// What the 1000 launchers of a heartbeat run report.
+#[derive(Clone, Copy, Debug)]
+enum Scenario {
+    /// The 5 processes placed on each, running: the steady state.
+    Placed,
+    /// Nothing.
+    Empty,
+    /// 5 processes placed nowhere, from launchers the admin cannot reach:
+    /// it revokes them towards addresses that refuse.
+    Unplaced,
+}
+
+/// 1000 launchers heartbeating at 10 s (100 heartbeats/s, evenly spread)
+/// on a fresh admin: one untimed round first (the first reports are status
+/// changes, recorded once), then the admin's CPU over the measured window.
+async fn heartbeats(scenario: Scenario, fake_addr: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Daemon::admin(dir.path(), &["--heartbeat-interval", "10s"]).await;
+    let cp: ControlPlaneClient<Channel> = ControlPlaneClient::new(admin.channel().await);
+    let address = match scenario {
+        Scenario::Unplaced => "127.0.0.1:1",
+        _ => fake_addr,
+    };
+    for i in 0..1000 {
+        cp.clone()
+            .register_launcher(registration(&format!("hb-{i:04}"), address, 5))
+            .await
+            .unwrap();
+    }
+    if let Scenario::Placed = scenario {
+        let placed: Vec<_> = stream::iter(0..5000)
+            .map(|i| {
+                let mut c = cp.clone();
+                let mut r = tonic::Request::new(assignment(&format!("hbp-{i:04}")));
+                r.metadata_mut().insert(
+                    "prism-launcher-id",
+                    format!("hb-{:04}", i / 5).parse().unwrap(),
+                );
+                async move { c.assign_process(r).await }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        assert!(placed.iter().all(Result::is_ok));
+    }
+    let heartbeat = |i: usize| pb::LauncherHeartbeatRequest {
+        launcher_id: format!("hb-{i:04}"),
+        process_health: match scenario {
+            Scenario::Empty => HashMap::new(),
+            Scenario::Placed | Scenario::Unplaced => (0..5)
+                .map(|k| {
+                    (
+                        format!("hbp-{:04}", i * 5 + k),
+                        pb::ProcessHealth {
+                            status: "running".into(),
+                            pid: 1000 + k as i32,
+                            version: 1,
+                            detailed_status: "running".into(),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+        },
+        resources: Some(pb::LauncherResourceUsage {
+            process_count: 5,
+            max_processes: 5,
+            ..Default::default()
+        }),
+        timestamp: 0,
+    };
+    let warm: Vec<_> = stream::iter(0..1000)
+        .map(|i| {
+            let mut c = cp.clone();
+            let hb = heartbeat(i);
+            async move { c.launcher_heartbeat(hb).await }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(warm.iter().all(Result::is_ok));
+    let seconds = 20;
+    let (c0, t0) = (cpu_ticks(admin.pid()), Instant::now());
+    let mut latencies = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for k in 0..(seconds * 100) {
+        tick.tick().await;
+        let t = Instant::now();
+        let ack = cp
+            .clone()
+            .launcher_heartbeat(heartbeat(k % 1000))
+            .await
+            .unwrap()
+            .into_inner();
+        latencies.push(t.elapsed());
+        assert!(ack.success, "{ack:?}");
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(admin.pid()) - c0) as f64 / 100.0;
+    latencies.sort();
+    println!(
+        "heartbeats, 1000 launchers at 10 s (100/s), {scenario:?} for {seconds} s: admin CPU {:.1} % of one core; RPC median {:.2} ms, p99 {:.2} ms; admin RSS {:.1} MiB",
+        cpu / wall * 100.0,
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        support::rss_mib(admin.pid()),
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // 1. The pure choice over 100 launchers.
@@ -190,80 +301,16 @@ async fn main() {
         total as f64 / t.elapsed().as_secs_f64()
     );
 
-    // 3. 1000 launchers heartbeating every 10 s, 5 processes each.
-    for i in 0..1000 {
-        cp.clone()
-            .register_launcher(registration(&format!("hb-{i:04}"), &fake_addr, 5))
-            .await
-            .unwrap();
-    }
-    let placed: Vec<_> = stream::iter(0..5000)
-        .map(|i| {
-            let mut c = cp.clone();
-            let mut r = tonic::Request::new(assignment(&format!("hbp-{i:04}")));
-            r.metadata_mut().insert(
-                "prism-launcher-id",
-                format!("hb-{:04}", i / 5).parse().unwrap(),
-            );
-            async move { c.assign_process(r).await }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    assert!(placed.iter().all(Result::is_ok));
-    let heartbeat = |i: usize| pb::LauncherHeartbeatRequest {
-        launcher_id: format!("hb-{i:04}"),
-        process_health: (0..5)
-            .map(|k| {
-                (
-                    format!("hbp-{:04}", i * 5 + k),
-                    pb::ProcessHealth {
-                        status: "running".into(),
-                        pid: 1000 + k as i32,
-                        version: 1,
-                        detailed_status: "running".into(),
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect(),
-        resources: Some(pb::LauncherResourceUsage {
-            process_count: 5,
-            max_processes: 5,
-            ..Default::default()
-        }),
-        timestamp: 0,
-    };
-    let seconds = 20;
-    let (c0, t0) = (cpu_ticks(admin.pid()), Instant::now());
-    let mut latencies = Vec::new();
-    // 1000 launchers / 10 s = 100 heartbeats per second, evenly spread.
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    for k in 0..(seconds * 100) {
-        tick.tick().await;
-        let t = Instant::now();
-        let ack = cp
-            .clone()
-            .launcher_heartbeat(heartbeat(k % 1000))
-            .await
-            .unwrap()
-            .into_inner();
-        latencies.push(t.elapsed());
-        assert!(ack.success, "{ack:?}");
-    }
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks(admin.pid()) - c0) as f64 / 100.0;
-    latencies.sort();
     println!(
-        "heartbeats, 1000 launchers at 10 s (100/s, 5 processes each) for {seconds} s: admin CPU {:.1} % of one core; RPC median {:.2} ms, p99 {:.2} ms",
-        cpu / wall * 100.0,
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-    );
-    println!(
-        "admin RSS with 1100 launchers and 10000 processes: {:.1} MiB",
+        "admin RSS with 100 launchers and 5000 processes: {:.1} MiB",
         support::rss_mib(admin.pid())
     );
+
+    // 3. 1000 launchers heartbeating every 10 s, each scenario on a fresh
+    // admin.
+    for scenario in [Scenario::Placed, Scenario::Empty, Scenario::Unplaced] {
+        heartbeats(scenario, &fake_addr).await;
+    }
 
     // 4. End to end on a real launcher.
     let Some(h) = support::sandbox() else { return };

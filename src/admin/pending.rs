@@ -1,0 +1,341 @@
+//! Pushes the admin still owes its launchers, and when each is next tried.
+//!
+//! A queue ordered by time says what is due, so the delivery loop's work
+//! is the deliveries that are due, not every one that is pending. A
+//! launcher that cannot be reached backs off as a whole: while it does,
+//! its deliveries wait, and when it is due again one delivery probes it;
+//! the others follow once one gets through. So a fleet of unreachable
+//! launchers costs a connection attempt per launcher and backoff, not one
+//! per pending delivery.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use super::fleet::{Delivery, DeliveryKind};
+
+/// The longest wait between two attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The wait after `attempts` failed attempts: exponential from 0.5 s, with
+/// up to a quarter of jitter (`jitter` in 0..1000) so that fleets do not
+/// retry in step, and at most [`BACKOFF_MAX`].
+pub fn backoff(attempts: u32, jitter: u64) -> Duration {
+    let base = Duration::from_millis(500) * 2u32.saturating_pow(attempts.min(10));
+    let jitter = (jitter % 250) * base.as_millis() as u64 / 1000;
+    (base + Duration::from_millis(jitter)).min(BACKOFF_MAX)
+}
+
+/// A launcher that could not be reached.
+#[derive(Clone, Debug)]
+struct Unreachable {
+    attempts: u32,
+    next_at: Instant,
+    /// The process whose delivery probes it now.
+    probe: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Pending {
+    items: BTreeMap<(String, String), Delivery>,
+    /// (due at, launcher, process), one entry per item.
+    queue: BTreeSet<(Instant, String, String)>,
+    unreachable: HashMap<String, Unreachable>,
+}
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn contains(&self, launcher: &str, process: &str) -> bool {
+        self.items
+            .contains_key(&(launcher.to_owned(), process.to_owned()))
+    }
+
+    fn requeue(&mut self, launcher: &str, process: &str, at: Instant) {
+        let key = (launcher.to_owned(), process.to_owned());
+        if let Some(d) = self.items.get_mut(&key) {
+            self.queue
+                .remove(&(d.next_at, key.0.clone(), key.1.clone()));
+            d.next_at = at;
+            self.queue.insert((at, key.0, key.1));
+        }
+    }
+
+    /// Owe `launcher` a `kind` push of `process`: due now if new; an owed
+    /// one changes its kind and keeps its time.
+    pub fn schedule(&mut self, launcher: &str, process: &str, kind: DeliveryKind, now: Instant) {
+        let key = (launcher.to_owned(), process.to_owned());
+        if let Some(d) = self.items.get_mut(&key) {
+            d.kind = kind;
+            return;
+        }
+        self.queue.insert((now, key.0.clone(), key.1.clone()));
+        self.items.insert(
+            key,
+            Delivery {
+                kind,
+                attempts: 0,
+                next_at: now,
+                last_error: String::new(),
+            },
+        );
+    }
+
+    /// No longer owed (delivered, or moot).
+    pub fn remove(&mut self, launcher: &str, process: &str) -> Option<Delivery> {
+        let d = self
+            .items
+            .remove(&(launcher.to_owned(), process.to_owned()))?;
+        if let Some(u) = self.unreachable.get_mut(launcher)
+            && u.probe.as_deref() == Some(process)
+        {
+            u.probe = None;
+        }
+        self.queue
+            .remove(&(d.next_at, launcher.to_owned(), process.to_owned()));
+        Some(d)
+    }
+
+    /// Nothing owed for `process`, on any launcher.
+    pub fn remove_process(&mut self, process: &str) {
+        let launchers: Vec<String> = self
+            .items
+            .keys()
+            .filter(|(_, p)| p == process)
+            .map(|(l, _)| l.clone())
+            .collect();
+        for l in launchers {
+            self.remove(&l, process);
+        }
+    }
+
+    /// Nothing owed to `launcher` (it registered and reconciles to the
+    /// admin's placement by itself).
+    pub fn remove_launcher(&mut self, launcher: &str) {
+        let processes: Vec<String> = self.of(launcher).map(|(p, _)| p.to_owned()).collect();
+        for p in processes {
+            self.remove(launcher, &p);
+        }
+        self.unreachable.remove(launcher);
+    }
+
+    /// What is owed to `launcher`.
+    pub fn of<'a>(&'a self, launcher: &'a str) -> impl Iterator<Item = (&'a str, &'a Delivery)> {
+        self.items
+            .range((launcher.to_owned(), String::new())..)
+            .take_while(move |((l, _), _)| l == launcher)
+            .map(|((_, p), d)| (p.as_str(), d))
+    }
+
+    /// Take what is due at `now`, marking it in flight (not due again
+    /// before it settles); and when the next one comes due. Of an
+    /// unreachable launcher's deliveries, one probes it when its backoff
+    /// ends; the rest wait for the probe.
+    pub fn take_due(
+        &mut self,
+        now: Instant,
+    ) -> (Vec<(String, String, DeliveryKind)>, Option<Instant>) {
+        let mut due = Vec::new();
+        while let Some(first) = self.queue.first().cloned() {
+            let (at, launcher, process) = first;
+            if at > now {
+                break;
+            }
+            self.queue.pop_first();
+            let wait_for = match self.unreachable.get_mut(&launcher) {
+                Some(u) if u.probe.is_some() => Some(now + BACKOFF_MAX),
+                Some(u) if u.next_at > now => Some(u.next_at),
+                Some(u) => {
+                    u.probe = Some(process.clone());
+                    None
+                }
+                None => None,
+            };
+            let key = (launcher, process);
+            let Some(d) = self.items.get_mut(&key) else {
+                continue;
+            };
+            match wait_for {
+                Some(later) => {
+                    d.next_at = later;
+                    self.queue.insert((later, key.0, key.1));
+                }
+                None => {
+                    due.push((key.0.clone(), key.1.clone(), d.kind));
+                    d.next_at = now + BACKOFF_MAX;
+                    self.queue.insert((d.next_at, key.0, key.1));
+                }
+            }
+        }
+        (due, self.queue.first().map(|(at, _, _)| *at))
+    }
+
+    /// `launcher` answered: if it was unreachable, what waited for it is
+    /// due now.
+    pub fn reached(&mut self, launcher: &str, now: Instant) {
+        if self.unreachable.remove(launcher).is_none() {
+            return;
+        }
+        let waiting: Vec<String> = self.of(launcher).map(|(p, _)| p.to_owned()).collect();
+        for p in waiting {
+            self.requeue(launcher, &p, now);
+        }
+    }
+
+    /// A delivery failed: `unreachable`, the launcher backs off as a whole
+    /// (the delivery waits with it); else (a refusal) the delivery alone.
+    /// Returns how long it waits.
+    pub fn failed(
+        &mut self,
+        launcher: &str,
+        process: &str,
+        error: &str,
+        unreachable: bool,
+        now: Instant,
+        jitter: u64,
+    ) -> Option<Duration> {
+        let key = (launcher.to_owned(), process.to_owned());
+        let d = self.items.get_mut(&key)?;
+        d.attempts += 1;
+        d.last_error = error.to_owned();
+        let attempts = d.attempts;
+        let wait = if unreachable {
+            let u = self
+                .unreachable
+                .entry(launcher.to_owned())
+                .or_insert(Unreachable {
+                    attempts: 0,
+                    next_at: now,
+                    probe: None,
+                });
+            // One backoff step per probe (or per first failure), however
+            // many deliveries were in flight to it.
+            let probe = u.probe.as_deref() == Some(process);
+            if probe || u.next_at <= now {
+                u.attempts += 1;
+                u.next_at = now + backoff(u.attempts, jitter);
+            }
+            if probe {
+                u.probe = None;
+            }
+            u.next_at.saturating_duration_since(now)
+        } else {
+            // It answered, if only to refuse.
+            self.reached(launcher, now);
+            backoff(attempts, jitter)
+        };
+        self.requeue(launcher, process, now + wait);
+        Some(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ASSIGN: DeliveryKind = DeliveryKind::Assign;
+
+    fn ids(due: &[(String, String, DeliveryKind)]) -> Vec<String> {
+        due.iter().map(|(l, p, _)| format!("{l}/{p}")).collect()
+    }
+
+    #[test]
+    fn only_what_is_due_is_taken_and_in_flight_is_not_taken_twice() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        p.schedule("a", "x", ASSIGN, t0);
+        p.schedule("a", "y", ASSIGN, t0 + Duration::from_secs(5));
+        let (due, next) = p.take_due(t0);
+        assert_eq!(ids(&due), ["a/x"]);
+        assert_eq!(next, Some(t0 + Duration::from_secs(5)));
+        // In flight: not due again.
+        assert!(p.take_due(t0 + Duration::from_secs(1)).0.is_empty());
+        p.remove("a", "x");
+        assert_eq!(ids(&p.take_due(t0 + Duration::from_secs(5)).0), ["a/y"]);
+        assert_eq!(p.len(), 1);
+        // A second schedule changes the kind, not the time.
+        p.schedule("a", "y", DeliveryKind::Revoke { grace: 0 }, t0);
+        assert_eq!(
+            p.of("a").next().unwrap().1.kind,
+            DeliveryKind::Revoke { grace: 0 }
+        );
+        assert_eq!(p.queue.len(), p.items.len());
+    }
+
+    #[test]
+    fn an_unreachable_launcher_is_probed_by_one_delivery_and_the_rest_follow() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        for x in ["x1", "x2", "x3"] {
+            p.schedule("a", x, ASSIGN, t0);
+        }
+        p.schedule("b", "y", ASSIGN, t0);
+        let (due, _) = p.take_due(t0);
+        assert_eq!(due.len(), 4);
+        // a is unreachable: its three back off together.
+        let wait = p.failed("a", "x1", "refused", true, t0, 0).unwrap();
+        assert_eq!(wait, Duration::from_secs(1));
+        // The others in flight with it do not compound the backoff.
+        assert_eq!(p.failed("a", "x2", "refused", true, t0, 0), Some(wait));
+        assert_eq!(p.failed("a", "x3", "refused", true, t0, 0), Some(wait));
+        // Before the backoff ends, nothing of a's is due.
+        assert!(p.take_due(t0 + Duration::from_millis(900)).0.is_empty());
+        // b answered.
+        p.remove("b", "y");
+        p.reached("b", t0);
+        // When a's backoff ends, one delivery probes it.
+        let later = t0 + Duration::from_secs(60);
+        let (due, _) = p.take_due(later);
+        assert_eq!(due.len(), 1, "{:?}", ids(&due));
+        let probe = due[0].1.clone();
+        // The probe gets through: the others are due at once.
+        p.remove("a", &probe);
+        p.reached("a", later);
+        let (due, _) = p.take_due(later);
+        assert_eq!(due.len(), 2, "{:?}", ids(&due));
+        assert_eq!(p.queue.len(), p.items.len());
+    }
+
+    #[test]
+    fn a_refusal_backs_off_the_delivery_alone() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        p.schedule("a", "x", ASSIGN, t0);
+        p.schedule("a", "y", ASSIGN, t0);
+        p.take_due(t0);
+        p.failed("a", "x", "binary not allowed", false, t0, 0);
+        p.remove("a", "y");
+        p.schedule("a", "z", ASSIGN, t0);
+        assert_eq!(ids(&p.take_due(t0).0), ["a/z"]);
+        assert_eq!(p.of("a").find(|(id, _)| *id == "x").unwrap().1.attempts, 1);
+    }
+
+    #[test]
+    fn removals_keep_the_queue_in_step() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        p.schedule("a", "x", ASSIGN, t0);
+        p.schedule("b", "x", ASSIGN, t0);
+        p.schedule("b", "y", ASSIGN, t0);
+        p.remove_process("x");
+        assert_eq!(p.len(), 1);
+        p.remove_launcher("b");
+        assert!(p.is_empty());
+        assert!(p.queue.is_empty());
+    }
+
+    #[test]
+    fn backoff_grows_to_a_cap() {
+        assert_eq!(backoff(0, 0), Duration::from_millis(500));
+        assert_eq!(backoff(3, 0), Duration::from_secs(4));
+        assert_eq!(backoff(30, 999), BACKOFF_MAX);
+        assert!(backoff(2, 249) > backoff(2, 0));
+    }
+}
