@@ -150,11 +150,15 @@ impl State {
     /// there: it moves away from there, or the admin waits for that
     /// launcher to hand it back?
     pub fn kept_on(&self, launcher: &str, process: &str) -> bool {
-        self.moving
-            .contains(&(process.to_owned(), launcher.to_owned()))
-            || self
-                .reclaimable
-                .contains(&(launcher.to_owned(), process.to_owned()))
+        // Both are empty but during moves and after an admin lost state.
+        (!self.moving.is_empty()
+            && self
+                .moving
+                .contains(&(process.to_owned(), launcher.to_owned())))
+            || (!self.reclaimable.is_empty()
+                && self
+                    .reclaimable
+                    .contains(&(launcher.to_owned(), process.to_owned())))
     }
 
     /// How many processes are placed on (or being revoked from) `launcher`.

@@ -38,7 +38,10 @@ struct Unreachable {
 
 #[derive(Default)]
 pub struct Pending {
-    items: BTreeMap<(String, String), Delivery>,
+    /// launcher → process → delivery: a heartbeat asks about its own
+    /// launcher's, without building keys.
+    items: HashMap<String, BTreeMap<String, Delivery>>,
+    len: usize,
     /// (due at, launcher, process), one entry per item.
     queue: BTreeSet<(Instant, String, String)>,
     unreachable: HashMap<String, Unreachable>,
@@ -46,39 +49,44 @@ pub struct Pending {
 
 impl Pending {
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.len == 0
+    }
+
+    fn get_mut(&mut self, launcher: &str, process: &str) -> Option<&mut Delivery> {
+        self.items.get_mut(launcher)?.get_mut(process)
     }
 
     pub fn contains(&self, launcher: &str, process: &str) -> bool {
         self.items
-            .contains_key(&(launcher.to_owned(), process.to_owned()))
+            .get(launcher)
+            .is_some_and(|m| m.contains_key(process))
     }
 
     fn requeue(&mut self, launcher: &str, process: &str, at: Instant) {
-        let key = (launcher.to_owned(), process.to_owned());
-        if let Some(d) = self.items.get_mut(&key) {
-            self.queue
-                .remove(&(d.next_at, key.0.clone(), key.1.clone()));
-            d.next_at = at;
-            self.queue.insert((at, key.0, key.1));
-        }
+        let Some(d) = self.get_mut(launcher, process) else {
+            return;
+        };
+        let before = std::mem::replace(&mut d.next_at, at);
+        self.queue
+            .remove(&(before, launcher.to_owned(), process.to_owned()));
+        self.queue
+            .insert((at, launcher.to_owned(), process.to_owned()));
     }
 
     /// Owe `launcher` a `kind` push of `process`: due now if new; an owed
     /// one changes its kind and keeps its time.
     pub fn schedule(&mut self, launcher: &str, process: &str, kind: DeliveryKind, now: Instant) {
-        let key = (launcher.to_owned(), process.to_owned());
-        if let Some(d) = self.items.get_mut(&key) {
+        let owed = self.items.entry(launcher.to_owned()).or_default();
+        if let Some(d) = owed.get_mut(process) {
             d.kind = kind;
             return;
         }
-        self.queue.insert((now, key.0.clone(), key.1.clone()));
-        self.items.insert(
-            key,
+        owed.insert(
+            process.to_owned(),
             Delivery {
                 kind,
                 attempts: 0,
@@ -86,13 +94,19 @@ impl Pending {
                 last_error: String::new(),
             },
         );
+        self.len += 1;
+        self.queue
+            .insert((now, launcher.to_owned(), process.to_owned()));
     }
 
     /// No longer owed (delivered, or moot).
     pub fn remove(&mut self, launcher: &str, process: &str) -> Option<Delivery> {
-        let d = self
-            .items
-            .remove(&(launcher.to_owned(), process.to_owned()))?;
+        let owed = self.items.get_mut(launcher)?;
+        let d = owed.remove(process)?;
+        if owed.is_empty() {
+            self.items.remove(launcher);
+        }
+        self.len -= 1;
         if let Some(u) = self.unreachable.get_mut(launcher)
             && u.probe.as_deref() == Some(process)
         {
@@ -107,8 +121,8 @@ impl Pending {
     pub fn remove_process(&mut self, process: &str) {
         let launchers: Vec<String> = self
             .items
-            .keys()
-            .filter(|(_, p)| p == process)
+            .iter()
+            .filter(|(_, owed)| owed.contains_key(process))
             .map(|(l, _)| l.clone())
             .collect();
         for l in launchers {
@@ -127,11 +141,12 @@ impl Pending {
     }
 
     /// What is owed to `launcher`.
-    pub fn of<'a>(&'a self, launcher: &'a str) -> impl Iterator<Item = (&'a str, &'a Delivery)> {
+    pub fn of<'a>(&'a self, launcher: &str) -> impl Iterator<Item = (&'a str, &'a Delivery)> {
         self.items
-            .range((launcher.to_owned(), String::new())..)
-            .take_while(move |((l, _), _)| l == launcher)
-            .map(|((_, p), d)| (p.as_str(), d))
+            .get(launcher)
+            .into_iter()
+            .flatten()
+            .map(|(p, d)| (p.as_str(), d))
     }
 
     /// Take what is due at `now`, marking it in flight (not due again
@@ -158,19 +173,22 @@ impl Pending {
                 }
                 None => None,
             };
-            let key = (launcher, process);
-            let Some(d) = self.items.get_mut(&key) else {
+            let Some(d) = self
+                .items
+                .get_mut(&launcher)
+                .and_then(|m| m.get_mut(&process))
+            else {
                 continue;
             };
             match wait_for {
                 Some(later) => {
                     d.next_at = later;
-                    self.queue.insert((later, key.0, key.1));
+                    self.queue.insert((later, launcher, process));
                 }
                 None => {
-                    due.push((key.0.clone(), key.1.clone(), d.kind));
+                    due.push((launcher.clone(), process.clone(), d.kind));
                     d.next_at = now + BACKOFF_MAX;
-                    self.queue.insert((d.next_at, key.0, key.1));
+                    self.queue.insert((d.next_at, launcher, process));
                 }
             }
         }
@@ -201,8 +219,7 @@ impl Pending {
         now: Instant,
         jitter: u64,
     ) -> Option<Duration> {
-        let key = (launcher.to_owned(), process.to_owned());
-        let d = self.items.get_mut(&key)?;
+        let d = self.get_mut(launcher, process)?;
         d.attempts += 1;
         d.last_error = error.to_owned();
         let attempts = d.attempts;
@@ -266,7 +283,7 @@ mod tests {
             p.of("a").next().unwrap().1.kind,
             DeliveryKind::Revoke { grace: 0 }
         );
-        assert_eq!(p.queue.len(), p.items.len());
+        assert_eq!(p.queue.len(), p.len());
     }
 
     #[test]
@@ -300,7 +317,7 @@ mod tests {
         p.reached("a", later);
         let (due, _) = p.take_due(later);
         assert_eq!(due.len(), 2, "{:?}", ids(&due));
-        assert_eq!(p.queue.len(), p.items.len());
+        assert_eq!(p.queue.len(), p.len());
     }
 
     #[test]
