@@ -29,7 +29,8 @@
 //! - [`serve`]: start-up and serving both daemons share (exit codes,
 //!   signals, sockets, the gRPC server).
 //! - [`logging`], [`metrics`]: journal/text/JSON logs, Prometheus metrics.
-#![forbid(unsafe_code)]
+// One audited exception: `serve::limit_malloc_arenas` (mallopt).
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod auth;

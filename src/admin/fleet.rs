@@ -234,6 +234,8 @@ pub struct Fleet {
     pub(super) state: Mutex<State>,
     pub(super) locks: KeyedLocks,
     pub(super) batch: std::sync::Mutex<HeartbeatBatch>,
+    /// The history of the batch being written, until it is stored.
+    pub(super) flushing: std::sync::Mutex<Vec<(String, HistoryEvent)>>,
     pub(super) policy: Policy,
     /// Wakes the delivery task.
     pub(super) deliveries: Notify,
@@ -318,10 +320,42 @@ impl Fleet {
             state: Mutex::new(state),
             locks: KeyedLocks::default(),
             batch: std::sync::Mutex::default(),
+            flushing: std::sync::Mutex::default(),
             policy: Policy::structural(),
             deliveries: Notify::new(),
             metrics: Arc::default(),
         }))
+    }
+
+    /// The newest `limit` history events of `id`: the stored ones and
+    /// those still waiting for the next batch write.
+    pub async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEvent>, StoreError> {
+        let waiting = |events: &[(String, HistoryEvent)]| -> Vec<HistoryEvent> {
+            events
+                .iter()
+                .filter(|(p, _)| p == id)
+                .map(|(_, e)| e.clone())
+                .collect()
+        };
+        // Read before the store: an event being written now is in
+        // `flushing` until it is stored.
+        let mut extra = waiting(&self.batch.lock().expect("poisoned").history);
+        extra.extend(waiting(&self.flushing.lock().expect("poisoned")));
+        let mut events = self.store.history(id, limit).await?;
+        if !extra.is_empty() {
+            for e in extra {
+                if !events.iter().any(|s| {
+                    (s.at_ms, &s.event, &s.detail, s.version)
+                        == (e.at_ms, &e.event, &e.detail, e.version)
+                }) {
+                    events.push(e);
+                }
+            }
+            // Newest first; equal times keep their order of writing.
+            events.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+            events.truncate(limit as usize);
+        }
+        Ok(events)
     }
 
     pub fn interval(&self) -> Duration {
@@ -504,13 +538,12 @@ impl Fleet {
         };
         match self.dispatcher.assign(&target, &address, &spec).await {
             Ok(ack) => {
-                let _ = self
-                    .store
-                    .put_process(
-                        &self.state.lock().await.processes[&id],
-                        &event("delivered", spec.version, &target, ack.message.clone()),
-                    )
-                    .await;
+                // History, not state: written with the next heartbeat batch
+                // (within a second), not as a second sync before the answer.
+                self.batch.lock().expect("poisoned").history.push((
+                    id.clone(),
+                    event("delivered", spec.version, &target, ack.message.clone()),
+                ));
                 {
                     let mut st = self.state.lock().await;
                     st.pending.remove(&target, &id);
@@ -869,7 +902,7 @@ impl Fleet {
                         && r.version() < h.version
                         && r.updated_at_ms < h.recorded_at_ms
                 }
-                None => match self.store.history(id, 1).await?.first() {
+                None => match self.history(id, 1).await?.first() {
                     Some(last) if last.event == "revoked" => last.at_ms < h.recorded_at_ms,
                     _ => true,
                 },

@@ -365,7 +365,6 @@ impl Admin for AdminService {
             .ok_or_else(|| not_found("process", &req.process_id))?;
         let events = self
             .fleet
-            .store
             .history(&req.process_id, limit)
             .await
             .map_err(|e| to_status(e.into()))?;

@@ -269,13 +269,21 @@ impl Fleet {
     }
 
     pub async fn flush(&self) {
-        let batch = std::mem::take(&mut *self.batch.lock().expect("poisoned"));
-        if batch.is_empty() {
-            return;
-        }
-        if let Err(e) = self.store.save_heartbeats(&batch).await {
+        let batch = {
+            let mut waiting = self.batch.lock().expect("poisoned");
+            let batch = std::mem::take(&mut *waiting);
+            self.flushing
+                .lock()
+                .expect("poisoned")
+                .clone_from(&batch.history);
+            batch
+        };
+        if !batch.is_empty()
+            && let Err(e) = self.store.save_heartbeats(&batch).await
+        {
             tracing::error!("cannot save heartbeats: {e}");
         }
+        self.flushing.lock().expect("poisoned").clear();
     }
 
     pub async fn set_draining(&self, id: &str, draining: bool) -> Result<(), FleetError> {
