@@ -236,6 +236,8 @@ pub struct Fleet {
     pub(super) batch: std::sync::Mutex<HeartbeatBatch>,
     /// The history of the batch being written, until it is stored.
     pub(super) flushing: std::sync::Mutex<Vec<(String, HistoryEvent)>>,
+    /// One batch write at a time.
+    pub(super) flush_lock: tokio::sync::Mutex<()>,
     pub(super) policy: Policy,
     /// Wakes the delivery task.
     pub(super) deliveries: Notify,
@@ -321,6 +323,7 @@ impl Fleet {
             locks: KeyedLocks::default(),
             batch: std::sync::Mutex::default(),
             flushing: std::sync::Mutex::default(),
+            flush_lock: tokio::sync::Mutex::const_new(()),
             policy: Policy::structural(),
             deliveries: Notify::new(),
             metrics: Arc::default(),
@@ -337,24 +340,30 @@ impl Fleet {
                 .map(|(_, e)| e.clone())
                 .collect()
         };
-        // Read before the store: an event being written now is in
-        // `flushing` until it is stored.
-        let mut extra = waiting(&self.batch.lock().expect("poisoned").history);
-        extra.extend(waiting(&self.flushing.lock().expect("poisoned")));
-        let mut events = self.store.history(id, limit).await?;
-        if !extra.is_empty() {
-            for e in extra {
-                if !events.iter().any(|s| {
-                    (s.at_ms, &s.event, &s.detail, s.version)
-                        == (e.at_ms, &e.event, &e.detail, e.version)
-                }) {
-                    events.push(e);
-                }
-            }
-            // Newest first; equal times keep their order of writing.
-            events.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
-            events.truncate(limit as usize);
+        // The batch, then what is being written, then the store: an event
+        // leaves the batch for `flushing` (both under the batch's lock) and
+        // stays there until it is stored, so none is missed.
+        let newer = waiting(&self.batch.lock().expect("poisoned").history);
+        let mut extra = waiting(&self.flushing.lock().expect("poisoned"));
+        extra.extend(newer);
+        let stored = self.store.history(id, limit).await?;
+        if extra.is_empty() {
+            return Ok(stored);
         }
+        // As the store orders them once written: newest first and, at equal
+        // times, the one written last first — the waiting ones (oldest
+        // first in `extra`), whose turn comes after the stored.
+        let mut events: Vec<HistoryEvent> = Vec::with_capacity(extra.len() + stored.len());
+        for e in extra.into_iter().rev().chain(stored) {
+            if !events.iter().any(|s| {
+                (s.at_ms, &s.event, &s.detail, s.version)
+                    == (e.at_ms, &e.event, &e.detail, e.version)
+            }) {
+                events.push(e);
+            }
+        }
+        events.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+        events.truncate(limit as usize);
         Ok(events)
     }
 
@@ -414,6 +423,19 @@ impl Fleet {
     ) {
         st.pending.schedule(launcher, process, kind, Instant::now());
         self.deliveries.notify_one();
+    }
+
+    /// `launcher` answered a push: what waited for it is due now.
+    async fn reached(&self, launcher: &str) {
+        if self
+            .state
+            .lock()
+            .await
+            .pending
+            .reached(launcher, Instant::now())
+        {
+            self.deliveries.notify_one();
+        }
     }
 
     pub(super) async fn address_of(&self, launcher: &str) -> Option<String> {
@@ -547,7 +569,9 @@ impl Fleet {
                 {
                     let mut st = self.state.lock().await;
                     st.pending.remove(&target, &id);
-                    st.pending.reached(&target, Instant::now());
+                    if st.pending.reached(&target, Instant::now()) {
+                        self.deliveries.notify_one();
+                    }
                 }
                 Ok(Assigned {
                     unit: if ack.unit_name.is_empty() {
@@ -694,6 +718,7 @@ impl Fleet {
             .await
         {
             Ok(ack) => {
+                self.reached(&launcher).await;
                 self.forget(&id, &launcher, format!("exit code {}", ack.exit_code))
                     .await?;
                 Ok(pb::ProcessRevocationAck {
@@ -702,6 +727,7 @@ impl Fleet {
                 })
             }
             Err(s) if s.code() == Code::NotFound => {
+                self.reached(&launcher).await;
                 self.forget(&id, &launcher, "its launcher did not hold it".into())
                     .await?;
                 Ok(pb::ProcessRevocationAck {
@@ -902,10 +928,20 @@ impl Fleet {
                         && r.version() < h.version
                         && r.updated_at_ms < h.recorded_at_ms
                 }
-                None => match self.history(id, 1).await?.first() {
-                    Some(last) if last.event == "revoked" => last.at_ms < h.recorded_at_ms,
-                    _ => true,
-                },
+                // Revoked after the launcher recorded it: not lost. (A
+                // batched event may share the revocation's millisecond.)
+                None => {
+                    let events = self.history(id, 5).await?;
+                    let newest = events.first().map_or(0, |e| e.at_ms);
+                    match events
+                        .iter()
+                        .take_while(|e| e.at_ms == newest)
+                        .find(|e| e.event == "revoked")
+                    {
+                        Some(revoked) => revoked.at_ms < h.recorded_at_ms,
+                        None => true,
+                    }
+                }
             };
             if older {
                 tracing::warn!(prism_launcher_id = %launcher, prism_process_id = %id, "{launcher} holds {id} v{}, which this admin has lost; asking for it back", h.version);

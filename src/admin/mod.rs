@@ -253,7 +253,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     notify(&[sd_notify::NotifyState::Stopping]);
-    tasks.abort_all();
+    tasks.shutdown().await;
     fleet.flush().await;
     tracing::info!("prism-admin stopped");
     result

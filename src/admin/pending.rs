@@ -104,7 +104,9 @@ impl Pending {
         let owed = self.items.get_mut(launcher)?;
         let d = owed.remove(process)?;
         if owed.is_empty() {
+            // Nothing owed: the next push to it is tried at once.
             self.items.remove(launcher);
+            self.unreachable.remove(launcher);
         }
         self.len -= 1;
         if let Some(u) = self.unreachable.get_mut(launcher)
@@ -164,6 +166,13 @@ impl Pending {
                 break;
             }
             self.queue.pop_first();
+            let Some(d) = self
+                .items
+                .get_mut(&launcher)
+                .and_then(|m| m.get_mut(&process))
+            else {
+                continue;
+            };
             let wait_for = match self.unreachable.get_mut(&launcher) {
                 Some(u) if u.probe.is_some() => Some(now + BACKOFF_MAX),
                 Some(u) if u.next_at > now => Some(u.next_at),
@@ -172,13 +181,6 @@ impl Pending {
                     None
                 }
                 None => None,
-            };
-            let Some(d) = self
-                .items
-                .get_mut(&launcher)
-                .and_then(|m| m.get_mut(&process))
-            else {
-                continue;
             };
             match wait_for {
                 Some(later) => {
@@ -196,15 +198,17 @@ impl Pending {
     }
 
     /// `launcher` answered: if it was unreachable, what waited for it is
-    /// due now.
-    pub fn reached(&mut self, launcher: &str, now: Instant) {
+    /// due now. Returns whether anything became due (the delivery loop
+    /// should look again).
+    pub fn reached(&mut self, launcher: &str, now: Instant) -> bool {
         if self.unreachable.remove(launcher).is_none() {
-            return;
+            return false;
         }
         let waiting: Vec<String> = self.of(launcher).map(|(p, _)| p.to_owned()).collect();
-        for p in waiting {
-            self.requeue(launcher, &p, now);
+        for p in &waiting {
+            self.requeue(launcher, p, now);
         }
+        !waiting.is_empty()
     }
 
     /// A delivery failed: `unreachable`, the launcher backs off as a whole
@@ -346,6 +350,25 @@ mod tests {
         p.remove_launcher("b");
         assert!(p.is_empty());
         assert!(p.queue.is_empty());
+    }
+
+    #[test]
+    fn a_launcher_owed_nothing_forgets_its_backoff() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        p.schedule("a", "x", ASSIGN, t0);
+        p.take_due(t0);
+        p.failed("a", "x", "refused", true, t0, 0);
+        // Nothing else was waiting for a: reaching it makes nothing due.
+        p.remove("a", "x");
+        assert!(!p.reached("a", t0));
+        // A new push to it is tried at once, not after the old backoff.
+        p.schedule("a", "y", ASSIGN, t0);
+        assert_eq!(ids(&p.take_due(t0).0), ["a/y"]);
+        // With others waiting, reaching it says so.
+        p.schedule("a", "z", ASSIGN, t0);
+        p.failed("a", "y", "refused", true, t0, 0);
+        assert!(p.reached("a", t0));
     }
 
     #[test]

@@ -26,12 +26,17 @@ impl Fleet {
         loop {
             let now = Instant::now();
             let (due, next) = self.state.lock().await.pending.take_due(now);
-            stream::iter(due)
-                .for_each_concurrent(16, |(launcher, process, kind)| {
-                    let this = self.clone();
-                    async move { this.deliver(&launcher, &process, kind).await }
-                })
-                .await;
+            if !due.is_empty() {
+                stream::iter(due)
+                    .for_each_concurrent(16, |(launcher, process, kind)| {
+                        let this = self.clone();
+                        async move { this.deliver(&launcher, &process, kind).await }
+                    })
+                    .await;
+                // What settled changed the queue (retries, a launcher
+                // reached again): ask it again.
+                continue;
+            }
             let next = next.unwrap_or(now + BACKOFF_MAX);
             tokio::select! {
                 _ = self.deliveries.notified() => {}
@@ -90,6 +95,7 @@ impl Fleet {
                 let done = {
                     let mut st = self.state.lock().await;
                     st.pending.remove(launcher, process);
+                    // The loop looks again once this batch settles.
                     st.pending.reached(launcher, Instant::now());
                     // A revocation of a process still placed there finishes it.
                     st.processes.get(process).is_some_and(|p| {
@@ -268,7 +274,17 @@ impl Fleet {
         }
     }
 
-    pub async fn flush(&self) {
+    /// Write what heartbeats and deliveries batched. The write runs to its
+    /// end even when the caller is cancelled (the flush loop at shutdown),
+    /// and one write at a time: the last flush at shutdown follows any
+    /// write still running.
+    pub async fn flush(self: &Arc<Self>) {
+        let this = self.clone();
+        let _ = tokio::spawn(async move { this.write_batch().await }).await;
+    }
+
+    async fn write_batch(&self) {
+        let _one = self.flush_lock.lock().await;
         let batch = {
             let mut waiting = self.batch.lock().expect("poisoned");
             let batch = std::mem::take(&mut *waiting);
@@ -281,7 +297,14 @@ impl Fleet {
         if !batch.is_empty()
             && let Err(e) = self.store.save_heartbeats(&batch).await
         {
-            tracing::error!("cannot save heartbeats: {e}");
+            // Only changes are batched: what was not written is put back
+            // for the next try, under what arrived meanwhile.
+            tracing::error!("cannot save heartbeats (retrying within a second): {e}");
+            let mut waiting = self.batch.lock().expect("poisoned");
+            let newer = std::mem::replace(&mut *waiting, batch);
+            waiting.launchers.extend(newer.launchers);
+            waiting.health.extend(newer.health);
+            waiting.history.extend(newer.history);
         }
         self.flushing.lock().expect("poisoned").clear();
     }

@@ -404,6 +404,8 @@ pub async fn bench(g: &Global, args: &BenchArgs) -> Result<(), Error> {
     let mut latencies = Vec::with_capacity(args.count);
     let mut inflight = FuturesUnordered::new();
     let started = Instant::now();
+    // A Ctrl-C while connecting or checking counts too.
+    report.interrupted = *interrupts.borrow_and_update() > 0;
     loop {
         while !report.interrupted && inflight.len() < args.concurrency && sent.len() < args.count {
             let id = format!("bench-{run}-{:05}", sent.len());
@@ -418,9 +420,16 @@ pub async fn bench(g: &Global, args: &BenchArgs) -> Result<(), Error> {
         }
         let Some((took, result)) = (tokio::select! {
             next = inflight.next() => next,
-            Ok(()) = interrupts.changed(), if !report.interrupted => {
+            Ok(()) = interrupts.changed() => {
+                let presses = *interrupts.borrow_and_update();
                 report.interrupted = true;
                 progress.done();
+                if presses >= 2 {
+                    // Leave at once: what is in flight is dropped, and the
+                    // revocation below sees the second Ctrl-C and stops.
+                    eprintln!("interrupted again: leaving without waiting");
+                    break;
+                }
                 eprintln!(
                     "interrupted: letting {} assignment(s) in flight finish, then revoking \
                      everything (Ctrl-C again to leave at once)",
@@ -432,6 +441,16 @@ pub async fn bench(g: &Global, args: &BenchArgs) -> Result<(), Error> {
             break;
         };
         match result {
+            // Through the admin, a launcher it could not reach yet: placed,
+            // not started.
+            Ok(ack) if ack.success && ack.message.contains("delivery pending") => {
+                *report
+                    .errors
+                    .entry(
+                        "placed, but its launcher could not be reached (delivery pending)".into(),
+                    )
+                    .or_default() += 1
+            }
             Ok(ack) if ack.success => {
                 report.assigned += 1;
                 latencies.push(took);
@@ -468,14 +487,17 @@ pub async fn bench(g: &Global, args: &BenchArgs) -> Result<(), Error> {
         Err(_) => target.held(&args.namespace).await.unwrap_or_default(),
     };
     print_report(g.output, &report)?;
-    outcome?;
     if report.interrupted {
-        return Err(Error::Interrupted(format!(
-            "interrupted after {} of {} assignments; everything it created is revoked",
-            report.assigned + report.failed,
-            args.count
-        )));
+        return Err(Error::Interrupted(match outcome {
+            Ok(()) => format!(
+                "interrupted after {} of {} assignments; everything it created is revoked",
+                report.assigned + report.failed,
+                args.count
+            ),
+            Err(left) => format!("interrupted: {left}"),
+        }));
     }
+    outcome?;
     if report.failed > 0 {
         let (first, _) = report.errors.iter().next().expect("failed > 0");
         return Err(Error::Failed(format!(
