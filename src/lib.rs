@@ -29,7 +29,7 @@
 //! - [`serve`]: start-up and serving both daemons share (exit codes,
 //!   signals, sockets, the gRPC server).
 //! - [`logging`], [`metrics`]: journal/text/JSON logs, Prometheus metrics.
-// One audited exception: `serve::limit_malloc_arenas` (mallopt).
+// Audited exceptions, in `serve`: mallopt and malloc_trim.
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -201,8 +201,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Err(e) => tracing::warn!("not sweeping stale credential files: {e}"),
     }
     tasks.spawn(supervisor.clone().reconcile_loop(config.reconcile_interval));
+    // After each settled change (at most once a second): the status line,
+    // and the memory a burst of assignments or revocations freed.
     tasks.spawn(supervisor.clone().report_status(|line| {
         notify(&[sd_notify::NotifyState::Status(line)]);
+        crate::serve::release_free_memory();
     }));
     // gRPC health follows the systemd connection.
     {
