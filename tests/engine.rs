@@ -721,7 +721,10 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+    // One write: `write!` sends each piece of the format on its own, and a
+    // server that answers the first piece and closes resets the rest.
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.split_whitespace().nth(1)?.parse().ok()
@@ -731,13 +734,25 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 /// answers 200, then 503 once told to fail; SIGTERM exits 0.
 #[tokio::test]
 async fn demo_workload_serves_health_and_fails_on_request() {
-    let port = 18931;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_prism-demo"))
-        .args(["--fail-health-after", "1"])
-        .env("HEALTH_PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn prism-demo");
+    /// Killed (by its pid) if the test fails midway, so no workload keeps
+    /// the port.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let port = support::daemon::free_port();
+    let mut guard = Guard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_prism-demo"))
+            .args(["--fail-health-after", "1"])
+            .env("HEALTH_PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn prism-demo"),
+    );
+    let child = &mut guard.0;
     eventually("/health to answer 200", DEADLINE, || async {
         (http_status(port, "/health") == Some(200)).then_some(())
     })

@@ -156,11 +156,19 @@ async fn serve_health(listener: TcpListener, healthy: Arc<AtomicBool>) {
         };
         let healthy = healthy.clone();
         tokio::spawn(async move {
+            // The request line and headers, up to the blank line (or 1 KiB):
+            // closing with a request half read would reset the connection.
             let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
+            let mut n = 0;
+            while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(read)) => n += read,
+                }
+            }
+            if n == 0 {
+                return;
+            }
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = if path != "/health" {
