@@ -34,6 +34,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backoff;
 pub mod ctl;
 pub mod health;
 pub mod launcher;

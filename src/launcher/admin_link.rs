@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 use super::{Config, supervisor::Supervisor};
 use crate::{
     auth::dial::{Address, DialError, Expect, channel, daemon_client, describe},
+    backoff::{Backoff, Policy},
     pb::prism::{self as pb, control_plane_client::ControlPlaneClient},
 };
 
@@ -26,18 +27,6 @@ pub struct AdminLink {
     endpoint: String,
     registration: pb::LauncherRegistration,
     interval: Duration,
-}
-
-/// Between half and all of `base`, pseudo-randomly: launchers must not
-/// reconnect in step after an admin restart.
-fn jittered(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0) as u64
-        ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9);
-    let half = base / 2;
-    half + Duration::from_nanos(nanos % (half.as_nanos() as u64).max(1))
 }
 
 impl AdminLink {
@@ -86,25 +75,29 @@ impl AdminLink {
     }
 
     pub async fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
+        // Jittered: launchers must not reconnect in step after an admin
+        // restart.
+        let mut backoff = Backoff::new(Policy::new(BACKOFF_MIN, BACKOFF_MAX));
         loop {
             match self.register().await {
-                Ok(()) => backoff = BACKOFF_MIN,
+                Ok(()) => backoff.reset(),
                 Err(reason) => {
-                    let wait = jittered(backoff);
+                    let wait = backoff.next_wait();
                     tracing::warn!(
                         admin = %self.endpoint,
                         "cannot register with the admin at {} ({reason}); retrying in {wait:.1?}",
                         self.endpoint
                     );
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             }
             let reason = self.heartbeat_until_failure().await;
             tracing::warn!(admin = %self.endpoint, "lost the admin at {} ({reason}); registering again", self.endpoint);
-            tokio::time::sleep(jittered(BACKOFF_MIN)).await;
+            tokio::time::sleep(
+                Policy::new(BACKOFF_MIN, BACKOFF_MAX).jittered(0, crate::backoff::seed()),
+            )
+            .await;
         }
     }
 

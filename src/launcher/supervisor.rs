@@ -15,6 +15,7 @@ use std::{
 use tokio::sync::Notify;
 
 use super::store::{Store, StoreError};
+use crate::backoff;
 use crate::locks::KeyedLocks;
 use crate::{
     health::{Phase, ProbeState, usage::UsageReader},
@@ -74,13 +75,15 @@ pub enum LauncherError {
 }
 
 /// Restoring a unit that keeps disappearing backs off up to this.
-const RESTORE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+const RESTORE_BACKOFF: backoff::Policy =
+    backoff::Policy::new(Duration::from_secs(1), Duration::from_secs(300));
 /// How long an assignment keeps retrying a start that failed because
 /// systemd was briefly away, before answering UNAVAILABLE (still held).
 const ASSIGN_RETRY_BUDGET: Duration = Duration::from_secs(10);
 /// A process the host cannot start (missing binary) is retried at least
 /// this often: a package install or a late mount heals it soon.
-const BLOCKED_RETRY_MAX: Duration = Duration::from_secs(30);
+const BLOCKED_RETRY: backoff::Policy =
+    backoff::Policy::new(Duration::from_secs(1), Duration::from_secs(30));
 /// A unit that ran this long before vanishing is restored at once.
 const RESTORE_STABLE_AFTER: Duration = Duration::from_secs(60);
 
@@ -155,7 +158,7 @@ impl Entry {
         }
         let delay = match self.restorations {
             0 => Duration::ZERO,
-            n => (Duration::from_secs(1) * 2u32.saturating_pow(n - 1)).min(RESTORE_BACKOFF_MAX),
+            n => RESTORE_BACKOFF.step(n - 1),
         };
         self.restorations = self.restorations.saturating_add(1);
         self.restore_not_before = Some(now + delay);
@@ -166,8 +169,7 @@ impl Entry {
     /// This host cannot start the process now: report it failed with the
     /// reason, and retry after a backoff.
     pub fn block(&mut self, now: Instant, reason: String) {
-        let delay = (Duration::from_secs(1) * 2u32.saturating_pow(self.restorations))
-            .min(BLOCKED_RETRY_MAX);
+        let delay = BLOCKED_RETRY.step(self.restorations);
         self.restorations = self.restorations.saturating_add(1);
         self.restore_not_before = Some(now + delay);
         self.phase = Phase::Blocked;

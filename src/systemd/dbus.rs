@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use super::{
     credentials::DEFAULT_CREDENTIALS_DIR,
     events::{Hub, JobOutcome, is_prism_service},
 };
+use crate::backoff::{Backoff, Policy};
 use crate::unit::{self, PropValue, UnitSpec};
 
 const DEST: &str = "org.freedesktop.systemd1";
@@ -147,7 +148,7 @@ impl DbusSystemd {
 
 /// Run until shutdown: connect, serve signals, and reconnect after a loss.
 async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(inner.opts.backoff_min, inner.opts.backoff_max);
+    let mut backoff = Backoff::new(Policy::new(inner.opts.backoff_min, inner.opts.backoff_max));
     let mut ever_connected = false;
     loop {
         let attempt = tokio::select! {
@@ -158,7 +159,7 @@ async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             Ok(Ok(session)) => session,
             Ok(Err(e)) => {
                 inner.set_error(e.to_string());
-                wait_or_shutdown(backoff.next(), &mut shutdown).await;
+                wait_or_shutdown(backoff.next_wait(), &mut shutdown).await;
                 if *shutdown.borrow() {
                     break;
                 }
@@ -166,7 +167,7 @@ async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             }
             Err(_) => {
                 inner.set_error("connection attempt timed out".to_owned());
-                wait_or_shutdown(backoff.next(), &mut shutdown).await;
+                wait_or_shutdown(backoff.next_wait(), &mut shutdown).await;
                 if *shutdown.borrow() {
                     break;
                 }
@@ -221,7 +222,7 @@ async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         inner.set_error(reason);
         inner.state.send_replace(ConnectionState::Disconnected);
         drop(conn);
-        wait_or_shutdown(backoff.next(), &mut shutdown).await;
+        wait_or_shutdown(backoff.next_wait(), &mut shutdown).await;
         if *shutdown.borrow() {
             break;
         }
@@ -349,47 +350,6 @@ impl Session {
             owner_changes,
             owner,
         })
-    }
-}
-
-/// Exponential backoff with jitter, so a fleet does not reconnect in step.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            ^ u64::from(std::process::id());
-        Self {
-            min,
-            max,
-            current: min,
-            seed: seed | 1,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    fn next(&mut self) -> Duration {
-        // xorshift64: jitter needs no cryptographic quality.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        // Between half and all of the current step.
-        let half = base / 2;
-        let jitter_ns = self.seed % (half.as_nanos() as u64).max(1);
-        half + Duration::from_nanos(jitter_ns)
     }
 }
 
