@@ -616,16 +616,33 @@ impl Inner {
     }
 
     /// Wait until `unit` is unloaded, helping it along: a failed unit stays
-    /// loaded until its failure is reset.
+    /// loaded until its failure is reset. Returns the last state of it seen
+    /// in `events` meanwhile: systemd may signal the final properties (exit
+    /// code and status) after the job's end.
     async fn wait_unloaded(
         &self,
         unit: &str,
         events: &mut broadcast::Receiver<UnitEvent>,
-    ) -> Result<(), SystemdError> {
+    ) -> Result<Option<UnitStatus>, SystemdError> {
         let deadline = tokio::time::Instant::now() + self.opts.call_timeout;
+        let mut seen: Option<UnitStatus> = None;
+        let note = |event: UnitEvent, seen: &mut Option<UnitStatus>| match event {
+            UnitEvent::Changed(s) if s.name == unit => {
+                *seen = Some(*s);
+                false
+            }
+            UnitEvent::Removed { unit: u } => u == unit,
+            _ => false,
+        };
         loop {
             match self.get_unit(unit).await {
-                Err(SystemdError::NoSuchUnit { .. }) => return Ok(()),
+                Err(SystemdError::NoSuchUnit { .. }) => {
+                    // What was signalled before it went.
+                    while let Ok(event) = events.try_recv() {
+                        note(event, &mut seen);
+                    }
+                    return Ok(seen);
+                }
                 Err(e) => return Err(e),
                 Ok(_) => {}
             }
@@ -637,9 +654,13 @@ impl Inner {
             let removed = async {
                 loop {
                     match events.recv().await {
-                        Ok(UnitEvent::Removed { unit: u }) if u == unit => return,
+                        Ok(event) => {
+                            if note(event, &mut seen) {
+                                return;
+                            }
+                        }
                         Err(broadcast::error::RecvError::Closed) => return,
-                        _ => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
                     }
                 }
             };
@@ -846,13 +867,18 @@ impl Systemd for DbusSystemd {
             }
             Err(e) => return Err(e),
         }
-        // The unit's properties preceded its JobRemoved on the wire.
+        // The exit usually precedes the job's end on the wire, but not
+        // always: whichever of the state known then and the state
+        // signalled until the unit went says how the process exited.
         let last = inner.hub.last_known(unit);
-        inner.wait_unloaded(unit, &mut events).await?;
+        let later = inner.wait_unloaded(unit, &mut events).await?;
         if let Err(e) = inner.creds.remove(unit) {
             tracing::warn!(unit, "could not remove credential files of {unit}: {e}");
         }
-        let ran = last.as_ref().filter(|s| s.exec_main_code != 0);
+        let ran = later
+            .as_ref()
+            .filter(|s| s.exec_main_code != 0)
+            .or(last.as_ref().filter(|s| s.exec_main_code != 0));
         Ok(Stopped {
             was_loaded: true,
             killed,
