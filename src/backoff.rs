@@ -3,7 +3,7 @@
 //! systemd connection, the launcher's link to the admin, the admin's
 //! pushes, and the launcher's restore and blocked-host retries.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Bounds of a backoff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,10 +39,7 @@ impl Policy {
 
 /// A seed that differs between processes and moments.
 pub fn seed() -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
+    let now = crate::clock::since_epoch().as_nanos() as u64;
     now ^ u64::from(std::process::id()).rotate_left(32)
 }
 

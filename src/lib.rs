@@ -35,6 +35,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backoff;
+pub mod clock;
 pub mod ctl;
 pub mod health;
 pub mod launcher;

@@ -534,10 +534,7 @@ fn read_pid(path: &Path) -> Option<u32> {
 fn tempfile_dir(base: &Path) -> io::Result<PathBuf> {
     let pid = std::process::id();
     for n in 0..10_000u32 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos = crate::clock::since_epoch().subsec_nanos();
         let dir = base.join(format!("sbx-{pid}-{:x}", nanos ^ n));
         match fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),

@@ -27,6 +27,7 @@ use super::{
         ProcessRecord, StoreError,
     },
 };
+use crate::clock;
 use crate::{
     locks::KeyedLocks,
     model::{ManagedProcess, Policy, ProcessType, ValidationError},
@@ -201,16 +202,9 @@ impl State {
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 pub fn event(name: &str, version: i64, launcher: &str, detail: impl Into<String>) -> HistoryEvent {
     HistoryEvent {
-        at_ms: now_ms(),
+        at_ms: clock::unix_ms(),
         event: name.into(),
         version,
         launcher_id: launcher.into(),
@@ -294,7 +288,7 @@ impl Fleet {
         reschedule_lost_after: Option<Duration>,
     ) -> Result<Arc<Self>, StoreError> {
         let snapshot = store.load().await?;
-        let now = now_ms();
+        let now = clock::unix_ms();
         let mut state = State::default();
         for mut l in snapshot.launchers {
             // Nobody could heartbeat while the admin was down: judge
@@ -382,7 +376,7 @@ impl Fleet {
         let m = &self.metrics;
         m.launchers.clear();
         m.processes.clear();
-        let now = now_ms();
+        let now = clock::unix_ms();
         let st = self.state.lock().await;
         for l in st.launchers.values() {
             let health = placement::liveness(l.last_heartbeat_ms, now, self.interval);
@@ -458,7 +452,7 @@ impl Fleet {
         let id = process.id.clone();
         let ty = process.process_type();
         let _guard = self.locks.lock(&id).await;
-        let now = now_ms();
+        let now = clock::unix_ms();
         let (target, previous) = {
             let mut st = self.state.lock().await;
             let previous = st.processes.get(&id).cloned();
@@ -593,7 +587,7 @@ impl Fleet {
                     status.message(),
                     true,
                     Instant::now(),
-                    now_ms() as u64,
+                    clock::unix_ms() as u64,
                 );
                 Ok(Assigned {
                     unit: unit_of(&spec),
@@ -690,7 +684,7 @@ impl Fleet {
                 // Durable first: memory changes only once the store has it.
                 let mut revoking = rec.clone();
                 revoking.state = PlacementState::Revoking;
-                revoking.updated_at_ms = now_ms();
+                revoking.updated_at_ms = clock::unix_ms();
                 let launcher = revoking.launcher_id.clone().unwrap_or_default();
                 self.store
                     .put_process(
@@ -707,7 +701,7 @@ impl Fleet {
             return Ok(pb::ProcessRevocationAck {
                 success: true,
                 message: format!("revoked {id}; it was not placed on any launcher"),
-                stopped_at: now_ms() / 1000,
+                stopped_at: clock::unix_ms() / 1000,
                 exit_code: 0,
             });
         };
@@ -733,7 +727,7 @@ impl Fleet {
                 Ok(pb::ProcessRevocationAck {
                     success: true,
                     message: format!("revoked {id}; launcher {launcher} did not hold it"),
-                    stopped_at: now_ms() / 1000,
+                    stopped_at: clock::unix_ms() / 1000,
                     exit_code: 0,
                 })
             }
@@ -850,7 +844,7 @@ impl Fleet {
         if types.is_empty() {
             return Err(bad("process_types", "names no process type".into()));
         }
-        let now = now_ms();
+        let now = clock::unix_ms();
         let mut st = self.state.lock().await;
         let previous = st.launchers.get(&reg.launcher_id).cloned();
         let record = LauncherRecord {
@@ -988,7 +982,7 @@ impl Fleet {
                 ack.refused.insert(id, why);
                 continue;
             }
-            let now = now_ms();
+            let now = clock::unix_ms();
             let record = ProcessRecord {
                 created_at_ms: st.processes.get(&id).map_or(now, |r| r.created_at_ms),
                 updated_at_ms: now,
@@ -1017,7 +1011,7 @@ impl Fleet {
     /// Record a heartbeat and repair drift between what the launcher runs
     /// and what is placed on it.
     pub async fn heartbeat(&self, hb: pb::LauncherHeartbeatRequest) -> pb::HeartbeatAck {
-        let now = now_ms();
+        let now = clock::unix_ms();
         let mut st = self.state.lock().await;
         let known = st.launchers.contains_key(&hb.launcher_id);
         if !known || !st.registered.contains(&hb.launcher_id) {

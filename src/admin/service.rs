@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 
 use super::{
-    fleet::{Fleet, FleetError, now_ms},
+    fleet::{Fleet, FleetError},
     placement::{self},
     store::{HistoryEvent, LauncherRecord, PlacementState, ProcessRecord},
 };
@@ -187,7 +187,7 @@ fn launcher_info(
         process_types: l.process_types.clone(),
         max_processes: l.max_processes as i32,
         slots_used: used as i32,
-        health: placement::liveness(l.last_heartbeat_ms, now_ms(), interval)
+        health: placement::liveness(l.last_heartbeat_ms, crate::clock::unix_ms(), interval)
             .as_str()
             .into(),
         draining: l.draining,

@@ -13,7 +13,7 @@ use tonic::Code;
 
 use super::{
     dispatch::unreachable,
-    fleet::{DeliveryKind, Fleet, FleetError, State, event, now_ms},
+    fleet::{DeliveryKind, Fleet, FleetError, State, event},
     pending::BACKOFF_MAX,
     placement::{self, Liveness, Request},
     store::{PlacementState, ProcessRecord},
@@ -130,7 +130,7 @@ impl Fleet {
                     status.message(),
                     unreachable,
                     Instant::now(),
-                    now_ms() as u64,
+                    crate::clock::unix_ms() as u64,
                 ) {
                     if unreachable {
                         tracing::debug!(
@@ -157,7 +157,7 @@ impl Fleet {
     pub async fn liveness_loop(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.interval / 2).await;
-            let now = now_ms();
+            let now = crate::clock::unix_ms();
             let mut moves = Vec::new();
             {
                 let mut st = self.state.lock().await;
@@ -220,7 +220,7 @@ impl Fleet {
         name: &str,
         detail: String,
     ) -> Result<String, FleetError> {
-        let candidates = st.candidates(now_ms(), self.interval);
+        let candidates = st.candidates(crate::clock::unix_ms(), self.interval);
         let target = placement::choose(
             &candidates,
             &Request {
@@ -232,7 +232,7 @@ impl Fleet {
         )?;
         let mut next = p.clone();
         next.launcher_id = Some(target.clone());
-        next.updated_at_ms = now_ms();
+        next.updated_at_ms = crate::clock::unix_ms();
         self.store
             .put_process(&next, &event(name, p.version(), &target, detail))
             .await?;

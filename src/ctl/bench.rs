@@ -385,11 +385,7 @@ pub async fn bench(g: &Global, args: &BenchArgs) -> Result<(), Error> {
     // Ids unique to this run, so that two runs in two namespaces never meet.
     let run = format!(
         "{:08x}",
-        (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u32)
-            ^ std::process::id().rotate_left(16)
+        (crate::clock::since_epoch().as_nanos() as u32) ^ std::process::id().rotate_left(16)
     );
     let mut report = Report {
         target: url,

@@ -121,10 +121,7 @@ pub fn ago(unix_ms: i64) -> String {
     if unix_ms <= 0 {
         return "never".into();
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = crate::clock::unix_ms();
     format!("{} ago", duration((now - unix_ms) / 1000))
 }
 

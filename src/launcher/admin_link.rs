@@ -204,10 +204,7 @@ impl AdminLink {
                 launcher_id: self.registration.launcher_id.clone(),
                 process_health,
                 resources: list.resources,
-                timestamp: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0),
+                timestamp: crate::clock::unix_secs(),
             };
             match tokio::time::timeout(HEARTBEAT_TIMEOUT, self.client.launcher_heartbeat(request))
                 .await

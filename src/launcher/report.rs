@@ -36,13 +36,6 @@ pub fn redact(wire: &pb::ProcessAssignment) -> pb::ProcessAssignment {
     w
 }
 
-fn now_usec() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 impl Supervisor {
     pub fn status_of(&self, e: &Entry) -> Status {
         verdict(
@@ -63,7 +56,7 @@ impl Supervisor {
             Default::default()
         };
         let uptime = if running && unit.active_enter_usec > 0 {
-            now_usec().saturating_sub(unit.active_enter_usec) / 1_000_000
+            crate::clock::unix_usec().saturating_sub(unit.active_enter_usec) / 1_000_000
         } else {
             0
         };

@@ -12,7 +12,6 @@ use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use prost::Message;
@@ -65,13 +64,6 @@ pub struct Store {
     counter: AtomicU64,
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 fn private_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -114,9 +106,7 @@ impl Store {
         placed_by_admin: bool,
     ) -> Result<(), StoreError> {
         let path = self.path_of(&assignment.process_id);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = crate::clock::since_epoch();
         let record = StoredProcess {
             assignment: Some(assignment.clone()),
             revoked,
@@ -239,7 +229,9 @@ impl Store {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let moved_to = self.corrupt_dir.join(format!("{name}.{}", now_unix()));
+        let moved_to = self
+            .corrupt_dir
+            .join(format!("{name}.{}", crate::clock::unix_secs()));
         fs::rename(path, &moved_to).map_err(|source| StoreError {
             path: path.to_owned(),
             source,

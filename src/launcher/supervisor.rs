@@ -133,7 +133,7 @@ impl Entry {
             restore_not_before: None,
             circuit_opened_at: None,
             assigned_seq: 0,
-            recorded_at_ms: now_unix_ms(),
+            recorded_at_ms: crate::clock::unix_ms(),
             placed_by_admin: false,
         }
     }
@@ -146,11 +146,8 @@ impl Entry {
             .as_ref()
             .filter(|s| s.active_enter_usec > 0)
             .map(|s| {
-                let entered = std::time::UNIX_EPOCH + Duration::from_micros(s.active_enter_usec);
-                std::time::SystemTime::now()
-                    .duration_since(entered)
-                    .unwrap_or_default()
-                    >= RESTORE_STABLE_AFTER
+                let ran = crate::clock::unix_usec().saturating_sub(s.active_enter_usec);
+                Duration::from_micros(ran) >= RESTORE_STABLE_AFTER
             })
             .unwrap_or(false);
         if ran_long {
@@ -321,20 +318,6 @@ pub struct Supervisor {
 }
 
 pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 impl Supervisor {
     pub fn new(
@@ -811,7 +794,7 @@ impl Supervisor {
             _ => 0,
         };
         Ok(Revoked {
-            stopped_at: now_unix(),
+            stopped_at: crate::clock::unix_secs(),
             exit_code,
             was_running: stopped.was_loaded,
             killed: stopped.killed,

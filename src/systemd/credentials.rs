@@ -18,7 +18,6 @@ use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use std::io::Write;
@@ -69,10 +68,7 @@ impl CredentialStore {
             .create(&self.root)?;
         let unit_dir = self.root.join(unit);
         mkdir_private(&unit_dir)?;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos = crate::clock::since_epoch().as_nanos();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let dir = unit_dir.join(format!("{nanos:x}-{n}"));
         mkdir_private(&dir)?;

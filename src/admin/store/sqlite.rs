@@ -48,7 +48,7 @@ impl SqliteStore {
             .run(&pool)
             .await?;
         sqlx::query("DELETE FROM history WHERE at < ?")
-            .bind(crate::admin::fleet::now_ms() - HISTORY_MAX_AGE_MS)
+            .bind(crate::clock::unix_ms() - HISTORY_MAX_AGE_MS)
             .execute(&pool)
             .await?;
         Ok(Self { pool })
@@ -344,7 +344,7 @@ mod tests {
     fn event(name: &str) -> HistoryEvent {
         HistoryEvent {
             // Recent: older history is removed at open.
-            at_ms: crate::admin::fleet::now_ms(),
+            at_ms: crate::clock::unix_ms(),
             event: name.into(),
             version: 1,
             launcher_id: "l1".into(),

@@ -1,0 +1,41 @@
+//! The wall clock: time since the Unix epoch, read one way everywhere
+//! (zero for a clock set before 1970). Timers and deadlines use tokio's
+//! monotonic `Instant` instead.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Time since the Unix epoch.
+pub fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    since_epoch().as_millis() as i64
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_secs() -> i64 {
+    since_epoch().as_secs() as i64
+}
+
+/// Microseconds since the Unix epoch (systemd's timestamps).
+pub fn unix_usec() -> u64 {
+    since_epoch().as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_reading_in_three_units() {
+        let ms = unix_ms();
+        // After 2020, and each unit agrees with the others.
+        assert!(ms > 1_577_836_800_000, "{ms}");
+        assert!((unix_secs() - ms / 1000).abs() <= 1);
+        assert!((unix_usec() as i64 / 1000 - ms).abs() < 1000);
+    }
+}
