@@ -84,6 +84,21 @@ impl Stack {
     }
 }
 
+/// The ids the admin holds in the benchmark's namespace.
+async fn bench_processes(api: &mut AdminClient<tonic::transport::Channel>) -> Vec<String> {
+    api.list_processes(ListProcessesRequest {
+        namespace: "prism-bench".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .processes
+    .into_iter()
+    .filter_map(|p| p.assignment.map(|a| a.process_id))
+    .collect()
+}
+
 impl Stack {
     /// What a benchmark left: processes the admin holds in its namespace,
     /// and units systemd still lists for it (loaded in any state).
@@ -91,18 +106,7 @@ impl Stack {
         &self,
         api: &mut AdminClient<tonic::transport::Channel>,
     ) -> Vec<String> {
-        let mut left: Vec<String> = api
-            .list_processes(ListProcessesRequest {
-                namespace: "prism-bench".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .processes
-            .into_iter()
-            .filter_map(|p| p.assignment.map(|a| a.process_id))
-            .collect();
+        let mut left = bench_processes(api).await;
         let run = prism_launcher::ctl::local::sandbox_dir(&self.state).join("run");
         let units = Command::new("systemctl")
             .args(["--user", "list-units", "--all", "--plain", "--no-legend"])
@@ -373,17 +377,7 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
         .spawn()
         .unwrap();
     eventually("the benchmark to run processes", DEADLINE, || async {
-        let held = api
-            .clone()
-            .list_processes(ListProcessesRequest {
-                namespace: "prism-bench".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .processes;
-        (held.len() >= 3).then_some(())
+        (bench_processes(&mut api.clone()).await.len() >= 3).then_some(())
     })
     .await;
     let pid = child.id().to_string();

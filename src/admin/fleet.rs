@@ -587,7 +587,7 @@ impl Fleet {
                     status.message(),
                     true,
                     Instant::now(),
-                    clock::unix_ms() as u64,
+                    crate::backoff::seed(),
                 );
                 Ok(Assigned {
                     unit: unit_of(&spec),

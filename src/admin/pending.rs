@@ -36,19 +36,19 @@ pub struct Pending {
     /// launcher → process → delivery: a heartbeat asks about its own
     /// launcher's, without building keys.
     items: HashMap<String, BTreeMap<String, Delivery>>,
-    len: usize,
     /// (due at, launcher, process), one entry per item.
     queue: BTreeSet<(Instant, String, String)>,
     unreachable: HashMap<String, Unreachable>,
 }
 
 impl Pending {
+    /// How many pushes are owed (a launcher owed nothing has no entry).
     pub fn len(&self) -> usize {
-        self.len
+        self.items.values().map(BTreeMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.items.is_empty()
     }
 
     fn get_mut(&mut self, launcher: &str, process: &str) -> Option<&mut Delivery> {
@@ -89,7 +89,6 @@ impl Pending {
                 last_error: String::new(),
             },
         );
-        self.len += 1;
         self.queue
             .insert((now, launcher.to_owned(), process.to_owned()));
     }
@@ -103,7 +102,6 @@ impl Pending {
             self.items.remove(launcher);
             self.unreachable.remove(launcher);
         }
-        self.len -= 1;
         if let Some(u) = self.unreachable.get_mut(launcher)
             && u.probe.as_deref() == Some(process)
         {
@@ -216,7 +214,7 @@ impl Pending {
         error: &str,
         unreachable: bool,
         now: Instant,
-        jitter: u64,
+        seed: u64,
     ) -> Option<Duration> {
         let d = self.get_mut(launcher, process)?;
         d.attempts += 1;
@@ -236,7 +234,7 @@ impl Pending {
             let probe = u.probe.as_deref() == Some(process);
             if probe || u.next_at <= now {
                 u.attempts += 1;
-                u.next_at = now + BACKOFF.jittered(u.attempts, jitter);
+                u.next_at = now + BACKOFF.jittered(u.attempts, seed);
             }
             if probe {
                 u.probe = None;
@@ -245,7 +243,7 @@ impl Pending {
         } else {
             // It answered, if only to refuse.
             self.reached(launcher, now);
-            BACKOFF.jittered(attempts, jitter)
+            BACKOFF.jittered(attempts, seed)
         };
         self.requeue(launcher, process, now + wait);
         Some(wait)

@@ -130,7 +130,7 @@ impl Fleet {
                     status.message(),
                     unreachable,
                     Instant::now(),
-                    crate::clock::unix_ms() as u64,
+                    crate::backoff::seed(),
                 ) {
                     if unreachable {
                         tracing::debug!(

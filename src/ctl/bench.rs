@@ -122,7 +122,7 @@ impl Target {
 
     /// The ids the namespace holds.
     async fn held(&self, namespace: &str) -> Result<Vec<String>, Status> {
-        let ids = match self {
+        let assignments: Vec<Option<pb::ProcessAssignment>> = match self {
             Target::Admin { api, .. } => api
                 .clone()
                 .list_processes(apb::ListProcessesRequest {
@@ -133,7 +133,7 @@ impl Target {
                 .into_inner()
                 .processes
                 .into_iter()
-                .filter_map(|p| p.assignment.map(|a| a.process_id))
+                .map(|p| p.assignment)
                 .collect(),
             Target::Launcher(c) => c
                 .clone()
@@ -145,10 +145,14 @@ impl Target {
                 .into_inner()
                 .processes
                 .into_iter()
-                .filter_map(|p| p.assignment.map(|a| a.process_id))
+                .map(|p| p.assignment)
                 .collect(),
         };
-        Ok(ids)
+        Ok(assignments
+            .into_iter()
+            .flatten()
+            .map(|a| a.process_id)
+            .collect())
     }
 }
 

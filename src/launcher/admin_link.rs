@@ -18,8 +18,7 @@ use crate::{
 
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF: Policy = Policy::new(Duration::from_secs(1), Duration::from_secs(30));
 
 pub struct AdminLink {
     supervisor: Arc<Supervisor>,
@@ -77,7 +76,7 @@ impl AdminLink {
     pub async fn run(mut self) {
         // Jittered: launchers must not reconnect in step after an admin
         // restart.
-        let mut backoff = Backoff::new(Policy::new(BACKOFF_MIN, BACKOFF_MAX));
+        let mut backoff = Backoff::new(BACKOFF);
         loop {
             match self.register().await {
                 Ok(()) => backoff.reset(),
@@ -94,10 +93,7 @@ impl AdminLink {
             }
             let reason = self.heartbeat_until_failure().await;
             tracing::warn!(admin = %self.endpoint, "lost the admin at {} ({reason}); registering again", self.endpoint);
-            tokio::time::sleep(
-                Policy::new(BACKOFF_MIN, BACKOFF_MAX).jittered(0, crate::backoff::seed()),
-            )
-            .await;
+            tokio::time::sleep(BACKOFF.jittered(0, crate::backoff::seed())).await;
         }
     }
 

@@ -147,8 +147,6 @@ pub trait AdminStore: Send + Sync + 'static {
     /// Forget a process (its health too), recording why.
     async fn delete_process(&self, id: &str, event: &HistoryEvent) -> Result<(), StoreError>;
     async fn save_heartbeats(&self, batch: &HeartbeatBatch) -> Result<(), StoreError>;
-    /// Record an event without changing the process (health transitions).
-    async fn add_history(&self, id: &str, event: &HistoryEvent) -> Result<(), StoreError>;
     /// The latest `limit` events of a process, newest first.
     async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEvent>, StoreError>;
 }

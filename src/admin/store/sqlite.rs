@@ -288,13 +288,6 @@ impl AdminStore for SqliteStore {
         Ok(())
     }
 
-    async fn add_history(&self, id: &str, event: &HistoryEvent) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        add_history(&mut tx, id, event).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEvent>, StoreError> {
         let rows = sqlx::query(
             // By time: status changes are written in batches, after
@@ -418,7 +411,13 @@ mod tests {
         assert_eq!(sync, 2);
         // Each process keeps its newest HISTORY_KEEP events.
         for _ in 0..HISTORY_KEEP + 5 {
-            store.add_history("kv-1", &event("probe")).await.unwrap();
+            store
+                .save_heartbeats(&HeartbeatBatch {
+                    history: vec![("kv-1".into(), event("probe"))],
+                    ..HeartbeatBatch::default()
+                })
+                .await
+                .unwrap();
         }
         let kept = store.history("kv-1", 1000).await.unwrap();
         assert_eq!(kept.len() as i64, HISTORY_KEEP);
