@@ -11,10 +11,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use prost::Message;
+use tokio::time::Instant;
 use tokio::sync::{Mutex, Notify};
 use tonic::{Code, Status};
 

@@ -10,8 +10,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use super::fleet::{Delivery, DeliveryKind};
 use crate::backoff::Policy;

@@ -4,10 +4,11 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures_util::{StreamExt, stream};
+use tokio::time::Instant;
 use prost::Message;
 use tonic::Code;
 

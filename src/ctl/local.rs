@@ -27,7 +27,7 @@ use crate::{
     pb::prism::{self as pb, admin::v1 as apb},
     sandbox::Sandbox,
     systemd::{DbusSystemd, Options, Systemd, SystemdError, Target},
-    unit::{self, ExecCommand, PropValue, UnitSpec},
+    unit::{self, ExecCommand, PropValue, UnitSpec, props},
 };
 
 /// The private manager's directory. Its name also names its cgroup
@@ -301,9 +301,9 @@ fn daemon_unit(name: &str, description: &str, argv: Vec<String>, identifier: &st
     UnitSpec {
         name: name.into(),
         properties: vec![
-            ("Description", s(description)),
+            (props::DESCRIPTION, s(description)),
             (
-                "ExecStart",
+                props::EXEC_START,
                 PropValue::Exec(vec![ExecCommand {
                     path: argv[0].clone(),
                     argv,
@@ -311,14 +311,14 @@ fn daemon_unit(name: &str, description: &str, argv: Vec<String>, identifier: &st
                 }]),
             ),
             // READY=1 once it listens (and, for the launcher, has reconciled).
-            ("Type", s("notify")),
-            ("Restart", s("on-failure")),
-            ("SyslogIdentifier", s(identifier)),
-            ("StandardError", s("journal")),
+            (props::TYPE, s("notify")),
+            (props::RESTART, s("on-failure")),
+            (props::SYSLOG_IDENTIFIER, s(identifier)),
+            (props::STANDARD_ERROR, s("journal")),
             // Stopping the launcher never stops workloads: they are units of
             // their own.
-            ("KillMode", s("mixed")),
-            ("TimeoutStopUSec", PropValue::U64(10_000_000)),
+            (props::KILL_MODE, s("mixed")),
+            (props::TIMEOUT_STOP_USEC, PropValue::U64(10_000_000)),
         ],
         credentials: vec![],
     }

@@ -13,6 +13,8 @@ mod report;
 pub mod service;
 pub mod store;
 pub mod supervisor;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 use std::{future::Future, sync::Arc, time::Duration};

@@ -12,10 +12,11 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures_util::{StreamExt, stream};
+use tokio::time::Instant;
 
 use super::supervisor::{AssignOutcome, Supervisor};
 use crate::{

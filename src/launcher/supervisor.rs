@@ -9,9 +9,10 @@
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex, Weak},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use tokio::time::Instant;
 use tokio::sync::Notify;
 
 use super::store::{Store, StoreError};
@@ -736,8 +737,10 @@ impl Supervisor {
                     e.phase = Phase::Held;
                     e.start_failures += 1;
                     e.last_error = Some(reason.clone());
+                    // Each failed try (a half-open one too) opens the
+                    // circuit anew: the next waits a whole cool-down.
                     if status.start_limit_hit() {
-                        e.circuit_opened_at.get_or_insert(now);
+                        e.circuit_opened_at = Some(now);
                     }
                     let unit = e.unit.clone();
                     e.unit_status

@@ -1,7 +1,8 @@
 //! Following systemd's signals into the table, and probing processes.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
+use tokio::time::Instant;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::supervisor::Supervisor;

@@ -793,7 +793,7 @@ impl Systemd for DbusSystemd {
                     source,
                 })?;
             props.push((
-                "LoadCredential",
+                crate::unit::props::LOAD_CREDENTIAL,
                 variant(Variant::from(generation.files.clone())),
             ));
             Some(generation)

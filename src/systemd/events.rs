@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, oneshot};
 use zbus::OwnedVariant;
 
 use super::{UnitEvent, UnitStatus};
+use crate::unit::props;
 
 /// Completions nobody waited for are kept this long.
 const UNCLAIMED_TTL: Duration = Duration::from_secs(120);
@@ -147,13 +148,13 @@ impl Hub {
         let status = units
             .entry(unit.to_owned())
             .or_insert_with(|| UnitStatus::new(unit));
-        if let Some(PropValue::Str(restart)) = spec.get("Restart") {
+        if let Some(PropValue::Str(restart)) = spec.get(props::RESTART) {
             status.restart = restart.clone();
         }
-        if let Some(PropValue::U32(burst)) = spec.get("StartLimitBurst") {
+        if let Some(PropValue::U32(burst)) = spec.get(props::START_LIMIT_BURST) {
             status.start_limit_burst = *burst;
         }
-        if let Some(PropValue::Str(d)) = spec.get("Description") {
+        if let Some(PropValue::Str(d)) = spec.get(props::DESCRIPTION) {
             status.description = d.clone();
         }
     }

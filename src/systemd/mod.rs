@@ -7,6 +7,7 @@
 mod credentials;
 mod dbus;
 mod events;
+pub mod memory;
 mod private;
 mod status;
 
@@ -17,6 +18,7 @@ use tokio::sync::broadcast;
 
 pub use credentials::{CredentialStore, DEFAULT_CREDENTIALS_DIR};
 pub use dbus::{DbusSystemd, Options};
+pub use memory::MemorySystemd;
 pub use status::{UnitStatus, UnitSummary};
 
 use crate::unit::UnitSpec;

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use zbus::OwnedVariant;
 
+use crate::unit::props;
+
 /// One row of `ListUnitsByPatterns`: enough to reconcile without reading
 /// properties unit by unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,42 +78,42 @@ impl UnitStatus {
                 *field = v;
             }
         };
-        set_str(&mut self.description, "Description");
-        set_str(&mut self.load_state, "LoadState");
-        set_str(&mut self.active_state, "ActiveState");
-        set_str(&mut self.sub_state, "SubState");
-        set_str(&mut self.result, "Result");
-        set_str(&mut self.restart, "Restart");
-        set_str(&mut self.control_group, "ControlGroup");
-        if let Some(v) = get::<u32>(props, "MainPID") {
+        set_str(&mut self.description, props::DESCRIPTION);
+        set_str(&mut self.load_state, props::LOAD_STATE);
+        set_str(&mut self.active_state, props::ACTIVE_STATE);
+        set_str(&mut self.sub_state, props::SUB_STATE);
+        set_str(&mut self.result, props::RESULT);
+        set_str(&mut self.restart, props::RESTART);
+        set_str(&mut self.control_group, props::CONTROL_GROUP);
+        if let Some(v) = get::<u32>(props, props::MAIN_PID) {
             self.main_pid = v;
         }
-        if let Some(v) = get::<u32>(props, "NRestarts") {
+        if let Some(v) = get::<u32>(props, props::N_RESTARTS) {
             self.n_restarts = v;
         }
-        if let Some(v) = get::<i32>(props, "ExecMainCode") {
+        if let Some(v) = get::<i32>(props, props::EXEC_MAIN_CODE) {
             self.exec_main_code = v;
         }
-        if let Some(v) = get::<i32>(props, "ExecMainStatus") {
+        if let Some(v) = get::<i32>(props, props::EXEC_MAIN_STATUS) {
             self.exec_main_status = v;
         }
-        if let Some(v) = get::<u64>(props, "ActiveEnterTimestamp") {
+        if let Some(v) = get::<u64>(props, props::ACTIVE_ENTER_TIMESTAMP) {
             self.active_enter_usec = v;
         }
-        if let Some(v) = get::<u64>(props, "InactiveEnterTimestamp") {
+        if let Some(v) = get::<u64>(props, props::INACTIVE_ENTER_TIMESTAMP) {
             self.inactive_enter_usec = v;
         }
-        if let Some(v) = get::<u32>(props, "StartLimitBurst") {
+        if let Some(v) = get::<u32>(props, props::START_LIMIT_BURST) {
             self.start_limit_burst = v;
         }
         let counter = |name: &str| get::<u64>(props, name).map(|v| (v != UNSET).then_some(v));
-        if let Some(v) = counter("MemoryCurrent") {
+        if let Some(v) = counter(props::MEMORY_CURRENT) {
             self.memory_current = v;
         }
-        if let Some(v) = counter("CPUUsageNSec") {
+        if let Some(v) = counter(props::CPU_USAGE_NSEC) {
             self.cpu_usage_nsec = v;
         }
-        if let Some(v) = counter("TasksCurrent") {
+        if let Some(v) = counter(props::TASKS_CURRENT) {
             self.tasks_current = v;
         }
     }

@@ -5,6 +5,7 @@
 //! knows D-Bus types: the systemd client turns [`PropValue`]s into variants.
 
 mod name;
+pub mod props;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -73,7 +74,7 @@ impl UnitSpec {
     }
 
     pub fn slice(&self) -> Option<&str> {
-        match self.get("Slice") {
+        match self.get(props::SLICE) {
             Some(PropValue::Str(s)) => Some(s),
             _ => None,
         }
@@ -96,7 +97,7 @@ pub fn translate(p: &ManagedProcess) -> UnitSpec {
     let mut props = Props::new();
     identity(p, &mut props);
     command(p, &mut props);
-    props.push(("Environment", PropValue::StrList(environment(p))));
+    props.push((props::ENVIRONMENT, PropValue::StrList(environment(p))));
     restarts(p, &mut props);
     stopping(p, &mut props);
     watchdog(p, &mut props);
@@ -112,11 +113,11 @@ pub fn translate(p: &ManagedProcess) -> UnitSpec {
 
 fn identity(p: &ManagedProcess, props: &mut Props) {
     // What `systemctl status` shows, and how the reconciler reads back id and version.
-    props.push(("Description", s(description(p))));
+    props.push((props::DESCRIPTION, s(description(p))));
     // Per-type (and per-namespace) slices group accounting and spread load
     // over sub-slices, which makes systemd measurably faster at scale.
     props.push((
-        "Slice",
+        props::SLICE,
         s(slice_name(p.process_type(), &p.namespace, p.isolation)),
     ));
 }
@@ -135,7 +136,7 @@ fn command(p: &ManagedProcess, props: &mut Props) {
     argv.extend(p.args.iter().map(|a| literal(a)));
     // The binary is executed directly with its argv: there is never a shell.
     props.push((
-        "ExecStart",
+        props::EXEC_START,
         PropValue::Exec(vec![ExecCommand {
             path,
             argv,
@@ -145,7 +146,7 @@ fn command(p: &ManagedProcess, props: &mut Props) {
     // `exec` fails the start job when the binary cannot be executed, instead
     // of `simple`'s false success; `notify` waits for the process's READY=1.
     let ty = if p.notify_ready { "notify" } else { "exec" };
-    props.push(("Type", s(ty)));
+    props.push((props::TYPE, s(ty)));
 }
 
 fn json(map: &impl serde::Serialize) -> String {
@@ -273,37 +274,37 @@ fn credentials(p: &ManagedProcess) -> Vec<Credential> {
 fn restarts(p: &ManagedProcess, props: &mut Props) {
     let r = &p.restart;
     // systemd restarts the process itself, even while the launcher is down.
-    props.push(("Restart", s(r.mode.as_str())));
-    props.push(("RestartUSec", usec(r.delay)));
+    props.push((props::RESTART, s(r.mode.as_str())));
+    props.push((props::RESTART_USEC, usec(r.delay)));
     // The circuit breaker: more than max_starts starts within the window and
     // systemd leaves the unit `failed` instead of restarting it again.
-    props.push(("StartLimitBurst", PropValue::U32(r.max_starts)));
-    props.push(("StartLimitIntervalUSec", usec(r.window)));
+    props.push((props::START_LIMIT_BURST, PropValue::U32(r.max_starts)));
+    props.push((props::START_LIMIT_INTERVAL_USEC, usec(r.window)));
 }
 
 fn stopping(p: &ManagedProcess, props: &mut Props) {
     // SIGTERM first; SIGKILL once the graceful timeout (upstream: 30 s) ends.
-    props.push(("TimeoutStopUSec", usec(p.stop_timeout)));
-    props.push(("KillMode", s(KILL_MODE)));
+    props.push((props::TIMEOUT_STOP_USEC, usec(p.stop_timeout)));
+    props.push((props::KILL_MODE, s(KILL_MODE)));
 }
 
 fn watchdog(p: &ManagedProcess, props: &mut Props) {
     if let Probe::Watchdog { timeout } = p.health.probe {
         // systemd kills and restarts a process that stops pinging WATCHDOG=1.
-        props.push(("WatchdogUSec", usec(timeout)));
+        props.push((props::WATCHDOG_USEC, usec(timeout)));
     }
 }
 
 fn logging(p: &ManagedProcess, props: &mut Props) {
     // `journalctl -t <process id>` finds a process's output.
-    props.push(("SyslogIdentifier", s(p.id.clone())));
+    props.push((props::SYSLOG_IDENTIFIER, s(p.id.clone())));
     // Explicit, so the manager's defaults cannot send output elsewhere.
-    props.push(("StandardOutput", s("journal")));
-    props.push(("StandardError", s("journal")));
+    props.push((props::STANDARD_OUTPUT, s("journal")));
+    props.push((props::STANDARD_ERROR, s("journal")));
     // Journal fields that select a process's logs on any host, including
     // where the unit-name fields are not recorded (nested user managers).
     props.push((
-        "LogExtraFields",
+        props::LOG_EXTRA_FIELDS,
         PropValue::BytesList(vec![
             format!("PRISM_PROCESS_ID={}", p.id).into_bytes(),
             format!("PRISM_PROCESS_TYPE={}", p.process_type()).into_bytes(),
@@ -315,43 +316,43 @@ fn logging(p: &ManagedProcess, props: &mut Props) {
 fn resources(p: &ManagedProcess, props: &mut Props) {
     let r = &p.resources;
     // Accounting on, so health reports carry memory, CPU and task counts.
-    props.push(("MemoryAccounting", PropValue::Bool(true)));
-    props.push(("CPUAccounting", PropValue::Bool(true)));
-    props.push(("TasksAccounting", PropValue::Bool(true)));
+    props.push((props::MEMORY_ACCOUNTING, PropValue::Bool(true)));
+    props.push((props::CPU_ACCOUNTING, PropValue::Bool(true)));
+    props.push((props::TASKS_ACCOUNTING, PropValue::Bool(true)));
     if let Some(bytes) = r.memory_max_bytes {
         // Hard cap: the kernel OOM-kills the unit beyond it.
-        props.push(("MemoryMax", PropValue::U64(bytes)));
+        props.push((props::MEMORY_MAX, PropValue::U64(bytes)));
     }
     if let Some(millis) = r.cpu_millis {
         // CPU time per wall-clock second: 1000 millis = 1 s/s = one core.
         props.push((
-            "CPUQuotaPerSecUSec",
+            props::CPU_QUOTA_PER_SEC_USEC,
             PropValue::U64(u64::from(millis) * 1000),
         ));
     }
     if let Some(tasks) = r.tasks_max {
         // Bounds fork bombs and thread leaks.
-        props.push(("TasksMax", PropValue::U64(tasks)));
+        props.push((props::TASKS_MAX, PropValue::U64(tasks)));
     }
 }
 
 fn isolation(p: &ManagedProcess, props: &mut Props) {
     // Workloads never run as root: a dynamic user, allocated by systemd and
     // shared according to the isolation level (see `dynamic_user`).
-    props.push(("DynamicUser", PropValue::Bool(true)));
-    props.push(("User", s(dynamic_user(p))));
+    props.push((props::DYNAMIC_USER, PropValue::Bool(true)));
+    props.push((props::USER, s(dynamic_user(p))));
     // No setuid escalation back to root.
-    props.push(("NoNewPrivileges", PropValue::Bool(true)));
+    props.push((props::NO_NEW_PRIVILEGES, PropValue::Bool(true)));
     // The OS is read-only to the workload.
-    props.push(("ProtectSystem", s("strict")));
+    props.push((props::PROTECT_SYSTEM, s("strict")));
     // `read-only`, not `yes`: homes stay readable for configuration, and
     // `yes` fails in nested managers (exit 226/NAMESPACE).
-    props.push(("ProtectHome", s("read-only")));
+    props.push((props::PROTECT_HOME, s("read-only")));
     // No shared /tmp between units (DynamicUser implies it; said explicitly).
-    props.push(("PrivateTmp", PropValue::Bool(true)));
+    props.push((props::PRIVATE_TMP, PropValue::Bool(true)));
     if p.isolation == IsolationLevel::Session {
         // Session isolation also hides physical devices.
-        props.push(("PrivateDevices", PropValue::Bool(true)));
+        props.push((props::PRIVATE_DEVICES, PropValue::Bool(true)));
     }
     hardening(&p.sandbox, props);
 }
@@ -373,38 +374,38 @@ fn hardening(sandbox: &crate::model::SandboxOptions, props: &mut Props) {
     // The kernel is not the workload's to tune, load into, read the logs
     // of, or set the clock of; the cgroup tree and hostname are read-only.
     for name in [
-        "ProtectKernelTunables",
-        "ProtectKernelModules",
-        "ProtectKernelLogs",
-        "ProtectControlGroups",
-        "ProtectClock",
-        "ProtectHostname",
+        props::PROTECT_KERNEL_TUNABLES,
+        props::PROTECT_KERNEL_MODULES,
+        props::PROTECT_KERNEL_LOGS,
+        props::PROTECT_CONTROL_GROUPS,
+        props::PROTECT_CLOCK,
+        props::PROTECT_HOSTNAME,
     ] {
         props.push((name, PropValue::Bool(true)));
     }
     // Other users' processes are invisible in /proc, and /proc holds
     // processes only (no /proc/sys, /proc/kcore...).
-    props.push(("ProtectProc", s("invisible")));
-    props.push(("ProcSubset", s("pid")));
+    props.push((props::PROTECT_PROC, s("invisible")));
+    props.push((props::PROC_SUBSET, s("pid")));
     // No new namespaces of any kind (a flag set of those allowed: none).
-    props.push(("RestrictNamespaces", PropValue::U64(0)));
-    props.push(("RestrictRealtime", PropValue::Bool(true)));
-    props.push(("RestrictSUIDSGID", PropValue::Bool(true)));
-    props.push(("LockPersonality", PropValue::Bool(true)));
+    props.push((props::RESTRICT_NAMESPACES, PropValue::U64(0)));
+    props.push((props::RESTRICT_REALTIME, PropValue::Bool(true)));
+    props.push((props::RESTRICT_SUID_SGID, PropValue::Bool(true)));
+    props.push((props::LOCK_PERSONALITY, PropValue::Bool(true)));
     // Native system calls only, and only those a service needs; a call
     // outside the set fails with EPERM rather than killing the process.
     props.push((
-        "SystemCallArchitectures",
+        props::SYSTEM_CALL_ARCHITECTURES,
         PropValue::StrList(vec!["native".into()]),
     ));
     props.push((
-        "SystemCallFilter",
+        props::SYSTEM_CALL_FILTER,
         PropValue::NameList(true, vec!["@system-service".into()]),
     ));
-    props.push(("SystemCallErrorNumber", PropValue::I32(EPERM)));
+    props.push((props::SYSTEM_CALL_ERROR_NUMBER, PropValue::I32(EPERM)));
     // Sockets: local, IPv4 and IPv6; no netlink, packet or others.
     props.push((
-        "RestrictAddressFamilies",
+        props::RESTRICT_ADDRESS_FAMILIES,
         PropValue::NameList(
             true,
             ["AF_UNIX", "AF_INET", "AF_INET6"]
@@ -413,13 +414,13 @@ fn hardening(sandbox: &crate::model::SandboxOptions, props: &mut Props) {
         ),
     ));
     // No capabilities at all, even for a binary that would gain some.
-    props.push(("CapabilityBoundingSet", PropValue::U64(0)));
+    props.push((props::CAPABILITY_BOUNDING_SET, PropValue::U64(0)));
     // Files the workload creates are its own.
-    props.push(("UMask", PropValue::U32(0o077)));
+    props.push((props::UMASK, PropValue::U32(0o077)));
     if sandbox.memory_deny_write_execute {
         // Opt-in: no memory both writable and executable. JIT compilers
         // (JVM, V8, .NET, LuaJIT, PCRE's JIT) need such memory.
-        props.push(("MemoryDenyWriteExecute", PropValue::Bool(true)));
+        props.push((props::MEMORY_DENY_WRITE_EXECUTE, PropValue::Bool(true)));
     }
 }
 

@@ -79,7 +79,7 @@ fn str_prop(spec: &UnitSpec, name: &str) -> String {
 }
 
 fn env(spec: &UnitSpec) -> Vec<String> {
-    match spec.get("Environment") {
+    match spec.get(props::ENVIRONMENT) {
         Some(PropValue::StrList(v)) => v.clone(),
         other => panic!("Environment: {other:?}"),
     }
@@ -212,7 +212,7 @@ fn description_round_trips() {
 #[test]
 fn exec_start_has_no_shell() {
     let spec = translate(&process(pattern()));
-    let Some(PropValue::Exec(cmds)) = spec.get("ExecStart") else {
+    let Some(PropValue::Exec(cmds)) = spec.get(props::EXEC_START) else {
         panic!("no ExecStart")
     };
     assert_eq!(cmds.len(), 1);
@@ -229,7 +229,7 @@ fn a_dollar_is_passed_to_systemd_escaped() {
     let mut p = process(pattern());
     p.args = vec!["$HOME".into(), "${X} y".into(), "a$$".into()];
     let spec = translate(&p);
-    let Some(PropValue::Exec(cmds)) = spec.get("ExecStart") else {
+    let Some(PropValue::Exec(cmds)) = spec.get(props::EXEC_START) else {
         panic!("no ExecStart")
     };
     assert_eq!(cmds[0].argv[1..], ["$$HOME", "$${X} y", "a$$$$"]);
@@ -255,9 +255,9 @@ fn service_type_follows_readiness() {
         p.notify_ready = notify;
         p.health.probe = probe;
         let spec = translate(&p);
-        assert_eq!(str_prop(&spec, "Type"), ty);
+        assert_eq!(str_prop(&spec, props::TYPE), ty);
         assert_eq!(
-            spec.get("WatchdogUSec"),
+            spec.get(props::WATCHDOG_USEC),
             wd.map(PropValue::U64).as_ref(),
             "{ty}"
         );
@@ -366,36 +366,36 @@ fn restart_limits_stop_and_resources() {
     };
     let spec = translate(&p);
     let expect = [
-        ("Restart", PropValue::Str("always".into())),
-        ("RestartUSec", PropValue::U64(200_000)),
-        ("StartLimitBurst", PropValue::U32(3)),
-        ("StartLimitIntervalUSec", PropValue::U64(20_000_000)),
-        ("TimeoutStopUSec", PropValue::U64(5_000_000)),
-        ("KillMode", PropValue::Str("mixed".into())),
-        ("MemoryMax", PropValue::U64(128 << 20)),
-        ("CPUQuotaPerSecUSec", PropValue::U64(250_000)),
-        ("TasksMax", PropValue::U64(64)),
-        ("MemoryAccounting", PropValue::Bool(true)),
-        ("SyslogIdentifier", PropValue::Str("kv-1".into())),
-        ("StandardOutput", PropValue::Str("journal".into())),
+        (props::RESTART, PropValue::Str("always".into())),
+        (props::RESTART_USEC, PropValue::U64(200_000)),
+        (props::START_LIMIT_BURST, PropValue::U32(3)),
+        (props::START_LIMIT_INTERVAL_USEC, PropValue::U64(20_000_000)),
+        (props::TIMEOUT_STOP_USEC, PropValue::U64(5_000_000)),
+        (props::KILL_MODE, PropValue::Str("mixed".into())),
+        (props::MEMORY_MAX, PropValue::U64(128 << 20)),
+        (props::CPU_QUOTA_PER_SEC_USEC, PropValue::U64(250_000)),
+        (props::TASKS_MAX, PropValue::U64(64)),
+        (props::MEMORY_ACCOUNTING, PropValue::Bool(true)),
+        (props::SYSLOG_IDENTIFIER, PropValue::Str("kv-1".into())),
+        (props::STANDARD_OUTPUT, PropValue::Str("journal".into())),
     ];
     for (name, value) in expect {
         assert_eq!(spec.get(name), Some(&value), "{name}");
     }
     // Unlimited resources are not set at all.
     let spec = translate(&process(proxy()));
-    for name in ["MemoryMax", "CPUQuotaPerSecUSec", "TasksMax"] {
+    for name in [props::MEMORY_MAX, props::CPU_QUOTA_PER_SEC_USEC, props::TASKS_MAX] {
         assert_eq!(spec.get(name), None, "{name}");
     }
     // Defaults: on-failure after 1 s, circuit at 5 starts in 60 s, 30 s stop.
     assert_eq!(
-        spec.get("Restart"),
+        spec.get(props::RESTART),
         Some(&PropValue::Str("on-failure".into()))
     );
-    assert_eq!(spec.get("RestartUSec"), Some(&PropValue::U64(1_000_000)));
-    assert_eq!(spec.get("StartLimitBurst"), Some(&PropValue::U32(5)));
+    assert_eq!(spec.get(props::RESTART_USEC), Some(&PropValue::U64(1_000_000)));
+    assert_eq!(spec.get(props::START_LIMIT_BURST), Some(&PropValue::U32(5)));
     assert_eq!(
-        spec.get("TimeoutStopUSec"),
+        spec.get(props::TIMEOUT_STOP_USEC),
         Some(&PropValue::U64(30_000_000))
     );
 }
@@ -414,7 +414,7 @@ fn isolation_levels_map_to_users_and_sandboxing() {
         a.isolation = level;
         b.isolation = level;
         let (sa, sb) = (translate(&a), translate(&b));
-        let (ua, ub) = (str_prop(&sa, "User"), str_prop(&sb, "User"));
+        let (ua, ub) = (str_prop(&sa, props::USER), str_prop(&sb, props::USER));
         assert_eq!(ua == ub, shared, "{level}: {ua} vs {ub}");
         assert!(ua.len() <= 31 && ua.starts_with("prism-"), "{ua}");
         assert!(
@@ -423,51 +423,51 @@ fn isolation_levels_map_to_users_and_sandboxing() {
             "{ua}"
         );
         for (name, value) in [
-            ("DynamicUser", PropValue::Bool(true)),
-            ("NoNewPrivileges", PropValue::Bool(true)),
-            ("ProtectSystem", PropValue::Str("strict".into())),
-            ("ProtectHome", PropValue::Str("read-only".into())),
-            ("PrivateTmp", PropValue::Bool(true)),
+            (props::DYNAMIC_USER, PropValue::Bool(true)),
+            (props::NO_NEW_PRIVILEGES, PropValue::Bool(true)),
+            (props::PROTECT_SYSTEM, PropValue::Str("strict".into())),
+            (props::PROTECT_HOME, PropValue::Str("read-only".into())),
+            (props::PRIVATE_TMP, PropValue::Bool(true)),
         ] {
             assert_eq!(sa.get(name), Some(&value), "{level}: {name}");
         }
         assert_eq!(
-            sa.get("PrivateDevices") == Some(&PropValue::Bool(true)),
+            sa.get(props::PRIVATE_DEVICES) == Some(&PropValue::Bool(true)),
             devices,
             "{level}"
         );
         // The hardening set, at every level.
         for (name, value) in [
-            ("ProtectKernelTunables", PropValue::Bool(true)),
-            ("ProtectKernelModules", PropValue::Bool(true)),
-            ("ProtectKernelLogs", PropValue::Bool(true)),
-            ("ProtectControlGroups", PropValue::Bool(true)),
-            ("ProtectClock", PropValue::Bool(true)),
-            ("ProtectHostname", PropValue::Bool(true)),
-            ("ProtectProc", PropValue::Str("invisible".into())),
-            ("ProcSubset", PropValue::Str("pid".into())),
-            ("RestrictNamespaces", PropValue::U64(0)),
-            ("RestrictRealtime", PropValue::Bool(true)),
-            ("RestrictSUIDSGID", PropValue::Bool(true)),
-            ("LockPersonality", PropValue::Bool(true)),
+            (props::PROTECT_KERNEL_TUNABLES, PropValue::Bool(true)),
+            (props::PROTECT_KERNEL_MODULES, PropValue::Bool(true)),
+            (props::PROTECT_KERNEL_LOGS, PropValue::Bool(true)),
+            (props::PROTECT_CONTROL_GROUPS, PropValue::Bool(true)),
+            (props::PROTECT_CLOCK, PropValue::Bool(true)),
+            (props::PROTECT_HOSTNAME, PropValue::Bool(true)),
+            (props::PROTECT_PROC, PropValue::Str("invisible".into())),
+            (props::PROC_SUBSET, PropValue::Str("pid".into())),
+            (props::RESTRICT_NAMESPACES, PropValue::U64(0)),
+            (props::RESTRICT_REALTIME, PropValue::Bool(true)),
+            (props::RESTRICT_SUID_SGID, PropValue::Bool(true)),
+            (props::LOCK_PERSONALITY, PropValue::Bool(true)),
             (
-                "SystemCallArchitectures",
+                props::SYSTEM_CALL_ARCHITECTURES,
                 PropValue::StrList(vec!["native".into()]),
             ),
             (
-                "SystemCallFilter",
+                props::SYSTEM_CALL_FILTER,
                 PropValue::NameList(true, vec!["@system-service".into()]),
             ),
-            ("SystemCallErrorNumber", PropValue::I32(1)),
+            (props::SYSTEM_CALL_ERROR_NUMBER, PropValue::I32(1)),
             (
-                "RestrictAddressFamilies",
+                props::RESTRICT_ADDRESS_FAMILIES,
                 PropValue::NameList(
                     true,
                     vec!["AF_UNIX".into(), "AF_INET".into(), "AF_INET6".into()],
                 ),
             ),
-            ("CapabilityBoundingSet", PropValue::U64(0)),
-            ("UMask", PropValue::U32(0o077)),
+            (props::CAPABILITY_BOUNDING_SET, PropValue::U64(0)),
+            (props::UMASK, PropValue::U32(0o077)),
         ] {
             assert_eq!(sa.get(name), Some(&value), "{level}: {name}");
         }
@@ -475,26 +475,26 @@ fn isolation_levels_map_to_users_and_sandboxing() {
         for name in hardening_properties() {
             assert_eq!(
                 sa.get(name).is_some(),
-                name != "MemoryDenyWriteExecute",
+                name != props::MEMORY_DENY_WRITE_EXECUTE,
                 "{level}: {name}"
             );
         }
         // Opt-in only: it breaks JIT compilers.
-        assert_eq!(sa.get("MemoryDenyWriteExecute"), None);
+        assert_eq!(sa.get(props::MEMORY_DENY_WRITE_EXECUTE), None);
         let mut jitless = a.clone();
         jitless.sandbox.memory_deny_write_execute = true;
         assert_eq!(
-            translate(&jitless).get("MemoryDenyWriteExecute"),
+            translate(&jitless).get(props::MEMORY_DENY_WRITE_EXECUTE),
             Some(&PropValue::Bool(true))
         );
     }
     // None: shared per type.
     a.isolation = IsolationLevel::None;
-    assert_eq!(str_prop(&translate(&a), "User"), "prism-pattern");
+    assert_eq!(str_prop(&translate(&a), props::USER), "prism-pattern");
     let mut a2 = a.clone();
     a2.id = "kv-2".into();
     a2.namespace = "other".into();
-    assert_eq!(str_prop(&translate(&a2), "User"), "prism-pattern");
+    assert_eq!(str_prop(&translate(&a2), props::USER), "prism-pattern");
     // A process of no namespace shares its user with nobody, unless its
     // level is `none`.
     for level in [IsolationLevel::Namespace, IsolationLevel::Session] {
