@@ -15,12 +15,13 @@ use std::{
 };
 
 use prost::Message;
-use tokio::time::Instant;
 use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use super::{
     dispatch::{Dispatcher, unreachable},
+    drift::{self, Placement, Repair},
     pending::Pending,
     placement::{self, Candidate, Liveness, NoCandidate, Request},
     store::{
@@ -1055,28 +1056,18 @@ impl Fleet {
                 .processes
                 .get(pid)
                 .filter(|p| p.launcher_id.as_deref() == Some(launcher.as_str()))
-                .map(|p| (p.state, p.version(), p.updated_at_ms));
-            let Some((state, version, updated_at_ms)) = here else {
-                // Run here but not placed here: revoke.
-                if !st.kept_on(&launcher, pid) {
-                    revoke.push(pid.clone());
-                }
+                .map(ProcessRecord::placement);
+            let kept = here.is_none_or(|p| p.state == PlacementState::Revoking)
+                && st.kept_on(&launcher, pid);
+            match drift::repair(here, Some(health.version), kept, fresh) {
+                Repair::Assign => assign.push(pid.clone()),
+                Repair::Revoke => revoke.push(pid.clone()),
+                Repair::Nothing | Repair::Finished => {}
+            }
+            let Some(Placement { version, .. }) = here else {
                 continue;
             };
             reported_here += 1;
-            match state {
-                // Running an older version: push again, unless the newer
-                // one is being pushed right now.
-                PlacementState::Placed
-                    if health.version > 0 && health.version < version && updated_at_ms < fresh =>
-                {
-                    assign.push(pid.clone())
-                }
-                PlacementState::Placed => {}
-                // Still run where it is being revoked: revoke.
-                PlacementState::Revoking if !st.kept_on(&launcher, pid) => revoke.push(pid.clone()),
-                PlacementState::Revoking => {}
-            }
             if let Some(r) = st.health.get_mut(pid)
                 && same_state(&r.health, health)
             {
@@ -1116,15 +1107,10 @@ impl Fleet {
                 if hb.process_health.contains_key(p.id()) {
                     continue;
                 }
-                match p.state {
-                    // Placed here but not run: push again, unless it is
-                    // being pushed right now.
-                    PlacementState::Placed if p.updated_at_ms < fresh => {
-                        assign.push(p.id().to_owned())
-                    }
-                    PlacementState::Placed => {}
-                    // Revoked, and no longer run: done.
-                    PlacementState::Revoking => finished.push(p.id().to_owned()),
+                match drift::repair(Some(p.placement()), None, false, fresh) {
+                    Repair::Assign => assign.push(p.id().to_owned()),
+                    Repair::Finished => finished.push(p.id().to_owned()),
+                    Repair::Revoke | Repair::Nothing => {}
                 }
             }
         }

@@ -5,12 +5,15 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod drift;
 pub mod fleet;
 pub mod pending;
 pub mod placement;
 pub mod service;
 pub mod store;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 use std::{
     convert::Infallible,

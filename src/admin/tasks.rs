@@ -2,14 +2,11 @@
 //! judging launcher liveness (and, opt-in, rescheduling the processes of
 //! lost launchers), flushing heartbeat data, and operator-driven moves.
 
-use std::{
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream};
-use tokio::time::Instant;
 use prost::Message;
+use tokio::time::Instant;
 use tonic::Code;
 
 use super::{
@@ -41,7 +38,7 @@ impl Fleet {
             let next = next.unwrap_or(now + BACKOFF_MAX);
             tokio::select! {
                 _ = self.deliveries.notified() => {}
-                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = tokio::time::sleep_until(next) => {}
             }
         }
     }
@@ -158,55 +155,59 @@ impl Fleet {
     pub async fn liveness_loop(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.interval / 2).await;
-            let now = crate::clock::unix_ms();
-            let mut moves = Vec::new();
-            {
-                let mut st = self.state.lock().await;
-                let judged: Vec<(String, Liveness, i64)> = st
-                    .launchers
-                    .values()
-                    .map(|l| {
-                        (
-                            l.id.clone(),
-                            placement::liveness(l.last_heartbeat_ms, now, self.interval),
-                            l.last_heartbeat_ms,
-                        )
-                    })
-                    .collect();
-                for (id, lv, last) in judged {
-                    let before = st.last_liveness.insert(id.clone(), lv);
-                    if before.is_some_and(|b| b != lv)
-                        || (before.is_none() && lv != Liveness::Healthy)
-                    {
-                        match lv {
-                            Liveness::Healthy => {
-                                tracing::info!(prism_launcher_id = %id, "launcher {id} is healthy again")
-                            }
-                            other => tracing::warn!(
-                                prism_launcher_id = %id,
-                                "launcher {id} is {}: no heartbeat for {:.1} s",
-                                other.as_str(),
-                                (now - last) as f64 / 1000.0
-                            ),
+            self.judge_liveness(crate::clock::unix_ms()).await;
+        }
+    }
+
+    /// One liveness pass at `now` (Unix ms): judge every launcher, log the
+    /// changes, and reschedule what runs on launchers lost long enough.
+    pub async fn judge_liveness(&self, now: i64) {
+        let mut moves = Vec::new();
+        {
+            let mut st = self.state.lock().await;
+            let judged: Vec<(String, Liveness, i64)> = st
+                .launchers
+                .values()
+                .map(|l| {
+                    (
+                        l.id.clone(),
+                        placement::liveness(l.last_heartbeat_ms, now, self.interval),
+                        l.last_heartbeat_ms,
+                    )
+                })
+                .collect();
+            for (id, lv, last) in judged {
+                let before = st.last_liveness.insert(id.clone(), lv);
+                if before.is_some_and(|b| b != lv) || (before.is_none() && lv != Liveness::Healthy)
+                {
+                    match lv {
+                        Liveness::Healthy => {
+                            tracing::info!(prism_launcher_id = %id, "launcher {id} is healthy again")
                         }
+                        other => tracing::warn!(
+                            prism_launcher_id = %id,
+                            "launcher {id} is {}: no heartbeat for {:.1} s",
+                            other.as_str(),
+                            (now - last) as f64 / 1000.0
+                        ),
                     }
-                    if let (Liveness::Lost, Some(after)) = (lv, self.reschedule_lost_after) {
-                        let lost_at = last
-                            + (self.interval * placement::LOST_AFTER_MISSED).as_millis() as i64;
-                        if now - lost_at >= after.as_millis() as i64 {
-                            moves.extend(
-                                st.on(&id)
-                                    .filter(|p| p.state == PlacementState::Placed)
-                                    .map(|p| (p.id().to_owned(), id.clone())),
-                            );
-                        }
+                }
+                if let (Liveness::Lost, Some(after)) = (lv, self.reschedule_lost_after) {
+                    let lost_at =
+                        last + (self.interval * placement::LOST_AFTER_MISSED).as_millis() as i64;
+                    if now - lost_at >= after.as_millis() as i64 {
+                        moves.extend(
+                            st.on(&id)
+                                .filter(|p| p.state == PlacementState::Placed)
+                                .map(|p| (p.id().to_owned(), id.clone())),
+                        );
                     }
                 }
             }
-            for (process, from) in moves {
-                if let Err(e) = self.reschedule(&process, &from).await {
-                    tracing::warn!(prism_process_id = %process, "cannot reschedule {process} away from lost {from}: {e}");
-                }
+        }
+        for (process, from) in moves {
+            if let Err(e) = self.reschedule(&process, &from).await {
+                tracing::warn!(prism_process_id = %process, "cannot reschedule {process} away from lost {from}: {e}");
             }
         }
     }

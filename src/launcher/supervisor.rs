@@ -12,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::store::{Store, StoreError};
 use crate::backoff;

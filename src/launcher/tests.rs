@@ -448,7 +448,11 @@ async fn systemd_giving_up_on_a_unit_opens_its_circuit_and_activity_closes_it() 
         h.entry("kv-1", |e| e.circuit_opened_at.is_some())
     })
     .await;
-    assert!(h.entry("kv-1", |e| e.last_error.clone()).unwrap().contains("start limit"));
+    assert!(
+        h.entry("kv-1", |e| e.last_error.clone())
+            .unwrap()
+            .contains("start limit")
+    );
     h.sd.update(&unit_of("kv-1"), |s| {
         s.active_state = "active".into();
         s.sub_state = "running".into();
@@ -469,7 +473,10 @@ async fn a_vanishing_unit_is_restored_with_a_growing_backoff() {
     for n in 2..=5 {
         h.sd.vanish(&unit_of("kv-1"));
         waits.push(
-            until(Duration::from_secs(60), "the restore", || h.starts("kv-1") == n).await,
+            until(Duration::from_secs(60), "the restore", || {
+                h.starts("kv-1") == n
+            })
+            .await,
         );
     }
     // At once, then 1 s, 2 s, 4 s (the backoff has no jitter here).
@@ -498,8 +505,10 @@ async fn a_unit_that_ran_long_before_vanishing_is_restored_at_once() {
         })
         .await;
         h.sd.vanish(&unit_of("kv-1"));
-        let waited =
-            until(Duration::from_secs(60), "the restore", || h.starts("kv-1") == n).await;
+        let waited = until(Duration::from_secs(60), "the restore", || {
+            h.starts("kv-1") == n
+        })
+        .await;
         assert!(waited < Duration::from_millis(100), "{waited:?}");
     }
 }
@@ -508,7 +517,11 @@ async fn a_unit_that_ran_long_before_vanishing_is_restored_at_once() {
 async fn a_revocation_stops_the_unit_and_forgets_the_process() {
     let h = harness();
     h.sup.assign(wire("kv-1", 1), false).await.unwrap();
-    let r = h.sup.revoke("kv-1", Some(Duration::from_secs(5))).await.unwrap();
+    let r = h
+        .sup
+        .revoke("kv-1", Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     assert!(r.was_running);
     assert!(!r.killed);
     assert_eq!(r.exit_code, 128 + libc::SIGTERM);
@@ -553,7 +566,10 @@ async fn units_nobody_wants_are_stopped_unless_the_admin_has_not_spoken() {
     h.sd.insert(&stray, "prism pattern stray v1: /usr/bin/true", "active");
     h.sup.allow_stopping_undesired(false);
     h.sup.reconcile_once().await.unwrap();
-    assert!(h.sd.unit(&stray).is_some(), "kept until the placement is known");
+    assert!(
+        h.sd.unit(&stray).is_some(),
+        "kept until the placement is known"
+    );
     h.sup.allow_stopping_undesired(true);
     h.sup.reconcile_once().await.unwrap();
     assert!(h.sd.unit(&stray).is_none());
@@ -571,7 +587,10 @@ async fn a_restarted_manager_gets_every_unit_back() {
     }
     h.run_loops().await;
     h.sd.restart_manager();
-    until(Duration::from_secs(5), "all three back", || h.sd.names().len() == 3).await;
+    until(Duration::from_secs(5), "all three back", || {
+        h.sd.names().len() == 3
+    })
+    .await;
     for id in ["a", "b", "c"] {
         assert_eq!(h.starts(id), 2, "{id}");
     }
@@ -640,17 +659,17 @@ async fn a_missing_binary_blocks_the_process_until_it_appears() {
             &mut std::fs::metadata(&runner).unwrap().permissions(),
             0o755,
         );
-        std::fs::set_permissions(
-            &runner,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        std::fs::set_permissions(&runner, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
     };
     install();
     let policy = Policy::with_binary_dirs([bin.path().to_path_buf()]).unwrap();
     let h = harness_with(policy, 10, ProcessType::ALL.into_iter().collect());
     let path = runner.display().to_string();
-    h.sup.assign(wire_at("kv-1", 1, &path), false).await.unwrap();
+    h.sup
+        .assign(wire_at("kv-1", 1, &path), false)
+        .await
+        .unwrap();
     h.run_loops().await;
     // The package is removed, and the unit exits.
     std::fs::remove_file(&runner).unwrap();
@@ -669,8 +688,14 @@ async fn a_missing_binary_blocks_the_process_until_it_appears() {
     .await;
     assert_eq!(h.starts("kv-1"), 1);
     install();
-    until(Duration::from_secs(60), "the start", || h.starts("kv-1") == 2).await;
-    until(Duration::from_secs(1), "held", || h.phase("kv-1") == Some(Phase::Held)).await;
+    until(Duration::from_secs(60), "the start", || {
+        h.starts("kv-1") == 2
+    })
+    .await;
+    until(Duration::from_secs(1), "held", || {
+        h.phase("kv-1") == Some(Phase::Held)
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -680,7 +705,10 @@ async fn a_state_write_that_fails_leaves_nothing_behind() {
     std::fs::remove_dir_all(h.dir.path()).unwrap();
     let err = h.sup.assign(wire("kv-1", 1), false).await.unwrap_err();
     assert!(matches!(err, LauncherError::Store(_)), "{err}");
-    assert!(h.sd.unit(&unit_of("kv-1")).is_none(), "its unit was stopped");
+    assert!(
+        h.sd.unit(&unit_of("kv-1")).is_none(),
+        "its unit was stopped"
+    );
     assert!(!h.sup.table().entries.contains_key("kv-1"));
     assert!(h.sup.table().entries.contains_key("old"));
 }
@@ -706,7 +734,11 @@ async fn an_assignment_while_disconnected_is_held_and_started_on_reconnect() {
     h.sd.disconnect();
     let err = h.sup.assign(wire("kv-1", 1), false).await.unwrap_err();
     assert!(matches!(err, LauncherError::Pending { .. }), "{err}");
-    assert!(h.sup.status_line().contains("unreachable"), "{}", h.sup.status_line());
+    assert!(
+        h.sup.status_line().contains("unreachable"),
+        "{}",
+        h.sup.status_line()
+    );
     h.sd.reconnect();
     until(Duration::from_secs(5), "the start", || {
         h.sd.unit(&unit_of("kv-1")).is_some()

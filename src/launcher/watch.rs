@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use tokio::time::Instant;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 
 use super::supervisor::Supervisor;
 use crate::{

@@ -96,7 +96,11 @@ impl MemorySystemd {
     /// The next call of `op` fails with `error` (queued: several calls to
     /// this fail the next several calls).
     pub fn fail_next(&self, op: Op, error: SystemdError) {
-        self.inner().failures.entry(op).or_default().push_back(error);
+        self.inner()
+            .failures
+            .entry(op)
+            .or_default()
+            .push_back(error);
     }
 
     /// Drop every scripted failure not yet used.
@@ -497,10 +501,7 @@ mod tests {
             },
         );
         let err = m.start_transient(&spec).await.unwrap_err();
-        assert!(
-            err.to_string().contains("exited with status 3"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("exited with status 3"), "{err}");
         assert_eq!(m.unit(&spec.name).unwrap().status.active_state, "failed");
         m.heal(&spec.name);
         m.stop(&spec.name, Duration::ZERO).await.unwrap();

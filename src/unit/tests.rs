@@ -384,7 +384,11 @@ fn restart_limits_stop_and_resources() {
     }
     // Unlimited resources are not set at all.
     let spec = translate(&process(proxy()));
-    for name in [props::MEMORY_MAX, props::CPU_QUOTA_PER_SEC_USEC, props::TASKS_MAX] {
+    for name in [
+        props::MEMORY_MAX,
+        props::CPU_QUOTA_PER_SEC_USEC,
+        props::TASKS_MAX,
+    ] {
         assert_eq!(spec.get(name), None, "{name}");
     }
     // Defaults: on-failure after 1 s, circuit at 5 starts in 60 s, 30 s stop.
@@ -392,7 +396,10 @@ fn restart_limits_stop_and_resources() {
         spec.get(props::RESTART),
         Some(&PropValue::Str("on-failure".into()))
     );
-    assert_eq!(spec.get(props::RESTART_USEC), Some(&PropValue::U64(1_000_000)));
+    assert_eq!(
+        spec.get(props::RESTART_USEC),
+        Some(&PropValue::U64(1_000_000))
+    );
     assert_eq!(spec.get(props::START_LIMIT_BURST), Some(&PropValue::U32(5)));
     assert_eq!(
         spec.get(props::TIMEOUT_STOP_USEC),
