@@ -15,7 +15,7 @@ use crate::{
 /// The TCP listener when TLS is configured; without TLS the admin serves
 /// only its local socket unless told otherwise.
 pub const DEFAULT_LISTEN: &str = ":8981";
-pub const DEFAULT_SOCKET: &str = "/run/prism-admin/admin.sock";
+pub const DEFAULT_SOCKET: &str = crate::protocol::ADMIN_SOCKET;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/prism-admin";
 
 #[derive(Parser, Debug)]

@@ -110,7 +110,7 @@ impl Dispatcher {
         let mut request = tonic::Request::new(spec.clone());
         request.set_timeout(ASSIGN_TIMEOUT);
         request.metadata_mut().insert(
-            crate::auth::PLACED_BY_METADATA,
+            crate::protocol::PLACED_BY_METADATA,
             tonic::metadata::MetadataValue::from_static("admin"),
         );
         match tokio::time::timeout(ASSIGN_TIMEOUT, client.assign_process(request)).await {

@@ -828,7 +828,7 @@ impl Fleet {
                 format!("process id {:?} is not a valid id", h.process_id),
             ));
         }
-        let known = |t: &str| matches!(t, "pattern" | "proxy" | "backend" | "utility");
+        let known = |t: &str| ProcessType::named(t).is_some();
         let mut types: Vec<String> = if reg.process_types.is_empty() {
             reg.capabilities
                 .iter()

@@ -13,23 +13,19 @@ use super::{
 };
 use crate::{
     auth,
-    launcher::redact,
     model::ProcessType,
     pb::prism::{
         self as pb,
         admin::v1::{self as apb, admin_server::Admin},
         control_plane_server::ControlPlane,
     },
+    protocol::redact,
     unit,
 };
 
 /// The most history events one GetProcess returns (the store keeps 200
 /// per process).
 pub const MAX_HISTORY_LIMIT: i32 = 1000;
-
-/// The gRPC metadata keys that steer placement.
-pub const REGION_METADATA: &str = "prism-region";
-pub const LAUNCHER_METADATA: &str = "prism-launcher-id";
 
 pub fn to_status(e: FleetError) -> Status {
     let code = match &e {
@@ -108,8 +104,8 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<pb::ProcessAssignment>,
     ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
-        let region = metadata(&request, REGION_METADATA);
-        let launcher = metadata(&request, LAUNCHER_METADATA);
+        let region = metadata(&request, crate::protocol::REGION_METADATA);
+        let launcher = metadata(&request, crate::protocol::LAUNCHER_METADATA);
         let spec = request.into_inner();
         let id = spec.process_id.clone();
         let assigned = self

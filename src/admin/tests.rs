@@ -79,7 +79,7 @@ impl Launcher for FakeLauncher {
     ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
         let placed_by = request
             .metadata()
-            .get(crate::auth::PLACED_BY_METADATA)
+            .get(crate::protocol::PLACED_BY_METADATA)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let a = request.into_inner();

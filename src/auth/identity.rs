@@ -197,24 +197,6 @@ pub struct OperatorGroup {
     pub own_uid: Option<u32>,
 }
 
-/// This process's real uid, from `/proc/self/status`, read once (it is
-/// asked on every assignment's binary check).
-pub fn own_uid() -> Option<u32> {
-    static OWN_UID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    *OWN_UID.get_or_init(read_own_uid)
-}
-
-fn read_own_uid() -> Option<u32> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 impl OperatorGroup {
     /// Look `name` up in `/etc/group`.
     pub fn resolve(name: &str) -> Self {
@@ -233,7 +215,7 @@ impl OperatorGroup {
         Self {
             name: name.to_owned(),
             gid,
-            own_uid: own_uid(),
+            own_uid: crate::host::own_uid(),
         }
     }
 

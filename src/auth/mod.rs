@@ -13,7 +13,7 @@ pub mod policy;
 
 pub use identity::{Caller, DEFAULT_TRUST_DOMAIN, OperatorGroup, Role};
 pub use layer::{Gate, caller};
-pub use policy::{Denied, PLACED_BY_METADATA, acts_as, authorize, placed_by_admin};
+pub use policy::{Denied, acts_as, authorize, placed_by_admin};
 
 /// The group whose members are operators on the local socket.
 pub const DEFAULT_OPERATOR_GROUP: &str = "prism";

@@ -39,13 +39,11 @@ const READ: &[Grant] = &[Admin, Operator, Viewer];
 const OPERATE: &[Grant] = &[Operator];
 const ANYONE: &[Grant] = &[Anyone];
 
-/// Request metadata the admin sets on the assignments it places.
-pub const PLACED_BY_METADATA: &str = "prism-placed-by";
-
 /// Did the admin place this assignment (rather than an operator assigning
 /// directly)? A certificate says so by itself; callers trusted with every
 /// role (root on the socket, `--insecure` peers) say so with
-/// [`PLACED_BY_METADATA`]; nobody else is the admin.
+/// [`PLACED_BY_METADATA`](crate::protocol::PLACED_BY_METADATA); nobody
+/// else is the admin.
 pub fn placed_by_admin(caller: &Caller, placed_by: Option<&str>) -> bool {
     match caller {
         Caller::Certified {

@@ -10,7 +10,8 @@ use prism_launcher::serve::{self, EX_USAGE, terminated};
 
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let parsed = if legacy::invoked_as_legacy(argv.first().map(|a| a.as_os_str())) {
+    let argv0 = argv.first().cloned();
+    let parsed = if legacy::invoked_as_legacy(argv0.as_deref()) {
         legacy::parse(argv)
     } else {
         Args::try_parse_from(argv)
@@ -27,7 +28,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let config = match args.resolve() {
+    let mut args = args;
+    let translated = if legacy::invoked_as_legacy(argv0.as_deref()) {
+        legacy::translate(&mut args)
+    } else {
+        Ok(())
+    };
+    let config = match translated.and_then(|()| args.resolve()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("prism-launcher: bad configuration: {e}");

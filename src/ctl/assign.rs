@@ -17,8 +17,8 @@ use super::{
     output::{Format, out, structured},
 };
 use crate::{
-    admin::service::{LAUNCHER_METADATA, REGION_METADATA},
     pb::prism::{self as pb, admin::v1 as apb},
+    protocol::{LAUNCHER_METADATA, REGION_METADATA},
     settings::parse_duration,
 };
 

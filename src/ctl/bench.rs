@@ -23,7 +23,6 @@ use super::{
     output::{Format, out, structured},
 };
 use crate::{
-    admin::service::LAUNCHER_METADATA,
     auth::dial::Expect,
     pb::prism::{
         self as pb,
@@ -31,6 +30,7 @@ use crate::{
         control_plane_client::ControlPlaneClient,
         launcher::v1::{self as lpb, launcher_client::LauncherClient},
     },
+    protocol::LAUNCHER_METADATA,
 };
 
 /// The packaged workload (prism-demo: starts, reports READY, waits for

@@ -7,7 +7,7 @@ use clap::Args;
 use tonic::{Code, Status, transport::Channel};
 
 use super::Error;
-use crate::admin::config::DEFAULT_SOCKET;
+use crate::protocol::ADMIN_SOCKET as DEFAULT_SOCKET;
 use crate::{
     auth::dial::{Address, ClientPem, Expect, channel, client_config, describe},
     pb::prism::{admin::v1::admin_client::AdminClient, control_plane_client::ControlPlaneClient},

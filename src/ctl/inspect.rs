@@ -12,7 +12,7 @@ use super::{
     fleet::status_of,
     output::{duration, out, structured},
 };
-use crate::{launcher::redact, pb::prism::admin::v1 as apb};
+use crate::{pb::prism::admin::v1 as apb, protocol::redact};
 
 /// How to reach a launcher's systemd manager from a shell on its host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

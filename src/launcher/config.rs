@@ -18,7 +18,7 @@ use crate::{
 /// The TCP listener with TLS (or `--insecure`); otherwise the launcher
 /// serves only its local socket.
 pub const DEFAULT_LISTEN: &str = ":7070";
-pub const DEFAULT_SOCKET: &str = "/run/prism-launcher/launcher.sock";
+pub const DEFAULT_SOCKET: &str = crate::protocol::LAUNCHER_SOCKET;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/prism-launcher";
 pub const DEFAULT_MAX_PROCESSES: i64 = 50;
 pub const DEFAULT_REGION: &str = "local";
@@ -149,9 +149,80 @@ pub struct Args {
     /// Binaries under it may run (as --allow-binary-dir); manifests are not read.
     #[arg(long, value_name = "DIR", hide = true, help_heading = LEGACY)]
     pub patterns_dir: Option<PathBuf>,
-    /// Invoked as pattern-launcher: its flags and pattern-only defaults.
+    /// What pattern-launcher's name and flags amount to, filled in by the
+    /// `legacy` pre-pass; by default prism-launcher's own defaults.
     #[arg(skip)]
-    pub legacy: bool,
+    pub translated: Translated,
+}
+
+/// Settings and defaults the pattern-launcher pre-pass (`legacy`) took
+/// from the old name and flags. [`Args::resolve`] ranks each below the new
+/// flag it stands for and above the configuration file, and names the old
+/// flag in errors about it.
+#[derive(Clone, Debug)]
+pub struct Translated {
+    /// `--grpc-port N` as a listen address.
+    pub listen: Option<String>,
+    /// `--isolation L`.
+    pub isolation: Option<String>,
+    /// `--metrics-port N` as a metrics address.
+    pub metrics_listen: Option<String>,
+    /// `--patterns-dir D`, added to the binary allowlist.
+    pub binary_dir: Option<PathBuf>,
+    pub default_listen: &'static str,
+    pub default_max_processes: i64,
+    pub default_capabilities: Vec<ProcessType>,
+    /// Logged once logging is up.
+    pub notices: Vec<String>,
+}
+
+impl Default for Translated {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            isolation: None,
+            metrics_listen: None,
+            binary_dir: None,
+            default_listen: DEFAULT_LISTEN,
+            default_max_processes: DEFAULT_MAX_PROCESSES,
+            default_capabilities: ProcessType::ALL.to_vec(),
+            notices: Vec::new(),
+        }
+    }
+}
+
+impl Args {
+    /// pattern-launcher's flags are taken by the pre-pass under that name;
+    /// any left are errors naming their replacement.
+    fn refuse_old_flags(&self) -> Result<(), ConfigError> {
+        let given = [
+            ("grpc-port", self.grpc_port.is_some(), "--listen ADDR"),
+            ("isolation", self.isolation.is_some(), "--default-isolation"),
+            (
+                "metrics-port",
+                self.metrics_port.is_some(),
+                "--metrics-listen ADDR",
+            ),
+            (
+                "health-port",
+                self.health_port.is_some(),
+                "nothing: health is grpc.health.v1 on the gRPC port",
+            ),
+            (
+                "patterns-dir",
+                self.patterns_dir.is_some(),
+                "--allow-binary-dir",
+            ),
+        ];
+        match given.iter().find(|(_, set, _)| *set) {
+            Some((flag, _, instead)) => bad(
+                flag,
+                "",
+                format!("is a pattern-launcher flag; prism-launcher takes {instead}"),
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 const LEGACY: &str = "pattern-launcher flags";
@@ -254,7 +325,8 @@ impl Args {
             }
         };
 
-        let legacy = super::legacy::Legacy::take(&mut self)?;
+        self.refuse_old_flags()?;
+        let legacy = std::mem::take(&mut self.translated);
 
         let admin_endpoint = match self.admin_endpoint.or(file.admin_endpoint) {
             None => None,
@@ -316,7 +388,7 @@ impl Args {
         let listen = match self.listen.or(legacy.listen.clone()).or(file.listen) {
             Some(text) => parse_listen_opt(&text).or_else(|r| bad(listen_flag, "listen", r))?,
             None if tls.is_some() || insecure => {
-                parse_listen_opt(legacy.default_listen()).ok().flatten()
+                parse_listen_opt(legacy.default_listen).ok().flatten()
             }
             None => None,
         };
@@ -330,9 +402,7 @@ impl Args {
                     format!("{s:?} is not a number"),
                 )
             })?,
-            None => file
-                .max_processes
-                .unwrap_or_else(|| legacy.default_max_processes()),
+            None => file.max_processes.unwrap_or(legacy.default_max_processes),
         };
         if !(1..=10_000).contains(&max_processes) {
             return bad(
@@ -342,27 +412,28 @@ impl Args {
             );
         }
 
-        let capability_names = self
-            .capabilities
-            .or(file.capabilities)
-            .unwrap_or_else(|| legacy.default_capabilities());
+        let capability_names = self.capabilities.or(file.capabilities).unwrap_or_else(|| {
+            legacy
+                .default_capabilities
+                .iter()
+                .map(ProcessType::to_string)
+                .collect()
+        });
         let mut capabilities = BTreeSet::new();
         for name in &capability_names {
             let name = name.trim();
             if name.is_empty() {
                 continue;
             }
-            let ty: ProcessType = match name {
-                "pattern" | "proxy" | "backend" | "utility" => name.parse().expect("known type"),
-                other => {
-                    return bad(
-                        "capabilities",
-                        "capabilities",
-                        format!(
-                            "unknown process type {other:?} (expected pattern, proxy, backend or utility)"
-                        ),
-                    );
-                }
+            let Some(ty) = ProcessType::named(name) else {
+                return bad(
+                    "capabilities",
+                    "capabilities",
+                    format!(
+                        "unknown process type {name:?} (expected {})",
+                        ProcessType::expected()
+                    ),
+                );
             };
             capabilities.insert(ty);
         }

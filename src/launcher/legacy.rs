@@ -20,7 +20,7 @@ use std::{
 
 use clap::{CommandFactory, FromArgMatches};
 
-use super::config::{Args, DEFAULT_LISTEN, DEFAULT_MAX_PROCESSES};
+use super::config::{Args, Translated};
 use crate::{
     model::ProcessType,
     settings::{ConfigError, bad},
@@ -58,7 +58,8 @@ pub fn invoked_as_legacy(argv0: Option<&OsStr>) -> bool {
         .is_some_and(|n| n == NAME)
 }
 
-/// Parse pattern-launcher's command line.
+/// Parse pattern-launcher's command line; [`translate`] then takes its
+/// old flags.
 pub fn parse(argv: Vec<OsString>) -> Result<Args, clap::Error> {
     let mut command = Args::command()
         .name(NAME)
@@ -81,9 +82,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Args, clap::Error> {
     }
     let argv = argv.into_iter().map(go_style).collect::<Vec<_>>();
     let matches = command.try_get_matches_from(argv)?;
-    let mut args = Args::from_arg_matches(&matches)?;
-    args.legacy = true;
-    Ok(args)
+    Args::from_arg_matches(&matches)
 }
 
 /// `-grpc-port` and `-grpc-port=8982` as `--grpc-port…` (Go's flag package
@@ -101,131 +100,71 @@ fn go_style(arg: OsString) -> OsString {
     }
 }
 
-/// What the old flags and name amount to, taken out of [`Args`].
-#[derive(Debug, Default)]
-pub struct Legacy {
-    active: bool,
-    /// `--grpc-port N` as a listen address.
-    pub listen: Option<String>,
-    pub isolation: Option<String>,
-    pub metrics_listen: Option<String>,
-    pub binary_dir: Option<PathBuf>,
-    pub notices: Vec<String>,
-}
-
-impl Legacy {
-    /// Check and take the old flags. Under the new name they are errors
-    /// naming their replacement.
-    pub fn take(args: &mut Args) -> Result<Legacy, ConfigError> {
-        let given = [
-            ("grpc-port", args.grpc_port.is_some(), "--listen ADDR"),
-            ("isolation", args.isolation.is_some(), "--default-isolation"),
-            (
+/// The pre-pass: take the old flags out of `args` (parsed by [`parse`])
+/// into what they amount to, checked, with pattern-launcher's defaults.
+/// [`Args::resolve`] then ranks them (see [`Translated`]).
+pub fn translate(args: &mut Args) -> Result<(), ConfigError> {
+    let mut t = Translated {
+        default_listen: LISTEN,
+        default_max_processes: MAX_PROCESSES,
+        default_capabilities: vec![ProcessType::Pattern],
+        notices: vec![format!(
+            "{NAME} is deprecated: this is prism-launcher with pattern-only defaults; \
+             run prism-launcher instead (README: \"From pattern-launcher to prism-launcher\")"
+        )],
+        ..Translated::default()
+    };
+    if let Some(port) = args.grpc_port.take() {
+        if args.listen.is_some() {
+            return bad("grpc-port", "", "conflicts with --listen; give one of them");
+        }
+        t.listen = Some(format!(":{}", port_number("grpc-port", &port)?));
+    }
+    if let Some(level) = args.isolation.take() {
+        if args.default_isolation.is_some() {
+            return bad(
+                "isolation",
+                "",
+                "conflicts with --default-isolation; give one of them",
+            );
+        }
+        t.isolation = Some(level);
+    }
+    if let Some(port) = args.metrics_port.take() {
+        if args.metrics_listen.is_some() {
+            return bad(
                 "metrics-port",
-                args.metrics_port.is_some(),
-                "--metrics-listen ADDR",
-            ),
-            (
-                "health-port",
-                args.health_port.is_some(),
-                "nothing: health is grpc.health.v1 on the gRPC port",
-            ),
-            (
+                "",
+                "conflicts with --metrics-listen; give one of them",
+            );
+        }
+        t.metrics_listen = Some(format!("127.0.0.1:{}", port_number("metrics-port", &port)?));
+    }
+    if let Some(port) = args.health_port.take() {
+        let port = port_number("health-port", &port)?;
+        t.notices.push(format!(
+            "--health-port {port} is ignored: health is the grpc.health.v1 service on the \
+             gRPC port, and each process's own /health is probed by the launcher"
+        ));
+    }
+    if let Some(dir) = args.patterns_dir.take() {
+        let dir = absolute("patterns-dir", &dir)?;
+        if !dir.is_dir() {
+            return bad(
                 "patterns-dir",
-                args.patterns_dir.is_some(),
-                "--allow-binary-dir",
-            ),
-        ];
-        if !args.legacy {
-            if let Some((flag, _, instead)) = given.iter().find(|(_, set, _)| *set) {
-                return bad(
-                    flag,
-                    "",
-                    format!("is a pattern-launcher flag; prism-launcher takes {instead}"),
-                );
-            }
-            return Ok(Legacy::default());
+                "",
+                format!("{} is not a directory", dir.display()),
+            );
         }
-        let mut legacy = Legacy {
-            active: true,
-            notices: vec![format!(
-                "{NAME} is deprecated: this is prism-launcher with pattern-only defaults; \
-                 run prism-launcher instead (README: \"From pattern-launcher to prism-launcher\")"
-            )],
-            ..Legacy::default()
-        };
-        if let Some(port) = args.grpc_port.take() {
-            if args.listen.is_some() {
-                return bad("grpc-port", "", "conflicts with --listen; give one of them");
-            }
-            legacy.listen = Some(format!(":{}", port_number("grpc-port", &port)?));
-        }
-        if let Some(level) = args.isolation.take() {
-            if args.default_isolation.is_some() {
-                return bad(
-                    "isolation",
-                    "",
-                    "conflicts with --default-isolation; give one of them",
-                );
-            }
-            legacy.isolation = Some(level);
-        }
-        if let Some(port) = args.metrics_port.take() {
-            if args.metrics_listen.is_some() {
-                return bad(
-                    "metrics-port",
-                    "",
-                    "conflicts with --metrics-listen; give one of them",
-                );
-            }
-            legacy.metrics_listen =
-                Some(format!("127.0.0.1:{}", port_number("metrics-port", &port)?));
-        }
-        if let Some(port) = args.health_port.take() {
-            let port = port_number("health-port", &port)?;
-            legacy.notices.push(format!(
-                "--health-port {port} is ignored: health is the grpc.health.v1 service on the \
-                 gRPC port, and each process's own /health is probed by the launcher"
-            ));
-        }
-        if let Some(dir) = args.patterns_dir.take() {
-            let dir = absolute("patterns-dir", &dir)?;
-            if !dir.is_dir() {
-                return bad(
-                    "patterns-dir",
-                    "",
-                    format!("{} is not a directory", dir.display()),
-                );
-            }
-            legacy.notices.push(format!(
-                "--patterns-dir {}: binaries under it may run (it is added to the binary \
-                 allowlist); manifests there are not read, the admin's assignments name each binary",
-                dir.display()
-            ));
-            legacy.binary_dir = Some(dir);
-        }
-        Ok(legacy)
+        t.notices.push(format!(
+            "--patterns-dir {}: binaries under it may run (it is added to the binary \
+             allowlist); manifests there are not read, the admin's assignments name each binary",
+            dir.display()
+        ));
+        t.binary_dir = Some(dir);
     }
-
-    pub fn default_listen(&self) -> &'static str {
-        if self.active { LISTEN } else { DEFAULT_LISTEN }
-    }
-
-    pub fn default_max_processes(&self) -> i64 {
-        if self.active {
-            MAX_PROCESSES
-        } else {
-            DEFAULT_MAX_PROCESSES
-        }
-    }
-
-    pub fn default_capabilities(&self) -> Vec<String> {
-        if self.active {
-            vec![ProcessType::Pattern.to_string()]
-        } else {
-            ProcessType::ALL.iter().map(|t| t.to_string()).collect()
-        }
-    }
+    args.translated = t;
+    Ok(())
 }
 
 fn port_number(flag: &str, text: &str) -> Result<u16, ConfigError> {
@@ -258,9 +197,15 @@ mod tests {
     use super::*;
 
     fn parse_old(list: &[&str]) -> Args {
+        try_old(list).expect("translates")
+    }
+
+    fn try_old(list: &[&str]) -> Result<Args, ConfigError> {
         let mut argv: Vec<OsString> = vec!["/usr/bin/pattern-launcher".into()];
         argv.extend(list.iter().map(OsString::from));
-        parse(argv).expect("parses")
+        let mut args = parse(argv).expect("parses");
+        translate(&mut args)?;
+        Ok(args)
     }
 
     #[test]
@@ -364,7 +309,7 @@ mod tests {
                 "--patterns-dir",
             ),
         ] {
-            let e = parse_old(flags).resolve().unwrap_err();
+            let e = try_old(flags).and_then(Args::resolve).unwrap_err();
             assert!(e.setting.starts_with(setting), "{flags:?}: {e}");
         }
     }

@@ -21,7 +21,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 pub use config::{Args, Config, ConfigError};
 pub use reconcile::{Action, Want, plan};
-pub use report::redact;
 pub use supervisor::{LauncherError, Supervisor};
 
 use crate::{

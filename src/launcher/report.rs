@@ -13,29 +13,6 @@ use crate::{
     systemd::ConnectionState,
 };
 
-/// The secret-bearing fields of an assignment, blanked for display.
-pub fn redact(wire: &pb::ProcessAssignment) -> pb::ProcessAssignment {
-    const HIDDEN: &str = "(redacted)";
-    let mut w = wire.clone();
-    if let Some(c) = w.config.as_mut() {
-        if let Some(b) = c.backend.as_mut() {
-            b.connection_string = HIDDEN.into();
-            b.credentials.values_mut().for_each(|v| *v = HIDDEN.into());
-        }
-        if let Some(p) = c.pattern.as_mut() {
-            for slot in p.slots.values_mut() {
-                if !slot.connection_string.is_empty() {
-                    slot.connection_string = HIDDEN.into();
-                }
-                slot.credentials
-                    .values_mut()
-                    .for_each(|v| *v = HIDDEN.into());
-            }
-        }
-    }
-    w
-}
-
 impl Supervisor {
     pub fn status_of(&self, e: &Entry) -> Status {
         verdict(
@@ -86,7 +63,7 @@ impl Supervisor {
 
     fn info_of(&self, e: &Entry) -> lpb::ProcessInfo {
         lpb::ProcessInfo {
-            assignment: Some(redact(&e.wire)),
+            assignment: Some(crate::protocol::redact(&e.wire)),
             health: Some(self.health_of(e)),
             unit_name: e.unit.clone(),
         }

@@ -8,7 +8,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::supervisor::{AssignOutcome, LauncherError, Supervisor};
 use crate::{
-    model::validate::MAX_ID_BYTES,
+    model::{ProcessType, validate::MAX_ID_BYTES},
     pb::prism::{
         self as pb,
         launcher::v1::{
@@ -87,7 +87,7 @@ impl Launcher for LauncherService {
             &crate::auth::caller(&request),
             request
                 .metadata()
-                .get(crate::auth::PLACED_BY_METADATA)
+                .get(crate::protocol::PLACED_BY_METADATA)
                 .and_then(|v| v.to_str().ok()),
         );
         let wire = request.into_inner();
@@ -215,12 +215,7 @@ impl Launcher for LauncherService {
         request: Request<ListProcessesRequest>,
     ) -> Result<Response<ListProcessesResponse>, Status> {
         let r = request.into_inner();
-        if !r.process_type.is_empty()
-            && !matches!(
-                r.process_type.as_str(),
-                "pattern" | "proxy" | "backend" | "utility"
-            )
-        {
+        if !r.process_type.is_empty() && ProcessType::named(&r.process_type).is_none() {
             return Err(to_status(LauncherError::BadRequest {
                 field: "process_type".into(),
                 reason: format!("unknown process type {:?}", r.process_type),

@@ -1,6 +1,7 @@
 //! The validated domain model: what a process *is* once it has passed the one
 //! validation gate ([`validate`]). Nothing past the gate sees a raw proto.
 
+mod env;
 #[cfg(test)]
 mod tests;
 mod types;

@@ -22,6 +22,18 @@ impl ProcessType {
             Self::Utility => "utility",
         }
     }
+
+    /// The type of this exact name (not the wire's empty default).
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// "pattern, proxy, backend or utility", for errors.
+    pub fn expected() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|t| t.as_str()).collect();
+        let (last, rest) = names.split_last().expect("four types");
+        format!("{} or {last}", rest.join(", "))
+    }
 }
 
 impl fmt::Display for ProcessType {
@@ -36,13 +48,10 @@ impl FromStr for ProcessType {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "" | "pattern" => Ok(Self::Pattern),
-            "proxy" => Ok(Self::Proxy),
-            "backend" => Ok(Self::Backend),
-            "utility" => Ok(Self::Utility),
-            other => Err(format!(
-                "unknown process type {other:?} (expected pattern, proxy, backend or utility)"
-            )),
+            "" => Ok(Self::Pattern),
+            _ => Self::named(s).ok_or_else(|| {
+                format!("unknown process type {s:?} (expected {})", Self::expected())
+            }),
         }
     }
 }

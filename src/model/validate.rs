@@ -288,7 +288,7 @@ fn field_of_variable(name: &str) -> String {
 /// failing forever. Checks what the unit would really pass: the JSON of
 /// settings, options and slots, the joined lists.
 pub(crate) fn check_exec_size(p: &ManagedProcess) -> Result<()> {
-    let environment = crate::unit::environment(p);
+    let environment = p.environment();
     let binary = p.binary.as_os_str().len();
     let strings = std::iter::once(("config.binary".to_owned(), binary))
         .chain(
@@ -485,7 +485,7 @@ pub fn check_binary_on_host(path: &Path, policy: &Policy) -> Result<PathBuf> {
 fn check_ownership(binary: &str, canonical: &Path, allowed_dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     const F: &str = "config.binary";
-    let me = crate::auth::identity::own_uid().unwrap_or(0);
+    let me = crate::host::own_uid().unwrap_or(0);
     let mut checked = Some(canonical);
     while let Some(path) = checked {
         let meta = fs::metadata(path).map_err(|e| {
