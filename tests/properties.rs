@@ -352,7 +352,9 @@ fn wire_input_properties() {
     let mut runner = TestRunner::new(config());
     runner
         .run(&assignment(bin.runner.clone()), |wire| {
-            let Ok(p) = ManagedProcess::try_from((wire, &bin.policy)) else {
+            let Ok(p) =
+                ManagedProcess::try_from((wire, &bin.policy)).and_then(|p| p.on_host(&bin.policy))
+            else {
                 return Ok(());
             };
             accepted.set(accepted.get() + 1);
@@ -437,7 +439,7 @@ fn sample(demo: String, policy: Policy) -> (Vec<(ManagedProcess, Vec<String>)>, 
         // It would serve /health there; generated ports may collide.
         config.health_port = 0;
         wire.process_id = format!("prop-{}-{}", sample.len(), wire.process_id);
-        if let Ok(p) = ManagedProcess::try_from((wire, &policy)) {
+        if let Ok(p) = ManagedProcess::try_from((wire, &policy)).and_then(|p| p.on_host(&policy)) {
             sample.push((p, echoes));
         }
     }

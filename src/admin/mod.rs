@@ -5,7 +5,6 @@
 
 pub mod config;
 pub mod dispatch;
-pub mod drift;
 pub mod fleet;
 pub mod pending;
 pub mod placement;

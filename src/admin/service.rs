@@ -7,13 +7,13 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 
 use super::{
-    fleet::{Fleet, FleetError},
+    fleet::{Fleet, FleetError, Registration, Revocation},
     placement::{self},
     store::{HistoryEvent, LauncherRecord, PlacementState, ProcessRecord},
 };
 use crate::{
     auth,
-    model::ProcessType,
+    model::{Assignment, Policy, ProcessType},
     pb::prism::{
         self as pb,
         admin::v1::{self as apb, admin_server::Admin},
@@ -93,6 +93,7 @@ impl ControlPlane for ControlPlaneService {
             };
             return Err(self.gate.refuse(PATH, &caller, d));
         }
+        let reg = Registration::try_from(reg).map_err(to_status)?;
         self.fleet
             .register(reg)
             .await
@@ -108,14 +109,14 @@ impl ControlPlane for ControlPlaneService {
         let launcher = metadata(&request, crate::protocol::LAUNCHER_METADATA);
         let spec = request.into_inner();
         let id = spec.process_id.clone();
-        let assigned = self
-            .fleet
-            .assign(spec, region, launcher)
-            .await
-            .map_err(|e| {
-                tracing::info!(prism_process_id = ?id, "assignment of {id:?} refused: {e}");
-                to_status(e)
-            })?;
+        let assigned = match Assignment::try_from((spec, &Policy::structural())) {
+            Ok(assignment) => self.fleet.assign(assignment, region, launcher).await,
+            Err(e) => Err(e.into()),
+        }
+        .map_err(|e| {
+            tracing::info!(prism_process_id = ?id, "assignment of {id:?} refused: {e}");
+            to_status(e)
+        })?;
         tracing::info!(prism_process_id = %id, prism_launcher_id = %assigned.launcher, "{}", assigned.message);
         Ok(Response::new(pb::ProcessAssignmentAck {
             success: true,
@@ -161,7 +162,7 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<pb::ProcessRevocation>,
     ) -> Result<Response<pb::ProcessRevocationAck>, Status> {
-        let req = request.into_inner();
+        let req = Revocation::try_from(request.into_inner()).map_err(to_status)?;
         let id = req.process_id.clone();
         let ack = self.fleet.revoke(req).await.map_err(to_status)?;
         tracing::info!(prism_process_id = %id, "{}", ack.message);

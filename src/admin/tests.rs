@@ -14,15 +14,18 @@ use tonic::{Request, Response, Status};
 
 use super::{
     dispatch::Dispatcher,
-    fleet::{DeliveryKind, Fleet, FleetError},
+    fleet::{DeliveryKind, Fleet, FleetError, Registration, Revocation},
     placement::{self, Liveness, NoCandidate},
     store::{AdminStore, PlacementState, SqliteStore},
 };
-use crate::pb::prism::{
-    self as pb,
-    launcher::v1::{
-        GetProcessRequest, ListProcessesRequest, ListProcessesResponse, ProcessInfo,
-        launcher_server::{Launcher, LauncherServer},
+use crate::{
+    model::{Assignment, Policy},
+    pb::prism::{
+        self as pb,
+        launcher::v1::{
+            GetProcessRequest, ListProcessesRequest, ListProcessesResponse, ProcessInfo,
+            launcher_server::{Launcher, LauncherServer},
+        },
     },
 };
 
@@ -191,6 +194,22 @@ fn spec(id: &str, version: i64) -> pb::ProcessAssignment {
     }
 }
 
+fn assignment(id: &str, version: i64) -> Assignment {
+    Assignment::try_from((spec(id, version), &Policy::structural())).expect("valid")
+}
+
+fn checked(reg: pb::LauncherRegistration) -> Registration {
+    Registration::try_from(reg).expect("valid registration")
+}
+
+fn revocation(id: &str) -> Revocation {
+    Revocation::try_from(pb::ProcessRevocation {
+        process_id: id.into(),
+        ..Default::default()
+    })
+    .expect("valid revocation")
+}
+
 impl Harness {
     fn socket(&self, id: &str) -> PathBuf {
         self.dir.path().join(format!("{id}.sock"))
@@ -203,7 +222,7 @@ impl Harness {
         let serving = up.then(|| fake.serve(&self.socket(id)));
         let address = format!("unix:{}", self.socket(id).display());
         self.fleet
-            .register(registration(id, &address, types, max))
+            .register(checked(registration(id, &address, types, max)))
             .await
             .expect("register");
         self.launchers
@@ -259,7 +278,11 @@ async fn an_assignment_goes_to_a_capable_launcher_marked_as_the_admins() {
     let mut h = harness().await;
     let proxy = h.launcher("proxy-host", &["proxy"], 5, true).await;
     let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
-    let a = h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+    let a = h
+        .fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
     assert_eq!(a.launcher, "kv-host");
     assert_eq!(
         a.unit, "prism-pattern-kv-1.service",
@@ -282,7 +305,11 @@ async fn concurrent_assignments_never_overbook_the_fleet() {
     let tasks: Vec<_> = (0..10)
         .map(|i| {
             let fleet = h.fleet.clone();
-            tokio::spawn(async move { fleet.assign(spec(&format!("p{i}"), 1), None, None).await })
+            tokio::spawn(async move {
+                fleet
+                    .assign(assignment(&format!("p{i}"), 1), None, None)
+                    .await
+            })
         })
         .collect();
     let (mut ok, mut full) = (0, 0);
@@ -307,7 +334,7 @@ async fn a_type_no_launcher_runs_is_refused_naming_it() {
     h.launcher("proxy-host", &["proxy"], 5, true).await;
     let err = h
         .fleet
-        .assign(spec("kv-1", 1), None, None)
+        .assign(assignment("kv-1", 1), None, None)
         .await
         .unwrap_err();
     assert!(
@@ -325,7 +352,7 @@ async fn a_refusal_undoes_the_placement_and_is_in_the_history() {
     kv.script().refuse.insert("kv-1".into());
     let err = h
         .fleet
-        .assign(spec("kv-1", 1), None, None)
+        .assign(assignment("kv-1", 1), None, None)
         .await
         .unwrap_err();
     assert!(matches!(err, FleetError::Refused { .. }), "{err}");
@@ -339,8 +366,15 @@ async fn a_refusal_undoes_the_placement_and_is_in_the_history() {
 async fn the_same_version_changes_nothing_and_an_older_one_is_refused() {
     let mut h = harness().await;
     let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet.assign(spec("kv-1", 2), None, None).await.unwrap();
-    let again = h.fleet.assign(spec("kv-1", 2), None, None).await.unwrap();
+    h.fleet
+        .assign(assignment("kv-1", 2), None, None)
+        .await
+        .unwrap();
+    let again = h
+        .fleet
+        .assign(assignment("kv-1", 2), None, None)
+        .await
+        .unwrap();
     assert!(
         again.message.contains("nothing changed"),
         "{}",
@@ -348,7 +382,7 @@ async fn the_same_version_changes_nothing_and_an_older_one_is_refused() {
     );
     let err = h
         .fleet
-        .assign(spec("kv-1", 1), None, None)
+        .assign(assignment("kv-1", 1), None, None)
         .await
         .unwrap_err();
     assert!(
@@ -369,9 +403,16 @@ async fn the_same_version_changes_nothing_and_an_older_one_is_refused() {
 async fn a_new_version_stays_on_its_launcher() {
     let mut h = harness().await;
     let a = h.launcher("a", &["pattern"], 5, true).await;
-    h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
     let b = h.launcher("b", &["pattern"], 5, true).await;
-    let placed = h.fleet.assign(spec("kv-1", 2), None, None).await.unwrap();
+    let placed = h
+        .fleet
+        .assign(assignment("kv-1", 2), None, None)
+        .await
+        .unwrap();
     assert_eq!(placed.launcher, "a");
     assert_eq!(a.assigned_ids().len(), 2);
     assert!(b.assigned_ids().is_empty());
@@ -381,7 +422,11 @@ async fn a_new_version_stays_on_its_launcher() {
 async fn an_unreachable_launcher_gets_its_assignment_when_it_is_back() {
     let mut h = harness().await;
     let kv = h.launcher("kv-host", &["pattern"], 5, false).await;
-    let a = h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+    let a = h
+        .fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
     assert!(a.message.contains("delivery pending"), "{}", a.message);
     assert!(h.pending("kv-host", "kv-1").await);
     h.up("kv-host");
@@ -401,15 +446,11 @@ async fn an_unreachable_launcher_gets_its_assignment_when_it_is_back() {
 async fn a_revocation_is_delivered_and_the_process_forgotten() {
     let mut h = harness().await;
     let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
-    let ack = h
-        .fleet
-        .revoke(pb::ProcessRevocation {
-            process_id: "kv-1".into(),
-            ..Default::default()
-        })
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
         .await
         .unwrap();
+    let ack = h.fleet.revoke(revocation("kv-1")).await.unwrap();
     assert!(ack.success);
     assert!(ack.message.contains("(on kv-host)"), "{}", ack.message);
     assert_eq!(kv.script().revoked, vec!["kv-1"]);
@@ -423,7 +464,10 @@ async fn a_revocation_is_delivered_and_the_process_forgotten() {
 async fn a_revocation_checks_its_fields_first() {
     let mut h = harness().await;
     h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
     for (req, field) in [
         (pb::ProcessRevocation::default(), "process_id"),
         (
@@ -443,21 +487,17 @@ async fn a_revocation_checks_its_fields_first() {
             "launcher_id",
         ),
     ] {
-        let err = h.fleet.revoke(req).await.unwrap_err();
+        let err = match Revocation::try_from(req) {
+            Ok(r) => h.fleet.revoke(r).await.unwrap_err(),
+            Err(e) => e,
+        };
         assert!(err.to_string().starts_with(field), "{field}: {err}");
     }
     assert_eq!(
         h.placed_on("kv-1").await,
         Some(("kv-host".into(), PlacementState::Placed))
     );
-    let err = h
-        .fleet
-        .revoke(pb::ProcessRevocation {
-            process_id: "nope".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = h.fleet.revoke(revocation("nope")).await.unwrap_err();
     assert!(matches!(err, FleetError::NotFound { .. }), "{err}");
 }
 
@@ -465,7 +505,10 @@ async fn a_revocation_checks_its_fields_first() {
 async fn a_revocation_for_an_unreachable_launcher_is_recorded_and_finished_later() {
     let mut h = harness().await;
     let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
     // The launcher goes away.
     drop(h.launchers.get_mut("kv-host").unwrap().1.take());
     let socket = h.socket("kv-host");
@@ -475,14 +518,7 @@ async fn a_revocation_for_an_unreachable_launcher_is_recorded_and_finished_later
     })
     .await;
     let _ = std::fs::remove_file(&socket);
-    let err = h
-        .fleet
-        .revoke(pb::ProcessRevocation {
-            process_id: "kv-1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = h.fleet.revoke(revocation("kv-1")).await.unwrap_err();
     assert!(matches!(err, FleetError::Unreachable { .. }), "{err}");
     assert_eq!(
         h.placed_on("kv-1").await,
@@ -490,7 +526,7 @@ async fn a_revocation_for_an_unreachable_launcher_is_recorded_and_finished_later
     );
     let err = h
         .fleet
-        .assign(spec("kv-1", 2), None, None)
+        .assign(assignment("kv-1", 2), None, None)
         .await
         .unwrap_err();
     assert!(matches!(err, FleetError::Revoking { .. }), "{err}");
@@ -511,7 +547,10 @@ async fn a_revocation_for_an_unreachable_launcher_is_recorded_and_finished_later
 async fn registration_hands_back_what_is_placed_and_asks_for_what_was_lost() {
     let mut h = harness().await;
     h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
     let address = format!("unix:{}", h.socket("kv-host").display());
     let mut reg = registration("kv-host", &address, &["pattern"], 5);
     reg.held = vec![
@@ -527,7 +566,7 @@ async fn registration_hands_back_what_is_placed_and_asks_for_what_was_lost() {
             recorded_at_ms: crate::clock::unix_ms(),
         },
     ];
-    let ack = h.fleet.register(reg).await.unwrap();
+    let ack = h.fleet.register(checked(reg)).await.unwrap();
     let initial: Vec<&str> = ack
         .initial_processes
         .iter()
@@ -597,14 +636,14 @@ async fn a_registration_with_a_bad_field_names_it_and_records_nothing() {
     for (field, edit) in cases {
         let mut reg = good.clone();
         edit(&mut reg);
-        let err = h.fleet.register(reg).await.unwrap_err();
+        let err = Registration::try_from(reg).unwrap_err();
         assert!(
             matches!(&err, FleetError::BadRequest { field: f, .. } if f == field),
             "{field}: {err}"
         );
     }
     assert!(h.fleet.state.lock().await.launchers.is_empty());
-    h.fleet.register(good).await.unwrap();
+    h.fleet.register(checked(good)).await.unwrap();
 }
 
 #[tokio::test]
@@ -626,7 +665,10 @@ async fn a_heartbeat_from_a_launcher_not_registered_here_asks_it_to_register() {
 async fn a_heartbeat_repairs_drift_both_ways() {
     let mut h = harness().await;
     h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
     // Placed long enough ago that no push is in flight.
     {
         let mut st = h.fleet.state.lock().await;
@@ -718,7 +760,7 @@ async fn an_unhealthy_launcher_gets_nothing_new_until_it_heartbeats() {
     );
     let err = h
         .fleet
-        .assign(spec("kv-1", 1), None, None)
+        .assign(assignment("kv-1", 1), None, None)
         .await
         .unwrap_err();
     assert!(matches!(err, FleetError::NoCandidate(_)), "{err}");
@@ -733,7 +775,10 @@ async fn an_unhealthy_launcher_gets_nothing_new_until_it_heartbeats() {
         h.fleet.state.lock().await.last_liveness["kv-host"],
         Liveness::Healthy
     );
-    h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -741,7 +786,10 @@ async fn processes_of_a_lost_launcher_move_only_when_asked_to() {
     for (reschedule, moves) in [(None, false), (Some(Duration::ZERO), true)] {
         let mut h = harness_with(reschedule).await;
         h.launcher("a", &["pattern"], 5, true).await;
-        h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+        h.fleet
+            .assign(assignment("kv-1", 1), None, None)
+            .await
+            .unwrap();
         h.launcher("b", &["pattern"], 5, true).await;
         h.silence("a", 6).await;
         h.fleet.judge_liveness(crate::clock::unix_ms()).await;
@@ -759,10 +807,17 @@ async fn processes_of_a_lost_launcher_move_only_when_asked_to() {
 async fn a_draining_launcher_gets_nothing_new_and_moves_its_processes() {
     let mut h = harness().await;
     h.launcher("a", &["pattern"], 5, true).await;
-    h.fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
     let b = h.launcher("b", &["pattern"], 5, true).await;
     h.fleet.set_draining("a", true).await.unwrap();
-    let placed = h.fleet.assign(spec("kv-2", 1), None, None).await.unwrap();
+    let placed = h
+        .fleet
+        .assign(assignment("kv-2", 1), None, None)
+        .await
+        .unwrap();
     assert_eq!(placed.launcher, "b");
     let moved = h.fleet.move_processes("a").await.unwrap();
     assert_eq!(moved.len(), 1, "{moved:?}");
@@ -793,10 +848,13 @@ async fn placements_survive_an_admin_restart() {
         .await
         .unwrap();
         fleet
-            .register(registration("kv-host", &address, &["pattern"], 5))
+            .register(checked(registration("kv-host", &address, &["pattern"], 5)))
             .await
             .unwrap();
-        fleet.assign(spec("kv-1", 1), None, None).await.unwrap();
+        fleet
+            .assign(assignment("kv-1", 1), None, None)
+            .await
+            .unwrap();
         fleet.flush().await;
     }
     let store: Arc<dyn AdminStore> = Arc::new(SqliteStore::open(dir.path()).await.unwrap());

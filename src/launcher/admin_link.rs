@@ -13,6 +13,7 @@ use super::{Config, supervisor::Supervisor};
 use crate::{
     auth::dial::{Address, DialError, Expect, channel, daemon_client, describe},
     backoff::{Backoff, Policy},
+    model::Assignment,
     pb::prism::{self as pb, control_plane_client::ControlPlaneClient},
 };
 
@@ -241,7 +242,11 @@ impl Supervisor {
                 let this = self.clone();
                 async move {
                     let id = a.process_id.clone();
-                    if let Err(e) = this.assign(a, true).await {
+                    let assigned = match Assignment::try_from((a, this.policy())) {
+                        Ok(assignment) => this.assign(assignment, true).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    if let Err(e) = assigned {
                         tracing::warn!(prism_process_id = %id, "cannot take {id} from the admin: {e}");
                     }
                 }

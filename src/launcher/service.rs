@@ -8,7 +8,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::supervisor::{AssignOutcome, LauncherError, Supervisor};
 use crate::{
-    model::{ProcessType, validate::MAX_ID_BYTES},
+    model::{Assignment, ProcessType, validate::MAX_ID_BYTES},
     pb::prism::{
         self as pb,
         launcher::v1::{
@@ -93,7 +93,10 @@ impl Launcher for LauncherService {
         let wire = request.into_inner();
         let id = wire.process_id.clone();
         let version = wire.version;
-        let result = self.supervisor.assign(wire, by_admin).await;
+        let result = match Assignment::try_from((wire, self.supervisor.policy())) {
+            Ok(assignment) => self.supervisor.assign(assignment, by_admin).await,
+            Err(e) => Err(e.into()),
+        };
         let label = match &result {
             Ok(a) => match a.outcome {
                 AssignOutcome::Started => "started",

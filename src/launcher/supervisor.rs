@@ -20,7 +20,7 @@ use crate::backoff;
 use crate::locks::KeyedLocks;
 use crate::{
     health::{Phase, ProbeState, usage::UsageReader},
-    model::{ManagedProcess, Policy, ProcessType, ValidationError},
+    model::{Assignment, ManagedProcess, Policy, ProcessType, ValidationError},
     pb::prism as pb,
     systemd::{Systemd, SystemdError, UnitStatus},
     unit,
@@ -400,6 +400,11 @@ impl Supervisor {
         &self.systemd
     }
 
+    /// The policy assignments are converted with (at the edge).
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     pub fn max_processes(&self) -> usize {
         self.max_processes
     }
@@ -413,19 +418,15 @@ impl Supervisor {
         self.reconcile.notify_one();
     }
 
-    /// The host's part of the checks, before a held process's unit is
-    /// (re)created: its binary against today's allowlist and filesystem.
+    /// The host's part of the checks, at assignment and before a held
+    /// process's unit is (re)created: its binary against today's allowlist
+    /// and filesystem.
     /// Returns the process with the file to execute resolved.
     pub(super) fn on_host(
         &self,
         process: &ManagedProcess,
     ) -> Result<ManagedProcess, ValidationError> {
-        let mut process = process.clone();
-        if self.policy.check_binary_on_host {
-            process.executable =
-                crate::model::validate::check_binary_on_host(&process.binary, &self.policy)?;
-        }
-        Ok(process)
+        process.clone().on_host(&self.policy)
     }
 
     /// Write a process's state file (it fsyncs) on a blocking thread,
@@ -521,10 +522,10 @@ impl Supervisor {
     /// `placed_by_admin`: the admin placed it, not an operator directly.
     pub async fn assign(
         &self,
-        wire: pb::ProcessAssignment,
+        assignment: Assignment,
         placed_by_admin: bool,
     ) -> Result<Assigned, LauncherError> {
-        let process = ManagedProcess::try_from((wire.clone(), &self.policy))?;
+        let (process, wire) = assignment.into_parts();
         let ty = process.process_type();
         if !self.capabilities.contains(&ty) {
             return Err(LauncherError::NotCapable {
@@ -537,6 +538,8 @@ impl Supervisor {
                     .join(", "),
             });
         }
+        // The host's step, before anything is reserved or written.
+        let process = self.on_host(&process)?;
         let id = process.id.clone();
         let _guard = self.locks.lock(&id).await;
         let fresh = || {

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     health::{Phase, Status},
-    model::{ManagedProcess, Policy, ProcessType},
+    model::{Assignment, ManagedProcess, Policy, ProcessType},
     pb::prism as pb,
     systemd::{
         MemorySystemd, Systemd, SystemdError, UnitStatus,
@@ -143,6 +143,14 @@ fn wire_at(id: &str, version: i64, binary: &str) -> pb::ProcessAssignment {
     }
 }
 
+fn assignment(id: &str, version: i64) -> Assignment {
+    assignment_of(wire(id, version))
+}
+
+fn assignment_of(wire: pb::ProcessAssignment) -> Assignment {
+    Assignment::try_from((wire, &policy())).expect("valid")
+}
+
 fn unavailable() -> SystemdError {
     SystemdError::Unavailable {
         target: "memory".into(),
@@ -172,7 +180,7 @@ async fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Dur
 #[tokio::test(start_paused = true)]
 async fn an_assignment_starts_the_translated_unit_and_records_it() {
     let h = harness();
-    let a = h.sup.assign(wire("kv-1", 1), true).await.unwrap();
+    let a = h.sup.assign(assignment("kv-1", 1), true).await.unwrap();
     assert_eq!(a.outcome, AssignOutcome::Started);
     assert_eq!(a.unit, unit_of("kv-1"));
     let process = ManagedProcess::try_from((wire("kv-1", 1), &h.policy)).unwrap();
@@ -187,9 +195,9 @@ async fn an_assignment_starts_the_translated_unit_and_records_it() {
 #[tokio::test(start_paused = true)]
 async fn the_same_version_again_changes_nothing() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     h.sd.clear_calls();
-    let a = h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    let a = h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     assert_eq!(a.outcome, AssignOutcome::Unchanged);
     assert!(h.sd.calls().is_empty(), "{:?}", h.sd.calls());
     assert!(h.sup.held().is_empty(), "not placed by an admin");
@@ -198,9 +206,9 @@ async fn the_same_version_again_changes_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_newer_version_stops_the_old_unit_first() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     h.sd.clear_calls();
-    let a = h.sup.assign(wire("kv-1", 2), false).await.unwrap();
+    let a = h.sup.assign(assignment("kv-1", 2), false).await.unwrap();
     assert_eq!(a.outcome, AssignOutcome::Replaced { previous: 1 });
     assert_eq!(
         h.sd.calls(),
@@ -213,9 +221,13 @@ async fn a_newer_version_stops_the_old_unit_first() {
 #[tokio::test(start_paused = true)]
 async fn an_older_version_is_refused_and_nothing_changes() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 3), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 3), false).await.unwrap();
     h.sd.clear_calls();
-    let err = h.sup.assign(wire("kv-1", 2), false).await.unwrap_err();
+    let err = h
+        .sup
+        .assign(assignment("kv-1", 2), false)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -234,9 +246,9 @@ async fn an_older_version_is_refused_and_nothing_changes() {
 #[tokio::test(start_paused = true)]
 async fn capacity_is_a_hard_limit_and_frees_on_revocation() {
     let h = harness_with(policy(), 2, ProcessType::ALL.into_iter().collect());
-    h.sup.assign(wire("a", 1), false).await.unwrap();
-    h.sup.assign(wire("b", 1), false).await.unwrap();
-    let err = h.sup.assign(wire("c", 1), false).await.unwrap_err();
+    h.sup.assign(assignment("a", 1), false).await.unwrap();
+    h.sup.assign(assignment("b", 1), false).await.unwrap();
+    let err = h.sup.assign(assignment("c", 1), false).await.unwrap_err();
     assert!(
         matches!(err, LauncherError::CapacityExhausted { used: 2, max: 2 }),
         "{err}"
@@ -244,7 +256,7 @@ async fn capacity_is_a_hard_limit_and_frees_on_revocation() {
     assert_eq!(h.starts("c"), 0);
     assert!(!h.state_file("c").exists());
     h.sup.revoke("a", None).await.unwrap();
-    h.sup.assign(wire("c", 1), false).await.unwrap();
+    h.sup.assign(assignment("c", 1), false).await.unwrap();
     assert_eq!(h.sd.names().len(), 2);
 }
 
@@ -254,7 +266,7 @@ async fn concurrent_assignments_never_overbook() {
     let tasks: Vec<_> = (0..12)
         .map(|i| {
             let sup = h.sup.clone();
-            tokio::spawn(async move { sup.assign(wire(&format!("p{i}"), 1), false).await })
+            tokio::spawn(async move { sup.assign(assignment(&format!("p{i}"), 1), false).await })
         })
         .collect();
     let mut ok = 0;
@@ -274,7 +286,11 @@ async fn concurrent_assignments_never_overbook() {
 #[tokio::test(start_paused = true)]
 async fn a_type_outside_the_capabilities_is_refused_before_anything_happens() {
     let h = harness_with(policy(), 10, [ProcessType::Proxy].into_iter().collect());
-    let err = h.sup.assign(wire("kv-1", 1), false).await.unwrap_err();
+    let err = h
+        .sup
+        .assign(assignment("kv-1", 1), false)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &err,
@@ -295,7 +311,8 @@ async fn invalid_input_names_the_field_and_changes_nothing() {
     let h = harness();
     let mut bad = wire("kv-1", 1);
     bad.namespace = "Not A Token!".into();
-    let err = h.sup.assign(bad, false).await.unwrap_err();
+    // Refused at the edge, by the pure conversion.
+    let err = Assignment::try_from((bad, h.sup.policy())).unwrap_err();
     assert!(err.to_string().starts_with("namespace"), "{err}");
     assert!(h.sd.calls().is_empty());
     assert!(h.sup.table().entries.is_empty());
@@ -307,7 +324,7 @@ async fn a_running_unit_of_the_same_version_is_adopted_not_restarted() {
     let h = harness();
     let process = ManagedProcess::try_from((wire("kv-1", 1), &h.policy)).unwrap();
     h.sd.insert(&unit_of("kv-1"), &unit::description(&process), "active");
-    let a = h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    let a = h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     assert_eq!(a.outcome, AssignOutcome::Adopted);
     assert_eq!(h.sd.count(&Call::Stop(unit_of("kv-1"))), 0);
 }
@@ -317,7 +334,7 @@ async fn a_unit_of_another_version_under_the_name_is_replaced() {
     let h = harness();
     let old = ManagedProcess::try_from((wire("kv-1", 7), &h.policy)).unwrap();
     h.sd.insert(&unit_of("kv-1"), &unit::description(&old), "active");
-    let a = h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    let a = h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     assert_eq!(a.outcome, AssignOutcome::Started);
     assert_eq!(h.sd.count(&Call::Stop(unit_of("kv-1"))), 1);
     let desc = h.sd.unit(&unit_of("kv-1")).unwrap().status.description;
@@ -330,7 +347,7 @@ async fn a_briefly_absent_manager_is_retried_with_backoff() {
     h.sd.fail_next(Op::Start, unavailable());
     h.sd.fail_next(Op::Start, unavailable());
     let began = Instant::now();
-    let a = h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    let a = h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     assert_eq!(a.outcome, AssignOutcome::Started);
     assert_eq!(h.starts("kv-1"), 3);
     // 100 ms, then 200 ms.
@@ -348,7 +365,7 @@ async fn past_the_retry_budget_it_answers_pending_and_starts_later() {
         h.sd.fail_next(Op::Start, unavailable());
     }
     let began = Instant::now();
-    let err = h.sup.assign(wire("kv-1", 1), true).await.unwrap_err();
+    let err = h.sup.assign(assignment("kv-1", 1), true).await.unwrap_err();
     assert!(matches!(err, LauncherError::Pending { .. }), "{err}");
     assert!(began.elapsed() <= Duration::from_secs(10), "within budget");
     // Held and durable: the reconciler starts it once systemd answers.
@@ -374,7 +391,7 @@ async fn a_failed_start_job_is_recorded_with_its_reason() {
             ..UnitStatus::default()
         },
     );
-    let a = h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    let a = h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     let AssignOutcome::StartFailed { reason } = a.outcome else {
         panic!("{:?}", a.outcome)
     };
@@ -395,7 +412,7 @@ async fn a_failed_start_job_is_recorded_with_its_reason() {
 async fn the_circuit_half_opens_once_after_the_cooldown() {
     let h = harness();
     h.sd.fail_starts(&unit_of("kv-1"), limit_hit());
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     assert!(h.entry("kv-1", |e| e.circuit_opened_at.is_some()));
     assert_eq!(Some(h.status("kv-1")), Some(Status::CircuitOpen));
     // Within the cool-down: nothing is tried.
@@ -421,7 +438,7 @@ async fn the_circuit_half_opens_once_after_the_cooldown() {
 async fn a_half_open_try_that_fails_keeps_the_circuit_open_for_another_cooldown() {
     let h = harness();
     h.sd.fail_starts(&unit_of("kv-1"), limit_hit());
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     let first = h.entry("kv-1", |e| e.circuit_opened_at).unwrap();
     tokio::time::advance(COOLDOWN).await;
     h.sup.reconcile_once().await.unwrap();
@@ -437,7 +454,7 @@ async fn a_half_open_try_that_fails_keeps_the_circuit_open_for_another_cooldown(
 #[tokio::test(start_paused = true)]
 async fn systemd_giving_up_on_a_unit_opens_its_circuit_and_activity_closes_it() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     h.run_loops().await;
     h.sd.update(&unit_of("kv-1"), |s| {
         s.active_state = "failed".into();
@@ -467,7 +484,7 @@ async fn systemd_giving_up_on_a_unit_opens_its_circuit_and_activity_closes_it() 
 #[tokio::test(start_paused = true)]
 async fn a_vanishing_unit_is_restored_with_a_growing_backoff() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     h.run_loops().await;
     let mut waits = Vec::new();
     for n in 2..=5 {
@@ -489,7 +506,7 @@ async fn a_vanishing_unit_is_restored_with_a_growing_backoff() {
 #[tokio::test(start_paused = true)]
 async fn a_unit_that_ran_long_before_vanishing_is_restored_at_once() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     h.run_loops().await;
     for n in 2..=4 {
         // It ran for two minutes (as systemd's timestamp says).
@@ -516,7 +533,7 @@ async fn a_unit_that_ran_long_before_vanishing_is_restored_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_revocation_stops_the_unit_and_forgets_the_process() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     let r = h
         .sup
         .revoke("kv-1", Some(Duration::from_secs(5)))
@@ -541,11 +558,15 @@ async fn revoking_an_unknown_process_is_not_found() {
 #[tokio::test(start_paused = true)]
 async fn a_revocation_that_could_not_stop_stays_recorded_and_is_finished() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     h.sd.fail_next(Op::Stop, unavailable());
     assert!(h.sup.revoke("kv-1", None).await.is_err());
     assert_eq!(h.phase("kv-1"), Some(Phase::Revoking));
-    let err = h.sup.assign(wire("kv-1", 2), false).await.unwrap_err();
+    let err = h
+        .sup
+        .assign(assignment("kv-1", 2), false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, LauncherError::Revoking { .. }), "{err}");
     // A restarted launcher finishes it too: the revocation is durable.
     let again = h.restarted();
@@ -583,7 +604,7 @@ async fn units_nobody_wants_are_stopped_unless_the_admin_has_not_spoken() {
 async fn a_restarted_manager_gets_every_unit_back() {
     let h = harness();
     for id in ["a", "b", "c"] {
-        h.sup.assign(wire(id, 1), false).await.unwrap();
+        h.sup.assign(assignment(id, 1), false).await.unwrap();
     }
     h.run_loops().await;
     h.sd.restart_manager();
@@ -599,7 +620,7 @@ async fn a_restarted_manager_gets_every_unit_back() {
 #[tokio::test(start_paused = true)]
 async fn a_dead_unit_is_recreated() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     h.sd.update(&unit_of("kv-1"), |s| {
         s.active_state = "inactive".into();
         s.sub_state = "dead".into();
@@ -624,7 +645,7 @@ async fn a_dead_unit_is_recreated() {
 async fn a_restarted_launcher_adopts_what_runs_without_restarting_it() {
     let h = harness();
     for id in ["a", "b"] {
-        h.sup.assign(wire(id, 1), true).await.unwrap();
+        h.sup.assign(assignment(id, 1), true).await.unwrap();
     }
     h.sd.clear_calls();
     let again = h.restarted();
@@ -638,7 +659,7 @@ async fn a_restarted_launcher_adopts_what_runs_without_restarting_it() {
 #[tokio::test(start_paused = true)]
 async fn a_restarted_launcher_replaces_a_unit_of_an_older_version() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 2), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 2), false).await.unwrap();
     // The unit is an old one (the launcher crashed mid-replacement).
     let old = ManagedProcess::try_from((wire("kv-1", 1), &h.policy)).unwrap();
     h.sd.vanish(&unit_of("kv-1"));
@@ -667,7 +688,7 @@ async fn a_missing_binary_blocks_the_process_until_it_appears() {
     let h = harness_with(policy, 10, ProcessType::ALL.into_iter().collect());
     let path = runner.display().to_string();
     h.sup
-        .assign(wire_at("kv-1", 1, &path), false)
+        .assign(assignment_of(wire_at("kv-1", 1, &path)), false)
         .await
         .unwrap();
     h.run_loops().await;
@@ -701,9 +722,13 @@ async fn a_missing_binary_blocks_the_process_until_it_appears() {
 #[tokio::test(start_paused = true)]
 async fn a_state_write_that_fails_leaves_nothing_behind() {
     let h = harness();
-    h.sup.assign(wire("old", 1), false).await.unwrap();
+    h.sup.assign(assignment("old", 1), false).await.unwrap();
     std::fs::remove_dir_all(h.dir.path()).unwrap();
-    let err = h.sup.assign(wire("kv-1", 1), false).await.unwrap_err();
+    let err = h
+        .sup
+        .assign(assignment("kv-1", 1), false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, LauncherError::Store(_)), "{err}");
     assert!(
         h.sd.unit(&unit_of("kv-1")).is_none(),
@@ -716,9 +741,9 @@ async fn a_state_write_that_fails_leaves_nothing_behind() {
 #[tokio::test(start_paused = true)]
 async fn a_replacement_whose_state_cannot_be_written_keeps_the_old_version_desired() {
     let h = harness();
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     std::fs::remove_dir_all(h.dir.path()).unwrap();
-    assert!(h.sup.assign(wire("kv-1", 2), false).await.is_err());
+    assert!(h.sup.assign(assignment("kv-1", 2), false).await.is_err());
     assert_eq!(h.entry("kv-1", |e| e.process.version), 1);
     // The reconciler puts version 1 back.
     std::fs::create_dir_all(h.dir.path()).unwrap();
@@ -732,7 +757,11 @@ async fn an_assignment_while_disconnected_is_held_and_started_on_reconnect() {
     let h = harness();
     h.run_loops().await;
     h.sd.disconnect();
-    let err = h.sup.assign(wire("kv-1", 1), false).await.unwrap_err();
+    let err = h
+        .sup
+        .assign(assignment("kv-1", 1), false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, LauncherError::Pending { .. }), "{err}");
     assert!(
         h.sup.status_line().contains("unreachable"),
@@ -750,9 +779,9 @@ async fn an_assignment_while_disconnected_is_held_and_started_on_reconnect() {
 #[tokio::test(start_paused = true)]
 async fn held_lists_only_what_the_admin_placed_and_is_not_being_revoked() {
     let h = harness();
-    h.sup.assign(wire("admin-1", 1), true).await.unwrap();
-    h.sup.assign(wire("admin-2", 1), true).await.unwrap();
-    h.sup.assign(wire("local", 1), false).await.unwrap();
+    h.sup.assign(assignment("admin-1", 1), true).await.unwrap();
+    h.sup.assign(assignment("admin-2", 1), true).await.unwrap();
+    h.sup.assign(assignment("local", 1), false).await.unwrap();
     h.sd.fail_next(Op::Stop, unavailable());
     let _ = h.sup.revoke("admin-2", None).await;
     let held: Vec<String> = h.sup.held().into_iter().map(|p| p.process_id).collect();
@@ -770,7 +799,7 @@ async fn the_next_wake_follows_the_earliest_timer() {
     let hour = Duration::from_secs(3600);
     assert_eq!(h.sup.next_wake(hour), hour);
     h.sd.fail_starts(&unit_of("kv-1"), limit_hit());
-    h.sup.assign(wire("kv-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     assert_eq!(h.sup.next_wake(hour), COOLDOWN);
     tokio::time::advance(Duration::from_secs(10)).await;
     assert_eq!(h.sup.next_wake(hour), COOLDOWN - Duration::from_secs(10));

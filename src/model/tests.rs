@@ -102,8 +102,31 @@ fn base(binary: &str, ty: &str) -> pb::ProcessAssignment {
     }
 }
 
+/// The whole gate: the pure conversion, then the host's step.
 fn check(fx: &Fixture, wire: pb::ProcessAssignment) -> Result<ManagedProcess, ValidationError> {
-    ManagedProcess::try_from((wire, &fx.policy()))
+    ManagedProcess::try_from((wire, &fx.policy()))?.on_host(&fx.policy())
+}
+
+#[test]
+fn the_conversion_never_looks_at_the_host() {
+    let fx = Fixture::new();
+    // Missing, and outside the allowlist: structure alone passes…
+    let missing = fx.allowed.join("not-installed").display().to_string();
+    let outside = fx.outside.join("evil").display().to_string();
+    for binary in [&missing, &outside] {
+        let p = ManagedProcess::try_from((base(binary, "pattern"), &fx.policy())).unwrap();
+        assert_eq!(
+            p.executable,
+            PathBuf::from(binary),
+            "unresolved until the host step"
+        );
+        // …and the host's step refuses, naming the field.
+        let e = p.on_host(&fx.policy()).unwrap_err();
+        assert_eq!(e.field, "config.binary", "{e}");
+    }
+    // With host checks off (the admin), the host step changes nothing.
+    let p = ManagedProcess::try_from((base(&missing, "pattern"), &Policy::structural())).unwrap();
+    assert_eq!(p.clone().on_host(&Policy::structural()).unwrap(), p);
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! The one validation gate: `ManagedProcess::try_from((wire, &policy))`.
+//! The one validation gate: `ManagedProcess::try_from((wire, &policy))`,
+//! a pure conversion, and the host's step after it
+//! ([`ManagedProcess::on_host`]: the binary on this host's disk).
 //!
 //! Every check names the wire field it rejects, so an operator can fix the
 //! request without reading code. The gate runs before anything touches
@@ -72,8 +74,9 @@ pub struct Policy {
     pub default_isolation: IsolationLevel,
     /// Applied to probe settings an assignment leaves at 0.
     pub probe_defaults: ProbeDefaults,
-    /// Check the binary against this host's allowlist and filesystem. The
-    /// admin turns it off: each launcher checks its own host.
+    /// [`ManagedProcess::on_host`] checks the binary against this host's
+    /// allowlist and filesystem. The admin turns it off: each launcher
+    /// checks its own host.
     pub check_binary_on_host: bool,
     /// Accept dynamic-linker variables (`LD_PRELOAD`, `LD_LIBRARY_PATH`,
     /// `LD_AUDIT`, every `LD_*`) in an assignment's environment: they load
@@ -197,7 +200,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
             return err("config", "missing");
         };
 
-        let (binary, executable) = check_binary(&config.binary, policy)?;
+        let (binary, executable) = check_binary(&config.binary)?;
         let args = check_args(&config.args)?;
         let env = check_env(&config.env, policy)?;
         let port = check_optional_port("config.port", config.port)?;
@@ -398,7 +401,7 @@ fn inside_allowlist(path: &Path, dirs: &[PathBuf]) -> bool {
 
 /// The path as assigned, and the file to execute (see
 /// [`ManagedProcess::executable`]).
-fn check_binary(binary: &str, policy: &Policy) -> Result<(PathBuf, PathBuf)> {
+fn check_binary(binary: &str) -> Result<(PathBuf, PathBuf)> {
     const F: &str = "config.binary";
     if binary.is_empty() {
         return err(F, "required");
@@ -411,11 +414,21 @@ fn check_binary(binary: &str, policy: &Policy) -> Result<(PathBuf, PathBuf)> {
     if has_dot_components(&path) || binary.ends_with('/') {
         return err(F, format!("{binary:?} is not a normalised path"));
     }
-    if !policy.check_binary_on_host {
-        return Ok((path.clone(), path));
+    Ok((path.clone(), path))
+}
+
+impl ManagedProcess {
+    /// The host's step, apart from the pure conversion: with
+    /// `policy.check_binary_on_host`, the binary against this host's
+    /// allowlist and filesystem ([`check_binary_on_host`]), and the file
+    /// to execute resolved. Run at assignment, and before each start of a
+    /// process held from an earlier run.
+    pub fn on_host(mut self, policy: &Policy) -> Result<Self> {
+        if policy.check_binary_on_host {
+            self.executable = check_binary_on_host(&self.binary, policy)?;
+        }
+        Ok(self)
     }
-    let executable = check_binary_on_host(&path, policy)?;
-    Ok((path, executable))
 }
 
 /// The host's part of the binary check, run at assignment and again before

@@ -113,7 +113,9 @@ impl Harness {
 
     /// Validate a wire assignment with this harness's allowlist.
     pub fn process(&self, wire: pb::ProcessAssignment) -> ManagedProcess {
-        ManagedProcess::try_from((wire, &self.policy())).expect("valid assignment")
+        ManagedProcess::try_from((wire, &self.policy()))
+            .and_then(|p| p.on_host(&self.policy()))
+            .expect("valid assignment")
     }
 
     /// `systemctl --user show -p <props> <unit>` as a map.

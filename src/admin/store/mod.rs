@@ -78,15 +78,6 @@ impl ProcessRecord {
         &self.spec.process_id
     }
 
-    /// What drift repair needs of it.
-    pub fn placement(&self) -> super::drift::Placement {
-        super::drift::Placement {
-            state: self.state,
-            version: self.version(),
-            updated_at_ms: self.updated_at_ms,
-        }
-    }
-
     pub fn version(&self) -> i64 {
         self.spec.version
     }

@@ -2,7 +2,7 @@
 //! one pure decision per process, so the rules are tested with tables. The
 //! heartbeat applies them (see `Fleet::heartbeat`).
 
-use super::store::PlacementState;
+use crate::admin::store::{PlacementState, ProcessRecord};
 
 /// The admin's record of a process on the reporting launcher.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,6 +10,16 @@ pub struct Placement {
     pub state: PlacementState,
     pub version: i64,
     pub updated_at_ms: i64,
+}
+
+impl Placement {
+    pub fn of(record: &ProcessRecord) -> Self {
+        Self {
+            state: record.state,
+            version: record.version(),
+            updated_at_ms: record.updated_at_ms,
+        }
+    }
 }
 
 /// What to do about one process.

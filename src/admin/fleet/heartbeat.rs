@@ -1,0 +1,190 @@
+//! Heartbeats: liveness, health reports, and the drift they reveal
+//! between what a launcher runs and what is placed on it.
+
+use super::{
+    DeliveryKind, Fleet,
+    drift::{self, Placement, Repair},
+    event,
+};
+use crate::{
+    admin::store::{HealthRecord, PlacementState},
+    clock,
+    pb::prism as pb,
+};
+
+/// The same process state, whatever the usage figures (memory, CPU,
+/// uptime) say: a report that changes only those is not stored.
+fn same_state(a: &pb::ProcessHealth, b: &pb::ProcessHealth) -> bool {
+    a.status == b.status
+        && a.detailed_status == b.detailed_status
+        && a.pid == b.pid
+        && a.restart_count == b.restart_count
+        && a.error_count == b.error_count
+        && a.last_error == b.last_error
+        && a.unit_name == b.unit_name
+        && a.active_state == b.active_state
+        && a.sub_state == b.sub_state
+        && a.version == b.version
+}
+
+/// The same process counts and slots, whatever memory and CPU say.
+fn same_counts(
+    a: Option<&pb::LauncherResourceUsage>,
+    b: Option<&pb::LauncherResourceUsage>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            (a.process_count, a.max_processes, a.available_slots)
+                == (b.process_count, b.max_processes, b.available_slots)
+        }
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl Fleet {
+    /// Record a heartbeat and repair drift between what the launcher runs
+    /// and what is placed on it.
+    pub async fn heartbeat(&self, hb: pb::LauncherHeartbeatRequest) -> pb::HeartbeatAck {
+        let now = clock::unix_ms();
+        let mut st = self.state.lock().await;
+        let known = st.launchers.contains_key(&hb.launcher_id);
+        if !known || !st.registered.contains(&hb.launcher_id) {
+            // Liveness counts: it is alive, whatever else.
+            if let Some(l) = st.launchers.get_mut(&hb.launcher_id) {
+                l.last_heartbeat_ms = now;
+            }
+            return pb::HeartbeatAck {
+                success: false,
+                message: if known {
+                    format!(
+                        "the admin restarted: {} must register again",
+                        hb.launcher_id
+                    )
+                } else {
+                    format!("unknown launcher {:?}: register again", hb.launcher_id)
+                },
+                server_timestamp: now / 1000,
+                reregister: true,
+            };
+        }
+        let Some(l) = st.launchers.get_mut(&hb.launcher_id) else {
+            unreachable!("checked above");
+        };
+        l.last_heartbeat_ms = now;
+        // Stored when its counts change: liveness is judged afresh when the
+        // admin starts, and usage figures are live data.
+        let resources_changed = !same_counts(l.resources.as_ref(), hb.resources.as_ref());
+        l.resources = hb.resources;
+        let launcher = hb.launcher_id.clone();
+        // Each reported process is looked up once; the placed ones that
+        // were not reported are looked for only when some are missing.
+        let fresh = now - 2 * self.interval.as_millis() as i64;
+        let mut batch_health = Vec::new();
+        let mut transitions = Vec::new();
+        let (mut assign, mut revoke, mut finished) = (Vec::new(), Vec::new(), Vec::new());
+        let mut reported_here = 0;
+        for (pid, health) in &hb.process_health {
+            let here = st
+                .processes
+                .get(pid)
+                .filter(|p| p.launcher_id.as_deref() == Some(launcher.as_str()))
+                .map(Placement::of);
+            let kept = here.is_none_or(|p| p.state == PlacementState::Revoking)
+                && st.kept_on(&launcher, pid);
+            match drift::repair(here, Some(health.version), kept, fresh) {
+                Repair::Assign => assign.push(pid.clone()),
+                Repair::Revoke => revoke.push(pid.clone()),
+                Repair::Nothing | Repair::Finished => {}
+            }
+            let Some(Placement { version, .. }) = here else {
+                continue;
+            };
+            reported_here += 1;
+            if let Some(r) = st.health.get_mut(pid)
+                && same_state(&r.health, health)
+            {
+                // Nothing but usage figures changed: memory only.
+                r.health.clone_from(health);
+                r.reported_at_ms = now;
+                continue;
+            }
+            let record = HealthRecord {
+                health: health.clone(),
+                reported_at_ms: now,
+            };
+            let status = |h: &pb::ProcessHealth| {
+                if h.detailed_status.is_empty() {
+                    h.status.clone()
+                } else {
+                    h.detailed_status.clone()
+                }
+            };
+            let before = st.health.get(pid).map(|r| status(&r.health));
+            let after = status(health);
+            if before.as_deref() != Some(after.as_str()) {
+                let mut detail = format!("{} → {after}", before.as_deref().unwrap_or("-"));
+                if health.pid > 0 {
+                    detail.push_str(&format!(" (pid {})", health.pid));
+                }
+                if !health.last_error.is_empty() && after != "running" {
+                    detail.push_str(&format!(": {}", health.last_error));
+                }
+                transitions.push((pid.clone(), event("status", version, &launcher, detail)));
+            }
+            st.health.insert(pid.clone(), record.clone());
+            batch_health.push((pid.clone(), record));
+        }
+        if reported_here < st.count_on(&launcher) {
+            for p in st.on(&launcher) {
+                if hb.process_health.contains_key(p.id()) {
+                    continue;
+                }
+                match drift::repair(Some(Placement::of(p)), None, false, fresh) {
+                    Repair::Assign => assign.push(p.id().to_owned()),
+                    Repair::Finished => finished.push(p.id().to_owned()),
+                    Repair::Revoke | Repair::Nothing => {}
+                }
+            }
+        }
+        for pid in &assign {
+            if !st.pending.contains(&launcher, pid) {
+                tracing::info!(prism_launcher_id = %launcher, prism_process_id = %pid, "{pid} is placed on {launcher} but not running there; pushing it again");
+                self.schedule(&mut st, &launcher, pid, DeliveryKind::Assign);
+            }
+        }
+        for pid in &revoke {
+            if !st.pending.contains(&launcher, pid) {
+                tracing::info!(prism_launcher_id = %launcher, prism_process_id = %pid, "{launcher} runs {pid}, which is not placed there; revoking it");
+                self.schedule(&mut st, &launcher, pid, DeliveryKind::Revoke { grace: 0 });
+            }
+        }
+        drop(st);
+        {
+            // Written within a second, together with every other
+            // launcher's (see `flush`).
+            let mut batch = self.batch.lock().expect("poisoned");
+            if resources_changed {
+                batch
+                    .launchers
+                    .insert(launcher.clone(), (now, hb.resources));
+            }
+            batch.health.extend(batch_health);
+            batch.history.extend(transitions);
+        }
+        for pid in finished {
+            if let Err(e) = self
+                .forget(&pid, &launcher, "no longer reported by its launcher".into())
+                .await
+            {
+                tracing::error!(prism_process_id = %pid, "cannot record the end of {pid}'s revocation: {e}");
+            }
+        }
+        pb::HeartbeatAck {
+            success: true,
+            message: String::new(),
+            server_timestamp: now / 1000,
+            reregister: false,
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The fleet in memory, with the indexes that keep heartbeats and
+//! placements from scanning it whole.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    time::Duration,
+};
+
+use prost::Message;
+
+use super::super::{
+    pending::Pending,
+    placement::{self, Candidate, Liveness},
+    store::{HealthRecord, LauncherRecord, ProcessRecord},
+};
+
+#[derive(Default)]
+pub struct State {
+    pub launchers: BTreeMap<String, LauncherRecord>,
+    /// Read freely; change only through [`State::put`] and [`State::take`],
+    /// which keep `by_launcher` in step. Hashed: a heartbeat looks up each
+    /// process it reports, and a tree of 10,000 string keys costs a cache
+    /// miss per key compared; listings sort.
+    pub processes: HashMap<String, ProcessRecord>,
+    /// Process ids placed on (or being revoked from) each launcher, so a
+    /// heartbeat or a placement never scans the whole fleet.
+    by_launcher: HashMap<String, BTreeSet<String>>,
+    /// Encoded size of the specs on each launcher (its registration ack).
+    spec_bytes: BTreeMap<String, usize>,
+    pub health: HashMap<String, HealthRecord>,
+    /// (launcher, process) to deliver.
+    pub pending: Pending,
+    /// (process, launcher it moves away from): its copy there is kept until
+    /// the move finishes.
+    pub moving: BTreeSet<(String, String)>,
+    pub last_liveness: BTreeMap<String, Liveness>,
+    /// Launchers that registered with this admin process. A launcher that
+    /// heartbeats without having done so (the admin restarted) is asked to
+    /// register again, so it reconciles to the admin's placement.
+    pub registered: HashSet<String>,
+    /// (launcher, process) the admin lost and asked that launcher, at its
+    /// registration, to hand back (`ReclaimProcesses`); never revoked
+    /// meanwhile.
+    pub reclaimable: BTreeSet<(String, String)>,
+}
+
+impl State {
+    /// Insert or replace a process record.
+    pub fn put(&mut self, record: ProcessRecord) {
+        let id = record.id().to_owned();
+        self.take(&id);
+        if let Some(l) = &record.launcher_id {
+            self.by_launcher
+                .entry(l.clone())
+                .or_default()
+                .insert(id.clone());
+            *self.spec_bytes.entry(l.clone()).or_default() += record.spec.encoded_len();
+        }
+        self.processes.insert(id, record);
+    }
+
+    /// Remove a process record.
+    pub fn take(&mut self, id: &str) -> Option<ProcessRecord> {
+        let record = self.processes.remove(id)?;
+        if let Some(l) = &record.launcher_id
+            && let Some(set) = self.by_launcher.get_mut(l)
+        {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_launcher.remove(l);
+                self.spec_bytes.remove(l);
+            } else if let Some(b) = self.spec_bytes.get_mut(l) {
+                *b = b.saturating_sub(record.spec.encoded_len());
+            }
+        }
+        Some(record)
+    }
+
+    /// Encoded bytes of the specs placed on `launcher`.
+    pub fn spec_bytes_on(&self, launcher: &str) -> usize {
+        self.spec_bytes.get(launcher).copied().unwrap_or(0)
+    }
+
+    /// Is `launcher`'s copy of `process` kept although it is not placed
+    /// there: it moves away from there, or the admin waits for that
+    /// launcher to hand it back?
+    pub fn kept_on(&self, launcher: &str, process: &str) -> bool {
+        // Both are empty but during moves and after an admin lost state.
+        (!self.moving.is_empty()
+            && self
+                .moving
+                .contains(&(process.to_owned(), launcher.to_owned())))
+            || (!self.reclaimable.is_empty()
+                && self
+                    .reclaimable
+                    .contains(&(launcher.to_owned(), process.to_owned())))
+    }
+
+    /// How many processes are placed on (or being revoked from) `launcher`.
+    pub fn count_on(&self, launcher: &str) -> usize {
+        self.by_launcher.get(launcher).map_or(0, BTreeSet::len)
+    }
+
+    /// The processes placed on (or being revoked from) `launcher`.
+    pub fn on<'a>(&'a self, launcher: &str) -> impl Iterator<Item = &'a ProcessRecord> + 'a {
+        self.by_launcher
+            .get(launcher)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.processes.get(id))
+    }
+
+    /// Processes placed on (or being revoked from) each launcher.
+    pub fn used(&self) -> BTreeMap<&str, u32> {
+        self.by_launcher
+            .iter()
+            .map(|(l, ids)| (l.as_str(), ids.len() as u32))
+            .collect()
+    }
+
+    pub fn candidates(&self, now_ms: i64, interval: Duration) -> Vec<Candidate<'_>> {
+        let used = self.used();
+        self.launchers
+            .values()
+            .map(|l| Candidate {
+                id: &l.id,
+                region: &l.region,
+                process_types: &l.process_types,
+                max_processes: l.max_processes,
+                used: used.get(l.id.as_str()).copied().unwrap_or(0),
+                spec_bytes: self.spec_bytes.get(&l.id).copied().unwrap_or(0),
+                draining: l.draining,
+                liveness: placement::liveness(l.last_heartbeat_ms, now_ms, interval),
+            })
+            .collect()
+    }
+}
