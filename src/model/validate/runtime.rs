@@ -1,0 +1,369 @@
+//! How the process runs: arguments, environment, ports, isolation,
+//! restarts, health checks, resources, and what fits one exec.
+
+use super::*;
+
+/// The wire field a launcher-set environment variable is made from.
+pub(super) fn field_of_variable(name: &str) -> String {
+    match name {
+        "PRISM_PATTERN_SETTINGS" => "config.pattern.settings".into(),
+        "PRISM_PATTERN_SLOTS" => "config.pattern.slots".into(),
+        "PRISM_DRIVER_OPTIONS" => "config.backend.driver_options".into(),
+        "PRISM_UTILITY_SETTINGS" => "config.utility.settings".into(),
+        "PRISM_TARGET_PROCESSES" => "config.utility.target_processes".into(),
+        "PRISM_PARTITION_RANGES" => "config.proxy.partition_ranges".into(),
+        "PRISM_CREDENTIALS" => "config".into(),
+        name if !name.starts_with(RESERVED_ENV_PREFIX) && !RESERVED_ENV.contains(&name) => {
+            format!("config.env.{name}")
+        }
+        _ => "config".into(),
+    }
+}
+
+/// An assignment that could never be executed (E2BIG at every start) is
+/// refused here, naming the field it grew from, instead of being held and
+/// failing forever. Checks what the unit would really pass: the JSON of
+/// settings, options and slots, the joined lists.
+pub(crate) fn check_exec_size(p: &ManagedProcess) -> Result<()> {
+    let environment = p.environment();
+    let binary = p.binary.as_os_str().len();
+    let strings = std::iter::once(("config.binary".to_owned(), binary))
+        .chain(
+            p.args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("config.args[{i}]"), a.len())),
+        )
+        .chain(environment.iter().map(|assignment| {
+            let name = assignment.split_once('=').map_or("", |(k, _)| k);
+            (field_of_variable(name), assignment.len())
+        }));
+    let mut total = 0usize;
+    for (field, len) in strings {
+        if len > MAX_EXEC_STRING_BYTES {
+            return err(
+                field,
+                format!(
+                    "becomes a {len}-byte argument or environment string; Linux executes none \
+                     over {MAX_EXEC_STRING_BYTES} bytes (E2BIG)"
+                ),
+            );
+        }
+        // The string, its NUL and its pointer.
+        total += len + 1 + std::mem::size_of::<usize>();
+    }
+    if total > MAX_EXEC_BYTES {
+        return err(
+            "config",
+            format!(
+                "arguments and environment come to {total} bytes, over the {MAX_EXEC_BYTES} bytes \
+                 a process can be started with"
+            ),
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn check_args(args: &[String]) -> Result<Vec<String>> {
+    if args.len() > MAX_ARGS {
+        return err(
+            "config.args",
+            format!("{} arguments, over the limit of {MAX_ARGS}", args.len()),
+        );
+    }
+    let total: usize = args.iter().map(String::len).sum();
+    if total > MAX_ARGS_BYTES {
+        return err(
+            "config.args",
+            format!("{total} bytes in all, over the limit of {MAX_ARGS_BYTES}"),
+        );
+    }
+    for (i, arg) in args.iter().enumerate() {
+        let field = format!("config.args[{i}]");
+        if arg.contains('\0') {
+            return err(field, "contains NUL");
+        }
+        if arg.contains('\n') || arg.contains('\r') {
+            return err(field, "contains a newline");
+        }
+    }
+    Ok(args.to_vec())
+}
+
+pub(super) fn is_env_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+pub(super) fn check_env(
+    env: &HashMap<String, String>,
+    policy: &Policy,
+) -> Result<BTreeMap<String, String>> {
+    if env.len() > MAX_ENV {
+        return err(
+            "config.env",
+            format!("{} variables, over the limit of {MAX_ENV}", env.len()),
+        );
+    }
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if total > MAX_ENV_BYTES {
+        return err(
+            "config.env",
+            format!("{total} bytes in all, over the limit of {MAX_ENV_BYTES}"),
+        );
+    }
+    // Sorted, so errors and the resulting unit are deterministic.
+    let sorted: BTreeMap<String, String> = env.clone().into_iter().collect();
+    for (key, value) in &sorted {
+        let field = format!("config.env.{key}");
+        if key.contains('\0') {
+            return err("config.env", "a key contains NUL");
+        }
+        if key.contains('\n') {
+            return err("config.env", "a key contains a newline");
+        }
+        if !is_env_key(key) {
+            return err(field, "key must match [A-Za-z_][A-Za-z0-9_]*");
+        }
+        if key.starts_with(RESERVED_ENV_PREFIX) || RESERVED_ENV.contains(&key.as_str()) {
+            return err(field, "reserved: the launcher sets this variable itself");
+        }
+        if key.starts_with("LD_") && !policy.allow_dynamic_linker_env {
+            return err(
+                field,
+                "dynamic-linker variables (LD_*) would load code of the assigner's choosing into \
+                 the binary; this launcher refuses them (allow_dynamic_linker_env)",
+            );
+        }
+        check_text(&field, value, MAX_ENV_BYTES)?;
+    }
+    Ok(sorted)
+}
+
+pub(super) fn check_port(field: &str, port: i32) -> Result<u16> {
+    if (1..=65535).contains(&port) {
+        Ok(port as u16)
+    } else {
+        err(field, format!("{port} is outside 1..65535"))
+    }
+}
+
+pub(super) fn check_optional_port(field: &str, port: i32) -> Result<Option<u16>> {
+    if port == 0 {
+        Ok(None)
+    } else {
+        check_port(field, port).map(Some)
+    }
+}
+
+pub(super) fn check_isolation(
+    config: &pb::ProcessConfig,
+    policy: &Policy,
+) -> Result<IsolationLevel> {
+    let parse = |field: &str, s: &str| -> Result<Option<IsolationLevel>> {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            s.parse()
+                .map(Some)
+                .map_err(|e| ValidationError::new(field, e))
+        }
+    };
+    let general = parse("config.isolation_level", &config.isolation_level)?;
+    let pattern = match &config.pattern {
+        Some(p) => parse("config.pattern.isolation_level", &p.isolation_level)?,
+        None => None,
+    };
+    match (general, pattern) {
+        (Some(a), Some(b)) if a != b => err(
+            "config.isolation_level",
+            format!("{a} disagrees with config.pattern.isolation_level {b}"),
+        ),
+        (Some(a), _) | (None, Some(a)) => Ok(a),
+        (None, None) => Ok(policy.default_isolation),
+    }
+}
+
+pub(super) fn millis(
+    field: &str,
+    value: i64,
+    default: Duration,
+    min_ms: i64,
+    max_ms: i64,
+) -> Result<Duration> {
+    match value {
+        0 => Ok(default),
+        v if (min_ms..=max_ms).contains(&v) => Ok(Duration::from_millis(v as u64)),
+        v => err(field, format!("{v} is outside {min_ms}..={max_ms}")),
+    }
+}
+
+pub(super) fn check_restart(policy: Option<&pb::RestartPolicy>) -> Result<RestartPolicy> {
+    let Some(p) = policy else {
+        return Ok(RestartPolicy::default());
+    };
+    let f = "config.restart_policy";
+    Ok(RestartPolicy {
+        mode: p
+            .policy
+            .parse()
+            .map_err(|e| ValidationError::new(format!("{f}.policy"), e))?,
+        delay: millis(
+            &format!("{f}.delay_ms"),
+            p.delay_ms,
+            RestartPolicy::DEFAULT_DELAY,
+            1,
+            3_600_000,
+        )?,
+        max_starts: match p.max_restarts {
+            0 => RestartPolicy::DEFAULT_MAX_STARTS,
+            n if (1..=10_000).contains(&n) => n as u32,
+            n => {
+                return err(
+                    format!("{f}.max_restarts"),
+                    format!("{n} is outside 1..=10000"),
+                );
+            }
+        },
+        window: match p.window_seconds {
+            0 => RestartPolicy::DEFAULT_WINDOW,
+            s if (1..=86_400).contains(&s) => Duration::from_secs(s as u64),
+            s => {
+                return err(
+                    format!("{f}.window_seconds"),
+                    format!("{s} is outside 1..=86400"),
+                );
+            }
+        },
+    })
+}
+
+pub(super) fn check_health(
+    check: Option<&pb::HealthCheck>,
+    health_port: Option<u16>,
+    own_ports: &[u16],
+    defaults: &ProbeDefaults,
+) -> Result<HealthCheck> {
+    let f = "config.health_check";
+    let default_check = pb::HealthCheck::default();
+    let c = check.unwrap_or(&default_check);
+    let port = || -> Result<u16> {
+        match check_optional_port(&format!("{f}.port"), c.port)?.or(health_port) {
+            Some(p) if !own_ports.contains(&p) => err(
+                format!("{f}.port"),
+                format!(
+                    "{p} is not a port of this assignment (config.port, config.health_port, \
+                     or a proxy's control and data ports): a probe reaches only its own process"
+                ),
+            ),
+            Some(p) => Ok(p),
+            None => err(
+                format!("{f}.port"),
+                format!(
+                    "a {:?} probe needs a port: set it or config.health_port",
+                    c.kind
+                ),
+            ),
+        }
+    };
+    let probe = match c.kind.as_str() {
+        "" if health_port.is_none() && c.port == 0 => Probe::None,
+        "" | "http" => {
+            let path = if c.path.is_empty() {
+                HealthCheck::DEFAULT_HTTP_PATH.to_owned()
+            } else {
+                check_text(&format!("{f}.path"), &c.path, MAX_TEXT_BYTES)?;
+                if !c.path.starts_with('/') || c.path.contains(' ') {
+                    return err(
+                        format!("{f}.path"),
+                        "must start with / and contain no spaces",
+                    );
+                }
+                c.path.clone()
+            };
+            Probe::Http {
+                port: port()?,
+                path,
+            }
+        }
+        "tcp" => Probe::Tcp { port: port()? },
+        "grpc" => Probe::Grpc { port: port()? },
+        "watchdog" => Probe::Watchdog {
+            timeout: millis(
+                &format!("{f}.watchdog_ms"),
+                c.watchdog_ms,
+                HealthCheck::DEFAULT_WATCHDOG,
+                100,
+                3_600_000,
+            )?,
+        },
+        "none" => Probe::None,
+        other => {
+            return err(
+                format!("{f}.kind"),
+                format!(
+                    "unknown probe kind {other:?} (expected http, tcp, grpc, watchdog or none)"
+                ),
+            );
+        }
+    };
+    let interval = millis(
+        &format!("{f}.interval_ms"),
+        c.interval_ms,
+        defaults.interval,
+        100,
+        3_600_000,
+    )?;
+    let timeout = millis(
+        &format!("{f}.timeout_ms"),
+        c.timeout_ms,
+        defaults.timeout,
+        10,
+        600_000,
+    )?;
+    let failure_threshold = match c.failure_threshold {
+        0 => defaults.failure_threshold,
+        n if (1..=100).contains(&n) => n as u32,
+        n => {
+            return err(
+                format!("{f}.failure_threshold"),
+                format!("{n} is outside 1..=100"),
+            );
+        }
+    };
+    Ok(HealthCheck {
+        probe,
+        interval,
+        timeout,
+        failure_threshold,
+    })
+}
+
+pub(super) fn check_resources(r: Option<&pb::ResourceLimits>) -> Result<Resources> {
+    let Some(r) = r else {
+        return Ok(Resources::default());
+    };
+    let f = "config.resources";
+    let positive = |field: &str, v: i64| -> Result<Option<u64>> {
+        match v {
+            0 => Ok(None),
+            v if v > 0 => Ok(Some(v as u64)),
+            v => err(format!("{f}.{field}"), format!("{v} is negative")),
+        }
+    };
+    Ok(Resources {
+        memory_max_bytes: positive("memory_max_bytes", r.memory_max_bytes)?,
+        cpu_millis: match r.cpu_millis {
+            0 => None,
+            n if (1..=1_000_000).contains(&n) => Some(n as u32),
+            n => {
+                return err(
+                    format!("{f}.cpu_millis"),
+                    format!("{n} is outside 1..=1000000"),
+                );
+            }
+        },
+        tasks_max: positive("tasks_max", r.tasks_max)?,
+    })
+}
