@@ -6,6 +6,7 @@
 //! transient unit, owned by systemd. Only a revocation stops one.
 
 mod admin_link;
+mod assign;
 pub mod config;
 pub mod legacy;
 mod reconcile;
@@ -13,6 +14,7 @@ mod report;
 pub mod service;
 pub mod store;
 pub mod supervisor;
+mod table;
 #[cfg(test)]
 mod tests;
 mod watch;

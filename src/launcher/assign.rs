@@ -1,0 +1,343 @@
+//! Assigning and revoking: validate, reserve, persist and start; record,
+//! stop and forget. See the supervisor's module docs for the concurrency.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::supervisor::{DEFAULT_REVOKE_GRACE, LauncherError, Supervisor};
+use super::table::Entry;
+use crate::{
+    health::Phase,
+    model::{Assignment, ManagedProcess},
+    systemd::{SystemdError, UnitStatus},
+    unit,
+};
+
+/// How long an assignment keeps retrying a start that failed because
+/// systemd was briefly away, before answering UNAVAILABLE (still held).
+const ASSIGN_RETRY_BUDGET: Duration = Duration::from_secs(10);
+
+/// What an assignment did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AssignOutcome {
+    Started,
+    /// Same id and version: nothing changed.
+    Unchanged,
+    /// A unit of this id and version was already running; it was kept.
+    Adopted,
+    /// An older version was replaced.
+    Replaced {
+        previous: i64,
+    },
+    /// Recorded, but the first start failed; the launcher keeps trying.
+    StartFailed {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Assigned {
+    pub unit: String,
+    pub outcome: AssignOutcome,
+}
+
+#[derive(Clone, Debug)]
+pub struct Revoked {
+    pub stopped_at: i64,
+    /// The exit status, or 128 + the signal that ended the process.
+    pub exit_code: i32,
+    pub was_running: bool,
+    pub killed: bool,
+}
+
+impl Supervisor {
+    /// Validate, reserve, persist, start. See the module docs.
+    /// `placed_by_admin`: the admin placed it, not an operator directly.
+    pub async fn assign(
+        &self,
+        assignment: Assignment,
+        placed_by_admin: bool,
+    ) -> Result<Assigned, LauncherError> {
+        let (process, wire) = assignment.into_parts();
+        let ty = process.process_type();
+        if !self.capabilities.contains(&ty) {
+            return Err(LauncherError::NotCapable {
+                process_type: ty,
+                capabilities: self
+                    .capabilities
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        // The host's step, before anything is reserved or written.
+        let process = self.on_host(&process)?;
+        let id = process.id.clone();
+        let _guard = self.locks.lock(&id).await;
+        let fresh = || {
+            let mut entry = Entry::new(process.clone(), wire.clone(), Phase::Starting);
+            entry.assigned_seq = self.next_seq();
+            entry.placed_by_admin = placed_by_admin;
+            entry
+        };
+
+        // Decide, and reserve a slot, in one critical section.
+        let previous = {
+            let mut table = self.table();
+            if let Some(collision) = table.user_collision(&process) {
+                return Err(LauncherError::UserCollision(collision));
+            }
+            match table.entries.get(&id) {
+                Some(e) if e.phase == Phase::Revoking => {
+                    return Err(LauncherError::Revoking { id });
+                }
+                Some(e) if e.process.version == process.version => {
+                    return Ok(Assigned {
+                        unit: e.unit.clone(),
+                        outcome: AssignOutcome::Unchanged,
+                    });
+                }
+                Some(e) if e.process.version > process.version => {
+                    return Err(LauncherError::StaleVersion {
+                        id,
+                        held: e.process.version,
+                        requested: process.version,
+                    });
+                }
+                Some(e) => Some((e.unit.clone(), e.process.version, e.wire.clone())),
+                None => {
+                    let used = table.entries.len();
+                    if used >= self.max_processes {
+                        return Err(LauncherError::CapacityExhausted {
+                            used,
+                            max: self.max_processes,
+                        });
+                    }
+                    table.insert(fresh());
+                    None
+                }
+            }
+        };
+
+        // The durable write runs on a blocking thread, overlapped with the
+        // work in systemd; the ack waits for both. A crash before the write
+        // completes leaves at most a unit nobody was told about: the
+        // reconciler stops it, and the caller, never answered, retries.
+        let save = self.persist(wire.clone(), false, placed_by_admin);
+        let spec = unit::translate(&process);
+        let work = async {
+            if let Some((old_unit, _, _)) = &previous {
+                // Replaces the held entry (and its user claim).
+                self.table().insert(fresh());
+                // The old version goes first; the unit name may be the same.
+                self.systemd.stop(old_unit, process.stop_timeout).await?;
+            }
+            self.start_retrying(&process, &spec).await
+        };
+        let (saved, outcome) = tokio::join!(save, work);
+        self.changed.notify_one();
+        if let Err(e) = saved {
+            // Not durable, so not accepted: undo what systemd did, and hold
+            // what the state directory still says.
+            if outcome.is_ok()
+                && let Err(stop) = self.systemd.stop(&spec.name, process.stop_timeout).await
+            {
+                tracing::warn!(prism_process_id = %id, error = %stop, "cannot stop {} after its state could not be written: {stop}", spec.name);
+            }
+            let mut table = self.table();
+            table.remove(&id);
+            if let Some((_, _, old)) = previous
+                && let Ok(old_process) = ManagedProcess::try_from((old.clone(), &self.structural()))
+            {
+                table.insert(Entry::new(old_process, old, Phase::Held));
+            }
+            drop(table);
+            self.request_reconcile();
+            return Err(e.into());
+        }
+        // No reconciliation on success: it lists every unit, and this
+        // assignment's own work must not grow with the units held. The
+        // reconciler runs on its timer and on real divergence (a unit
+        // vanished, a manager restart, a reconnect, a failure below).
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                // Recorded but not started: the reconciler retries.
+                self.set_phase(&id, Phase::Held);
+                self.request_reconcile();
+                return Err(if e.is_transient() {
+                    LauncherError::Pending {
+                        id,
+                        source: Box::new(e),
+                    }
+                } else {
+                    e.into()
+                });
+            }
+        };
+        Ok(Assigned {
+            unit: spec.name,
+            outcome: match (previous, outcome) {
+                (Some((_, v, _)), AssignOutcome::Started | AssignOutcome::Adopted) => {
+                    AssignOutcome::Replaced { previous: v }
+                }
+                (_, o) => o,
+            },
+        })
+    }
+
+    /// [`Self::start_unit`], retried with backoff within
+    /// [`ASSIGN_RETRY_BUDGET`] while systemd is briefly away. A retry after
+    /// a lost reply finds the unit created and adopts it.
+    async fn start_retrying(
+        &self,
+        process: &ManagedProcess,
+        spec: &unit::UnitSpec,
+    ) -> Result<AssignOutcome, SystemdError> {
+        let deadline = Instant::now() + ASSIGN_RETRY_BUDGET;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.start_unit(process, spec).await {
+                Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
+                    tracing::info!(prism_process_id = %process.id, error = %e, "systemd is briefly away; retrying the start of {} in {delay:?}: {e}", process.id);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    pub(super) fn set_phase(&self, id: &str, phase: Phase) {
+        if let Some(e) = self.table().entries.get_mut(id) {
+            e.phase = phase;
+        }
+    }
+
+    /// Create the unit of `process`, adopting or replacing a unit of the
+    /// same name that is already there. The caller holds the id's lock.
+    pub(super) async fn start_unit(
+        &self,
+        process: &ManagedProcess,
+        spec: &unit::UnitSpec,
+    ) -> Result<AssignOutcome, SystemdError> {
+        let mut outcome = AssignOutcome::Started;
+        let began = Instant::now();
+        let mut result = self.systemd.start_transient(spec).await;
+        if !matches!(result, Err(SystemdError::UnitExists { .. })) {
+            self.metrics
+                .unit_start
+                .observe(began.elapsed().as_secs_f64());
+        }
+        if let Err(SystemdError::UnitExists { .. }) = &result {
+            let existing = self.systemd.status(&spec.name).await;
+            let same = existing.as_ref().ok().is_some_and(|s| {
+                unit::parse_description(&s.description).is_some_and(|i| {
+                    i.id == process.id
+                        && i.version == process.version
+                        && i.process_type == process.process_type()
+                }) && matches!(
+                    s.active_state.as_str(),
+                    "active" | "activating" | "reloading"
+                )
+            });
+            if same {
+                outcome = AssignOutcome::Adopted;
+                result = Ok(());
+            } else {
+                // Another version, or a dead unit waiting to be collected.
+                self.systemd.stop(&spec.name, process.stop_timeout).await?;
+                result = self.systemd.start_transient(spec).await;
+            }
+        }
+        let now = Instant::now();
+        let mut table = self.table();
+        let entry = table.entries.get_mut(&process.id);
+        match result {
+            Ok(()) => {
+                if let Some(e) = entry {
+                    e.phase = Phase::Held;
+                    e.restore_not_before = None;
+                    e.circuit_opened_at = None;
+                }
+                drop(table);
+                self.ensure_probe(&process.id);
+                Ok(outcome)
+            }
+            Err(SystemdError::StartFailed {
+                status, job_result, ..
+            }) => {
+                let reason = format!("start job {job_result}: {}", status.describe_failure());
+                if let Some(e) = entry {
+                    e.phase = Phase::Held;
+                    e.start_failures += 1;
+                    e.last_error = Some(reason.clone());
+                    // Each failed try (a half-open one too) opens the
+                    // circuit anew: the next waits a whole cool-down.
+                    if status.start_limit_hit() {
+                        e.circuit_opened_at = Some(now);
+                    }
+                    let unit = e.unit.clone();
+                    e.unit_status
+                        .get_or_insert_with(|| UnitStatus::new(unit))
+                        .absorb_read(&status);
+                }
+                Ok(AssignOutcome::StartFailed { reason })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Record the revocation, then stop the unit gracefully.
+    pub async fn revoke(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<Revoked, LauncherError> {
+        let _guard = self.locks.lock(id).await;
+        let (wire, by_admin) = self
+            .table()
+            .entries
+            .get(id)
+            .map(|e| (e.wire.clone(), e.placed_by_admin))
+            .ok_or_else(|| LauncherError::NotFound { id: id.to_owned() })?;
+        // The revocation is durable before memory changes and the stop
+        // begins: a failed write leaves everything as it was.
+        self.persist(wire, true, by_admin).await?;
+        let unit = {
+            let mut table = self.table();
+            let entry = table
+                .entries
+                .get_mut(id)
+                .ok_or_else(|| LauncherError::NotFound { id: id.to_owned() })?;
+            entry.phase = Phase::Revoking;
+            entry.stop_probe();
+            entry.unit.clone()
+        };
+        self.changed.notify_one();
+        let stopped = self
+            .systemd
+            .stop(&unit, grace.unwrap_or(DEFAULT_REVOKE_GRACE))
+            .await?;
+        self.unpersist(id).await?;
+        if let Some(e) = self.table().remove(id)
+            && let Some(cg) = e.unit_status.as_ref().map(|s| s.control_group.clone())
+        {
+            self.usage.forget(&cg);
+        }
+        self.changed.notify_one();
+        let exit_code = match (stopped.exit_code, stopped.exit_status) {
+            (Some(1), Some(status)) => status,
+            (Some(2 | 3), Some(signal)) => 128 + signal,
+            _ => 0,
+        };
+        Ok(Revoked {
+            stopped_at: crate::clock::unix_secs(),
+            exit_code,
+            was_running: stopped.was_loaded,
+            killed: stopped.killed,
+        })
+    }
+}
