@@ -200,6 +200,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launcher::LauncherError;
     use crate::unit::tests::{pattern, process};
 
     #[test]
