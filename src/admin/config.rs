@@ -8,8 +8,9 @@ use serde::Deserialize;
 
 pub use crate::settings::{ConfigError, Tls};
 use crate::{
-    auth::{Role, access::Access},
-    settings::{bad, check_transport, parse_duration, parse_listen_opt},
+    auth::Role,
+    serve::flags::{DaemonDefaults, DaemonFile, DaemonFlags, TlsFile},
+    settings::{bad, parse_duration},
 };
 
 /// The TCP listener when TLS is configured; without TLS the admin serves
@@ -33,28 +34,20 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve prism.ControlPlane (launchers) and prism.admin.v1.Admin (operators).
+    #[command(
+        mut_arg("listen", |a| a.help("gRPC over TCP on this address, or `none` [default: :8981 with TLS; none without]")),
+        mut_arg("socket", |a| a.help("gRPC on this Unix socket, or `none`; callers are known by their uid [default: /run/prism-admin/admin.sock]")),
+        mut_arg("tls_cert", |a| a.help("Server certificate (PEM); also the client identity towards launchers")),
+        mut_arg("tls_ca", |a| a.help("CA (PEM): client certificates must chain to it, and so must launchers' server certificates")),
+        mut_arg("insecure", |a| a.help("Serve TCP peers without client certificates, trusting each of them with every role (plaintext, or TLS without a client CA)")),
+    )]
     Serve(ServeArgs),
 }
 
 #[derive(ClapArgs, Debug, Default)]
 pub struct ServeArgs {
-    /// TOML configuration file; flags override its settings.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// gRPC over TCP on this address, or `none` [default: :8981 with TLS;
-    /// none without].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// gRPC on this Unix socket, or `none`; callers are known by their uid
-    /// [default: /run/prism-admin/admin.sock].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<String>,
-    /// Members of this group are operators on the local socket [default: prism].
-    #[arg(long, value_name = "GROUP")]
-    pub operator_group: Option<String>,
-    /// Certificates name roles as spiffe://<DOMAIN>/<role> [default: prism].
-    #[arg(long, value_name = "DOMAIN")]
-    pub trust_domain: Option<String>,
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
     /// Where the SQLite database lives [default: /var/lib/prism-admin].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -67,27 +60,6 @@ pub struct ServeArgs {
     /// run a process twice].
     #[arg(long, value_name = "DURATION")]
     pub reschedule_lost_after: Option<String>,
-    /// Server certificate (PEM); also the client identity towards launchers.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-    /// CA (PEM): client certificates must chain to it, and so must
-    /// launchers' server certificates.
-    #[arg(long, value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-    /// Serve TCP peers without client certificates, trusting each of them
-    /// with every role (plaintext, or TLS without a client CA).
-    #[arg(long)]
-    pub insecure: bool,
-    /// Prometheus metrics at /metrics on this address, or `none`
-    /// [default: 127.0.0.1:9092].
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<String>,
-    /// auto (journal under systemd, else text), text, json or journal.
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -107,12 +79,20 @@ struct FileConfig {
     tls: TlsFile,
 }
 
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct TlsFile {
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    ca: Option<PathBuf>,
+impl FileConfig {
+    /// The settings both daemons share, taken out.
+    fn daemon(&mut self) -> DaemonFile {
+        DaemonFile {
+            listen: self.listen.take(),
+            socket: self.socket.take(),
+            operator_group: self.operator_group.take(),
+            trust_domain: self.trust_domain.take(),
+            insecure: self.insecure.take(),
+            metrics_listen: self.metrics_listen.take(),
+            log_format: self.log_format.take(),
+            tls: std::mem::take(&mut self.tls),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -132,21 +112,25 @@ pub struct Config {
 
 impl ServeArgs {
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let file = match &self.config {
-            None => FileConfig::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).or_else(|e| {
-                    bad("config", "", format!("cannot read {}: {e}", path.display()))
-                })?;
-                toml::from_str::<FileConfig>(&text).or_else(|e| {
-                    bad(
-                        "config",
-                        "",
-                        format!("{}: {}", path.display(), e.message().trim()),
-                    )
-                })?
-            }
-        };
+        let mut file: FileConfig = self.daemon.read_file()?;
+        let served = self.daemon.resolve(
+            file.daemon(),
+            DaemonDefaults {
+                socket: DEFAULT_SOCKET,
+                listen: DEFAULT_LISTEN,
+                insecure_listens: false,
+            },
+        )?;
+        if let Some(tls) = &served.tls {
+            // Launchers accept only an admin's certificate.
+            let must = format!(
+                "the admin's must name spiffe://{}/admin",
+                served.access.trust_domain
+            );
+            served
+                .access
+                .own_role(tls, &must, |r| (*r == Role::Admin).then_some(()))?;
+        }
         let data_dir = self
             .data_dir
             .or(file.data_dir)
@@ -181,52 +165,18 @@ impl ServeArgs {
                     .or_else(|r| bad("reschedule-lost-after", "reschedule_lost_after", r))?,
             ),
         };
-        let tls = Tls::load(
-            self.tls_cert.or(file.tls.cert).as_deref(),
-            self.tls_key.or(file.tls.key).as_deref(),
-            self.tls_ca.or(file.tls.ca).as_deref(),
-        )?;
-        let access = Access::resolve(
-            self.socket.or(file.socket),
-            DEFAULT_SOCKET,
-            self.operator_group.or(file.operator_group),
-            self.trust_domain.or(file.trust_domain),
-        )?;
-        if let Some(tls) = &tls {
-            // Launchers accept only an admin's certificate.
-            let must = format!(
-                "the admin's must name spiffe://{}/admin",
-                access.trust_domain
-            );
-            access.own_role(tls, &must, |r| (*r == Role::Admin).then_some(()))?;
-        }
-        let listen = match self.listen.or(file.listen) {
-            Some(text) => parse_listen_opt(&text).or_else(|r| bad("listen", "listen", r))?,
-            None if tls.is_some() => parse_listen_opt(DEFAULT_LISTEN).ok().flatten(),
-            None => None,
-        };
-        access.check_served(listen, "listen")?;
-        let insecure = self.insecure || file.insecure.unwrap_or(false);
-        check_transport(listen, tls.as_ref(), insecure)?;
-        let metrics_listen = crate::settings::parse_metrics_listen(
-            &self
-                .metrics_listen
-                .or(file.metrics_listen)
-                .unwrap_or_else(|| crate::settings::DEFAULT_METRICS_LISTEN.to_owned()),
-        )
-        .or_else(|r| bad("metrics-listen", "metrics_listen", r))?;
         Ok(Config {
-            metrics_listen,
-            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            listen,
-            socket: access.socket,
-            operator_group: access.operator_group,
-            trust_domain: access.trust_domain,
+            metrics_listen: served.metrics_listen,
+            log_format: served.log_format,
+            listen: served.listen,
+            socket: served.access.socket,
+            operator_group: served.access.operator_group,
+            trust_domain: served.access.trust_domain,
             data_dir,
             heartbeat_interval,
             reschedule_lost_after,
-            tls,
-            insecure,
+            tls: served.tls,
+            insecure: served.insecure,
         })
     }
 }

@@ -9,9 +9,10 @@ use serde::Deserialize;
 
 pub use crate::settings::{ConfigError, Tls};
 use crate::{
-    auth::{Role, access::Access, dial::Address},
+    auth::{Role, dial::Address},
     model::{IsolationLevel, Policy, ProbeDefaults, ProcessType, validate::DEFAULT_BINARY_DIRS},
-    settings::{bad, check_transport, hostname, is_token, parse_duration, parse_listen_opt},
+    serve::flags::{DaemonDefaults, DaemonFile, DaemonFlags, TlsFile},
+    settings::{bad, hostname, is_token, parse_duration},
     systemd::Target,
 };
 
@@ -29,12 +30,14 @@ pub const DEFAULT_REGION: &str = "local";
     name = "prism-launcher",
     version,
     about = "Runs Prism processes (patterns, proxies, backends, utilities) as transient systemd units",
-    args_override_self = true
+    args_override_self = true,
+    mut_arg("listen", |a| a.help("gRPC over TCP on this address, or `none` [default: :7070 with TLS or --insecure; none otherwise]")),
+    mut_arg("socket", |a| a.help("gRPC on this Unix socket, or `none`; callers are known by their uid [default: /run/prism-launcher/launcher.sock]")),
+    mut_arg("insecure", |a| a.help("Serve TCP peers without client certificates, trusting each of them with every role, and allow plaintext to an admin on another host")),
 )]
 pub struct Args {
-    /// TOML configuration file; flags override its settings.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
     /// prism-admin to register with, as host:port or a URL. Without it the
     /// launcher runs standalone and takes assignments directly.
     #[arg(long, value_name = "HOST:PORT")]
@@ -43,20 +46,6 @@ pub struct Args {
     /// host name].
     #[arg(long, value_name = "ID")]
     pub launcher_id: Option<String>,
-    /// gRPC over TCP on this address, or `none` [default: :7070 with TLS or
-    /// --insecure; none otherwise].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// gRPC on this Unix socket, or `none`; callers are known by their uid
-    /// [default: /run/prism-launcher/launcher.sock].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<String>,
-    /// Members of this group are operators on the local socket [default: prism].
-    #[arg(long, value_name = "GROUP")]
-    pub operator_group: Option<String>,
-    /// Certificates name roles as spiffe://<DOMAIN>/<role> [default: prism].
-    #[arg(long, value_name = "DOMAIN")]
-    pub trust_domain: Option<String>,
     /// Most processes held at once [default: 50].
     #[arg(long, value_name = "N")]
     pub max_processes: Option<String>,
@@ -102,19 +91,6 @@ pub struct Args {
     /// Root-only directory for workload credentials [default: /run/prism-launcher/credentials].
     #[arg(long, value_name = "DIR")]
     pub credentials_dir: Option<PathBuf>,
-    /// Server certificate (PEM) for gRPC over TLS.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-    /// CA (PEM) that client certificates must chain to; enables mTLS.
-    #[arg(long, value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-    /// Serve TCP peers without client certificates, trusting each of them
-    /// with every role, and allow plaintext to an admin on another host.
-    #[arg(long)]
-    pub insecure: bool,
     /// Heartbeat interval towards the admin, until the admin says otherwise
     /// [default: 10s].
     #[arg(long, value_name = "DURATION")]
@@ -124,13 +100,6 @@ pub struct Args {
     /// interfaces].
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_address: Option<String>,
-    /// Prometheus metrics at /metrics on this address, or `none`
-    /// [default: 127.0.0.1:9092].
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<String>,
-    /// auto (journal under systemd, else text), text, json or journal.
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub log_format: Option<crate::logging::LogFormat>,
 
     // pattern-launcher's flags, accepted when invoked by that name (see
     // `legacy`); shown only in its --help.
@@ -155,23 +124,19 @@ pub struct Args {
     pub translated: Translated,
 }
 
-/// Settings and defaults the pattern-launcher pre-pass (`legacy`) took
-/// from the old name and flags. [`Args::resolve`] ranks each below the new
-/// flag it stands for and above the configuration file, and names the old
-/// flag in errors about it.
+/// What the pattern-launcher pre-pass (`legacy`) made of the old name and
+/// flags that is not a new flag: its defaults, an extra allowlisted
+/// directory, notices, and which new flags stand for old ones (errors
+/// about them name the old flag).
 #[derive(Clone, Debug)]
 pub struct Translated {
-    /// `--grpc-port N` as a listen address.
-    pub listen: Option<String>,
-    /// `--isolation L`.
-    pub isolation: Option<String>,
-    /// `--metrics-port N` as a metrics address.
-    pub metrics_listen: Option<String>,
     /// `--patterns-dir D`, added to the binary allowlist.
     pub binary_dir: Option<PathBuf>,
     pub default_listen: &'static str,
     pub default_max_processes: i64,
     pub default_capabilities: Vec<ProcessType>,
+    /// (new flag, old flag it was given as), e.g. ("listen", "grpc-port").
+    pub given_as: Vec<(&'static str, &'static str)>,
     /// Logged once logging is up.
     pub notices: Vec<String>,
 }
@@ -179,15 +144,28 @@ pub struct Translated {
 impl Default for Translated {
     fn default() -> Self {
         Self {
-            listen: None,
-            isolation: None,
-            metrics_listen: None,
             binary_dir: None,
             default_listen: DEFAULT_LISTEN,
             default_max_processes: DEFAULT_MAX_PROCESSES,
             default_capabilities: ProcessType::ALL.to_vec(),
+            given_as: Vec::new(),
             notices: Vec::new(),
         }
+    }
+}
+
+impl Translated {
+    /// An error about a new flag given as an old one names the old one
+    /// (which has no configuration file key).
+    fn rename(&self, mut e: ConfigError) -> ConfigError {
+        for (new, old) in &self.given_as {
+            if let Some(rest) = e.setting.strip_prefix(&format!("--{new}"))
+                && (rest.is_empty() || rest.starts_with(' '))
+            {
+                e.setting = format!("--{old}");
+            }
+        }
+        e
     }
 }
 
@@ -266,12 +244,20 @@ struct ProbeFile {
     failure_threshold: Option<i64>,
 }
 
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct TlsFile {
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    ca: Option<PathBuf>,
+impl FileConfig {
+    /// The settings both daemons share, taken out.
+    fn daemon(&mut self) -> DaemonFile {
+        DaemonFile {
+            listen: self.listen.take(),
+            socket: self.socket.take(),
+            operator_group: self.operator_group.take(),
+            trust_domain: self.trust_domain.take(),
+            insecure: self.insecure.take(),
+            metrics_listen: self.metrics_listen.take(),
+            log_format: self.log_format.take(),
+            tls: std::mem::take(&mut self.tls),
+        }
+    }
 }
 
 /// A validated configuration.
@@ -309,24 +295,23 @@ pub struct Config {
 impl Args {
     /// Merge with the config file (if any) and defaults, and validate.
     pub fn resolve(mut self) -> Result<Config, ConfigError> {
-        let file = match &self.config {
-            None => FileConfig::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).or_else(|e| {
-                    bad("config", "", format!("cannot read {}: {e}", path.display()))
-                })?;
-                toml::from_str::<FileConfig>(&text).or_else(|e| {
-                    bad(
-                        "config",
-                        "",
-                        format!("{}: {}", path.display(), e.message().trim()),
-                    )
-                })?
-            }
-        };
-
         self.refuse_old_flags()?;
         let legacy = std::mem::take(&mut self.translated);
+        self.resolve_with(&legacy).map_err(|e| legacy.rename(e))
+    }
+
+    fn resolve_with(self, legacy: &Translated) -> Result<Config, ConfigError> {
+        let mut file: FileConfig = self.daemon.read_file()?;
+        let served = self.daemon.resolve(
+            file.daemon(),
+            DaemonDefaults {
+                socket: DEFAULT_SOCKET,
+                listen: legacy.default_listen,
+                insecure_listens: true,
+            },
+        )?;
+        let (tls, access, listen, insecure) =
+            (served.tls, served.access, served.listen, served.insecure);
 
         let admin_endpoint = match self.admin_endpoint.or(file.admin_endpoint) {
             None => None,
@@ -334,17 +319,6 @@ impl Args {
                 Some(Address::parse(&e).or_else(|r| bad("admin-endpoint", "admin_endpoint", r))?)
             }
         };
-        let tls = Tls::load(
-            self.tls_cert.or(file.tls.cert).as_deref(),
-            self.tls_key.or(file.tls.key).as_deref(),
-            self.tls_ca.or(file.tls.ca).as_deref(),
-        )?;
-        let access = Access::resolve(
-            self.socket.or(file.socket),
-            DEFAULT_SOCKET,
-            self.operator_group.or(file.operator_group),
-            self.trust_domain.or(file.trust_domain),
-        )?;
         // The admin accepts only the certificate of the launcher it means.
         let cert_id = match &tls {
             None => None,
@@ -378,22 +352,6 @@ impl Args {
                 format!("{launcher_id:?} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"),
             );
         }
-        // --grpc-port stands for --listen; errors about it name it.
-        let listen_flag = if legacy.listen.is_some() && self.listen.is_none() {
-            "grpc-port"
-        } else {
-            "listen"
-        };
-        let insecure = self.insecure || file.insecure.unwrap_or(false);
-        let listen = match self.listen.or(legacy.listen.clone()).or(file.listen) {
-            Some(text) => parse_listen_opt(&text).or_else(|r| bad(listen_flag, "listen", r))?,
-            None if tls.is_some() || insecure => {
-                parse_listen_opt(legacy.default_listen).ok().flatten()
-            }
-            None => None,
-        };
-        access.check_served(listen, listen_flag)?;
-
         let max_processes = match self.max_processes {
             Some(s) => s.parse::<i64>().or_else(|_| {
                 bad(
@@ -494,19 +452,10 @@ impl Args {
             .or_else(|e| bad("allow-binary-dir", "binary_dirs", e.reason))?;
         policy.allow_dynamic_linker_env =
             self.allow_dynamic_linker_env || file.allow_dynamic_linker_env.unwrap_or(false);
-        let isolation_flag = if legacy.isolation.is_some() && self.default_isolation.is_none() {
-            "isolation"
-        } else {
-            "default-isolation"
-        };
-        if let Some(level) = self
-            .default_isolation
-            .or(legacy.isolation.clone())
-            .or(file.default_isolation)
-        {
+        if let Some(level) = self.default_isolation.or(file.default_isolation) {
             policy.default_isolation = level
                 .parse::<IsolationLevel>()
-                .or_else(|r| bad(isolation_flag, "default_isolation", r))?;
+                .or_else(|r| bad("default-isolation", "default_isolation", r))?;
         }
 
         let duration =
@@ -578,12 +527,6 @@ impl Args {
             Duration::from_millis(100),
         )?;
 
-        check_transport(listen, tls.as_ref(), insecure).map_err(|mut e| {
-            if listen_flag != "listen" && e.setting.starts_with("--listen") {
-                e.setting = format!("--{listen_flag}");
-            }
-            e
-        })?;
         if let Some(admin) = &admin_endpoint {
             match (admin, &tls) {
                 (Address::Tcp { .. }, Some(t)) if t.client_ca.is_none() => {
@@ -637,16 +580,6 @@ impl Args {
                 (None, None) => String::new(),
             },
         };
-        let metrics_listen = crate::settings::parse_metrics_listen(
-            &self
-                .metrics_listen
-                .or(legacy.metrics_listen.clone())
-                .or(file.metrics_listen)
-                .unwrap_or_else(|| crate::settings::DEFAULT_METRICS_LISTEN.to_owned()),
-        )
-        .or_else(|r| bad("metrics-listen", "metrics_listen", r))?;
-        let log_format = self.log_format.or(file.log_format).unwrap_or_default();
-
         Ok(Config {
             admin_endpoint,
             launcher_id,
@@ -667,9 +600,9 @@ impl Args {
             insecure,
             heartbeat_interval,
             advertise_address,
-            metrics_listen,
-            log_format,
-            notices: legacy.notices,
+            metrics_listen: served.metrics_listen,
+            log_format: served.log_format,
+            notices: legacy.notices.clone(),
         })
     }
 }

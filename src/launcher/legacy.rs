@@ -114,11 +114,14 @@ pub fn translate(args: &mut Args) -> Result<(), ConfigError> {
         )],
         ..Translated::default()
     };
+    // Each old flag that has a new one becomes it (ranked as a flag, above
+    // the configuration file); errors about it name the old flag.
     if let Some(port) = args.grpc_port.take() {
-        if args.listen.is_some() {
+        if args.daemon.listen.is_some() {
             return bad("grpc-port", "", "conflicts with --listen; give one of them");
         }
-        t.listen = Some(format!(":{}", port_number("grpc-port", &port)?));
+        args.daemon.listen = Some(format!(":{}", port_number("grpc-port", &port)?));
+        t.given_as.push(("listen", "grpc-port"));
     }
     if let Some(level) = args.isolation.take() {
         if args.default_isolation.is_some() {
@@ -128,17 +131,20 @@ pub fn translate(args: &mut Args) -> Result<(), ConfigError> {
                 "conflicts with --default-isolation; give one of them",
             );
         }
-        t.isolation = Some(level);
+        args.default_isolation = Some(level);
+        t.given_as.push(("default-isolation", "isolation"));
     }
     if let Some(port) = args.metrics_port.take() {
-        if args.metrics_listen.is_some() {
+        if args.daemon.metrics_listen.is_some() {
             return bad(
                 "metrics-port",
                 "",
                 "conflicts with --metrics-listen; give one of them",
             );
         }
-        t.metrics_listen = Some(format!("127.0.0.1:{}", port_number("metrics-port", &port)?));
+        args.daemon.metrics_listen =
+            Some(format!("127.0.0.1:{}", port_number("metrics-port", &port)?));
+        t.given_as.push(("metrics-listen", "metrics-port"));
     }
     if let Some(port) = args.health_port.take() {
         let port = port_number("health-port", &port)?;

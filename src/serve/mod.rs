@@ -2,6 +2,8 @@
 //! runtime, binding their sockets before anything else runs, and the gRPC
 //! server with TLS and reflection.
 
+pub mod flags;
+
 use std::{fmt::Display, future::Future, net::SocketAddr, path::Path, process::ExitCode};
 
 use tokio::signal::unix::{SignalKind, signal};
