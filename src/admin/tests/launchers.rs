@@ -1,0 +1,334 @@
+//! Launchers: registration, heartbeats and drift, liveness, draining, and
+//! the admin's own restart.
+
+use super::*;
+
+#[tokio::test]
+async fn registration_hands_back_what_is_placed_and_asks_for_what_was_lost() {
+    let mut h = harness().await;
+    h.launcher("kv-host", &["pattern"], 5, true).await;
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
+    let address = format!("unix:{}", h.socket("kv-host").display());
+    let mut reg = registration("kv-host", &address, &["pattern"], 5);
+    reg.held = vec![
+        pb::HeldProcess {
+            process_id: "kv-1".into(),
+            version: 1,
+            recorded_at_ms: 1,
+        },
+        // Recorded by the launcher; this admin has no record of it.
+        pb::HeldProcess {
+            process_id: "lost-1".into(),
+            version: 3,
+            recorded_at_ms: crate::clock::unix_ms(),
+        },
+    ];
+    let ack = h.fleet.register(checked(reg)).await.unwrap();
+    let initial: Vec<&str> = ack
+        .initial_processes
+        .iter()
+        .map(|p| p.process_id.as_str())
+        .collect();
+    assert_eq!(initial, vec!["kv-1"]);
+    assert_eq!(ack.reclaim, vec!["lost-1"]);
+    assert_eq!(ack.heartbeat_interval_ms, INTERVAL.as_millis() as i64);
+    // Handed back: recorded on that launcher.
+    let back = h
+        .fleet
+        .reclaim(pb::ReclaimRequest {
+            launcher_id: "kv-host".into(),
+            processes: vec![spec("lost-1", 3)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(back.recorded, vec!["lost-1"]);
+    assert_eq!(
+        h.placed_on("lost-1").await,
+        Some(("kv-host".into(), PlacementState::Placed))
+    );
+    // Only what was asked for, only from that launcher.
+    let other = h
+        .fleet
+        .reclaim(pb::ReclaimRequest {
+            launcher_id: "kv-host".into(),
+            processes: vec![spec("never-asked", 1)],
+        })
+        .await
+        .unwrap();
+    assert!(other.recorded.is_empty());
+    assert!(other.refused.contains_key("never-asked"));
+}
+
+#[tokio::test]
+async fn a_registration_with_a_bad_field_names_it_and_records_nothing() {
+    let h = harness().await;
+    let good = registration("kv-host", "unix:/run/prism/launcher.sock", &["pattern"], 5);
+    type Edit = fn(&mut pb::LauncherRegistration);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("launcher_id", |r| r.launcher_id = "no spaces".into()),
+        ("address", |r| r.address = "unix:relative.sock".into()),
+        ("address", |r| {
+            r.address = format!("unix:/{}", "a".repeat(300))
+        }),
+        ("region", |r| r.region = "eu west".into()),
+        ("version", |r| r.version = "1\n2".into()),
+        ("max_processes", |r| r.max_processes = 0),
+        ("process_types", |r| {
+            r.process_types = vec!["database".into()]
+        }),
+        ("process_types", |r| {
+            r.process_types.clear();
+            r.capabilities = vec!["gpu".into()];
+        }),
+        ("metadata", |r| {
+            r.metadata = (0..40).map(|i| (format!("k{i}"), "v".into())).collect()
+        }),
+        ("held", |r| {
+            r.held = vec![pb::HeldProcess {
+                process_id: "bad id".into(),
+                ..Default::default()
+            }]
+        }),
+    ];
+    for (field, edit) in cases {
+        let mut reg = good.clone();
+        edit(&mut reg);
+        let err = Registration::try_from(reg).unwrap_err();
+        assert!(
+            matches!(&err, FleetError::BadRequest { field: f, .. } if f == field),
+            "{field}: {err}"
+        );
+    }
+    assert!(h.fleet.state.lock().await.launchers.is_empty());
+    h.fleet.register(checked(good)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_heartbeat_from_a_launcher_not_registered_here_asks_it_to_register() {
+    let h = harness().await;
+    let ack = h
+        .fleet
+        .heartbeat(pb::LauncherHeartbeatRequest {
+            launcher_id: "stranger".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(!ack.success);
+    assert!(ack.reregister);
+    assert!(ack.message.contains("register"), "{}", ack.message);
+}
+
+#[tokio::test]
+async fn a_heartbeat_repairs_drift_both_ways() {
+    let mut h = harness().await;
+    h.launcher("kv-host", &["pattern"], 5, true).await;
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
+    // Placed long enough ago that no push is in flight.
+    {
+        let mut st = h.fleet.state.lock().await;
+        let mut p = st.processes["kv-1"].clone();
+        p.updated_at_ms -= 3 * INTERVAL.as_millis() as i64;
+        st.put(p);
+    }
+    let health = |version| pb::ProcessHealth {
+        status: "running".into(),
+        version,
+        ..Default::default()
+    };
+    // It runs a stray process, and not kv-1.
+    let ack = h
+        .fleet
+        .heartbeat(pb::LauncherHeartbeatRequest {
+            launcher_id: "kv-host".into(),
+            process_health: [("stray".to_owned(), health(1))].into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(ack.success);
+    {
+        let st = h.fleet.state.lock().await;
+        let due: Vec<(String, DeliveryKind)> = st
+            .pending
+            .of("kv-host")
+            .map(|(p, d)| (p.to_owned(), d.kind))
+            .collect();
+        assert!(
+            due.contains(&("kv-1".into(), DeliveryKind::Assign)),
+            "{due:?}"
+        );
+        assert!(
+            due.contains(&("stray".into(), DeliveryKind::Revoke { grace: 0 })),
+            "{due:?}"
+        );
+    }
+    // Reported running: its health is recorded; nothing more to repair.
+    h.fleet
+        .state
+        .lock()
+        .await
+        .pending
+        .remove_launcher("kv-host");
+    h.fleet
+        .heartbeat(pb::LauncherHeartbeatRequest {
+            launcher_id: "kv-host".into(),
+            process_health: [("kv-1".to_owned(), health(1))].into(),
+            ..Default::default()
+        })
+        .await;
+    let st = h.fleet.state.lock().await;
+    assert_eq!(st.pending.of("kv-host").count(), 0);
+    assert_eq!(st.health["kv-1"].health.status, "running");
+}
+
+#[test]
+fn liveness_turns_at_three_and_six_missed_heartbeats() {
+    let i = Duration::from_secs(10);
+    let ms = |d: Duration| d.as_millis() as i64;
+    let cases = [
+        (0, Liveness::Healthy),
+        (ms(i * 3) - 1, Liveness::Healthy),
+        (ms(i * 3), Liveness::Unhealthy),
+        (ms(i * 6) - 1, Liveness::Unhealthy),
+        (ms(i * 6), Liveness::Lost),
+        // A heartbeat stamped ahead of the admin's clock is fresh.
+        (-5_000, Liveness::Healthy),
+    ];
+    for (silent, expected) in cases {
+        assert_eq!(
+            placement::liveness(1_000_000 - silent, 1_000_000, i),
+            expected,
+            "silent {silent} ms"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unhealthy_launcher_gets_nothing_new_until_it_heartbeats() {
+    let mut h = harness().await;
+    h.launcher("kv-host", &["pattern"], 5, true).await;
+    h.silence("kv-host", 3).await;
+    h.fleet.judge_liveness(crate::clock::unix_ms()).await;
+    assert_eq!(
+        h.fleet.state.lock().await.last_liveness["kv-host"],
+        Liveness::Unhealthy
+    );
+    let err = h
+        .fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FleetError::NoCandidate(_)), "{err}");
+    h.fleet
+        .heartbeat(pb::LauncherHeartbeatRequest {
+            launcher_id: "kv-host".into(),
+            ..Default::default()
+        })
+        .await;
+    h.fleet.judge_liveness(crate::clock::unix_ms()).await;
+    assert_eq!(
+        h.fleet.state.lock().await.last_liveness["kv-host"],
+        Liveness::Healthy
+    );
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn processes_of_a_lost_launcher_move_only_when_asked_to() {
+    for (reschedule, moves) in [(None, false), (Some(Duration::ZERO), true)] {
+        let mut h = harness_with(reschedule).await;
+        h.launcher("a", &["pattern"], 5, true).await;
+        h.fleet
+            .assign(assignment("kv-1", 1), None, None)
+            .await
+            .unwrap();
+        h.launcher("b", &["pattern"], 5, true).await;
+        h.silence("a", 6).await;
+        h.fleet.judge_liveness(crate::clock::unix_ms()).await;
+        assert_eq!(
+            h.fleet.state.lock().await.last_liveness["a"],
+            Liveness::Lost
+        );
+        let on = h.placed_on("kv-1").await.unwrap().0;
+        assert_eq!(on == "b", moves, "reschedule {reschedule:?}: on {on}");
+        assert_eq!(h.pending("b", "kv-1").await, moves);
+    }
+}
+
+#[tokio::test]
+async fn a_draining_launcher_gets_nothing_new_and_moves_its_processes() {
+    let mut h = harness().await;
+    h.launcher("a", &["pattern"], 5, true).await;
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
+    let b = h.launcher("b", &["pattern"], 5, true).await;
+    h.fleet.set_draining("a", true).await.unwrap();
+    let placed = h
+        .fleet
+        .assign(assignment("kv-2", 1), None, None)
+        .await
+        .unwrap();
+    assert_eq!(placed.launcher, "b");
+    let moved = h.fleet.move_processes("a").await.unwrap();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(h.placed_on("kv-1").await.unwrap().0, "b");
+    tokio::spawn(h.fleet.clone().delivery_loop());
+    until(Duration::from_secs(10), "the move's delivery", || {
+        let b = b.clone();
+        async move { b.assigned_ids().contains(&"kv-1".to_owned()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn placements_survive_an_admin_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("kv.sock");
+    let fake = FakeLauncher::default();
+    let _serving = fake.serve(&socket);
+    let address = format!("unix:{}", socket.display());
+    {
+        let store: Arc<dyn AdminStore> = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+        let fleet = Fleet::open(
+            store,
+            Dispatcher::new(None, "p".into(), false),
+            INTERVAL,
+            None,
+        )
+        .await
+        .unwrap();
+        fleet
+            .register(checked(registration("kv-host", &address, &["pattern"], 5)))
+            .await
+            .unwrap();
+        fleet
+            .assign(assignment("kv-1", 1), None, None)
+            .await
+            .unwrap();
+        fleet.flush().await;
+    }
+    let store: Arc<dyn AdminStore> = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+    let fleet = Fleet::open(
+        store,
+        Dispatcher::new(None, "p".into(), false),
+        INTERVAL,
+        None,
+    )
+    .await
+    .unwrap();
+    let st = fleet.state.lock().await;
+    assert_eq!(st.processes["kv-1"].launcher_id.as_deref(), Some("kv-host"));
+    assert!(st.launchers.contains_key("kv-host"));
+    // Not registered with this admin process yet: asked to register.
+    assert!(!st.registered.contains("kv-host"));
+}

@@ -1,0 +1,273 @@
+//! Placing, pushing and revoking processes.
+
+use super::*;
+
+#[tokio::test]
+async fn an_assignment_goes_to_a_capable_launcher_marked_as_the_admins() {
+    let mut h = harness().await;
+    let proxy = h.launcher("proxy-host", &["proxy"], 5, true).await;
+    let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
+    let a = h
+        .fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
+    assert_eq!(a.launcher, "kv-host");
+    assert_eq!(
+        a.unit, "prism-pattern-kv-1.service",
+        "the launcher's answer"
+    );
+    assert_eq!(kv.assigned_ids(), vec!["kv-1"]);
+    assert_eq!(kv.script().assigned[0].1.as_deref(), Some("admin"));
+    assert!(proxy.assigned_ids().is_empty());
+    assert_eq!(
+        h.placed_on("kv-1").await,
+        Some(("kv-host".into(), PlacementState::Placed))
+    );
+}
+
+#[tokio::test]
+async fn concurrent_assignments_never_overbook_the_fleet() {
+    let mut h = harness().await;
+    let a = h.launcher("a", &["pattern"], 3, true).await;
+    let b = h.launcher("b", &["pattern"], 3, true).await;
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let fleet = h.fleet.clone();
+            tokio::spawn(async move {
+                fleet
+                    .assign(assignment(&format!("p{i}"), 1), None, None)
+                    .await
+            })
+        })
+        .collect();
+    let (mut ok, mut full) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(FleetError::NoCandidate(NoCandidate::Unavailable { .. })) => full += 1,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!((ok, full), (6, 4));
+    assert_eq!(
+        (a.assigned_ids().len(), b.assigned_ids().len()),
+        (3, 3),
+        "spread, within each launcher's capacity"
+    );
+}
+
+#[tokio::test]
+async fn a_type_no_launcher_runs_is_refused_naming_it() {
+    let mut h = harness().await;
+    h.launcher("proxy-host", &["proxy"], 5, true).await;
+    let err = h
+        .fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FleetError::NoCandidate(NoCandidate::Unsupported(_))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("pattern"), "{err}");
+    assert_eq!(h.placed_on("kv-1").await, None);
+}
+
+#[tokio::test]
+async fn a_refusal_undoes_the_placement_and_is_in_the_history() {
+    let mut h = harness().await;
+    let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
+    kv.script().refuse.insert("kv-1".into());
+    let err = h
+        .fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FleetError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("config.binary"), "{err}");
+    assert_eq!(h.placed_on("kv-1").await, None);
+    let history = h.fleet.history("kv-1", 10).await.unwrap();
+    assert_eq!(history[0].event, "refused", "{history:?}");
+}
+
+#[tokio::test]
+async fn the_same_version_changes_nothing_and_an_older_one_is_refused() {
+    let mut h = harness().await;
+    let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
+    h.fleet
+        .assign(assignment("kv-1", 2), None, None)
+        .await
+        .unwrap();
+    let again = h
+        .fleet
+        .assign(assignment("kv-1", 2), None, None)
+        .await
+        .unwrap();
+    assert!(
+        again.message.contains("nothing changed"),
+        "{}",
+        again.message
+    );
+    let err = h
+        .fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FleetError::StaleVersion {
+                held: 2,
+                requested: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(kv.assigned_ids().len(), 1);
+}
+
+#[tokio::test]
+async fn a_new_version_stays_on_its_launcher() {
+    let mut h = harness().await;
+    let a = h.launcher("a", &["pattern"], 5, true).await;
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
+    let b = h.launcher("b", &["pattern"], 5, true).await;
+    let placed = h
+        .fleet
+        .assign(assignment("kv-1", 2), None, None)
+        .await
+        .unwrap();
+    assert_eq!(placed.launcher, "a");
+    assert_eq!(a.assigned_ids().len(), 2);
+    assert!(b.assigned_ids().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_launcher_gets_its_assignment_when_it_is_back() {
+    let mut h = harness().await;
+    let kv = h.launcher("kv-host", &["pattern"], 5, false).await;
+    let a = h
+        .fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
+    assert!(a.message.contains("delivery pending"), "{}", a.message);
+    assert!(h.pending("kv-host", "kv-1").await);
+    h.up("kv-host");
+    tokio::spawn(h.fleet.clone().delivery_loop());
+    until(Duration::from_secs(10), "the delivery", || {
+        let kv = kv.clone();
+        async move { kv.assigned_ids() == vec!["kv-1".to_owned()] }
+    })
+    .await;
+    until(Duration::from_secs(5), "the queue to empty", || async {
+        !h.pending("kv-host", "kv-1").await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_revocation_is_delivered_and_the_process_forgotten() {
+    let mut h = harness().await;
+    let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
+    let ack = h.fleet.revoke(revocation("kv-1")).await.unwrap();
+    assert!(ack.success);
+    assert!(ack.message.contains("(on kv-host)"), "{}", ack.message);
+    assert_eq!(kv.script().revoked, vec!["kv-1"]);
+    assert_eq!(h.placed_on("kv-1").await, None);
+    h.fleet.flush().await;
+    let history = h.fleet.history("kv-1", 10).await.unwrap();
+    assert_eq!(history[0].event, "revoked", "{history:?}");
+}
+
+#[tokio::test]
+async fn a_revocation_checks_its_fields_first() {
+    let mut h = harness().await;
+    h.launcher("kv-host", &["pattern"], 5, true).await;
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
+    for (req, field) in [
+        (pb::ProcessRevocation::default(), "process_id"),
+        (
+            pb::ProcessRevocation {
+                process_id: "kv-1".into(),
+                graceful_timeout_seconds: 7200,
+                ..Default::default()
+            },
+            "graceful_timeout_seconds",
+        ),
+        (
+            pb::ProcessRevocation {
+                process_id: "kv-1".into(),
+                launcher_id: "elsewhere".into(),
+                ..Default::default()
+            },
+            "launcher_id",
+        ),
+    ] {
+        let err = match Revocation::try_from(req) {
+            Ok(r) => h.fleet.revoke(r).await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(err.to_string().starts_with(field), "{field}: {err}");
+    }
+    assert_eq!(
+        h.placed_on("kv-1").await,
+        Some(("kv-host".into(), PlacementState::Placed))
+    );
+    let err = h.fleet.revoke(revocation("nope")).await.unwrap_err();
+    assert!(matches!(err, FleetError::NotFound { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_revocation_for_an_unreachable_launcher_is_recorded_and_finished_later() {
+    let mut h = harness().await;
+    let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
+    h.fleet
+        .assign(assignment("kv-1", 1), None, None)
+        .await
+        .unwrap();
+    // The launcher goes away.
+    drop(h.launchers.get_mut("kv-host").unwrap().1.take());
+    let socket = h.socket("kv-host");
+    until(Duration::from_secs(5), "the server to stop", || {
+        let socket = socket.clone();
+        async move { !socket.exists() || std::os::unix::net::UnixStream::connect(&socket).is_err() }
+    })
+    .await;
+    let _ = std::fs::remove_file(&socket);
+    let err = h.fleet.revoke(revocation("kv-1")).await.unwrap_err();
+    assert!(matches!(err, FleetError::Unreachable { .. }), "{err}");
+    assert_eq!(
+        h.placed_on("kv-1").await,
+        Some(("kv-host".into(), PlacementState::Revoking))
+    );
+    let err = h
+        .fleet
+        .assign(assignment("kv-1", 2), None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FleetError::Revoking { .. }), "{err}");
+    h.up("kv-host");
+    tokio::spawn(h.fleet.clone().delivery_loop());
+    until(Duration::from_secs(10), "the revocation", || {
+        let kv = kv.clone();
+        async move { kv.script().revoked == vec!["kv-1".to_owned()] }
+    })
+    .await;
+    until(Duration::from_secs(5), "the record to go", || async {
+        h.placed_on("kv-1").await.is_none()
+    })
+    .await;
+}
