@@ -81,6 +81,36 @@ impl UnitSpec {
     }
 }
 
+/// A daemon of prismctl's local stack (the admin, the launcher) as a
+/// transient unit. Its name is outside the workload pattern, so the
+/// launcher never manages it.
+pub fn daemon(name: &str, description: &str, argv: Vec<String>, identifier: &str) -> UnitSpec {
+    UnitSpec {
+        name: name.into(),
+        properties: vec![
+            (props::DESCRIPTION, s(description)),
+            (
+                props::EXEC_START,
+                PropValue::Exec(vec![ExecCommand {
+                    path: argv[0].clone(),
+                    argv,
+                    ignore_failure: false,
+                }]),
+            ),
+            // READY=1 once it listens (and, for the launcher, has reconciled).
+            (props::TYPE, s("notify")),
+            (props::RESTART, s("on-failure")),
+            (props::SYSLOG_IDENTIFIER, s(identifier)),
+            (props::STANDARD_ERROR, s("journal")),
+            // Stopping the launcher never stops workloads: they are units of
+            // their own.
+            (props::KILL_MODE, s(KILL_MODE)),
+            (props::TIMEOUT_STOP_USEC, usec(Duration::from_secs(10))),
+        ],
+        credentials: vec![],
+    }
+}
+
 type Props = Vec<(&'static str, PropValue)>;
 
 fn usec(d: Duration) -> PropValue {

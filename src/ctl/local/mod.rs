@@ -1,0 +1,308 @@
+//! `prismctl local`: a whole Prism stack on this machine — prism-admin and
+//! one prism-launcher (all four process types) registered with it, both as
+//! transient units of a systemd user manager, started by the project's own
+//! systemd client, so the stack is launched the way it launches everything.
+//!
+//! Where no user manager is reachable (a container, CI, a build VM), `up`
+//! starts a private one under the state directory and says so; it needs
+//! root. `down` stops everything `up` started and removes it.
+//!
+//! - `stack`: the manager, the PKI, and the daemons' units;
+//! - `demo`: the demo's assignments, one of each type.
+
+mod demo;
+mod stack;
+
+pub use demo::demo_assignments;
+use stack::*;
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Error, Global,
+    client::{Admin, AdminOpts, call_failed},
+    fleet::{ps_table, status_of},
+    output::{Format, out, structured},
+};
+use crate::{
+    pb::prism::{self as pb, admin::v1 as apb},
+    sandbox::Sandbox,
+    systemd::{DbusSystemd, Options, Systemd, SystemdError, Target},
+    unit::{self, UnitSpec},
+};
+
+/// The private manager's directory. Its name also names its cgroup
+/// (`/sys/fs/cgroup/<name>`), which is global: it is unique per state
+/// directory, so two stacks never share one.
+pub fn sandbox_dir(state: &Path) -> PathBuf {
+    let canonical = fs::canonicalize(state).unwrap_or_else(|_| state.to_owned());
+    let hash = unit::fnv1a(&canonical.display().to_string());
+    state.join(format!("prism-local-{:08x}", hash >> 32))
+}
+pub const ADMIN_UNIT: &str = "prism-local-admin.service";
+pub const LAUNCHER_UNIT: &str = "prism-local-launcher.service";
+const LAUNCHER_ID: &str = "local";
+const REDIS: &str = "/usr/bin/redis-server";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/prism-local";
+
+/// The local stack's state directory, as the other commands find it
+/// (`PRISM_LOCAL_STATE`, or the default).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("PRISM_LOCAL_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    /// Where the local stack keeps its manager, binaries and data.
+    #[arg(
+        long,
+        global = true,
+        default_value = DEFAULT_STATE_DIR,
+        env = "PRISM_LOCAL_STATE"
+    )]
+    pub state_dir: PathBuf,
+    #[command(subcommand)]
+    pub action: LocalAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LocalAction {
+    /// Bring the stack up; running it twice reports what is already up.
+    Up {
+        /// Also run one demo process of each type.
+        #[arg(long)]
+        demo: bool,
+        /// prism-admin's mutual-TLS port on 127.0.0.1 (the stack's own CA);
+        /// its metrics are on the next port. prismctl uses its local socket.
+        #[arg(long, default_value_t = 8981)]
+        admin_port: u16,
+        /// prism-launcher's mutual-TLS port on 127.0.0.1, where the admin
+        /// reaches it; its metrics are on the next port.
+        #[arg(long, default_value_t = 7070)]
+        launcher_port: u16,
+    },
+    /// Show the stack and its processes.
+    Status,
+    /// Stop everything `up` started and remove it.
+    Down,
+}
+
+/// What `up` decided, kept for `status` and `down`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Saved {
+    /// "user" or "sandbox".
+    manager: String,
+    admin_port: u16,
+    launcher_port: u16,
+}
+
+impl Saved {
+    fn path(state: &Path) -> PathBuf {
+        state.join("local.toml")
+    }
+
+    fn load(state: &Path) -> Option<Self> {
+        toml::from_str(&fs::read_to_string(Self::path(state)).ok()?).ok()
+    }
+
+    fn save(&self, state: &Path) -> Result<(), Error> {
+        fs::write(Self::path(state), toml::to_string(self).unwrap_or_default())
+            .map_err(io(format!("writing {}", Self::path(state).display())))
+    }
+
+    /// Each daemon serves /metrics on the port after its gRPC port.
+    fn metrics(port: u16) -> String {
+        format!("127.0.0.1:{}", port.wrapping_add(1))
+    }
+
+    /// The admin's local socket: the stack serves no plaintext TCP, and
+    /// the socket knows its callers by uid.
+    fn admin_socket(state: &Path) -> PathBuf {
+        state.join("admin.sock")
+    }
+
+    fn launcher_socket(state: &Path) -> PathBuf {
+        state.join("launcher.sock")
+    }
+
+    fn admin(state: &Path) -> AdminOpts {
+        AdminOpts {
+            admin: Some(format!("unix:{}", Self::admin_socket(state).display())),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            trust_domain: crate::auth::DEFAULT_TRUST_DOMAIN.into(),
+        }
+    }
+}
+
+pub async fn run(g: &Global, args: &LocalArgs) -> Result<(), Error> {
+    match args.action {
+        LocalAction::Up {
+            demo,
+            admin_port,
+            launcher_port,
+        } => up(g, &args.state_dir, demo, admin_port, launcher_port).await,
+        LocalAction::Status => status(g, &args.state_dir).await,
+        LocalAction::Down => down(&args.state_dir).await,
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+fn ensure_root() -> Result<(), Error> {
+    let uid = std::os::unix::fs::MetadataExt::uid(
+        &fs::metadata("/proc/self").map_err(io("reading /proc/self"))?,
+    );
+    if uid != 0 {
+        return Err(Error::Usage(format!(
+            "prismctl local needs root (uid is {uid}): its processes run as systemd units with \
+             dynamic users. Run it with sudo."
+        )));
+    }
+    Ok(())
+}
+
+async fn status(g: &Global, state: &Path) -> Result<(), Error> {
+    ensure_root()?;
+    let saved = Saved::load(state);
+    let target = match &saved {
+        Some(s) => manager(state, Some(s), false).await?,
+        None => None,
+    };
+    let (Some(saved), Some(target)) = (saved, target) else {
+        out("The local stack is not running; start it with `prismctl local up --demo`.\n");
+        return Ok(());
+    };
+    let engine = engine(state, target.clone()).await?;
+    let mut text = String::new();
+    for unit in [ADMIN_UNIT, LAUNCHER_UNIT] {
+        let state = match engine.status(unit).await {
+            Ok(s) => format!("{}/{} (pid {})", s.active_state, s.sub_state, s.main_pid),
+            Err(SystemdError::NoSuchUnit { .. }) => "not running".into(),
+            Err(e) => return Err(e.into()),
+        };
+        text.push_str(&format!("{unit:<30} {state}\n"));
+    }
+    text.push_str(&format!(
+        "metrics: http://{}/metrics (admin), http://{}/metrics (launcher)\n",
+        Saved::metrics(saved.admin_port),
+        Saved::metrics(saved.launcher_port)
+    ));
+    let mut admin = connect(state).await?;
+    let list = processes(&mut admin).await?;
+    if let Some(structured) = structured(
+        g.output,
+        &apb::ListProcessesResponse {
+            processes: list.clone(),
+        },
+    )? {
+        out(&structured);
+        return Ok(());
+    }
+    text.push('\n');
+    text.push_str(&ps_table(&list, g.output == Format::Wide));
+    text.push_str(&hints(state, &target, &list));
+    out(&text);
+    Ok(())
+}
+
+async fn down(state: &Path) -> Result<(), Error> {
+    ensure_root()?;
+    let saved = Saved::load(state);
+    let target = match &saved {
+        Some(s) => manager(state, Some(s), false).await?,
+        None => None,
+    };
+    if let (Some(_), Some(target)) = (&saved, target) {
+        // Revoke through the admin, so each process stops gracefully and is
+        // forgotten; then the daemons.
+        if let Ok(mut admin) = connect(state).await
+            && let Ok(list) = processes(&mut admin).await
+        {
+            for p in list {
+                let id = p.assignment.map(|a| a.process_id).unwrap_or_default();
+                match admin
+                    .cp
+                    .revoke_process(pb::ProcessRevocation {
+                        process_id: id.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(ack) => eprintln!("{}", ack.into_inner().message),
+                    Err(s) => eprintln!("revoking {id}: {}", s.message()),
+                }
+            }
+        }
+        let engine = engine(state, target).await?;
+        for unit in [LAUNCHER_UNIT, ADMIN_UNIT] {
+            engine.stop(unit, Duration::from_secs(10)).await?;
+            eprintln!("stopped {unit}");
+        }
+        // Workloads the admin could not reach are stopped here.
+        for u in engine.list().await? {
+            engine.stop(&u.name, Duration::from_secs(30)).await?;
+            eprintln!("stopped {}", u.name);
+        }
+    }
+    let sandbox_dir = sandbox_dir(state);
+    if let Some(sandbox) = Sandbox::attach(&sandbox_dir) {
+        // Dropping it stops the manager and removes its directory and cgroups.
+        drop(sandbox);
+        eprintln!("stopped the private systemd manager");
+    }
+    let leftovers = ["bin", "credentials", "launcher", "admin", "pki"]
+        .map(|d| state.join(d))
+        .into_iter()
+        .chain([sandbox_dir]);
+    for path in leftovers {
+        if path.exists() {
+            fs::remove_dir_all(&path).map_err(io(format!("removing {}", path.display())))?;
+        }
+    }
+    let _ = fs::remove_file(Saved::path(state));
+    // A daemon that was killed leaves its socket behind.
+    let _ = fs::remove_file(Saved::admin_socket(state));
+    let _ = fs::remove_file(Saved::launcher_socket(state));
+    let _ = fs::remove_dir(state);
+    if saved.is_none() {
+        out("The local stack is not running.\n");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stack_daemons_are_never_taken_for_workloads() {
+        assert!(!unit::is_workload_unit(ADMIN_UNIT));
+        assert!(!unit::is_workload_unit(LAUNCHER_UNIT));
+    }
+
+    #[test]
+    fn the_demo_has_one_process_of_each_type() {
+        let demo = demo_assignments(Path::new("/x/prism-demo"), None);
+        let types: Vec<&str> = demo.iter().map(|a| a.process_type.as_str()).collect();
+        assert_eq!(types, ["pattern", "proxy", "backend", "utility"]);
+        let with_redis = demo_assignments(Path::new("/x/prism-demo"), Some(Path::new(REDIS)));
+        let backend = with_redis[2].config.as_ref().unwrap();
+        assert_eq!(backend.binary, REDIS);
+        assert_eq!(backend.health_check.as_ref().unwrap().kind, "tcp");
+    }
+}
