@@ -113,24 +113,8 @@ pub struct Config {
 impl ServeArgs {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let mut file: FileConfig = self.daemon.read_file()?;
-        let served = self.daemon.resolve(
-            file.daemon(),
-            DaemonDefaults {
-                socket: DEFAULT_SOCKET,
-                listen: DEFAULT_LISTEN,
-                insecure_listens: false,
-            },
-        )?;
-        if let Some(tls) = &served.tls {
-            // Launchers accept only an admin's certificate.
-            let must = format!(
-                "the admin's must name spiffe://{}/admin",
-                served.access.trust_domain
-            );
-            served
-                .access
-                .own_role(tls, &must, |r| (*r == Role::Admin).then_some(()))?;
-        }
+        let shared = file.daemon();
+        // Its own settings first, then those both daemons share.
         let data_dir = self
             .data_dir
             .or(file.data_dir)
@@ -165,6 +149,25 @@ impl ServeArgs {
                     .or_else(|r| bad("reschedule-lost-after", "reschedule_lost_after", r))?,
             ),
         };
+        let served = self.daemon.resolve(
+            shared,
+            DaemonDefaults {
+                socket: DEFAULT_SOCKET,
+                listen: DEFAULT_LISTEN,
+                insecure_listens: false,
+            },
+        )?;
+        if let Some(tls) = &served.tls {
+            // Launchers accept only an admin's certificate.
+            let must = format!(
+                "the admin's must name spiffe://{}/admin",
+                served.access.trust_domain
+            );
+            served
+                .access
+                .own_role(tls, &must, |r| (*r == Role::Admin).then_some(()))?;
+        }
+        served.check_transport()?;
         Ok(Config {
             metrics_listen: served.metrics_listen,
             log_format: served.log_format,

@@ -31,27 +31,12 @@ use tonic::{
 pub use config::{Cli, Command, Config, ConfigError, ServeArgs};
 pub use fleet::Fleet;
 
-use crate::pb::prism::{
-    admin::v1::admin_server::AdminServer, control_plane_server::ControlPlaneServer,
+use crate::{
+    pb::prism::{admin::v1::admin_server::AdminServer, control_plane_server::ControlPlaneServer},
+    serve::Daemon,
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("cannot create {dir}: {source}")]
-    DataDir {
-        dir: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    #[error(transparent)]
-    Bind(#[from] crate::serve::BindError),
-    #[error("TLS: {0}")]
-    Tls(#[source] tonic::transport::Error),
-    #[error("gRPC server: {0}")]
-    Serve(#[source] tonic::transport::Error),
-}
+pub use crate::serve::RunError;
 
 /// The upstream service's proxy RPCs, which the admin does not serve.
 const PROXY_RPCS: [&str; 5] = [
@@ -102,10 +87,6 @@ where
     }
 }
 
-fn notify(states: &[sd_notify::NotifyState]) {
-    let _ = sd_notify::notify(states);
-}
-
 /// Create the data directory 0700 and the database file 0600, whatever
 /// the umask: the database holds every credential of the fleet. SQLite
 /// gives its WAL and shared-memory files the database file's mode.
@@ -129,16 +110,49 @@ fn private_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Run the admin until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    private_data_dir(&config.data_dir).map_err(|source| RunError::DataDir {
-        dir: config.data_dir.clone(),
-        source,
-    })?;
-    let db: Arc<dyn store::AdminStore> =
-        Arc::new(store::SqliteStore::open(&config.data_dir).await?);
+/// What the admin runs on, made by its caller: the binary binds the
+/// configured addresses and opens the SQLite database in its data
+/// directory; a test passes listeners on `127.0.0.1:0` and an in-memory
+/// store.
+pub struct Io {
+    pub listeners: crate::serve::Listeners,
+    pub store: Arc<dyn store::AdminStore>,
+}
+
+impl Io {
+    /// What `config` names: its data directory (private), the database in
+    /// it, and its addresses bound (a busy one is an error naming it).
+    pub async fn open(config: &Config) -> Result<Self, RunError> {
+        private_data_dir(&config.data_dir).map_err(|source| {
+            RunError::setup(format!(
+                "cannot create {}: {source}",
+                config.data_dir.display()
+            ))
+        })?;
+        let store: Arc<dyn store::AdminStore> = Arc::new(
+            store::SqliteStore::open(&config.data_dir)
+                .await
+                .map_err(RunError::setup)?,
+        );
+        let listeners = crate::serve::bind(
+            config.listen,
+            config.socket.as_deref(),
+            config.metrics_listen,
+        )
+        .await?;
+        Ok(Self { listeners, store })
+    }
+}
+
+/// Run the admin on `io` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    io: Io,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let Io { listeners, store } = io;
     let fleet = Fleet::open(
-        db,
+        store,
         dispatch::Dispatcher::new(
             config.tls.clone(),
             config.trust_domain.clone(),
@@ -147,18 +161,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.heartbeat_interval,
         config.reschedule_lost_after,
     )
-    .await?;
-    let crate::serve::Listeners {
-        api: listener,
-        local,
-        unix,
-        metrics: metrics_listener,
-    } = crate::serve::bind(
-        config.listen,
-        config.socket.as_deref(),
-        config.metrics_listen,
-    )
-    .await?;
+    .await
+    .map_err(RunError::setup)?;
+    let mut daemon = Daemon::new("prism-admin");
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ControlPlaneServer<service::ControlPlaneService>>()
@@ -174,7 +179,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         false,
         fleet.metrics.auth_denied.clone(),
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let routes = |server: crate::serve::GatedServer| {
         let mut server = server;
         server
@@ -194,46 +198,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     .max_encoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
             )
     };
-    let servers = crate::serve::serve_grpc(
-        routes,
-        &gate,
-        config.tls.as_ref(),
-        (listener, unix),
-        stop_rx,
-    )
-    .map_err(RunError::Tls)?;
-
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(fleet.clone().delivery_loop());
-    tasks.spawn(fleet.clone().liveness_loop());
-    tasks.spawn(fleet.clone().flush_loop());
-    if let Some(listener) = metrics_listener {
-        let addr = listener.local_addr().ok();
+    let crate::serve::Listeners {
+        api,
+        local,
+        unix,
+        metrics,
+    } = listeners;
+    daemon.serve_grpc(routes, &gate, config.tls.as_ref(), (api, unix))?;
+    {
         let f = fleet.clone();
-        tasks.spawn(async move {
-            let render = move || {
-                let f = f.clone();
-                async move { f.render_metrics().await }
-            };
-            if let Err(e) = crate::metrics::serve(listener, render, std::future::pending()).await {
-                tracing::error!("the metrics server stopped: {e}");
-            }
+        daemon.serve_metrics(metrics, move || {
+            let f = f.clone();
+            async move { f.render_metrics().await }
         });
-        if let Some(addr) = addr {
-            tracing::info!("metrics at http://{addr}/metrics");
-        }
     }
-
-    if let Some(interval) = sd_notify::watchdog_enabled() {
+    let f = fleet.clone();
+    daemon.spawn(move |shutdown| f.delivery_loop(shutdown));
+    let f = fleet.clone();
+    daemon.spawn(move |shutdown| f.liveness_loop(shutdown));
+    let f = fleet.clone();
+    daemon.spawn(move |shutdown| f.flush_loop(shutdown));
+    {
+        // Only while the fleet's state can be reached: a wedged admin stops
+        // pinging and systemd restarts it.
         let f = fleet.clone();
-        tasks.spawn(async move {
-            loop {
-                // Only while the fleet's state can be reached: a wedged admin
-                // stops pinging and systemd restarts it.
-                if tokio::time::timeout(interval / 2, f.ping()).await.is_ok() {
-                    notify(&[sd_notify::NotifyState::Watchdog]);
-                }
-                tokio::time::sleep(interval / 2).await;
+        daemon.watchdog(move || {
+            let f = f.clone();
+            async move {
+                f.ping().await;
+                true
             }
         });
     }
@@ -245,17 +238,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "prism-admin listening on {serving}; data in {}",
         config.data_dir.display()
     );
-    notify(&[sd_notify::NotifyState::Ready]);
-    tokio::pin!(servers);
-    let result = tokio::select! {
-        r = &mut servers => r.map_err(RunError::Serve),
-        _ = shutdown => {
-            let _ = stop_tx.send(true);
-            servers.await.map_err(RunError::Serve)
-        }
-    };
-    notify(&[sd_notify::NotifyState::Stopping]);
-    tasks.shutdown().await;
+    daemon.ready("serving");
+    let result = daemon.run_until(shutdown).await;
+    // What heartbeats batched since the last write.
     fleet.flush().await;
     tracing::info!("prism-admin stopped");
     result

@@ -16,11 +16,12 @@ use super::{
     placement::{self, Liveness, Request},
     store::{PlacementState, ProcessRecord},
 };
-use crate::pb::prism::admin::v1 as apb;
+use crate::{pb::prism::admin::v1 as apb, serve::Shutdown};
 
 impl Fleet {
-    /// Deliver pending pushes as they come due (see `pending`).
-    pub async fn delivery_loop(self: Arc<Self>) {
+    /// Deliver pending pushes as they come due (see `pending`), until
+    /// shutdown (deliveries in flight finish).
+    pub async fn delivery_loop(self: Arc<Self>, mut shutdown: Shutdown) {
         loop {
             let now = Instant::now();
             let (due, next) = self.state.lock().await.pending.take_due(now);
@@ -36,9 +37,16 @@ impl Fleet {
                 continue;
             }
             let next = next.unwrap_or(now + BACKOFF_MAX);
-            tokio::select! {
-                _ = self.deliveries.notified() => {}
-                _ = tokio::time::sleep_until(next) => {}
+            let woke = shutdown
+                .until(async {
+                    tokio::select! {
+                        _ = self.deliveries.notified() => {}
+                        _ = tokio::time::sleep_until(next) => {}
+                    }
+                })
+                .await;
+            if woke.is_none() {
+                return;
             }
         }
     }
@@ -152,9 +160,12 @@ impl Fleet {
 
     /// Judge liveness every half interval; log changes; reschedule the
     /// processes of launchers lost for `reschedule_lost_after` (opt-in).
-    pub async fn liveness_loop(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(self.interval / 2).await;
+    pub async fn liveness_loop(self: Arc<Self>, mut shutdown: Shutdown) {
+        while shutdown
+            .until(tokio::time::sleep(self.interval / 2))
+            .await
+            .is_some()
+        {
             self.judge_liveness(crate::clock::unix_ms()).await;
         }
     }
@@ -268,10 +279,14 @@ impl Fleet {
         Ok(())
     }
 
-    /// Write heartbeat data in batches, once a second.
-    pub async fn flush_loop(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    /// Write heartbeat data in batches, once a second, until shutdown
+    /// (the daemon writes what is left after its servers stopped).
+    pub async fn flush_loop(self: Arc<Self>, mut shutdown: Shutdown) {
+        while shutdown
+            .until(tokio::time::sleep(Duration::from_secs(1)))
+            .await
+            .is_some()
+        {
             self.flush().await;
         }
     }

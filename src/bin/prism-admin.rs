@@ -32,5 +32,8 @@ fn main() -> ExitCode {
         eprintln!("prism-admin: {e}");
         return ExitCode::from(EX_USAGE);
     }
-    serve::run("prism-admin", admin::run(config, terminated()))
+    serve::run("prism-admin", async move {
+        let io = admin::Io::open(&config).await?;
+        admin::run(config, io, terminated()).await
+    })
 }

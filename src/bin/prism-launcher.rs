@@ -51,5 +51,8 @@ fn main() -> ExitCode {
     for notice in &config.notices {
         tracing::warn!("{notice}");
     }
-    serve::run("prism-launcher", launcher::run(config, terminated()))
+    serve::run("prism-launcher", async move {
+        let io = launcher::Io::open(&config).await?;
+        launcher::run(config, io, terminated()).await
+    })
 }

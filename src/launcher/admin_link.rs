@@ -15,6 +15,7 @@ use crate::{
     backoff::{Backoff, Policy},
     model::Assignment,
     pb::prism::{self as pb, control_plane_client::ControlPlaneClient},
+    serve::Shutdown,
 };
 
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +75,9 @@ impl AdminLink {
         })
     }
 
-    pub async fn run(mut self) {
+    /// Register, then heartbeat, and again after any failure, until
+    /// shutdown (a registration or heartbeat in flight finishes first).
+    pub async fn run(mut self, mut shutdown: Shutdown) {
         // Jittered: launchers must not reconnect in step after an admin
         // restart.
         let mut backoff = Backoff::new(BACKOFF);
@@ -88,13 +91,20 @@ impl AdminLink {
                         "cannot register with the admin at {} ({reason}); retrying in {wait:.1?}",
                         self.endpoint
                     );
-                    tokio::time::sleep(wait).await;
+                    if shutdown.until(tokio::time::sleep(wait)).await.is_none() {
+                        return;
+                    }
                     continue;
                 }
             }
-            let reason = self.heartbeat_until_failure().await;
+            let Some(reason) = self.heartbeat_until_failure(&mut shutdown).await else {
+                return;
+            };
             tracing::warn!(admin = %self.endpoint, "lost the admin at {} ({reason}); registering again", self.endpoint);
-            tokio::time::sleep(BACKOFF.jittered(0, crate::backoff::seed())).await;
+            let pause = BACKOFF.jittered(0, crate::backoff::seed());
+            if shutdown.until(tokio::time::sleep(pause)).await.is_none() {
+                return;
+            }
         }
     }
 
@@ -184,10 +194,11 @@ impl AdminLink {
         Ok(())
     }
 
-    /// Heartbeat until the admin is unreachable or asks to register again.
-    async fn heartbeat_until_failure(&mut self) -> String {
+    /// Heartbeat until the admin is unreachable or asks to register again
+    /// (why), or until shutdown (`None`).
+    async fn heartbeat_until_failure(&mut self, shutdown: &mut Shutdown) -> Option<String> {
         loop {
-            tokio::time::sleep(self.interval).await;
+            shutdown.until(tokio::time::sleep(self.interval)).await?;
             let list = self.supervisor.list("", "", "").await;
             let process_health = list
                 .processes
@@ -207,16 +218,19 @@ impl AdminLink {
                 .await
             {
                 Ok(Ok(ack)) if ack.get_ref().reregister => {
-                    return format!("it asks to register again: {}", ack.get_ref().message);
+                    return Some(format!(
+                        "it asks to register again: {}",
+                        ack.get_ref().message
+                    ));
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(status)) => {
                     self.supervisor.metrics.heartbeat_failures.inc();
-                    return describe(&status);
+                    return Some(describe(&status));
                 }
                 Err(_) => {
                     self.supervisor.metrics.heartbeat_failures.inc();
-                    return "heartbeat timed out".to_owned();
+                    return Some("heartbeat timed out".to_owned());
                 }
             }
         }

@@ -27,37 +27,59 @@ pub use supervisor::{LauncherError, Supervisor};
 
 use crate::{
     pb::prism::launcher::v1::launcher_server::LauncherServer,
+    serve::Daemon,
     systemd::{ConnectionState, DbusSystemd, Options, Systemd},
 };
 
-/// The daemon could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    #[error(transparent)]
-    Bind(#[from] crate::serve::BindError),
-    #[error("TLS: {0}")]
-    Tls(#[source] tonic::transport::Error),
-    #[error("gRPC server: {0}")]
-    Serve(#[source] tonic::transport::Error),
+pub use crate::serve::RunError;
+
+/// What the launcher runs on, made by its caller: the binary binds the
+/// configured addresses, opens the state directory and connects to the
+/// configured manager; a test passes listeners on `127.0.0.1:0`, a
+/// temporary directory and an in-memory manager.
+pub struct Io {
+    pub listeners: crate::serve::Listeners,
+    pub systemd: Arc<dyn Systemd>,
+    pub store: store::Store,
 }
 
-fn notify(states: &[sd_notify::NotifyState]) {
-    // Outside systemd (no NOTIFY_SOCKET) this does nothing.
-    let _ = sd_notify::notify(states);
+impl Io {
+    /// What `config` names: its addresses bound (a busy one is an error
+    /// naming it), its state directory, and its systemd manager.
+    pub async fn open(config: &Config) -> Result<Self, RunError> {
+        let store = store::Store::open(&config.state_dir).map_err(RunError::setup)?;
+        let listeners = crate::serve::bind(
+            config.listen,
+            config.socket.as_deref(),
+            config.metrics_listen,
+        )
+        .await?;
+        let systemd: Arc<dyn Systemd> = Arc::new(DbusSystemd::spawn(Options {
+            target: config.systemd.clone(),
+            credentials_dir: config.credentials_dir.clone(),
+            ..Options::default()
+        }));
+        Ok(Self {
+            listeners,
+            systemd,
+            store,
+        })
+    }
 }
 
-/// Run the daemon until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let store = store::Store::open(&config.state_dir)?;
-    let systemd: Arc<dyn Systemd> = Arc::new(DbusSystemd::spawn(Options {
-        target: config.systemd.clone(),
-        credentials_dir: config.credentials_dir.clone(),
-        ..Options::default()
-    }));
+/// Run the daemon on `io` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    io: Io,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let Io {
+        listeners,
+        systemd,
+        store,
+    } = io;
     let supervisor = Supervisor::new(
-        systemd.clone(),
+        systemd,
         store,
         config.policy.clone(),
         config.capabilities.clone(),
@@ -67,7 +89,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // With an admin, what is not desired here may be about to be handed back
     // (a wiped state directory): wait for its placement before stopping.
     supervisor.allow_stopping_undesired(config.admin_endpoint.is_none());
-    for c in supervisor.load()? {
+    for c in supervisor.load().map_err(RunError::setup)? {
         tracing::error!(
             file = %c.file.display(),
             moved_to = %c.moved_to.display(),
@@ -80,18 +102,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
 
-    let crate::serve::Listeners {
-        api: listener,
-        local,
-        unix,
-        metrics: metrics_listener,
-    } = crate::serve::bind(
-        config.listen,
-        config.socket.as_deref(),
-        config.metrics_listen,
-    )
-    .await?;
-
+    let mut daemon = Daemon::new("prism-launcher");
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<LauncherServer<service::LauncherService>>()
@@ -104,7 +115,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.admin_endpoint.is_none(),
         supervisor.metrics.auth_denied.clone(),
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let routes = |server: crate::serve::GatedServer| {
         let mut server = server;
         server
@@ -119,16 +129,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .max_encoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
             )
     };
-    let server_task = tokio::spawn(
-        crate::serve::serve_grpc(
-            routes,
-            &gate,
-            config.tls.as_ref(),
-            (listener, unix),
-            stop_rx.clone(),
-        )
-        .map_err(RunError::Tls)?,
-    );
+    let crate::serve::Listeners {
+        api,
+        local,
+        unix,
+        metrics,
+    } = listeners;
+    daemon.serve_grpc(routes, &gate, config.tls.as_ref(), (api, unix))?;
     let serving = crate::serve::serving(local, config.socket.as_deref());
     tracing::info!(
         launcher_id = %config.launcher_id,
@@ -137,54 +144,89 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         insecure = config.insecure,
         "listening on {serving}"
     );
-
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(supervisor.clone().follow_events());
-    if let Some(listener) = metrics_listener {
-        let addr = listener.local_addr().ok();
+    {
         let sup = supervisor.clone();
-        let mut stop = stop_rx.clone();
-        tasks.spawn(async move {
-            let render = move || {
-                let sup = sup.clone();
-                async move { sup.render_metrics() }
-            };
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = crate::metrics::serve(listener, render, shutdown).await {
-                tracing::error!("the metrics server stopped: {e}");
-            }
+        daemon.serve_metrics(metrics, move || {
+            let sup = sup.clone();
+            async move { sup.render_metrics() }
         });
-        if let Some(addr) = addr {
-            tracing::info!("metrics at http://{addr}/metrics");
-        }
+    }
+    {
+        let sup = supervisor.clone();
+        daemon.spawn(move |shutdown| sup.follow_events(shutdown));
     }
 
-    let ready = async {
-        // Reconciliation needs systemd; until it answers, keep trying.
-        loop {
-            match supervisor.reconcile_once().await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "waiting for systemd before the first reconciliation: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Reconciliation needs systemd; until it answers, keep trying.
+    let mut first = daemon.shutdown();
+    let ready = first
+        .until(async {
+            loop {
+                match supervisor.reconcile_once().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "waiting for systemd before the first reconciliation: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
-        }
-    };
+        });
     tokio::pin!(shutdown);
-    tokio::select! {
-        _ = ready => {}
-        _ = &mut shutdown => {
-            let _ = stop_tx.send(true);
-            let _ = server_task.await;
-            return Ok(());
-        }
+    let reconciled = tokio::select! {
+        r = ready => r.is_some(),
+        _ = &mut shutdown => false,
+    };
+    drop(first);
+    if !reconciled {
+        return daemon.run_until(async {}).await;
     }
 
-    // Credentials of units that no longer exist (a crash between a stop
-    // and its cleanup): nothing will load them again.
+    sweep_stale_credentials(&supervisor).await;
+    {
+        let sup = supervisor.clone();
+        let interval = config.reconcile_interval;
+        daemon.spawn(move |shutdown| sup.reconcile_loop(interval, shutdown));
+    }
+    // After each settled change (at most once a second): the status line,
+    // and the memory a burst of assignments or revocations freed.
+    {
+        let sup = supervisor.clone();
+        daemon.spawn(move |shutdown| {
+            sup.report_status(
+                |line| {
+                    crate::serve::daemon::notify(&[sd_notify::NotifyState::Status(line)]);
+                    crate::serve::release_free_memory();
+                },
+                shutdown,
+            )
+        });
+    }
+    // gRPC health follows the systemd connection.
+    {
+        let sup = supervisor.clone();
+        daemon.spawn(move |shutdown| follow_connection(sup, health, shutdown));
+    }
+    daemon.watchdog(|| async { true });
+    if let Some(endpoint) = &config.admin_endpoint {
+        match admin_link::AdminLink::new(&config, endpoint, supervisor.clone()) {
+            Ok(link) => daemon.spawn(move |shutdown| link.run(shutdown)),
+            Err(e) => tracing::error!("cannot set up the link to the admin at {endpoint}: {e}"),
+        }
+    } else {
+        tracing::info!("standalone: no --admin-endpoint; taking assignments on its own service");
+    }
+    let line = supervisor.status_line();
+    daemon.ready(&line);
+    tracing::info!(status = %line, "ready: {line}");
+
+    let result = daemon.run_until(shutdown).await;
+    supervisor.stop_probes();
+    tracing::info!("stopped; workloads keep running under systemd");
+    result
+}
+
+/// Remove the credentials of units that no longer exist (a crash between a
+/// stop and its cleanup): nothing will load them again.
+async fn sweep_stale_credentials(supervisor: &Supervisor) {
     match supervisor.systemd().list().await {
         Ok(listed) => {
             let keep: std::collections::BTreeSet<String> = listed
@@ -203,81 +245,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         Err(e) => tracing::warn!("not sweeping stale credential files: {e}"),
     }
-    tasks.spawn(supervisor.clone().reconcile_loop(config.reconcile_interval));
-    // After each settled change (at most once a second): the status line,
-    // and the memory a burst of assignments or revocations freed.
-    tasks.spawn(supervisor.clone().report_status(|line| {
-        notify(&[sd_notify::NotifyState::Status(line)]);
-        crate::serve::release_free_memory();
-    }));
-    // gRPC health follows the systemd connection.
-    {
-        let supervisor = supervisor.clone();
-        let health = health.clone();
-        tasks.spawn(async move {
-            let mut last = None;
-            loop {
-                let up = supervisor.systemd().connection_state() == ConnectionState::Connected;
-                if last != Some(up) {
-                    // The status line says whether systemd is connected.
-                    supervisor.changed.notify_one();
-                    if up {
-                        health
-                            .set_serving::<LauncherServer<service::LauncherService>>()
-                            .await;
-                        health
-                            .set_service_status("", tonic_health::ServingStatus::Serving)
-                            .await;
-                    } else {
-                        health
-                            .set_not_serving::<LauncherServer<service::LauncherService>>()
-                            .await;
-                        health
-                            .set_service_status("", tonic_health::ServingStatus::NotServing)
-                            .await;
-                    }
-                    last = Some(up);
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-    }
-    if let Some(interval) = sd_notify::watchdog_enabled() {
-        tasks.spawn(async move {
-            loop {
-                notify(&[sd_notify::NotifyState::Watchdog]);
-                tokio::time::sleep(interval / 2).await;
-            }
-        });
-    }
-    if let Some(endpoint) = &config.admin_endpoint {
-        match admin_link::AdminLink::new(&config, endpoint, supervisor.clone()) {
-            Ok(link) => {
-                tasks.spawn(link.run());
-            }
-            Err(e) => tracing::error!("cannot set up the link to the admin at {endpoint}: {e}"),
-        }
-    } else {
-        tracing::info!("standalone: no --admin-endpoint; taking assignments on its own service");
-    }
-    let line = supervisor.status_line();
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&line),
-    ]);
-    tracing::info!(status = %line, "ready: {line}");
+}
 
-    let result = tokio::select! {
-        _ = &mut shutdown => Ok(()),
-        r = server_task => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RunError::Serve(e)),
-            Err(_) => Ok(()),
-        },
-    };
-    notify(&[sd_notify::NotifyState::Stopping]);
-    tracing::info!("shutting down; workloads keep running under systemd");
-    let _ = stop_tx.send(true);
-    tasks.abort_all();
-    result
+/// gRPC health (and the status line) follow the connection to systemd.
+async fn follow_connection(
+    supervisor: Arc<Supervisor>,
+    health: tonic_health::server::HealthReporter,
+    mut shutdown: crate::serve::Shutdown,
+) {
+    let mut last = None;
+    loop {
+        let up = supervisor.systemd().connection_state() == ConnectionState::Connected;
+        if last != Some(up) {
+            // The status line says whether systemd is connected.
+            supervisor.changed.notify_one();
+            let status = if up {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health
+                .set_service_status(
+                    <LauncherServer<service::LauncherService> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            health.set_service_status("", status).await;
+            last = Some(up);
+        }
+        if shutdown
+            .until(tokio::time::sleep(Duration::from_millis(500)))
+            .await
+            .is_none()
+        {
+            return;
+        }
+    }
 }

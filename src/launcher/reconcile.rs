@@ -19,6 +19,7 @@ use futures_util::{StreamExt, stream};
 use tokio::time::Instant;
 
 use super::supervisor::{AssignOutcome, Supervisor};
+use crate::serve::Shutdown;
 use crate::{
     health::Phase,
     model::ProcessType,
@@ -313,13 +314,21 @@ impl Supervisor {
         wake.max(Duration::from_millis(20))
     }
 
-    /// Reconcile on request, and at least every `interval`.
-    pub async fn reconcile_loop(self: Arc<Self>, interval: Duration) {
+    /// Reconcile on request, and at least every `interval`, until
+    /// shutdown (a pass in progress finishes).
+    pub async fn reconcile_loop(self: Arc<Self>, interval: Duration, mut shutdown: Shutdown) {
         loop {
             let wake = self.next_wake(interval);
-            tokio::select! {
-                _ = self.reconcile.notified() => {}
-                _ = tokio::time::sleep(wake) => {}
+            let woke = shutdown
+                .until(async {
+                    tokio::select! {
+                        _ = self.reconcile.notified() => {}
+                        _ = tokio::time::sleep(wake) => {}
+                    }
+                })
+                .await;
+            if woke.is_none() {
+                return;
             }
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = %e, "reconciliation failed; retrying: {e}");

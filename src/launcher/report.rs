@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use futures_util::{StreamExt, stream};
 
 use super::supervisor::{Entry, Supervisor};
+use crate::serve::Shutdown;
 use crate::{
     health::{Status, verdict},
     pb::prism::{self as pb, launcher::v1 as lpb},
@@ -232,7 +233,11 @@ impl Supervisor {
     /// second), until the task is dropped. The line counts every process,
     /// so it is computed only after a change: never while idle, and not
     /// once per assignment under load.
-    pub async fn report_status(self: Arc<Self>, mut f: impl FnMut(&str) + Send) {
+    pub async fn report_status(
+        self: Arc<Self>,
+        mut f: impl FnMut(&str) + Send,
+        mut shutdown: Shutdown,
+    ) {
         let mut last = String::new();
         loop {
             let line = self.status_line();
@@ -240,8 +245,15 @@ impl Supervisor {
                 f(&line);
                 last = line;
             }
-            self.changed.notified().await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let settled = shutdown
+                .until(async {
+                    self.changed.notified().await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                })
+                .await;
+            if settled.is_none() {
+                return;
+            }
         }
     }
 }

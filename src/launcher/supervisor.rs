@@ -194,6 +194,13 @@ impl Supervisor {
         self.table.lock().expect("table poisoned")
     }
 
+    /// Stop every probe task (the daemon is stopping; probes only read).
+    pub fn stop_probes(&self) {
+        for e in self.table().entries.values_mut() {
+            e.stop_probe();
+        }
+    }
+
     /// Ask the reconciler for a pass soon (coalesced).
     pub fn request_reconcile(&self) {
         self.reconcile.notify_one();

@@ -6,6 +6,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 use super::supervisor::Supervisor;
+use crate::serve::Shutdown;
 use crate::{
     health::{Phase, ProbeState, probe},
     model::Probe,
@@ -13,11 +14,15 @@ use crate::{
 };
 
 impl Supervisor {
-    /// Apply unit events to the table until the event stream closes.
-    pub async fn follow_events(self: Arc<Self>) {
+    /// Apply unit events to the table until the event stream closes or
+    /// shutdown is requested.
+    pub async fn follow_events(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut events = self.systemd.events();
         loop {
-            match events.recv().await {
+            let Some(event) = shutdown.until(events.recv()).await else {
+                return;
+            };
+            match event {
                 Ok(UnitEvent::Changed(status)) => {
                     let mut table = self.table();
                     let Some(entry) = table.by_unit(&status.name) else {

@@ -101,6 +101,14 @@ pub struct Served {
     pub log_format: LogFormat,
 }
 
+impl Served {
+    /// Plaintext TCP only when explicitly forced; checked after the
+    /// daemon's own settings, so an error names those first.
+    pub fn check_transport(&self) -> Result<(), ConfigError> {
+        check_transport(self.listen, self.tls.as_ref(), self.insecure)
+    }
+}
+
 impl DaemonFlags {
     /// The configuration file as `F`, or `F::default()` without one; the
     /// error names the file.
@@ -120,6 +128,8 @@ impl DaemonFlags {
     }
 
     /// Flags over the file over `defaults`, each error naming its setting.
+    /// The daemon checks its own settings next, and then
+    /// [`Served::check_transport`].
     pub fn resolve(
         self,
         file: DaemonFile,
@@ -145,7 +155,6 @@ impl DaemonFlags {
             None => None,
         };
         access.check_served(listen, "listen")?;
-        check_transport(listen, tls.as_ref(), insecure)?;
         let metrics_listen = parse_metrics_listen(
             &self
                 .metrics_listen

@@ -2,7 +2,10 @@
 //! runtime, binding their sockets before anything else runs, and the gRPC
 //! server with TLS and reflection.
 
+pub mod daemon;
 pub mod flags;
+
+pub use daemon::{Daemon, RunError, Shutdown, Stopper};
 
 use std::{fmt::Display, future::Future, net::SocketAddr, path::Path, process::ExitCode};
 
@@ -238,7 +241,7 @@ pub type GatedServer = Server<Stack<Gate, Identity>>;
 pub type GatedRouter = Router<Stack<Gate, Identity>>;
 
 /// Serve the routes that `routes` adds on the TCP listener (TLS when
-/// configured) and on the local socket, until `stop` turns true. Both
+/// configured) and on the local socket, until `stop` is requested. Both
 /// servers pass every call through `gate`. Resolves when both have
 /// stopped, with the first error.
 pub fn serve_grpc(
@@ -249,12 +252,10 @@ pub fn serve_grpc(
         Option<tokio::net::TcpListener>,
         Option<tokio::net::UnixListener>,
     ),
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: Shutdown,
 ) -> Result<Serving, tonic::transport::Error> {
     let (tcp, unix) = listeners;
-    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
+    let stopped = |mut stop: Shutdown| async move { stop.requested().await };
     let mut servers: Vec<Serving> = Vec::new();
     if let Some(listener) = tcp {
         let local = listener.local_addr().ok();

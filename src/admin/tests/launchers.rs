@@ -282,7 +282,7 @@ async fn a_draining_launcher_gets_nothing_new_and_moves_its_processes() {
     let moved = h.fleet.move_processes("a").await.unwrap();
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(h.placed_on("kv-1").await.unwrap().0, "b");
-    tokio::spawn(h.fleet.clone().delivery_loop());
+    tokio::spawn(h.fleet.clone().delivery_loop(h.stopper.handle()));
     until(Duration::from_secs(10), "the move's delivery", || {
         let b = b.clone();
         async move { b.assigned_ids().contains(&"kv-1".to_owned()) }

@@ -27,10 +27,12 @@ use crate::{
             launcher_server::{Launcher, LauncherServer},
         },
     },
+    serve::Stopper,
 };
 
 mod launchers;
 mod placing;
+mod stack;
 
 pub(super) const INTERVAL: Duration = Duration::from_secs(10);
 
@@ -144,6 +146,8 @@ pub(super) struct Harness {
     dir: tempfile::TempDir,
     /// Launchers by id, with their serving handles (dropped: down).
     launchers: HashMap<String, (FakeLauncher, Option<tokio::sync::oneshot::Sender<()>>)>,
+    /// Stops the loops a test starts.
+    stopper: Stopper,
 }
 
 pub(super) async fn harness() -> Harness {
@@ -164,6 +168,7 @@ pub(super) async fn harness_with(reschedule_lost_after: Option<Duration>) -> Har
         fleet,
         dir: tempfile::tempdir().expect("tempdir"),
         launchers: HashMap::new(),
+        stopper: Stopper::new(),
     }
 }
 

@@ -159,7 +159,7 @@ async fn an_unreachable_launcher_gets_its_assignment_when_it_is_back() {
     assert!(a.message.contains("delivery pending"), "{}", a.message);
     assert!(h.pending("kv-host", "kv-1").await);
     h.up("kv-host");
-    tokio::spawn(h.fleet.clone().delivery_loop());
+    tokio::spawn(h.fleet.clone().delivery_loop(h.stopper.handle()));
     until(Duration::from_secs(10), "the delivery", || {
         let kv = kv.clone();
         async move { kv.assigned_ids() == vec!["kv-1".to_owned()] }
@@ -260,7 +260,7 @@ async fn a_revocation_for_an_unreachable_launcher_is_recorded_and_finished_later
         .unwrap_err();
     assert!(matches!(err, FleetError::Revoking { .. }), "{err}");
     h.up("kv-host");
-    tokio::spawn(h.fleet.clone().delivery_loop());
+    tokio::spawn(h.fleet.clone().delivery_loop(h.stopper.handle()));
     until(Duration::from_secs(10), "the revocation", || {
         let kv = kv.clone();
         async move { kv.script().revoked == vec!["kv-1".to_owned()] }

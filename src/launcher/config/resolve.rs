@@ -21,6 +21,12 @@ impl Args {
                 insecure_listens: true,
             },
         )?;
+        let admin_endpoint = match self.admin_endpoint.take().or(file.admin_endpoint.take()) {
+            None => None,
+            Some(e) => {
+                Some(Address::parse(&e).or_else(|r| bad("admin-endpoint", "admin_endpoint", r))?)
+            }
+        };
         let launcher_id = self.launcher_id(&mut file, &served)?;
         let (max_processes, capabilities, region) = self.capacity(&mut file, legacy)?;
         let (state_dir, credentials_dir, systemd) = self.host(&mut file)?;
@@ -43,8 +49,9 @@ impl Args {
             Duration::from_secs(60),
             Duration::from_millis(100),
         )?;
-        let (admin_endpoint, heartbeat_interval, advertise_address) =
-            self.admin_link(&mut file, &served)?;
+        served.check_transport()?;
+        let (heartbeat_interval, advertise_address) =
+            self.admin_link(&mut file, &served, &admin_endpoint)?;
         Ok(Config {
             admin_endpoint,
             launcher_id,
@@ -306,14 +313,9 @@ impl Args {
         &mut self,
         file: &mut FileConfig,
         served: &Served,
-    ) -> Result<(Option<Address>, Duration, String), ConfigError> {
-        let admin_endpoint = match self.admin_endpoint.take().or(file.admin_endpoint.take()) {
-            None => None,
-            Some(e) => {
-                Some(Address::parse(&e).or_else(|r| bad("admin-endpoint", "admin_endpoint", r))?)
-            }
-        };
-        if let Some(admin) = &admin_endpoint {
+        admin_endpoint: &Option<Address>,
+    ) -> Result<(Duration, String), ConfigError> {
+        if let Some(admin) = admin_endpoint {
             match (admin, &served.tls) {
                 (Address::Tcp { .. }, Some(t)) if t.client_ca.is_none() => {
                     return bad(
@@ -372,7 +374,7 @@ impl Args {
                 (None, None) => String::new(),
             },
         };
-        Ok((admin_endpoint, heartbeat_interval, advertise_address))
+        Ok((heartbeat_interval, advertise_address))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::{
     health::{Phase, Status},
     model::{Assignment, ManagedProcess, Policy, ProcessType},
     pb::prism as pb,
+    serve::Stopper,
     systemd::{
         MemorySystemd, Systemd, SystemdError, UnitStatus,
         memory::{Call, Op},
@@ -21,6 +22,7 @@ use crate::{
 };
 
 mod assigning;
+mod daemon;
 mod recovery;
 
 pub(super) const COOLDOWN: Duration = Duration::from_secs(30);
@@ -30,6 +32,8 @@ pub(super) struct Harness {
     sup: Arc<Supervisor>,
     dir: tempfile::TempDir,
     policy: Policy,
+    /// Stops the loops [`Harness::run_loops`] started.
+    stopper: Stopper,
 }
 
 pub(super) fn policy() -> Policy {
@@ -56,6 +60,7 @@ pub(super) fn harness_with(
         sup,
         dir,
         policy,
+        stopper: Stopper::new(),
     }
 }
 
@@ -116,8 +121,12 @@ impl Harness {
     /// Follow events and reconcile on request, as the daemon does.
     pub(super) async fn run_loops(&self) {
         let before = self.sd.followers();
-        tokio::spawn(self.sup.clone().follow_events());
-        tokio::spawn(self.sup.clone().reconcile_loop(Duration::from_secs(3600)));
+        tokio::spawn(self.sup.clone().follow_events(self.stopper.handle()));
+        tokio::spawn(
+            self.sup
+                .clone()
+                .reconcile_loop(Duration::from_secs(3600), self.stopper.handle()),
+        );
         until(Duration::from_secs(1), "the follower", || {
             self.sd.followers() > before
         })
