@@ -7,6 +7,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use super::{DEFAULT_OPERATOR_GROUP, DEFAULT_TRUST_DOMAIN, Role, identity::role_of_pem};
 use crate::settings::{ConfigError, Tls, bad, check_group, check_trust_domain, parse_socket};
 
+#[derive(Debug)]
 pub struct Access {
     /// The local socket, unless `none`.
     pub socket: Option<PathBuf>,

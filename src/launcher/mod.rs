@@ -67,9 +67,22 @@ impl Io {
     }
 }
 
+/// The address the admin dials: as configured, with the port the listener
+/// really got when the configuration asked for any free one (`:0`).
+fn advertised(
+    configured: &str,
+    listen: Option<std::net::SocketAddr>,
+    bound: Option<std::net::SocketAddr>,
+) -> String {
+    match (listen, bound, configured.strip_suffix(":0")) {
+        (Some(l), Some(b), Some(host)) if l.port() == 0 => format!("{host}:{}", b.port()),
+        _ => configured.to_owned(),
+    }
+}
+
 /// Run the daemon on `io` until `shutdown` resolves.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     io: Io,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
@@ -78,6 +91,8 @@ pub async fn run(
         systemd,
         store,
     } = io;
+    config.advertise_address =
+        advertised(&config.advertise_address, config.listen, listeners.local);
     let supervisor = Supervisor::new(
         systemd,
         store,
@@ -280,5 +295,26 @@ async fn follow_connection(
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod advertise_tests {
+    use super::advertised;
+
+    #[test]
+    fn a_listener_on_any_free_port_advertises_the_port_it_got() {
+        let any = Some("127.0.0.1:0".parse().unwrap());
+        let got = Some("127.0.0.1:41234".parse().unwrap());
+        assert_eq!(advertised("127.0.0.1:0", any, got), "127.0.0.1:41234");
+        assert_eq!(advertised("host-1:0", any, got), "host-1:41234");
+        // Given explicitly, or a fixed port: as configured.
+        let fixed = Some("127.0.0.1:7070".parse().unwrap());
+        assert_eq!(advertised("127.0.0.1:7070", fixed, fixed), "127.0.0.1:7070");
+        assert_eq!(
+            advertised("unix:/run/l.sock", None, None),
+            "unix:/run/l.sock"
+        );
+        assert_eq!(advertised("lb.example:8000", any, got), "lb.example:8000");
     }
 }

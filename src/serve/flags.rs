@@ -92,6 +92,7 @@ pub struct DaemonDefaults {
 }
 
 /// What both daemons make of the shared settings.
+#[derive(Debug)]
 pub struct Served {
     pub listen: Option<SocketAddr>,
     pub access: Access,
@@ -170,5 +171,125 @@ impl DaemonFlags {
             metrics_listen,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAUNCHER: DaemonDefaults = DaemonDefaults {
+        socket: "/run/prism-launcher/launcher.sock",
+        listen: ":7070",
+        insecure_listens: true,
+    };
+    const ADMIN: DaemonDefaults = DaemonDefaults {
+        socket: "/run/prism-admin/admin.sock",
+        listen: ":8981",
+        insecure_listens: false,
+    };
+
+    fn flags(list: &[&str]) -> DaemonFlags {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            daemon: DaemonFlags,
+        }
+        let mut argv = vec!["daemon"];
+        argv.extend_from_slice(list);
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().daemon
+    }
+
+    #[test]
+    fn without_tls_only_the_local_socket_is_served_by_default() {
+        for defaults in [LAUNCHER, ADMIN] {
+            let s = flags(&[]).resolve(DaemonFile::default(), defaults).unwrap();
+            assert_eq!(s.listen, None);
+            assert_eq!(
+                s.access.socket.as_deref(),
+                Some(std::path::Path::new(defaults.socket))
+            );
+            assert_eq!(s.metrics_listen, Some("127.0.0.1:9092".parse().unwrap()));
+            s.check_transport().unwrap();
+        }
+    }
+
+    #[test]
+    fn insecure_listens_by_default_only_where_the_daemon_says_so() {
+        let launcher = flags(&["--insecure"])
+            .resolve(DaemonFile::default(), LAUNCHER)
+            .unwrap();
+        assert_eq!(launcher.listen.map(|l| l.port()), Some(7070));
+        launcher.check_transport().unwrap();
+        let admin = flags(&["--insecure"])
+            .resolve(DaemonFile::default(), ADMIN)
+            .unwrap();
+        assert_eq!(admin.listen, None);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_errors_name_the_setting() {
+        let file = DaemonFile {
+            listen: Some("127.0.0.1:1".into()),
+            metrics_listen: Some("none".into()),
+            insecure: Some(true),
+            ..DaemonFile::default()
+        };
+        let s = flags(&["--listen", "127.0.0.1:2"])
+            .resolve(file, ADMIN)
+            .unwrap();
+        assert_eq!(s.listen.map(|l| l.port()), Some(2));
+        assert_eq!(s.metrics_listen, None);
+        assert!(s.insecure);
+        // Plaintext TCP without --insecure is refused, naming --listen.
+        let s = flags(&["--listen", "127.0.0.1:2"])
+            .resolve(DaemonFile::default(), ADMIN)
+            .unwrap();
+        assert!(
+            s.check_transport()
+                .unwrap_err()
+                .setting
+                .starts_with("--listen")
+        );
+        let e = flags(&["--listen", "nowhere"])
+            .resolve(DaemonFile::default(), ADMIN)
+            .unwrap_err();
+        assert!(e.setting.starts_with("--listen"), "{e}");
+        let e = flags(&["--listen", "none", "--socket", "none"])
+            .resolve(DaemonFile::default(), ADMIN)
+            .unwrap_err();
+        assert!(e.reason.contains("nothing would be served"), "{e}");
+        let e = flags(&["--tls-cert", "/nonexistent"])
+            .resolve(DaemonFile::default(), ADMIN)
+            .unwrap_err();
+        assert!(e.setting.starts_with("--tls-key"), "{e}");
+    }
+
+    #[test]
+    fn the_configuration_file_is_read_and_its_errors_name_it() {
+        #[derive(Deserialize, Default, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            listen: Option<String>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9\"\n").unwrap();
+        let f: File = flags(&["--config", path.to_str().unwrap()])
+            .read_file()
+            .unwrap();
+        assert_eq!(f.listen.as_deref(), Some("127.0.0.1:9"));
+        std::fs::write(&path, "lisen = 1\n").unwrap();
+        let e = flags(&["--config", path.to_str().unwrap()])
+            .read_file::<File>()
+            .unwrap_err();
+        assert_eq!(e.setting, "--config");
+        assert!(e.reason.contains("d.toml"), "{e}");
+        let e = flags(&["--config", "/nonexistent.toml"])
+            .read_file::<File>()
+            .unwrap_err();
+        assert!(e.reason.contains("cannot read"), "{e}");
+        // No file: the defaults.
+        assert!(flags(&[]).read_file::<File>().unwrap().listen.is_none());
     }
 }

@@ -507,4 +507,51 @@ mod tests {
         m.stop(&spec.name, Duration::ZERO).await.unwrap();
         m.start_transient(&spec).await.unwrap();
     }
+
+    #[tokio::test]
+    async fn restarts_and_starts_existing_units_and_refuses_missing_ones() {
+        let m = MemorySystemd::new();
+        let spec = spec();
+        m.start_transient(&spec).await.unwrap();
+        let pid = m.unit(&spec.name).unwrap().status.main_pid;
+        m.restart(&spec.name).await.unwrap();
+        assert_ne!(m.unit(&spec.name).unwrap().status.main_pid, pid);
+        m.update(&spec.name, |s| s.active_state = "inactive".into());
+        m.start_existing(&spec.name).await.unwrap();
+        assert_eq!(m.unit(&spec.name).unwrap().status.active_state, "active");
+        for missing in [
+            m.restart("prism-pattern-nope.service").await,
+            m.kill("prism-pattern-nope.service", Whom::Main, 15).await,
+            m.reset_failed("prism-pattern-nope.service").await,
+        ] {
+            assert!(matches!(missing, Err(SystemdError::NoSuchUnit { .. })));
+        }
+        assert!(matches!(
+            m.status("prism-pattern-nope.service").await,
+            Err(SystemdError::NoSuchUnit { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn lists_only_workload_units_and_vanishing_ones_are_removed() {
+        let m = MemorySystemd::new();
+        let mut events = m.events();
+        m.insert("redis.service", "redis", "active");
+        m.insert(&spec().name, "prism pattern kv-1 v3: /usr/bin/x", "active");
+        let listed: Vec<String> = m
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(listed, vec![spec().name]);
+        m.vanish(&spec().name);
+        assert!(matches!(
+            events.recv().await,
+            Ok(UnitEvent::Removed { unit }) if unit == spec().name
+        ));
+        assert!(m.list().await.unwrap().is_empty());
+        assert_eq!(m.names().len(), 1, "redis.service is left alone");
+    }
 }

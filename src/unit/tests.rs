@@ -569,3 +569,47 @@ fn bus_paths_round_trip() {
         "/org/freedesktop/systemd1/unit/prism_2dpattern_2dkv_5cx2d1_2eservice"
     );
 }
+
+#[test]
+fn the_stacks_daemons_are_notify_units_the_launcher_never_manages() {
+    let spec = daemon(
+        "prism-local-launcher.service",
+        "prism-launcher (local stack)",
+        vec!["/usr/bin/prism-launcher".into(), "--insecure".into()],
+        "prism-launcher",
+    );
+    assert!(!is_workload_unit(&spec.name));
+    assert_eq!(
+        spec.get(props::TYPE),
+        Some(&PropValue::Str("notify".into()))
+    );
+    assert_eq!(
+        spec.get(props::KILL_MODE),
+        Some(&PropValue::Str(KILL_MODE.into()))
+    );
+    let Some(PropValue::Exec(exec)) = spec.get(props::EXEC_START) else {
+        panic!("no ExecStart");
+    };
+    assert_eq!(exec[0].path, "/usr/bin/prism-launcher");
+    assert_eq!(exec[0].argv[1], "--insecure");
+    assert!(spec.credentials.is_empty());
+}
+
+#[test]
+fn process_types_by_name() {
+    for t in ProcessType::ALL {
+        assert_eq!(ProcessType::named(t.as_str()), Some(t));
+        assert_eq!(t.as_str().parse::<ProcessType>(), Ok(t));
+    }
+    assert_eq!(ProcessType::named(""), None);
+    assert_eq!("".parse::<ProcessType>(), Ok(ProcessType::Pattern));
+    assert_eq!(
+        ProcessType::expected(),
+        "pattern, proxy, backend or utility"
+    );
+    let e = "daemon".parse::<ProcessType>().unwrap_err();
+    assert!(
+        e.contains("expected pattern, proxy, backend or utility"),
+        "{e}"
+    );
+}
