@@ -9,7 +9,7 @@ use serde::Deserialize;
 pub use crate::settings::{ConfigError, Tls};
 use crate::{
     auth::Role,
-    serve::flags::{DaemonDefaults, DaemonFile, DaemonFlags, TlsFile},
+    serve::flags::{DaemonDefaults, DaemonFile, DaemonFlags},
     settings::{bad, parse_duration},
 };
 
@@ -65,34 +65,9 @@ pub struct ServeArgs {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    metrics_listen: Option<String>,
-    log_format: Option<crate::logging::LogFormat>,
-    listen: Option<String>,
-    socket: Option<String>,
-    operator_group: Option<String>,
-    trust_domain: Option<String>,
     data_dir: Option<PathBuf>,
     heartbeat_interval: Option<String>,
     reschedule_lost_after: Option<String>,
-    insecure: Option<bool>,
-    #[serde(default)]
-    tls: TlsFile,
-}
-
-impl FileConfig {
-    /// The settings both daemons share, taken out.
-    fn daemon(&mut self) -> DaemonFile {
-        DaemonFile {
-            listen: self.listen.take(),
-            socket: self.socket.take(),
-            operator_group: self.operator_group.take(),
-            trust_domain: self.trust_domain.take(),
-            insecure: self.insecure.take(),
-            metrics_listen: self.metrics_listen.take(),
-            log_format: self.log_format.take(),
-            tls: std::mem::take(&mut self.tls),
-        }
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -112,8 +87,7 @@ pub struct Config {
 
 impl ServeArgs {
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let mut file: FileConfig = self.daemon.read_file()?;
-        let shared = file.daemon();
+        let (shared, file): (DaemonFile, FileConfig) = self.daemon.read_file()?;
         // Its own settings first, then those both daemons share.
         let data_dir = self
             .data_dir

@@ -198,20 +198,16 @@ pub async fn run(
                     .max_encoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
             )
     };
-    let crate::serve::Listeners {
-        api,
-        local,
-        unix,
-        metrics,
-    } = listeners;
-    daemon.serve_grpc(routes, &gate, config.tls.as_ref(), (api, unix))?;
-    {
-        let f = fleet.clone();
-        daemon.serve_metrics(metrics, move || {
+    let f = fleet.clone();
+    let serving = daemon.serve(
+        listeners,
+        config.socket.as_deref(),
+        (&routes, &gate, config.tls.as_ref()),
+        move || {
             let f = f.clone();
             async move { f.render_metrics().await }
-        });
-    }
+        },
+    )?;
     let f = fleet.clone();
     daemon.spawn(move |shutdown| f.delivery_loop(shutdown));
     let f = fleet.clone();
@@ -231,7 +227,6 @@ pub async fn run(
         });
     }
 
-    let serving = crate::serve::serving(local, config.socket.as_deref());
     tracing::info!(
         tls = config.tls.is_some(),
         insecure = config.insecure,

@@ -144,14 +144,16 @@ pub async fn run(
                 .max_encoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
             )
     };
-    let crate::serve::Listeners {
-        api,
-        local,
-        unix,
-        metrics,
-    } = listeners;
-    daemon.serve_grpc(routes, &gate, config.tls.as_ref(), (api, unix))?;
-    let serving = crate::serve::serving(local, config.socket.as_deref());
+    let sup = supervisor.clone();
+    let serving = daemon.serve(
+        listeners,
+        config.socket.as_deref(),
+        (&routes, &gate, config.tls.as_ref()),
+        move || {
+            let sup = sup.clone();
+            async move { sup.render_metrics() }
+        },
+    )?;
     tracing::info!(
         launcher_id = %config.launcher_id,
         tls = config.tls.is_some(),
@@ -159,13 +161,6 @@ pub async fn run(
         insecure = config.insecure,
         "listening on {serving}"
     );
-    {
-        let sup = supervisor.clone();
-        daemon.serve_metrics(metrics, move || {
-            let sup = sup.clone();
-            async move { sup.render_metrics() }
-        });
-    }
     {
         let sup = supervisor.clone();
         daemon.spawn(move |shutdown| sup.follow_events(shutdown));

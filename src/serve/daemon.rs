@@ -196,6 +196,31 @@ impl Daemon {
         }));
     }
 
+    /// Serve gRPC on the API listener and the local socket (`socket` is its
+    /// path), and metrics on theirs; what is served, for the start-up line.
+    pub fn serve<F, Fut>(
+        &mut self,
+        listeners: super::Listeners,
+        socket: Option<&std::path::Path>,
+        grpc: (&dyn Fn(GatedServer) -> GatedRouter, &Gate, Option<&Tls>),
+        metrics: F,
+    ) -> Result<String, RunError>
+    where
+        F: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = String> + Send + 'static,
+    {
+        let super::Listeners {
+            api,
+            local,
+            unix,
+            metrics: metrics_listener,
+        } = listeners;
+        let (routes, gate, tls) = grpc;
+        self.serve_grpc(routes, gate, tls, (api, unix))?;
+        self.serve_metrics(metrics_listener, metrics);
+        Ok(super::serving(local, socket))
+    }
+
     /// With a systemd watchdog, ping it every half interval while `alive`
     /// answers true within that time: a wedged daemon stops pinging and
     /// systemd restarts it.

@@ -67,9 +67,11 @@ pub struct TlsFile {
     pub ca: Option<PathBuf>,
 }
 
-/// The same settings as the configuration file gives them (each daemon's
-/// file keeps them at its top level, beside its own).
-#[derive(Debug, Default)]
+/// The same settings as the configuration file gives them, at its top
+/// level beside each daemon's own ([`DaemonFlags::read_file`] separates
+/// them).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
 pub struct DaemonFile {
     pub listen: Option<String>,
     pub socket: Option<String>,
@@ -78,8 +80,21 @@ pub struct DaemonFile {
     pub insecure: Option<bool>,
     pub metrics_listen: Option<String>,
     pub log_format: Option<LogFormat>,
+    #[serde(default)]
     pub tls: TlsFile,
 }
+
+/// The keys of [`DaemonFile`].
+const SHARED_KEYS: &[&str] = &[
+    "listen",
+    "socket",
+    "operator_group",
+    "trust_domain",
+    "insecure",
+    "metrics_listen",
+    "log_format",
+    "tls",
+];
 
 /// A daemon's defaults for [`DaemonFlags::resolve`].
 #[derive(Clone, Copy, Debug)]
@@ -111,21 +126,29 @@ impl Served {
 }
 
 impl DaemonFlags {
-    /// The configuration file as `F`, or `F::default()` without one; the
-    /// error names the file.
-    pub fn read_file<F: DeserializeOwned + Default>(&self) -> Result<F, ConfigError> {
+    /// The configuration file: the settings both daemons share, and the
+    /// daemon's own as `F` (which refuses keys it does not know); defaults
+    /// without a file. Errors name the file.
+    pub fn read_file<F: DeserializeOwned + Default>(&self) -> Result<(DaemonFile, F), ConfigError> {
         let Some(path) = &self.config else {
-            return Ok(F::default());
+            return Ok(Default::default());
+        };
+        let bad_file = |e: toml::de::Error| ConfigError {
+            setting: "--config".into(),
+            reason: format!("{}: {}", path.display(), e.message().trim()),
         };
         let text = std::fs::read_to_string(path)
             .or_else(|e| bad("config", "", format!("cannot read {}: {e}", path.display())))?;
-        toml::from_str::<F>(&text).or_else(|e| {
-            bad(
-                "config",
-                "",
-                format!("{}: {}", path.display(), e.message().trim()),
-            )
-        })
+        let mut own: toml::Table = toml::from_str(&text).map_err(bad_file)?;
+        let mut shared = toml::Table::new();
+        for key in SHARED_KEYS {
+            if let Some(value) = own.remove(*key) {
+                shared.insert((*key).to_owned(), value);
+            }
+        }
+        let shared: DaemonFile = toml::Value::Table(shared).try_into().map_err(bad_file)?;
+        let own: F = toml::Value::Table(own).try_into().map_err(bad_file)?;
+        Ok((shared, own))
     }
 
     /// Flags over the file over `defaults`, each error naming its setting.
@@ -270,26 +293,36 @@ mod tests {
         #[derive(Deserialize, Default, Debug)]
         #[serde(deny_unknown_fields)]
         struct File {
-            listen: Option<String>,
+            own: Option<String>,
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9\"\n").unwrap();
-        let f: File = flags(&["--config", path.to_str().unwrap()])
+        std::fs::write(&path, "listen = \"127.0.0.1:9\"\nown = \"x\"\n").unwrap();
+        let (shared, f): (DaemonFile, File) = flags(&["--config", path.to_str().unwrap()])
             .read_file()
             .unwrap();
-        assert_eq!(f.listen.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(shared.listen.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(f.own.as_deref(), Some("x"));
         std::fs::write(&path, "lisen = 1\n").unwrap();
         let e = flags(&["--config", path.to_str().unwrap()])
             .read_file::<File>()
             .unwrap_err();
         assert_eq!(e.setting, "--config");
-        assert!(e.reason.contains("d.toml"), "{e}");
+        assert!(
+            e.reason.contains("d.toml") && e.reason.contains("lisen"),
+            "{e}"
+        );
+        // A shared key of the wrong shape is named too.
+        std::fs::write(&path, "[tls]\ncrt = \"x\"\n").unwrap();
+        let e = flags(&["--config", path.to_str().unwrap()])
+            .read_file::<File>()
+            .unwrap_err();
+        assert!(e.reason.contains("crt"), "{e}");
         let e = flags(&["--config", "/nonexistent.toml"])
             .read_file::<File>()
             .unwrap_err();
         assert!(e.reason.contains("cannot read"), "{e}");
         // No file: the defaults.
-        assert!(flags(&[]).read_file::<File>().unwrap().listen.is_none());
+        assert!(flags(&[]).read_file::<File>().unwrap().1.own.is_none());
     }
 }

@@ -11,7 +11,7 @@ pub use crate::settings::{ConfigError, Tls};
 use crate::{
     auth::{Role, dial::Address},
     model::{IsolationLevel, Policy, ProbeDefaults, ProcessType, validate::DEFAULT_BINARY_DIRS},
-    serve::flags::{DaemonDefaults, DaemonFile, DaemonFlags, Served, TlsFile},
+    serve::flags::{DaemonDefaults, DaemonFile, DaemonFlags, Served},
     settings::{bad, hostname, is_token, parse_duration},
     systemd::Target,
 };
@@ -210,10 +210,6 @@ const LEGACY: &str = "pattern-launcher flags";
 struct FileConfig {
     admin_endpoint: Option<String>,
     launcher_id: Option<String>,
-    listen: Option<String>,
-    socket: Option<String>,
-    operator_group: Option<String>,
-    trust_domain: Option<String>,
     max_processes: Option<i64>,
     capabilities: Option<Vec<String>>,
     region: Option<String>,
@@ -225,15 +221,10 @@ struct FileConfig {
     reconcile_interval: Option<String>,
     circuit_cooldown: Option<String>,
     credentials_dir: Option<PathBuf>,
-    insecure: Option<bool>,
     heartbeat_interval: Option<String>,
     advertise_address: Option<String>,
-    metrics_listen: Option<String>,
-    log_format: Option<crate::logging::LogFormat>,
     #[serde(default)]
     probe: ProbeFile,
-    #[serde(default)]
-    tls: TlsFile,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -242,22 +233,6 @@ struct ProbeFile {
     interval: Option<String>,
     timeout: Option<String>,
     failure_threshold: Option<i64>,
-}
-
-impl FileConfig {
-    /// The settings both daemons share, taken out.
-    fn daemon(&mut self) -> DaemonFile {
-        DaemonFile {
-            listen: self.listen.take(),
-            socket: self.socket.take(),
-            operator_group: self.operator_group.take(),
-            trust_domain: self.trust_domain.take(),
-            insecure: self.insecure.take(),
-            metrics_listen: self.metrics_listen.take(),
-            log_format: self.log_format.take(),
-            tls: std::mem::take(&mut self.tls),
-        }
-    }
 }
 
 /// A validated configuration.

@@ -12,9 +12,9 @@ impl Args {
     }
 
     fn resolve_with(mut self, legacy: &Translated) -> Result<Config, ConfigError> {
-        let mut file: FileConfig = self.daemon.read_file()?;
+        let (shared, mut file): (DaemonFile, FileConfig) = self.daemon.read_file()?;
         let served = std::mem::take(&mut self.daemon).resolve(
-            file.daemon(),
+            shared,
             DaemonDefaults {
                 socket: DEFAULT_SOCKET,
                 listen: legacy.default_listen,
