@@ -7,10 +7,7 @@ use super::*;
 async fn registration_hands_back_what_is_placed_and_asks_for_what_was_lost() {
     let mut h = harness().await;
     h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet
-        .assign(assignment("kv-1", 1), None, None)
-        .await
-        .unwrap();
+    h.place("kv-1", 1).await;
     let address = format!("unix:{}", h.socket("kv-host").display());
     let mut reg = registration("kv-host", &address, &["pattern"], 5);
     reg.held = vec![
@@ -125,10 +122,7 @@ async fn a_heartbeat_from_a_launcher_not_registered_here_asks_it_to_register() {
 async fn a_heartbeat_repairs_drift_both_ways() {
     let mut h = harness().await;
     h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet
-        .assign(assignment("kv-1", 1), None, None)
-        .await
-        .unwrap();
+    h.place("kv-1", 1).await;
     // Placed long enough ago that no push is in flight.
     {
         let mut st = h.fleet.state.lock().await;
@@ -235,10 +229,7 @@ async fn an_unhealthy_launcher_gets_nothing_new_until_it_heartbeats() {
         h.fleet.state.lock().await.last_liveness["kv-host"],
         Liveness::Healthy
     );
-    h.fleet
-        .assign(assignment("kv-1", 1), None, None)
-        .await
-        .unwrap();
+    h.place("kv-1", 1).await;
 }
 
 #[tokio::test]
@@ -246,10 +237,7 @@ async fn processes_of_a_lost_launcher_move_only_when_asked_to() {
     for (reschedule, moves) in [(None, false), (Some(Duration::ZERO), true)] {
         let mut h = harness_with(reschedule).await;
         h.launcher("a", &["pattern"], 5, true).await;
-        h.fleet
-            .assign(assignment("kv-1", 1), None, None)
-            .await
-            .unwrap();
+        h.place("kv-1", 1).await;
         h.launcher("b", &["pattern"], 5, true).await;
         h.silence("a", 6).await;
         h.fleet.judge_liveness(crate::clock::unix_ms()).await;
@@ -267,10 +255,7 @@ async fn processes_of_a_lost_launcher_move_only_when_asked_to() {
 async fn a_draining_launcher_gets_nothing_new_and_moves_its_processes() {
     let mut h = harness().await;
     h.launcher("a", &["pattern"], 5, true).await;
-    h.fleet
-        .assign(assignment("kv-1", 1), None, None)
-        .await
-        .unwrap();
+    h.place("kv-1", 1).await;
     let b = h.launcher("b", &["pattern"], 5, true).await;
     h.fleet.set_draining("a", true).await.unwrap();
     let placed = h
@@ -298,15 +283,7 @@ async fn placements_survive_an_admin_restart() {
     let _serving = fake.serve(&socket);
     let address = format!("unix:{}", socket.display());
     {
-        let store: Arc<dyn AdminStore> = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
-        let fleet = Fleet::open(
-            store,
-            Dispatcher::new(None, "p".into(), false),
-            INTERVAL,
-            None,
-        )
-        .await
-        .unwrap();
+        let fleet = open_fleet(dir.path()).await;
         fleet
             .register(checked(registration("kv-host", &address, &["pattern"], 5)))
             .await
@@ -317,15 +294,7 @@ async fn placements_survive_an_admin_restart() {
             .unwrap();
         fleet.flush().await;
     }
-    let store: Arc<dyn AdminStore> = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
-    let fleet = Fleet::open(
-        store,
-        Dispatcher::new(None, "p".into(), false),
-        INTERVAL,
-        None,
-    )
-    .await
-    .unwrap();
+    let fleet = open_fleet(dir.path()).await;
     let st = fleet.state.lock().await;
     assert_eq!(st.processes["kv-1"].launcher_id.as_deref(), Some("kv-host"));
     assert!(st.launchers.contains_key("kv-host"));

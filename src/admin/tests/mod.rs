@@ -172,6 +172,19 @@ pub(super) async fn harness_with(reschedule_lost_after: Option<Duration>) -> Har
     }
 }
 
+/// A fleet over the SQLite database in `dir` (as the admin opens it).
+pub(super) async fn open_fleet(dir: &Path) -> Arc<Fleet> {
+    let store: Arc<dyn AdminStore> = Arc::new(SqliteStore::open(dir).await.unwrap());
+    Fleet::open(
+        store,
+        Dispatcher::new(None, "prism".into(), false),
+        INTERVAL,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
 pub(super) fn registration(
     id: &str,
     address: &str,
@@ -224,6 +237,14 @@ pub(super) fn revocation(id: &str) -> Revocation {
 }
 
 impl Harness {
+    /// Place `id` at `version` through the fleet, which must succeed.
+    pub(super) async fn place(&self, id: &str, version: i64) -> super::fleet::Assigned {
+        self.fleet
+            .assign(assignment(id, version), None, None)
+            .await
+            .expect("placed")
+    }
+
     pub(super) fn socket(&self, id: &str) -> PathBuf {
         self.dir.path().join(format!("{id}.sock"))
     }

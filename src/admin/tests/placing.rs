@@ -95,10 +95,7 @@ async fn a_refusal_undoes_the_placement_and_is_in_the_history() {
 async fn the_same_version_changes_nothing_and_an_older_one_is_refused() {
     let mut h = harness().await;
     let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet
-        .assign(assignment("kv-1", 2), None, None)
-        .await
-        .unwrap();
+    h.place("kv-1", 2).await;
     let again = h
         .fleet
         .assign(assignment("kv-1", 2), None, None)
@@ -132,10 +129,7 @@ async fn the_same_version_changes_nothing_and_an_older_one_is_refused() {
 async fn a_new_version_stays_on_its_launcher() {
     let mut h = harness().await;
     let a = h.launcher("a", &["pattern"], 5, true).await;
-    h.fleet
-        .assign(assignment("kv-1", 1), None, None)
-        .await
-        .unwrap();
+    h.place("kv-1", 1).await;
     let b = h.launcher("b", &["pattern"], 5, true).await;
     let placed = h
         .fleet
@@ -175,10 +169,7 @@ async fn an_unreachable_launcher_gets_its_assignment_when_it_is_back() {
 async fn a_revocation_is_delivered_and_the_process_forgotten() {
     let mut h = harness().await;
     let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet
-        .assign(assignment("kv-1", 1), None, None)
-        .await
-        .unwrap();
+    h.place("kv-1", 1).await;
     let ack = h.fleet.revoke(revocation("kv-1")).await.unwrap();
     assert!(ack.success);
     assert!(ack.message.contains("(on kv-host)"), "{}", ack.message);
@@ -193,10 +184,7 @@ async fn a_revocation_is_delivered_and_the_process_forgotten() {
 async fn a_revocation_checks_its_fields_first() {
     let mut h = harness().await;
     h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet
-        .assign(assignment("kv-1", 1), None, None)
-        .await
-        .unwrap();
+    h.place("kv-1", 1).await;
     for (req, field) in [
         (pb::ProcessRevocation::default(), "process_id"),
         (
@@ -234,10 +222,7 @@ async fn a_revocation_checks_its_fields_first() {
 async fn a_revocation_for_an_unreachable_launcher_is_recorded_and_finished_later() {
     let mut h = harness().await;
     let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.fleet
-        .assign(assignment("kv-1", 1), None, None)
-        .await
-        .unwrap();
+    h.place("kv-1", 1).await;
     // The launcher goes away.
     drop(h.launchers.get_mut("kv-host").unwrap().1.take());
     let socket = h.socket("kv-host");
