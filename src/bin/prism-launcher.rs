@@ -1,53 +1,37 @@
 //! prism-launcher: the host agent. Parses arguments and configuration
 //! (exit 64 on a bad setting, before anything is bound), sets up logging,
-//! runs until SIGTERM or SIGINT.
+//! runs until SIGTERM or SIGINT. Invoked as pattern-launcher, it takes that
+//! launcher's flags first (see `launcher::legacy`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use prism_launcher::launcher::{self, Args, legacy};
-use prism_launcher::serve::{self, EX_USAGE, terminated};
+use prism_launcher::serve::{self, terminated};
 
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let argv0 = argv.first().cloned();
-    let parsed = if legacy::invoked_as_legacy(argv0.as_deref()) {
+    let old_name = legacy::invoked_as_legacy(argv.first().map(|a| a.as_os_str()));
+    let args = if old_name {
         legacy::parse(argv)
     } else {
         Args::try_parse_from(argv)
     };
-    let args = match parsed {
-        Ok(args) => args,
-        Err(e) if e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::from(EX_USAGE);
+    let resolve = |mut args: Args| {
+        if old_name {
+            legacy::translate(&mut args)?;
         }
-        Err(e) => {
-            // --help, --version
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
+        args.resolve()
     };
-    let mut args = args;
-    let translated = if legacy::invoked_as_legacy(argv0.as_deref()) {
-        legacy::translate(&mut args)
-    } else {
-        Ok(())
+    let config = match serve::start("prism-launcher", args, resolve, |c| {
+        prism_launcher::logging::init(
+            c.log_format,
+            &[("PRISM_LAUNCHER_ID", c.launcher_id.as_str())],
+        )
+    }) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
-    let config = match translated.and_then(|()| args.resolve()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("prism-launcher: bad configuration: {e}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    if let Err(e) = prism_launcher::logging::init(
-        config.log_format,
-        &[("PRISM_LAUNCHER_ID", config.launcher_id.as_str())],
-    ) {
-        eprintln!("prism-launcher: {e}");
-        return ExitCode::from(EX_USAGE);
-    }
     for notice in &config.notices {
         tracing::warn!("{notice}");
     }

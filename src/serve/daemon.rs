@@ -12,7 +12,9 @@ use std::{future::Future, time::Duration};
 
 use tokio::sync::{mpsc, watch};
 
-use super::{GatedRouter, GatedServer, Serving, serve_grpc};
+use std::path::Path;
+
+use super::{GatedRouter, GatedServer, Serving, limited};
 use crate::{auth::Gate, settings::Tls};
 
 /// How long a stopping daemon waits for its tasks and servers.
@@ -159,7 +161,7 @@ impl Daemon {
 
     /// Serve the routes on the TCP listener and the local socket, each call
     /// through `gate`, until shutdown.
-    pub fn serve_grpc(
+    fn serve_grpc(
         &mut self,
         routes: impl Fn(GatedServer) -> GatedRouter,
         gate: &Gate,
@@ -177,7 +179,7 @@ impl Daemon {
 
     /// Serve `/metrics` (rendered by `render`) on `listener`, if any, until
     /// shutdown.
-    pub fn serve_metrics<F, Fut>(&mut self, listener: Option<tokio::net::TcpListener>, render: F)
+    fn serve_metrics<F, Fut>(&mut self, listener: Option<tokio::net::TcpListener>, render: F)
     where
         F: Fn() -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = String> + Send + 'static,
@@ -303,6 +305,73 @@ impl Daemon {
             .map(drop)
             .map_err(RunError::Serve)
     }
+}
+
+/// Serve the routes that `routes` adds on the TCP listener (TLS when
+/// configured) and on the local socket, until `stop` is requested. Both
+/// servers pass every call through `gate`. Resolves when both have
+/// stopped, with the first error.
+fn serve_grpc(
+    routes: impl Fn(GatedServer) -> GatedRouter,
+    gate: &Gate,
+    tls: Option<&Tls>,
+    listeners: (
+        Option<tokio::net::TcpListener>,
+        Option<tokio::net::UnixListener>,
+    ),
+    stop: Shutdown,
+) -> Result<Serving, tonic::transport::Error> {
+    let (tcp, unix) = listeners;
+    let stopped = |mut stop: Shutdown| async move { stop.requested().await };
+    let mut servers: Vec<Serving> = Vec::new();
+    if let Some(listener) = tcp {
+        let local = listener.local_addr().ok();
+        let mut server = limited();
+        match tls {
+            Some(tls) => server = server.tls_config(tls.server_config())?,
+            None => {
+                if let Some(addr) = local {
+                    tracing::warn!(
+                        addr = %addr,
+                        "serving plaintext gRPC on {addr} (--insecure): every peer that can \
+                         connect is trusted with every role, including every local user"
+                    );
+                }
+            }
+        }
+        let router = routes(server.layer(gate.clone()));
+        servers.push(Box::pin(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            stopped(stop.clone()),
+        )));
+    }
+    if let Some(listener) = unix {
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned));
+        let incoming = futures_util::stream::unfold(listener, |l| async move {
+            let next = l.accept().await.map(|(stream, _)| stream);
+            Some((next, l))
+        });
+        let router = routes(limited().layer(gate.clone()));
+        let serving = router.serve_with_incoming_shutdown(incoming, stopped(stop.clone()));
+        servers.push(Box::pin(async move {
+            let result = serving.await;
+            // Nobody answers there any more.
+            if let Some(path) = path {
+                let _ = std::fs::remove_file(path);
+            }
+            result
+        }));
+    }
+    Ok(Box::pin(async move {
+        let results = futures_util::future::join_all(servers).await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
+    }))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tower::layer::util::{Identity, Stack};
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
 
-use crate::{auth::Gate, metrics::Denial, settings::Tls};
+use crate::{auth::Gate, metrics::Denial};
 
 /// sysexits.h EX_USAGE: a bad flag or setting. The units do not restart on
 /// it (`RestartPreventExitStatus=64`).
@@ -30,6 +30,34 @@ pub async fn terminated() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+}
+
+/// A daemon's `main` up to running: its command line (after `--help` and
+/// `--version`, exit 0; on an error, 64), its configuration (64 naming the
+/// bad setting, before anything is bound), and its logs.
+pub fn start<A, C>(
+    name: &str,
+    args: Result<A, clap::Error>,
+    resolve: impl FnOnce(A) -> Result<C, crate::settings::ConfigError>,
+    logs: impl FnOnce(&C) -> Result<(), String>,
+) -> Result<C, ExitCode> {
+    let args = args.map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::from(EX_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })?;
+    let config = resolve(args).map_err(|e| {
+        eprintln!("{name}: bad configuration: {e}");
+        ExitCode::from(EX_USAGE)
+    })?;
+    logs(&config).map_err(|e| {
+        eprintln!("{name}: {e}");
+        ExitCode::from(EX_USAGE)
+    })?;
+    Ok(config)
 }
 
 /// Run a daemon's main future on a multi-threaded runtime until it ends:
@@ -239,73 +267,6 @@ pub fn serving(local: Option<SocketAddr>, socket: Option<&Path>) -> String {
 /// A gRPC server whose every call passes the gate.
 pub type GatedServer = Server<Stack<Gate, Identity>>;
 pub type GatedRouter = Router<Stack<Gate, Identity>>;
-
-/// Serve the routes that `routes` adds on the TCP listener (TLS when
-/// configured) and on the local socket, until `stop` is requested. Both
-/// servers pass every call through `gate`. Resolves when both have
-/// stopped, with the first error.
-pub fn serve_grpc(
-    routes: impl Fn(GatedServer) -> GatedRouter,
-    gate: &Gate,
-    tls: Option<&Tls>,
-    listeners: (
-        Option<tokio::net::TcpListener>,
-        Option<tokio::net::UnixListener>,
-    ),
-    stop: Shutdown,
-) -> Result<Serving, tonic::transport::Error> {
-    let (tcp, unix) = listeners;
-    let stopped = |mut stop: Shutdown| async move { stop.requested().await };
-    let mut servers: Vec<Serving> = Vec::new();
-    if let Some(listener) = tcp {
-        let local = listener.local_addr().ok();
-        let mut server = limited();
-        match tls {
-            Some(tls) => server = server.tls_config(tls.server_config())?,
-            None => {
-                if let Some(addr) = local {
-                    tracing::warn!(
-                        addr = %addr,
-                        "serving plaintext gRPC on {addr} (--insecure): every peer that can \
-                         connect is trusted with every role, including every local user"
-                    );
-                }
-            }
-        }
-        let router = routes(server.layer(gate.clone()));
-        servers.push(Box::pin(router.serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            stopped(stop.clone()),
-        )));
-    }
-    if let Some(listener) = unix {
-        let path = listener
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(Path::to_owned));
-        let incoming = futures_util::stream::unfold(listener, |l| async move {
-            let next = l.accept().await.map(|(stream, _)| stream);
-            Some((next, l))
-        });
-        let router = routes(limited().layer(gate.clone()));
-        let serving = router.serve_with_incoming_shutdown(incoming, stopped(stop.clone()));
-        servers.push(Box::pin(async move {
-            let result = serving.await;
-            // Nobody answers there any more.
-            if let Some(path) = path {
-                let _ = std::fs::remove_file(path);
-            }
-            result
-        }));
-    }
-    Ok(Box::pin(async move {
-        let results = futures_util::future::join_all(servers).await;
-        results
-            .into_iter()
-            .collect::<Result<Vec<()>, _>>()
-            .map(|_| ())
-    }))
-}
 
 /// The gRPC servers of a daemon, until they stop.
 pub type Serving =
