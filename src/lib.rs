@@ -1,33 +1,61 @@
 //! prism-launcher: one agent per host that runs every Prism process type
-//! (pattern, proxy, backend, utility) as a transient systemd unit.
+//! (pattern, proxy, backend, utility) as a transient systemd unit, and the
+//! control plane (prism-admin) and operator CLI (prismctl) around it.
 //!
-//! # Data flow
+//! # Data path
 //!
 //! ```text
-//! wire ProcessAssignment ──▶ model (the one validation gate)
+//! prismctl ──▶ admin (placement by type and free slots; SQLite) ──push──┐
+//!                                                                       ▼
+//! wire ProcessAssignment ──▶ model (the pure gate: Assignment, naming the bad field)
+//!        ──▶ host step (the binary on this disk) ──▶ launcher supervisor
+//!            (capacity reserved, state file written, desired state)
 //!        ──▶ unit::translate (pure: ManagedProcess → UnitSpec)
-//!        ──▶ systemd::Systemd (zbus: StartTransientUnit, job wait, signals)
-//!        ──▶ systemd owns the process: cgroup, restarts, logs
+//!        ──▶ systemd::Systemd (zbus: StartTransientUnit, job wait)
+//!        ──▶ systemd owns the process: cgroup, restarts, sandbox, logs
+//!
+//! and back:
+//!
+//! systemd signals (PropertiesChanged, UnitRemoved, JobRemoved)
+//!        ──▶ systemd events ──▶ launcher table (restore, circuit, probes)
+//!        ──▶ health (verdict per process) ──▶ heartbeat
+//!        ──▶ admin (drift repair, liveness, history) ──▶ prismctl
 //! ```
+//!
+//! The gRPC services turn requests into domain types at the edge; the
+//! supervisor and the fleet never see wire types. Every timer is on tokio's
+//! clock, and the daemons take what they run on (listeners, the systemd
+//! handle, the store) from their caller, so the logic is tested against an
+//! in-memory manager on paused time, without root; integration tests drive
+//! a real systemd user manager.
 //!
 //! # Modules
 //!
-//! - [`pb`]: generated protobuf and gRPC code (`prism`, `prism.launcher.v1`).
-//! - [`model`]: validated domain types and the `TryFrom` gate from the wire.
-//! - [`unit`]: the pure `ManagedProcess → UnitSpec` translation and names.
-//! - [`systemd`]: the [`systemd::Systemd`] trait and its D-Bus client.
-//! - [`launcher`]: the daemon: gRPC service, desired-state store,
-//!   reconciliation, health aggregation.
-//! - [`health`]: probes, cgroup usage, and the per-process status.
-//! - [`sandbox`]: a private systemd user manager for tests and local runs.
-//! - [`admin`]: prism-admin: launcher registry, placement, dispatch, fleet
-//!   health, over a store trait (SQLite by default).
+//! - [`pb`]: generated protobuf and gRPC code (`prism`, `prism.launcher.v1`,
+//!   `prism.admin.v1`).
+//! - [`protocol`]: what every peer shares beyond the generated types:
+//!   metadata keys, default sockets, redaction of secrets.
+//! - [`model`]: validated domain types, the pure gate from the wire, and
+//!   the host step.
+//! - [`unit`](mod@unit): the pure `ManagedProcess → UnitSpec` translation, unit
+//!   names, and systemd property names.
+//! - [`systemd`]: the [`systemd::Systemd`] trait, its D-Bus client, and an
+//!   in-memory manager for tests.
+//! - [`health`]: probes, cgroup usage, and the verdict per process.
+//! - [`launcher`]: the host agent: gRPC service, desired-state store,
+//!   supervisor, reconciliation, event following, the link to the admin.
+//! - [`admin`]: prism-admin: the fleet (placement, dispatch, drift,
+//!   liveness) over a store trait (SQLite by default).
 //! - [`ctl`]: `prismctl` subcommands, one file each.
 //! - [`auth`]: who is calling (certificates, `SO_PEERCRED`) and the one
 //!   authorization table every RPC is checked against.
-//! - [`settings`]: configuration pieces both daemons share.
-//! - [`serve`]: start-up and serving both daemons share (exit codes,
-//!   signals, sockets, the gRPC server).
+//! - [`serve`]: what both daemons share to start and run: flags, start-up,
+//!   sockets, the gRPC server, and one daemon life with an orderly shutdown.
+//! - [`settings`]: configuration pieces (durations, addresses, TLS, the
+//!   error naming a setting).
+//! - [`sandbox`]: a private systemd user manager for tests and local runs.
+//! - [`backoff`], [`clock`], [`locks`], [`host`]: one of each: backoff
+//!   with jitter, the wall clock, per-key locks, facts about this process.
 //! - [`logging`], [`metrics`]: journal/text/JSON logs, Prometheus metrics.
 // Audited exceptions, in `serve`: mallopt and malloc_trim.
 #![deny(unsafe_code)]
