@@ -138,7 +138,7 @@ impl ControlPlane for ControlPlaneService {
             &req.launcher_id,
         )?;
         self.fleet
-            .reclaim(req)
+            .reclaim(req.into())
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -155,7 +155,7 @@ impl ControlPlane for ControlPlaneService {
             &caller,
             &hb.launcher_id,
         )?;
-        Ok(Response::new(self.fleet.heartbeat(hb).await))
+        Ok(Response::new(self.fleet.heartbeat(hb.into()).await))
     }
 
     async fn revoke_process(

@@ -1,6 +1,8 @@
 //! Heartbeats: liveness, health reports, and the drift they reveal
 //! between what a launcher runs and what is placed on it.
 
+use std::collections::HashMap;
+
 use super::{
     DeliveryKind, Fleet,
     drift::{self, Placement, Repair},
@@ -42,10 +44,29 @@ fn same_counts(
     }
 }
 
+/// A launcher's report past the edge: who, the health of each process it
+/// runs (as the launcher reported it, stored as is), and its counts.
+#[derive(Clone, Debug, Default)]
+pub struct Heartbeat {
+    pub launcher_id: String,
+    pub health: HashMap<String, pb::ProcessHealth>,
+    pub resources: Option<pb::LauncherResourceUsage>,
+}
+
+impl From<pb::LauncherHeartbeatRequest> for Heartbeat {
+    fn from(wire: pb::LauncherHeartbeatRequest) -> Self {
+        Self {
+            launcher_id: wire.launcher_id,
+            health: wire.process_health,
+            resources: wire.resources,
+        }
+    }
+}
+
 impl Fleet {
     /// Record a heartbeat and repair drift between what the launcher runs
     /// and what is placed on it.
-    pub async fn heartbeat(&self, hb: pb::LauncherHeartbeatRequest) -> pb::HeartbeatAck {
+    pub async fn heartbeat(&self, hb: Heartbeat) -> pb::HeartbeatAck {
         let now = clock::unix_ms();
         let mut st = self.state.lock().await;
         let known = st.launchers.contains_key(&hb.launcher_id);
@@ -84,7 +105,7 @@ impl Fleet {
         let mut transitions = Vec::new();
         let (mut assign, mut revoke, mut finished) = (Vec::new(), Vec::new(), Vec::new());
         let mut reported_here = 0;
-        for (pid, health) in &hb.process_health {
+        for (pid, health) in &hb.health {
             let here = st
                 .processes
                 .get(pid)
@@ -137,7 +158,7 @@ impl Fleet {
         }
         if reported_here < st.count_on(&launcher) {
             for p in st.on(&launcher) {
-                if hb.process_health.contains_key(p.id()) {
+                if hb.health.contains_key(p.id()) {
                     continue;
                 }
                 match drift::repair(Some(Placement::of(p)), None, false, fresh) {

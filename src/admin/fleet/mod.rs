@@ -27,8 +27,9 @@ use tokio::time::Instant;
 use tonic::Status;
 
 pub use assign::Revocation;
+pub use heartbeat::Heartbeat;
 pub use register::{
-    MAX_ADDRESS_BYTES, MAX_LABEL_BYTES, MAX_METADATA_ENTRIES, MAX_METADATA_VALUE_BYTES,
+    MAX_ADDRESS_BYTES, MAX_LABEL_BYTES, MAX_METADATA_ENTRIES, MAX_METADATA_VALUE_BYTES, Reclaim,
     Registration,
 };
 pub use state::State;

@@ -12,7 +12,7 @@ use crate::{
         store::{LauncherRecord, PlacementState, ProcessRecord, StoreError},
     },
     clock,
-    model::ProcessType,
+    model::{Assignment, Policy, ProcessType},
     pb::prism as pb,
     settings::is_token,
 };
@@ -147,6 +147,35 @@ impl TryFrom<pb::LauncherRegistration> for Registration {
     }
 }
 
+/// What a launcher hands back after its registration asked for it, past
+/// the edge: the assignments that pass the structural checks, and the ids
+/// of those that do not, with why (each refused alone).
+#[derive(Clone, Debug)]
+pub struct Reclaim {
+    pub launcher_id: String,
+    pub processes: Vec<Assignment>,
+    pub invalid: Vec<(String, String)>,
+}
+
+impl From<pb::ReclaimRequest> for Reclaim {
+    fn from(wire: pb::ReclaimRequest) -> Self {
+        let policy = Policy::structural();
+        let (mut processes, mut invalid) = (Vec::new(), Vec::new());
+        for spec in wire.processes {
+            let id = spec.process_id.clone();
+            match Assignment::try_from((spec, &policy)) {
+                Ok(a) => processes.push(a),
+                Err(e) => invalid.push((id, e.to_string())),
+            }
+        }
+        Self {
+            launcher_id: wire.launcher_id,
+            processes,
+            invalid,
+        }
+    }
+}
+
 impl Fleet {
     pub async fn register(
         &self,
@@ -258,10 +287,17 @@ impl Fleet {
     /// for it: only those, only from that launcher, only while the admin's
     /// record is still missing or older, and only if the assignment passes
     /// the structural checks and fits the launcher's spec budget.
-    pub async fn reclaim(&self, req: pb::ReclaimRequest) -> Result<pb::ReclaimAck, FleetError> {
+    pub async fn reclaim(&self, req: Reclaim) -> Result<pb::ReclaimAck, FleetError> {
         let launcher = req.launcher_id;
         let mut ack = pb::ReclaimAck::default();
-        for spec in req.processes {
+        for (id, why) in req.invalid {
+            let mut st = self.state.lock().await;
+            st.reclaimable.remove(&(launcher.clone(), id.clone()));
+            tracing::warn!(prism_launcher_id = %launcher, prism_process_id = %id, "not taking {id} back from {launcher}: {why}");
+            ack.refused.insert(id, why);
+        }
+        for assignment in req.processes {
+            let spec = assignment.into_parts().1;
             let id = spec.process_id.clone();
             let _guard = self.locks.lock(&id).await;
             let mut st = self.state.lock().await;
@@ -272,11 +308,6 @@ impl Fleet {
                     && r.version() < spec.version)
             {
                 Some(format!("the admin's record (v{}) is newer", r.version()))
-            } else if let Err(e) = crate::model::ManagedProcess::try_from((
-                spec.clone(),
-                &crate::model::Policy::structural(),
-            )) {
-                Some(e.to_string())
             } else {
                 (st.spec_bytes_on(&launcher) + spec.encoded_len()
                     > placement::SPEC_BYTES_PER_LAUNCHER)

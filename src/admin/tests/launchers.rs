@@ -35,10 +35,10 @@ async fn registration_hands_back_what_is_placed_and_asks_for_what_was_lost() {
     // Handed back: recorded on that launcher.
     let back = h
         .fleet
-        .reclaim(pb::ReclaimRequest {
+        .reclaim(Reclaim::from(pb::ReclaimRequest {
             launcher_id: "kv-host".into(),
             processes: vec![spec("lost-1", 3)],
-        })
+        }))
         .await
         .unwrap();
     assert_eq!(back.recorded, vec!["lost-1"]);
@@ -49,14 +49,26 @@ async fn registration_hands_back_what_is_placed_and_asks_for_what_was_lost() {
     // Only what was asked for, only from that launcher.
     let other = h
         .fleet
-        .reclaim(pb::ReclaimRequest {
+        .reclaim(Reclaim::from(pb::ReclaimRequest {
             launcher_id: "kv-host".into(),
             processes: vec![spec("never-asked", 1)],
-        })
+        }))
         .await
         .unwrap();
     assert!(other.recorded.is_empty());
     assert!(other.refused.contains_key("never-asked"));
+    // One that fails the structural checks is refused alone, naming why.
+    let mut bad = spec("bad-1", 1);
+    bad.namespace = "not a token".into();
+    let mixed = h
+        .fleet
+        .reclaim(Reclaim::from(pb::ReclaimRequest {
+            launcher_id: "kv-host".into(),
+            processes: vec![bad],
+        }))
+        .await
+        .unwrap();
+    assert!(mixed.refused["bad-1"].starts_with("namespace"), "{mixed:?}");
 }
 
 #[tokio::test]
@@ -108,10 +120,10 @@ async fn a_heartbeat_from_a_launcher_not_registered_here_asks_it_to_register() {
     let h = harness().await;
     let ack = h
         .fleet
-        .heartbeat(pb::LauncherHeartbeatRequest {
+        .heartbeat(Heartbeat::from(pb::LauncherHeartbeatRequest {
             launcher_id: "stranger".into(),
             ..Default::default()
-        })
+        }))
         .await;
     assert!(!ack.success);
     assert!(ack.reregister);
@@ -138,11 +150,11 @@ async fn a_heartbeat_repairs_drift_both_ways() {
     // It runs a stray process, and not kv-1.
     let ack = h
         .fleet
-        .heartbeat(pb::LauncherHeartbeatRequest {
+        .heartbeat(Heartbeat::from(pb::LauncherHeartbeatRequest {
             launcher_id: "kv-host".into(),
             process_health: [("stray".to_owned(), health(1))].into(),
             ..Default::default()
-        })
+        }))
         .await;
     assert!(ack.success);
     {
@@ -169,11 +181,11 @@ async fn a_heartbeat_repairs_drift_both_ways() {
         .pending
         .remove_launcher("kv-host");
     h.fleet
-        .heartbeat(pb::LauncherHeartbeatRequest {
+        .heartbeat(Heartbeat::from(pb::LauncherHeartbeatRequest {
             launcher_id: "kv-host".into(),
             process_health: [("kv-1".to_owned(), health(1))].into(),
             ..Default::default()
-        })
+        }))
         .await;
     let st = h.fleet.state.lock().await;
     assert_eq!(st.pending.of("kv-host").count(), 0);
@@ -219,10 +231,10 @@ async fn an_unhealthy_launcher_gets_nothing_new_until_it_heartbeats() {
         .unwrap_err();
     assert!(matches!(err, FleetError::NoCandidate(_)), "{err}");
     h.fleet
-        .heartbeat(pb::LauncherHeartbeatRequest {
+        .heartbeat(Heartbeat::from(pb::LauncherHeartbeatRequest {
             launcher_id: "kv-host".into(),
             ..Default::default()
-        })
+        }))
         .await;
     h.fleet.judge_liveness(crate::clock::unix_ms()).await;
     assert_eq!(

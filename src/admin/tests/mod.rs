@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     dispatch::Dispatcher,
-    fleet::{DeliveryKind, Fleet, FleetError, Registration, Revocation},
+    fleet::{DeliveryKind, Fleet, FleetError, Heartbeat, Reclaim, Registration, Revocation},
     placement::{self, Liveness, NoCandidate},
     store::{AdminStore, PlacementState, SqliteStore},
 };
