@@ -131,7 +131,8 @@ pub struct Daemon {
     name: &'static str,
     stopper: Stopper,
     tasks: tokio::task::JoinSet<()>,
-    servers: Vec<Serving>,
+    /// Each server runs as its own task, as the tasks do.
+    servers: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 impl Daemon {
@@ -173,7 +174,7 @@ impl Daemon {
     ) -> Result<(), RunError> {
         let serving = serve_grpc(routes, gate, tls, listeners, self.stopper.handle())
             .map_err(RunError::Tls)?;
-        self.servers.push(serving);
+        self.servers.push(tokio::spawn(serving));
         Ok(())
     }
 
@@ -189,7 +190,7 @@ impl Daemon {
             tracing::info!("metrics at http://{addr}/metrics");
         }
         let mut shutdown = self.stopper.handle();
-        self.servers.push(Box::pin(async move {
+        self.servers.push(tokio::spawn(async move {
             let stop = async move { shutdown.requested().await };
             if let Err(e) = crate::metrics::serve(listener, render, stop).await {
                 tracing::error!("the metrics server stopped: {e}");
@@ -270,7 +271,10 @@ impl Daemon {
         } = self;
         // Servers end on their own only when they fail.
         let serving = !servers.is_empty();
-        let servers = futures_util::future::join_all(servers);
+        let servers = futures_util::future::join_all(servers.into_iter().map(|server| async {
+            // A server task that panicked is a server that failed.
+            server.await.unwrap_or(Ok(()))
+        }));
         tokio::pin!(servers);
         tokio::pin!(shutdown);
         let failed = tokio::select! {
