@@ -256,3 +256,40 @@ async fn a_revocation_for_an_unreachable_launcher_is_recorded_and_finished_later
     })
     .await;
 }
+
+#[tokio::test]
+async fn delivery_to_an_unreachable_launcher_backs_off_on_paused_time() {
+    let mut h = harness().await;
+    h.launcher("kv-host", &["pattern"], 5, false).await;
+    h.place("kv-1", 1).await;
+    // From here on, no store is written (a failed push only requeues): the
+    // clock can be paused, and the delivery loop's timers run on it.
+    tokio::time::pause();
+    async fn attempts(h: &Harness) -> u32 {
+        let st = h.fleet.state.lock().await;
+        st.pending.of("kv-host").map(|(_, d)| d.attempts).sum()
+    }
+    tokio::spawn(h.fleet.clone().delivery_loop(h.stopper.handle()));
+    let began = tokio::time::Instant::now();
+    let mut seen = attempts(&h).await;
+    let mut at = Vec::new();
+    while began.elapsed() < Duration::from_secs(40) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = attempts(&h).await;
+        if now > seen {
+            at.push(began.elapsed());
+            seen = now;
+        }
+    }
+    // 0.5 s doubling to 60 s, jittered: a handful of tries, further apart
+    // each time, never a busy loop.
+    assert!((4..=8).contains(&at.len()), "{at:?}");
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(at[0] <= Duration::from_secs(2), "{at:?}");
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(200)),
+        "{gaps:?}"
+    );
+    assert!(gaps.last().unwrap() > gaps.first().unwrap(), "{gaps:?}");
+    assert!(h.pending("kv-host", "kv-1").await, "still owed");
+}
