@@ -1,14 +1,38 @@
 //! The wall clock: time since the Unix epoch, read one way everywhere
 //! (zero for a clock set before 1970). Timers and deadlines use tokio's
 //! monotonic `Instant` instead.
+//!
+//! In this crate's unit tests the wall clock follows tokio's: it starts at
+//! the real time and moves with `Instant`, so paused time moves timestamps
+//! (heartbeats, liveness) as it moves timers.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Time since the Unix epoch.
 pub fn since_epoch() -> Duration {
+    #[cfg(test)]
+    {
+        following_tokio()
+    }
+    #[cfg(not(test))]
+    {
+        system()
+    }
+}
+
+fn system() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// The wall clock at the first reading, plus tokio's time since.
+#[cfg(test)]
+fn following_tokio() -> Duration {
+    static BASE: std::sync::OnceLock<(Duration, std::time::Instant)> = std::sync::OnceLock::new();
+    let (wall, at) = *BASE.get_or_init(|| (system(), std::time::Instant::now()));
+    let now = tokio::time::Instant::now().into_std();
+    wall + now.saturating_duration_since(at)
 }
 
 /// Milliseconds since the Unix epoch.

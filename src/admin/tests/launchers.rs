@@ -313,3 +313,41 @@ async fn placements_survive_an_admin_restart() {
     // Not registered with this admin process yet: asked to register.
     assert!(!st.registered.contains("kv-host"));
 }
+
+#[tokio::test]
+async fn liveness_follows_missed_heartbeats_on_paused_time() {
+    let mut h = harness().await;
+    h.launcher("kv-host", &["pattern"], 5, true).await;
+    // Judging liveness writes nothing: the clock can be paused from here.
+    tokio::time::pause();
+    tokio::spawn(h.fleet.clone().liveness_loop(h.stopper.handle()));
+    let liveness = |h: &Harness| {
+        let fleet = h.fleet.clone();
+        async move {
+            fleet
+                .state
+                .lock()
+                .await
+                .last_liveness
+                .get("kv-host")
+                .copied()
+        }
+    };
+    // Judged every half interval; 3 missed heartbeats make it unhealthy, 6
+    // lost.
+    tokio::time::sleep(INTERVAL * 3 - INTERVAL / 4).await;
+    assert_eq!(liveness(&h).await, Some(Liveness::Healthy));
+    tokio::time::sleep(INTERVAL / 2).await;
+    assert_eq!(liveness(&h).await, Some(Liveness::Unhealthy));
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert_eq!(liveness(&h).await, Some(Liveness::Lost));
+    // One heartbeat, and the next pass finds it healthy again.
+    h.fleet
+        .heartbeat(Heartbeat::from(pb::LauncherHeartbeatRequest {
+            launcher_id: "kv-host".into(),
+            ..Default::default()
+        }))
+        .await;
+    tokio::time::sleep(INTERVAL / 2 + Duration::from_millis(1)).await;
+    assert_eq!(liveness(&h).await, Some(Liveness::Healthy));
+}
