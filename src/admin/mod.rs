@@ -33,7 +33,7 @@ pub use fleet::Fleet;
 
 use crate::{
     pb::prism::{admin::v1::admin_server::AdminServer, control_plane_server::ControlPlaneServer},
-    serve::Daemon,
+    serve::{Daemon, limited_service},
 };
 
 pub use crate::serve::RunError;
@@ -164,7 +164,7 @@ pub async fn run(
     .await
     .map_err(RunError::setup)?;
     let mut daemon = Daemon::new("prism-admin");
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let health = daemon.health();
     health
         .set_serving::<ControlPlaneServer<service::ControlPlaneService>>()
         .await;
@@ -179,24 +179,17 @@ pub async fn run(
         false,
         fleet.metrics.auth_denied.clone(),
     );
-    let routes = |server: crate::serve::GatedServer| {
-        let mut server = server;
-        server
-            .add_service(health_service.clone())
-            .add_service(crate::serve::reflection())
-            .add_service(ControlPlaneWithNotice(
+    let routes = |router: crate::serve::GatedRouter| {
+        router
+            .add_service(ControlPlaneWithNotice(limited_service!(
                 ControlPlaneServer::new(service::ControlPlaneService::new(
                     fleet.clone(),
-                    gate.clone(),
+                    gate.clone()
                 ))
-                .max_decoding_message_size(crate::serve::MAX_REQUEST_BYTES)
-                .max_encoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
-            ))
-            .add_service(
-                AdminServer::new(service::AdminService::new(fleet.clone()))
-                    .max_decoding_message_size(crate::serve::MAX_REQUEST_BYTES)
-                    .max_encoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
-            )
+            )))
+            .add_service(limited_service!(AdminServer::new(
+                service::AdminService::new(fleet.clone())
+            )))
     };
     let f = fleet.clone();
     let serving = daemon.serve(

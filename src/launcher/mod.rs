@@ -27,7 +27,7 @@ pub use supervisor::{LauncherError, Supervisor};
 
 use crate::{
     pb::prism::launcher::v1::launcher_server::LauncherServer,
-    serve::Daemon,
+    serve::{Daemon, limited_service},
     systemd::{ConnectionState, DbusSystemd, Options, Systemd},
 };
 
@@ -118,7 +118,7 @@ pub async fn run(
     }
 
     let mut daemon = Daemon::new("prism-launcher");
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let health = daemon.health();
     health
         .set_not_serving::<LauncherServer<service::LauncherService>>()
         .await;
@@ -130,19 +130,10 @@ pub async fn run(
         config.admin_endpoint.is_none(),
         supervisor.metrics.auth_denied.clone(),
     );
-    let routes = |server: crate::serve::GatedServer| {
-        let mut server = server;
-        server
-            .add_service(health_service.clone())
-            .add_service(crate::serve::reflection())
-            .add_service(
-                LauncherServer::new(service::LauncherService::new(
-                    supervisor.clone(),
-                    config.launcher_id.clone(),
-                ))
-                .max_decoding_message_size(crate::serve::MAX_REQUEST_BYTES)
-                .max_encoding_message_size(crate::serve::MAX_RESPONSE_BYTES),
-            )
+    let routes = |router: crate::serve::GatedRouter| {
+        router.add_service(limited_service!(LauncherServer::new(
+            service::LauncherService::new(supervisor.clone(), config.launcher_id.clone())
+        )))
     };
     let sup = supervisor.clone();
     let serving = daemon.serve(

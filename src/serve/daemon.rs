@@ -133,6 +133,8 @@ pub struct Daemon {
     tasks: tokio::task::JoinSet<()>,
     /// Each server runs as its own task, as the tasks do.
     servers: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// `grpc.health.v1`, served beside the daemon's own services.
+    health: tonic_health::server::HealthReporter,
 }
 
 impl Daemon {
@@ -142,7 +144,13 @@ impl Daemon {
             stopper: Stopper::new(),
             tasks: tokio::task::JoinSet::new(),
             servers: Vec::new(),
+            health: tonic_health::server::HealthReporter::new(),
         }
+    }
+
+    /// The daemon's `grpc.health.v1` statuses, to set.
+    pub fn health(&self) -> tonic_health::server::HealthReporter {
+        self.health.clone()
     }
 
     /// A shutdown handle, for a task started elsewhere.
@@ -158,24 +166,6 @@ impl Daemon {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.tasks.spawn(task(self.stopper.handle()));
-    }
-
-    /// Serve the routes on the TCP listener and the local socket, each call
-    /// through `gate`, until shutdown.
-    fn serve_grpc(
-        &mut self,
-        routes: impl Fn(GatedServer) -> GatedRouter,
-        gate: &Gate,
-        tls: Option<&Tls>,
-        listeners: (
-            Option<tokio::net::TcpListener>,
-            Option<tokio::net::UnixListener>,
-        ),
-    ) -> Result<(), RunError> {
-        let serving = serve_grpc(routes, gate, tls, listeners, self.stopper.handle())
-            .map_err(RunError::Tls)?;
-        self.servers.push(tokio::spawn(serving));
-        Ok(())
     }
 
     /// Serve `/metrics` (rendered by `render`) on `listener`, if any, until
@@ -200,12 +190,14 @@ impl Daemon {
     }
 
     /// Serve gRPC on the API listener and the local socket (`socket` is its
-    /// path), and metrics on theirs; what is served, for the start-up line.
+    /// path): health, reflection, and the services `routes` adds, each call
+    /// through `gate`; and metrics on theirs. Returns what is served, for
+    /// the start-up line.
     pub fn serve<F, Fut>(
         &mut self,
         listeners: super::Listeners,
-        socket: Option<&std::path::Path>,
-        grpc: (&dyn Fn(GatedServer) -> GatedRouter, &Gate, Option<&Tls>),
+        socket: Option<&Path>,
+        grpc: (&dyn Fn(GatedRouter) -> GatedRouter, &Gate, Option<&Tls>),
         metrics: F,
     ) -> Result<String, RunError>
     where
@@ -219,7 +211,18 @@ impl Daemon {
             metrics: metrics_listener,
         } = listeners;
         let (routes, gate, tls) = grpc;
-        self.serve_grpc(routes, gate, tls, (api, unix))?;
+        let health = self.health.clone();
+        let all = move |mut server: GatedServer| {
+            let health = tonic_health::server::HealthService::from_health_reporter(health.clone());
+            routes(
+                server
+                    .add_service(tonic_health::pb::health_server::HealthServer::new(health))
+                    .add_service(super::reflection()),
+            )
+        };
+        let serving = serve_grpc(all, gate, tls, (api, unix), self.stopper.handle())
+            .map_err(RunError::Tls)?;
+        self.servers.push(tokio::spawn(serving));
         self.serve_metrics(metrics_listener, metrics);
         Ok(super::serving(local, socket))
     }
@@ -268,6 +271,7 @@ impl Daemon {
             stopper,
             mut tasks,
             servers,
+            ..
         } = self;
         // Servers end on their own only when they fail.
         let serving = !servers.is_empty();

@@ -215,6 +215,17 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// A generated gRPC server within the message sizes both ends agree on
+/// ([`MAX_REQUEST_BYTES`] in, [`MAX_RESPONSE_BYTES`] out).
+macro_rules! limited_service {
+    ($server:expr) => {
+        $server
+            .max_decoding_message_size($crate::serve::MAX_REQUEST_BYTES)
+            .max_encoding_message_size($crate::serve::MAX_RESPONSE_BYTES)
+    };
+}
+pub(crate) use limited_service;
+
 /// HTTP/2 streams one connection may open; the gate answers
 /// RESOURCE_EXHAUSTED well before (`auth::layer::MAX_IN_FLIGHT_PER_CONNECTION`).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
