@@ -279,36 +279,23 @@ impl Systemd for MemorySystemd {
                 });
             }
             inner.next_pid += 1;
-            let base = UnitStatus {
-                name: spec.name.clone(),
-                description: str_prop(spec, props::DESCRIPTION),
-                load_state: "loaded".into(),
-                restart: str_prop(spec, props::RESTART),
-                control_group: format!("/prism.slice/{}", spec.name),
-                ..UnitStatus::default()
-            };
+            // A start scripted to fail ends as that status says, failed.
             let failing = inner.failing_starts.get(&spec.name).cloned();
-            let status = match &failing {
-                Some(f) => UnitStatus {
-                    active_state: "failed".into(),
-                    sub_state: "failed".into(),
-                    ..UnitStatus {
-                        name: base.name.clone(),
-                        description: base.description.clone(),
-                        load_state: base.load_state.clone(),
-                        restart: base.restart.clone(),
-                        control_group: base.control_group.clone(),
-                        ..f.clone()
-                    }
-                },
-                None => UnitStatus {
-                    active_state: "active".into(),
-                    sub_state: "running".into(),
-                    main_pid: inner.next_pid,
-                    active_enter_usec: crate::clock::unix_usec(),
-                    ..base
-                },
-            };
+            let mut status = failing.clone().unwrap_or_default();
+            status.name = spec.name.clone();
+            status.description = str_prop(spec, props::DESCRIPTION);
+            status.load_state = "loaded".into();
+            status.restart = str_prop(spec, props::RESTART);
+            status.control_group = format!("/prism.slice/{}", spec.name);
+            if failing.is_some() {
+                status.active_state = "failed".into();
+                status.sub_state = "failed".into();
+            } else {
+                status.active_state = "active".into();
+                status.sub_state = "running".into();
+                status.main_pid = inner.next_pid;
+                status.active_enter_usec = crate::clock::unix_usec();
+            }
             inner.units.insert(
                 spec.name.clone(),
                 MemoryUnit {
