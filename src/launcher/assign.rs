@@ -73,7 +73,7 @@ impl Supervisor {
             });
         }
         // The host's step, before anything is reserved or written.
-        let process = self.on_host(&process)?;
+        let process = process.on_host(&self.policy)?;
         let id = process.id.clone();
         let _guard = self.locks.lock(&id).await;
         let fresh = || {

@@ -246,7 +246,7 @@ impl Supervisor {
             }
         };
         // Before anything is stopped: can this host run it today?
-        let process = match self.on_host(&process) {
+        let process = match process.on_host(&self.policy) {
             Ok(p) => p,
             Err(e) => {
                 let mut table = self.table();

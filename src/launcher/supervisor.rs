@@ -206,17 +206,6 @@ impl Supervisor {
         self.reconcile.notify_one();
     }
 
-    /// The host's part of the checks, at assignment and before a held
-    /// process's unit is (re)created: its binary against today's allowlist
-    /// and filesystem.
-    /// Returns the process with the file to execute resolved.
-    pub(super) fn on_host(
-        &self,
-        process: &ManagedProcess,
-    ) -> Result<ManagedProcess, ValidationError> {
-        process.clone().on_host(&self.policy)
-    }
-
     /// Write a process's state file (it fsyncs) on a blocking thread,
     /// never on the runtime's workers.
     pub(super) async fn persist(

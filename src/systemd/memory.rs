@@ -238,6 +238,28 @@ impl MemorySystemd {
         }
     }
 
+    /// A loaded unit runs again (restarted, or started once more) under a
+    /// new main process; a `Changed` event follows.
+    fn run_again(&self, unit: &str) -> Result<(), SystemdError> {
+        let status = {
+            let mut inner = self.inner();
+            inner.next_pid += 1;
+            let pid = inner.next_pid;
+            let u = inner
+                .units
+                .get_mut(unit)
+                .ok_or_else(|| SystemdError::NoSuchUnit {
+                    unit: unit.to_owned(),
+                })?;
+            u.status.main_pid = pid;
+            u.status.active_state = "active".into();
+            u.status.sub_state = "running".into();
+            u.status.clone()
+        };
+        self.emit(UnitEvent::Changed(Box::new(status)));
+        Ok(())
+    }
+
     fn status_of(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
         self.inner()
             .units
@@ -346,23 +368,7 @@ impl Systemd for MemorySystemd {
 
     async fn restart(&self, unit: &str) -> Result<(), SystemdError> {
         self.begin(Call::Restart(unit.to_owned()), Some(Op::Restart), unit)?;
-        let status = {
-            let mut inner = self.inner();
-            inner.next_pid += 1;
-            let pid = inner.next_pid;
-            let u = inner
-                .units
-                .get_mut(unit)
-                .ok_or_else(|| SystemdError::NoSuchUnit {
-                    unit: unit.to_owned(),
-                })?;
-            u.status.main_pid = pid;
-            u.status.active_state = "active".into();
-            u.status.sub_state = "running".into();
-            u.status.clone()
-        };
-        self.emit(UnitEvent::Changed(Box::new(status)));
-        Ok(())
+        self.run_again(unit)
     }
 
     async fn kill(&self, unit: &str, _whom: Whom, signal: i32) -> Result<(), SystemdError> {
@@ -377,20 +383,7 @@ impl Systemd for MemorySystemd {
 
     async fn start_existing(&self, unit: &str) -> Result<(), SystemdError> {
         self.begin(Call::StartExisting(unit.to_owned()), None, unit)?;
-        let status = {
-            let mut inner = self.inner();
-            let u = inner
-                .units
-                .get_mut(unit)
-                .ok_or_else(|| SystemdError::NoSuchUnit {
-                    unit: unit.to_owned(),
-                })?;
-            u.status.active_state = "active".into();
-            u.status.sub_state = "running".into();
-            u.status.clone()
-        };
-        self.emit(UnitEvent::Changed(Box::new(status)));
-        Ok(())
+        self.run_again(unit)
     }
 
     async fn list(&self) -> Result<Vec<UnitSummary>, SystemdError> {
