@@ -4,7 +4,7 @@
 mod assignment;
 mod env;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod types;
 pub mod validate;
 

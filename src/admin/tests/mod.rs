@@ -204,20 +204,7 @@ pub(super) fn registration(
 }
 
 pub(super) fn spec(id: &str, version: i64) -> pb::ProcessAssignment {
-    pb::ProcessAssignment {
-        process_id: id.into(),
-        process_type: "pattern".into(),
-        namespace: "orders".into(),
-        version,
-        config: Some(pb::ProcessConfig {
-            binary: "/usr/bin/keyvalue-runner".into(),
-            pattern: Some(pb::PatternProcessConfig {
-                pattern_type: "keyvalue".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    crate::model::tests::pattern_wire(id, version, "/usr/bin/keyvalue-runner")
 }
 
 pub(super) fn assignment(id: &str, version: i64) -> Assignment {

@@ -143,20 +143,7 @@ pub(super) fn wire(id: &str, version: i64) -> pb::ProcessAssignment {
 }
 
 pub(super) fn wire_at(id: &str, version: i64, binary: &str) -> pb::ProcessAssignment {
-    pb::ProcessAssignment {
-        process_id: id.into(),
-        process_type: "pattern".into(),
-        namespace: "orders".into(),
-        version,
-        config: Some(pb::ProcessConfig {
-            binary: binary.into(),
-            pattern: Some(pb::PatternProcessConfig {
-                pattern_type: "keyvalue".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    crate::model::tests::pattern_wire(id, version, binary)
 }
 
 pub(super) fn assignment(id: &str, version: i64) -> Assignment {

@@ -61,6 +61,16 @@ impl Fixture {
     }
 }
 
+/// A keyvalue pattern assignment of `id` at `version` running `binary`
+/// (the launcher's and the fleet's tests build theirs here too).
+pub(crate) fn pattern_wire(id: &str, version: i64, binary: &str) -> pb::ProcessAssignment {
+    pb::ProcessAssignment {
+        process_id: id.into(),
+        version,
+        ..base(binary, "pattern")
+    }
+}
+
 pub(super) fn base(binary: &str, ty: &str) -> pb::ProcessAssignment {
     let mut config = pb::ProcessConfig {
         binary: binary.to_owned(),
