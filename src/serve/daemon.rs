@@ -131,7 +131,7 @@ pub struct Daemon {
     name: &'static str,
     stopper: Stopper,
     tasks: tokio::task::JoinSet<()>,
-    /// Each server runs as its own task, as the tasks do.
+    /// The gRPC servers, each its own task: the daemon ends when they do.
     servers: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
     /// `grpc.health.v1`, served beside the daemon's own services.
     health: tonic_health::server::HealthReporter,
@@ -169,7 +169,8 @@ impl Daemon {
     }
 
     /// Serve `/metrics` (rendered by `render`) on `listener`, if any, until
-    /// shutdown.
+    /// shutdown. A task, not one of the servers the daemon's life follows:
+    /// metrics that stop serving are logged and the daemon keeps serving.
     fn serve_metrics<F, Fut>(&mut self, listener: Option<tokio::net::TcpListener>, render: F)
     where
         F: Fn() -> Fut + Clone + Send + Sync + 'static,
@@ -179,14 +180,12 @@ impl Daemon {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("metrics at http://{addr}/metrics");
         }
-        let mut shutdown = self.stopper.handle();
-        self.servers.push(tokio::spawn(async move {
+        self.spawn(move |mut shutdown| async move {
             let stop = async move { shutdown.requested().await };
             if let Err(e) = crate::metrics::serve(listener, render, stop).await {
                 tracing::error!("the metrics server stopped: {e}");
             }
-            Ok(())
-        }));
+        });
     }
 
     /// Serve gRPC on the API listener and the local socket (`socket` is its
@@ -262,9 +261,10 @@ impl Daemon {
         ]);
     }
 
-    /// Serve until `shutdown` resolves or a server fails, then stop in
-    /// order: servers stop taking connections, tasks finish their pass,
-    /// and whatever outlives [`DRAIN_DEADLINE`] is aborted.
+    /// Serve until `shutdown` resolves or the gRPC servers end, then stop
+    /// in order: servers stop taking connections, tasks (the metrics
+    /// server among them) finish their pass, and whatever outlives
+    /// [`DRAIN_DEADLINE`] is aborted.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let Self {
             name,
@@ -276,7 +276,8 @@ impl Daemon {
         // Servers end on their own only when they fail.
         let serving = !servers.is_empty();
         let servers = futures_util::future::join_all(servers.into_iter().map(|server| async {
-            // A server task that panicked is a server that failed.
+            // A server task that panicked (the panic is logged) counts as
+            // stopped, as it did before servers were tasks of the daemon.
             server.await.unwrap_or(Ok(()))
         }));
         tokio::pin!(servers);
