@@ -12,6 +12,8 @@ const PROTOS: &[&str] = &[
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("proto");
     println!("cargo:rerun-if-changed={}", root.display());
+    // The admin's embedded migrations (sqlx::migrate! reads them at build).
+    println!("cargo:rerun-if-changed=src/admin/store/migrations");
     let fds = protox::compile(PROTOS, [&root])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     // For gRPC server reflection.

@@ -17,3 +17,16 @@ fn read_own_uid() -> Option<u32> {
         .parse()
         .ok()
 }
+
+/// A local user's (uid, gid), from `/etc/passwd`.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next()? == name).then_some(())?;
+            let _password = f.next()?;
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+}

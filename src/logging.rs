@@ -24,9 +24,13 @@ pub enum LogFormat {
 
 /// Install the global subscriber. `fields` are added to every journal
 /// entry (e.g. the launcher's id). The level filter comes from `RUST_LOG`,
-/// default `info`.
+/// default `info` (PostgreSQL's notices, such as a migration table that
+/// already exists, only from `warn`).
 pub fn init(format: LogFormat, fields: &[(&str, &str)]) -> Result<(), String> {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,sqlx::postgres::notice=warn".into())
+    };
     let format = match format {
         LogFormat::Auto if stderr_is_journal() => LogFormat::Journal,
         LogFormat::Auto => LogFormat::Text,

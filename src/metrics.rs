@@ -201,9 +201,18 @@ pub struct Kind {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Leader {
+    pub holder: String,
+    pub address: String,
+}
+
 /// The admin's metrics (`prism_admin_*`).
 pub struct AdminMetrics {
     registry: Mutex<Registry>,
+    pub leading: Gauge,
+    pub lease_epoch: Gauge,
+    pub leader: Family<Leader, Gauge>,
     pub launchers: Family<Health, Gauge>,
     pub processes: Family<Status, Gauge>,
     pub placement_failures: Family<Reason, Counter>,
@@ -215,6 +224,9 @@ impl Default for AdminMetrics {
     fn default() -> Self {
         let m = Self {
             registry: Mutex::new(Registry::default()),
+            leading: Gauge::default(),
+            lease_epoch: Gauge::default(),
+            leader: Family::default(),
             launchers: Family::default(),
             processes: Family::default(),
             placement_failures: Family::default(),
@@ -223,6 +235,21 @@ impl Default for AdminMetrics {
         };
         {
             let mut r = m.registry.lock().expect("poisoned");
+            r.register(
+                "prism_admin_leading",
+                "1 while this admin leads, 0 while it follows",
+                m.leading.clone(),
+            );
+            r.register(
+                "prism_admin_lease_epoch",
+                "The leader's epoch, as this admin last read the lease",
+                m.lease_epoch.clone(),
+            );
+            r.register(
+                "prism_admin_leader",
+                "The admin that leads, as this one last read the lease (always 1)",
+                m.leader.clone(),
+            );
             r.register(
                 "prism_admin_launchers",
                 "Registered launchers, by health",
@@ -254,6 +281,21 @@ impl Default for AdminMetrics {
 }
 
 impl AdminMetrics {
+    /// Who leads, as this admin last read the lease (`None`: not read yet).
+    pub fn set_leader(&self, leading: bool, leader: Option<(&str, &str, i64)>) {
+        self.leading.set(i64::from(leading));
+        self.leader.clear();
+        if let Some((holder, address, epoch)) = leader {
+            self.lease_epoch.set(epoch);
+            self.leader
+                .get_or_create(&Leader {
+                    holder: holder.into(),
+                    address: address.into(),
+                })
+                .set(1);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry.lock().expect("poisoned"));

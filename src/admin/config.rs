@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 pub use crate::settings::{ConfigError, Tls};
 use crate::{
+    admin::store::Database,
     auth::Role,
     serve::flags::{DaemonDefaults, DaemonFile, DaemonFlags},
     settings::{bad, parse_duration},
@@ -18,6 +19,8 @@ use crate::{
 pub const DEFAULT_LISTEN: &str = ":8981";
 pub const DEFAULT_SOCKET: &str = crate::protocol::ADMIN_SOCKET;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/prism-admin";
+/// A leader's lease on a shared database.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +54,22 @@ pub struct ServeArgs {
     /// Where the SQLite database lives [default: /var/lib/prism-admin].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The database: postgres://… (several admins share it, one leads) or
+    /// sqlite:/directory [default: SQLite in --data-dir]. A password is
+    /// better left out of a URL on the command line: use the config file,
+    /// PGPASSWORD or ~/.pgpass.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// How long a leader's lease lasts unrenewed, by the database's clock;
+    /// renewed every third of it. A follower leads at most this long (plus
+    /// its next try) after the leader stops [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub lease: Option<String>,
+    /// Where the other admins reach this one while it leads (they forward
+    /// to it) [default: this host's name and the --listen port, or the
+    /// socket].
+    #[arg(long, value_name = "ADDRESS")]
+    pub advertise: Option<String>,
     /// Expected heartbeat interval; 3 missed make a launcher unhealthy, 6
     /// lost [default: 10s].
     #[arg(long, value_name = "DURATION")]
@@ -66,6 +85,9 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    database: Option<String>,
+    lease: Option<String>,
+    advertise: Option<String>,
     heartbeat_interval: Option<String>,
     reschedule_lost_after: Option<String>,
 }
@@ -77,6 +99,9 @@ pub struct Config {
     pub operator_group: String,
     pub trust_domain: String,
     pub data_dir: PathBuf,
+    pub database: Database,
+    pub lease: Duration,
+    pub advertise: Option<String>,
     pub heartbeat_interval: Duration,
     pub reschedule_lost_after: Option<Duration>,
     pub tls: Option<Tls>,
@@ -99,6 +124,26 @@ impl ServeArgs {
                 "data_dir",
                 format!("{} is not absolute", data_dir.display()),
             );
+        }
+        let database = match self.database.or(file.database) {
+            None => Database::Sqlite(data_dir.clone()),
+            Some(url) => Database::parse(&url).or_else(|r| bad("database", "database", r))?,
+        };
+        let lease = match self.lease.or(file.lease) {
+            None => DEFAULT_LEASE,
+            Some(v) => {
+                let d = parse_duration(&v).or_else(|r| bad("lease", "lease", r))?;
+                if d < Duration::from_secs(1) || d > Duration::from_secs(60) {
+                    return bad("lease", "lease", format!("{v} is outside 1s..=60s"));
+                }
+                d
+            }
+        };
+        let advertise = self.advertise.or(file.advertise);
+        if let Some(a) = &advertise
+            && a.trim().is_empty()
+        {
+            return bad("advertise", "advertise", "empty");
         }
         let heartbeat_interval = match self.heartbeat_interval.or(file.heartbeat_interval) {
             None => Duration::from_secs(10),
@@ -150,6 +195,9 @@ impl ServeArgs {
             operator_group: served.access.operator_group,
             trust_domain: served.access.trust_domain,
             data_dir,
+            database,
+            lease,
+            advertise,
             heartbeat_interval,
             reschedule_lost_after,
             tls: served.tls,
@@ -195,6 +243,26 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(c.reschedule_lost_after, None);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(
+            c.database,
+            Database::Sqlite(PathBuf::from(DEFAULT_DATA_DIR))
+        );
+        assert_eq!(c.lease, DEFAULT_LEASE);
+        let c = resolve(&[
+            "--database",
+            "postgres://prism:secret@db.example/prism?sslmode=verify-full",
+        ])
+        .unwrap();
+        assert!(matches!(c.database, Database::Postgres(_)));
+        assert_eq!(
+            c.database.display(),
+            "PostgreSQL at postgres://prism:***@db.example/prism?sslmode=verify-full"
+        );
+        let e = resolve(&["--database", "postgres://u:pw@h/db?sslmode=bogus"]).unwrap_err();
+        assert!(
+            !e.reason.contains("pw"),
+            "the password stays out of errors: {e}"
+        );
         for (flags, setting) in [
             (
                 vec!["--heartbeat-interval", "0s"],
@@ -205,6 +273,10 @@ mod tests {
                 "--reschedule-lost-after (reschedule_lost_after)",
             ),
             (vec!["--data-dir", "rel"], "--data-dir (data_dir)"),
+            (vec!["--database", "mysql://db/x"], "--database (database)"),
+            (vec!["--database", "sqlite:rel"], "--database (database)"),
+            (vec!["--lease", "100ms"], "--lease (lease)"),
+            (vec!["--advertise", " "], "--advertise (advertise)"),
             (vec!["--tls-ca", "/x"], "--tls-ca (tls.ca)"),
             (vec!["--socket", "rel.sock"], "--socket (socket)"),
             (

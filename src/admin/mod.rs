@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dispatch;
 pub mod fleet;
+pub mod leader;
 pub mod pending;
 pub mod placement;
 pub mod service;
@@ -17,7 +18,7 @@ mod tests;
 use std::{
     convert::Infallible,
     future::Future,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
 
@@ -111,29 +112,28 @@ fn private_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// What the admin runs on, made by its caller: the binary binds the
-/// configured addresses and opens the SQLite database in its data
-/// directory; a test passes listeners on `127.0.0.1:0` and an in-memory
-/// store.
+/// configured addresses and opens the configured database; a test passes
+/// listeners on `127.0.0.1:0` and a store of its own.
 pub struct Io {
     pub listeners: crate::serve::Listeners,
     pub store: Arc<dyn store::AdminStore>,
 }
 
 impl Io {
-    /// What `config` names: its data directory (private), the database in
-    /// it, and its addresses bound (a busy one is an error naming it).
+    /// What `config` names: its database (SQLite in a private data
+    /// directory, or PostgreSQL), and its addresses bound (a busy one is an
+    /// error naming it).
     pub async fn open(config: &Config) -> Result<Self, RunError> {
-        private_data_dir(&config.data_dir).map_err(|source| {
-            RunError::setup(format!(
-                "cannot create {}: {source}",
-                config.data_dir.display()
-            ))
-        })?;
-        let store: Arc<dyn store::AdminStore> = Arc::new(
-            store::SqliteStore::open(&config.data_dir)
-                .await
-                .map_err(RunError::setup)?,
-        );
+        if let store::Database::Sqlite(dir) = &config.database {
+            private_data_dir(dir).map_err(|source| {
+                RunError::setup(format!("cannot create {}: {source}", dir.display()))
+            })?;
+        }
+        let store = config
+            .database
+            .open(&store::StoreOptions::default())
+            .await
+            .map_err(|e| RunError::setup(format!("{}: {e}", config.database.display())))?;
         let listeners = crate::serve::bind(
             config.listen,
             config.socket.as_deref(),
@@ -144,77 +144,171 @@ impl Io {
     }
 }
 
-/// Run the admin on `io` until `shutdown` resolves.
+type ControlPlane = ControlPlaneWithNotice<ControlPlaneServer<service::ControlPlaneService>>;
+type Operators = AdminServer<service::AdminService>;
+
+/// Where the other admins reach this one: `--advertise`, else this host's
+/// name with the TCP port, else the local socket.
+fn advertised(config: &Config) -> String {
+    if let Some(a) = &config.advertise {
+        return a.clone();
+    }
+    match config.listen {
+        Some(addr) => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| addr.ip().to_string());
+            let host = if addr.ip().is_unspecified() {
+                host
+            } else {
+                addr.ip().to_string()
+            };
+            format!("{host}:{}", addr.port())
+        }
+        None => config
+            .socket
+            .as_ref()
+            .map(|s| format!("unix:{}", s.display()))
+            .unwrap_or_default(),
+    }
+}
+
+/// Run the admin on `io` until `shutdown` resolves. On a shared database
+/// it serves as a follower until it holds the lease, then loads the fleet
+/// and leads; a leader that loses the lease returns
+/// [`RunError::Deposed`].
 pub async fn run(
     config: Config,
     io: Io,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let Io { listeners, store } = io;
-    let fleet = Fleet::open(
-        store,
-        dispatch::Dispatcher::new(
-            config.tls.clone(),
-            config.trust_domain.clone(),
-            config.insecure,
-        ),
-        config.heartbeat_interval,
-        config.reschedule_lost_after,
-    )
-    .await
-    .map_err(RunError::setup)?;
+    let metrics = Arc::new(crate::metrics::AdminMetrics::default());
     let mut daemon = Daemon::new("prism-admin");
     let health = daemon.health();
+    // Every admin that can answer serves: a follower answers with where
+    // the leader is.
     health
         .set_serving::<ControlPlaneServer<service::ControlPlaneService>>()
         .await;
-    health
-        .set_serving::<AdminServer<service::AdminService>>()
-        .await;
+    health.set_serving::<Operators>().await;
     let gate = crate::serve::gate(
         config.socket.as_deref(),
         &config.operator_group,
         &config.trust_domain,
         config.insecure,
         false,
-        fleet.metrics.auth_denied.clone(),
+        metrics.auth_denied.clone(),
     );
+    let (standing, standing_rx) = tokio::sync::watch::channel(leader::Standing::Unknown);
+    let fleet_slot: Arc<OnceLock<Arc<Fleet>>> = Arc::default();
+    let control_slot: Arc<OnceLock<ControlPlane>> = Arc::default();
+    let operators_slot: Arc<OnceLock<Operators>> = Arc::default();
     let routes = |router: crate::serve::GatedRouter| {
         router
-            .add_service(ControlPlaneWithNotice(limited_service!(
-                ControlPlaneServer::new(service::ControlPlaneService::new(
-                    fleet.clone(),
-                    gate.clone()
-                ))
-            )))
-            .add_service(limited_service!(AdminServer::new(
-                service::AdminService::new(fleet.clone())
-            )))
+            .add_service(leader::Standby::new(
+                control_slot.clone(),
+                standing_rx.clone(),
+            ))
+            .add_service(leader::Standby::new(
+                operators_slot.clone(),
+                standing_rx.clone(),
+            ))
     };
-    let f = fleet.clone();
+    let render = {
+        let fleet = fleet_slot.clone();
+        let metrics = metrics.clone();
+        let standing = standing_rx.clone();
+        move || {
+            let fleet = fleet.get().cloned();
+            let metrics = metrics.clone();
+            {
+                let standing = standing.borrow();
+                metrics.set_leader(
+                    standing.leading(),
+                    standing
+                        .lease()
+                        .map(|l| (l.holder.as_str(), l.address.as_str(), l.epoch)),
+                );
+            }
+            async move {
+                match fleet {
+                    Some(f) => f.render_metrics().await,
+                    None => metrics.render(),
+                }
+            }
+        }
+    };
     let serving = daemon.serve(
         listeners,
         config.socket.as_deref(),
         (&routes, &gate, config.tls.as_ref()),
-        move || {
-            let f = f.clone();
-            async move { f.render_metrics().await }
-        },
+        render,
     )?;
-    let f = fleet.clone();
-    daemon.spawn(move |shutdown| f.delivery_loop(shutdown));
-    let f = fleet.clone();
-    daemon.spawn(move |shutdown| f.liveness_loop(shutdown));
-    let f = fleet.clone();
-    daemon.spawn(move |shutdown| f.flush_loop(shutdown));
+    let me = store::Candidate {
+        holder: leader::instance_id(),
+        address: advertised(&config),
+    };
+    // Loads the fleet and starts serving it, once this admin leads.
+    let lead = {
+        let (store, config, gate, metrics) =
+            (store.clone(), config.clone(), gate.clone(), metrics.clone());
+        let (fleet_slot, control_slot, operators_slot) = (
+            fleet_slot.clone(),
+            control_slot.clone(),
+            operators_slot.clone(),
+        );
+        let stopper = daemon.shutdown();
+        move |_lease: store::Lease| async move {
+            let fleet = Fleet::open_with(
+                store,
+                dispatch::Dispatcher::new(
+                    config.tls.clone(),
+                    config.trust_domain.clone(),
+                    config.insecure,
+                ),
+                config.heartbeat_interval,
+                config.reschedule_lost_after,
+                metrics,
+            )
+            .await
+            .map_err(|e| format!("loading the fleet: {e}"))?;
+            // Their shutdown handles keep the daemon's drain waiting for
+            // them.
+            tokio::spawn(fleet.clone().delivery_loop(stopper.clone()));
+            tokio::spawn(fleet.clone().liveness_loop(stopper.clone()));
+            tokio::spawn(fleet.clone().flush_loop(stopper));
+            let _ = control_slot.set(ControlPlaneWithNotice(limited_service!(
+                ControlPlaneServer::new(service::ControlPlaneService::new(fleet.clone(), gate))
+            )));
+            let _ = operators_slot.set(limited_service!(AdminServer::new(
+                service::AdminService::new(fleet.clone())
+            )));
+            let _ = fleet_slot.set(fleet);
+            Ok(())
+        }
+    };
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<String>();
+    {
+        let (store, ttl) = (store.clone(), config.lease);
+        daemon.spawn(move |shutdown| async move {
+            if let Err(leader::Lost(why)) =
+                leader::campaign(store, me, ttl, standing, lead, shutdown).await
+            {
+                let _ = lost_tx.send(why);
+            }
+        });
+    }
     {
         // Only while the fleet's state can be reached: a wedged admin stops
         // pinging and systemd restarts it.
-        let f = fleet.clone();
+        let f = fleet_slot.clone();
         daemon.watchdog(move || {
-            let f = f.clone();
+            let f = f.get().cloned();
             async move {
-                f.ping().await;
+                if let Some(f) = f {
+                    f.ping().await;
+                }
                 true
             }
         });
@@ -223,13 +317,30 @@ pub async fn run(
     tracing::info!(
         tls = config.tls.is_some(),
         insecure = config.insecure,
-        "prism-admin listening on {serving}; data in {}",
-        config.data_dir.display()
+        "prism-admin listening on {serving}; state in {}",
+        config.database.display()
     );
     daemon.ready("serving");
-    let result = daemon.run_until(shutdown).await;
-    // What heartbeats batched since the last write.
-    fleet.flush().await;
+    let mut lost = None;
+    let result = daemon
+        .run_until(async {
+            tokio::select! {
+                _ = shutdown => {}
+                Ok(why) = lost_rx => {
+                    tracing::error!("prism-admin lost the leadership: {why}; stopping");
+                    lost = Some(why);
+                }
+            }
+        })
+        .await;
+    if let Some(fleet) = fleet_slot.get() {
+        // What heartbeats batched since the last write (refused, with
+        // nothing written, if another admin leads now).
+        fleet.flush().await;
+    }
     tracing::info!("prism-admin stopped");
-    result
+    match lost {
+        Some(why) => Err(RunError::Deposed(why)),
+        None => result,
+    }
 }

@@ -33,6 +33,10 @@ pub enum RunError {
     Tls(#[source] tonic::transport::Error),
     #[error("gRPC server: {0}")]
     Serve(#[source] tonic::transport::Error),
+    /// An admin that led lost its lease (it exits; systemd starts it again
+    /// as a follower).
+    #[error("lost the leadership: {0}")]
+    Deposed(String),
 }
 
 impl RunError {

@@ -139,8 +139,30 @@ impl Fleet {
         interval: Duration,
         reschedule_lost_after: Option<Duration>,
     ) -> Result<Arc<Self>, StoreError> {
-        let snapshot = store.load().await?;
+        Self::open_with(
+            store,
+            dispatcher,
+            interval,
+            reschedule_lost_after,
+            Arc::default(),
+        )
+        .await
+    }
+
+    /// [`Self::open`], counting into `metrics` (the admin's, which exist
+    /// before it leads).
+    pub async fn open_with(
+        store: Arc<dyn AdminStore>,
+        dispatcher: Dispatcher,
+        interval: Duration,
+        reschedule_lost_after: Option<Duration>,
+        metrics: Arc<crate::metrics::AdminMetrics>,
+    ) -> Result<Arc<Self>, StoreError> {
         let now = clock::unix_ms();
+        store
+            .prune_history(now - crate::admin::store::HISTORY_MAX_AGE_MS)
+            .await?;
+        let snapshot = store.load().await?;
         let mut state = State::default();
         for mut l in snapshot.launchers {
             // Nobody could heartbeat while the admin was down: judge
@@ -171,7 +193,7 @@ impl Fleet {
             flushing: std::sync::Mutex::default(),
             flush_lock: tokio::sync::Mutex::const_new(()),
             deliveries: Notify::new(),
-            metrics: Arc::default(),
+            metrics,
         }))
     }
 

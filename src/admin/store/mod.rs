@@ -1,13 +1,23 @@
-//! The admin's durable state behind a trait: SQLite by default
-//! ([`SqliteStore`]); another database implements [`AdminStore`] without
-//! touching the rest.
+//! The admin's durable state behind a trait: SQLite embedded by default
+//! ([`SqliteStore`], one admin), PostgreSQL for several admins sharing one
+//! database ([`PgStore`], one of them leading). Both run the same SQL
+//! ([`sql`]) on their own embedded migrations.
 
+pub mod cluster;
+mod postgres;
+mod sql;
 mod sqlite;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use async_trait::async_trait;
 
+pub use postgres::PgStore;
+pub use sql::{HISTORY_KEEP, HISTORY_MAX_AGE_MS};
 pub use sqlite::SqliteStore;
 
 use crate::pb::prism as pb;
@@ -20,6 +30,133 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored record {what} is unreadable: {reason}")]
     Corrupt { what: String, reason: String },
+    /// A write by an admin that does not hold the lease at its epoch:
+    /// another admin leads now (or this one never did).
+    #[error("this admin does not lead (its epoch {epoch} is not the lease's): nothing was written")]
+    NotLeader { epoch: i64 },
+}
+
+/// Where the admin keeps its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    /// `admin.db` in this directory (the default).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL (`postgres://…`), shared by several admins.
+    Postgres(String),
+}
+
+impl Database {
+    /// The database named by a URL: `postgres://` or `postgresql://`, or
+    /// `sqlite:` followed by a directory.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(|e| format!("{}: {e}", redact_url(url)))?;
+            Ok(Self::Postgres(url.to_owned()))
+        } else if let Some(dir) = url.strip_prefix("sqlite:") {
+            let dir = std::path::PathBuf::from(dir.trim_start_matches("//"));
+            if !dir.is_absolute() {
+                return Err(format!("{url}: the SQLite directory must be absolute"));
+            }
+            Ok(Self::Sqlite(dir))
+        } else {
+            Err(format!(
+                "{}: expected postgres://… (or postgresql://…) or sqlite:/directory",
+                redact_url(url)
+            ))
+        }
+    }
+
+    /// Open it, applying pending migrations.
+    pub async fn open(&self, options: &StoreOptions) -> Result<Arc<dyn AdminStore>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(dir) => Arc::new(SqliteStore::open(dir).await?),
+            Self::Postgres(url) => Arc::new(PgStore::connect(url, options).await?),
+        })
+    }
+
+    /// For logs: a URL without its password.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Sqlite(dir) => format!("SQLite in {}", dir.display()),
+            Self::Postgres(url) => format!("PostgreSQL at {}", redact_url(url)),
+        }
+    }
+}
+
+/// A URL with any password (in its user part or its query) replaced, fit
+/// for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) if userinfo.contains(':') => {
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:***@{host}{path}")
+                }
+                _ => head.to_owned(),
+            }
+        }
+        None => head.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{out}?{}", pairs.join("&"));
+    }
+    out
+}
+
+/// How a shared database is used.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// How long a connection or a statement may take before it fails.
+    pub timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An admin that asks for the leadership: a unique instance id and the
+/// address other admins forward to while it leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub holder: String,
+    pub address: String,
+}
+
+/// The lease as the database holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub address: String,
+    pub epoch: i64,
+    /// Left until it expires, by the database's clock.
+    pub remaining: Duration,
+}
+
+impl Lease {
+    pub fn held_by(&self, me: &Candidate) -> bool {
+        self.holder == me.holder
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -132,9 +269,22 @@ impl HeartbeatBatch {
     }
 }
 
+/// The admin's state. Writes are fenced: on a shared database, each one
+/// commits only while this admin holds the lease at the epoch it was
+/// given ([`StoreError::NotLeader`] otherwise, with nothing written).
 #[async_trait]
 pub trait AdminStore: Send + Sync + 'static {
+    /// Take the lease for `me` for `ttl` (by the database's clock), or
+    /// renew it if `me` holds it, and say who holds it afterwards. While
+    /// `me` holds it, this store's writes carry its epoch. An embedded
+    /// database has one admin, which always leads.
+    async fn lead(&self, me: &Candidate, ttl: Duration) -> Result<Lease, StoreError>;
+    /// Whether the database is shared by several admins (leadership,
+    /// forwarding) or embedded (one admin).
+    fn shared(&self) -> bool;
     async fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Remove history older than `before_ms` (at start-up).
+    async fn prune_history(&self, before_ms: i64) -> Result<(), StoreError>;
     async fn upsert_launcher(&self, launcher: &LauncherRecord) -> Result<(), StoreError>;
     async fn set_draining(&self, id: &str, draining: bool) -> Result<(), StoreError>;
     /// Insert or replace a process, with the history event that explains it,

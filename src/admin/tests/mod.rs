@@ -30,6 +30,7 @@ use crate::{
     serve::Stopper,
 };
 
+mod conformance;
 mod launchers;
 mod placing;
 mod stack;
@@ -156,6 +157,14 @@ pub(super) async fn harness() -> Harness {
 
 pub(super) async fn harness_with(reschedule_lost_after: Option<Duration>) -> Harness {
     let store: Arc<dyn AdminStore> = Arc::new(SqliteStore::in_memory().await.expect("store"));
+    harness_on(store, reschedule_lost_after).await
+}
+
+/// A harness over `store`.
+pub(super) async fn harness_on(
+    store: Arc<dyn AdminStore>,
+    reschedule_lost_after: Option<Duration>,
+) -> Harness {
     let fleet = Fleet::open(
         store,
         Dispatcher::new(None, "prism".into(), false),
