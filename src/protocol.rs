@@ -7,6 +7,9 @@ use crate::pb::prism as pb;
 
 /// Request metadata the admin sets on the assignments it places.
 pub const PLACED_BY_METADATA: &str = "prism-placed-by";
+/// The caller a follower admin forwards a call for (see
+/// `auth::Caller::forwarded`); the leader heeds it only from an admin.
+pub const FORWARDED_CALLER_METADATA: &str = "prism-forwarded-caller";
 /// Request metadata that steers placement at the admin: a region…
 pub const REGION_METADATA: &str = "prism-region";
 /// …or one launcher.

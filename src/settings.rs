@@ -262,3 +262,33 @@ pub fn read_pem(flag: &str, key: &str, path: &Path) -> Result<Vec<u8>, ConfigErr
         Err(e) => bad(flag, key, format!("cannot read {}: {e}", path.display())),
     }
 }
+
+/// A setting that takes one value or several: a string (commas separate
+/// values) or an array of strings.
+#[derive(serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for OneOrMany {
+    fn default() -> Self {
+        Self::Many(Vec::new())
+    }
+}
+
+impl OneOrMany {
+    /// The values, trimmed, empty ones left out.
+    pub fn items(&self) -> Vec<String> {
+        let all: Vec<&str> = match self {
+            Self::One(s) => s.split(',').collect(),
+            Self::Many(v) => v.iter().map(String::as_str).collect(),
+        };
+        all.into_iter()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}

@@ -1,6 +1,7 @@
 //! Leadership among admins that share a database. One holds the lease
 //! (see `store::postgres`) and serves; the others follow: they keep
-//! trying for the lease and answer calls with where the leader is. The
+//! trying for the lease and pass calls on to the leader, so a launcher or
+//! a client may talk to any admin. The
 //! leader renews every third of the lease; if it cannot renew in time it
 //! stops (the admin exits and systemd starts it again as a follower), so
 //! nothing it remembers outlives its term. Its writes are fenced by its
@@ -13,7 +14,7 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -24,10 +25,16 @@ use tonic::{
     body::Body,
     codegen::{Service, http},
     server::NamedService,
+    transport::Channel,
 };
 
 use super::store::{AdminStore, Candidate, Lease};
 use crate::{
+    auth::{
+        Caller,
+        dial::{Address, Expect, channel, daemon_client},
+        layer::Forwarded,
+    },
     backoff::{Backoff, Policy},
     serve::Shutdown,
 };
@@ -163,12 +170,96 @@ where
     }
 }
 
-/// A service served by the leader only: until this admin leads (`leader`
-/// set), each call is answered UNAVAILABLE with where the leader is, in
-/// the message and in the `prism-leader` metadata.
+/// Passes calls on to the leader, over one connection per leader address
+/// (TLS with this admin's own certificate, verifying an admin's).
+pub struct Forwarder {
+    tls: Option<crate::settings::Tls>,
+    trust_domain: String,
+    insecure: bool,
+    channel: Mutex<Option<(String, Channel)>>,
+}
+
+/// How long a follower waits to connect to the leader.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Forwarder {
+    pub fn new(tls: Option<crate::settings::Tls>, trust_domain: String, insecure: bool) -> Self {
+        Self {
+            tls,
+            trust_domain,
+            insecure,
+            channel: Mutex::new(None),
+        }
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, Status> {
+        let mut cached = self.channel.lock().expect("forwarder");
+        if let Some((a, ch)) = cached.as_ref()
+            && a == address
+        {
+            return Ok(ch.clone());
+        }
+        let refuse = |reason: String| {
+            Status::unavailable(format!(
+                "this prism-admin follows and cannot pass the call on to the leader at                  {address}: {reason}"
+            ))
+        };
+        let target = Address::parse(address).map_err(refuse)?;
+        let tls = match (&target, &self.tls) {
+            (Address::Unix(_), _) => None,
+            (Address::Tcp { .. }, Some(tls)) => Some(
+                daemon_client(tls, &self.trust_domain, Expect::Admin)
+                    .map_err(|e| refuse(e.to_string()))?,
+            ),
+            (Address::Tcp { .. }, None) if target.is_local() || self.insecure => None,
+            (Address::Tcp { .. }, None) => {
+                return Err(refuse(
+                    "plaintext to another host; configure TLS, or pass --insecure".into(),
+                ));
+            }
+        };
+        let ch =
+            channel(&target, tls, FORWARD_CONNECT_TIMEOUT).map_err(|e| refuse(e.to_string()))?;
+        *cached = Some((address.to_owned(), ch.clone()));
+        Ok(ch)
+    }
+
+    /// Pass `req` (its caller established by this admin's gate) on to the
+    /// leader `lease` names, for that caller.
+    async fn forward(
+        &self,
+        lease: &Lease,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, Status> {
+        let caller = req
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or(Caller::Anonymous { addr: None });
+        let value = http::HeaderValue::from_str(&caller.forwarded())
+            .map_err(|_| Status::internal("the caller cannot be named in metadata"))?;
+        req.headers_mut()
+            .insert(crate::protocol::FORWARDED_CALLER_METADATA, value);
+        let channel = self.channel(&lease.address)?;
+        tower::ServiceExt::oneshot(channel, req).await.map_err(|e| {
+            Status::unavailable(format!(
+                "this prism-admin follows; the leader {} (epoch {}) at {} cannot be \
+                 reached: {e}",
+                lease.holder, lease.epoch, lease.address
+            ))
+        })
+    }
+}
+
+/// A service served by the leader: until this admin leads (`leader` set),
+/// each call is passed on to the leader, for its caller. A call another
+/// admin passed on already, or one made before the leader is known, is
+/// answered UNAVAILABLE with where the leader is (in the message, and in
+/// the `prism-leader` metadata): the client tries again.
 pub struct Standby<S> {
     leader: Arc<OnceLock<S>>,
     standing: watch::Receiver<Standing>,
+    forwarder: Arc<Forwarder>,
 }
 
 impl<S> Clone for Standby<S> {
@@ -176,23 +267,32 @@ impl<S> Clone for Standby<S> {
         Self {
             leader: self.leader.clone(),
             standing: self.standing.clone(),
+            forwarder: self.forwarder.clone(),
         }
     }
 }
 
 impl<S> Standby<S> {
-    pub fn new(leader: Arc<OnceLock<S>>, standing: watch::Receiver<Standing>) -> Self {
-        Self { leader, standing }
+    pub fn new(
+        leader: Arc<OnceLock<S>>,
+        standing: watch::Receiver<Standing>,
+        forwarder: Arc<Forwarder>,
+    ) -> Self {
+        Self {
+            leader,
+            standing,
+            forwarder,
+        }
     }
 }
 
 /// The metadata key a follower names the leader's address in.
 pub const LEADER_METADATA: &str = "prism-leader";
 
-/// What a follower answers.
+/// What a follower answers when it does not pass a call on.
 pub fn not_leading(standing: &Standing) -> Status {
     match standing {
-        Standing::Following(l) => {
+        Standing::Following(l) | Standing::Leading(l) => {
             let mut status = Status::unavailable(format!(
                 "this prism-admin follows; {} leads (epoch {}) at {}",
                 l.holder, l.epoch, l.address
@@ -202,8 +302,8 @@ pub fn not_leading(standing: &Standing) -> Status {
             }
             status
         }
-        _ => Status::unavailable(
-            "this prism-admin does not lead yet: the database has not told it who does",
+        Standing::Unknown => Status::unavailable(
+            "this prism-admin does not lead, and the database has not told it who does yet",
         ),
     }
 }
@@ -230,15 +330,26 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        match self.leader.get() {
-            Some(service) => {
-                let service = service.clone();
-                Box::pin(tower::ServiceExt::oneshot(service, req))
-            }
-            None => {
-                let status = not_leading(&self.standing.borrow());
-                Box::pin(async move { Ok(status.into_http()) })
-            }
+        if let Some(service) = self.leader.get() {
+            let service = service.clone();
+            return Box::pin(tower::ServiceExt::oneshot(service, req));
         }
+        let standing = self.standing.borrow().clone();
+        let lease = match &standing {
+            Standing::Following(lease) if req.extensions().get::<Forwarded>().is_none() => {
+                lease.clone()
+            }
+            _ => {
+                let status = not_leading(&standing);
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        };
+        let forwarder = self.forwarder.clone();
+        Box::pin(async move {
+            Ok(match forwarder.forward(&lease, req).await {
+                Ok(response) => response,
+                Err(status) => status.into_http(),
+            })
+        })
     }
 }

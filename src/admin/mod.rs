@@ -199,7 +199,13 @@ pub async fn run(
         config.insecure,
         false,
         metrics.auth_denied.clone(),
-    );
+    )
+    .heeding_forwarded();
+    let forwarder = Arc::new(leader::Forwarder::new(
+        config.tls.clone(),
+        config.trust_domain.clone(),
+        config.insecure,
+    ));
     let (standing, standing_rx) = tokio::sync::watch::channel(leader::Standing::Unknown);
     let fleet_slot: Arc<OnceLock<Arc<Fleet>>> = Arc::default();
     let control_slot: Arc<OnceLock<ControlPlane>> = Arc::default();
@@ -209,10 +215,12 @@ pub async fn run(
             .add_service(leader::Standby::new(
                 control_slot.clone(),
                 standing_rx.clone(),
+                forwarder.clone(),
             ))
             .add_service(leader::Standby::new(
                 operators_slot.clone(),
                 standing_rx.clone(),
+                forwarder.clone(),
             ))
     };
     let render = {

@@ -183,6 +183,60 @@ impl Caller {
             _ => None,
         }
     }
+
+    /// May pass a call on for another caller (a follower admin forwarding
+    /// to the leader): an admin's certificate, root on the local socket,
+    /// or anyone under `--insecure` (trusted with every role already).
+    pub fn may_forward(&self) -> bool {
+        self.is_superuser() || self.role() == Some(&Role::Admin)
+    }
+
+    /// This caller as a forwarding admin names it to the leader (see
+    /// [`Self::from_forwarded`]).
+    pub fn forwarded(&self) -> String {
+        let addr = |a: &Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        match self {
+            Caller::Root => "root".into(),
+            Caller::LocalOperator { uid } => format!("local-operator:{uid}"),
+            Caller::LocalUser { uid } => format!("local-user:{uid}"),
+            Caller::Certified { uri, .. } => format!("certified:{uri}"),
+            Caller::Unrecognised { .. } => "unrecognised".into(),
+            Caller::Insecure { addr: a } => format!("insecure:{}", addr(a)),
+            Caller::Anonymous { addr: a } => format!("anonymous:{}", addr(a)),
+        }
+    }
+
+    /// The caller a forwarding admin named; `None` when unreadable. A
+    /// certificate's role is read again from its URI, in this trust
+    /// domain.
+    pub fn from_forwarded(text: &str, trust_domain: &str) -> Option<Caller> {
+        let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
+        let addr = || rest.parse().ok();
+        Some(match kind {
+            "root" => Caller::Root,
+            "local-operator" => Caller::LocalOperator {
+                uid: rest.parse().ok()?,
+            },
+            "local-user" => Caller::LocalUser {
+                uid: rest.parse().ok()?,
+            },
+            "certified" => match role_of_uri(rest, trust_domain) {
+                Some(Ok(role)) => Caller::Certified {
+                    role,
+                    uri: rest.to_owned(),
+                },
+                _ => Caller::Unrecognised {
+                    reason: format!("forwarded certificate {rest} names no role here"),
+                },
+            },
+            "unrecognised" => Caller::Unrecognised {
+                reason: "forwarded: a certificate with no role".into(),
+            },
+            "insecure" => Caller::Insecure { addr: addr() },
+            "anonymous" => Caller::Anonymous { addr: addr() },
+            _ => return None,
+        })
+    }
 }
 
 /// Members of the operator group, resolved once at start.

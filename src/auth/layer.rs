@@ -88,6 +88,8 @@ struct GateInner {
     insecure: bool,
     /// A launcher without an admin: operators may assign.
     standalone: bool,
+    /// An admin: calls forwarded by another admin carry their caller.
+    forwarded: bool,
     denied: Family<Denial, Counter>,
     logged: Mutex<HashSet<Caller>>,
     in_flight: Arc<Mutex<HashMap<Connection, usize>>>,
@@ -107,11 +109,50 @@ impl Gate {
                 group,
                 insecure,
                 standalone,
+                forwarded: false,
                 denied,
                 logged: Mutex::default(),
                 in_flight: Arc::default(),
             }),
         }
+    }
+
+    /// Heed the caller another admin forwards a call for (a new gate only).
+    pub fn heeding_forwarded(mut self) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.forwarded = true;
+        }
+        self
+    }
+
+    /// The caller a request is for: its peer's, or, from an admin passing
+    /// it on, the one it names ([`Forwarded`] is then in the extensions).
+    /// The forwarded-caller metadata never reaches a handler.
+    fn effective(&self, req: &mut http::Request<Body>) -> Result<Caller, Status> {
+        let caller = self.identify(req.extensions());
+        let Some(named) = req
+            .headers_mut()
+            .remove(crate::protocol::FORWARDED_CALLER_METADATA)
+        else {
+            return Ok(caller);
+        };
+        if !self.inner.forwarded || !caller.may_forward() {
+            // Only an admin speaks for another caller; anyone else is
+            // themselves.
+            return Ok(caller);
+        }
+        let named = named
+            .to_str()
+            .ok()
+            .and_then(|t| Caller::from_forwarded(t, &self.inner.trust_domain))
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{}: unreadable",
+                    crate::protocol::FORWARDED_CALLER_METADATA
+                ))
+            })?;
+        req.extensions_mut().insert(Forwarded);
+        Ok(named)
     }
 
     /// The caller of a request, from what the server put in its extensions.
@@ -225,6 +266,11 @@ fn caller_kind(caller: &Caller) -> &'static str {
     }
 }
 
+/// In a request's extensions: another admin passed it on (it is not passed
+/// on again).
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarded;
+
 /// The caller of a request a handler is serving, as the gate established it.
 pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
     request
@@ -269,7 +315,10 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let caller = self.gate.identify(req.extensions());
+        let caller = match self.gate.effective(&mut req) {
+            Ok(caller) => caller,
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+        };
         if let Err(status) = self.gate.check(req.uri().path(), &caller) {
             return Box::pin(async move { Ok(status.into_http()) });
         }
@@ -413,5 +462,67 @@ mod tests {
         let again = svc.ready().await.unwrap().call(request(path, 1));
         release.notify_one();
         assert_eq!(code(&again.await.unwrap()), None);
+    }
+
+    #[test]
+    fn a_forwarded_caller_is_heeded_only_from_an_admin_and_only_by_an_admin() {
+        use crate::{auth::Role, protocol::FORWARDED_CALLER_METADATA as KEY};
+        let forwarded = |gate: &Gate, named: &str| {
+            let mut r = request("/prism.admin.v1.Admin/ListProcesses", 1);
+            r.headers_mut().insert(KEY, named.parse().unwrap());
+            let caller = gate.effective(&mut r).map_err(|s| s.code());
+            assert!(r.headers().get(KEY).is_none(), "never reaches a handler");
+            (caller, r.extensions().get::<Forwarded>().is_some())
+        };
+        // An admin's gate, its peer trusted with every role (--insecure).
+        let admin = gate(true).heeding_forwarded();
+        assert_eq!(
+            forwarded(&admin, "local-user:1000"),
+            (Ok(Caller::LocalUser { uid: 1000 }), true)
+        );
+        let (caller, _) = forwarded(&admin, "certified:spiffe://prism/launcher/host-a");
+        assert_eq!(
+            caller.unwrap().role(),
+            Some(&Role::Launcher("host-a".into()))
+        );
+        let (caller, _) = forwarded(&admin, "nonsense");
+        assert_eq!(caller.unwrap_err(), tonic::Code::InvalidArgument);
+        // A peer that may not forward is itself.
+        let strict = gate(false).heeding_forwarded();
+        assert_eq!(
+            forwarded(&strict, "root"),
+            (
+                Ok(Caller::Anonymous {
+                    addr: Some(([127, 0, 0, 1], 1).into())
+                }),
+                false
+            )
+        );
+        // A launcher's gate heeds nobody's.
+        assert_eq!(
+            forwarded(&gate(true), "root"),
+            (
+                Ok(Caller::Insecure {
+                    addr: Some(([127, 0, 0, 1], 1).into())
+                }),
+                false
+            )
+        );
+        // Every caller reads back as itself.
+        for c in [
+            Caller::Root,
+            Caller::LocalOperator { uid: 7 },
+            Caller::LocalUser { uid: 8 },
+            Caller::Certified {
+                role: Role::Operator,
+                uri: "spiffe://prism/operator/ann".into(),
+            },
+            Caller::Insecure {
+                addr: Some(([10, 0, 0, 1], 9).into()),
+            },
+            Caller::Anonymous { addr: None },
+        ] {
+            assert_eq!(Caller::from_forwarded(&c.forwarded(), "prism"), Some(c));
+        }
     }
 }

@@ -16,7 +16,8 @@ use crate::{
 #[derive(Args, Debug, Clone)]
 pub struct AdminOpts {
     /// prism-admin to talk to: its local socket (unix:PATH), host:port or a
-    /// URL. On the admin's host the socket needs no certificate: root, and
+    /// URL; several, comma-separated, for admins that share a database (the
+    /// first that answers is used). On the admin's host the socket needs no certificate: root, and
     /// members of the operator group, are known by their uid [default: the
     /// packaged admin's socket, /run/prism-admin/admin.sock, or else the
     /// socket of `prismctl local`'s stack].
@@ -68,8 +69,32 @@ impl AdminOpts {
         format!("unix:{}", path.display())
     }
 
+    /// The first of the admins (`--admin`, comma-separated) that answers.
     pub async fn connect(&self) -> Result<Admin, Error> {
-        let (channel, url) = self.dial("--admin", &self.address(), Expect::Admin).await?;
+        let addresses = self.address();
+        let mut reached = None;
+        let mut unreachable = Vec::new();
+        for address in addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match self.dial("--admin", address, Expect::Admin).await {
+                Ok(dialed) => {
+                    reached = Some(dialed);
+                    break;
+                }
+                Err(Error::Unreachable(why)) => unreachable.push(why),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((channel, url)) = reached else {
+            return Err(Error::Unreachable(if unreachable.is_empty() {
+                "--admin: no address".to_owned()
+            } else {
+                unreachable.join("\n")
+            }));
+        };
         Ok(Admin {
             api: AdminClient::new(channel.clone())
                 .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES),

@@ -24,29 +24,46 @@ const BACKOFF: Policy = Policy::new(Duration::from_secs(1), Duration::from_secs(
 
 pub struct AdminLink {
     supervisor: Arc<Supervisor>,
-    client: ControlPlaneClient<Channel>,
+    /// Every admin configured, each with its client: any of them will do
+    /// (followers pass calls on to the leader).
+    admins: Vec<(String, ControlPlaneClient<Channel>)>,
+    /// The one in use.
+    current: usize,
+    /// The one it should talk to.
     endpoint: String,
+    client: ControlPlaneClient<Channel>,
     registration: pb::LauncherRegistration,
     interval: Duration,
 }
 
 impl AdminLink {
-    /// Prepare the link to the admin at `endpoint`: over TLS whenever TLS
-    /// is configured (whatever the endpoint's spelling), accepting only a
-    /// certificate that names the admin; the local socket; or plaintext
-    /// where configuration allowed it.
-    pub fn new(
-        config: &Config,
-        endpoint: &Address,
-        supervisor: Arc<Supervisor>,
-    ) -> Result<Self, DialError> {
-        let tls = match (endpoint, &config.tls) {
-            (Address::Tcp { .. }, Some(tls)) => {
-                Some(daemon_client(tls, &config.trust_domain, Expect::Admin)?)
-            }
-            _ => None,
-        };
-        let channel = channel(endpoint, tls.clone(), Duration::from_secs(3))?;
+    /// Prepare the link to the admins at `config.admin_endpoints`: over TLS
+    /// whenever TLS is configured (whatever an endpoint's spelling),
+    /// accepting only a certificate that names the admin; the local socket;
+    /// or plaintext where configuration allowed it.
+    pub fn new(config: &Config, supervisor: Arc<Supervisor>) -> Result<Self, DialError> {
+        let mut admins = Vec::new();
+        let mut tls_used = false;
+        for endpoint in &config.admin_endpoints {
+            let tls = match (endpoint, &config.tls) {
+                (Address::Tcp { .. }, Some(tls)) => {
+                    Some(daemon_client(tls, &config.trust_domain, Expect::Admin)?)
+                }
+                _ => None,
+            };
+            tls_used |= tls.is_some();
+            let channel = channel(endpoint, tls, Duration::from_secs(3))?;
+            admins.push((
+                endpoint.to_string(),
+                ControlPlaneClient::new(channel)
+                    .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES)
+                    .max_encoding_message_size(crate::serve::MAX_REQUEST_BYTES),
+            ));
+        }
+        let (endpoint, client) = admins.first().cloned().ok_or_else(|| DialError::Address {
+            address: String::new(),
+            reason: "no admin endpoint".into(),
+        })?;
         let types: Vec<String> = config.capabilities.iter().map(|t| t.to_string()).collect();
         let registration = pb::LauncherRegistration {
             launcher_id: config.launcher_id.clone(),
@@ -59,20 +76,26 @@ impl AdminLink {
             metadata: [
                 ("hostname".to_owned(), crate::settings::hostname()),
                 ("systemd".to_owned(), config.systemd.to_string()),
-                ("tls".to_owned(), tls.is_some().to_string()),
+                ("tls".to_owned(), tls_used.to_string()),
             ]
             .into(),
             held: Vec::new(),
         };
         Ok(Self {
             supervisor,
-            client: ControlPlaneClient::new(channel)
-                .max_decoding_message_size(crate::serve::MAX_RESPONSE_BYTES)
-                .max_encoding_message_size(crate::serve::MAX_REQUEST_BYTES),
-            endpoint: endpoint.to_string(),
+            admins,
+            current: 0,
+            endpoint,
+            client,
             registration,
             interval: config.heartbeat_interval,
         })
+    }
+
+    /// Talk to the next admin configured (the same one when there is one).
+    fn next_admin(&mut self) {
+        self.current = (self.current + 1) % self.admins.len();
+        (self.endpoint, self.client) = self.admins[self.current].clone();
     }
 
     /// Register, then heartbeat, and again after any failure, until
@@ -81,15 +104,32 @@ impl AdminLink {
         // Jittered: launchers must not reconnect in step after an admin
         // restart.
         let mut backoff = Backoff::new(BACKOFF);
+        // Admins tried in a row without success.
+        let mut failed = 0;
         loop {
             match self.register().await {
-                Ok(()) => backoff.reset(),
+                Ok(()) => {
+                    backoff.reset();
+                    failed = 0;
+                }
                 Err(reason) => {
-                    let wait = backoff.next_wait();
+                    failed += 1;
+                    let tried = self.endpoint.clone();
+                    self.next_admin();
+                    // The next admin at once, until each has failed once.
+                    let wait = if failed % self.admins.len() == 0 {
+                        backoff.next_wait()
+                    } else {
+                        Duration::ZERO
+                    };
+                    let next = if self.admins.len() == 1 {
+                        "retrying".to_owned()
+                    } else {
+                        format!("trying {}", self.endpoint)
+                    };
                     tracing::warn!(
-                        admin = %self.endpoint,
-                        "cannot register with the admin at {} ({reason}); retrying in {wait:.1?}",
-                        self.endpoint
+                        admin = %tried,
+                        "cannot register with the admin at {tried} ({reason}); {next} in {wait:.1?}"
                     );
                     if shutdown.until(tokio::time::sleep(wait)).await.is_none() {
                         return;
@@ -100,7 +140,9 @@ impl AdminLink {
             let Some(reason) = self.heartbeat_until_failure(&mut shutdown).await else {
                 return;
             };
-            tracing::warn!(admin = %self.endpoint, "lost the admin at {} ({reason}); registering again", self.endpoint);
+            let lost = self.endpoint.clone();
+            self.next_admin();
+            tracing::warn!(admin = %lost, "lost the admin at {lost} ({reason}); registering again with {}", self.endpoint);
             let pause = BACKOFF.jittered(0, crate::backoff::seed());
             if shutdown.until(tokio::time::sleep(pause)).await.is_none() {
                 return;

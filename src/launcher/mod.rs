@@ -103,7 +103,7 @@ pub async fn run(
     );
     // With an admin, what is not desired here may be about to be handed back
     // (a wiped state directory): wait for its placement before stopping.
-    supervisor.allow_stopping_undesired(config.admin_endpoint.is_none());
+    supervisor.allow_stopping_undesired(config.admin_endpoints.is_empty());
     for c in supervisor.load().map_err(RunError::setup)? {
         tracing::error!(
             file = %c.file.display(),
@@ -127,7 +127,7 @@ pub async fn run(
         &config.operator_group,
         &config.trust_domain,
         config.insecure,
-        config.admin_endpoint.is_none(),
+        config.admin_endpoints.is_empty(),
         supervisor.metrics.auth_denied.clone(),
     );
     let routes = |router: crate::serve::GatedRouter| {
@@ -207,10 +207,10 @@ pub async fn run(
         daemon.spawn(move |shutdown| follow_connection(sup, health, shutdown));
     }
     daemon.watchdog(|| async { true });
-    if let Some(endpoint) = &config.admin_endpoint {
-        match admin_link::AdminLink::new(&config, endpoint, supervisor.clone()) {
+    if !config.admin_endpoints.is_empty() {
+        match admin_link::AdminLink::new(&config, supervisor.clone()) {
             Ok(link) => daemon.spawn(move |shutdown| link.run(shutdown)),
-            Err(e) => tracing::error!("cannot set up the link to the admin at {endpoint}: {e}"),
+            Err(e) => tracing::error!("cannot set up the link to the admin: {e}"),
         }
     } else {
         tracing::info!("standalone: no --admin-endpoint; taking assignments on its own service");

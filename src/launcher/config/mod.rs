@@ -38,9 +38,12 @@ pub const DEFAULT_REGION: &str = "local";
 pub struct Args {
     #[command(flatten)]
     pub daemon: DaemonFlags,
-    /// prism-admin to register with, as host:port or a URL. Without it the
-    /// launcher runs standalone and takes assignments directly.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// prism-admin to register with, as host:port or a URL; several,
+    /// comma-separated, for admins that share a database (any of them
+    /// will do; the launcher moves to the next when its admin fails).
+    /// Without it the launcher runs standalone and takes assignments
+    /// directly.
+    #[arg(long, value_name = "HOST:PORT[,…]")]
     pub admin_endpoint: Option<String>,
     /// This launcher's id [default: the one its certificate names, else the
     /// host name].
@@ -208,7 +211,7 @@ const LEGACY: &str = "pattern-launcher flags";
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    admin_endpoint: Option<String>,
+    admin_endpoint: Option<crate::settings::OneOrMany>,
     launcher_id: Option<String>,
     max_processes: Option<i64>,
     capabilities: Option<Vec<String>>,
@@ -238,9 +241,9 @@ struct ProbeFile {
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The admin, if any: its socket, or host and port (TLS whenever
-    /// `tls` is configured).
-    pub admin_endpoint: Option<Address>,
+    /// The admins, if any (any of them will do): each a socket, or host
+    /// and port (TLS whenever `tls` is configured).
+    pub admin_endpoints: Vec<Address>,
     pub launcher_id: String,
     pub listen: Option<SocketAddr>,
     pub socket: Option<PathBuf>,

@@ -21,12 +21,14 @@ impl Args {
                 insecure_listens: true,
             },
         )?;
-        let admin_endpoint = match self.admin_endpoint.take().or(file.admin_endpoint.take()) {
-            None => None,
-            Some(e) => {
-                Some(Address::parse(&e).or_else(|r| bad("admin-endpoint", "admin_endpoint", r))?)
-            }
-        };
+        let admin_endpoints = match self.admin_endpoint.take() {
+            Some(flag) => crate::settings::OneOrMany::One(flag),
+            None => file.admin_endpoint.take().unwrap_or_default(),
+        }
+        .items()
+        .iter()
+        .map(|e| Address::parse(e).or_else(|r| bad("admin-endpoint", "admin_endpoint", r)))
+        .collect::<Result<Vec<Address>, ConfigError>>()?;
         let launcher_id = self.launcher_id(&mut file, &served)?;
         let (max_processes, capabilities, region) = self.capacity(&mut file, legacy)?;
         let (state_dir, credentials_dir, systemd) = self.host(&mut file)?;
@@ -51,9 +53,9 @@ impl Args {
         )?;
         served.check_transport()?;
         let (heartbeat_interval, advertise_address) =
-            self.admin_link(&mut file, &served, &admin_endpoint)?;
+            self.admin_link(&mut file, &served, &admin_endpoints)?;
         Ok(Config {
-            admin_endpoint,
+            admin_endpoints,
             launcher_id,
             listen: served.listen,
             socket: served.access.socket,
@@ -313,9 +315,9 @@ impl Args {
         &mut self,
         file: &mut FileConfig,
         served: &Served,
-        admin_endpoint: &Option<Address>,
+        admin_endpoints: &[Address],
     ) -> Result<(Duration, String), ConfigError> {
-        if let Some(admin) = admin_endpoint {
+        for admin in admin_endpoints {
             match (admin, &served.tls) {
                 (Address::Tcp { .. }, Some(t)) if t.client_ca.is_none() => {
                     return bad(

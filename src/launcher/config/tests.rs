@@ -140,10 +140,35 @@ failure_threshold = 2
     assert_eq!(c.listen.unwrap().port(), 7171);
     assert_eq!(c.max_processes, 9);
     assert_eq!(c.region, "eu-1");
-    assert_eq!(
-        c.admin_endpoint.unwrap().to_string(),
-        "http://admin.example:8981"
-    );
+    let endpoints: Vec<String> = c.admin_endpoints.iter().map(|a| a.to_string()).collect();
+    assert_eq!(endpoints, ["http://admin.example:8981"]);
+    // Several admins: a list, or commas (in the file or the flag).
+    for (line, flag) in [
+        (
+            r#"admin_endpoint = ["a.example:8981", "b.example:8981"]"#,
+            None,
+        ),
+        (r#"admin_endpoint = "a.example:8981, b.example:8981""#, None),
+        ("", Some("a.example:8981,b.example:8981")),
+    ] {
+        std::fs::write(
+            &file,
+            format!("listen = \"127.0.0.1:7171\"\ninsecure = true\n{line}\n"),
+        )
+        .unwrap();
+        let mut all = vec!["--config", &path];
+        all.extend(flag.map(|f| ["--admin-endpoint", f]).into_iter().flatten());
+        let c = args(&all).resolve().unwrap();
+        let endpoints: Vec<String> = c.admin_endpoints.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            endpoints,
+            ["http://a.example:8981", "http://b.example:8981"],
+            "{line} {flag:?}"
+        );
+    }
+    std::fs::write(&file, "insecure = true\nadmin_endpoint = \"a:8981,:x\"\n").unwrap();
+    let e = args(&["--config", &path]).resolve().unwrap_err();
+    assert_eq!(e.setting, "--admin-endpoint (admin_endpoint)", "{e}");
     assert_eq!(c.capabilities.len(), 2);
     assert_eq!(c.policy.probe_defaults.interval, Duration::from_millis(500));
     assert_eq!(c.policy.probe_defaults.failure_threshold, 2);
