@@ -108,6 +108,7 @@ where
             Ok(Ok(lease)) if lease.held_by(&me) => {
                 failures.reset();
                 valid_until = Some(asked + trusted_for);
+                let first = on_lead.is_some();
                 if let Some(lead) = on_lead.take() {
                     tracing::info!(
                         epoch = lease.epoch,
@@ -117,7 +118,12 @@ where
                     lead(lease.clone()).await.map_err(Lost)?;
                 }
                 standing.send_replace(Standing::Leading(lease));
-                renew_every
+                if first {
+                    // Loading took part of the lease: renew at once.
+                    Duration::ZERO
+                } else {
+                    renew_every
+                }
             }
             Ok(Ok(lease)) => {
                 failures.reset();

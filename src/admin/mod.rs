@@ -257,6 +257,7 @@ pub async fn run(
         holder: leader::instance_id(),
         address: advertised(&config),
     };
+    let this_admin = me.clone();
     // Loads the fleet and starts serving it, once this admin leads.
     let lead = {
         let (store, config, gate, metrics) =
@@ -345,6 +346,13 @@ pub async fn run(
         // What heartbeats batched since the last write (refused, with
         // nothing written, if another admin leads now).
         fleet.flush().await;
+        if lost.is_none() && store.shared() {
+            // Another admin leads at once rather than after the lease.
+            match store.resign(&this_admin).await {
+                Ok(()) => tracing::info!("gave the leadership up"),
+                Err(e) => tracing::warn!("could not give the leadership up: {e}"),
+            }
+        }
     }
     tracing::info!("prism-admin stopped");
     match lost {

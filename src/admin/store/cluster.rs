@@ -115,6 +115,19 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// A cluster `create` made in `dir` before (not running).
+    pub fn existing(dir: &Path) -> Result<Self, ClusterError> {
+        let bin = binaries().ok_or_else(|| {
+            fail("no PostgreSQL found (/usr/lib/postgresql/*/bin; PRISM_PG_BIN overrides)")
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            bin,
+            owner: owner()?,
+            running: false,
+        })
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }

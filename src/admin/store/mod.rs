@@ -279,6 +279,9 @@ pub trait AdminStore: Send + Sync + 'static {
     /// `me` holds it, this store's writes carry its epoch. An embedded
     /// database has one admin, which always leads.
     async fn lead(&self, me: &Candidate, ttl: Duration) -> Result<Lease, StoreError>;
+    /// Give the lease up, if `me` holds it, so that another admin leads at
+    /// once (a leader that stops). Its writes are refused from then on.
+    async fn resign(&self, me: &Candidate) -> Result<(), StoreError>;
     /// Whether the database is shared by several admins (leadership,
     /// forwarding) or embedded (one admin).
     fn shared(&self) -> bool;

@@ -121,4 +121,22 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Expire the lease now if `me` holds it, and write nothing more.
+    async fn give_up(&self, me: &Candidate) -> Result<(), StoreError> {
+        let held = self.fence.lock().expect("fence").take();
+        if let Some((holder, epoch)) = held.filter(|(h, _)| *h == me.holder) {
+            sqlx::query(
+                "UPDATE leader_lease SET expires_at = clock_timestamp() \
+                 WHERE id = 1 AND holder = $1 AND epoch = $2",
+            )
+            .bind(&holder)
+            .bind(epoch)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 sql::sql_store!(PgStore, Postgres, shared = true);

@@ -66,8 +66,8 @@ pub(super) const SELECT_HISTORY: &str = "SELECT at, event, version, launcher_id,
      ORDER BY at DESC, seq DESC LIMIT $2";
 
 /// `impl AdminStore for $store` over `sqlx::$db`: the store has a `pool`,
-/// `async fn fence(&self, tx)` (run first in every write transaction) and
-/// `async fn lease(&self, me, ttl)`.
+/// `async fn fence(&self, tx)` (run first in every write transaction),
+/// `async fn lease(&self, me, ttl)` and `async fn give_up(&self, me)`.
 macro_rules! sql_store {
     ($store:ty, $db:ty, shared = $shared:expr) => {
         #[async_trait::async_trait]
@@ -78,6 +78,10 @@ macro_rules! sql_store {
                 ttl: std::time::Duration,
             ) -> Result<$crate::admin::store::Lease, StoreError> {
                 self.lease(me, ttl).await
+            }
+
+            async fn resign(&self, me: &$crate::admin::store::Candidate) -> Result<(), StoreError> {
+                self.give_up(me).await
             }
 
             fn shared(&self) -> bool {

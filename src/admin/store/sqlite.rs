@@ -71,6 +71,13 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Nobody else could lead.
+    async fn give_up(&self, _: &Candidate) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 sql::sql_store!(SqliteStore, Sqlite, shared = false);
 
 #[cfg(test)]

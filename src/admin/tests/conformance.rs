@@ -437,5 +437,21 @@ async fn the_lease_has_one_holder_and_fences_a_deposed_one() {
     );
     // a, asking again, follows b.
     let now = a.lead(&me_a, ttl).await.unwrap();
-    assert_eq!((now.holder, now.epoch), (me_b.holder, taken.epoch));
+    assert_eq!((now.holder, now.epoch), (me_b.holder.clone(), taken.epoch));
+
+    // b stops and gives the lease up: a leads at once, at the next epoch,
+    // and b writes nothing more.
+    let long = Duration::from_secs(60);
+    assert!(b.lead(&me_b, long).await.unwrap().held_by(&me_b));
+    b.resign(&me_b).await.unwrap();
+    let again = a.lead(&me_a, long).await.unwrap();
+    assert!(again.held_by(&me_a), "{again:?}");
+    assert_eq!(again.epoch, taken.epoch + 1);
+    assert!(matches!(
+        b.set_draining("l", true).await,
+        Err(StoreError::NotLeader { .. })
+    ));
+    // Giving up a lease it does not hold changes nothing.
+    b.resign(&me_b).await.unwrap();
+    assert!(a.lead(&me_a, long).await.unwrap().held_by(&me_a));
 }

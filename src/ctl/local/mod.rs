@@ -8,12 +8,15 @@
 //! root. `down` stops everything `up` started and removes it.
 //!
 //! - `stack`: the manager, the PKI, and the daemons' units;
+//! - `ha`: three admins on a PostgreSQL of the stack's own (`up --ha`);
 //! - `demo`: the demo's assignments, one of each type.
 
 mod demo;
+mod ha;
 mod stack;
 
 pub use demo::demo_assignments;
+use ha::{admin_socket, admin_units};
 use stack::*;
 
 use std::{
@@ -90,6 +93,12 @@ pub enum LocalAction {
         /// reaches it; its metrics are on the next port.
         #[arg(long, default_value_t = 7070)]
         launcher_port: u16,
+        /// Three admins (on --admin-port and the two even ports after it)
+        /// sharing a PostgreSQL of the stack's own: one leads; stop it
+        /// (`systemctl kill`) and watch another take over in `prismctl
+        /// local status`. Needs PostgreSQL installed.
+        #[arg(long)]
+        ha: bool,
     },
     /// Show the stack and its processes.
     Status,
@@ -104,6 +113,9 @@ struct Saved {
     manager: String,
     admin_port: u16,
     launcher_port: u16,
+    /// Three admins on PostgreSQL.
+    #[serde(default)]
+    ha: bool,
 }
 
 impl Saved {
@@ -125,19 +137,30 @@ impl Saved {
         format!("127.0.0.1:{}", port.wrapping_add(1))
     }
 
-    /// The admin's local socket: the stack serves no plaintext TCP, and
-    /// the socket knows its callers by uid.
+    /// The (first) admin's local socket: the stack serves no plaintext
+    /// TCP, and the socket knows its callers by uid.
     fn admin_socket(state: &Path) -> PathBuf {
-        state.join("admin.sock")
+        admin_socket(state, 0)
+    }
+
+    /// Admin `k`'s gRPC port (its metrics on the next).
+    fn admin_port(&self, k: usize) -> u16 {
+        self.admin_port.wrapping_add(2 * k as u16)
     }
 
     fn launcher_socket(state: &Path) -> PathBuf {
         state.join("launcher.sock")
     }
 
+    /// prismctl's way to the stack: every admin's socket, the first that
+    /// answers.
     fn admin(state: &Path) -> AdminOpts {
+        let ha = Self::load(state).is_some_and(|s| s.ha);
+        let sockets: Vec<String> = (0..admin_units(ha).len())
+            .map(|k| format!("unix:{}", admin_socket(state, k).display()))
+            .collect();
         AdminOpts {
-            admin: Some(format!("unix:{}", Self::admin_socket(state).display())),
+            admin: Some(sockets.join(",")),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -152,7 +175,8 @@ pub async fn run(g: &Global, args: &LocalArgs) -> Result<(), Error> {
             demo,
             admin_port,
             launcher_port,
-        } => up(g, &args.state_dir, demo, admin_port, launcher_port).await,
+            ha,
+        } => up(g, &args.state_dir, demo, (admin_port, launcher_port), ha).await,
         LocalAction::Status => status(g, &args.state_dir).await,
         LocalAction::Down => down(&args.state_dir).await,
     }
@@ -189,7 +213,12 @@ async fn status(g: &Global, state: &Path) -> Result<(), Error> {
     };
     let engine = engine(state, target.clone()).await?;
     let mut text = String::new();
-    for unit in [ADMIN_UNIT, LAUNCHER_UNIT] {
+    let mut units: Vec<&str> = admin_units(saved.ha).to_vec();
+    units.push(LAUNCHER_UNIT);
+    if saved.ha {
+        units.push(ha::POSTGRES_UNIT);
+    }
+    for unit in units {
         let state = match engine.status(unit).await {
             Ok(s) => format!("{}/{} (pid {})", s.active_state, s.sub_state, s.main_pid),
             Err(SystemdError::NoSuchUnit { .. }) => "not running".into(),
@@ -202,6 +231,15 @@ async fn status(g: &Global, state: &Path) -> Result<(), Error> {
         Saved::metrics(saved.admin_port),
         Saved::metrics(saved.launcher_port)
     ));
+    if saved.ha {
+        text.push_str(&ha::leader_line(&saved).await);
+    }
+    let table = !matches!(g.output, Format::Json | Format::Yaml);
+    if table {
+        // The stack's units even while no admin answers (a failover).
+        out(&text);
+        text.clear();
+    }
     let mut admin = connect(state).await?;
     let list = processes(&mut admin).await?;
     if let Some(structured) = structured(
@@ -249,7 +287,10 @@ async fn down(state: &Path) -> Result<(), Error> {
             }
         }
         let engine = engine(state, target).await?;
-        for unit in [LAUNCHER_UNIT, ADMIN_UNIT] {
+        let ha = saved.as_ref().is_some_and(|s| s.ha);
+        let mut daemons = vec![LAUNCHER_UNIT];
+        daemons.extend(admin_units(ha));
+        for unit in daemons {
             engine.stop(unit, Duration::from_secs(10)).await?;
             eprintln!("stopped {unit}");
         }
@@ -257,6 +298,9 @@ async fn down(state: &Path) -> Result<(), Error> {
         for u in engine.list().await? {
             engine.stop(&u.name, Duration::from_secs(30)).await?;
             eprintln!("stopped {}", u.name);
+        }
+        if ha {
+            ha::down(Some(&engine), state).await?;
         }
     }
     let sandbox_dir = sandbox_dir(state);
@@ -291,8 +335,11 @@ mod tests {
 
     #[test]
     fn the_stack_daemons_are_never_taken_for_workloads() {
-        assert!(!unit::is_workload_unit(ADMIN_UNIT));
+        for u in ha::ADMIN_UNITS {
+            assert!(!unit::is_workload_unit(u));
+        }
         assert!(!unit::is_workload_unit(LAUNCHER_UNIT));
+        assert!(!unit::is_workload_unit(ha::POSTGRES_UNIT));
     }
 
     #[test]

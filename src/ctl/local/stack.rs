@@ -186,19 +186,42 @@ pub(super) async fn up(
     g: &Global,
     state: &Path,
     demo: bool,
-    admin_port: u16,
-    launcher_port: u16,
+    (admin_port, launcher_port): (u16, u16),
+    ha: bool,
 ) -> Result<(), Error> {
-    // Each daemon also serves metrics on its port + 1.
-    if admin_port.abs_diff(launcher_port) < 2 {
-        return Err(Error::Usage(format!(
-            "--admin-port {admin_port} and --launcher-port {launcher_port} overlap: each daemon \
-             also serves metrics on its port + 1"
-        )));
-    }
     ensure_root()?;
     fs::create_dir_all(state).map_err(io(format!("creating {}", state.display())))?;
     let previous = Saved::load(state);
+    if let Some(p) = &previous
+        && p.ha != ha
+    {
+        return Err(Error::Usage(format!(
+            "the local stack runs {}; `prismctl local down` first to change that",
+            if p.ha { "with --ha" } else { "without --ha" }
+        )));
+    }
+    let saved = Saved {
+        manager: String::new(),
+        // A stack that runs keeps its ports.
+        admin_port: previous.as_ref().map_or(admin_port, |p| p.admin_port),
+        launcher_port: previous.as_ref().map_or(launcher_port, |p| p.launcher_port),
+        ha,
+    };
+    // Each daemon also serves metrics on its port + 1.
+    for k in 0..admin_units(ha).len() {
+        let port = saved.admin_port(k);
+        if port.abs_diff(saved.launcher_port) < 2 {
+            return Err(Error::Usage(format!(
+                "--admin-port {admin_port} and --launcher-port {launcher_port} overlap: each \
+                 daemon also serves metrics on its port + 1{}",
+                if ha {
+                    ", and the other admins take the two even ports after --admin-port"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
     let target = manager(state, previous.as_ref(), true)
         .await?
         .expect("started when missing");
@@ -209,9 +232,7 @@ pub(super) async fn up(
             "sandbox"
         }
         .into(),
-        // A stack that runs keeps its ports.
-        admin_port: previous.as_ref().map_or(admin_port, |p| p.admin_port),
-        launcher_port: previous.as_ref().map_or(launcher_port, |p| p.launcher_port),
+        ..saved
     };
     saved.save(state)?;
     let engine = engine(state, target.clone()).await?;
@@ -219,40 +240,56 @@ pub(super) async fn up(
     let launcher_bin = install(state, "prism-launcher")?;
     let demo_bin = install(state, "prism-demo")?;
     let redis = Path::new(REDIS).is_file().then_some(Path::new(REDIS));
+    let database = if ha {
+        Some(ha::postgres(&engine, state).await?)
+    } else {
+        None
+    };
 
     // The production security model: mutual TLS between the daemons with
     // the stack's own CA, and local sockets for prismctl.
     let pki = pki(state)?;
-    let admin_socket = Saved::admin_socket(state);
-    let admin_listen = format!("127.0.0.1:{}", saved.admin_port);
-    let mut admin_argv = vec![
-        admin_bin.display().to_string(),
-        "serve".into(),
-        "--listen".into(),
-        admin_listen.clone(),
-        "--socket".into(),
-        admin_socket.display().to_string(),
-        "--data-dir".into(),
-        state.join("admin").display().to_string(),
-        // Quick health for a local demo.
-        "--heartbeat-interval".into(),
-        "2s".into(),
-        "--metrics-listen".into(),
-        Saved::metrics(saved.admin_port),
-    ];
-    admin_argv.extend(tls_flags(&pki, "admin"));
-    start_daemon(
-        &engine,
-        state,
-        &unit::daemon(
-            ADMIN_UNIT,
-            "prism-admin of the local stack",
-            admin_argv,
+    let mut endpoints = Vec::new();
+    for (k, unit_name) in admin_units(ha).iter().enumerate() {
+        let listen = format!("127.0.0.1:{}", saved.admin_port(k));
+        let data = if k == 0 {
+            state.join("admin")
+        } else {
+            state.join(format!("admin-{}", k + 1))
+        };
+        let mut admin_argv = vec![
+            admin_bin.display().to_string(),
+            "serve".into(),
+            "--listen".into(),
+            listen.clone(),
+            "--socket".into(),
+            admin_socket(state, k).display().to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            // Quick health for a local demo.
+            "--heartbeat-interval".into(),
+            "2s".into(),
+            "--metrics-listen".into(),
+            Saved::metrics(saved.admin_port(k)),
+        ];
+        if let Some(url) = &database {
+            admin_argv.extend(["--database".into(), url.clone()]);
+        }
+        admin_argv.extend(tls_flags(&pki, "admin"));
+        let description = if ha {
+            format!("prism-admin {} of 3 of the local stack", k + 1)
+        } else {
+            "prism-admin of the local stack".to_owned()
+        };
+        start_daemon(
+            &engine,
+            state,
+            &unit::daemon(unit_name, &description, admin_argv, "prism-admin"),
             "prism-admin",
-        ),
-        "prism-admin",
-    )
-    .await?;
+        )
+        .await?;
+        endpoints.push(listen);
+    }
     let mut launcher_argv = vec![
         launcher_bin.display().to_string(),
         "--listen".into(),
@@ -262,7 +299,7 @@ pub(super) async fn up(
         "--metrics-listen".into(),
         Saved::metrics(saved.launcher_port),
         "--admin-endpoint".into(),
-        admin_listen,
+        endpoints.join(","),
         "--systemd".into(),
         target.to_string(),
         "--launcher-id".into(),

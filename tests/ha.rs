@@ -1,0 +1,381 @@
+//! Several prism-admins on one PostgreSQL (a throwaway cluster of the
+//! test's own), a launcher on a sandboxed systemd manager that knows them
+//! all, and failover: the leader killed with SIGKILL while assignments are
+//! in flight, or cut off from the database by PostgreSQL
+//! (`pg_terminate_backend`). Outcomes are read back from the database,
+//! the admins' API and the host's systemd.
+//!
+//! Without PostgreSQL installed these print SKIPPED, unless
+//! `PRISM_REQUIRE_POSTGRES=1` (as `.ci/run` sets).
+
+mod support;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use prism_launcher::{
+    admin::store::cluster::{self, LocalCluster},
+    pb::prism::{
+        self as pb,
+        admin::v1::{self as apb, admin_client::AdminClient},
+        control_plane_client::ControlPlaneClient,
+    },
+};
+use sqlx::Connection;
+use support::{daemon::*, *};
+use tokio::time::Instant;
+use tonic::Code;
+
+/// The admins' lease: the default.
+const LEASE: Duration = Duration::from_secs(5);
+
+struct Ha {
+    admins: Vec<Daemon>,
+    host: Harness,
+    launcher: Daemon,
+    url: String,
+    // Dropped last: the daemons first, then the database.
+    _dirs: Vec<tempfile::TempDir>,
+    _pg: LocalCluster,
+    _pg_dir: tempfile::TempDir,
+}
+
+fn role(i: usize) -> String {
+    format!("admin_{i}")
+}
+
+impl Ha {
+    /// `n` admins, each connecting as its own database role (so that one
+    /// can be cut off), and one launcher registered through them.
+    async fn start(n: usize) -> Option<Ha> {
+        if cluster::binaries().is_none() {
+            assert!(
+                std::env::var_os("PRISM_REQUIRE_POSTGRES").is_none(),
+                "PRISM_REQUIRE_POSTGRES is set and no PostgreSQL is installed"
+            );
+            eprintln!("SKIPPED: no PostgreSQL (/usr/lib/postgresql/*/bin) here");
+            return None;
+        }
+        let host = support::sandbox()?;
+        let pg_dir = tempfile::tempdir().unwrap();
+        let mut pg = LocalCluster::create(pg_dir.path(), false).expect("initdb");
+        pg.start().expect("pg_ctl start");
+        let url = pg.create_database("ha").await.expect("database");
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        for i in 0..n {
+            let sql = format!("CREATE ROLE {} LOGIN SUPERUSER", role(i));
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        let mut admins = Vec::new();
+        let mut dirs = Vec::new();
+        for i in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let own = url.replace("://prism@", &format!("://{}@", role(i)));
+            let admin = Daemon::admin(
+                dir.path(),
+                &["--database", &own, "--heartbeat-interval", "300ms"],
+            )
+            .await;
+            admins.push(admin);
+            dirs.push(dir);
+        }
+        let endpoints = admins
+            .iter()
+            .map(|a| format!("http://127.0.0.1:{}", a.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let launcher =
+            Daemon::start_named(&host, "ha-host", &["--admin-endpoint", &endpoints]).await;
+        let ha = Ha {
+            admins,
+            host,
+            launcher,
+            url,
+            _dirs: dirs,
+            _pg: pg,
+            _pg_dir: pg_dir,
+        };
+        ha.wait_healthy().await;
+        Some(ha)
+    }
+
+    /// The leader's index among `admins`, from the lease row (its holder
+    /// names its pid).
+    async fn leader(&self) -> Option<(usize, i64)> {
+        let mut c = sqlx::PgConnection::connect(&self.url).await.ok()?;
+        let (holder, epoch): (String, i64) =
+            sqlx::query_as("SELECT holder, epoch FROM leader_lease WHERE id = 1")
+                .fetch_optional(&mut c)
+                .await
+                .ok()??;
+        let pid: u32 = holder.split('/').nth(1)?.parse().ok()?;
+        let i = self
+            .admins
+            .iter()
+            .position(|a| a.child.as_ref().is_some_and(|c| c.id() == pid))?;
+        Some((i, epoch))
+    }
+
+    async fn api(&self, i: usize) -> AdminClient<tonic::transport::Channel> {
+        AdminClient::new(self.admins[i].channel().await)
+    }
+
+    async fn cp(&self, i: usize) -> ControlPlaneClient<tonic::transport::Channel> {
+        ControlPlaneClient::new(self.admins[i].channel().await)
+    }
+
+    /// A living admin that does not lead.
+    async fn follower(&self) -> usize {
+        let (leader, _) = self.leader().await.expect("a leader");
+        (0..self.admins.len())
+            .find(|i| *i != leader && self.admins[*i].child.is_some())
+            .expect("a follower")
+    }
+
+    async fn wait_healthy(&self) {
+        eventually(
+            "the launcher healthy, asked through any admin",
+            DEADLINE,
+            || async {
+                for i in 0..self.admins.len() {
+                    if self.admins[i].child.is_none() {
+                        continue;
+                    }
+                    let ls = self
+                        .api(i)
+                        .await
+                        .list_launchers(apb::ListLaunchersRequest {})
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .launchers;
+                    return ls
+                        .iter()
+                        .any(|l| l.launcher_id == "ha-host" && l.health == "healthy")
+                        .then_some(());
+                }
+                None
+            },
+        )
+        .await;
+    }
+
+    /// Where admin `i` says `id` is placed (None: it knows no such process).
+    async fn placed(&self, i: usize, id: &str) -> Result<Option<String>, tonic::Status> {
+        match self
+            .api(i)
+            .await
+            .get_process(apb::GetProcessRequest {
+                process_id: id.into(),
+                history_limit: 1,
+            })
+            .await
+        {
+            Ok(p) => Ok(Some(p.into_inner().launcher_id)),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(s),
+        }
+    }
+
+    /// The prism units of this host, by process id, with their MainPID.
+    fn units(&self) -> BTreeMap<String, Vec<(String, String)>> {
+        let mut by_id: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for unit in self.host.listed_units() {
+            let Some(rest) = unit.strip_prefix("prism-pattern-") else {
+                continue;
+            };
+            let id = rest.trim_end_matches(".service").to_owned();
+            let active = self.host.prop(&unit, "ActiveState");
+            if active == "active" || active == "activating" {
+                let pid = self.host.prop(&unit, "MainPID");
+                by_id.entry(id).or_default().push((unit, pid));
+            }
+        }
+        by_id
+    }
+}
+
+async fn assign(
+    mut cp: ControlPlaneClient<tonic::transport::Channel>,
+    a: pb::ProcessAssignment,
+) -> Result<pb::ProcessAssignmentAck, tonic::Status> {
+    cp.assign_process(a).await.map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_within_the_lease_and_nothing_is_lost_or_run_twice() {
+    let Some(mut ha) = Ha::start(3).await else {
+        return;
+    };
+    let (leader, epoch) = ha.leader().await.expect("a leader");
+    let follower = ha.follower().await;
+    // Acknowledged before the kill, through a follower (passed on).
+    let mut acked = Vec::new();
+    for i in 0..4 {
+        let id = format!("before{i}");
+        let ack = assign(ha.cp(follower).await, pattern(&id, &ha.host.demo, &[]))
+            .await
+            .unwrap_or_else(|s| panic!("assign {id} through a follower: {s}"));
+        assert!(ack.success, "{ack:?}");
+        assert_eq!(ack.launcher_id, "ha-host");
+        acked.push(id);
+    }
+    let before = ha.units();
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    // More in flight, through both followers, as the leader is killed.
+    let mut in_flight = Vec::new();
+    for i in 0..8 {
+        let id = format!("during{i}");
+        let via = ha.cp((leader + 1 + i % 2) % 3).await;
+        let a = pattern(&id, &ha.host.demo, &[]);
+        in_flight.push((id, tokio::spawn(assign(via, a))));
+    }
+    let killed_at = Instant::now();
+    ha.admins[leader].kill9();
+    let (new_leader, new_epoch) = eventually("another admin to lead", DEADLINE, || async {
+        ha.leader().await.filter(|(i, _)| *i != leader)
+    })
+    .await;
+    let failover = killed_at.elapsed();
+    eprintln!("failover: {failover:?} (lease {LEASE:?})");
+    assert!(
+        failover <= LEASE + Duration::from_secs(1),
+        "a follower led {failover:?} after the kill"
+    );
+    assert!(new_epoch > epoch);
+    for (id, task) in in_flight {
+        match task.await.unwrap() {
+            Ok(ack) if ack.success => acked.push(id),
+            // Not acknowledged: placed or not, never half (checked below).
+            _ => {}
+        }
+    }
+    ha.wait_healthy().await;
+    // The launcher registered again, with an admin that is alive.
+    let log = ha.launcher.log_text();
+    assert!(log.contains("registering again"), "{log}");
+
+    // Every acknowledged assignment is placed and running, once; the
+    // processes from before the kill were not touched.
+    eventually("every acknowledged process running", DEADLINE, || async {
+        let units = ha.units();
+        acked.iter().all(|id| units.contains_key(id)).then_some(())
+    })
+    .await;
+    for id in &acked {
+        assert_eq!(
+            ha.placed(new_leader, id).await.unwrap().as_deref(),
+            Some("ha-host"),
+            "{id}"
+        );
+    }
+    let after = ha.units();
+    for (id, units) in &before {
+        assert_eq!(&after[id], units, "{id}: the same unit and MainPID");
+    }
+    // What the admin places and what runs agree, with nothing twice.
+    let placed: Vec<String> = ha
+        .api(new_leader)
+        .await
+        .list_processes(apb::ListProcessesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .processes
+        .into_iter()
+        .filter_map(|p| p.assignment.map(|a| a.process_id))
+        .collect();
+    eventually(
+        "the host to run exactly what is placed",
+        DEADLINE,
+        || async {
+            let units = ha.units();
+            let running: Vec<&String> = units.keys().collect();
+            let mut want: Vec<&String> = placed.iter().collect();
+            want.sort();
+            (running == want && units.values().all(|u| u.len() == 1)).then_some(())
+        },
+    )
+    .await;
+    for id in &acked {
+        assert!(placed.contains(id), "acknowledged {id} is placed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_database_stops_and_another_leads() {
+    let Some(mut ha) = Ha::start(2).await else {
+        return;
+    };
+    let (leader, epoch) = ha.leader().await.expect("a leader");
+    for i in 0..3 {
+        let ack = assign(
+            ha.cp(leader).await,
+            pattern(&format!("kv{i}"), &ha.host.demo, &[]),
+        )
+        .await
+        .expect("assign");
+        assert!(ack.success);
+    }
+    let before = ha.units();
+    assert_eq!(before.len(), 3);
+
+    // PostgreSQL ends the leader's connections and refuses new ones.
+    let mut c = sqlx::PgConnection::connect(&ha.url).await.unwrap();
+    let cut_at = Instant::now();
+    for sql in [
+        format!("ALTER ROLE {} NOLOGIN", role(leader)),
+        format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{}'",
+            role(leader)
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    // It stops on its own, before its lease runs out.
+    let status = eventually("the cut-off leader to stop", DEADLINE, || {
+        let exited = ha.admins[leader]
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("wait"));
+        async move { exited }
+    })
+    .await;
+    let stopped = cut_at.elapsed();
+    assert!(!status.success(), "{status:?}");
+    assert!(stopped < LEASE, "stopped {stopped:?} after the cut");
+    ha.admins[leader].child = None;
+    let log = ha.admins[leader].log_text();
+    assert!(log.contains("lost the leadership"), "{log}");
+    let (new_leader, new_epoch) = eventually("the other admin to lead", DEADLINE, || async {
+        ha.leader().await.filter(|(i, _)| *i != leader)
+    })
+    .await;
+    let failover = cut_at.elapsed();
+    eprintln!("cut-off leader stopped after {stopped:?}; failover {failover:?}");
+    assert!(failover <= LEASE + Duration::from_secs(1), "{failover:?}");
+    assert_eq!(new_epoch, epoch + 1);
+    ha.wait_healthy().await;
+    for i in 0..3 {
+        let id = format!("kv{i}");
+        assert_eq!(
+            ha.placed(new_leader, &id).await.unwrap().as_deref(),
+            Some("ha-host")
+        );
+    }
+    assert_eq!(ha.units(), before, "the workloads were not touched");
+    // The new leader writes.
+    let ack = assign(
+        ha.cp(new_leader).await,
+        pattern("kvnew", &ha.host.demo, &[]),
+    )
+    .await
+    .expect("assign on the new leader");
+    assert!(ack.success);
+}
