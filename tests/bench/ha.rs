@@ -8,8 +8,9 @@
 //!    throughput and latency percentiles; on PostgreSQL also through a
 //!    follower (passed on to the leader);
 //! 2. failover: three admins on one database, the leader killed with
-//!    SIGKILL `K` times; the time until another admin holds the lease, and
-//!    until it answers an operator call. The median and the worst.
+//!    SIGKILL `K` times, each at another point of its renewal period; the
+//!    time until another admin holds the lease, and until it answers an
+//!    operator call. The median and the worst.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -244,7 +245,11 @@ async fn main() {
         );
     }
     let (mut to_lease, mut to_serve) = (Vec::new(), Vec::new());
-    for _ in 0..kills {
+    for round in 0..kills {
+        // Killed at a different point of the renewal period each time
+        // (every 5/3 s): right after a renewal is the worst case.
+        let phase = Duration::from_millis(5000 / 3 * ((round * 7) % kills) as u64 / kills as u64);
+        tokio::time::sleep(phase).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         let pid = loop {
             if let Some(pid) = leader_pid(&url).await

@@ -128,6 +128,34 @@ impl LocalCluster {
         })
     }
 
+    /// Also serve TCP on 127.0.0.1:`port` with TLS (`cert_pem`, its key),
+    /// before `start`.
+    pub fn serve_tls(&self, port: u16, cert_pem: &str, key_pem: &str) -> Result<(), ClusterError> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        for (name, text, mode) in [
+            ("server.crt", cert_pem, 0o644),
+            ("server.key", key_pem, 0o600),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| fail(format!("chown {}: {e}", path.display())))?;
+            }
+        }
+        let path = data.join("postgresql.conf");
+        let mut conf =
+            std::fs::read_to_string(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        conf.push_str(&format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nssl = on\n\
+             ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+        ));
+        std::fs::write(&path, conf).map_err(|e| fail(format!("{}: {e}", path.display())))
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }

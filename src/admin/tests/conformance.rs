@@ -455,3 +455,88 @@ async fn the_lease_has_one_holder_and_fences_a_deposed_one() {
     b.resign(&me_b).await.unwrap();
     assert!(a.lead(&me_a, long).await.unwrap().held_by(&me_a));
 }
+
+/// TLS to PostgreSQL: rustls with the `ring` provider, the server verified
+/// against the CA in the URL (`sslmode=verify-full`), and refused when it
+/// does not chain to it.
+#[tokio::test]
+async fn the_store_speaks_tls_to_postgres_and_verifies_the_server() {
+    use crate::auth::{Role, pki::Authority};
+    if crate::admin::store::cluster::binaries().is_none() {
+        assert!(
+            std::env::var_os("PRISM_REQUIRE_POSTGRES").is_none(),
+            "PRISM_REQUIRE_POSTGRES is set and no PostgreSQL is installed"
+        );
+        eprintln!(
+            "SKIPPED the_store_speaks_tls_to_postgres_and_verifies_the_server: no PostgreSQL"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pg_dir = dir.path().join("pg");
+    std::fs::create_dir(&pg_dir).unwrap();
+    let mut cluster = LocalCluster::create(&pg_dir, false).unwrap();
+    let ca = Authority::create("test database CA", 1).unwrap();
+    let ips = [std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)];
+    let server = ca
+        .issue(
+            &Role::Admin,
+            "db",
+            "prism",
+            &["localhost".to_owned()],
+            &ips,
+            1,
+        )
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cluster
+        .serve_tls(port, &server.cert_pem, &server.key_pem)
+        .unwrap();
+    cluster.start().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let url = |ca: &std::path::Path| {
+        format!(
+            "postgres://{}@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            crate::admin::store::cluster::SUPERUSER,
+            ca.display()
+        )
+    };
+    let store = PgStore::connect(&url(&ca_file), &StoreOptions::default())
+        .await
+        .expect("TLS to PostgreSQL");
+    let me = candidate("tls");
+    assert!(
+        store
+            .lead(&me, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .held_by(&me)
+    );
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url(&ca_file))
+        .await
+        .unwrap();
+    let (ssl, version): (bool, String) =
+        sqlx::query_as("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert!(ssl, "the connection is encrypted");
+    assert!(version.starts_with("TLSv1."), "{version}");
+    // A server that does not chain to the CA named is refused.
+    let other = Authority::create("another CA", 1).unwrap();
+    let other_file = dir.path().join("other.crt");
+    std::fs::write(&other_file, &other.cert_pem).unwrap();
+    let err = PgStore::connect(&url(&other_file), &StoreOptions::default())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
