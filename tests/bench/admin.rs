@@ -22,57 +22,10 @@ use std::{
 use futures_util::{StreamExt, stream};
 use prism_launcher::{
     admin::placement::{Candidate, Liveness, Request, choose},
-    pb::prism::{
-        self as pb,
-        control_plane_client::ControlPlaneClient,
-        launcher::v1::{
-            GetProcessRequest, ListProcessesRequest, ListProcessesResponse, ProcessInfo,
-            launcher_server::{Launcher, LauncherServer},
-        },
-    },
+    pb::prism::{self as pb, control_plane_client::ControlPlaneClient},
 };
 use support::{daemon::Daemon, percentile};
-use tonic::{Request as Req, Response, Status, transport::Channel};
-
-/// Plays every launcher: acknowledges at once.
-struct FakeLauncher;
-
-#[tonic::async_trait]
-impl Launcher for FakeLauncher {
-    async fn assign_process(
-        &self,
-        r: Req<pb::ProcessAssignment>,
-    ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
-        let a = r.into_inner();
-        Ok(Response::new(pb::ProcessAssignmentAck {
-            success: true,
-            message: "started".into(),
-            launcher_id: String::new(),
-            unit_name: format!("prism-pattern-{}.service", a.process_id),
-        }))
-    }
-    async fn revoke_process(
-        &self,
-        _: Req<pb::ProcessRevocation>,
-    ) -> Result<Response<pb::ProcessRevocationAck>, Status> {
-        Ok(Response::new(pb::ProcessRevocationAck {
-            success: true,
-            ..Default::default()
-        }))
-    }
-    async fn get_process(
-        &self,
-        _: Req<GetProcessRequest>,
-    ) -> Result<Response<ProcessInfo>, Status> {
-        Err(Status::not_found("fake"))
-    }
-    async fn list_processes(
-        &self,
-        _: Req<ListProcessesRequest>,
-    ) -> Result<Response<ListProcessesResponse>, Status> {
-        Ok(Response::new(ListProcessesResponse::default()))
-    }
-}
+use tonic::transport::Channel;
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -274,13 +227,7 @@ async fn main() {
     // The admin (release build) and the fake launchers.
     let dir = tempfile::tempdir().unwrap();
     let admin = Daemon::admin(dir.path(), &["--heartbeat-interval", "10s"]).await;
-    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let fake_addr = fake.local_addr().unwrap().to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(LauncherServer::new(FakeLauncher))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(fake)),
-    );
+    let fake_addr = support::fake::serve().await;
     let cp: ControlPlaneClient<Channel> = ControlPlaneClient::new(admin.channel().await);
 
     // 2. AssignProcess through the admin, 100 launchers registered.

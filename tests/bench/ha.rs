@@ -24,58 +24,11 @@ use prism_launcher::{
         self as pb,
         admin::v1::{self as apb, admin_client::AdminClient},
         control_plane_client::ControlPlaneClient,
-        launcher::v1::{
-            GetProcessRequest, ListProcessesRequest, ListProcessesResponse, ProcessInfo,
-            launcher_server::{Launcher, LauncherServer},
-        },
     },
 };
 use sqlx::Connection;
 use support::{daemon::Daemon, percentile};
-use tonic::{Request, Response, Status, transport::Channel};
-
-/// Plays every launcher: acknowledges at once.
-struct FakeLauncher;
-
-#[tonic::async_trait]
-impl Launcher for FakeLauncher {
-    async fn assign_process(
-        &self,
-        request: Request<pb::ProcessAssignment>,
-    ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
-        let a = request.into_inner();
-        Ok(Response::new(pb::ProcessAssignmentAck {
-            success: true,
-            message: "started".into(),
-            unit_name: format!("prism-pattern-{}.service", a.process_id),
-            ..Default::default()
-        }))
-    }
-
-    async fn revoke_process(
-        &self,
-        _: Request<pb::ProcessRevocation>,
-    ) -> Result<Response<pb::ProcessRevocationAck>, Status> {
-        Ok(Response::new(pb::ProcessRevocationAck {
-            success: true,
-            ..Default::default()
-        }))
-    }
-
-    async fn get_process(
-        &self,
-        _: Request<GetProcessRequest>,
-    ) -> Result<Response<ProcessInfo>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn list_processes(
-        &self,
-        _: Request<ListProcessesRequest>,
-    ) -> Result<Response<ListProcessesResponse>, Status> {
-        Ok(Response::new(ListProcessesResponse::default()))
-    }
-}
+use tonic::transport::Channel;
 
 fn assignment(id: &str) -> pb::ProcessAssignment {
     pb::ProcessAssignment {
@@ -168,13 +121,7 @@ async fn main() {
     let mut pg = LocalCluster::create(pg_dir.path(), true).expect("initdb");
     pg.start().expect("pg_ctl start");
 
-    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let fake_addr = fake.local_addr().unwrap().to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(LauncherServer::new(FakeLauncher))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(fake)),
-    );
+    let fake_addr = support::fake::serve().await;
 
     // 1. SQLite and PostgreSQL, side by side, alternating rounds.
     let url = pg.create_database("throughput").await.unwrap();

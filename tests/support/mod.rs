@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod fake;
 pub mod pki;
 
 use std::{

@@ -130,68 +130,6 @@ async fn a_heartbeat_from_a_launcher_not_registered_here_asks_it_to_register() {
     assert!(ack.message.contains("register"), "{}", ack.message);
 }
 
-#[tokio::test]
-async fn a_heartbeat_repairs_drift_both_ways() {
-    let mut h = harness().await;
-    h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.place("kv-1", 1).await;
-    // Placed long enough ago that no push is in flight.
-    {
-        let mut st = h.fleet.state.lock().await;
-        let mut p = st.processes["kv-1"].clone();
-        p.updated_at_ms -= 3 * INTERVAL.as_millis() as i64;
-        st.put(p);
-    }
-    let health = |version| pb::ProcessHealth {
-        status: "running".into(),
-        version,
-        ..Default::default()
-    };
-    // It runs a stray process, and not kv-1.
-    let ack = h
-        .fleet
-        .heartbeat(Heartbeat::from(pb::LauncherHeartbeatRequest {
-            launcher_id: "kv-host".into(),
-            process_health: [("stray".to_owned(), health(1))].into(),
-            ..Default::default()
-        }))
-        .await;
-    assert!(ack.success);
-    {
-        let st = h.fleet.state.lock().await;
-        let due: Vec<(String, DeliveryKind)> = st
-            .pending
-            .of("kv-host")
-            .map(|(p, d)| (p.to_owned(), d.kind))
-            .collect();
-        assert!(
-            due.contains(&("kv-1".into(), DeliveryKind::Assign)),
-            "{due:?}"
-        );
-        assert!(
-            due.contains(&("stray".into(), DeliveryKind::Revoke { grace: 0 })),
-            "{due:?}"
-        );
-    }
-    // Reported running: its health is recorded; nothing more to repair.
-    h.fleet
-        .state
-        .lock()
-        .await
-        .pending
-        .remove_launcher("kv-host");
-    h.fleet
-        .heartbeat(Heartbeat::from(pb::LauncherHeartbeatRequest {
-            launcher_id: "kv-host".into(),
-            process_health: [("kv-1".to_owned(), health(1))].into(),
-            ..Default::default()
-        }))
-        .await;
-    let st = h.fleet.state.lock().await;
-    assert_eq!(st.pending.of("kv-host").count(), 0);
-    assert_eq!(st.health["kv-1"].health.status, "running");
-}
-
 #[test]
 fn liveness_turns_at_three_and_six_missed_heartbeats() {
     let i = Duration::from_secs(10);

@@ -92,40 +92,6 @@ async fn a_refusal_undoes_the_placement_and_is_in_the_history() {
 }
 
 #[tokio::test]
-async fn the_same_version_changes_nothing_and_an_older_one_is_refused() {
-    let mut h = harness().await;
-    let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
-    h.place("kv-1", 2).await;
-    let again = h
-        .fleet
-        .assign(assignment("kv-1", 2), None, None)
-        .await
-        .unwrap();
-    assert!(
-        again.message.contains("nothing changed"),
-        "{}",
-        again.message
-    );
-    let err = h
-        .fleet
-        .assign(assignment("kv-1", 1), None, None)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            FleetError::StaleVersion {
-                held: 2,
-                requested: 1,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert_eq!(kv.assigned_ids().len(), 1);
-}
-
-#[tokio::test]
 async fn a_new_version_stays_on_its_launcher() {
     let mut h = harness().await;
     let a = h.launcher("a", &["pattern"], 5, true).await;
