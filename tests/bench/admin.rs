@@ -53,23 +53,6 @@ fn registration(id: &str, address: &str, max: i32) -> pb::LauncherRegistration {
     }
 }
 
-fn assignment(id: &str) -> pb::ProcessAssignment {
-    pb::ProcessAssignment {
-        process_id: id.into(),
-        process_type: "pattern".into(),
-        namespace: String::new(),
-        version: 1,
-        config: Some(pb::ProcessConfig {
-            binary: "/usr/bin/true".into(),
-            pattern: Some(pb::PatternProcessConfig {
-                pattern_type: "keyvalue".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
 /// What the 1000 launchers of a heartbeat run report.
 #[derive(Clone, Copy, Debug)]
 enum Scenario {
@@ -103,7 +86,7 @@ async fn heartbeats(scenario: Scenario, fake_addr: &str) {
         let placed: Vec<_> = stream::iter(0..5000)
             .map(|i| {
                 let mut c = cp.clone();
-                let mut r = tonic::Request::new(assignment(&format!("hbp-{i:04}")));
+                let mut r = tonic::Request::new(support::fake::assignment(&format!("hbp-{i:04}")));
                 r.metadata_mut().insert(
                     "prism-launcher-id",
                     format!("hb-{:04}", i / 5).parse().unwrap(),
@@ -242,7 +225,10 @@ async fn main() {
     let results: Vec<_> = stream::iter(0..total)
         .map(|i| {
             let mut c = cp.clone();
-            async move { c.assign_process(assignment(&format!("p-{i:05}"))).await }
+            async move {
+                c.assign_process(support::fake::assignment(&format!("p-{i:05}")))
+                    .await
+            }
         })
         .buffer_unordered(32)
         .collect()

@@ -30,23 +30,6 @@ use sqlx::Connection;
 use support::{daemon::Daemon, percentile};
 use tonic::transport::Channel;
 
-fn assignment(id: &str) -> pb::ProcessAssignment {
-    pb::ProcessAssignment {
-        process_id: id.into(),
-        process_type: "pattern".into(),
-        version: 1,
-        config: Some(pb::ProcessConfig {
-            binary: "/usr/bin/true".into(),
-            pattern: Some(pb::PatternProcessConfig {
-                pattern_type: "keyvalue".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// `total` AssignProcess calls through `cp`, 32 in flight: (per second,
 /// sorted latencies).
 async fn assign_all(
@@ -61,7 +44,9 @@ async fn assign_all(
             let id = format!("{prefix}-{i:05}");
             async move {
                 let t = Instant::now();
-                c.assign_process(assignment(&id)).await.expect("assign");
+                c.assign_process(support::fake::assignment(&id))
+                    .await
+                    .expect("assign");
                 t.elapsed()
             }
         })

@@ -63,3 +63,21 @@ pub async fn serve() -> String {
     );
     address
 }
+
+/// A pattern assignment any launcher here takes (`/usr/bin/true`).
+pub fn assignment(id: &str) -> pb::ProcessAssignment {
+    pb::ProcessAssignment {
+        process_id: id.into(),
+        process_type: "pattern".into(),
+        version: 1,
+        config: Some(pb::ProcessConfig {
+            binary: "/usr/bin/true".into(),
+            pattern: Some(pb::PatternProcessConfig {
+                pattern_type: "keyvalue".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -27,37 +27,6 @@ async fn an_assignment_goes_to_a_capable_launcher_marked_as_the_admins() {
 }
 
 #[tokio::test]
-async fn concurrent_assignments_never_overbook_the_fleet() {
-    let mut h = harness().await;
-    let a = h.launcher("a", &["pattern"], 3, true).await;
-    let b = h.launcher("b", &["pattern"], 3, true).await;
-    let tasks: Vec<_> = (0..10)
-        .map(|i| {
-            let fleet = h.fleet.clone();
-            tokio::spawn(async move {
-                fleet
-                    .assign(assignment(&format!("p{i}"), 1), None, None)
-                    .await
-            })
-        })
-        .collect();
-    let (mut ok, mut full) = (0, 0);
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(_) => ok += 1,
-            Err(FleetError::NoCandidate(NoCandidate::Unavailable { .. })) => full += 1,
-            Err(e) => panic!("unexpected: {e}"),
-        }
-    }
-    assert_eq!((ok, full), (6, 4));
-    assert_eq!(
-        (a.assigned_ids().len(), b.assigned_ids().len()),
-        (3, 3),
-        "spread, within each launcher's capacity"
-    );
-}
-
-#[tokio::test]
 async fn a_type_no_launcher_runs_is_refused_naming_it() {
     let mut h = harness().await;
     h.launcher("proxy-host", &["proxy"], 5, true).await;
