@@ -235,6 +235,31 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_nothing_is_lost_or_run
     }
     let killed_at = Instant::now();
     ha.admins[leader].kill9();
+    // No admin leads now; a follower still answers reads, from the
+    // database.
+    let mut api = ha.api(follower).await;
+    let listed = api
+        .list_processes(apb::ListProcessesRequest::default())
+        .await
+        .expect("a follower's read while no admin leads")
+        .into_inner()
+        .processes;
+    let on_host = |id: &str| {
+        listed.iter().any(|p| {
+            p.assignment.as_ref().is_some_and(|a| a.process_id == id) && p.launcher_id == "ha-host"
+        })
+    };
+    assert!(acked.iter().all(|id| on_host(id)), "{listed:?}");
+    let launchers = api
+        .list_launchers(apb::ListLaunchersRequest {})
+        .await
+        .expect("launchers, from a follower")
+        .into_inner()
+        .launchers;
+    assert_eq!(launchers.len(), 1);
+    assert_eq!(launchers[0].health, "healthy", "{launchers:?}");
+    // The lease still names the killed admin: none of the living leads.
+    assert_eq!(ha.leader().await, None, "read before any takeover");
     let (new_leader, new_epoch) = eventually("another admin to lead", DEADLINE, || async {
         ha.leader().await.filter(|(i, _)| *i != leader)
     })

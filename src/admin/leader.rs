@@ -258,7 +258,8 @@ impl Forwarder {
 }
 
 /// A service served by the leader: until this admin leads (`leader` set),
-/// each call is passed on to the leader, for its caller. A call another
+/// each call is passed on to the leader, for its caller, but for the reads
+/// it serves itself from the database ([`Standby::with_local_reads`]). A call another
 /// admin passed on already, or one made before the leader is known, is
 /// answered UNAVAILABLE with where the leader is (in the message, and in
 /// the `prism-leader` metadata): the client tries again.
@@ -266,7 +267,17 @@ pub struct Standby<S> {
     leader: Arc<OnceLock<S>>,
     standing: watch::Receiver<Standing>,
     forwarder: Arc<Forwarder>,
+    /// The reads a follower serves itself (which methods, and the service
+    /// to serve them with, made afresh from the database).
+    local: Option<(IsRead, LocalReads<S>)>,
 }
+
+/// Picks, by path, the methods a follower serves itself.
+pub type IsRead = fn(&str) -> bool;
+
+/// Makes the service a follower serves reads with.
+pub type LocalReads<S> =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<S, Status>> + Send>> + Send + Sync>;
 
 impl<S> Clone for Standby<S> {
     fn clone(&self) -> Self {
@@ -274,6 +285,7 @@ impl<S> Clone for Standby<S> {
             leader: self.leader.clone(),
             standing: self.standing.clone(),
             forwarder: self.forwarder.clone(),
+            local: self.local.clone(),
         }
     }
 }
@@ -288,7 +300,16 @@ impl<S> Standby<S> {
             leader,
             standing,
             forwarder,
+            local: None,
         }
+    }
+
+    /// Serve the methods `is_read` picks (by path) with what `reads`
+    /// makes, instead of passing them on: they answer while no admin
+    /// leads, and spare the leader.
+    pub fn with_local_reads(mut self, is_read: IsRead, reads: LocalReads<S>) -> Self {
+        self.local = Some((is_read, reads));
+        self
     }
 }
 
@@ -339,6 +360,17 @@ where
         if let Some(service) = self.leader.get() {
             let service = service.clone();
             return Box::pin(tower::ServiceExt::oneshot(service, req));
+        }
+        if let Some((is_read, reads)) = &self.local
+            && is_read(req.uri().path())
+        {
+            let reads = reads.clone();
+            return Box::pin(async move {
+                Ok(match reads().await {
+                    Ok(service) => tower::ServiceExt::oneshot(service, req).await?,
+                    Err(status) => status.into_http(),
+                })
+            });
         }
         let standing = self.standing.borrow().clone();
         let lease = match &standing {

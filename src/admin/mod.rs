@@ -210,6 +210,23 @@ pub async fn run(
     let fleet_slot: Arc<OnceLock<Arc<Fleet>>> = Arc::default();
     let control_slot: Arc<OnceLock<ControlPlane>> = Arc::default();
     let operators_slot: Arc<OnceLock<Operators>> = Arc::default();
+    // A follower answers operators' reads from the database itself.
+    let follower_reads: leader::LocalReads<Operators> = {
+        let (store, interval) = (store.clone(), config.heartbeat_interval);
+        Arc::new(move || {
+            let store = store.clone();
+            Box::pin(async move {
+                let view = Fleet::view(store, interval).await.map_err(|e| {
+                    Status::unavailable(format!(
+                        "this prism-admin follows and cannot read the database: {e}"
+                    ))
+                })?;
+                Ok(limited_service!(AdminServer::new(
+                    service::AdminService::new(view)
+                )))
+            })
+        })
+    };
     let routes = |router: crate::serve::GatedRouter| {
         router
             .add_service(leader::Standby::new(
@@ -217,11 +234,14 @@ pub async fn run(
                 standing_rx.clone(),
                 forwarder.clone(),
             ))
-            .add_service(leader::Standby::new(
-                operators_slot.clone(),
-                standing_rx.clone(),
-                forwarder.clone(),
-            ))
+            .add_service(
+                leader::Standby::new(
+                    operators_slot.clone(),
+                    standing_rx.clone(),
+                    forwarder.clone(),
+                )
+                .with_local_reads(service::is_read, follower_reads.clone()),
+            )
     };
     let render = {
         let fleet = fleet_slot.clone();

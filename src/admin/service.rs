@@ -208,6 +208,14 @@ fn history(events: Vec<HistoryEvent>) -> Vec<apb::HistoryEvent> {
         .collect()
 }
 
+/// The operator API's reads, which a follower serves from the database.
+pub fn is_read(path: &str) -> bool {
+    matches!(
+        path.strip_prefix("/prism.admin.v1.Admin/"),
+        Some("ListLaunchers" | "GetLauncher" | "ListProcesses" | "GetProcess")
+    )
+}
+
 pub struct AdminService {
     fleet: Arc<Fleet>,
 }

@@ -93,11 +93,21 @@ impl Fleet {
             unreachable!("checked above");
         };
         l.last_heartbeat_ms = now;
-        // Stored when its counts change: liveness is judged afresh when the
-        // admin starts, and usage figures are live data.
+        // Stored when its counts change, or once an interval has passed
+        // (for followers' reads): a leader judges liveness afresh when it
+        // starts, and usage figures are live data.
         let resources_changed = !same_counts(l.resources.as_ref(), hb.resources.as_ref());
         l.resources = hb.resources;
         let launcher = hb.launcher_id.clone();
+        let interval_ms = self.interval.as_millis() as i64;
+        let store_now = resources_changed
+            || st
+                .stored_heartbeat
+                .get(&launcher)
+                .is_none_or(|at| now - at >= interval_ms);
+        if store_now {
+            st.stored_heartbeat.insert(launcher.clone(), now);
+        }
         // Each reported process is looked up once; the placed ones that
         // were not reported are looked for only when some are missing.
         let fresh = now - 2 * self.interval.as_millis() as i64;
@@ -185,7 +195,7 @@ impl Fleet {
             // Written within a second, together with every other
             // launcher's (see `flush`).
             let mut batch = self.batch.lock().expect("poisoned");
-            if resources_changed {
+            if store_now {
                 batch
                     .launchers
                     .insert(launcher.clone(), (now, hb.resources));

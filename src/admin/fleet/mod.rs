@@ -162,12 +162,57 @@ impl Fleet {
         store
             .prune_history(now - crate::admin::store::HISTORY_MAX_AGE_MS)
             .await?;
+        Self::load(
+            store,
+            dispatcher,
+            interval,
+            reschedule_lost_after,
+            metrics,
+            Some(now),
+        )
+        .await
+    }
+
+    /// The fleet as the database holds it, for the reads a follower serves
+    /// itself: loaded afresh, liveness as of the heartbeats the leader
+    /// stored (each launcher's at least once per interval), never written
+    /// to and never pushing.
+    pub async fn view(
+        store: Arc<dyn AdminStore>,
+        interval: Duration,
+    ) -> Result<Arc<Self>, StoreError> {
+        Self::load(
+            store,
+            Dispatcher::new(None, String::new(), false),
+            interval,
+            None,
+            Arc::default(),
+            None,
+        )
+        .await
+    }
+
+    /// Load the fleet; a leader starting at `leading_since` judges liveness
+    /// from then on.
+    async fn load(
+        store: Arc<dyn AdminStore>,
+        dispatcher: Dispatcher,
+        interval: Duration,
+        reschedule_lost_after: Option<Duration>,
+        metrics: Arc<crate::metrics::AdminMetrics>,
+        leading_since: Option<i64>,
+    ) -> Result<Arc<Self>, StoreError> {
         let snapshot = store.load().await?;
         let mut state = State::default();
         for mut l in snapshot.launchers {
-            // Nobody could heartbeat while the admin was down: judge
-            // liveness from the admin's start on.
-            l.last_heartbeat_ms = l.last_heartbeat_ms.max(now);
+            if let Some(now) = leading_since {
+                // Nobody could heartbeat while no admin led: judge
+                // liveness from the leader's start on.
+                l.last_heartbeat_ms = l.last_heartbeat_ms.max(now);
+                state
+                    .stored_heartbeat
+                    .insert(l.id.clone(), l.last_heartbeat_ms);
+            }
             state.launchers.insert(l.id.clone(), l);
         }
         let later = Instant::now();

@@ -42,6 +42,10 @@ pub struct State {
     /// registration, to hand back (`ReclaimProcesses`); never revoked
     /// meanwhile.
     pub reclaimable: BTreeSet<(String, String)>,
+    /// When each launcher's heartbeat was last written: again once an
+    /// interval has passed, so that a follower reading the database judges
+    /// liveness within an interval of the leader.
+    pub stored_heartbeat: HashMap<String, i64>,
 }
 
 impl State {

@@ -289,3 +289,47 @@ async fn liveness_follows_missed_heartbeats_on_paused_time() {
     tokio::time::sleep(INTERVAL / 2 + Duration::from_millis(1)).await;
     assert_eq!(liveness(&h).await, Some(Liveness::Healthy));
 }
+
+#[tokio::test]
+async fn a_launchers_heartbeat_is_stored_once_an_interval_for_followers() {
+    let mut h = harness().await;
+    h.launcher("kv-host", &["pattern"], 5, true).await;
+    let beat = || {
+        Heartbeat::from(pb::LauncherHeartbeatRequest {
+            launcher_id: "kv-host".into(),
+            ..Default::default()
+        })
+    };
+    // Whether the last heartbeat is to be written with the next batch.
+    let batched = |h: &Harness| {
+        h.fleet
+            .batch
+            .lock()
+            .unwrap()
+            .launchers
+            .contains_key("kv-host")
+    };
+    h.fleet.heartbeat(beat()).await;
+    assert!(batched(&h), "the first is stored");
+    h.fleet.flush().await;
+    // Within the interval: in memory only.
+    h.fleet.heartbeat(beat()).await;
+    assert!(!batched(&h));
+    // An interval after the last one stored: stored again.
+    {
+        let mut st = h.fleet.state.lock().await;
+        let at = st.stored_heartbeat["kv-host"];
+        st.stored_heartbeat
+            .insert("kv-host".into(), at - INTERVAL.as_millis() as i64);
+    }
+    h.fleet.heartbeat(beat()).await;
+    assert!(batched(&h));
+    h.fleet.flush().await;
+    // A follower's view judges liveness by what was stored.
+    let latest = h.fleet.state.lock().await.launchers["kv-host"].last_heartbeat_ms;
+    let view = Fleet::view(h.fleet.store.clone(), INTERVAL).await.unwrap();
+    assert_eq!(
+        view.state.lock().await.launchers["kv-host"].last_heartbeat_ms,
+        latest
+    );
+}
