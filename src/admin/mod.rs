@@ -349,7 +349,30 @@ pub async fn run(
         "prism-admin listening on {serving}; state in {}",
         config.database.display()
     );
-    daemon.ready("serving");
+    // Ready once it knows where it stands: leading (the fleet loaded; at
+    // once with an embedded database) or following. A database that does
+    // not answer within a lease leaves it serving as a follower that
+    // knows no leader yet.
+    let mut standing_now = standing_rx.clone();
+    let known = matches!(
+        tokio::time::timeout(
+            config.lease,
+            standing_now.wait_for(|s| *s != leader::Standing::Unknown),
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if !known {
+        tracing::warn!(
+            "the database has not answered within {:?}; serving, and trying again",
+            config.lease
+        );
+    }
+    daemon.ready(if standing_rx.borrow().leading() {
+        "serving, leading"
+    } else {
+        "serving"
+    });
     let mut lost = None;
     let result = daemon
         .run_until(async {

@@ -135,6 +135,7 @@ conformance!(
     history_is_newest_first_and_kept_across_a_restart,
     a_heartbeat_repairs_drift_and_its_health_is_stored,
     concurrent_reservations_never_overbook_the_last_slots,
+    an_unfinished_revocation_is_finished_by_the_next_leader,
 );
 
 async fn placements_go_where_they_can_run_and_survive_a_restart(backing: Backing) {
@@ -348,6 +349,43 @@ async fn concurrent_reservations_never_overbook_the_last_slots(backing: Backing)
             .count()
     };
     assert_eq!((on("a"), on("b"), snap.processes.len()), (8, 8, 16));
+}
+
+async fn an_unfinished_revocation_is_finished_by_the_next_leader(backing: Backing) {
+    let mut h = backing.harness().await;
+    let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
+    h.place("kv-1", 1).await;
+    // The launcher goes away; the revocation cannot be delivered.
+    drop(h.launchers.get_mut("kv-host").unwrap().1.take());
+    let socket = h.socket("kv-host");
+    until(Duration::from_secs(5), "the server to stop", || {
+        let socket = socket.clone();
+        async move { std::os::unix::net::UnixStream::connect(&socket).is_err() }
+    })
+    .await;
+    let _ = std::fs::remove_file(&socket);
+    let err = h.fleet.revoke(revocation("kv-1")).await.unwrap_err();
+    assert!(matches!(err, FleetError::Unreachable { .. }), "{err}");
+    // Another admin leads (on PostgreSQL, the first is deposed); the
+    // launcher comes back; the new leader finishes the revocation.
+    let next = harness_on(backing.open().await, None).await;
+    assert_eq!(
+        next.placed_on("kv-1").await,
+        Some(("kv-host".into(), PlacementState::Revoking))
+    );
+    h.up("kv-host");
+    tokio::spawn(next.fleet.clone().delivery_loop(next.stopper.handle()));
+    until(Duration::from_secs(10), "the revocation", || {
+        let kv = kv.clone();
+        async move { kv.script().revoked == vec!["kv-1".to_owned()] }
+    })
+    .await;
+    until(Duration::from_secs(5), "the record to go", || async {
+        next.placed_on("kv-1").await.is_none()
+    })
+    .await;
+    let snap = backing.open().await.load().await.unwrap();
+    assert!(snap.processes.is_empty(), "{:?}", snap.processes);
 }
 
 /// Leadership on PostgreSQL: one holder at a time, a new epoch for each
