@@ -29,6 +29,9 @@ fn root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
 
+/// One demo at a time: the demo's processes listen on fixed ports.
+static DEMO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A private state directory (not under /tmp: workloads run with PrivateTmp)
 /// and its own ports; `local down` runs on drop if a test fails midway.
 struct Stack {
@@ -138,6 +141,7 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
         eprintln!("SKIPPED: prismctl local needs root");
         return;
     }
+    let _demo = DEMO.lock().await;
     let stack = Stack::new();
     let admin_port = stack.admin_port.to_string();
     let launcher_port = stack_port(Some(stack.admin_port)).to_string();
@@ -429,6 +433,135 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
     }
     // And the admin is gone: unreachable exits 3.
     assert_eq!(stack.run(&["ps"]).status.code(), Some(3));
+}
+
+/// `local up --ha`: three admins on a PostgreSQL of the stack's own, one
+/// leading; the leader killed, another leads and the processes stay; `down`
+/// leaves nothing, the database included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_ha_runs_three_admins_and_one_takes_over_from_a_killed_leader() {
+    if !root() && std::env::var("CI").is_err() {
+        eprintln!("SKIPPED: prismctl local needs root");
+        return;
+    }
+    if prism_launcher::admin::store::cluster::binaries().is_none() {
+        assert!(
+            std::env::var_os("PRISM_REQUIRE_POSTGRES").is_none(),
+            "PRISM_REQUIRE_POSTGRES is set and no PostgreSQL is installed"
+        );
+        eprintln!("SKIPPED: no PostgreSQL (/usr/lib/postgresql/*/bin) here");
+        return;
+    }
+    let _demo = DEMO.lock().await;
+    let mut stack = Stack::new();
+    // prismctl finds the stack's three admins itself.
+    stack.env.retain(|(k, _)| k != "PRISM_ADMIN");
+    // Six free ports from here: three admins, each with its metrics.
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let admin_port = (0..1000u16)
+        .map(|i| stack.admin_port.wrapping_add(7 * i) % 30_000 + 2_000)
+        .find(|&p| (p..p + 6).all(free))
+        .expect("six free ports");
+    let launcher_port = (0..1000u16)
+        .map(|i| (admin_port + 100 + 7 * i) % 30_000 + 2_000)
+        .find(|&p| (p + 2 < admin_port || p > admin_port + 6) && free(p) && free(p + 1))
+        .expect("two free ports");
+    let up = stack.run(&[
+        "local",
+        "up",
+        "--ha",
+        "--demo",
+        "--admin-port",
+        &admin_port.to_string(),
+        "--launcher-port",
+        &launcher_port.to_string(),
+    ]);
+    assert!(up.status.success(), "{}", text(&up));
+    // (unit, "leads" or "follows", epoch) from `local status`.
+    let standing = |status: &str| -> Vec<(String, String, u64)> {
+        status
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (unit, s, epoch) = (f.first()?, f.get(1)?, f.get(3)?);
+                let epoch = epoch.trim_end_matches(')').parse().ok()?;
+                matches!(*s, "leads" | "follows").then(|| (unit.to_string(), s.to_string(), epoch))
+            })
+            .collect()
+    };
+    let status = stack.ok(&["local", "status"]);
+    let admins = standing(&status);
+    assert_eq!(admins.len(), 3, "{status}");
+    let leaders: Vec<&(String, String, u64)> =
+        admins.iter().filter(|(_, s, _)| s == "leads").collect();
+    assert_eq!(leaders.len(), 1, "{status}");
+    let (killed, _, epoch) = leaders[0].clone();
+    assert!(status.contains("prism-local-postgres.service"), "{status}");
+
+    let run = prism_launcher::ctl::local::sandbox_dir(&stack.state).join("run");
+    let kill = Command::new("systemctl")
+        .args(["--user", "kill", "-s", "KILL", &killed])
+        .env("XDG_RUNTIME_DIR", &run)
+        .output()
+        .unwrap();
+    assert!(kill.status.success(), "{}", text(&kill));
+    // Another admin leads, at the next epoch (maybe the killed unit, which
+    // systemd restarted as a follower).
+    let status = eventually("an admin to lead at the next epoch", DEADLINE, || async {
+        let out = stack.run(&["local", "status"]);
+        let status = String::from_utf8_lossy(&out.stdout).into_owned();
+        standing(&status)
+            .iter()
+            .any(|(_, s, e)| s == "leads" && *e == epoch + 1)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(
+        standing(&status)
+            .iter()
+            .filter(|(_, s, _)| s == "leads")
+            .count(),
+        1,
+        "{status}"
+    );
+    // The same processes, untouched (no restart); running, once the
+    // launcher has reported to the new leader.
+    eventually("the demo reported running again", DEADLINE, || async {
+        let ps = String::from_utf8_lossy(&stack.run(&["ps"]).stdout).into_owned();
+        ["kv-demo", "proxy-demo", "redis-demo", "logs-demo"]
+            .iter()
+            .all(|id| {
+                ps.lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.first() == Some(id) && f.get(4) == Some(&"running") && f.get(5) == Some(&"0")
+                })
+            })
+            .then_some(())
+    })
+    .await;
+
+    let down = stack.run(&["local", "down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(
+        text(&down).contains("prism-local-postgres.service"),
+        "{}",
+        text(&down)
+    );
+    assert!(!stack.state.exists(), "{} is left", stack.state.display());
+    let state = stack.state.display().to_string();
+    eventually("the stack's processes to be gone", DEADLINE, || async {
+        let left = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(&state)
+            });
+        (!left).then_some(())
+    })
+    .await;
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub struct AdminOpts {
     /// first that answers is used). On the admin's host the socket needs no certificate: root, and
     /// members of the operator group, are known by their uid [default: the
     /// packaged admin's socket, /run/prism-admin/admin.sock, or else the
-    /// socket of `prismctl local`'s stack].
+    /// sockets of `prismctl local`'s admins].
     #[arg(long, global = true, env = "PRISM_ADMIN", value_name = "ADDRESS")]
     pub admin: Option<String>,
     /// CA (PEM) to verify the admin's certificate with (TCP over TLS).
@@ -61,12 +61,13 @@ impl AdminOpts {
         if let Some(a) = &self.admin {
             return a.clone();
         }
-        let local = super::local::state_dir().join("admin.sock");
-        let path = [PathBuf::from(DEFAULT_SOCKET), local]
-            .into_iter()
-            .find(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-        format!("unix:{}", path.display())
+        let packaged = PathBuf::from(DEFAULT_SOCKET);
+        let local = super::local::state_dir();
+        if !packaged.exists() && local.join("admin.sock").exists() {
+            // The local stack's admins (three with --ha).
+            return super::local::admin_addresses(&local);
+        }
+        format!("unix:{}", packaged.display())
     }
 
     /// The first of the admins (`--admin`, comma-separated) that answers.

@@ -227,6 +227,16 @@ impl Fleet {
             state.put(p);
         }
         state.health = snapshot.health.into_iter().collect();
+        if leading_since.is_none() {
+            // A view: usage figures are stored only with a change of state,
+            // so a running process's uptime runs on from its report.
+            let now = clock::unix_ms();
+            for h in state.health.values_mut() {
+                if h.health.uptime_seconds > 0 {
+                    h.health.uptime_seconds += (now - h.reported_at_ms).max(0) / 1000;
+                }
+            }
+        }
         Ok(Arc::new(Self {
             store,
             dispatcher,

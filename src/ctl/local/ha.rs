@@ -118,15 +118,25 @@ pub(super) async fn down(engine: Option<&DbusSystemd>, state: &Path) -> Result<(
     Ok(())
 }
 
-/// Which admin leads, by the metrics each serves (`prism_admin_leading`).
+/// Which admin leads, and at which epoch, by the metrics each serves
+/// (`prism_admin_leading`, `prism_admin_lease_epoch`).
 pub(super) async fn leader_line(saved: &Saved) -> String {
     let mut lines = String::new();
     for (k, unit) in admin_units(saved.ha).iter().enumerate() {
         let addr = Saved::metrics(saved.admin_port + 2 * k as u16);
         let standing = match metrics_text(&addr).await {
-            Ok(text) if text.lines().any(|l| l == "prism_admin_leading 1") => "leads",
-            Ok(_) => "follows",
-            Err(_) => "does not answer",
+            Ok(text) => {
+                let epoch = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("prism_admin_lease_epoch "))
+                    .unwrap_or("?");
+                if text.lines().any(|l| l == "prism_admin_leading 1") {
+                    format!("leads (epoch {epoch})")
+                } else {
+                    format!("follows (epoch {epoch})")
+                }
+            }
+            Err(_) => "does not answer".to_owned(),
         };
         lines.push_str(&format!("{unit:<30} {standing}\n"));
     }

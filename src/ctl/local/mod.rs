@@ -106,6 +106,15 @@ pub enum LocalAction {
     Down,
 }
 
+/// The local stack's admins, for `--admin`: each one's socket.
+pub fn admin_addresses(state: &Path) -> String {
+    let ha = Saved::load(state).is_some_and(|s| s.ha);
+    (0..admin_units(ha).len())
+        .map(|k| format!("unix:{}", admin_socket(state, k).display()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What `up` decided, kept for `status` and `down`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 struct Saved {
@@ -155,12 +164,8 @@ impl Saved {
     /// prismctl's way to the stack: every admin's socket, the first that
     /// answers.
     fn admin(state: &Path) -> AdminOpts {
-        let ha = Self::load(state).is_some_and(|s| s.ha);
-        let sockets: Vec<String> = (0..admin_units(ha).len())
-            .map(|k| format!("unix:{}", admin_socket(state, k).display()))
-            .collect();
         AdminOpts {
-            admin: Some(sockets.join(",")),
+            admin: Some(admin_addresses(state)),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
