@@ -328,6 +328,82 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_nothing_is_lost_or_run
     for id in &acked {
         assert!(placed.contains(id), "acknowledged {id} is placed");
     }
+
+    // A client generated from upstream's protocol, knowing one address (a
+    // follower's), registers, heartbeats, assigns and revokes.
+    mod upstream {
+        include!(concat!(env!("OUT_DIR"), "/upstream/prism.rs"));
+    }
+    let follower = (0..3)
+        .find(|i| *i != leader && *i != new_leader)
+        .expect("the other follower");
+    let mut client = upstream::control_plane_client::ControlPlaneClient::new(
+        ha.admins[follower].channel().await,
+    );
+    let ack = client
+        .register_launcher(upstream::LauncherRegistration {
+            launcher_id: "upstream-1".into(),
+            address: "127.0.0.1:9".into(),
+            region: "local".into(),
+            version: "upstream".into(),
+            capabilities: vec!["utility".into()],
+            max_processes: 5,
+            process_types: vec!["utility".into()],
+            metadata: Default::default(),
+        })
+        .await
+        .expect("register through a follower")
+        .into_inner();
+    assert!(ack.success, "{ack:?}");
+    let hb = client
+        .launcher_heartbeat(upstream::LauncherHeartbeatRequest {
+            launcher_id: "upstream-1".into(),
+            resources: Some(upstream::LauncherResourceUsage {
+                max_processes: 5,
+                available_slots: 5,
+                ..Default::default()
+            }),
+            timestamp: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("heartbeat through a follower")
+        .into_inner();
+    assert!(hb.success, "{hb:?}");
+    let ack = client
+        .assign_process(upstream::ProcessAssignment {
+            process_id: "upkv".into(),
+            process_type: "pattern".into(),
+            version: 1,
+            config: Some(upstream::ProcessConfig {
+                binary: ha.host.demo.display().to_string(),
+                pattern: Some(upstream::PatternProcessConfig {
+                    pattern_type: "keyvalue".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("assign through a follower")
+        .into_inner();
+    assert!(ack.success && ack.message.contains("ha-host"), "{ack:?}");
+    eventually("upkv running", DEADLINE, || async {
+        ha.units().contains_key("upkv").then_some(())
+    })
+    .await;
+    let revoked = client
+        .revoke_process(upstream::ProcessRevocation {
+            launcher_id: "ha-host".into(),
+            process_id: "upkv".into(),
+            graceful_timeout_seconds: 5,
+        })
+        .await
+        .expect("revoke through a follower")
+        .into_inner();
+    assert!(revoked.success, "{revoked:?}");
+    assert!(!ha.units().contains_key("upkv"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
