@@ -63,11 +63,9 @@ impl Standing {
 
 /// A unique instance id: this host, this process, this start.
 pub fn instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
     format!(
-        "{host}/{}/{}",
+        "{}/{}/{}",
+        crate::settings::hostname(),
         std::process::id(),
         crate::clock::since_epoch().as_micros()
     )

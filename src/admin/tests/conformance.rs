@@ -356,14 +356,7 @@ async fn an_unfinished_revocation_is_finished_by_the_next_leader(backing: Backin
     let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
     h.place("kv-1", 1).await;
     // The launcher goes away; the revocation cannot be delivered.
-    drop(h.launchers.get_mut("kv-host").unwrap().1.take());
-    let socket = h.socket("kv-host");
-    until(Duration::from_secs(5), "the server to stop", || {
-        let socket = socket.clone();
-        async move { std::os::unix::net::UnixStream::connect(&socket).is_err() }
-    })
-    .await;
-    let _ = std::fs::remove_file(&socket);
+    h.down("kv-host").await;
     let err = h.fleet.revoke(revocation("kv-1")).await.unwrap_err();
     assert!(matches!(err, FleetError::Unreachable { .. }), "{err}");
     // Another admin leads (on PostgreSQL, the first is deposed); the

@@ -266,6 +266,19 @@ impl Harness {
         fake
     }
 
+    /// Take a launcher's server down: once it no longer answers, its
+    /// socket is removed too.
+    pub(super) async fn down(&mut self, id: &str) {
+        drop(self.launchers.get_mut(id).expect("launcher").1.take());
+        let socket = self.socket(id);
+        until(Duration::from_secs(5), "the server to stop", || {
+            let socket = socket.clone();
+            async move { !socket.exists() || std::os::unix::net::UnixStream::connect(&socket).is_err() }
+        })
+        .await;
+        let _ = std::fs::remove_file(&socket);
+    }
+
     /// Bring a registered launcher's server up.
     pub(super) fn up(&mut self, id: &str) {
         let socket = self.socket(id);

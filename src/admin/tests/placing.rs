@@ -159,14 +159,7 @@ async fn a_revocation_for_an_unreachable_launcher_is_recorded_and_finished_later
     let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
     h.place("kv-1", 1).await;
     // The launcher goes away.
-    drop(h.launchers.get_mut("kv-host").unwrap().1.take());
-    let socket = h.socket("kv-host");
-    until(Duration::from_secs(5), "the server to stop", || {
-        let socket = socket.clone();
-        async move { !socket.exists() || std::os::unix::net::UnixStream::connect(&socket).is_err() }
-    })
-    .await;
-    let _ = std::fs::remove_file(&socket);
+    h.down("kv-host").await;
     let err = h.fleet.revoke(revocation("kv-1")).await.unwrap_err();
     assert!(matches!(err, FleetError::Unreachable { .. }), "{err}");
     assert_eq!(
