@@ -1275,21 +1275,88 @@ async fn assignments_across_a_daemon_reexec_are_never_internal_and_all_run() {
         "{N} assignments across two daemon-reexecs: {unavailable} answered UNAVAILABLE (held), \
          the rest OK; {retried} starts retried"
     );
-    // Every one of them runs, the UNAVAILABLE ones included.
-    eventually("every process to run", Duration::from_secs(120), || async {
-        let listed = d
+    // Every one of them runs, the UNAVAILABLE ones included. On a timeout
+    // the message shows what the launcher and systemd said of the others.
+    let end = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let listed = match d
             .client()
             .await
-            .list_processes(ListProcessesRequest {
-                status: "running".into(),
-                ..Default::default()
-            })
+            .list_processes(ListProcessesRequest::default())
             .await
-            .ok()?
-            .into_inner();
-        (listed.processes.len() == N).then_some(())
-    })
-    .await;
+        {
+            Ok(r) => r.into_inner().processes,
+            Err(e) => panic!("list_processes: {e}"),
+        };
+        let others: Vec<String> = listed
+            .iter()
+            .filter_map(|p| {
+                let health = p.health.as_ref()?;
+                (health.status != "running").then(|| {
+                    format!(
+                        "{} {} ({}/{}) last error {:?}",
+                        p.unit_name,
+                        health.detailed_status,
+                        health.active_state,
+                        health.sub_state,
+                        health.last_error
+                    )
+                })
+            })
+            .collect();
+        if listed.len() == N && others.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= end {
+            let units = h.listed_units();
+            let log = d.log_text();
+            let mut told = String::new();
+            for p in &listed {
+                if p.health.as_ref().is_some_and(|h| h.status != "running") {
+                    let out = h
+                        .sandbox
+                        .systemctl()
+                        .args([
+                            "show",
+                            "-p",
+                            "ActiveState,SubState,Job,MainPID,NRestarts",
+                            &p.unit_name,
+                        ])
+                        .output()
+                        .unwrap();
+                    told.push_str(&format!(
+                        "{}: {}\n",
+                        p.unit_name,
+                        text(&out).replace('\n', " ")
+                    ));
+                    let id = p
+                        .unit_name
+                        .trim_start_matches("prism-pattern-")
+                        .replace("\\x2d", "-");
+                    let id = id.trim_end_matches(".service");
+                    for line in log.lines().filter(|l| l.contains(id)) {
+                        told.push_str(&format!("  {line}\n"));
+                    }
+                }
+            }
+            panic!(
+                "after 120 s, {} of {} listed are not running: {others:#?}\nsystemd lists {} units\n\
+                 {told}launcher log (tail):\n{}",
+                others.len(),
+                listed.len(),
+                units.len(),
+                log.lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(h.listed_units().len(), N);
 }
 

@@ -1,6 +1,6 @@
 //! Following systemd's signals into the table, and probing processes.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -10,7 +10,7 @@ use crate::serve::Shutdown;
 use crate::{
     health::{Phase, ProbeState, probe},
     model::Probe,
-    systemd::UnitEvent,
+    systemd::{UnitEvent, UnitStatus, UnitSummary},
 };
 
 impl Supervisor {
@@ -81,7 +81,15 @@ impl Supervisor {
                     }
                     self.changed.notify_one();
                 }
-                Ok(UnitEvent::Resynced { .. }) | Err(RecvError::Lagged(_)) => {
+                Ok(UnitEvent::Resynced { units }) => {
+                    // Changes while disconnected were never signalled: the
+                    // list is the state now (once per connection, not per
+                    // assignment). Then the reconciler acts on it.
+                    self.resync_statuses(&units);
+                    self.reconcile.notify_one();
+                    self.changed.notify_one();
+                }
+                Err(RecvError::Lagged(_)) => {
                     // A (re)connected manager, or missed events: the
                     // reconciler takes the manager's list as the truth.
                     self.reconcile.notify_one();
@@ -89,6 +97,25 @@ impl Supervisor {
                 }
                 Ok(UnitEvent::Disconnected) => self.changed.notify_one(),
                 Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Take a unit list from a (re)connected manager as the state of every
+    /// entry's unit; a held entry whose unit is not listed has none.
+    fn resync_statuses(&self, units: &[UnitSummary]) {
+        let listed: HashMap<&str, &UnitSummary> =
+            units.iter().map(|u| (u.name.as_str(), u)).collect();
+        let mut table = self.table();
+        for entry in table.entries.values_mut() {
+            match listed.get(entry.unit.as_str()) {
+                Some(u) => entry
+                    .unit_status
+                    .get_or_insert_with(|| UnitStatus::new(&entry.unit))
+                    .absorb_summary(u),
+                // An assignment in flight creates its unit itself.
+                None if entry.phase != Phase::Starting => entry.unit_status = None,
+                None => {}
             }
         }
     }

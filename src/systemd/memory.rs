@@ -189,6 +189,14 @@ impl MemorySystemd {
         self.emit(UnitEvent::Changed(Box::new(status)));
     }
 
+    /// Change a unit's status while nobody hears it (the connection is
+    /// down): no event follows.
+    pub fn update_unheard(&self, name: &str, f: impl FnOnce(&mut UnitStatus)) {
+        if let Some(u) = self.inner().units.get_mut(name) {
+            f(&mut u.status);
+        }
+    }
+
     /// The unit goes away behind the launcher's back (stopped by hand,
     /// exited and collected): unloaded, with a `Removed` event.
     pub fn vanish(&self, name: &str) {
@@ -214,6 +222,11 @@ impl MemorySystemd {
             inner.units.values().map(|u| summary(&u.status)).collect()
         };
         self.emit(UnitEvent::Resynced { units });
+    }
+
+    /// The unit goes away while nobody hears it: no event follows.
+    pub fn vanish_unheard(&self, name: &str) {
+        self.inner().units.remove(name);
     }
 
     /// The manager restarted (or the host rebooted): every transient unit

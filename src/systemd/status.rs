@@ -140,6 +140,16 @@ impl UnitStatus {
         }
     }
 
+    /// Take the state a unit list reports (newer than what is cached).
+    pub fn absorb_summary(&mut self, listed: &UnitSummary) {
+        self.load_state.clone_from(&listed.load_state);
+        self.active_state.clone_from(&listed.active_state);
+        self.sub_state.clone_from(&listed.sub_state);
+        if !listed.description.is_empty() {
+            self.description.clone_from(&listed.description);
+        }
+    }
+
     pub fn is_active(&self) -> bool {
         self.active_state == "active"
     }

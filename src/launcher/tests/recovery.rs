@@ -373,6 +373,47 @@ async fn an_assignment_while_disconnected_is_held_and_started_on_reconnect() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn what_changed_while_disconnected_is_taken_from_the_list_on_reconnect() {
+    let h = harness();
+    h.run_loops().await;
+    for id in ["kv-1", "kv-2"] {
+        h.sup.assign(assignment(id, 1), false).await.unwrap();
+    }
+    h.sd.update(&unit_of("kv-1"), |s| {
+        s.active_state = "activating".into();
+        s.sub_state = "start".into();
+    });
+    until(Duration::from_secs(1), "kv-1 starting", || {
+        h.status("kv-1") == Status::Starting
+    })
+    .await;
+    until(Duration::from_secs(1), "kv-2 running", || {
+        h.status("kv-2") == Status::Running
+    })
+    .await;
+    h.sd.disconnect();
+    // Unheard: kv-1 came up, kv-2's unit went away.
+    h.sd.update_unheard(&unit_of("kv-1"), |s| {
+        s.active_state = "active".into();
+        s.sub_state = "running".into();
+    });
+    h.sd.vanish_unheard(&unit_of("kv-2"));
+    h.sd.clear_calls();
+    h.sd.reconnect();
+    until(Duration::from_secs(5), "kv-1 running", || {
+        h.status("kv-1") == Status::Running
+    })
+    .await;
+    // kv-2 is not reported running on stale news: the reconciler starts
+    // it again, and it runs.
+    until(Duration::from_secs(5), "kv-2 started again", || {
+        h.starts("kv-2") == 1 && h.status("kv-2") == Status::Running
+    })
+    .await;
+    assert_eq!(h.starts("kv-1"), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn held_lists_only_what_the_admin_placed_and_is_not_being_revoked() {
     let h = harness();
     h.sup.assign(assignment("admin-1", 1), true).await.unwrap();

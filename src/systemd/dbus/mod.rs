@@ -306,12 +306,17 @@ impl Systemd for DbusSystemd {
     }
 
     async fn list(&self) -> Result<Vec<UnitSummary>, SystemdError> {
-        self.inner.list_units().await
+        // Each list also corrects state that changed unsignalled.
+        let seen = self.inner.hub.mark();
+        let units = self.inner.list_units().await?;
+        self.inner.hub.listed(&units, seen);
+        Ok(units)
     }
 
     async fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
+        let seen = self.inner.hub.mark();
         let status = self.inner.unit_status(unit).await?;
-        self.inner.hub.remember(&status);
+        self.inner.hub.refreshed(&status, seen);
         Ok(status)
     }
 

@@ -52,8 +52,9 @@ pub(super) async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<b
 
         // Listing after subscribing: every change after this list arrives
         // as a signal, so consumers can take the list as the whole truth.
+        let seen = inner.hub.mark();
         match inner.list_units().await {
-            Ok(units) => inner.hub.emit(UnitEvent::Resynced { units }),
+            Ok(units) => inner.hub.resynced(units, seen),
             Err(e) => tracing::warn!(error = %e, "listing units after connecting failed: {e}"),
         }
 

@@ -4,7 +4,7 @@ use super::*;
 
 impl Inner {
     /// Route one systemd signal.
-    pub(super) fn dispatch(&self, msg: &zbus::Message) {
+    pub(super) fn dispatch(self: &Arc<Self>, msg: &zbus::Message) {
         let header = msg.header();
         let (Some(member), Some(path)) = (header.member(), header.path()) else {
             return;
@@ -16,6 +16,27 @@ impl Inner {
                     .deserialize::<(u32, OwnedObjectPath, String, String)>()
                 {
                     self.hub.job_removed(job.as_str(), &unit, &result);
+                }
+            }
+            "UnitNew" => {
+                if let Ok((unit, _)) = msg.body().deserialize::<(String, OwnedObjectPath)>()
+                    && is_prism_service(&unit)
+                    && self.hub.knows_state(&unit)
+                {
+                    // A re-executed manager announces each unit anew at its
+                    // first change, with `UnitNew` instead of
+                    // `PropertiesChanged`: read what changed.
+                    tracing::debug!(%unit, "{unit} announced anew (UnitNew): reading its state");
+                    let seen = self.hub.mark();
+                    let inner = self.clone();
+                    tokio::spawn(async move {
+                        match inner.unit_status(&unit).await {
+                            Ok(read) => inner.hub.refreshed(&read, seen),
+                            Err(e) => {
+                                tracing::debug!(%unit, error = %e, "reading {unit} after UnitNew failed: {e}")
+                            }
+                        }
+                    });
                 }
             }
             "UnitRemoved" => {
