@@ -611,6 +611,17 @@ async fn an_upstream_client_registers_heartbeats_and_assigns() {
     let Some(f) = Fleet::start(&[("host-a", &[])], &[]).await else {
         return;
     };
+    // Reflection lists exactly what the admin serves, over v1 and v1alpha.
+    let (v1, v1alpha) = support::reflected_services(f.admin.channel().await).await;
+    let expected = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "prism.ControlPlane",
+        "prism.admin.v1.Admin",
+    ];
+    assert_eq!(v1, expected);
+    assert_eq!(v1alpha, expected);
     let mut client =
         upstream::control_plane_client::ControlPlaneClient::new(f.admin.channel().await);
     // An upstream launcher registers (nothing listens at its address).

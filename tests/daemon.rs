@@ -827,10 +827,6 @@ async fn bad_configuration_exits_64_naming_the_setting_before_binding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_grpc_health_and_reflection() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
     let Some(h) = harness!() else { return };
     let d = Daemon::start(&h, &[]).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", d.port))
@@ -850,25 +846,17 @@ async fn serves_grpc_health_and_reflection() {
             .status();
         assert_eq!(status.as_str_name(), "SERVING", "{service:?}");
     }
-    let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = reflection
-        .server_reflection_info(futures_util::stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let reply = stream.message().await.unwrap().expect("a reply");
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("unexpected reflection reply");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"prism.launcher.v1.Launcher".to_owned()),
-        "{names:?}"
-    );
+    // Exactly what the launcher serves, over both reflection versions:
+    // not the admin's services, which would answer UNIMPLEMENTED here.
+    let (v1, v1alpha) = support::reflected_services(channel).await;
+    let expected = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "prism.launcher.v1.Launcher",
+    ];
+    assert_eq!(v1, expected);
+    assert_eq!(v1alpha, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -270,7 +270,15 @@ pub async fn run(
     let serving = daemon.serve(
         listeners,
         config.socket.as_deref(),
-        (&routes, &gate, config.tls.as_ref()),
+        (
+            &[
+                crate::pb::prism::control_plane_server::SERVICE_NAME,
+                crate::pb::prism::admin::v1::admin_server::SERVICE_NAME,
+            ],
+            &routes,
+            &gate,
+            config.tls.as_ref(),
+        ),
         render,
     )?;
     let me = store::Candidate {

@@ -94,6 +94,10 @@ pub const TABLE: &[(&str, &[Grant])] = &[
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
         ANYONE,
     ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ANYONE,
+    ),
 ];
 
 /// A refused call, saying what it needed and whom it saw.

@@ -139,7 +139,12 @@ pub async fn run(
     let serving = daemon.serve(
         listeners,
         config.socket.as_deref(),
-        (&routes, &gate, config.tls.as_ref()),
+        (
+            &[crate::pb::prism::launcher::v1::launcher_server::SERVICE_NAME],
+            &routes,
+            &gate,
+            config.tls.as_ref(),
+        ),
         move || {
             let sup = sup.clone();
             async move { sup.render_metrics() }

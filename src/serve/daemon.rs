@@ -200,7 +200,12 @@ impl Daemon {
         &mut self,
         listeners: super::Listeners,
         socket: Option<&Path>,
-        grpc: (&dyn Fn(GatedRouter) -> GatedRouter, &Gate, Option<&Tls>),
+        grpc: (
+            &[&'static str],
+            &dyn Fn(GatedRouter) -> GatedRouter,
+            &Gate,
+            Option<&Tls>,
+        ),
         metrics: F,
     ) -> Result<String, RunError>
     where
@@ -213,14 +218,16 @@ impl Daemon {
             unix,
             metrics: metrics_listener,
         } = listeners;
-        let (routes, gate, tls) = grpc;
+        let (services, routes, gate, tls) = grpc;
         let health = self.health.clone();
         let all = move |mut server: GatedServer| {
             let health = tonic_health::server::HealthService::from_health_reporter(health.clone());
+            let (reflection, reflection_v1alpha) = super::reflection(services);
             routes(
                 server
                     .add_service(tonic_health::pb::health_server::HealthServer::new(health))
-                    .add_service(super::reflection()),
+                    .add_service(reflection)
+                    .add_service(reflection_v1alpha),
             )
         };
         let serving = serve_grpc(all, gate, tls, (api, unix), self.stopper.handle())

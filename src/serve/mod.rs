@@ -11,7 +11,6 @@ use std::{fmt::Display, future::Future, net::SocketAddr, path::Path, process::Ex
 
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::{Server, server::Router};
-use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
 use tower::layer::util::{Identity, Stack};
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
@@ -283,10 +282,42 @@ pub type GatedRouter = Router<Stack<Gate, Identity>>;
 pub type Serving =
     std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
-/// gRPC server reflection over every service of this crate.
-pub fn reflection() -> ServerReflectionServer<impl ServerReflection> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("descriptor set built in")
+/// Services both daemons serve besides their own.
+pub const COMMON_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// gRPC server reflection, in both versions (`v1`, and `v1alpha` for older
+/// tools), listing exactly `services` and [`COMMON_SERVICES`]: what this
+/// daemon serves, no more.
+pub fn reflection(
+    services: &[&str],
+) -> (
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            );
+        for name in services.iter().chain(COMMON_SERVICES.iter()) {
+            b = b.with_service_name(*name);
+        }
+        b
+    };
+    (
+        builder().build_v1().expect("descriptor sets built in"),
+        builder().build_v1alpha().expect("descriptor sets built in"),
+    )
 }

@@ -376,3 +376,54 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         (k == series).then(|| v.parse().ok()).flatten()
     })
 }
+
+/// The services a server lists over gRPC reflection, as (v1, v1alpha),
+/// each sorted.
+pub async fn reflected_services(channel: tonic::transport::Channel) -> (Vec<String>, Vec<String>) {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let v1_names = {
+        let request = v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut stream = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(futures_util::stream::iter([request]))
+            .await
+            .expect("reflection v1")
+            .into_inner();
+        let reply = stream.message().await.unwrap().expect("a v1 reply");
+        let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+            reply.message_response
+        else {
+            panic!("unexpected v1 reflection reply");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        names
+    };
+    let v1alpha_names = {
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut stream = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+            .server_reflection_info(futures_util::stream::iter([request]))
+            .await
+            .expect("reflection v1alpha")
+            .into_inner();
+        let reply = stream.message().await.unwrap().expect("a v1alpha reply");
+        let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+            reply.message_response
+        else {
+            panic!("unexpected v1alpha reflection reply");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        names
+    };
+    (v1_names, v1alpha_names)
+}
