@@ -6,6 +6,7 @@ use std::{env, path::PathBuf};
 const PROTOS: &[&str] = &[
     "prism/control_plane.proto",
     "prism/launcher/v1/launcher.proto",
+    "prism/launcher/launcher.proto",
     "prism/admin/v1/admin.proto",
 ];
 
@@ -24,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // JSON/YAML output and spec files use the wire names; unknown keys
         // in a spec file are errors, absent ones take their defaults.
-        .type_attribute(
+        .message_attribute(
             ".",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
         )
@@ -34,7 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // test's client (tests/upstream/); it never reaches the library.
     let upstream_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("tests/upstream");
     println!("cargo:rerun-if-changed={}", upstream_root.display());
-    let upstream = protox::compile(["prism/control_plane.proto"], [&upstream_root])?;
+    let upstream = protox::compile(
+        ["prism/control_plane.proto", "prism/launcher/launcher.proto"],
+        [&upstream_root],
+    )?;
     let upstream_out = out.join("upstream");
     std::fs::create_dir_all(&upstream_out)?;
     tonic_prost_build::configure()

@@ -85,6 +85,8 @@ pub mod pb {
     pub mod prism {
         tonic::include_proto!("prism");
         pub mod launcher {
+            // pattern-launcher's API (`prism.launcher.PatternLauncher`).
+            tonic::include_proto!("prism.launcher");
             pub mod v1 {
                 tonic::include_proto!("prism.launcher.v1");
             }

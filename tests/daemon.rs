@@ -1392,3 +1392,284 @@ async fn an_assignment_whose_state_cannot_be_written_is_refused_and_leaves_no_un
         .await
         .expect("assign once the state can be written");
 }
+
+/// The manifest of pattern-launcher's `patterns/test-pattern`, with a
+/// one-second probe interval (a test need not wait 30 s for health).
+const TEST_PATTERN_MANIFEST: &str = "\
+name: test-pattern
+version: 1.0.0
+description: Test pattern for launcher development
+author: Prism
+executable: ./test-pattern
+isolation_level: namespace
+
+healthcheck:
+  port: 9090
+  path: /health
+  interval: 1s
+  timeout: 5s
+  failure_threshold: 3
+
+resources:
+  cpu_limit: 1.0
+  memory_limit: 512Mi
+  cpu_request: 0.5
+  memory_request: 256Mi
+
+backend_slots:
+  - name: storage
+    type: memstore
+    required: true
+
+environment:
+  LOG_LEVEL: info
+  METRICS_PORT: \"9091\"
+";
+
+/// A patterns directory under the sandbox: test-pattern (the demo workload
+/// as its executable), and a manifest without an executable, as
+/// pattern-launcher's `patterns/mailbox` has.
+fn patterns_dir(h: &Harness) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = h.sandbox.dir().join("patterns");
+    let pattern = root.join("test-pattern");
+    fs::create_dir_all(&pattern).unwrap();
+    fs::write(pattern.join("manifest.yaml"), TEST_PATTERN_MANIFEST).unwrap();
+    fs::copy(&h.demo, pattern.join("test-pattern")).unwrap();
+    let mailbox = root.join("mailbox");
+    fs::create_dir_all(&mailbox).unwrap();
+    fs::write(
+        mailbox.join("manifest.yaml"),
+        "name: mailbox\nversion: 0.1.0\npattern_type: consumer\n",
+    )
+    .unwrap();
+    for dir in [&root, &pattern, &mailbox] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    root
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
+    /// Generated from the copy of upstream's launcher.proto, as upstream's
+    /// clients have it.
+    #[allow(clippy::enum_variant_names)]
+    mod upstream {
+        include!(concat!(env!("OUT_DIR"), "/upstream/prism.launcher.rs"));
+    }
+    use upstream::{pattern_launcher_client::PatternLauncherClient, *};
+    let Some(h) = harness!() else { return };
+    let patterns = patterns_dir(&h);
+    let port = free_port();
+    let mut d = Daemon::start_legacy(
+        &h,
+        port,
+        &[
+            "-grpc-port",
+            &port.to_string(),
+            "--insecure",
+            "--patterns-dir",
+            &patterns.display().to_string(),
+            "--pattern-ports",
+            "47100-47199",
+        ],
+    )
+    .await;
+    // The broken manifest is reported with its path and field, and skipped.
+    let log = d.log_text();
+    assert!(
+        log.contains("mailbox/manifest.yaml: executable: required"),
+        "{log}"
+    );
+    assert!(log.contains("1 pattern(s)"), "{log}");
+    let channel = d.channel().await;
+    let mut c = PatternLauncherClient::new(channel.clone());
+
+    // Launched by name with the manifest's isolation (namespace).
+    let launch = |namespace: &str, session: &str, isolation: IsolationLevel| LaunchRequest {
+        pattern_name: "test-pattern".into(),
+        isolation: isolation as i32,
+        namespace: namespace.into(),
+        session_id: session.into(),
+        config: [("EXTRA".to_owned(), "from-the-request".to_owned())].into(),
+        grace_period_secs: 0,
+    };
+    let first = c
+        .launch_pattern(launch("orders", "", IsolationLevel::Unspecified))
+        .await
+        .expect("launch")
+        .into_inner();
+    assert_eq!(first.process_id, "test-pattern:ns:orders");
+    let grpc: u16 = first
+        .address
+        .strip_prefix("localhost:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("address {:?}", first.address));
+    assert!((47100..=47198).contains(&grpc), "{grpc}");
+    // The same pattern and namespace: the same process, not a second.
+    let again = c
+        .launch_pattern(launch("orders", "", IsolationLevel::IsolationNamespace))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (again.process_id.as_str(), again.address.as_str()),
+        (first.process_id.as_str(), first.address.as_str())
+    );
+    // A unit systemd runs, with upstream's variables and the manifest's
+    // limits and environment.
+    let units = h.listed_units();
+    assert_eq!(units.len(), 1, "{units:?}");
+    let unit = &units[0];
+    assert_eq!(h.prop(unit, "ActiveState"), "active");
+    let env = h.prop(unit, "Environment");
+    for var in [
+        "PATTERN_NAME=test-pattern".to_owned(),
+        "NAMESPACE=orders".to_owned(),
+        "SESSION_ID=".to_owned(),
+        format!("GRPC_PORT={grpc}"),
+        format!("HEALTH_PORT={}", grpc + 1),
+        format!("PORT={grpc}"),
+        "PROCESS_ID=test-pattern:ns:orders".to_owned(),
+        "LOG_LEVEL=info".to_owned(),
+        "METRICS_PORT=9091".to_owned(),
+        "EXTRA=from-the-request".to_owned(),
+    ] {
+        assert!(env.split(' ').any(|e| e == var), "{var} not in {env}");
+    }
+    assert_eq!(h.prop(unit, "MemoryMax"), (512u64 << 20).to_string());
+    assert_eq!(h.prop(unit, "CPUQuotaPerSecUSec"), "1s");
+    // Healthy once its /health on HEALTH_PORT answers.
+    let status = eventually(
+        "the pattern to run healthy",
+        Duration::from_secs(30),
+        || {
+            let mut c = c.clone();
+            async move {
+                let p = c
+                    .get_process_status(GetProcessStatusRequest {
+                        process_id: "test-pattern:ns:orders".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .process?;
+                (p.state == ProcessState::StateRunning as i32 && p.healthy).then_some(p)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        (status.pattern_name.as_str(), status.namespace.as_str()),
+        ("test-pattern", "orders")
+    );
+    assert!(status.pid > 0);
+
+    // A session gets its own process and ports.
+    let session = c
+        .launch_pattern(launch("orders", "s-1", IsolationLevel::IsolationSession))
+        .await
+        .expect("launch a session")
+        .into_inner();
+    assert_eq!(session.process_id, "test-pattern:session:s-1");
+    assert_ne!(session.address, first.address);
+    // Bad requests name the field and change nothing.
+    let e = c
+        .launch_pattern(launch("", "s-2", IsolationLevel::IsolationNamespace))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("namespace"), "{}", e.message());
+    assert!(e.message().contains("renumbered"), "{}", e.message());
+    let mut unknown = launch("orders", "", IsolationLevel::Unspecified);
+    unknown.pattern_name = "nope".into();
+    let e = c.launch_pattern(unknown).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("test-pattern"), "{}", e.message());
+    assert_eq!(h.listed_units().len(), 2);
+
+    // Listed and counted as pattern-launcher did, and in prismctl's API.
+    let listed = c
+        .list_patterns(ListPatternsRequest {
+            namespace: "orders".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total_count, 2);
+    assert_eq!(listed.patterns.len(), 2);
+    let health = c
+        .health(HealthRequest {
+            include_processes: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(health.healthy);
+    assert_eq!(health.total_processes, 2);
+    assert_eq!(health.processes.len(), 2);
+    assert_eq!(
+        health.isolation_distribution,
+        [("Namespace".to_owned(), 1), ("Session".to_owned(), 1)].into()
+    );
+    let all = d
+        .client()
+        .await
+        .list_processes(ListProcessesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.processes.len(), 2);
+    // Reflection names pattern-launcher's service too.
+    let (v1, v1alpha) = support::reflected_services(channel).await;
+    assert!(
+        v1.contains(&"prism.launcher.PatternLauncher".to_owned()),
+        "{v1:?}"
+    );
+    assert_eq!(v1, v1alpha);
+
+    // A restart keeps both, running, with their ports.
+    d.restart().await;
+    let mut c = PatternLauncherClient::new(d.channel().await);
+    let kept = c
+        .get_process_status(GetProcessStatusRequest {
+            process_id: "test-pattern:ns:orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .process
+        .expect("kept across a restart");
+    assert_eq!(kept.address, first.address);
+    assert_eq!(kept.pid, status.pid, "the workload was restarted");
+
+    // Terminated: gone from systemd and from the launcher.
+    let done = c
+        .terminate_pattern(TerminateRequest {
+            process_id: "test-pattern:session:s-1".into(),
+            grace_period_secs: 5,
+            force: false,
+        })
+        .await
+        .expect("terminate")
+        .into_inner();
+    assert!(done.success, "{done:?}");
+    let gone = c
+        .get_process_status(GetProcessStatusRequest {
+            process_id: "test-pattern:session:s-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(gone.not_found && gone.process.is_none(), "{gone:?}");
+    assert_eq!(h.listed_units().len(), 1);
+    let e = c
+        .terminate_pattern(TerminateRequest {
+            process_id: "test-pattern:session:s-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}

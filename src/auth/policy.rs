@@ -67,6 +67,18 @@ pub const TABLE: &[(&str, &[Grant])] = &[
     ),
     ("/prism.launcher.v1.Launcher/GetProcess", READ),
     ("/prism.launcher.v1.Launcher/ListProcesses", READ),
+    // pattern-launcher's API, with the same grants.
+    (
+        "/prism.launcher.PatternLauncher/LaunchPattern",
+        &[Admin, OperatorStandalone],
+    ),
+    (
+        "/prism.launcher.PatternLauncher/TerminatePattern",
+        &[Admin, OperatorStandalone],
+    ),
+    ("/prism.launcher.PatternLauncher/ListPatterns", READ),
+    ("/prism.launcher.PatternLauncher/GetProcessStatus", READ),
+    ("/prism.launcher.PatternLauncher/Health", READ),
     // The admin's prism.ControlPlane: launchers, as themselves.
     ("/prism.ControlPlane/RegisterLauncher", &[Launcher]),
     ("/prism.ControlPlane/LauncherHeartbeat", &[Launcher]),

@@ -8,14 +8,14 @@
 //! | `--isolation L`           | `--default-isolation L`                     |
 //! | `--metrics-port N` (9092) | `--metrics-listen 127.0.0.1:N`              |
 //! | `--health-port N`         | ignored: grpc.health.v1 on the gRPC port     |
-//! | `--patterns-dir D`        | `--allow-binary-dir D`; manifests not read  |
+//! | `--patterns-dir D` (./patterns) | the same: manifests launched by name; D joins the allowlist |
 //! | `--max-processes` (20), `--launcher-id`, `--region`, `--admin-endpoint` | the same |
 //!
 //! Go-style single-dash spellings (`-grpc-port 8982`) are accepted too.
 
 use std::{
     ffi::{OsStr, OsString},
-    path::{Component, Path, PathBuf},
+    path::Path,
 };
 
 use clap::{CommandFactory, FromArgMatches};
@@ -34,13 +34,7 @@ const LISTEN: &str = ":8982";
 const MAX_PROCESSES: i64 = 20;
 
 /// Flags taken only under the old name.
-const FLAGS: &[&str] = &[
-    "grpc-port",
-    "isolation",
-    "metrics-port",
-    "health-port",
-    "patterns-dir",
-];
+const FLAGS: &[&str] = &["grpc-port", "isolation", "metrics-port", "health-port"];
 
 /// The old flags that kept their names (for the single-dash spelling).
 const SHARED: &[&str] = &[
@@ -49,6 +43,7 @@ const SHARED: &[&str] = &[
     "region",
     "admin-endpoint",
     "config",
+    "patterns-dir",
 ];
 
 /// Was the binary invoked as pattern-launcher?
@@ -108,6 +103,8 @@ pub fn translate(args: &mut Args) -> Result<(), ConfigError> {
         default_listen: LISTEN,
         default_max_processes: MAX_PROCESSES,
         default_capabilities: vec![ProcessType::Pattern],
+        default_patterns_dir: Some("./patterns"),
+        pattern_launcher_api: true,
         notices: vec![format!(
             "{NAME} is deprecated: this is prism-launcher with pattern-only defaults; \
              run prism-launcher instead (README: \"From pattern-launcher to prism-launcher\")"
@@ -153,22 +150,6 @@ pub fn translate(args: &mut Args) -> Result<(), ConfigError> {
              gRPC port, and each process's own /health is probed by the launcher"
         ));
     }
-    if let Some(dir) = args.patterns_dir.take() {
-        let dir = absolute("patterns-dir", &dir)?;
-        if !dir.is_dir() {
-            return bad(
-                "patterns-dir",
-                "",
-                format!("{} is not a directory", dir.display()),
-            );
-        }
-        t.notices.push(format!(
-            "--patterns-dir {}: binaries under it may run (it is added to the binary \
-             allowlist); manifests there are not read, the admin's assignments name each binary",
-            dir.display()
-        ));
-        t.binary_dir = Some(dir);
-    }
     args.translated = t;
     Ok(())
 }
@@ -178,24 +159,6 @@ fn port_number(flag: &str, text: &str) -> Result<u16, ConfigError> {
         Ok(p) if p > 0 => Ok(p),
         _ => bad(flag, "", format!("{text:?} is not a port (1-65535)")),
     }
-}
-
-/// Relative to the working directory, as the old launcher read it, and
-/// without `.`/`..` (the allowlist holds normalised paths).
-fn absolute(flag: &str, dir: &Path) -> Result<PathBuf, ConfigError> {
-    let joined =
-        std::path::absolute(dir).or_else(|e| bad(flag, "", format!("{}: {e}", dir.display())))?;
-    let mut out = PathBuf::new();
-    for c in joined.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -275,17 +238,16 @@ mod tests {
         );
         assert_eq!((c.launcher_id.as_str(), c.region.as_str()), ("old-1", "eu"));
         assert_eq!(c.max_processes, 7);
-        assert_eq!(c.notices.len(), 3, "{:?}", c.notices);
+        assert_eq!(c.notices.len(), 2, "{:?}", c.notices);
         assert!(
             c.notices
                 .iter()
                 .any(|n| n.contains("--health-port 9093 is ignored"))
         );
-        assert!(
-            c.notices
-                .iter()
-                .any(|n| n.contains("manifests there are not read"))
-        );
+        // The patterns directory is read for manifests, and pattern-launcher's
+        // API is served.
+        assert_eq!(c.patterns.dir.as_deref(), Some(patterns.as_path()));
+        assert!(c.patterns.api);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod admin_link;
 mod assign;
 pub mod config;
 pub mod legacy;
+pub mod patterns;
 mod reconcile;
 mod report;
 pub mod service;
@@ -130,21 +131,51 @@ pub async fn run(
         config.admin_endpoints.is_empty(),
         supervisor.metrics.auth_denied.clone(),
     );
+    let catalog = Arc::new(match &config.patterns.dir {
+        Some(dir) => {
+            let catalog = patterns::Catalog::discover(dir);
+            for e in &catalog.errors {
+                tracing::warn!(manifest = %e.path.display(), field = e.field.as_deref().unwrap_or(""), "pattern manifest skipped: {e}");
+            }
+            tracing::info!(
+                dir = %dir.display(),
+                patterns = catalog.len(),
+                skipped = catalog.errors.len(),
+                "{} pattern(s) in {}: {}",
+                catalog.len(),
+                dir.display(),
+                catalog.patterns().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            catalog
+        }
+        None => patterns::Catalog::default(),
+    });
+    let ports = Arc::new(patterns::Ports::new(config.patterns.ports.clone()));
+    let legacy_api = config
+        .patterns
+        .api
+        .then(|| patterns::PatternService::new(supervisor.clone(), catalog.clone(), ports.clone()));
+    let mut services = vec![crate::pb::prism::launcher::v1::launcher_server::SERVICE_NAME];
+    if legacy_api.is_some() {
+        services.push(crate::pb::prism::launcher::pattern_launcher_server::SERVICE_NAME);
+    }
+    let legacy_api = legacy_api.map(Arc::new);
     let routes = |router: crate::serve::GatedRouter| {
-        router.add_service(limited_service!(LauncherServer::new(
+        let router = router.add_service(limited_service!(LauncherServer::new(
             service::LauncherService::new(supervisor.clone(), config.launcher_id.clone())
-        )))
+        )));
+        match legacy_api.clone() {
+            Some(api) => router.add_service(limited_service!(
+                crate::pb::prism::launcher::pattern_launcher_server::PatternLauncherServer::from_arc(api)
+            )),
+            None => router,
+        }
     };
     let sup = supervisor.clone();
     let serving = daemon.serve(
         listeners,
         config.socket.as_deref(),
-        (
-            &[crate::pb::prism::launcher::v1::launcher_server::SERVICE_NAME],
-            &routes,
-            &gate,
-            config.tls.as_ref(),
-        ),
+        (&services, &routes, &gate, config.tls.as_ref()),
         move || {
             let sup = sup.clone();
             async move { sup.render_metrics() }

@@ -131,6 +131,11 @@ impl Supervisor {
 
     /// What the admin placed here and this launcher holds (not being
     /// revoked), for its registration.
+    /// The process is in the table (in any phase).
+    pub fn holds(&self, id: &str) -> bool {
+        self.table().entries.contains_key(id)
+    }
+
     pub fn held(&self) -> Vec<pb::HeldProcess> {
         self.table()
             .entries

@@ -118,9 +118,19 @@ pub struct Args {
     /// Ignored: health is grpc.health.v1 on the gRPC port.
     #[arg(long, value_name = "PORT", hide = true, help_heading = LEGACY)]
     pub health_port: Option<String>,
-    /// Binaries under it may run (as --allow-binary-dir); manifests are not read.
-    #[arg(long, value_name = "DIR", hide = true, help_heading = LEGACY)]
+    /// Pattern manifests: each DIR/*/manifest.yaml is a pattern launched by
+    /// name; DIR joins the binary allowlist [default: none; ./patterns
+    /// when invoked as pattern-launcher].
+    #[arg(long, value_name = "DIR")]
     pub patterns_dir: Option<PathBuf>,
+    /// Ports for patterns launched by name, as GRPC_PORT and HEALTH_PORT =
+    /// GRPC_PORT + 1 [default: 50051-51050].
+    #[arg(long, value_name = "LOW-HIGH")]
+    pub pattern_ports: Option<String>,
+    /// Serve pattern-launcher's API (prism.launcher.PatternLauncher) too
+    /// [default: only when invoked as pattern-launcher].
+    #[arg(long)]
+    pub pattern_launcher_api: bool,
     /// What pattern-launcher's name and flags amount to, filled in by the
     /// `legacy` pre-pass; by default prism-launcher's own defaults.
     #[arg(skip)]
@@ -133,8 +143,10 @@ pub struct Args {
 /// about them name the old flag).
 #[derive(Clone, Debug)]
 pub struct Translated {
-    /// `--patterns-dir D`, added to the binary allowlist.
-    pub binary_dir: Option<PathBuf>,
+    /// The patterns directory when none is given, if it exists.
+    pub default_patterns_dir: Option<&'static str>,
+    /// Serve pattern-launcher's API.
+    pub pattern_launcher_api: bool,
     pub default_listen: &'static str,
     pub default_max_processes: i64,
     pub default_capabilities: Vec<ProcessType>,
@@ -147,7 +159,8 @@ pub struct Translated {
 impl Default for Translated {
     fn default() -> Self {
         Self {
-            binary_dir: None,
+            default_patterns_dir: None,
+            pattern_launcher_api: false,
             default_listen: DEFAULT_LISTEN,
             default_max_processes: DEFAULT_MAX_PROCESSES,
             default_capabilities: ProcessType::ALL.to_vec(),
@@ -189,11 +202,6 @@ impl Args {
                 self.health_port.is_some(),
                 "nothing: health is grpc.health.v1 on the gRPC port",
             ),
-            (
-                "patterns-dir",
-                self.patterns_dir.is_some(),
-                "--allow-binary-dir",
-            ),
         ];
         match given.iter().find(|(_, set, _)| *set) {
             Some((flag, _, instead)) => bad(
@@ -226,6 +234,9 @@ struct FileConfig {
     credentials_dir: Option<PathBuf>,
     heartbeat_interval: Option<String>,
     advertise_address: Option<String>,
+    patterns_dir: Option<PathBuf>,
+    pattern_ports: Option<String>,
+    pattern_launcher_api: Option<bool>,
     #[serde(default)]
     probe: ProbeFile,
 }
@@ -265,9 +276,22 @@ pub struct Config {
     pub advertise_address: String,
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: crate::logging::LogFormat,
+    /// Pattern manifests, their ports, and pattern-launcher's API.
+    pub patterns: PatternsConfig,
     /// Things to tell the operator once logging is up (the pattern-launcher
     /// deprecation notice, what its flags do now).
     pub notices: Vec<String>,
+}
+
+/// Patterns launched by name.
+#[derive(Clone, Debug)]
+pub struct PatternsConfig {
+    /// Where `*/manifest.yaml` are read (absolute), if anywhere.
+    pub dir: Option<PathBuf>,
+    /// GRPC_PORT/HEALTH_PORT pairs come from here.
+    pub ports: std::ops::RangeInclusive<u16>,
+    /// Serve `prism.launcher.PatternLauncher`.
+    pub api: bool,
 }
 
 mod resolve;

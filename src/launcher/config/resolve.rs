@@ -32,7 +32,8 @@ impl Args {
         let launcher_id = self.launcher_id(&mut file, &served)?;
         let (max_processes, capabilities, region) = self.capacity(&mut file, legacy)?;
         let (state_dir, credentials_dir, systemd) = self.host(&mut file)?;
-        let policy = self.policy(&mut file, legacy)?;
+        let patterns = self.patterns(&mut file, legacy)?;
+        let policy = self.policy(&mut file, patterns.dir.as_deref())?;
         let reconcile_interval = duration(
             "reconcile-interval",
             "reconcile_interval",
@@ -76,8 +77,58 @@ impl Args {
             advertise_address,
             metrics_listen: served.metrics_listen,
             log_format: served.log_format,
+            patterns,
             notices: legacy.notices.clone(),
         })
+    }
+
+    /// Pattern manifests, the ports of patterns launched by name, and
+    /// whether pattern-launcher's API is served.
+    fn patterns(
+        &mut self,
+        file: &mut FileConfig,
+        legacy: &Translated,
+    ) -> Result<PatternsConfig, ConfigError> {
+        let dir = match (self.patterns_dir.take(), file.patterns_dir.take()) {
+            // A flag is taken from the working directory, as
+            // pattern-launcher took it; a file key must be absolute.
+            (Some(flag), _) => Some(absolute("patterns-dir", "patterns_dir", &flag)?),
+            (None, Some(key)) if !key.is_absolute() => {
+                return bad(
+                    "patterns-dir",
+                    "patterns_dir",
+                    format!("{} is not absolute", key.display()),
+                );
+            }
+            (None, Some(key)) => Some(absolute("patterns-dir", "patterns_dir", &key)?),
+            (None, None) => match legacy.default_patterns_dir {
+                Some(default) if std::path::Path::new(default).is_dir() => Some(absolute(
+                    "patterns-dir",
+                    "patterns_dir",
+                    std::path::Path::new(default),
+                )?),
+                _ => None,
+            },
+        };
+        if let Some(dir) = &dir
+            && !dir.is_dir()
+        {
+            return bad(
+                "patterns-dir",
+                "patterns_dir",
+                format!("{} is not a directory", dir.display()),
+            );
+        }
+        let ports = match self.pattern_ports.take().or(file.pattern_ports.take()) {
+            None => crate::launcher::patterns::ports::DEFAULT_RANGE,
+            Some(text) => {
+                port_range(&text).or_else(|r| bad("pattern-ports", "pattern_ports", r))?
+            }
+        };
+        let api = self.pattern_launcher_api
+            || file.pattern_launcher_api.unwrap_or(false)
+            || legacy.pattern_launcher_api;
+        Ok(PatternsConfig { dir, ports, api })
     }
 
     /// This launcher's id: flag, file, its certificate, or the host name;
@@ -242,7 +293,7 @@ impl Args {
     fn policy(
         &mut self,
         file: &mut FileConfig,
-        legacy: &Translated,
+        patterns_dir: Option<&std::path::Path>,
     ) -> Result<Policy, ConfigError> {
         let mut binary_dirs = if !self.binary_dirs.is_empty() {
             std::mem::take(&mut self.binary_dirs)
@@ -251,7 +302,8 @@ impl Args {
                 .take()
                 .unwrap_or_else(|| DEFAULT_BINARY_DIRS.iter().map(PathBuf::from).collect())
         };
-        binary_dirs.extend(legacy.binary_dir.clone());
+        // Pattern executables come from the patterns directory.
+        binary_dirs.extend(patterns_dir.map(std::path::Path::to_path_buf));
         let mut policy = Policy::with_binary_dirs(binary_dirs)
             .or_else(|e| bad("allow-binary-dir", "binary_dirs", e.reason))?;
         policy.allow_dynamic_linker_env =
@@ -399,4 +451,36 @@ fn duration(
             }
         }
     }
+}
+
+/// `LOW-HIGH`, holding at least one pair.
+fn port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad = || format!("{text:?} is not a port range such as 50051-51050");
+    let (low, high) = text.trim().split_once('-').ok_or_else(bad)?;
+    let low: u16 = low.trim().parse().map_err(|_| bad())?;
+    let high: u16 = high.trim().parse().map_err(|_| bad())?;
+    if low == 0 || high <= low {
+        return Err(format!(
+            "{text:?}: the range must hold at least two ports (GRPC_PORT and HEALTH_PORT), from 1"
+        ));
+    }
+    Ok(low..=high)
+}
+
+/// Absolute and without `.`/`..` (the allowlist holds normalised paths).
+fn absolute(flag: &str, key: &str, dir: &std::path::Path) -> Result<PathBuf, ConfigError> {
+    use std::path::Component;
+    let joined =
+        std::path::absolute(dir).or_else(|e| bad(flag, key, format!("{}: {e}", dir.display())))?;
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
