@@ -244,6 +244,18 @@ async fn launchers_register_and_processes_are_placed_by_type_and_slots() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Every heartbeat carries `resources` (an upstream admin reads it
+    // without a nil check), with the fields it reads: process_count,
+    // available_slots, cpu_percent and total_memory_mb.
+    let host_b = f.launchers().await.remove("host-b").expect("host-b");
+    let r = host_b.resources.expect("resources in host-b's heartbeats");
+    assert!(r.process_count >= 1, "{r:?}");
+    assert_eq!(
+        r.available_slots,
+        r.max_processes - r.process_count,
+        "{r:?}"
+    );
+    assert!(r.cpu_percent >= 0.0 && r.total_memory_mb >= 0, "{r:?}");
     // Status changes are kept as the process's health history.
     eventually("a status change in kv-1's history", DEADLINE, || async {
         let p = f.process("kv-1").await;

@@ -1672,4 +1672,42 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+
+    // AssignProcess may name a manifest instead of a binary.
+    let by_name = |id: &str, pattern_type: &str| pb::ProcessAssignment {
+        process_id: id.into(),
+        process_type: "pattern".into(),
+        namespace: "orders".into(),
+        version: 1,
+        config: Some(pb::ProcessConfig {
+            pattern: Some(pb::PatternProcessConfig {
+                pattern_type: pattern_type.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let mut client = d.client().await;
+    let ack = client
+        .assign_process(by_name("kv-by-name", "test-pattern"))
+        .await
+        .expect("assign by pattern name")
+        .into_inner();
+    assert_eq!(h.prop(&ack.unit_name, "ActiveState"), "active");
+    let exec = h.prop(&ack.unit_name, "ExecStart");
+    assert!(exec.contains("test-pattern/test-pattern"), "{exec}");
+    let env = h.prop(&ack.unit_name, "Environment");
+    assert!(env.contains("PATTERN_NAME=test-pattern"), "{env}");
+    assert!(env.contains("GRPC_PORT=471"), "{env}");
+    let e = client
+        .assign_process(by_name("kv-nameless", "no-such-pattern"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("config.pattern.pattern_type"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(h.listed_units().len(), 2);
 }

@@ -151,6 +151,7 @@ pub async fn run(
         None => patterns::Catalog::default(),
     });
     let ports = Arc::new(patterns::Ports::new(config.patterns.ports.clone()));
+    patterns::service::restore_ports(&supervisor, &ports);
     let legacy_api = config
         .patterns
         .api
@@ -163,6 +164,7 @@ pub async fn run(
     let routes = |router: crate::serve::GatedRouter| {
         let router = router.add_service(limited_service!(LauncherServer::new(
             service::LauncherService::new(supervisor.clone(), config.launcher_id.clone())
+                .with_patterns(catalog.clone(), ports.clone())
         )));
         match legacy_api.clone() {
             Some(api) => router.add_service(limited_service!(

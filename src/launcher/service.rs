@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use tonic::{Code, Request, Response, Status};
 
+use super::patterns::{Catalog, Ports, service::complete_from_manifest};
 use super::supervisor::{AssignOutcome, LauncherError, Supervisor};
 use crate::{
     model::{Assignment, ProcessType, validate::MAX_ID_BYTES},
@@ -25,6 +26,8 @@ const MAX_GRACE_SECS: i32 = 3600;
 pub struct LauncherService {
     supervisor: Arc<Supervisor>,
     launcher_id: String,
+    /// Pattern manifests an assignment may name instead of a binary.
+    patterns: Option<(Arc<Catalog>, Arc<Ports>)>,
 }
 
 impl LauncherService {
@@ -32,7 +35,15 @@ impl LauncherService {
         Self {
             supervisor,
             launcher_id,
+            patterns: None,
         }
+    }
+
+    /// Let pattern assignments name a manifest of `catalog`, with ports
+    /// from `ports`.
+    pub fn with_patterns(mut self, catalog: Arc<Catalog>, ports: Arc<Ports>) -> Self {
+        self.patterns = Some((catalog, ports));
+        self
     }
 }
 
@@ -90,13 +101,22 @@ impl Launcher for LauncherService {
                 .get(crate::protocol::PLACED_BY_METADATA)
                 .and_then(|v| v.to_str().ok()),
         );
-        let wire = request.into_inner();
+        let mut wire = request.into_inner();
         let id = wire.process_id.clone();
         let version = wire.version;
+        if let Some((catalog, ports)) = &self.patterns {
+            complete_from_manifest(&mut wire, catalog, ports)?;
+        }
         let result = match Assignment::try_from((wire, self.supervisor.policy())) {
             Ok(assignment) => self.supervisor.assign(assignment, by_admin).await,
             Err(e) => Err(e.into()),
         };
+        if result.is_err()
+            && let Some((_, ports)) = &self.patterns
+            && !self.supervisor.holds(&id)
+        {
+            ports.release(&id);
+        }
         let label = match &result {
             Ok(a) => match a.outcome {
                 AssignOutcome::Started => "started",

@@ -214,3 +214,52 @@ fn repeated_allow_binary_dir_appends() {
         [PathBuf::from("/a"), PathBuf::from("/b")]
     );
 }
+
+#[test]
+fn patterns_settings_are_checked_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let patterns = dir.path().join("patterns");
+    std::fs::create_dir(&patterns).unwrap();
+    let c = args(&[
+        "--patterns-dir",
+        &format!("{}/./", patterns.display()),
+        "--pattern-ports",
+        "40000-40009",
+        "--pattern-launcher-api",
+    ])
+    .resolve()
+    .unwrap();
+    assert_eq!(c.patterns.dir.as_deref(), Some(patterns.as_path()));
+    assert!(
+        c.policy.binary_dirs.contains(&patterns),
+        "joins the allowlist"
+    );
+    assert_eq!(c.patterns.ports, 40000..=40009);
+    assert!(c.patterns.api);
+    // Off by default, with pattern-launcher's ports.
+    let c = args(&[]).resolve().unwrap();
+    assert_eq!((c.patterns.dir, c.patterns.api), (None, false));
+    assert_eq!(c.patterns.ports, 50051..=51050);
+    for (flags, reason) in [
+        (
+            &["--patterns-dir", "/nonexistent/patterns"][..],
+            "is not a directory",
+        ),
+        (&["--pattern-ports", "9-9"][..], "at least two ports"),
+        (&["--pattern-ports", "high-low"][..], "not a port range"),
+    ] {
+        let e = args(flags).resolve().unwrap_err();
+        assert!(
+            e.setting.starts_with(&format!("{} (", flags[0])),
+            "{flags:?}: {e}"
+        );
+        assert!(e.reason.contains(reason), "{flags:?}: {e}");
+    }
+    let file = dir.path().join("launcher.toml");
+    std::fs::write(&file, "patterns_dir = \"relative/patterns\"\n").unwrap();
+    let e = args(&["--config", &file.display().to_string()])
+        .resolve()
+        .unwrap_err();
+    assert!(e.to_string().contains("patterns_dir"), "{e}");
+    assert!(e.reason.contains("not absolute"), "{e}");
+}

@@ -51,29 +51,33 @@ fn invalid(field: &str, reason: impl Into<String>) -> Status {
     })
 }
 
-impl PatternService {
-    /// Serve `catalog`'s patterns; pairs of the patterns already held
-    /// (restored after a restart) are taken back from `ports` first.
-    pub fn new(supervisor: Arc<Supervisor>, catalog: Arc<Catalog>, ports: Arc<Ports>) -> Self {
-        let held: Vec<(String, i32, i32)> = supervisor
-            .table()
-            .entries
-            .values()
-            .filter(|e| e.process.process_type() == ProcessType::Pattern)
-            .filter_map(|e| {
-                let c = e.wire.config.as_ref()?;
-                Some((e.process.id.clone(), c.port, c.health_port))
-            })
-            .collect();
-        for (id, port, health) in held {
-            if let Ok(port) = u16::try_from(port)
-                && port > 0
-                && health == i32::from(port) + 1
-                && !ports.restore(&id, port)
-            {
-                tracing::warn!(prism_process_id = %id, "{id} holds ports {port}-{health} outside --pattern-ports or shared with another; they are not given out while it holds them");
-            }
+/// Take back the port pairs of the patterns held (restored from the state
+/// directory at start-up), so none is given out twice.
+pub fn restore_ports(supervisor: &Supervisor, ports: &Ports) {
+    let held: Vec<(String, i32, i32)> = supervisor
+        .table()
+        .entries
+        .values()
+        .filter(|e| e.process.process_type() == ProcessType::Pattern)
+        .filter_map(|e| {
+            let c = e.wire.config.as_ref()?;
+            Some((e.process.id.clone(), c.port, c.health_port))
+        })
+        .collect();
+    for (id, port, health) in held {
+        if let Ok(port) = u16::try_from(port)
+            && ports.range().contains(&port)
+            && health == i32::from(port) + 1
+            && !ports.restore(&id, port)
+        {
+            tracing::warn!(prism_process_id = %id, "{id} holds ports {port}-{health}, which another process holds too");
         }
+    }
+}
+
+impl PatternService {
+    /// Serve `catalog`'s patterns, with port pairs from `ports`.
+    pub fn new(supervisor: Arc<Supervisor>, catalog: Arc<Catalog>, ports: Arc<Ports>) -> Self {
         Self {
             supervisor,
             catalog,
@@ -592,4 +596,117 @@ impl PatternLauncher for PatternService {
             process,
         }))
     }
+}
+
+/// An AssignProcess for a pattern that names a manifest (its
+/// `pattern_type`) instead of a binary: the manifest fills what the
+/// assignment leaves out (binary, probe, limits, isolation, environment),
+/// and the process gets a port pair and pattern-launcher's variables. An
+/// assignment with a binary is left as it is. On an error the caller
+/// releases nothing: the pair is released here.
+pub fn complete_from_manifest(
+    wire: &mut pb::ProcessAssignment,
+    catalog: &Catalog,
+    ports: &Ports,
+) -> Result<(), Status> {
+    let pattern_type = !matches!(
+        ProcessType::named(&wire.process_type),
+        Some(t) if t != ProcessType::Pattern
+    );
+    let Some(config) = wire.config.as_mut() else {
+        return Ok(());
+    };
+    if !pattern_type || !config.binary.is_empty() {
+        return Ok(());
+    }
+    let Some(name) = config
+        .pattern
+        .as_ref()
+        .map(|p| p.pattern_type.clone())
+        .filter(|n| !n.is_empty())
+    else {
+        return Ok(());
+    };
+    let Some(manifest) = catalog.get(&name) else {
+        return Err(invalid(
+            "config.pattern.pattern_type",
+            format!(
+                "config.binary is empty and no pattern manifest is named {name:?} ({})",
+                match &catalog.dir {
+                    Some(dir) => format!("in {}", dir.display()),
+                    None => "the launcher has no --patterns-dir".to_owned(),
+                }
+            ),
+        ));
+    };
+    config.binary = manifest.executable.display().to_string();
+    let level = if config.isolation_level.is_empty() {
+        config
+            .pattern
+            .as_ref()
+            .map(|p| p.isolation_level.clone())
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| manifest.isolation.as_str().to_owned())
+    } else {
+        config.isolation_level.clone()
+    };
+    config.isolation_level = level;
+    if config.port == 0 && config.health_port == 0 {
+        let pair = ports.take(&wire.process_id).ok_or_else(|| {
+            let range = ports.range();
+            Status::resource_exhausted(format!(
+                "no free port pair in --pattern-ports {}-{}",
+                range.start(),
+                range.end()
+            ))
+        })?;
+        config.port = i32::from(pair.grpc);
+        config.health_port = i32::from(pair.health);
+        for (k, v) in [
+            ("PATTERN_NAME", manifest.name.clone()),
+            ("NAMESPACE", wire.namespace.clone()),
+            ("SESSION_ID", String::new()),
+            ("GRPC_PORT", pair.grpc.to_string()),
+            ("PROCESS_ID", wire.process_id.clone()),
+        ] {
+            config.env.entry(k.to_owned()).or_insert(v);
+        }
+    }
+    // The assignment's own settings win over the manifest's.
+    for (k, v) in &manifest.environment {
+        if k == "LOG_LEVEL" {
+            if config.log_level.is_empty() {
+                config.log_level.clone_from(v);
+            }
+        } else {
+            config.env.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    if config.health_check.is_none()
+        && let Some(h) = &manifest.healthcheck
+    {
+        config.health_check = Some(pb::HealthCheck {
+            kind: "http".into(),
+            path: h.path.clone(),
+            port: config.health_port,
+            interval_ms: h.interval.as_millis() as i64,
+            timeout_ms: h.timeout.as_millis() as i64,
+            failure_threshold: h.failure_threshold as i32,
+            watchdog_ms: 0,
+        });
+    }
+    if config.resources.is_none() {
+        config.resources = Some(pb::ResourceLimits {
+            memory_max_bytes: manifest
+                .resources
+                .memory_limit
+                .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+            cpu_millis: manifest
+                .resources
+                .cpu_limit
+                .map_or(0, |c| (c * 1000.0).round() as i32),
+            tasks_max: 0,
+        });
+    }
+    Ok(())
 }
