@@ -1710,4 +1710,26 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         e.message()
     );
     assert_eq!(h.listed_units().len(), 2);
+
+    // prismctl lists the manifests the launcher loaded, and the one skipped.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prismctl"))
+        .args([
+            "patterns",
+            "--launcher-endpoint",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    let text = text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("test-pattern")
+            && l.contains("1.0.0")
+            && l.contains("namespace")),
+        "{text}"
+    );
+    assert!(
+        text.contains("mailbox/manifest.yaml: executable: required"),
+        "{text}"
+    );
 }

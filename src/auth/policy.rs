@@ -67,6 +67,7 @@ pub const TABLE: &[(&str, &[Grant])] = &[
     ),
     ("/prism.launcher.v1.Launcher/GetProcess", READ),
     ("/prism.launcher.v1.Launcher/ListProcesses", READ),
+    ("/prism.launcher.v1.Launcher/ListManifests", READ),
     // pattern-launcher's API, with the same grants.
     (
         "/prism.launcher.PatternLauncher/LaunchPattern",

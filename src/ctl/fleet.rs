@@ -57,6 +57,106 @@ pub async fn launchers(g: &Global) -> Result<(), Error> {
 }
 
 #[derive(Args, Debug, Default)]
+pub struct PatternsArgs {
+    /// The launcher: its local socket (unix:PATH) or host:port [default:
+    /// the packaged launcher's socket, /run/prism-launcher/launcher.sock].
+    #[arg(long, value_name = "ADDRESS")]
+    pub launcher_endpoint: Option<String>,
+    /// Over TLS, the id the launcher's certificate must name.
+    #[arg(long, value_name = "ID")]
+    pub launcher: Option<String>,
+}
+
+/// A launcher's pattern manifests, loaded and skipped.
+pub async fn patterns(g: &Global, args: &PatternsArgs) -> Result<(), Error> {
+    let endpoint = args
+        .launcher_endpoint
+        .clone()
+        .unwrap_or_else(|| format!("unix:{}", crate::protocol::LAUNCHER_SOCKET));
+    let (channel, url) = g
+        .admin
+        .dial(
+            "--launcher-endpoint",
+            &endpoint,
+            crate::auth::dial::Expect::Launcher(args.launcher.clone().unwrap_or_default()),
+        )
+        .await?;
+    let list = crate::pb::prism::launcher::v1::launcher_client::LauncherClient::new(channel)
+        .list_manifests(crate::pb::prism::launcher::v1::ListManifestsRequest {})
+        .await
+        .map_err(|s| call_failed("listing pattern manifests", s))?
+        .into_inner();
+    if let Some(text) = structured(g.output, &list)? {
+        out(&text);
+        return Ok(());
+    }
+    if list.patterns_dir.is_empty() {
+        out(&format!(
+            "The launcher at {url} reads no pattern manifests (it has no --patterns-dir).\n"
+        ));
+        return Ok(());
+    }
+    if list.manifests.is_empty() {
+        out(&format!(
+            "No pattern manifests loaded from {}.\n",
+            list.patterns_dir
+        ));
+    } else {
+        let rows: Vec<Vec<String>> = list
+            .manifests
+            .iter()
+            .map(|m| {
+                vec![
+                    m.name.clone(),
+                    m.version.clone(),
+                    m.isolation_level.clone(),
+                    m.executable.clone(),
+                    if m.health_path.is_empty() {
+                        "-".into()
+                    } else {
+                        format!("http {}", m.health_path)
+                    },
+                    match m.memory_limit_bytes {
+                        0 => "-".into(),
+                        b => format!("{} MiB", b / (1024 * 1024)),
+                    },
+                    if m.cpu_limit > 0.0 {
+                        format!("{}", m.cpu_limit)
+                    } else {
+                        "-".into()
+                    },
+                ]
+            })
+            .collect();
+        out(&table(
+            &[
+                "NAME",
+                "VERSION",
+                "ISOLATION",
+                "EXECUTABLE",
+                "PROBE",
+                "MEMORY",
+                "CPUS",
+            ],
+            &rows,
+            (g.output != Format::Wide).then(terminal_width),
+        ));
+    }
+    if !list.skipped.is_empty() {
+        out(&format!("\nSkipped ({}):\n", list.skipped.len()));
+        for s in &list.skipped {
+            let at = if s.field.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", s.field)
+            };
+            out(&format!("  {}: {at}{}\n", s.path, s.reason));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug, Default)]
 pub struct PsArgs {
     /// Only processes of this type.
     #[arg(long = "type", value_name = "TYPE")]

@@ -54,6 +54,9 @@ pub enum Command {
     /// Processes with their placement and health.
     #[command(visible_alias = "processes")]
     Ps(fleet::PsArgs),
+    /// The pattern manifests a launcher launches by name (its
+    /// --patterns-dir), and those it skipped, with why.
+    Patterns(fleet::PatternsArgs),
     /// Assign processes, from a spec file or flags, and wait for them.
     Assign(Box<assign::AssignArgs>),
     /// Assign N harmless processes with C in flight, report latency
@@ -169,6 +172,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Local(args) => local::run(g, args).await,
         Command::Launchers => fleet::launchers(g).await,
         Command::Ps(args) => fleet::ps(g, args).await,
+        Command::Patterns(args) => fleet::patterns(g, args).await,
         Command::Assign(args) => assign::assign(g, args).await,
         Command::Bench(args) => bench::bench(g, args).await,
         Command::Revoke(args) => fleet::revoke(g, args).await,

@@ -13,7 +13,8 @@ use crate::{
     pb::prism::{
         self as pb,
         launcher::v1::{
-            GetProcessRequest, ListProcessesRequest, ListProcessesResponse, ProcessInfo,
+            GetProcessRequest, ListManifestsRequest, ListManifestsResponse, ListProcessesRequest,
+            ListProcessesResponse, PatternManifest, ProcessInfo, SkippedManifest,
             launcher_server::Launcher,
         },
     },
@@ -231,6 +232,53 @@ impl Launcher for LauncherService {
             Some(info) => Ok(Response::new(info)),
             None => Err(to_status(LauncherError::NotFound { id })),
         }
+    }
+
+    async fn list_manifests(
+        &self,
+        _request: Request<ListManifestsRequest>,
+    ) -> Result<Response<ListManifestsResponse>, Status> {
+        let Some((catalog, _)) = &self.patterns else {
+            return Ok(Response::new(ListManifestsResponse::default()));
+        };
+        Ok(Response::new(ListManifestsResponse {
+            patterns_dir: catalog
+                .dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            manifests: catalog
+                .patterns()
+                .map(|m| PatternManifest {
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    executable: m.executable.display().to_string(),
+                    isolation_level: m.isolation.as_str().into(),
+                    description: m.description.clone(),
+                    author: m.author.clone(),
+                    path: m.path.display().to_string(),
+                    health_path: m
+                        .healthcheck
+                        .as_ref()
+                        .map(|h| h.path.clone())
+                        .unwrap_or_default(),
+                    memory_limit_bytes: m
+                        .resources
+                        .memory_limit
+                        .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+                    cpu_limit: m.resources.cpu_limit.unwrap_or(0.0),
+                })
+                .collect(),
+            skipped: catalog
+                .errors
+                .iter()
+                .map(|e| SkippedManifest {
+                    path: e.path.display().to_string(),
+                    field: e.field.clone().unwrap_or_default(),
+                    reason: e.reason.clone(),
+                })
+                .collect(),
+        }))
     }
 
     async fn list_processes(

@@ -44,6 +44,14 @@ impl Launcher for AckingLauncher {
         Err(Status::not_found("fake"))
     }
 
+    async fn list_manifests(
+        &self,
+        _: Request<prism_launcher::pb::prism::launcher::v1::ListManifestsRequest>,
+    ) -> Result<Response<prism_launcher::pb::prism::launcher::v1::ListManifestsResponse>, Status>
+    {
+        Ok(Response::new(Default::default()))
+    }
+
     async fn list_processes(
         &self,
         _: Request<ListProcessesRequest>,

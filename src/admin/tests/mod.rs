@@ -134,6 +134,13 @@ impl Launcher for FakeLauncher {
         Err(Status::unimplemented("not scripted"))
     }
 
+    async fn list_manifests(
+        &self,
+        _: Request<crate::pb::prism::launcher::v1::ListManifestsRequest>,
+    ) -> Result<Response<crate::pb::prism::launcher::v1::ListManifestsResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+
     async fn list_processes(
         &self,
         _: Request<ListProcessesRequest>,
