@@ -32,7 +32,7 @@
 //! # Modules
 //!
 //! - [`pb`]: generated protobuf and gRPC code (`prism`, `prism.launcher.v1`,
-//!   `prism.admin.v1`).
+//!   `prism.admin.v1`, and pattern-launcher's `prism.launcher`).
 //! - [`protocol`]: what every peer shares beyond the generated types:
 //!   metadata keys, default sockets, redaction of secrets.
 //! - [`model`]: validated domain types, the pure gate from the wire, and
@@ -43,7 +43,9 @@
 //!   in-memory manager for tests.
 //! - [`health`]: probes, cgroup usage, and the verdict per process.
 //! - [`launcher`]: the host agent: gRPC service, desired-state store,
-//!   supervisor, reconciliation, event following, the link to the admin.
+//!   supervisor, reconciliation, event following, the link to the admin, and
+//!   pattern-launcher's world (`launcher::patterns`: manifests, port pairs,
+//!   its gRPC API).
 //! - [`admin`]: prism-admin: the fleet (placement, dispatch, drift,
 //!   liveness) over a store trait (SQLite by default).
 //! - [`ctl`]: `prismctl` subcommands, one file each.

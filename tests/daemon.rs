@@ -1499,6 +1499,10 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         .await
         .expect("launch")
         .into_inner();
+    // A transcript of the session (cargo test … -- --nocapture).
+    eprintln!(
+        "LaunchPattern {{pattern_name: test-pattern, namespace: orders, config: {{EXTRA}}}}\n  -> {first:?}"
+    );
     assert_eq!(first.process_id, "test-pattern:ns:orders");
     let grpc: u16 = first
         .address
@@ -1512,6 +1516,7 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         .await
         .unwrap()
         .into_inner();
+    eprintln!("LaunchPattern (the same, ISOLATION_NAMESPACE)\n  -> {again:?}");
     assert_eq!(
         (again.process_id.as_str(), again.address.as_str()),
         (first.process_id.as_str(), first.address.as_str())
@@ -1559,6 +1564,7 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         },
     )
     .await;
+    eprintln!("GetProcessStatus {{test-pattern:ns:orders}}\n  -> {status:?}");
     assert_eq!(
         (status.pattern_name.as_str(), status.namespace.as_str()),
         ("test-pattern", "orders")
@@ -1571,6 +1577,7 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         .await
         .expect("launch a session")
         .into_inner();
+    eprintln!("LaunchPattern {{isolation: ISOLATION_SESSION, session_id: s-1}}\n  -> {session:?}");
     assert_eq!(session.process_id, "test-pattern:session:s-1");
     assert_ne!(session.address, first.address);
     // Bad requests name the field and change nothing.
@@ -1578,6 +1585,11 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         .launch_pattern(launch("", "s-2", IsolationLevel::IsolationNamespace))
         .await
         .unwrap_err();
+    eprintln!(
+        "LaunchPattern {{isolation: 2, session_id: s-2}}\n  -> {:?}: {}",
+        e.code(),
+        e.message()
+    );
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("namespace"), "{}", e.message());
     assert!(e.message().contains("renumbered"), "{}", e.message());
@@ -1597,6 +1609,7 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         .await
         .unwrap()
         .into_inner();
+    eprintln!("ListPatterns {{namespace: orders}}\n  -> {listed:?}");
     assert_eq!(listed.total_count, 2);
     assert_eq!(listed.patterns.len(), 2);
     let health = c
@@ -1606,6 +1619,7 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         .await
         .unwrap()
         .into_inner();
+    eprintln!("Health {{include_processes: true}}\n  -> {health:?}");
     assert!(health.healthy);
     assert_eq!(health.total_processes, 2);
     assert_eq!(health.processes.len(), 2);
@@ -1654,6 +1668,7 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         .await
         .expect("terminate")
         .into_inner();
+    eprintln!("TerminatePattern {{test-pattern:session:s-1, grace_period_secs: 5}}\n  -> {done:?}");
     assert!(done.success, "{done:?}");
     let gone = c
         .get_process_status(GetProcessStatusRequest {
@@ -1662,6 +1677,7 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         .await
         .unwrap()
         .into_inner();
+    eprintln!("GetProcessStatus {{test-pattern:session:s-1}}\n  -> {gone:?}");
     assert!(gone.not_found && gone.process.is_none(), "{gone:?}");
     assert_eq!(h.listed_units().len(), 1);
     let e = c

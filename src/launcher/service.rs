@@ -198,6 +198,10 @@ impl Launcher for LauncherService {
             .revoke(&r.process_id, grace)
             .await
             .map_err(to_status)?;
+        // A pattern launched by name gives its port pair back.
+        if let Some((_, ports)) = &self.patterns {
+            ports.release(&r.process_id);
+        }
         tracing::info!(
             prism_process_id = %r.process_id,
             exit_code = revoked.exit_code,
@@ -262,10 +266,7 @@ impl Launcher for LauncherService {
                         .as_ref()
                         .map(|h| h.path.clone())
                         .unwrap_or_default(),
-                    memory_limit_bytes: m
-                        .resources
-                        .memory_limit
-                        .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+                    memory_limit_bytes: m.resources.memory_limit_bytes(),
                     cpu_limit: m.resources.cpu_limit.unwrap_or(0.0),
                 })
                 .collect(),

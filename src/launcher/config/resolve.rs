@@ -469,18 +469,7 @@ fn port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
 
 /// Absolute and without `.`/`..` (the allowlist holds normalised paths).
 fn absolute(flag: &str, key: &str, dir: &std::path::Path) -> Result<PathBuf, ConfigError> {
-    use std::path::Component;
     let joined =
         std::path::absolute(dir).or_else(|e| bad(flag, key, format!("{}: {e}", dir.display())))?;
-    let mut out = PathBuf::new();
-    for c in joined.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    Ok(out)
+    Ok(crate::launcher::patterns::manifest::normalise(&joined))
 }

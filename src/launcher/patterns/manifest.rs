@@ -68,6 +68,14 @@ pub struct Resources {
     pub memory_request: Option<u64>,
 }
 
+impl Resources {
+    /// `memory_limit` for the wire: 0 means none.
+    pub fn memory_limit_bytes(&self) -> i64 {
+        self.memory_limit
+            .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSlot {
     pub name: String,
@@ -323,7 +331,7 @@ fn executable_path(dir: &Path, text: &str) -> Result<PathBuf, FieldError> {
 }
 
 /// Without `.` and `..` (the binary allowlist compares such paths).
-fn normalise(path: &Path) -> PathBuf {
+pub fn normalise(path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in path.components() {

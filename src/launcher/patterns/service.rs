@@ -193,26 +193,8 @@ fn assignment(
     ] {
         env.insert(name.to_owned(), value);
     }
-    let health_check = manifest.healthcheck.as_ref().map(|h| pb::HealthCheck {
-        kind: "http".into(),
-        path: h.path.clone(),
-        port: i32::from(ports.health),
-        interval_ms: h.interval.as_millis() as i64,
-        timeout_ms: h.timeout.as_millis() as i64,
-        failure_threshold: h.failure_threshold as i32,
-        watchdog_ms: 0,
-    });
-    let resources = pb::ResourceLimits {
-        memory_max_bytes: manifest
-            .resources
-            .memory_limit
-            .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
-        cpu_millis: manifest
-            .resources
-            .cpu_limit
-            .map_or(0, |c| (c * 1000.0).round() as i32),
-        tasks_max: 0,
-    };
+    let health_check = probe(manifest, i32::from(ports.health));
+    let resources = limits(manifest);
     pb::ProcessAssignment {
         process_id: id.to_owned(),
         process_type: ProcessType::Pattern.as_str().into(),
@@ -235,6 +217,31 @@ fn assignment(
             graceful_timeout_seconds: grace_secs,
             ..Default::default()
         }),
+    }
+}
+
+/// The manifest's healthcheck: an HTTP GET of its path on `health_port`.
+fn probe(manifest: &Manifest, health_port: i32) -> Option<pb::HealthCheck> {
+    manifest.healthcheck.as_ref().map(|h| pb::HealthCheck {
+        kind: "http".into(),
+        path: h.path.clone(),
+        port: health_port,
+        interval_ms: h.interval.as_millis() as i64,
+        timeout_ms: h.timeout.as_millis() as i64,
+        failure_threshold: h.failure_threshold as i32,
+        watchdog_ms: 0,
+    })
+}
+
+/// The manifest's limits, as cgroup limits.
+fn limits(manifest: &Manifest) -> pb::ResourceLimits {
+    pb::ResourceLimits {
+        memory_max_bytes: manifest.resources.memory_limit_bytes(),
+        cpu_millis: manifest
+            .resources
+            .cpu_limit
+            .map_or(0, |c| (c * 1000.0).round() as i32),
+        tasks_max: 0,
     }
 }
 
@@ -682,31 +689,11 @@ pub fn complete_from_manifest(
             config.env.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
-    if config.health_check.is_none()
-        && let Some(h) = &manifest.healthcheck
-    {
-        config.health_check = Some(pb::HealthCheck {
-            kind: "http".into(),
-            path: h.path.clone(),
-            port: config.health_port,
-            interval_ms: h.interval.as_millis() as i64,
-            timeout_ms: h.timeout.as_millis() as i64,
-            failure_threshold: h.failure_threshold as i32,
-            watchdog_ms: 0,
-        });
+    if config.health_check.is_none() {
+        config.health_check = probe(manifest, config.health_port);
     }
     if config.resources.is_none() {
-        config.resources = Some(pb::ResourceLimits {
-            memory_max_bytes: manifest
-                .resources
-                .memory_limit
-                .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
-            cpu_millis: manifest
-                .resources
-                .cpu_limit
-                .map_or(0, |c| (c * 1000.0).round() as i32),
-            tasks_max: 0,
-        });
+        config.resources = Some(limits(manifest));
     }
     Ok(())
 }
