@@ -106,7 +106,7 @@ impl Launcher for LauncherService {
         let id = wire.process_id.clone();
         let version = wire.version;
         if let Some((catalog, ports)) = &self.patterns {
-            complete_from_manifest(&mut wire, catalog, ports)?;
+            complete_from_manifest(&mut wire, catalog, ports, &self.supervisor)?;
         }
         let result = match Assignment::try_from((wire, self.supervisor.policy())) {
             Ok(assignment) => self.supervisor.assign(assignment, by_admin).await,

@@ -493,7 +493,7 @@ fn environment(top: &Mapping) -> Result<BTreeMap<String, String>, FieldError> {
             return Err(at("environment", "keys must be variable names"));
         };
         let field = format!("environment.{name}");
-        if !is_variable_name(name) {
+        if !crate::model::validate::is_env_key(name) {
             return Err(at(
                 &field,
                 "is not a variable name (A-Z a-z 0-9 _, not starting with a digit)",
@@ -522,13 +522,6 @@ pub fn is_launcher_variable(name: &str) -> bool {
     LAUNCHER_VARIABLES.contains(&name)
         || RESERVED_ENV.contains(&name)
         || name.starts_with(RESERVED_ENV_PREFIX)
-}
-
-/// An environment variable name.
-pub fn is_variable_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Go's `time.ParseDuration` syntax: `300ms`, `1.5h`, `2h45m`.

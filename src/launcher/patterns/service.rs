@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-use super::{Catalog, Manifest, Ports, manifest};
+use super::{Catalog, Manifest, Ports, manifest, ports::Pair};
 use crate::{
     launcher::{
         service::to_status,
@@ -85,40 +85,47 @@ impl PatternService {
             started: std::time::Instant::now(),
         }
     }
+}
 
-    /// A port pair, for a process not held yet; pairs of processes no
-    /// longer held (revoked by any API) are free again.
-    fn take_ports(&self, id: &str) -> Result<super::ports::Pair, Status> {
-        if let Some(pair) = self.ports.take(id) {
-            return Ok(pair);
-        }
-        for owner in self.ports.owners() {
-            if !self.supervisor.holds(&owner) {
-                self.ports.release(&owner);
-            }
-        }
-        self.ports.take(id).ok_or_else(|| {
-            let range = self.ports.range();
-            Status::resource_exhausted(format!(
-                "no free port pair in --pattern-ports {}-{} ({} pairs in use)",
-                range.start(),
-                range.end(),
-                self.ports.in_use()
-            ))
-        })
+/// A port pair for `id` (its own if it has one). When the range is used
+/// up, pairs of processes no longer held (revoked by any path) are freed
+/// first.
+fn take_pair(supervisor: &Supervisor, ports: &Ports, id: &str) -> Result<Pair, Status> {
+    if let Some(pair) = ports.take(id) {
+        return Ok(pair);
     }
+    for owner in ports.owners() {
+        if !supervisor.holds(&owner) {
+            ports.release(&owner);
+        }
+    }
+    ports.take(id).ok_or_else(|| {
+        let range = ports.range();
+        Status::resource_exhausted(format!(
+            "no free port pair in --pattern-ports {}-{} ({} pairs in use)",
+            range.start(),
+            range.end(),
+            ports.in_use()
+        ))
+    })
+}
 
-    /// Every pattern process, as pattern-launcher described them.
-    async fn patterns(&self, name: &str, namespace: &str) -> Vec<PatternInfo> {
-        self.supervisor
-            .list("pattern", namespace, "")
-            .await
-            .processes
-            .iter()
-            .filter_map(pattern_info)
-            .filter(|p| name.is_empty() || p.pattern_name == name)
-            .collect()
-    }
+/// pattern-launcher's variables but HEALTH_PORT, which every assignment
+/// gets from its `health_port`.
+fn launcher_variables(
+    pattern: &str,
+    namespace: &str,
+    session: &str,
+    pair: Pair,
+    id: &str,
+) -> [(&'static str, String); 5] {
+    [
+        ("PATTERN_NAME", pattern.to_owned()),
+        ("NAMESPACE", namespace.to_owned()),
+        ("SESSION_ID", session.to_owned()),
+        ("GRPC_PORT", pair.grpc.to_string()),
+        ("PROCESS_ID", id.to_owned()),
+    ]
 }
 
 /// The level a launch asks for, in the served numbering (0 means the
@@ -174,7 +181,7 @@ fn assignment(
     id: &str,
     level: IsolationLevel,
     req: &LaunchRequest,
-    ports: super::ports::Pair,
+    ports: Pair,
     grace_secs: i32,
 ) -> pb::ProcessAssignment {
     // The request's variables, then the manifest's (pattern-launcher's
@@ -184,13 +191,9 @@ fn assignment(
     let mut env: BTreeMap<String, String> = req.config.clone().into_iter().collect();
     env.extend(manifest.environment.clone());
     let log_level = env.remove("LOG_LEVEL").unwrap_or_default();
-    for (name, value) in [
-        ("PATTERN_NAME", manifest.name.clone()),
-        ("NAMESPACE", req.namespace.clone()),
-        ("SESSION_ID", req.session_id.clone()),
-        ("GRPC_PORT", ports.grpc.to_string()),
-        ("PROCESS_ID", id.to_owned()),
-    ] {
+    for (name, value) in
+        launcher_variables(&manifest.name, &req.namespace, &req.session_id, ports, id)
+    {
         env.insert(name.to_owned(), value);
     }
     let health_check = probe(manifest, i32::from(ports.health));
@@ -355,9 +358,7 @@ impl PatternLauncher for PatternService {
             IsolationLevel::Session => "session_id",
         };
         if id.len() > crate::model::validate::MAX_ID_BYTES
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-'))
+            || !id.chars().all(crate::model::validate::is_id_char)
         {
             return Err(invalid(
                 field,
@@ -378,7 +379,7 @@ impl PatternLauncher for PatternService {
             }
         };
         for key in req.config.keys() {
-            if !manifest::is_variable_name(key) {
+            if !crate::model::validate::is_env_key(key) {
                 return Err(invalid(
                     &format!("config.{key}"),
                     "is not an environment variable name (A-Z a-z 0-9 _, not starting with a digit)",
@@ -422,7 +423,7 @@ impl PatternLauncher for PatternService {
                 info
             }
             None => {
-                let pair = self.take_ports(&id)?;
+                let pair = take_pair(&self.supervisor, &self.ports, &id)?;
                 let wire = assignment(manifest, &id, level, &req, pair, grace_secs);
                 let result = match Assignment::try_from((wire, self.supervisor.policy())) {
                     Ok(a) => self.supervisor.assign(a, false).await,
@@ -479,7 +480,14 @@ impl PatternLauncher for PatternService {
                 format!("{} is not a ProcessState (0 lists every state)", req.state),
             ));
         }
-        let all = self.patterns("", "").await;
+        let all: Vec<PatternInfo> = self
+            .supervisor
+            .list("pattern", "", "")
+            .await
+            .processes
+            .iter()
+            .filter_map(pattern_info)
+            .collect();
         let total_count = all.len() as i32;
         let patterns = all
             .into_iter()
@@ -615,6 +623,7 @@ pub fn complete_from_manifest(
     wire: &mut pb::ProcessAssignment,
     catalog: &Catalog,
     ports: &Ports,
+    supervisor: &Supervisor,
 ) -> Result<(), Status> {
     let pattern_type = !matches!(
         ProcessType::named(&wire.process_type),
@@ -659,23 +668,12 @@ pub fn complete_from_manifest(
     };
     config.isolation_level = level;
     if config.port == 0 && config.health_port == 0 {
-        let pair = ports.take(&wire.process_id).ok_or_else(|| {
-            let range = ports.range();
-            Status::resource_exhausted(format!(
-                "no free port pair in --pattern-ports {}-{}",
-                range.start(),
-                range.end()
-            ))
-        })?;
+        let pair = take_pair(supervisor, ports, &wire.process_id)?;
         config.port = i32::from(pair.grpc);
         config.health_port = i32::from(pair.health);
-        for (k, v) in [
-            ("PATTERN_NAME", manifest.name.clone()),
-            ("NAMESPACE", wire.namespace.clone()),
-            ("SESSION_ID", String::new()),
-            ("GRPC_PORT", pair.grpc.to_string()),
-            ("PROCESS_ID", wire.process_id.clone()),
-        ] {
+        for (k, v) in
+            launcher_variables(&manifest.name, &wire.namespace, "", pair, &wire.process_id)
+        {
             config.env.entry(k.to_owned()).or_insert(v);
         }
     }

@@ -17,6 +17,7 @@ mod runtime;
 
 pub use host::check_binary_on_host;
 pub(crate) use runtime::check_exec_size;
+pub use runtime::is_env_key;
 
 use host::*;
 use payload::*;
@@ -285,7 +286,8 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
     }
 }
 
-pub(super) fn is_id_char(c: char) -> bool {
+/// A character process ids and namespaces may hold.
+pub fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-')
 }
 

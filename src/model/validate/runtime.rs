@@ -90,7 +90,8 @@ pub(super) fn check_args(args: &[String]) -> Result<Vec<String>> {
     Ok(args.to_vec())
 }
 
-pub(super) fn is_env_key(key: &str) -> bool {
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_key(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
