@@ -10,7 +10,7 @@ use crate::serve::Shutdown;
 use crate::{
     health::{Phase, ProbeState, probe},
     model::Probe,
-    systemd::{UnitEvent, UnitStatus, UnitSummary},
+    systemd::{UnitEvent, UnitSummary},
 };
 
 impl Supervisor {
@@ -109,10 +109,14 @@ impl Supervisor {
         let mut table = self.table();
         for entry in table.entries.values_mut() {
             match listed.get(entry.unit.as_str()) {
-                Some(u) => entry
-                    .unit_status
-                    .get_or_insert_with(|| UnitStatus::new(&entry.unit))
-                    .absorb_summary(u),
+                // A status known before: its state moves on. None stays
+                // none, so the next report reads the unit whole (a list
+                // has no pid, no cgroup).
+                Some(u) => {
+                    if let Some(status) = entry.unit_status.as_mut() {
+                        status.absorb_summary(u);
+                    }
+                }
                 // An assignment in flight creates its unit itself.
                 None if entry.phase != Phase::Starting => entry.unit_status = None,
                 None => {}
