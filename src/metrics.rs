@@ -127,7 +127,9 @@ impl Default for LauncherMetrics {
             );
             r.register(
                 "prism_launcher_restarts",
-                "Process restarts, by cause (systemd, probe, restore, half_open)",
+                "Process restarts by cause: how the process ended (oom-kill, exit-code, signal, core-dump, \
+                 watchdog, exec, timeout, probe), start-limit when systemd stopped restarting it, \
+                 restore (its unit vanished) or half_open (the circuit's retry)",
                 m.restarts.clone(),
             );
             r.register(

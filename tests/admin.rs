@@ -1155,3 +1155,157 @@ async fn an_admin_back_from_an_older_copy_takes_running_processes_back() {
         .expect("revoke kv-2");
     assert!(!host.h.listed_units().contains(&u2));
 }
+
+/// Every way a process ends that can be provoked here, each told apart in
+/// the heartbeat, in `prismctl ps -o wide` and in the launcher's restart
+/// counter. (An OOM kill needs a memory controller, which this sandboxed
+/// manager lacks: its mapping is tested against the in-memory manager.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_exit_reason_is_told_apart_in_the_heartbeat_and_prismctl() {
+    use std::io::Write;
+    let Some(f) = Fleet::start(&[("host-a", &["--max-processes", "10"])], &[]).await else {
+        return;
+    };
+    let host = &f.hosts[0];
+    let demo = host.h.demo.clone();
+    // An executable whose interpreter does not exist: execve fails.
+    let broken = host.h.bin_dir.join("broken-interpreter");
+    std::fs::write(&broken, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let slow_restarts = |c: &mut pb::ProcessConfig| {
+        c.restart_policy = Some(pb::RestartPolicy {
+            delay_ms: 2000,
+            max_restarts: 50,
+            window_seconds: 60,
+            ..Default::default()
+        });
+    };
+    let processes = [
+        (
+            with_config(
+                utility("exits-3", &demo, &["--crash-at-start", "3"]),
+                slow_restarts,
+            ),
+            "exit-code",
+            "exited with status 3",
+        ),
+        (
+            with_config(utility("killed-9", &demo, &[]), slow_restarts),
+            "signal",
+            "killed by SIGKILL (9)",
+        ),
+        (
+            with_config(
+                utility("silent-watchdog", &demo, &["--stop-watchdog-after", "1"]),
+                |c| {
+                    slow_restarts(c);
+                    c.health_check = Some(pb::HealthCheck {
+                        kind: "watchdog".into(),
+                        watchdog_ms: 1000,
+                        ..Default::default()
+                    });
+                },
+            ),
+            "watchdog",
+            "watchdog timeout",
+        ),
+        (
+            with_config(
+                utility("crash-loop", &demo, &["--crash-at-start", "4"]),
+                |c| {
+                    c.restart_policy = Some(pb::RestartPolicy {
+                        delay_ms: 100,
+                        max_restarts: 2,
+                        ..Default::default()
+                    });
+                },
+            ),
+            "start-limit",
+            "start limit hit",
+        ),
+        (
+            with_config(utility("no-interpreter", &broken, &[]), slow_restarts),
+            "exec",
+            "203/EXEC",
+        ),
+        (
+            with_config(
+                utility("sick-probe", &demo, &["--fail-health-after", "1"]),
+                |c| {
+                    slow_restarts(c);
+                    c.health_port = 19301;
+                    c.health_check = Some(pb::HealthCheck {
+                        kind: "http".into(),
+                        interval_ms: 300,
+                        timeout_ms: 200,
+                        failure_threshold: 2,
+                        ..Default::default()
+                    });
+                },
+            ),
+            "probe",
+            // While unhealthy, the probe's own latest failure; between
+            // failures, "restarted by the launcher after 2 failed probes
+            // (last: ... 503)".
+            "503",
+        ),
+    ];
+    let mut cp = f.cp().await;
+    for (wire, _, _) in &processes {
+        cp.assign_process(wire.clone()).await.expect("assign");
+    }
+    let killed = eventually("killed-9 running", DEADLINE, || async {
+        let p = f.process("killed-9").await;
+        p.health
+            .filter(|h| h.detailed_status == "running" && h.pid > 0)
+            .map(|_| p.unit_name)
+    })
+    .await;
+    host.h.systemctl(&["kill", "--signal=SIGKILL", &killed]);
+    for (wire, cause, words) in &processes {
+        let id = wire.process_id.as_str();
+        let health = eventually(&format!("{id} to report {cause}"), DEADLINE, || async {
+            f.process(id)
+                .await
+                .health
+                .filter(|h| h.exit_reason == *cause)
+        })
+        .await;
+        assert!(
+            health.last_error.contains(words),
+            "{id}: {:?}",
+            health.last_error
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prismctl"))
+        .args([
+            "--admin",
+            &format!("unix:{}", f.dir.path().join("admin.sock").display()),
+        ])
+        .args(["ps", "-o", "wide"])
+        .output()
+        .expect("run prismctl");
+    let table = String::from_utf8_lossy(&out.stdout);
+    // The transcript, for the record.
+    let _ = writeln!(std::io::stderr(), "$ prismctl ps -o wide\n{table}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (wire, cause, _) in &processes {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", wire.process_id)))
+            .unwrap_or_else(|| panic!("no row for {} in\n{table}", wire.process_id));
+        assert!(row.contains(&format!(" {cause} ")), "{row}");
+    }
+    let metrics = scrape(&host.launcher.metrics_addr().await).await;
+    for (_, cause, _) in &processes {
+        let series = format!("prism_launcher_restarts_total{{cause=\"{cause}\"}}");
+        assert!(
+            sample(&metrics, &series).is_some_and(|n| n >= 1.0),
+            "{series} in\n{metrics}"
+        );
+    }
+}

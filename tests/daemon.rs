@@ -994,6 +994,56 @@ async fn an_outdated_unit_is_replaced_by_reconciliation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_limits_are_applied_in_place_and_other_changes_replace_the_unit() {
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    let limits = |memory: i64, weight: i32| {
+        move |c: &mut pb::ProcessConfig| {
+            c.resources = Some(pb::ResourceLimits {
+                memory_max_bytes: memory,
+                io_weight: weight,
+                ..Default::default()
+            });
+        }
+    };
+    let v1 = with_config(backend("redis-1", &h.demo, &[]), limits(128 << 20, 0));
+    let ack = client
+        .assign_process(v1.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.applied, "created");
+    let unit = ack.unit_name;
+    wait_status(&d, "redis-1", "running").await;
+    let pid = h.prop(&unit, "MainPID");
+
+    let mut v2 = with_config(v1.clone(), limits(256 << 20, 300));
+    v2.version = 2;
+    let ack = client.assign_process(v2).await.unwrap().into_inner();
+    assert_eq!(ack.applied, "updated in place", "{ack:?}");
+    assert!(ack.message.contains("kept its process"), "{}", ack.message);
+    let s = h.show(&unit, &["MainPID", "MemoryMax", "IOWeight", "Description"]);
+    assert_eq!(s["MainPID"], pid, "the process was restarted");
+    assert_eq!(s["MemoryMax"], (256u64 << 20).to_string());
+    assert_eq!(s["IOWeight"], "300");
+    assert!(s["Description"].contains(" v2 "), "{s:?}");
+    let info = get(&d, "redis-1").await;
+    assert_eq!(health(&info).version, 2);
+    assert_eq!(health(&info).pid.to_string(), pid);
+
+    // Arguments are not a cgroup property: a new unit, and the ack says why.
+    let mut v3 = with_config(v1, |c| c.args = vec!["--print-env".into()]);
+    v3.version = 3;
+    let ack = client.assign_process(v3).await.unwrap().into_inner();
+    assert!(ack.applied.starts_with("replaced: config.args"), "{ack:?}");
+    let info = wait_status(&d, "redis-1", "running").await;
+    assert_eq!(health(&info).version, 3);
+    assert_ne!(h.prop(&unit, "MainPID"), pid);
+    assert_eq!(h.prop(&unit, "MemoryMax"), (128u64 << 20).to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_json_logs_describe_what_happened() {
     let Some(h) = harness!() else { return };
     let d = Daemon::start(&h, &["--log-format", "json"]).await;

@@ -88,6 +88,14 @@ async fn each_type_becomes_an_active_unit_with_its_properties() {
                 memory_max_bytes: 128 << 20,
                 cpu_millis: 250,
                 tasks_max: 64,
+                memory_high_bytes: 100 << 20,
+                cpu_weight: 50,
+                io_weight: 500,
+                oom_policy: "kill".into(),
+            });
+            c.logs = Some(pb::LogLimits {
+                rate_limit_interval_ms: 5000,
+                rate_limit_burst: 200,
             });
         }),
         utility("logs-1", &h.demo, &[]),
@@ -126,6 +134,12 @@ async fn each_type_becomes_an_active_unit_with_its_properties() {
             "MemoryMax",
             "CPUQuotaPerSecUSec",
             "TasksMax",
+            "MemoryHigh",
+            "CPUWeight",
+            "IOWeight",
+            "OOMPolicy",
+            "LogRateLimitIntervalUSec",
+            "LogRateLimitBurst",
             "MemoryAccounting",
             "StandardOutput",
             "MainPID",
@@ -173,6 +187,10 @@ async fn each_type_becomes_an_active_unit_with_its_properties() {
                 assert_eq!(s["TimeoutStopUSec"], "30s");
                 assert_eq!(s["PrivateDevices"], "no");
                 assert_eq!(s["MemoryMax"], "infinity");
+                // Unset: systemd's defaults.
+                assert_eq!(s["MemoryHigh"], "infinity");
+                assert_eq!(s["CPUWeight"], "[not set]");
+                assert_eq!(s["OOMPolicy"], "stop");
             }
             "proxy" => {
                 assert_eq!(s["Slice"], "prism-proxy.slice");
@@ -194,6 +212,15 @@ async fn each_type_becomes_an_active_unit_with_its_properties() {
                 assert_eq!(s["MemoryMax"], (128u64 << 20).to_string());
                 assert_eq!(s["CPUQuotaPerSecUSec"], "250ms");
                 assert_eq!(s["TasksMax"], "64");
+                // Soft limits and weights reach systemd (this sandboxed
+                // manager has no memory, cpu or io controller to enforce
+                // them: what is checked is that systemd holds them).
+                assert_eq!(s["MemoryHigh"], (100u64 << 20).to_string());
+                assert_eq!(s["CPUWeight"], "50");
+                assert_eq!(s["IOWeight"], "500");
+                assert_eq!(s["OOMPolicy"], "kill");
+                assert_eq!(s["LogRateLimitIntervalUSec"], "5s");
+                assert_eq!(s["LogRateLimitBurst"], "200");
                 assert!(env.contains("PRISM_BACKEND_TYPE=redis"), "{env}");
                 assert!(
                     env.contains("PRISM_CREDENTIALS=connection_string,password"),
@@ -219,6 +246,69 @@ async fn each_type_becomes_an_active_unit_with_its_properties() {
     }
     let status = engine.status(&units[0].1).await.expect("status");
     assert!(status.is_active() && status.main_pid > 0, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_change_on_the_running_unit_and_anything_else_is_refused() {
+    let Some(h) = harness!() else { return };
+    let engine = h.engine().await;
+    let old = h.process(with_config(backend("redis-1", &h.demo, &[]), |c| {
+        c.resources = Some(pb::ResourceLimits {
+            memory_max_bytes: 128 << 20,
+            cpu_weight: 50,
+            ..Default::default()
+        });
+    }));
+    let spec = unit::translate(&old);
+    engine.start_transient(&spec).await.expect("start");
+    let pid = h.prop(&spec.name, "MainPID");
+    assert_ne!(pid, "0");
+    let mut new = old.clone();
+    new.version = 2;
+    new.resources.memory_max_bytes = Some(256 << 20);
+    new.resources.memory_high_bytes = Some(200 << 20);
+    new.resources.cpu_weight = None;
+    new.resources.io_weight = Some(300);
+    let unit::update::Update::InPlace { properties, .. } = unit::update::plan(&old, &new) else {
+        panic!("not in place")
+    };
+    engine
+        .set_properties(&spec.name, &properties)
+        .await
+        .expect("set properties");
+    let s = h.show(
+        &spec.name,
+        &[
+            "MainPID",
+            "MemoryMax",
+            "MemoryHigh",
+            "CPUWeight",
+            "IOWeight",
+            "Description",
+            "ActiveState",
+        ],
+    );
+    assert_eq!(s["MainPID"], pid, "the process kept running");
+    assert_eq!(s["ActiveState"], "active");
+    assert_eq!(s["MemoryMax"], (256u64 << 20).to_string());
+    assert_eq!(s["MemoryHigh"], (200u64 << 20).to_string());
+    assert_eq!(s["CPUWeight"], "[not set]", "a dropped weight is unset");
+    assert_eq!(s["IOWeight"], "300");
+    assert_eq!(s["Description"], unit::description(&new));
+    // What systemd cannot change live is refused whole: nothing applied.
+    let refused = engine
+        .set_properties(
+            &spec.name,
+            &[
+                ("MemoryMax", unit::PropValue::U64(64 << 20)),
+                ("RestartUSec", unit::PropValue::U64(5_000_000)),
+            ],
+        )
+        .await
+        .expect_err("RestartUSec is not live");
+    assert!(refused.to_string().contains("RestartUSec"), "{refused}");
+    assert_eq!(h.prop(&spec.name, "MemoryMax"), (256u64 << 20).to_string());
+    assert_eq!(h.prop(&spec.name, "MainPID"), pid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

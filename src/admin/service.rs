@@ -123,6 +123,7 @@ impl ControlPlane for ControlPlaneService {
             message: assigned.message,
             launcher_id: assigned.launcher,
             unit_name: assigned.unit,
+            applied: assigned.applied,
         }))
     }
 

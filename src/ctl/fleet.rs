@@ -203,7 +203,8 @@ pub async fn ps(g: &Global, a: &PsArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// The `ps` table; `wide` adds the unit and the last error.
+/// The `ps` table; `wide` adds the unit, why the process last ended, and
+/// the last error.
 pub fn ps_table(processes: &[apb::ProcessInfo], wide: bool) -> String {
     if processes.is_empty() {
         return "No processes.\n".into();
@@ -241,6 +242,11 @@ pub fn ps_table(processes: &[apb::ProcessInfo], wide: bool) -> String {
             ];
             if wide {
                 row.push(p.unit_name.clone());
+                row.push(if h.exit_reason.is_empty() {
+                    "-".into()
+                } else {
+                    h.exit_reason.clone()
+                });
                 row.push(if h.last_error.is_empty() {
                     "-".into()
                 } else {
@@ -262,7 +268,7 @@ pub fn ps_table(processes: &[apb::ProcessInfo], wide: bool) -> String {
         "PID",
     ];
     if wide {
-        header.extend(["UNIT", "LAST ERROR"]);
+        header.extend(["UNIT", "LAST EXIT", "LAST ERROR"]);
     }
     table(&header, &rows, (!wide).then(terminal_width))
 }

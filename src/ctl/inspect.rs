@@ -248,6 +248,9 @@ pub async fn describe(g: &Global, a: &DescribeArgs) -> Result<(), Error> {
         },
         h.restart_count
     ));
+    if !h.exit_reason.is_empty() {
+        text.push_str(&format!("Last exit:   {}\n", h.exit_reason));
+    }
     if !h.last_error.is_empty() {
         text.push_str(&format!("Last error:  {}\n", h.last_error));
     }

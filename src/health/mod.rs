@@ -1,6 +1,7 @@
 //! Health: liveness probes, resource usage from cgroups, and the one status
 //! per process built from systemd's state and the probe's verdict.
 
+pub mod exit;
 pub mod probe;
 pub mod usage;
 

@@ -26,8 +26,15 @@ pub enum AssignOutcome {
     Unchanged,
     /// A unit of this id and version was already running; it was kept.
     Adopted,
-    /// An older version was replaced.
+    /// An older version was replaced by a new unit; `reason` says why it
+    /// could not be updated in place (`None`: it was not running).
     Replaced {
+        previous: i64,
+        reason: Option<String>,
+    },
+    /// An older version's running unit took the new limits and probe
+    /// settings; its process kept running.
+    UpdatedInPlace {
         previous: i64,
     },
     /// Recorded, but the first start failed; the launcher keeps trying.
@@ -36,10 +43,34 @@ pub enum AssignOutcome {
     },
 }
 
+impl AssignOutcome {
+    /// `ProcessAssignmentAck.applied`.
+    pub fn applied(&self) -> String {
+        match self {
+            Self::Started | Self::StartFailed { .. } => "created".into(),
+            Self::Unchanged | Self::Adopted => "unchanged".into(),
+            Self::UpdatedInPlace { .. } => "updated in place".into(),
+            Self::Replaced {
+                reason: Some(r), ..
+            } => format!("replaced: {r}"),
+            Self::Replaced { reason: None, .. } => "replaced".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Assigned {
     pub unit: String,
     pub outcome: AssignOutcome,
+}
+
+/// The version held when a newer one arrives.
+struct Previous {
+    unit: String,
+    version: i64,
+    wire: crate::pb::prism::ProcessAssignment,
+    /// How the new version can be applied, if the old one is running.
+    update: Option<unit::update::Update>,
 }
 
 #[derive(Clone, Debug)]
@@ -106,7 +137,14 @@ impl Supervisor {
                         requested: process.version,
                     });
                 }
-                Some(e) => Some((e.unit.clone(), e.process.version, e.wire.clone())),
+                Some(e) => Some(Previous {
+                    unit: e.unit.clone(),
+                    version: e.process.version,
+                    wire: e.wire.clone(),
+                    update: (e.phase == Phase::Held
+                        && e.unit_status.as_ref().is_some_and(UnitStatus::is_active))
+                    .then(|| unit::update::plan(&e.process, &process)),
+                }),
                 None => {
                     let used = table.entries.len();
                     if used >= self.max_processes {
@@ -121,6 +159,32 @@ impl Supervisor {
             }
         };
 
+        let mut replaced_because = None;
+        if let Some(prev) = &previous {
+            match &prev.update {
+                Some(unit::update::Update::InPlace { properties, probe }) => {
+                    match self
+                        .update_in_place(&process, &wire, prev, properties, *probe)
+                        .await?
+                    {
+                        None => {
+                            return Ok(Assigned {
+                                unit: prev.unit.clone(),
+                                outcome: AssignOutcome::UpdatedInPlace {
+                                    previous: prev.version,
+                                },
+                            });
+                        }
+                        Some(refused) => replaced_because = Some(refused),
+                    }
+                }
+                Some(unit::update::Update::Replace { reason }) => {
+                    replaced_because = Some(reason.clone());
+                }
+                None => {}
+            }
+        }
+
         // The durable write runs on a blocking thread, overlapped with the
         // work in systemd; the ack waits for both. A crash before the write
         // completes leaves at most a unit nobody was told about: the
@@ -128,11 +192,11 @@ impl Supervisor {
         let save = self.persist(wire.clone(), false, placed_by_admin);
         let spec = unit::translate(&process);
         let work = async {
-            if let Some((old_unit, _, _)) = &previous {
+            if let Some(prev) = &previous {
                 // Replaces the held entry (and its user claim).
                 self.table().insert(fresh());
                 // The old version goes first; the unit name may be the same.
-                self.systemd.stop(old_unit, process.stop_timeout).await?;
+                self.systemd.stop(&prev.unit, process.stop_timeout).await?;
             }
             self.start_retrying(&process, &spec).await
         };
@@ -148,7 +212,7 @@ impl Supervisor {
             }
             let mut table = self.table();
             table.remove(&id);
-            if let Some((_, _, old)) = previous
+            if let Some(Previous { wire: old, .. }) = previous
                 && let Ok(old_process) = ManagedProcess::try_from((old.clone(), &self.structural()))
             {
                 table.insert(Entry::new(old_process, old, Phase::Held));
@@ -180,12 +244,73 @@ impl Supervisor {
         Ok(Assigned {
             unit: spec.name,
             outcome: match (previous, outcome) {
-                (Some((_, v, _)), AssignOutcome::Started | AssignOutcome::Adopted) => {
-                    AssignOutcome::Replaced { previous: v }
+                (Some(prev), AssignOutcome::Started | AssignOutcome::Adopted) => {
+                    AssignOutcome::Replaced {
+                        previous: prev.version,
+                        reason: replaced_because,
+                    }
                 }
                 (_, o) => o,
             },
         })
+    }
+
+    /// Apply a new version to the running unit of the old one: persist it,
+    /// then set the properties. `Ok(None)`: done, the process kept running.
+    /// `Ok(Some(reason))`: systemd refused the change (nothing of it
+    /// applied), so the caller replaces the unit. An error: the new version
+    /// could not be written, and nothing changed.
+    async fn update_in_place(
+        &self,
+        process: &ManagedProcess,
+        wire: &crate::pb::prism::ProcessAssignment,
+        prev: &Previous,
+        properties: &unit::Props,
+        probe_changed: bool,
+    ) -> Result<Option<String>, LauncherError> {
+        let placed_by_admin = self
+            .table()
+            .entries
+            .get(&process.id)
+            .is_some_and(|e| e.placed_by_admin);
+        self.persist(wire.clone(), false, placed_by_admin).await?;
+        let began = Instant::now();
+        if let Err(e) = self.systemd.set_properties(&prev.unit, properties).await {
+            tracing::warn!(
+                prism_process_id = %process.id,
+                unit = %prev.unit,
+                error = %e,
+                "cannot update {} in place ({e}); replacing its unit",
+                process.id
+            );
+            return Ok(Some(format!("systemd refused the update in place: {e}")));
+        }
+        self.metrics
+            .unit_start
+            .observe(began.elapsed().as_secs_f64());
+        if let Some(e) = self.table().entries.get_mut(&process.id) {
+            e.process = process.clone();
+            e.wire = wire.clone();
+            e.recorded_at_ms = crate::clock::unix_ms();
+        }
+        // The probe follows the version; its verdict so far stands unless
+        // its settings changed.
+        self.renew_probe(&process.id, !probe_changed);
+        self.changed.notify_one();
+        tracing::info!(
+            prism_process_id = %process.id,
+            unit = %prev.unit,
+            "{} updated in place from v{} to v{}: {}",
+            process.id,
+            prev.version,
+            process.version,
+            properties
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(None)
     }
 
     /// [`Self::start_unit`], retried with backoff within
@@ -269,8 +394,15 @@ impl Supervisor {
             Err(SystemdError::StartFailed {
                 status, job_result, ..
             }) => {
-                let reason = format!("start job {job_result}: {}", status.describe_failure());
+                let exit = crate::health::exit::ExitReason::of(&status);
+                let reason = match &exit {
+                    Some(exit) => format!("start job {job_result}: {exit}"),
+                    None => format!("start job {job_result}: {}", status.describe_failure()),
+                };
                 if let Some(e) = entry {
+                    if exit.is_some() {
+                        e.exit = exit;
+                    }
                     e.phase = Phase::Held;
                     e.start_failures += 1;
                     e.last_error = Some(reason.clone());

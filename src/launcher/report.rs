@@ -59,6 +59,11 @@ impl Supervisor {
             active_state: unit.active_state,
             sub_state: unit.sub_state,
             version: e.process.version,
+            exit_reason: e
+                .exit
+                .as_ref()
+                .map(|r| r.cause().to_owned())
+                .unwrap_or_default(),
         }
     }
 

@@ -124,6 +124,7 @@ impl Launcher for LauncherService {
                 AssignOutcome::Unchanged => "unchanged",
                 AssignOutcome::Adopted => "adopted",
                 AssignOutcome::Replaced { .. } => "replaced",
+                AssignOutcome::UpdatedInPlace { .. } => "updated_in_place",
                 AssignOutcome::StartFailed { .. } => "start_failed",
             },
             Err(LauncherError::Invalid(_) | LauncherError::BadRequest { .. }) => "invalid",
@@ -147,12 +148,20 @@ impl Launcher for LauncherService {
                 "{id} v{version} was already running as {}; kept it",
                 assigned.unit
             ),
-            AssignOutcome::Replaced { previous } => {
+            AssignOutcome::Replaced { previous, reason } => {
                 format!(
-                    "replaced {id} v{previous} with v{version} as {}",
-                    assigned.unit
+                    "replaced {id} v{previous} with v{version} as a new {}{}",
+                    assigned.unit,
+                    reason
+                        .as_ref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
                 )
             }
+            AssignOutcome::UpdatedInPlace { previous } => format!(
+                "updated {id} from v{previous} to v{version} in place: {} kept its process",
+                assigned.unit
+            ),
             AssignOutcome::StartFailed { reason } => format!(
                 "{id} v{version} is assigned as {}, but its first start failed: {reason}",
                 assigned.unit
@@ -164,6 +173,7 @@ impl Launcher for LauncherService {
             message,
             launcher_id: self.launcher_id.clone(),
             unit_name: assigned.unit,
+            applied: assigned.outcome.applied(),
         }))
     }
 

@@ -40,6 +40,8 @@ pub struct Entry {
     pub launcher_restarts: u32,
     pub start_failures: u32,
     pub last_error: Option<String>,
+    /// How the process last ended, if it did.
+    pub exit: Option<crate::health::exit::ExitReason>,
     /// Consecutive quick restorations, for backoff.
     pub restorations: u32,
     pub restore_not_before: Option<Instant>,
@@ -67,6 +69,7 @@ impl Entry {
             launcher_restarts: 0,
             start_failures: 0,
             last_error: None,
+            exit: None,
             restorations: 0,
             restore_not_before: None,
             circuit_opened_at: None,

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::supervisor::Supervisor;
 use crate::serve::Shutdown;
 use crate::{
-    health::{Phase, ProbeState, probe},
+    health::{Phase, ProbeState, exit::ExitReason, probe},
     model::Probe,
     systemd::{UnitEvent, UnitSummary},
 };
@@ -28,27 +28,42 @@ impl Supervisor {
                     let Some(entry) = table.by_unit(&status.name) else {
                         continue;
                     };
-                    if status.start_limit_hit() {
-                        if entry.circuit_opened_at.is_none() {
-                            tracing::warn!(
-                                prism_process_id = %entry.process.id,
-                                unit = %status.name,
-                                "circuit open for {}: systemd stopped restarting it ({})",
-                                entry.process.id,
-                                status.describe_failure()
-                            );
-                            entry.last_error = Some(status.describe_failure());
-                            entry.circuit_opened_at = Some(Instant::now());
-                            self.reconcile.notify_one();
+                    let before = entry.unit_status.as_ref();
+                    let was_restarting = before.is_some_and(|s| s.sub_state == "auto-restart");
+                    let was_failed = before.is_some_and(|s| s.is_finally_failed());
+                    let restarting = status.sub_state == "auto-restart" && !was_restarting;
+                    let failed = status.is_finally_failed() && !was_failed;
+                    if restarting || failed {
+                        // One end of the process, with its reason; a clean
+                        // exit that Restart=always restarts is status 0.
+                        let reason = ExitReason::of(&status)
+                            .or(restarting.then_some(ExitReason::ExitCode(0)));
+                        if let Some(reason) = reason {
+                            if restarting || matches!(reason, ExitReason::StartLimit(_)) {
+                                self.metrics.restart(reason.cause(), 1);
+                            }
+                            entry.last_error = Some(reason.to_string());
+                            entry.exit = Some(reason);
                         }
-                    } else if status.is_finally_failed() {
-                        entry.last_error = Some(status.describe_failure());
                     }
-                    // systemd's own restarts, as NRestarts grows.
-                    let before = entry.unit_status.as_ref().map_or(0, |s| s.n_restarts);
-                    if status.n_restarts > before {
-                        self.metrics
-                            .restart("systemd", u64::from(status.n_restarts - before));
+                    if status.start_limit_hit() && entry.circuit_opened_at.is_none() {
+                        tracing::warn!(
+                            prism_process_id = %entry.process.id,
+                            unit = %status.name,
+                            "circuit open for {}: systemd stopped restarting it ({})",
+                            entry.process.id,
+                            status.describe_failure()
+                        );
+                        entry.circuit_opened_at = Some(Instant::now());
+                        self.reconcile.notify_one();
+                    } else if restarting && let Some(reason) = &entry.exit {
+                        tracing::info!(
+                            prism_process_id = %entry.process.id,
+                            unit = %status.name,
+                            cause = reason.cause(),
+                            "{} {reason}; systemd restarts it",
+                            entry.process.id
+                        );
                     }
                     if status.is_active() {
                         entry.circuit_opened_at = None;
@@ -147,6 +162,26 @@ impl Supervisor {
         entry.probe_task = Some(task.abort_handle());
     }
 
+    /// Start the probe anew for the process's current version, keeping
+    /// what it has found so far if `keep_state`.
+    pub(super) fn renew_probe(self: &Supervisor, id: &str, keep_state: bool) {
+        let saved = {
+            let mut table = self.table();
+            let Some(e) = table.entries.get_mut(id) else {
+                return;
+            };
+            e.stop_probe();
+            keep_state.then(|| e.probe.clone())
+        };
+        self.ensure_probe(id);
+        if let Some(state) = saved
+            && let Some(e) = self.table().entries.get_mut(id)
+            && e.probe_task.is_some()
+        {
+            e.probe = state;
+        }
+    }
+
     /// Probe one process every interval; restart it through systemd once it
     /// failed `failure_threshold` times in a row.
     async fn probe_loop(self: Arc<Self>, id: String, version: i64) {
@@ -220,6 +255,12 @@ impl Supervisor {
                 let mut table = self.table();
                 self.metrics.restart("probe", 1);
                 if let Some(e) = table.entries.get_mut(&id) {
+                    let reason = ExitReason::Probe {
+                        failures: check.failure_threshold,
+                        last: e.probe.last_error.clone().unwrap_or_default(),
+                    };
+                    e.last_error = Some(reason.to_string());
+                    e.exit = Some(reason);
                     e.launcher_restarts += 1;
                     e.probe.consecutive_failures = 0;
                     e.probe.passed = false;

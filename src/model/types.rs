@@ -299,13 +299,68 @@ pub struct SandboxOptions {
     pub memory_deny_write_execute: bool,
 }
 
-/// cgroup limits; `None` is unlimited.
+/// cgroup limits and weights; `None` leaves systemd's default (unlimited,
+/// weight 100).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Resources {
+    /// `MemoryMax=`: the hard cap, beyond which the kernel OOM-kills.
     pub memory_max_bytes: Option<u64>,
+    /// `MemoryHigh=`: the soft limit, beyond which the kernel throttles and
+    /// reclaims but never kills.
+    pub memory_high_bytes: Option<u64>,
     /// Thousandths of a CPU: 1000 is one full core.
     pub cpu_millis: Option<u32>,
+    /// `CPUWeight=`, 1..=10000.
+    pub cpu_weight: Option<u32>,
+    /// `IOWeight=`, 1..=10000.
+    pub io_weight: Option<u32>,
     pub tasks_max: Option<u64>,
+    /// `OOMPolicy=`.
+    pub oom_policy: Option<OomPolicy>,
+}
+
+/// What systemd does when the kernel OOM-kills a task of the unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OomPolicy {
+    /// Log it and keep the unit running.
+    Continue,
+    /// Stop the unit cleanly; its restart policy applies (`Result=oom-kill`).
+    Stop,
+    /// Kill every remaining process of the unit.
+    Kill,
+}
+
+impl OomPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Continue => "continue",
+            Self::Stop => "stop",
+            Self::Kill => "kill",
+        }
+    }
+}
+
+impl FromStr for OomPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "continue" => Ok(Self::Continue),
+            "stop" => Ok(Self::Stop),
+            "kill" => Ok(Self::Kill),
+            other => Err(format!(
+                "unknown OOM policy {other:?} (expected stop, continue or kill)"
+            )),
+        }
+    }
+}
+
+/// The journal's rate limit on a process's output; `None` leaves
+/// journald's own (`RateLimitIntervalSec=`, `RateLimitBurst=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LogLimits {
+    pub interval: Option<Duration>,
+    pub burst: Option<u32>,
 }
 
 /// A validated process assignment: everything needed to run it as a unit.
@@ -334,6 +389,8 @@ pub struct ManagedProcess {
     pub health: HealthCheck,
     pub resources: Resources,
     pub sandbox: SandboxOptions,
+    /// The journal's rate limit on its output (the launcher's default filled in).
+    pub logs: LogLimits,
     /// Time between SIGTERM and SIGKILL on stop.
     pub stop_timeout: Duration,
     /// The process reports readiness with sd_notify.

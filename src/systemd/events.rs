@@ -298,20 +298,21 @@ impl Hub {
     }
 
     /// Settings of a unit that systemd never signals (they are constant).
-    pub fn seed(&self, unit: &str, spec: &crate::unit::UnitSpec) {
+    pub fn seed(&self, unit: &str, properties: &[(&'static str, crate::unit::PropValue)]) {
         use crate::unit::PropValue;
+        let get = |name: &str| properties.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
         let mut cached = self.units();
         let seq = cached.bump();
         let c = cached.entry(unit);
         c.changed = seq;
         let status = &mut c.status;
-        if let Some(PropValue::Str(restart)) = spec.get(props::RESTART) {
+        if let Some(PropValue::Str(restart)) = get(props::RESTART) {
             status.restart = restart.clone();
         }
-        if let Some(PropValue::U32(burst)) = spec.get(props::START_LIMIT_BURST) {
+        if let Some(PropValue::U32(burst)) = get(props::START_LIMIT_BURST) {
             status.start_limit_burst = *burst;
         }
-        if let Some(PropValue::Str(d)) = spec.get(props::DESCRIPTION) {
+        if let Some(PropValue::Str(d)) = get(props::DESCRIPTION) {
             status.description = d.clone();
         }
     }

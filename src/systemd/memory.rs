@@ -30,6 +30,7 @@ pub enum Call {
     Kill(String, i32),
     ResetFailed(String),
     StartExisting(String),
+    SetProperties(String, Vec<&'static str>),
     List,
     Status(String),
 }
@@ -41,6 +42,7 @@ pub enum Op {
     Stop,
     Restart,
     List,
+    SetProperties,
 }
 
 /// A unit as this manager holds it.
@@ -397,6 +399,55 @@ impl Systemd for MemorySystemd {
     async fn start_existing(&self, unit: &str) -> Result<(), SystemdError> {
         self.begin(Call::StartExisting(unit.to_owned()), None, unit)?;
         self.run_again(unit)
+    }
+
+    async fn set_properties(
+        &self,
+        unit: &str,
+        properties: &[(&'static str, PropValue)],
+    ) -> Result<(), SystemdError> {
+        let names = properties.iter().map(|(n, _)| *n).collect();
+        self.begin(
+            Call::SetProperties(unit.to_owned(), names),
+            Some(Op::SetProperties),
+            unit,
+        )?;
+        let mut inner = self.inner();
+        let Some(u) = inner.units.get_mut(unit) else {
+            return Err(SystemdError::NoSuchUnit {
+                unit: unit.to_owned(),
+            });
+        };
+        // As systemd: cgroup limits and the description only.
+        const LIVE: [&str; 7] = [
+            props::DESCRIPTION,
+            props::MEMORY_MAX,
+            props::MEMORY_HIGH,
+            props::CPU_QUOTA_PER_SEC_USEC,
+            props::CPU_WEIGHT,
+            props::IO_WEIGHT,
+            props::TASKS_MAX,
+        ];
+        if let Some((name, _)) = properties.iter().find(|(n, _)| !LIVE.contains(n)) {
+            return Err(SystemdError::Refused {
+                method: "SetUnitProperties",
+                unit: unit.to_owned(),
+                name: "org.freedesktop.DBus.Error.PropertyReadOnly".into(),
+                message: format!("Cannot set property {name}, or unknown property."),
+            });
+        }
+        if let Some(spec) = u.spec.as_mut() {
+            for (name, value) in properties {
+                spec.properties.retain(|(n, _)| n != name);
+                spec.properties.push((name, value.clone()));
+            }
+        }
+        if let Some((_, PropValue::Str(d))) =
+            properties.iter().find(|(n, _)| *n == props::DESCRIPTION)
+        {
+            u.status.description = d.clone();
+        }
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<UnitSummary>, SystemdError> {

@@ -222,6 +222,16 @@ pub trait Systemd: Send + Sync + 'static {
     /// Start an existing (loaded, inactive or failed) unit again.
     async fn start_existing(&self, unit: &str) -> Result<(), SystemdError>;
 
+    /// Change properties of a loaded unit until it is unloaded
+    /// (`SetUnitProperties` with `runtime`), all or none: systemd checks
+    /// every property before it applies any. Its processes keep running.
+    /// systemd changes only cgroup limits and the description this way.
+    async fn set_properties(
+        &self,
+        unit: &str,
+        properties: &[(&'static str, crate::unit::PropValue)],
+    ) -> Result<(), SystemdError>;
+
     /// Every workload service (`prism-<type>-*.service`), from one call.
     async fn list(&self) -> Result<Vec<UnitSummary>, SystemdError>;
 

@@ -8,12 +8,13 @@ mod name;
 pub mod props;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod update;
 
 use std::time::Duration;
 
 pub use name::*;
 
-use crate::model::{IsolationLevel, ManagedProcess, Probe, Secret};
+use crate::model::{IsolationLevel, ManagedProcess, Probe, Resources, Secret};
 
 /// The unit's `KillMode`: SIGTERM to the main process only, SIGKILL to what
 /// is left. The workload's main process owns its graceful shutdown, as under
@@ -111,7 +112,7 @@ pub fn daemon(name: &str, description: &str, argv: Vec<String>, identifier: &str
     }
 }
 
-type Props = Vec<(&'static str, PropValue)>;
+pub type Props = Vec<(&'static str, PropValue)>;
 
 fn usec(d: Duration) -> PropValue {
     PropValue::U64(d.as_micros().try_into().unwrap_or(u64::MAX))
@@ -230,17 +231,41 @@ fn logging(p: &ManagedProcess, props: &mut Props) {
             format!("PRISM_NAMESPACE={}", p.namespace).into_bytes(),
         ]),
     ));
+    // journald keeps a rate-limit bucket per unit: a tighter one for a
+    // noisy process keeps it from flooding (and rotating away) the
+    // others' logs. Unset, journald's RateLimitIntervalSec/Burst apply.
+    if let Some(interval) = p.logs.interval {
+        props.push((props::LOG_RATE_LIMIT_INTERVAL_USEC, usec(interval)));
+    }
+    if let Some(burst) = p.logs.burst {
+        props.push((props::LOG_RATE_LIMIT_BURST, PropValue::U32(burst)));
+    }
 }
 
 fn resources(p: &ManagedProcess, props: &mut Props) {
-    let r = &p.resources;
     // Accounting on, so health reports carry memory, CPU and task counts.
     props.push((props::MEMORY_ACCOUNTING, PropValue::Bool(true)));
     props.push((props::CPU_ACCOUNTING, PropValue::Bool(true)));
     props.push((props::TASKS_ACCOUNTING, PropValue::Bool(true)));
+    props.extend(resource_limits(&p.resources));
+    if let Some(policy) = p.resources.oom_policy {
+        // After a kernel OOM kill inside the unit: stop it (and let its
+        // restart policy act), carry on, or kill the rest of it.
+        props.push((props::OOM_POLICY, s(policy.as_str())));
+    }
+}
+
+/// The cgroup limits and weights an assignment sets: exactly what systemd
+/// can change on a running unit (`SetUnitProperties`, see [`limits_update`]).
+fn resource_limits(r: &Resources) -> Props {
+    let mut props = Props::new();
     if let Some(bytes) = r.memory_max_bytes {
         // Hard cap: the kernel OOM-kills the unit beyond it.
         props.push((props::MEMORY_MAX, PropValue::U64(bytes)));
+    }
+    if let Some(bytes) = r.memory_high_bytes {
+        // Soft limit: beyond it the kernel throttles and reclaims, never kills.
+        props.push((props::MEMORY_HIGH, PropValue::U64(bytes)));
     }
     if let Some(millis) = r.cpu_millis {
         // CPU time per wall-clock second: 1000 millis = 1 s/s = one core.
@@ -249,10 +274,43 @@ fn resources(p: &ManagedProcess, props: &mut Props) {
             PropValue::U64(u64::from(millis) * 1000),
         ));
     }
+    // Shares under contention only; no cap while the CPU or disk is idle.
+    if let Some(weight) = r.cpu_weight {
+        props.push((props::CPU_WEIGHT, PropValue::U64(u64::from(weight))));
+    }
+    if let Some(weight) = r.io_weight {
+        props.push((props::IO_WEIGHT, PropValue::U64(u64::from(weight))));
+    }
     if let Some(tasks) = r.tasks_max {
         // Bounds fork bombs and thread leaks.
         props.push((props::TASKS_MAX, PropValue::U64(tasks)));
     }
+    props
+}
+
+/// What to set on a running unit to take it from `old`'s limits to `new`'s:
+/// each changed limit, and a dropped one back to systemd's default
+/// (infinity, or the unset weight). `None` when that is not possible: a
+/// dropped `TasksMax` would have to return to the manager's
+/// `DefaultTasksMax`, which only a new unit gets.
+pub fn limits_update(old: &Resources, new: &Resources) -> Option<Props> {
+    if old.tasks_max.is_some() && new.tasks_max.is_none() {
+        return None;
+    }
+    let before = resource_limits(old);
+    let after = resource_limits(new);
+    let mut update: Props = after
+        .iter()
+        .filter(|prop| !before.contains(prop))
+        .cloned()
+        .collect();
+    for (name, _) in &before {
+        if !after.iter().any(|(n, _)| n == name) {
+            // u64::MAX is "infinity" for the limits and "unset" for weights.
+            update.push((name, PropValue::U64(u64::MAX)));
+        }
+    }
+    Some(update)
 }
 
 fn isolation(p: &ManagedProcess, props: &mut Props) {

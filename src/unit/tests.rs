@@ -23,6 +23,7 @@ pub(crate) fn process(kind: ProcessKind) -> ManagedProcess {
         health: HealthCheck::default(),
         resources: Resources::default(),
         sandbox: SandboxOptions::default(),
+        logs: LogLimits::default(),
         stop_timeout: Duration::from_secs(30),
         notify_ready: false,
     }
@@ -361,8 +362,16 @@ fn restart_limits_stop_and_resources() {
     p.stop_timeout = Duration::from_secs(5);
     p.resources = Resources {
         memory_max_bytes: Some(128 << 20),
+        memory_high_bytes: Some(100 << 20),
         cpu_millis: Some(250),
+        cpu_weight: Some(50),
+        io_weight: Some(200),
         tasks_max: Some(64),
+        oom_policy: Some(OomPolicy::Kill),
+    };
+    p.logs = LogLimits {
+        interval: Some(Duration::from_secs(5)),
+        burst: Some(200),
     };
     let spec = translate(&p);
     let expect = [
@@ -375,6 +384,15 @@ fn restart_limits_stop_and_resources() {
         (props::MEMORY_MAX, PropValue::U64(128 << 20)),
         (props::CPU_QUOTA_PER_SEC_USEC, PropValue::U64(250_000)),
         (props::TASKS_MAX, PropValue::U64(64)),
+        (props::MEMORY_HIGH, PropValue::U64(100 << 20)),
+        (props::CPU_WEIGHT, PropValue::U64(50)),
+        (props::IO_WEIGHT, PropValue::U64(200)),
+        (props::OOM_POLICY, PropValue::Str("kill".into())),
+        (
+            props::LOG_RATE_LIMIT_INTERVAL_USEC,
+            PropValue::U64(5_000_000),
+        ),
+        (props::LOG_RATE_LIMIT_BURST, PropValue::U32(200)),
         (props::MEMORY_ACCOUNTING, PropValue::Bool(true)),
         (props::SYSLOG_IDENTIFIER, PropValue::Str("kv-1".into())),
         (props::STANDARD_OUTPUT, PropValue::Str("journal".into())),
@@ -386,8 +404,14 @@ fn restart_limits_stop_and_resources() {
     let spec = translate(&process(proxy()));
     for name in [
         props::MEMORY_MAX,
+        props::MEMORY_HIGH,
         props::CPU_QUOTA_PER_SEC_USEC,
+        props::CPU_WEIGHT,
+        props::IO_WEIGHT,
         props::TASKS_MAX,
+        props::OOM_POLICY,
+        props::LOG_RATE_LIMIT_INTERVAL_USEC,
+        props::LOG_RATE_LIMIT_BURST,
     ] {
         assert_eq!(spec.get(name), None, "{name}");
     }

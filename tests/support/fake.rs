@@ -22,8 +22,8 @@ impl Launcher for AckingLauncher {
         Ok(Response::new(pb::ProcessAssignmentAck {
             success: true,
             message: "started".into(),
-            launcher_id: String::new(),
             unit_name: format!("prism-pattern-{}.service", a.process_id),
+            ..Default::default()
         }))
     }
 

@@ -83,6 +83,7 @@ impl Fleet {
                             if pending { " (delivery pending)" } else { "" }
                         ),
                         launcher: on,
+                        applied: "unchanged".into(),
                     });
                 }
                 Some(p) if p.version() > spec.version => {
@@ -187,6 +188,7 @@ impl Fleet {
                     },
                     message: format!("placed {id} v{} on {target}: {}", spec.version, ack.message),
                     launcher: target,
+                    applied: ack.applied,
                 })
             }
             Err(status) if unreachable(&status) => {
@@ -209,6 +211,7 @@ impl Fleet {
                         status.message()
                     ),
                     launcher: target,
+                    applied: String::new(),
                 })
             }
             Err(status) => {

@@ -23,6 +23,7 @@ fn same_state(a: &pb::ProcessHealth, b: &pb::ProcessHealth) -> bool {
         && a.restart_count == b.restart_count
         && a.error_count == b.error_count
         && a.last_error == b.last_error
+        && a.exit_reason == b.exit_reason
         && a.unit_name == b.unit_name
         && a.active_state == b.active_state
         && a.sub_state == b.sub_state

@@ -107,6 +107,8 @@ pub struct Assigned {
     pub launcher: String,
     pub unit: String,
     pub message: String,
+    /// The launcher's `ProcessAssignmentAck.applied`, when it answered.
+    pub applied: String,
 }
 
 pub struct Fleet {

@@ -85,6 +85,15 @@ pub struct Args {
     /// Default consecutive probe failures before a process is unhealthy [default: 3].
     #[arg(long, value_name = "N")]
     pub probe_failure_threshold: Option<String>,
+    /// Journal rate-limit window of each process's output, unless its
+    /// assignment sets one (LogRateLimitIntervalSec=) [default: journald's,
+    /// RateLimitIntervalSec=30s].
+    #[arg(long, value_name = "DURATION")]
+    pub log_rate_limit_interval: Option<String>,
+    /// Messages each process may log per window, unless its assignment sets
+    /// it (LogRateLimitBurst=) [default: journald's, RateLimitBurst=10000].
+    #[arg(long, value_name = "N")]
+    pub log_rate_limit_burst: Option<String>,
     /// Full reconciliation at least this often [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub reconcile_interval: Option<String>,
@@ -239,6 +248,15 @@ struct FileConfig {
     pattern_launcher_api: Option<bool>,
     #[serde(default)]
     probe: ProbeFile,
+    #[serde(default)]
+    logs: LogsFile,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LogsFile {
+    rate_limit_interval: Option<String>,
+    rate_limit_burst: Option<i64>,
 }
 
 #[derive(Deserialize, Debug, Default)]

@@ -358,6 +358,34 @@ impl Args {
             timeout: probe_timeout,
             failure_threshold: threshold as u32,
         };
+        let (flag, key) = ("log-rate-limit-interval", "logs.rate_limit_interval");
+        policy.log_defaults.interval = match self
+            .log_rate_limit_interval
+            .take()
+            .or(file.logs.rate_limit_interval.take())
+        {
+            None => None,
+            v => Some(duration(
+                flag,
+                key,
+                v,
+                Duration::ZERO,
+                Duration::from_millis(1),
+            )?),
+        };
+        let (flag, key) = ("log-rate-limit-burst", "logs.rate_limit_burst");
+        let burst = match self.log_rate_limit_burst.take() {
+            Some(s) => Some(
+                s.parse::<i64>()
+                    .or_else(|_| bad(flag, key, format!("{s:?} is not a number")))?,
+            ),
+            None => file.logs.rate_limit_burst,
+        };
+        policy.log_defaults.burst = match burst {
+            None => None,
+            Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
+            Some(n) => return bad(flag, key, format!("{n} is outside 1..={}", u32::MAX)),
+        };
         Ok(policy)
     }
 

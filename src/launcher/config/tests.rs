@@ -36,7 +36,25 @@ fn plaintext_tcp_needs_insecure() {
     assert_eq!(c.systemd, Target::System);
     assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
     assert_eq!(c.policy.probe_defaults, ProbeDefaults::default());
+    // Unset: journald's own rate limit applies.
+    assert_eq!(c.policy.log_defaults, crate::model::LogLimits::default());
     assert!(args(&["--insecure"]).resolve().unwrap().insecure);
+    let c = args(&[
+        "--insecure",
+        "--log-rate-limit-interval",
+        "10s",
+        "--log-rate-limit-burst",
+        "500",
+    ])
+    .resolve()
+    .unwrap();
+    assert_eq!(
+        c.policy.log_defaults,
+        crate::model::LogLimits {
+            interval: Some(Duration::from_secs(10)),
+            burst: Some(500),
+        }
+    );
 }
 
 #[test]
@@ -64,6 +82,14 @@ fn bad_settings_are_named() {
         (&["--launcher-id", "a b"], "--launcher-id (launcher_id)"),
         (&["--state-dir", "relative"], "--state-dir (state_dir)"),
         (&["--systemd", "nope"], "--systemd (systemd)"),
+        (
+            &["--log-rate-limit-interval", "soon"],
+            "--log-rate-limit-interval (logs.rate_limit_interval)",
+        ),
+        (
+            &["--log-rate-limit-burst", "0"],
+            "--log-rate-limit-burst (logs.rate_limit_burst)",
+        ),
         (
             &["--allow-binary-dir", "bin"],
             "--allow-binary-dir (binary_dirs)",

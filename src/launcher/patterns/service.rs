@@ -236,15 +236,18 @@ fn probe(manifest: &Manifest, health_port: i32) -> Option<pb::HealthCheck> {
     })
 }
 
-/// The manifest's limits, as cgroup limits.
+/// The manifest's limits, as cgroup limits; its CPU request as a weight
+/// (a request of one core is systemd's default weight, 100), so under
+/// contention CPU is shared in the ratio of the requests.
 fn limits(manifest: &Manifest) -> pb::ResourceLimits {
+    let r = &manifest.resources;
     pb::ResourceLimits {
-        memory_max_bytes: manifest.resources.memory_limit_bytes(),
-        cpu_millis: manifest
-            .resources
-            .cpu_limit
-            .map_or(0, |c| (c * 1000.0).round() as i32),
-        tasks_max: 0,
+        memory_max_bytes: r.memory_limit_bytes(),
+        cpu_millis: r.cpu_limit.map_or(0, |c| (c * 1000.0).round() as i32),
+        cpu_weight: r
+            .cpu_request
+            .map_or(0, |c| (c * 100.0).round().clamp(1.0, 10_000.0) as i32),
+        ..Default::default()
     }
 }
 

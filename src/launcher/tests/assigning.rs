@@ -35,7 +35,13 @@ async fn a_newer_version_stops_the_old_unit_first() {
     h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
     h.sd.clear_calls();
     let a = h.sup.assign(assignment("kv-1", 2), false).await.unwrap();
-    assert_eq!(a.outcome, AssignOutcome::Replaced { previous: 1 });
+    assert_eq!(
+        a.outcome,
+        AssignOutcome::Replaced {
+            previous: 1,
+            reason: None
+        }
+    );
     assert_eq!(
         h.sd.calls(),
         vec![Call::Stop(unit_of("kv-1")), Call::Start(unit_of("kv-1"))]
@@ -221,10 +227,11 @@ async fn a_failed_start_job_is_recorded_with_its_reason() {
     let AssignOutcome::StartFailed { reason } = a.outcome else {
         panic!("{:?}", a.outcome)
     };
-    assert!(reason.contains("exited with status 203"), "{reason}");
-    assert!(reason.contains("systemd setup failure"), "{reason}");
+    assert!(reason.contains("203/EXEC"), "{reason}");
+    assert!(reason.contains("could not set up or execute"), "{reason}");
     h.entry("kv-1", |e| {
         assert_eq!(e.start_failures, 1);
+        assert_eq!(e.exit, Some(crate::health::exit::ExitReason::Exec(203)));
         assert_eq!(e.last_error.as_deref(), Some(reason.as_str()));
         assert!(e.circuit_opened_at.is_none());
     });

@@ -24,6 +24,7 @@ use crate::{
 mod assigning;
 mod daemon;
 mod recovery;
+mod updating;
 
 pub(super) const COOLDOWN: Duration = Duration::from_secs(30);
 

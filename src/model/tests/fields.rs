@@ -485,6 +485,79 @@ fn rejects_bad_input_naming_the_field() {
             "negative",
         ),
         (
+            "soft limit above the hard one",
+            "pattern",
+            |w, _| {
+                cfg(w).resources = Some(pb::ResourceLimits {
+                    memory_max_bytes: 64 << 20,
+                    memory_high_bytes: 128 << 20,
+                    ..Default::default()
+                })
+            },
+            "config.resources.memory_high_bytes",
+            "above memory_max_bytes",
+        ),
+        (
+            "cpu weight",
+            "pattern",
+            |w, _| {
+                cfg(w).resources = Some(pb::ResourceLimits {
+                    cpu_weight: 10_001,
+                    ..Default::default()
+                })
+            },
+            "config.resources.cpu_weight",
+            "1..=10000",
+        ),
+        (
+            "io weight",
+            "pattern",
+            |w, _| {
+                cfg(w).resources = Some(pb::ResourceLimits {
+                    io_weight: -1,
+                    ..Default::default()
+                })
+            },
+            "config.resources.io_weight",
+            "outside",
+        ),
+        (
+            "oom policy",
+            "pattern",
+            |w, _| {
+                cfg(w).resources = Some(pb::ResourceLimits {
+                    oom_policy: "ignore".into(),
+                    ..Default::default()
+                })
+            },
+            "config.resources.oom_policy",
+            "stop, continue or kill",
+        ),
+        (
+            "log burst",
+            "pattern",
+            |w, _| {
+                cfg(w).logs = Some(pb::LogLimits {
+                    rate_limit_burst: -1,
+                    ..Default::default()
+                })
+            },
+            "config.logs.rate_limit_burst",
+            "negative",
+        ),
+        (
+            "log interval",
+            "pattern",
+            |w, _| {
+                cfg(w).logs = Some(pb::LogLimits {
+                    rate_limit_interval_ms: 86_400_001,
+                    ..Default::default()
+                })
+            },
+            "config.logs.rate_limit_interval_ms",
+            "outside",
+        ),
+        (
             "stop timeout",
             "pattern",
             |w, _| cfg(w).graceful_timeout_seconds = -3,

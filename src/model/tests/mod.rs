@@ -182,6 +182,7 @@ fn defaults_and_extensions_are_applied() {
         memory_max_bytes: 64 << 20,
         cpu_millis: 500,
         tasks_max: 32,
+        ..Default::default()
     });
     c.backend
         .as_mut()

@@ -91,6 +91,8 @@ pub struct Policy {
     pub default_isolation: IsolationLevel,
     /// Applied to probe settings an assignment leaves at 0.
     pub probe_defaults: ProbeDefaults,
+    /// Applied to journal rate limits an assignment leaves at 0.
+    pub log_defaults: LogLimits,
     /// [`ManagedProcess::on_host`] checks the binary against this host's
     /// allowlist and filesystem. The admin turns it off: each launcher
     /// checks its own host.
@@ -125,6 +127,7 @@ impl Default for Policy {
             binary_dirs: DEFAULT_BINARY_DIRS.iter().map(PathBuf::from).collect(),
             default_isolation: IsolationLevel::default(),
             probe_defaults: ProbeDefaults::default(),
+            log_defaults: LogLimits::default(),
             check_binary_on_host: true,
             allow_dynamic_linker_env: false,
         }
@@ -243,6 +246,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
             &policy.probe_defaults,
         )?;
         let resources = check_resources(config.resources.as_ref())?;
+        let logs = check_logs(config.logs.as_ref(), policy.log_defaults)?;
         let stop_timeout = match config.graceful_timeout_seconds {
             0 => ManagedProcess::DEFAULT_STOP_TIMEOUT,
             s if (1..=MAX_STOP_TIMEOUT_SECS).contains(&s) => Duration::from_secs(s as u64),
@@ -278,6 +282,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
                     .as_ref()
                     .is_some_and(|s| s.memory_deny_write_execute),
             },
+            logs,
             stop_timeout,
             notify_ready,
         };

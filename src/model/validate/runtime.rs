@@ -353,18 +353,61 @@ pub(super) fn check_resources(r: Option<&pb::ResourceLimits>) -> Result<Resource
             v => err(format!("{f}.{field}"), format!("{v} is negative")),
         }
     };
+    let ranged = |field: &str, v: i32, max: i32| -> Result<Option<u32>> {
+        match v {
+            0 => Ok(None),
+            n if (1..=max).contains(&n) => Ok(Some(n as u32)),
+            n => err(format!("{f}.{field}"), format!("{n} is outside 1..={max}")),
+        }
+    };
+    let memory_max_bytes = positive("memory_max_bytes", r.memory_max_bytes)?;
+    let memory_high_bytes = positive("memory_high_bytes", r.memory_high_bytes)?;
+    if let (Some(high), Some(max)) = (memory_high_bytes, memory_max_bytes)
+        && high > max
+    {
+        return err(
+            format!("{f}.memory_high_bytes"),
+            format!(
+                "{high} is above memory_max_bytes {max}: the soft limit must not exceed the hard one"
+            ),
+        );
+    }
     Ok(Resources {
-        memory_max_bytes: positive("memory_max_bytes", r.memory_max_bytes)?,
-        cpu_millis: match r.cpu_millis {
-            0 => None,
-            n if (1..=1_000_000).contains(&n) => Some(n as u32),
-            n => {
-                return err(
-                    format!("{f}.cpu_millis"),
-                    format!("{n} is outside 1..=1000000"),
-                );
-            }
-        },
+        memory_max_bytes,
+        memory_high_bytes,
+        cpu_millis: ranged("cpu_millis", r.cpu_millis, 1_000_000)?,
+        cpu_weight: ranged("cpu_weight", r.cpu_weight, 10_000)?,
+        io_weight: ranged("io_weight", r.io_weight, 10_000)?,
         tasks_max: positive("tasks_max", r.tasks_max)?,
+        oom_policy: match r.oom_policy.as_str() {
+            "" => None,
+            p => Some(
+                p.parse()
+                    .map_err(|e| ValidationError::new(format!("{f}.oom_policy"), e))?,
+            ),
+        },
     })
+}
+
+/// The journal rate limit: the assignment's, else the launcher's default.
+pub(super) fn check_logs(l: Option<&pb::LogLimits>, defaults: LogLimits) -> Result<LogLimits> {
+    let default = pb::LogLimits::default();
+    let l = l.unwrap_or(&default);
+    let f = "config.logs";
+    let interval = match l.rate_limit_interval_ms {
+        0 => defaults.interval,
+        v if (1..=86_400_000).contains(&v) => Some(Duration::from_millis(v as u64)),
+        v => {
+            return err(
+                format!("{f}.rate_limit_interval_ms"),
+                format!("{v} is outside 1..=86400000"),
+            );
+        }
+    };
+    let burst = match l.rate_limit_burst {
+        0 => defaults.burst,
+        n if n > 0 => Some(n as u32),
+        n => return err(format!("{f}.rate_limit_burst"), format!("{n} is negative")),
+    };
+    Ok(LogLimits { interval, burst })
 }

@@ -188,7 +188,7 @@ impl Systemd for DbusSystemd {
         };
         // Restart= and StartLimitBurst= never change, so systemd does not
         // signal them; the hub learns them from the spec.
-        inner.hub.seed(unit, spec);
+        inner.hub.seed(unit, &spec.properties);
         let aux: Vec<(String, Vec<(String, OwnedVariant)>)> = Vec::new();
         let job = match inner
             .job_call("StartTransientUnit", unit, &(unit, "fail", props, aux))
@@ -303,6 +303,23 @@ impl Systemd for DbusSystemd {
             .job_call("StartUnit", unit, &(unit, "fail"))
             .await?;
         self.inner.finish_start(unit, &job).await
+    }
+
+    async fn set_properties(
+        &self,
+        unit: &str,
+        properties: &[(&'static str, crate::unit::PropValue)],
+    ) -> Result<(), SystemdError> {
+        let props: Vec<(&str, OwnedVariant)> = properties
+            .iter()
+            .map(|(name, value)| (*name, to_variant(value)))
+            .collect();
+        self.inner
+            .manager_call("SetUnitProperties", unit, &(unit, true, props))
+            .await?;
+        // The description is constant to D-Bus (never signalled).
+        self.inner.hub.seed(unit, properties);
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<UnitSummary>, SystemdError> {

@@ -1,0 +1,256 @@
+//! New versions applied in place or by a new unit, and how processes end
+//! (exit reasons), against the in-memory manager. The same against a real
+//! one: `tests/engine.rs`, `tests/daemon.rs`.
+
+use super::*;
+use crate::health::exit::ExitReason;
+
+fn with_memory(id: &str, version: i64, max: i64) -> Assignment {
+    let mut w = wire(id, version);
+    w.config.as_mut().unwrap().resources = Some(pb::ResourceLimits {
+        memory_max_bytes: max,
+        ..Default::default()
+    });
+    assignment_of(w)
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_limits_reach_the_running_unit_and_nothing_restarts() {
+    let h = harness();
+    h.run_loops().await;
+    h.sup
+        .assign(with_memory("kv-1", 1, 64 << 20), false)
+        .await
+        .unwrap();
+    until(Duration::from_secs(1), "kv-1 running", || {
+        h.entry("kv-1", |e| {
+            e.unit_status.as_ref().is_some_and(|s| s.is_active())
+        })
+    })
+    .await;
+    h.sd.clear_calls();
+    let a = h
+        .sup
+        .assign(with_memory("kv-1", 2, 128 << 20), false)
+        .await
+        .unwrap();
+    assert_eq!(a.outcome, AssignOutcome::UpdatedInPlace { previous: 1 });
+    assert_eq!(a.outcome.applied(), "updated in place");
+    assert_eq!(
+        h.sd.calls(),
+        vec![Call::SetProperties(
+            unit_of("kv-1"),
+            vec!["MemoryMax", "Description"]
+        )],
+        "no stop, no start"
+    );
+    let held = h.sd.unit(&unit_of("kv-1")).unwrap();
+    assert_eq!(
+        held.spec.unwrap().get(unit::props::MEMORY_MAX),
+        Some(&unit::PropValue::U64(128 << 20))
+    );
+    assert_eq!(
+        unit::parse_description(&held.status.description)
+            .unwrap()
+            .version,
+        2
+    );
+    h.entry("kv-1", |e| {
+        assert_eq!(e.process.version, 2);
+        assert_eq!(e.wire.version, 2);
+        assert_eq!(e.phase, Phase::Held);
+    });
+    // Durable: a restarted launcher holds version 2.
+    let stored = h.sup.store.load(|_| Ok(())).unwrap();
+    assert_eq!(stored.desired[0].assignment.version, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_systemd_cannot_apply_live_replaces_the_unit_and_says_why() {
+    let h = harness();
+    h.run_loops().await;
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
+    until(Duration::from_secs(1), "kv-1 running", || {
+        h.entry("kv-1", |e| {
+            e.unit_status.as_ref().is_some_and(|s| s.is_active())
+        })
+    })
+    .await;
+    let mut w = wire("kv-1", 2);
+    w.config.as_mut().unwrap().args = vec!["--verbose".into()];
+    h.sd.clear_calls();
+    let a = h.sup.assign(assignment_of(w), false).await.unwrap();
+    let AssignOutcome::Replaced {
+        previous: 1,
+        reason: Some(reason),
+    } = &a.outcome
+    else {
+        panic!("{:?}", a.outcome)
+    };
+    assert!(reason.contains("config.args"), "{reason}");
+    assert!(a.outcome.applied().starts_with("replaced: config.args"));
+    let calls: Vec<Call> =
+        h.sd.calls()
+            .into_iter()
+            .filter(|c| *c != Call::List)
+            .collect();
+    assert_eq!(
+        calls,
+        vec![Call::Stop(unit_of("kv-1")), Call::Start(unit_of("kv-1"))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_live_update_falls_back_to_a_new_unit() {
+    let h = harness();
+    h.run_loops().await;
+    h.sup
+        .assign(with_memory("kv-1", 1, 64 << 20), false)
+        .await
+        .unwrap();
+    until(Duration::from_secs(1), "kv-1 running", || {
+        h.entry("kv-1", |e| {
+            e.unit_status.as_ref().is_some_and(|s| s.is_active())
+        })
+    })
+    .await;
+    // The unit went away behind the launcher's back just before.
+    h.sd.fail_next(
+        Op::SetProperties,
+        SystemdError::NoSuchUnit {
+            unit: unit_of("kv-1"),
+        },
+    );
+    let a = h
+        .sup
+        .assign(with_memory("kv-1", 2, 128 << 20), false)
+        .await
+        .unwrap();
+    let AssignOutcome::Replaced {
+        reason: Some(reason),
+        ..
+    } = &a.outcome
+    else {
+        panic!("{:?}", a.outcome)
+    };
+    assert!(
+        reason.contains("systemd refused the update in place"),
+        "{reason}"
+    );
+    let held = h.sd.unit(&unit_of("kv-1")).unwrap();
+    assert_eq!(
+        unit::parse_description(&held.status.description)
+            .unwrap()
+            .version,
+        2
+    );
+    assert_eq!(held.status.active_state, "active");
+}
+
+/// systemd's record of an end, as a unit between restarts shows it.
+fn ended(result: &str, code: i32, status: i32) -> impl FnOnce(&mut UnitStatus) {
+    let result = result.to_owned();
+    move |s: &mut UnitStatus| {
+        s.active_state = "activating".into();
+        s.sub_state = "auto-restart".into();
+        s.result = result;
+        s.exec_main_code = code;
+        s.exec_main_status = status;
+        s.main_pid = 0;
+    }
+}
+
+fn running(s: &mut UnitStatus) {
+    s.active_state = "active".into();
+    s.sub_state = "running".into();
+    s.result = "success".into();
+    s.n_restarts += 1;
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_end_is_reported_with_its_reason_and_counted_by_cause() {
+    let h = harness();
+    h.run_loops().await;
+    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
+    let unit = unit_of("kv-1");
+    // An OOM kill cannot be provoked in the sandboxed manager (no memory
+    // controller); systemd reports it as Result=oom-kill.
+    let cases = [
+        (ended("oom-kill", 2, 9), "oom-kill", "OOM killer"),
+        (
+            ended("exit-code", 1, 3),
+            "exit-code",
+            "exited with status 3",
+        ),
+        (ended("signal", 2, 9), "signal", "killed by SIGKILL (9)"),
+        (ended("watchdog", 2, 6), "watchdog", "watchdog timeout"),
+        (ended("exit-code", 1, 203), "exec", "203/EXEC"),
+    ];
+    for (end, cause, words) in cases {
+        h.sd.update(&unit, end);
+        until(Duration::from_secs(1), cause, || {
+            h.entry("kv-1", |e| {
+                e.exit.as_ref().map(ExitReason::cause) == Some(cause)
+            })
+        })
+        .await;
+        let info = h.sup.get("kv-1").await.unwrap();
+        let health = info.health.unwrap();
+        assert_eq!(health.exit_reason, cause);
+        assert_eq!(health.detailed_status, "restarting");
+        assert!(
+            health.last_error.contains(words),
+            "{cause}: {}",
+            health.last_error
+        );
+        h.sd.update(&unit, running);
+        until(Duration::from_secs(1), "running again", || {
+            h.status("kv-1") == Status::Running
+        })
+        .await;
+        // The reason of the last end stays until the next one.
+        assert_eq!(
+            h.entry("kv-1", |e| e.exit.as_ref().map(ExitReason::cause)),
+            Some(cause)
+        );
+    }
+    // Then the start limit.
+    h.sd.update(&unit, |s| {
+        s.active_state = "failed".into();
+        s.sub_state = "failed".into();
+        s.result = "exit-code".into();
+        s.exec_main_code = 1;
+        s.exec_main_status = 3;
+        s.restart = "on-failure".into();
+        s.start_limit_burst = 5;
+        s.n_restarts = 5;
+    });
+    until(Duration::from_secs(1), "the circuit", || {
+        h.status("kv-1") == Status::CircuitOpen
+    })
+    .await;
+    let health = h.sup.get("kv-1").await.unwrap().health.unwrap();
+    assert_eq!(health.exit_reason, "start-limit");
+    assert!(
+        health.last_error.contains("start limit hit"),
+        "{}",
+        health.last_error
+    );
+    assert!(
+        health.last_error.contains("exited with status 3"),
+        "{}",
+        health.last_error
+    );
+    let metrics = h.sup.render_metrics();
+    for cause in [
+        "oom-kill",
+        "exit-code",
+        "signal",
+        "watchdog",
+        "exec",
+        "start-limit",
+    ] {
+        let line = format!("prism_launcher_restarts_total{{cause=\"{cause}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}
