@@ -1309,3 +1309,130 @@ async fn each_exit_reason_is_told_apart_in_the_heartbeat_and_prismctl() {
         );
     }
 }
+
+/// Spread and affinity: replicas of a group never share a host, required
+/// labels confine a process, preferred ones order the launchers, and a
+/// refusal says why for each launcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_groups_and_labels_decide_placement() {
+    let Some(f) = Fleet::start(
+        &[
+            ("host-a", &["--label", "zone=z1", "--label", "disk=ssd"]),
+            ("host-b", &["--label", "zone=z2", "--label", "disk=hdd"]),
+            ("host-c", &["--label", "zone=z3", "--label", "disk=hdd"]),
+        ],
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let ls = f.launchers().await;
+    assert_eq!(
+        ls["host-a"].metadata.get("zone").map(String::as_str),
+        Some("z1"),
+        "{:?}",
+        ls["host-a"].metadata
+    );
+    let demo = f.hosts[0].h.demo.clone();
+    let rules = |group: &str, require: &[(&str, &str)], prefer: &[(&str, &str)]| {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        pb::PlacementRules {
+            spread_group: group.into(),
+            require_labels: map(require),
+            prefer_labels: map(prefer),
+            ..Default::default()
+        }
+    };
+    let mut cp = f.cp().await;
+    let mut hosts = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let wire = with_config(proxy(&format!("edge-{i}"), &demo, &[]), |c| {
+            c.placement = Some(rules("edge", &[], &[]));
+        });
+        let ack = cp.assign_process(wire).await.expect("assign").into_inner();
+        assert!(
+            hosts.insert(ack.launcher_id.clone()),
+            "{ack:?} shares a host"
+        );
+    }
+    assert_eq!(hosts.len(), 3);
+    let refused = cp
+        .assign_process(with_config(proxy("edge-3", &demo, &[]), |c| {
+            c.placement = Some(rules("edge", &[], &[]));
+        }))
+        .await
+        .expect_err("a fourth replica has no host of its own");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    for host in ["host-a", "host-b", "host-c"] {
+        assert!(
+            refused.message().contains(&format!(
+                "{host}: it runs 1 of spread group edge already (at most 1 per launcher)"
+            )),
+            "{}",
+            refused.message()
+        );
+    }
+    // Required labels confine; a refusal names each launcher's label.
+    let ack = cp
+        .assign_process(with_config(utility("fast-disk", &demo, &[]), |c| {
+            c.placement = Some(rules("", &[("disk", "ssd")], &[]));
+        }))
+        .await
+        .expect("assign")
+        .into_inner();
+    assert_eq!(ack.launcher_id, "host-a");
+    let refused = cp
+        .assign_process(with_config(utility("nvme", &demo, &[]), |c| {
+            c.placement = Some(rules("", &[("disk", "nvme")], &[]));
+        }))
+        .await
+        .expect_err("no launcher has nvme");
+    assert!(
+        refused
+            .message()
+            .contains("host-b: its label disk is \"hdd\", not \"nvme\""),
+        "{}",
+        refused.message()
+    );
+    // Preferred labels choose among those that can take it.
+    let ack = cp
+        .assign_process(with_config(utility("near-z3", &demo, &[]), |c| {
+            c.placement = Some(rules("", &[], &[("zone", "z3")]));
+        }))
+        .await
+        .expect("assign")
+        .into_inner();
+    assert_eq!(ack.launcher_id, "host-c");
+    // Bad rules are refused naming the field, and nothing is placed.
+    let bad = cp
+        .assign_process(with_config(utility("bad-rules", &demo, &[]), |c| {
+            c.placement = Some(pb::PlacementRules {
+                max_per_launcher: 2,
+                ..Default::default()
+            });
+        }))
+        .await
+        .expect_err("max_per_launcher without a group");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(
+        bad.message().contains("config.placement.max_per_launcher"),
+        "{}",
+        bad.message()
+    );
+    let err = f
+        .api()
+        .await
+        .get_process(apb::GetProcessRequest {
+            process_id: "bad-rules".into(),
+            history_limit: 0,
+        })
+        .await
+        .expect_err("nothing placed");
+    assert_eq!(err.code(), Code::NotFound);
+}

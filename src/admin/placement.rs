@@ -1,7 +1,9 @@
 //! Where a process goes: pure functions over the fleet as the admin sees
 //! it, so the rules are tested with tables.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
+
+use crate::model::PlacementRules;
 
 /// A launcher's liveness, from its last heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,12 +56,56 @@ pub struct Candidate<'a> {
     pub spec_bytes: usize,
     pub draining: bool,
     pub liveness: Liveness,
+    /// What it registered in its metadata (`--label`s, hostname...).
+    pub labels: &'a BTreeMap<String, String>,
+    /// Processes of the request's spread group on it (the process being
+    /// placed not included).
+    pub in_group: u32,
 }
 
 impl Candidate<'_> {
     fn free(&self) -> u32 {
         self.max_processes.saturating_sub(self.used)
     }
+
+    /// A label as placement rules see it: `region`, or its metadata.
+    fn label(&self, key: &str) -> Option<&str> {
+        if key == "region" {
+            Some(self.region)
+        } else {
+            self.labels.get(key).map(String::as_str)
+        }
+    }
+
+    /// How many preferred labels it matches.
+    fn preference(&self, rules: Option<&PlacementRules>) -> usize {
+        rules.map_or(0, |r| {
+            r.prefer_labels
+                .iter()
+                .filter(|(k, v)| self.label(k) == Some(v.as_str()))
+                .count()
+        })
+    }
+}
+
+/// Why the rules of `req` keep the process off `c`, if they do.
+fn rules_refusal(c: &Candidate<'_>, rules: &PlacementRules) -> Option<String> {
+    for (key, want) in &rules.require_labels {
+        match c.label(key) {
+            Some(have) if have == want => {}
+            Some(have) => return Some(format!("its label {key} is {have:?}, not {want:?}")),
+            None => return Some(format!("it has no label {key} (required: {want:?})")),
+        }
+    }
+    if let Some(group) = &rules.spread_group
+        && c.in_group >= rules.max_per_launcher
+    {
+        return Some(format!(
+            "it runs {} of spread group {group} already (at most {} per launcher)",
+            c.in_group, rules.max_per_launcher
+        ));
+    }
+    None
 }
 
 #[derive(Clone, Debug, Default)]
@@ -73,6 +119,8 @@ pub struct Request<'a> {
     pub exclude: &'a [&'a str],
     /// Encoded size of the spec to place.
     pub spec_bytes: usize,
+    /// The assignment's spread and affinity.
+    pub rules: Option<&'a PlacementRules>,
 }
 
 /// Why nothing fits; the message says which constraint failed.
@@ -101,6 +149,8 @@ fn refusal(c: &Candidate<'_>, req: &Request<'_>) -> Option<String> {
         Some(format!("it is {}", c.liveness.as_str()))
     } else if c.draining {
         Some("it is draining".into())
+    } else if let Some(why) = req.rules.and_then(|r| rules_refusal(c, r)) {
+        Some(why)
     } else if c.free() == 0 {
         Some(format!("it is full ({} of {})", c.used, c.max_processes))
     } else if c.spec_bytes + req.spec_bytes > SPEC_BYTES_PER_LAUNCHER {
@@ -113,9 +163,16 @@ fn refusal(c: &Candidate<'_>, req: &Request<'_>) -> Option<String> {
     }
 }
 
-/// Pick a launcher: healthy, not draining, running the type, with a free
-/// slot; the requested region first, then the most free slots, then the
-/// smallest id (deterministic).
+/// Whether a new version may stay on the launcher that runs the old one:
+/// its rules (labels, spread) still allow it there.
+pub fn may_stay(c: &Candidate<'_>, rules: &PlacementRules) -> bool {
+    rules_refusal(c, rules).is_none()
+}
+
+/// Pick a launcher: healthy, not draining, running the type, matching the
+/// required labels, under its spread group's maximum, with a free slot; the
+/// requested region first, then the most preferred labels, then the most
+/// free slots, then the smallest id (deterministic).
 pub fn choose(candidates: &[Candidate<'_>], req: &Request<'_>) -> Result<String, NoCandidate> {
     let ty = req.process_type;
     if let Some(wanted) = req.launcher {
@@ -153,6 +210,7 @@ pub fn choose(candidates: &[Candidate<'_>], req: &Request<'_>) -> Result<String,
             let in_region = |c: &Candidate<'_>| req.region.is_some_and(|r| r == c.region);
             in_region(b)
                 .cmp(&in_region(a))
+                .then(b.preference(req.rules).cmp(&a.preference(req.rules)))
                 .then(b.free().cmp(&a.free()))
                 .then(a.id.cmp(b.id))
         });
@@ -180,6 +238,95 @@ mod tests {
         list.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    fn no_labels() -> &'static BTreeMap<String, String> {
+        Box::leak(Box::default())
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> &'static BTreeMap<String, String> {
+        Box::leak(Box::new(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ))
+    }
+
+    #[test]
+    fn spread_and_affinity() {
+        let all: &'static [String] = Box::leak(types(&["proxy"]).into_boxed_slice());
+        let host = |id: &'static str, zone: &str, disk: &str, in_group: u32| Candidate {
+            id,
+            region: "eu",
+            process_types: all,
+            max_processes: 10,
+            used: in_group,
+            spec_bytes: 0,
+            draining: false,
+            liveness: Liveness::Healthy,
+            labels: labels(&[("zone", zone), ("disk", disk)]),
+            in_group,
+        };
+        let rules =
+            |group: Option<&str>, max: u32, require: &[(&str, &str)], prefer: &[(&str, &str)]| {
+                PlacementRules {
+                    spread_group: group.map(str::to_owned),
+                    max_per_launcher: max,
+                    require_labels: labels(require).clone(),
+                    prefer_labels: labels(prefer).clone(),
+                }
+            };
+        let req = |r: &'static PlacementRules| Request {
+            process_type: "proxy",
+            rules: Some(r),
+            ..Request::default()
+        };
+        let leak = |r: PlacementRules| -> &'static PlacementRules { Box::leak(Box::new(r)) };
+        // Anti-affinity: replicas never share a host.
+        let spread = leak(rules(Some("proxies"), 1, &[], &[]));
+        let fleet = [host("a", "z1", "ssd", 1), host("b", "z2", "hdd", 0)];
+        assert_eq!(choose(&fleet, &req(spread)).unwrap(), "b");
+        let full = [host("a", "z1", "ssd", 1), host("b", "z2", "hdd", 1)];
+        let e = choose(&full, &req(spread)).unwrap_err().to_string();
+        assert!(
+            e.contains("a: it runs 1 of spread group proxies already (at most 1 per launcher)"),
+            "{e}"
+        );
+        assert!(e.contains("b: it runs 1 of spread group proxies"), "{e}");
+        // A higher maximum per launcher.
+        let two = leak(rules(Some("proxies"), 2, &[], &[]));
+        assert_eq!(choose(&full, &req(two)).unwrap(), "a");
+        // Required labels, explained per launcher when none has them.
+        let ssd = leak(rules(None, 1, &[("disk", "ssd")], &[]));
+        assert_eq!(choose(&fleet, &req(ssd)).unwrap(), "a");
+        let nvme = leak(rules(None, 1, &[("disk", "nvme"), ("region", "eu")], &[]));
+        let e = choose(&fleet, &req(nvme)).unwrap_err().to_string();
+        assert!(
+            e.contains("a: its label disk is \"ssd\", not \"nvme\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("b: its label disk is \"hdd\", not \"nvme\""),
+            "{e}"
+        );
+        let rack = leak(rules(None, 1, &[("rack", "r1")], &[]));
+        let e = choose(&fleet, &req(rack)).unwrap_err().to_string();
+        assert!(e.contains("it has no label rack"), "{e}");
+        // The region is a label too.
+        let us = leak(rules(None, 1, &[("region", "us")], &[]));
+        assert!(choose(&fleet, &req(us)).is_err());
+        // Preferred labels order the candidates, before free slots; they
+        // never exclude.
+        let prefer = leak(rules(None, 1, &[], &[("zone", "z1"), ("disk", "ssd")]));
+        assert_eq!(choose(&fleet, &req(prefer)).unwrap(), "a");
+        let elsewhere = leak(rules(None, 1, &[], &[("zone", "z9")]));
+        assert_eq!(
+            choose(&fleet, &req(elsewhere)).unwrap(),
+            "b",
+            "most free slots"
+        );
+        assert!(may_stay(&fleet[0], ssd) && !may_stay(&fleet[1], ssd));
+    }
+
     #[test]
     fn liveness_by_missed_heartbeats() {
         let i = Duration::from_secs(10);
@@ -204,6 +351,8 @@ mod tests {
                     spec_bytes: 0,
                     draining,
                     liveness: l,
+                    labels: no_labels(),
+                    in_group: 0,
                 }
             };
         let all: &'static [String] = Box::leak(all.into_boxed_slice());

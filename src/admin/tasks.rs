@@ -233,13 +233,20 @@ impl Fleet {
         name: &str,
         detail: String,
     ) -> Result<String, FleetError> {
-        let candidates = st.candidates(crate::clock::unix_ms(), self.interval);
+        let rules = crate::model::validate::placement_of(&p.spec);
+        let candidates = st.candidates(
+            crate::clock::unix_ms(),
+            self.interval,
+            rules.spread_group.as_deref(),
+            p.id(),
+        );
         let target = placement::choose(
             &candidates,
             &Request {
                 process_type: p.process_type(),
                 exclude: &[from],
                 spec_bytes: p.spec.encoded_len(),
+                rules: Some(&rules),
                 ..Request::default()
             },
         )?;

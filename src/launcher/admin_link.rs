@@ -73,12 +73,16 @@ impl AdminLink {
             capabilities: types.clone(),
             max_processes: config.max_processes as i32,
             process_types: types,
-            metadata: [
-                ("hostname".to_owned(), crate::settings::hostname()),
-                ("systemd".to_owned(), config.systemd.to_string()),
-                ("tls".to_owned(), tls_used.to_string()),
-            ]
-            .into(),
+            metadata: config
+                .labels
+                .clone()
+                .into_iter()
+                .chain([
+                    ("hostname".to_owned(), crate::settings::hostname()),
+                    ("systemd".to_owned(), config.systemd.to_string()),
+                    ("tls".to_owned(), tls_used.to_string()),
+                ])
+                .collect(),
             held: Vec::new(),
         };
         Ok(Self {

@@ -355,6 +355,19 @@ impl FromStr for OomPolicy {
     }
 }
 
+/// Where prism-admin may place a process (launchers ignore it).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PlacementRules {
+    /// Spread with the other processes of this group.
+    pub spread_group: Option<String>,
+    /// The most of `spread_group` on one launcher (1 unless set).
+    pub max_per_launcher: u32,
+    /// Launcher labels that must all match.
+    pub require_labels: BTreeMap<String, String>,
+    /// Launcher labels preferred, the more matched the better.
+    pub prefer_labels: BTreeMap<String, String>,
+}
+
 /// The journal's rate limit on a process's output; `None` leaves
 /// journald's own (`RateLimitIntervalSec=`, `RateLimitBurst=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -391,6 +404,8 @@ pub struct ManagedProcess {
     pub sandbox: SandboxOptions,
     /// The journal's rate limit on its output (the launcher's default filled in).
     pub logs: LogLimits,
+    /// Spread and affinity, for prism-admin.
+    pub placement: PlacementRules,
     /// Time between SIGTERM and SIGKILL on stop.
     pub stop_timeout: Duration,
     /// The process reports readiness with sd_notify.

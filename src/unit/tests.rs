@@ -24,6 +24,7 @@ pub(crate) fn process(kind: ProcessKind) -> ManagedProcess {
         resources: Resources::default(),
         sandbox: SandboxOptions::default(),
         logs: LogLimits::default(),
+        placement: PlacementRules::default(),
         stop_timeout: Duration::from_secs(30),
         notify_ready: false,
     }

@@ -177,6 +177,7 @@ async fn main() {
     // 1. The pure choice over 100 launchers.
     let types = vec!["pattern".to_owned()];
     let ids: Vec<String> = (0..100).map(|i| format!("l-{i:03}")).collect();
+    let labels = std::collections::BTreeMap::new();
     let candidates: Vec<Candidate<'_>> = ids
         .iter()
         .enumerate()
@@ -189,6 +190,8 @@ async fn main() {
             spec_bytes: 0,
             draining: false,
             liveness: Liveness::Healthy,
+            labels: &labels,
+            in_group: 0,
         })
         .collect();
     let req = Request {

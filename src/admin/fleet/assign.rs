@@ -95,13 +95,15 @@ impl Fleet {
                 }
                 _ => {}
             }
-            let candidates = st.candidates(now, self.interval);
+            let rules = &process.placement;
+            let candidates = st.candidates(now, self.interval, rules.spread_group.as_deref(), &id);
             let req = Request {
                 process_type: ty.as_str(),
                 region: region.as_deref(),
                 launcher: launcher.as_deref(),
                 exclude: &[],
                 spec_bytes: spec.encoded_len(),
+                rules: Some(rules),
             };
             // A new version stays where it runs when that launcher can still
             // take it (its slot is its own already).
@@ -114,6 +116,7 @@ impl Fleet {
                         c.id == l
                             && c.liveness == Liveness::Healthy
                             && c.process_types.iter().any(|t| t == ty.as_str())
+                            && placement::may_stay(c, rules)
                     })
                 });
             let target = match keep {

@@ -27,6 +27,9 @@ pub struct State {
     by_launcher: HashMap<String, BTreeSet<String>>,
     /// Encoded size of the specs on each launcher (its registration ack).
     spec_bytes: BTreeMap<String, usize>,
+    /// Spread group to launcher to how many of the group it holds, so a
+    /// placement counts its group without scanning the fleet.
+    groups: HashMap<String, HashMap<String, u32>>,
     pub health: HashMap<String, HealthRecord>,
     /// (launcher, process) to deliver.
     pub pending: Pending,
@@ -59,6 +62,14 @@ impl State {
                 .or_default()
                 .insert(id.clone());
             *self.spec_bytes.entry(l.clone()).or_default() += record.spec.encoded_len();
+            if let Some(g) = spread_group(&record) {
+                *self
+                    .groups
+                    .entry(g.to_owned())
+                    .or_default()
+                    .entry(l.clone())
+                    .or_default() += 1;
+            }
         }
         self.processes.insert(id, record);
     }
@@ -75,6 +86,19 @@ impl State {
                 self.spec_bytes.remove(l);
             } else if let Some(b) = self.spec_bytes.get_mut(l) {
                 *b = b.saturating_sub(record.spec.encoded_len());
+            }
+        }
+        if let (Some(l), Some(g)) = (&record.launcher_id, spread_group(&record))
+            && let Some(members) = self.groups.get_mut(g)
+        {
+            if let Some(n) = members.get_mut(l) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    members.remove(l);
+                }
+            }
+            if members.is_empty() {
+                self.groups.remove(g);
             }
         }
         Some(record)
@@ -122,8 +146,27 @@ impl State {
             .collect()
     }
 
-    pub fn candidates(&self, now_ms: i64, interval: Duration) -> Vec<Candidate<'_>> {
+    /// Every launcher as placement sees it, counting the processes of
+    /// `group` on each, except `placing` itself (a new version of it).
+    pub fn candidates(
+        &self,
+        now_ms: i64,
+        interval: Duration,
+        group: Option<&str>,
+        placing: &str,
+    ) -> Vec<Candidate<'_>> {
         let used = self.used();
+        let members = group.and_then(|g| self.groups.get(g));
+        // A new version does not count against its own group.
+        let itself = self
+            .processes
+            .get(placing)
+            .filter(|p| group.is_some() && spread_group(p) == group)
+            .and_then(|p| p.launcher_id.as_deref());
+        let in_group = |l: &str| {
+            let n = members.and_then(|m| m.get(l)).copied().unwrap_or(0);
+            n.saturating_sub(u32::from(itself == Some(l)))
+        };
         self.launchers
             .values()
             .map(|l| Candidate {
@@ -135,7 +178,20 @@ impl State {
                 spec_bytes: self.spec_bytes.get(&l.id).copied().unwrap_or(0),
                 draining: l.draining,
                 liveness: placement::liveness(l.last_heartbeat_ms, now_ms, interval),
+                labels: &l.metadata,
+                in_group: in_group(&l.id),
             })
             .collect()
     }
+}
+
+/// The spread group a process record names, if any.
+fn spread_group(record: &ProcessRecord) -> Option<&str> {
+    record
+        .spec
+        .config
+        .as_ref()
+        .and_then(|c| c.placement.as_ref())
+        .map(|p| p.spread_group.as_str())
+        .filter(|g| !g.is_empty())
 }

@@ -2,7 +2,12 @@
 //! defaults, validated before anything is bound. Every error names the
 //! setting, as a flag and as a file key.
 
-use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::Parser;
 use serde::Deserialize;
@@ -58,6 +63,10 @@ pub struct Args {
     /// Region advertised to the admin [default: local].
     #[arg(long)]
     pub region: Option<String>,
+    /// A label advertised to the admin, which places processes that
+    /// require or prefer it (e.g. zone=eu-1a, disk=ssd); repeat for several.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Desired state lives here [default: /var/lib/prism-launcher].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -233,6 +242,7 @@ struct FileConfig {
     max_processes: Option<i64>,
     capabilities: Option<Vec<String>>,
     region: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
     state_dir: Option<PathBuf>,
     systemd: Option<String>,
     binary_dirs: Option<Vec<PathBuf>>,
@@ -281,6 +291,8 @@ pub struct Config {
     pub max_processes: usize,
     pub capabilities: BTreeSet<ProcessType>,
     pub region: String,
+    /// Registered with the admin in the launcher's metadata.
+    pub labels: BTreeMap<String, String>,
     pub state_dir: PathBuf,
     pub systemd: Target,
     pub policy: Policy,

@@ -31,6 +31,7 @@ impl Args {
         .collect::<Result<Vec<Address>, ConfigError>>()?;
         let launcher_id = self.launcher_id(&mut file, &served)?;
         let (max_processes, capabilities, region) = self.capacity(&mut file, legacy)?;
+        let labels = self.labels(&mut file)?;
         let (state_dir, credentials_dir, systemd) = self.host(&mut file)?;
         let patterns = self.patterns(&mut file, legacy)?;
         let policy = self.policy(&mut file, patterns.dir.as_deref())?;
@@ -65,6 +66,7 @@ impl Args {
             max_processes,
             capabilities,
             region,
+            labels,
             state_dir,
             systemd,
             policy,
@@ -248,6 +250,70 @@ impl Args {
             );
         }
         Ok((max_processes as usize, capabilities, region))
+    }
+
+    /// `--label KEY=VALUE`s (they replace the file's `labels`).
+    fn labels(&mut self, file: &mut FileConfig) -> Result<BTreeMap<String, String>, ConfigError> {
+        let labels = if self.labels.is_empty() {
+            file.labels.take().unwrap_or_default()
+        } else {
+            let mut labels = BTreeMap::new();
+            for l in std::mem::take(&mut self.labels) {
+                let Some((k, v)) = l.split_once('=') else {
+                    return bad("label", "labels", format!("{l:?} is not KEY=VALUE"));
+                };
+                labels.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+            labels
+        };
+        // The admin's limits on registration metadata, and the keys the
+        // launcher sets itself.
+        use crate::admin::fleet::{
+            MAX_LABEL_BYTES, MAX_METADATA_ENTRIES, MAX_METADATA_VALUE_BYTES,
+        };
+        if labels.len() > MAX_METADATA_ENTRIES - RESERVED_LABELS.len() {
+            return bad(
+                "label",
+                "labels",
+                format!(
+                    "{} labels, over the limit of {}",
+                    labels.len(),
+                    MAX_METADATA_ENTRIES - RESERVED_LABELS.len()
+                ),
+            );
+        }
+        for (k, v) in &labels {
+            if k.is_empty()
+                || k.len() > MAX_LABEL_BYTES
+                || !k.chars().all(crate::model::validate::is_id_char)
+            {
+                return bad(
+                    "label",
+                    "labels",
+                    format!("{k:?}: a key is 1..={MAX_LABEL_BYTES} of [A-Za-z0-9._:@-]"),
+                );
+            }
+            if RESERVED_LABELS.contains(&k.as_str()) {
+                return bad(
+                    "label",
+                    "labels",
+                    format!(
+                        "{k:?} is set by the launcher itself ({})",
+                        RESERVED_LABELS.join(", ")
+                    ),
+                );
+            }
+            if v.len() > MAX_METADATA_VALUE_BYTES || v.chars().any(char::is_control) {
+                return bad(
+                    "label",
+                    "labels",
+                    format!(
+                        "{k}: a value is at most {MAX_METADATA_VALUE_BYTES} bytes, no control characters"
+                    ),
+                );
+            }
+        }
+        Ok(labels)
     }
 
     /// Where desired state and credentials live, and which manager runs
@@ -480,6 +546,10 @@ fn duration(
         }
     }
 }
+
+/// Metadata keys the launcher registers itself (`region` is its own field,
+/// and a label to placement rules).
+pub const RESERVED_LABELS: [&str; 4] = ["hostname", "systemd", "tls", "region"];
 
 /// `LOW-HIGH`, holding at least one pair.
 fn port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {

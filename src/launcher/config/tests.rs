@@ -48,6 +48,16 @@ fn plaintext_tcp_needs_insecure() {
     ])
     .resolve()
     .unwrap();
+    let labelled = args(&["--insecure", "--label", "zone=z1", "--label", "disk=ssd"])
+        .resolve()
+        .unwrap();
+    assert_eq!(
+        labelled.labels.iter().collect::<Vec<_>>(),
+        [
+            (&"disk".to_owned(), &"ssd".to_owned()),
+            (&"zone".to_owned(), &"z1".to_owned())
+        ]
+    );
     assert_eq!(
         c.policy.log_defaults,
         crate::model::LogLimits {
@@ -86,6 +96,9 @@ fn bad_settings_are_named() {
             &["--log-rate-limit-interval", "soon"],
             "--log-rate-limit-interval (logs.rate_limit_interval)",
         ),
+        (&["--label", "zone"], "--label (labels)"),
+        (&["--label", "hostname=h1"], "--label (labels)"),
+        (&["--label", "zone one=a"], "--label (labels)"),
         (
             &["--log-rate-limit-burst", "0"],
             "--log-rate-limit-burst (logs.rate_limit_burst)",

@@ -247,6 +247,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
         )?;
         let resources = check_resources(config.resources.as_ref())?;
         let logs = check_logs(config.logs.as_ref(), policy.log_defaults)?;
+        let placement = check_placement(config.placement.as_ref())?;
         let stop_timeout = match config.graceful_timeout_seconds {
             0 => ManagedProcess::DEFAULT_STOP_TIMEOUT,
             s if (1..=MAX_STOP_TIMEOUT_SECS).contains(&s) => Duration::from_secs(s as u64),
@@ -283,12 +284,21 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
                     .is_some_and(|s| s.memory_deny_write_execute),
             },
             logs,
+            placement,
             stop_timeout,
             notify_ready,
         };
         check_exec_size(&process)?;
         Ok(process)
     }
+}
+
+/// The placement rules of a stored (already validated) assignment.
+pub fn placement_of(spec: &pb::ProcessAssignment) -> PlacementRules {
+    spec.config
+        .as_ref()
+        .and_then(|c| check_placement(c.placement.as_ref()).ok())
+        .unwrap_or_default()
 }
 
 /// A character process ids and namespaces may hold.

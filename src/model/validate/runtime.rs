@@ -411,3 +411,64 @@ pub(super) fn check_logs(l: Option<&pb::LogLimits>, defaults: LogLimits) -> Resu
     };
     Ok(LogLimits { interval, burst })
 }
+
+/// Labels a placement rule matches: as many as a launcher may register.
+const MAX_PLACEMENT_LABELS: usize = 32;
+const MAX_LABEL_KEY_BYTES: usize = 64;
+const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+pub(super) fn check_placement(p: Option<&pb::PlacementRules>) -> Result<PlacementRules> {
+    let Some(p) = p else {
+        return Ok(PlacementRules::default());
+    };
+    let f = "config.placement";
+    let spread_group = match p.spread_group.as_str() {
+        "" => None,
+        g => Some(super::check_id(&format!("{f}.spread_group"), g)?),
+    };
+    let max_per_launcher = match (p.max_per_launcher, &spread_group) {
+        (0, _) => 1,
+        (n, Some(_)) if (1..=10_000).contains(&n) => n as u32,
+        (n, Some(_)) => {
+            return err(
+                format!("{f}.max_per_launcher"),
+                format!("{n} is outside 1..=10000"),
+            );
+        }
+        (_, None) => {
+            return err(
+                format!("{f}.max_per_launcher"),
+                "limits processes of a spread_group per launcher: name the group",
+            );
+        }
+    };
+    let labels = |field: &str, map: &HashMap<String, String>| -> Result<BTreeMap<String, String>> {
+        let field = format!("{f}.{field}");
+        if map.len() > MAX_PLACEMENT_LABELS {
+            return err(
+                field,
+                format!(
+                    "{} labels, over the limit of {MAX_PLACEMENT_LABELS}",
+                    map.len()
+                ),
+            );
+        }
+        let sorted: BTreeMap<String, String> = map.clone().into_iter().collect();
+        for (k, v) in &sorted {
+            if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES || !k.chars().all(is_id_char) {
+                return err(
+                    format!("{field}.{k}"),
+                    format!("a label key is 1..={MAX_LABEL_KEY_BYTES} of [A-Za-z0-9._:@-]"),
+                );
+            }
+            check_text(&format!("{field}.{k}"), v, MAX_LABEL_VALUE_BYTES)?;
+        }
+        Ok(sorted)
+    };
+    Ok(PlacementRules {
+        spread_group,
+        max_per_launcher,
+        require_labels: labels("require_labels", &p.require_labels)?,
+        prefer_labels: labels("prefer_labels", &p.prefer_labels)?,
+    })
+}
