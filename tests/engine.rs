@@ -80,6 +80,7 @@ async fn each_type_becomes_an_active_unit_with_its_properties() {
                 delay_ms: 200,
                 max_restarts: 3,
                 window_seconds: 20,
+                ..Default::default()
             });
         }),
         with_config(backend("redis-1", &h.demo, &[]), |c| {
@@ -312,6 +313,42 @@ async fn limits_change_on_the_running_unit_and_anything_else_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_restart_delay_maps_to_restart_steps_where_the_manager_has_them() {
+    let Some(h) = harness!() else { return };
+    let engine = h.engine().await;
+    let version = engine.manager_version();
+    let installed = std::process::Command::new("systemctl")
+        .arg("--version")
+        .output()
+        .expect("systemctl --version");
+    let first = String::from_utf8_lossy(&installed.stdout).to_string();
+    assert!(
+        first.starts_with(&format!("systemd {version} ")),
+        "manager {version}, installed {first}"
+    );
+    let p = h.process(with_config(utility("backoff-1", &h.demo, &[]), |c| {
+        c.restart_policy = Some(pb::RestartPolicy {
+            delay_ms: 100,
+            max_delay_ms: 10_000,
+            steps: 4,
+            ..Default::default()
+        });
+    }));
+    let spec = unit::translate(&p);
+    // A manager without RestartSteps= would refuse the whole unit: the
+    // engine leaves them out there, and the unit starts either way.
+    engine.start_transient(&spec).await.expect("start");
+    let s = h.show(&spec.name, &["ActiveState", "RestartUSec"]);
+    assert_eq!(s["ActiveState"], "active");
+    assert_eq!(s["RestartUSec"], "100ms");
+    if version >= unit::props::RESTART_STEPS_SINCE {
+        let s = h.show(&spec.name, &["RestartSteps", "RestartMaxDelayUSec"]);
+        assert_eq!(s["RestartSteps"], "4");
+        assert_eq!(s["RestartMaxDelayUSec"], "10s");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_root_only_files_and_never_visible_in_the_unit() {
     let Some(h) = harness!() else { return };
     let engine = h.engine().await;
@@ -488,6 +525,7 @@ async fn a_crash_loop_ends_in_start_limit_hit() {
                 delay_ms: 100,
                 max_restarts: 3,
                 window_seconds: 60,
+                ..Default::default()
             });
         },
     );

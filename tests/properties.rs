@@ -245,6 +245,7 @@ fn assignment(runner: String) -> impl Strategy<Value = pb::ProcessAssignment> {
                 delay_ms,
                 max_restarts,
                 window_seconds,
+                ..Default::default()
             },
         );
     let process_type = one_of(&["", "pattern", "proxy", "backend", "utility"]);

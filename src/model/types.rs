@@ -225,12 +225,29 @@ pub struct RestartPolicy {
     /// Starts allowed within `window` before the circuit opens.
     pub max_starts: u32,
     pub window: Duration,
+    /// The delay grows to this in `steps` restarts in a row, if set.
+    pub max_delay: Option<Duration>,
+    pub steps: u32,
 }
 
 impl RestartPolicy {
     pub const DEFAULT_DELAY: Duration = Duration::from_secs(1);
     pub const DEFAULT_MAX_STARTS: u32 = 5;
     pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+    pub const DEFAULT_STEPS: u32 = 5;
+
+    /// The delay before the `n`th restart in a row (from 0): systemd's
+    /// curve, geometric from `delay` to `max_delay` over `steps` restarts.
+    pub fn delay_of(&self, n: u32) -> Duration {
+        let Some(max) = self.max_delay.filter(|m| *m > self.delay) else {
+            return self.delay;
+        };
+        if self.steps == 0 || n >= self.steps {
+            return max;
+        }
+        let (lo, hi) = (self.delay.as_secs_f64(), max.as_secs_f64());
+        Duration::from_secs_f64(lo * (hi / lo).powf(f64::from(n) / f64::from(self.steps)))
+    }
 }
 
 impl Default for RestartPolicy {
@@ -240,6 +257,8 @@ impl Default for RestartPolicy {
             delay: Self::DEFAULT_DELAY,
             max_starts: Self::DEFAULT_MAX_STARTS,
             window: Self::DEFAULT_WINDOW,
+            max_delay: None,
+            steps: 0,
         }
     }
 }

@@ -244,6 +244,12 @@ pub trait Systemd: Send + Sync + 'static {
 
     fn connection_state(&self) -> ConnectionState;
 
+    /// The manager's major version (252 for "252.38-1~deb12u1"); 0 when
+    /// not known yet. Properties newer than it are not sent.
+    fn manager_version(&self) -> u32 {
+        0
+    }
+
     /// Cumulative (failed or timed-out calls, reconnections), for metrics.
     fn stats(&self) -> (u64, u64) {
         (0, 0)

@@ -196,6 +196,12 @@ fn restarts(p: &ManagedProcess, props: &mut Props) {
     // systemd restarts the process itself, even while the launcher is down.
     props.push((props::RESTART, s(r.mode.as_str())));
     props.push((props::RESTART_USEC, usec(r.delay)));
+    if let Some(max) = r.max_delay {
+        // Restarts in a row wait longer each time, geometrically up to
+        // `max` (systemd 254+; an older manager is not sent these).
+        props.push((props::RESTART_STEPS, PropValue::U32(r.steps)));
+        props.push((props::RESTART_MAX_DELAY_USEC, usec(max)));
+    }
     // The circuit breaker: more than max_starts starts within the window and
     // systemd leaves the unit `failed` instead of restarting it again.
     props.push((props::START_LIMIT_BURST, PropValue::U32(r.max_starts)));

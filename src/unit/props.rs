@@ -47,6 +47,20 @@ pub const PROTECT_PROC: &str = "ProtectProc";
 pub const PROTECT_SYSTEM: &str = "ProtectSystem";
 pub const RESTART: &str = "Restart";
 pub const RESTART_USEC: &str = "RestartUSec";
+pub const RESTART_STEPS: &str = "RestartSteps";
+pub const RESTART_MAX_DELAY_USEC: &str = "RestartMaxDelayUSec";
+
+/// The systemd version that added `RestartSteps=` and
+/// `RestartMaxDelaySec=` (a restart delay that grows).
+pub const RESTART_STEPS_SINCE: u32 = 254;
+
+/// Does a manager of `version` (0: unknown, assume current) take `name`?
+pub fn supported(name: &str, version: u32) -> bool {
+    match name {
+        RESTART_STEPS | RESTART_MAX_DELAY_USEC => version == 0 || version >= RESTART_STEPS_SINCE,
+        _ => true,
+    }
+}
 pub const RESTRICT_ADDRESS_FAMILIES: &str = "RestrictAddressFamilies";
 pub const RESTRICT_NAMESPACES: &str = "RestrictNamespaces";
 pub const RESTRICT_REALTIME: &str = "RestrictRealtime";

@@ -359,6 +359,8 @@ fn restart_limits_stop_and_resources() {
         delay: Duration::from_millis(200),
         max_starts: 3,
         window: Duration::from_secs(20),
+        max_delay: Some(Duration::from_secs(30)),
+        steps: 4,
     };
     p.stop_timeout = Duration::from_secs(5);
     p.resources = Resources {
@@ -379,6 +381,8 @@ fn restart_limits_stop_and_resources() {
         (props::RESTART, PropValue::Str("always".into())),
         (props::RESTART_USEC, PropValue::U64(200_000)),
         (props::START_LIMIT_BURST, PropValue::U32(3)),
+        (props::RESTART_STEPS, PropValue::U32(4)),
+        (props::RESTART_MAX_DELAY_USEC, PropValue::U64(30_000_000)),
         (props::START_LIMIT_INTERVAL_USEC, PropValue::U64(20_000_000)),
         (props::TIMEOUT_STOP_USEC, PropValue::U64(5_000_000)),
         (props::KILL_MODE, PropValue::Str("mixed".into())),
@@ -637,4 +641,23 @@ fn process_types_by_name() {
         e.contains("expected pattern, proxy, backend or utility"),
         "{e}"
     );
+}
+
+#[test]
+fn the_restart_delay_grows_along_systemds_curve() {
+    let r = RestartPolicy {
+        delay: Duration::from_millis(100),
+        max_delay: Some(Duration::from_secs(10)),
+        steps: 4,
+        ..RestartPolicy::default()
+    };
+    // 100 ms × (10 s / 100 ms)^(n/4): 0.1, 0.316, 1, 3.16, 10, 10...
+    let ms: Vec<u128> = (0..6).map(|n| r.delay_of(n).as_millis()).collect();
+    assert_eq!(ms, [100, 316, 1000, 3162, 10000, 10000]);
+    assert_eq!(RestartPolicy::default().delay_of(7), Duration::from_secs(1));
+    // Older managers are not sent what they would refuse.
+    assert!(!props::supported(props::RESTART_STEPS, 252));
+    assert!(props::supported(props::RESTART_STEPS, 254));
+    assert!(props::supported(props::RESTART_MAX_DELAY_USEC, 0));
+    assert!(props::supported(props::RESTART_USEC, 252));
 }

@@ -485,6 +485,31 @@ fn rejects_bad_input_naming_the_field() {
             "negative",
         ),
         (
+            "max delay below the delay",
+            "pattern",
+            |w, _| {
+                cfg(w).restart_policy = Some(pb::RestartPolicy {
+                    delay_ms: 5000,
+                    max_delay_ms: 1000,
+                    ..Default::default()
+                })
+            },
+            "config.restart_policy.max_delay_ms",
+            "below delay_ms",
+        ),
+        (
+            "steps without a max delay",
+            "pattern",
+            |w, _| {
+                cfg(w).restart_policy = Some(pb::RestartPolicy {
+                    steps: 3,
+                    ..Default::default()
+                })
+            },
+            "config.restart_policy.steps",
+            "max_delay_ms",
+        ),
+        (
             "soft limit above the hard one",
             "pattern",
             |w, _| {

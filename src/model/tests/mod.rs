@@ -177,6 +177,8 @@ fn defaults_and_extensions_are_applied() {
         delay_ms: 250,
         max_restarts: 3,
         window_seconds: 10,
+        max_delay_ms: 8000,
+        steps: 0,
     });
     c.resources = Some(pb::ResourceLimits {
         memory_max_bytes: 64 << 20,
@@ -207,7 +209,9 @@ fn defaults_and_extensions_are_applied() {
             mode: RestartMode::Always,
             delay: Duration::from_millis(250),
             max_starts: 3,
-            window: Duration::from_secs(10)
+            window: Duration::from_secs(10),
+            max_delay: Some(Duration::from_secs(8)),
+            steps: RestartPolicy::DEFAULT_STEPS,
         }
     );
     assert_eq!(p.resources.memory_max_bytes, Some(64 << 20));

@@ -205,7 +205,7 @@ pub(super) fn check_restart(policy: Option<&pb::RestartPolicy>) -> Result<Restar
         return Ok(RestartPolicy::default());
     };
     let f = "config.restart_policy";
-    Ok(RestartPolicy {
+    let mut policy = RestartPolicy {
         mode: p
             .policy
             .parse()
@@ -237,7 +237,40 @@ pub(super) fn check_restart(policy: Option<&pb::RestartPolicy>) -> Result<Restar
                 );
             }
         },
-    })
+        max_delay: None,
+        steps: 0,
+    };
+    if p.max_delay_ms != 0 {
+        let max = millis(
+            &format!("{f}.max_delay_ms"),
+            p.max_delay_ms,
+            Duration::ZERO,
+            1,
+            3_600_000,
+        )?;
+        if max < policy.delay {
+            return err(
+                format!("{f}.max_delay_ms"),
+                format!(
+                    "{} is below delay_ms {}: the delay grows from delay_ms to it",
+                    p.max_delay_ms,
+                    policy.delay.as_millis()
+                ),
+            );
+        }
+        policy.max_delay = Some(max);
+        policy.steps = match p.steps {
+            0 => RestartPolicy::DEFAULT_STEPS,
+            n if (1..=1000).contains(&n) => n as u32,
+            n => return err(format!("{f}.steps"), format!("{n} is outside 1..=1000")),
+        };
+    } else if p.steps != 0 {
+        return err(
+            format!("{f}.steps"),
+            "steps towards max_delay_ms: set max_delay_ms too",
+        );
+    }
+    Ok(policy)
 }
 
 pub(super) fn check_health(

@@ -90,6 +90,8 @@ struct Inner {
     creds: CredentialStore,
     call_errors: std::sync::atomic::AtomicU64,
     reconnects: std::sync::atomic::AtomicU64,
+    /// The manager's major version, once connected (0 before).
+    version: std::sync::atomic::AtomicU32,
 }
 
 /// The D-Bus implementation of [`Systemd`]. Dropping it closes the
@@ -128,6 +130,7 @@ impl DbusSystemd {
             creds,
             call_errors: Default::default(),
             reconnects: Default::default(),
+            version: Default::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(supervise(inner.clone(), rx));
@@ -165,9 +168,13 @@ impl Systemd for DbusSystemd {
     async fn start_transient(&self, spec: &UnitSpec) -> Result<(), SystemdError> {
         let inner = &self.inner;
         let unit = spec.name.as_str();
+        // Properties newer than the manager are left out: it would refuse
+        // the whole unit (it says which at connect).
+        let version = inner.version.load(std::sync::atomic::Ordering::Relaxed);
         let mut props: Vec<(&str, OwnedVariant)> = spec
             .properties
             .iter()
+            .filter(|(name, _)| crate::unit::props::supported(name, version))
             .map(|(name, value)| (*name, to_variant(value)))
             .collect();
         let generation = if spec.credentials.is_empty() {
@@ -339,6 +346,12 @@ impl Systemd for DbusSystemd {
 
     fn events(&self) -> broadcast::Receiver<UnitEvent> {
         self.inner.hub.subscribe()
+    }
+
+    fn manager_version(&self) -> u32 {
+        self.inner
+            .version
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn connection_state(&self) -> ConnectionState {

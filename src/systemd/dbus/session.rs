@@ -46,7 +46,25 @@ pub(super) async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<b
             mut signals,
             mut owner_changes,
             owner,
+            version,
         } = session;
+        let before = inner
+            .version
+            .swap(version, std::sync::atomic::Ordering::Relaxed);
+        if before != version {
+            tracing::info!(
+                target = %inner.opts.target,
+                "systemd {version}{}",
+                if version < crate::unit::props::RESTART_STEPS_SINCE {
+                    format!(
+                        ": restart backoff (RestartSteps=) needs {}, restarts keep their delay",
+                        crate::unit::props::RESTART_STEPS_SINCE
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
         inner.conn.send_replace(Some(conn.clone()));
         inner.state.send_replace(ConnectionState::Connected);
 
@@ -133,6 +151,8 @@ pub(super) struct Session {
     pub(super) owner_changes: Option<MessageStream>,
     /// The unique bus name of the manager we talk to (bus connections).
     pub(super) owner: Option<String>,
+    /// The manager's major version (`Version`, e.g. 252 of "252.38-1~deb12u1").
+    pub(super) version: u32,
 }
 
 impl Session {
@@ -174,14 +194,21 @@ impl Session {
         };
         // The first call carries arguments: on a fresh private-socket
         // connection an argument-less first call sometimes gets no reply.
-        conn.call_method(
-            Some(DEST),
-            MANAGER_PATH,
-            Some(PROPS_IFACE),
-            "Get",
-            &(MANAGER_IFACE, "Version"),
-        )
-        .await?;
+        let reply = conn
+            .call_method(
+                Some(DEST),
+                MANAGER_PATH,
+                Some(PROPS_IFACE),
+                "Get",
+                &(MANAGER_IFACE, "Version"),
+            )
+            .await?;
+        let version = reply
+            .body()
+            .deserialize::<OwnedVariant>()
+            .ok()
+            .and_then(|v| String::try_from(v).ok())
+            .map_or(0, |v| major_version(&v));
         // Without a subscriber systemd sends no unit signals on the bus.
         conn.call_method(
             Some(DEST),
@@ -210,6 +237,32 @@ impl Session {
             signals,
             owner_changes,
             owner,
+            version,
         })
+    }
+}
+
+/// The major version of systemd's `Version` ("252.38-1~deb12u1", "v256").
+pub(super) fn major_version(v: &str) -> u32 {
+    v.trim_start_matches('v')
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn major_versions() {
+        for (v, major) in [
+            ("252.38-1~deb12u1", 252),
+            ("v256", 256),
+            ("257.1", 257),
+            ("", 0),
+        ] {
+            assert_eq!(super::major_version(v), major, "{v}");
+        }
     }
 }
