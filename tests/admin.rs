@@ -1436,3 +1436,144 @@ async fn spread_groups_and_labels_decide_placement() {
         .expect_err("nothing placed");
     assert_eq!(err.code(), Code::NotFound);
 }
+
+fn on_launcher(a: pb::ProcessAssignment, launcher: &str) -> tonic::Request<pb::ProcessAssignment> {
+    let mut r = tonic::Request::new(a);
+    r.metadata_mut()
+        .insert("prism-launcher-id", launcher.parse().unwrap());
+    r
+}
+
+/// Across launchers the admin holds a dependent until its dependency
+/// reports running, refuses unknown dependencies and cycles, and
+/// `prismctl describe` shows the graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_on_another_launcher_is_held_until_its_dependency_runs() {
+    let Some(f) = Fleet::start(&[("host-a", &[]), ("host-b", &[])], &[]).await else {
+        return;
+    };
+    let demo = f.hosts[0].h.demo.clone();
+    // The driver takes 2 s to report READY=1.
+    let driver = with_config(
+        backend("redis-1", &demo, &["--ready-delay-ms", "2000"]),
+        |c| c.notify_ready = true,
+    );
+    let mut cp = f.cp().await;
+    let starting =
+        tokio::spawn(async move { cp.assign_process(on_launcher(driver, "host-a")).await });
+    eventually("redis-1 placed", DEADLINE, || async {
+        f.api()
+            .await
+            .get_process(apb::GetProcessRequest {
+                process_id: "redis-1".into(),
+                history_limit: 0,
+            })
+            .await
+            .ok()
+    })
+    .await;
+    let kv = with_config(pattern("kv-1", &demo, &[]), |c| {
+        c.depends_on = vec![pb::Dependency {
+            process_id: "redis-1".into(),
+            bind: false,
+        }];
+    });
+    let mut cp = f.cp().await;
+    let ack = cp
+        .assign_process(on_launcher(kv, "host-b"))
+        .await
+        .expect("assign kv-1")
+        .into_inner();
+    assert!(
+        ack.message
+            .contains("held until its dependencies run: redis-1"),
+        "{ack:?}"
+    );
+    let redis_unit = starting
+        .await
+        .unwrap()
+        .expect("assign redis-1")
+        .into_inner()
+        .unit_name;
+    let kv_info = eventually("kv-1 running on host-b", DEADLINE, || async {
+        let p = f.process("kv-1").await;
+        p.health
+            .as_ref()
+            .is_some_and(|h| h.detailed_status == "running")
+            .then_some(p)
+    })
+    .await;
+    assert_eq!(kv_info.launcher_id, "host-b");
+    assert!(
+        kv_info.history.iter().any(|e| e.event == "held"),
+        "{:?}",
+        kv_info.history
+    );
+    // It started after the driver was ready (one clock: same machine).
+    let redis_ready = f.hosts[0]
+        .h
+        .show(&redis_unit, &["ActiveEnterTimestampMonotonic"]);
+    let kv_started = f.hosts[1]
+        .h
+        .show(&kv_info.unit_name, &["ActiveEnterTimestampMonotonic"]);
+    let (r, k): (u64, u64) = (
+        redis_ready["ActiveEnterTimestampMonotonic"]
+            .parse()
+            .unwrap(),
+        kv_started["ActiveEnterTimestampMonotonic"].parse().unwrap(),
+    );
+    assert!(k > r, "kv-1 active at {k} µs, redis-1 ready at {r} µs");
+    // Unknown dependencies and cycles are refused naming the field.
+    let err = cp
+        .assign_process(with_config(pattern("kv-2", &demo, &[]), |c| {
+            c.depends_on = vec![pb::Dependency {
+                process_id: "nowhere".into(),
+                bind: false,
+            }];
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("config.depends_on[0].process_id: no process nowhere is assigned"),
+        "{}",
+        err.message()
+    );
+    let mut cyclic = with_config(backend("redis-1", &demo, &[]), |c| {
+        c.depends_on = vec![pb::Dependency {
+            process_id: "kv-1".into(),
+            bind: false,
+        }];
+    });
+    cyclic.version = 2;
+    let err = cp.assign_process(cyclic).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("config.depends_on: a dependency cycle: redis-1 → kv-1 → redis-1"),
+        "{}",
+        err.message()
+    );
+    // The graph, from either end.
+    let describe = |id: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_prismctl"))
+            .args([
+                "--admin",
+                &format!("unix:{}", f.dir.path().join("admin.sock").display()),
+            ])
+            .args(["describe", id])
+            .output()
+            .expect("run prismctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let kv = describe("kv-1");
+    assert!(kv.contains("Depends on:  redis-1 (running)"), "{kv}");
+    let redis = describe("redis-1");
+    assert!(redis.contains("Needed by:   kv-1 (running)"), "{redis}");
+}

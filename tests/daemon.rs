@@ -1043,6 +1043,121 @@ async fn new_limits_are_applied_in_place_and_other_changes_replace_the_unit() {
     assert_eq!(h.prop(&unit, "MemoryMax"), (128u64 << 20).to_string());
 }
 
+fn dependency(id: &str, bind: bool) -> pb::Dependency {
+    pb::Dependency {
+        process_id: id.into(),
+        bind,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_starts_after_its_dependency_is_ready_and_stops_with_it() {
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &[]).await;
+    // The driver takes 1.5 s to report READY=1.
+    let driver = with_config(
+        backend("redis-1", &h.demo, &["--ready-delay-ms", "1500"]),
+        |c| c.notify_ready = true,
+    );
+    let mut client = d.client().await;
+    let starting = tokio::spawn(async move { client.assign_process(driver).await });
+    eventually("redis-1 to be held", DEADLINE, || async {
+        d.client()
+            .await
+            .get_process(GetProcessRequest {
+                process_id: "redis-1".into(),
+            })
+            .await
+            .ok()
+    })
+    .await;
+    let kv = with_config(pattern("kv-1", &h.demo, &[]), |c| {
+        c.depends_on = vec![dependency("redis-1", true)];
+    });
+    let ack = d
+        .client()
+        .await
+        .assign_process(kv)
+        .await
+        .unwrap()
+        .into_inner();
+    let redis_unit = starting.await.unwrap().unwrap().into_inner().unit_name;
+    let kv_unit = ack.unit_name;
+    let kv_props = h.show(
+        &kv_unit,
+        &[
+            "After",
+            "BindsTo",
+            "ActiveEnterTimestampMonotonic",
+            "ActiveState",
+        ],
+    );
+    assert_eq!(kv_props["ActiveState"], "active");
+    // systemctl quotes a name with a backslash, and doubles the backslash.
+    let shown = format!("\"{}\"", redis_unit.replace('\\', "\\\\"));
+    assert!(kv_props["After"].contains(&shown), "{kv_props:?}");
+    assert_eq!(kv_props["BindsTo"], shown);
+    let ready: u64 = h
+        .prop(&redis_unit, "ActiveEnterTimestampMonotonic")
+        .parse()
+        .unwrap();
+    let started: u64 = kv_props["ActiveEnterTimestampMonotonic"].parse().unwrap();
+    assert!(
+        started >= ready,
+        "kv-1 was active at {started} µs, before redis-1 was ready at {ready} µs"
+    );
+    // Bound: stopping the driver stops kv-1 too (the launcher then
+    // restores both).
+    let kv_pid = h.prop(&kv_unit, "MainPID");
+    h.systemctl(&["stop", &redis_unit]);
+    eventually(
+        "kv-1 to be stopped with redis-1, then back",
+        DEADLINE,
+        || async {
+            let pid = h.prop(&kv_unit, "MainPID");
+            (pid != kv_pid && pid != "0" && h.prop(&redis_unit, "ActiveState") == "active")
+                .then_some(())
+        },
+    )
+    .await;
+    // An unknown dependency and a cycle are refused, naming the field.
+    let mut client = d.client().await;
+    let err = client
+        .assign_process(with_config(pattern("kv-2", &h.demo, &[]), |c| {
+            c.depends_on = vec![dependency("nowhere", false)];
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("config.depends_on[0].process_id: no process nowhere"),
+        "{}",
+        err.message()
+    );
+    let mut cyclic = with_config(
+        backend("redis-1", &h.demo, &["--ready-delay-ms", "1500"]),
+        |c| {
+            c.notify_ready = true;
+            c.depends_on = vec![dependency("kv-1", false)];
+        },
+    );
+    cyclic.version = 2;
+    let err = client.assign_process(cyclic).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("redis-1 → kv-1 → redis-1"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(health(&get(&d, "redis-1").await).version, 1);
+    assert_eq!(h.prop(&h_unit("kv-2"), "LoadState"), "not-found");
+}
+
+fn h_unit(id: &str) -> String {
+    prism_launcher::unit::unit_name(prism_launcher::model::ProcessType::Pattern, id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_json_logs_describe_what_happened() {
     let Some(h) = harness!() else { return };

@@ -61,6 +61,11 @@ impl Fleet {
             };
             let spec = match kind {
                 DeliveryKind::Assign => match st.processes.get(process) {
+                    // Held until its dependencies run (a heartbeat delivers it).
+                    Some(p) if st.dependencies_waiting(&p.spec).is_some() => {
+                        st.pending.remove(launcher, process);
+                        return;
+                    }
                     Some(p)
                         if p.launcher_id.as_deref() == Some(launcher)
                             && p.state == PlacementState::Placed =>

@@ -136,6 +136,65 @@ pub fn timestamp(unix_ms: i64) -> String {
     )
 }
 
+/// The dependency graph around one process: what it depends on, and what
+/// depends on it, each with its status, from the admin's whole listing.
+#[derive(Serialize, Default)]
+struct Graph {
+    depends_on: Vec<String>,
+    needed_by: Vec<String>,
+}
+
+fn graph(id: &str, spec: &crate::pb::prism::ProcessAssignment, all: &[apb::ProcessInfo]) -> Graph {
+    let status = |pid: &str| -> String {
+        all.iter()
+            .find(|p| p.assignment.as_ref().is_some_and(|a| a.process_id == pid))
+            .map_or_else(|| "not assigned".to_owned(), status_of)
+    };
+    let deps = spec
+        .config
+        .as_ref()
+        .map(|c| c.depends_on.clone())
+        .unwrap_or_default();
+    let depends_on = deps
+        .iter()
+        .map(|d| {
+            format!(
+                "{} ({}{})",
+                d.process_id,
+                status(&d.process_id),
+                if d.bind { ", bound: stops with it" } else { "" }
+            )
+        })
+        .collect();
+    let mut needed_by: Vec<String> = all
+        .iter()
+        .filter_map(|p| {
+            let a = p.assignment.as_ref()?;
+            let d = a
+                .config
+                .as_ref()?
+                .depends_on
+                .iter()
+                .find(|d| d.process_id == id)?;
+            Some(format!(
+                "{} ({}{})",
+                a.process_id,
+                status_of(p),
+                if d.bind {
+                    ", bound: stops with this"
+                } else {
+                    ""
+                }
+            ))
+        })
+        .collect();
+    needed_by.sort();
+    Graph {
+        depends_on,
+        needed_by,
+    }
+}
+
 async fn process_and_launcher(
     g: &Global,
     id: &str,
@@ -189,6 +248,7 @@ struct Described<'a> {
     launcher: Option<&'a apb::LauncherInfo>,
     systemctl: String,
     journalctl: String,
+    dependencies: Graph,
 }
 
 pub async fn describe(g: &Global, a: &DescribeArgs) -> Result<(), Error> {
@@ -197,11 +257,22 @@ pub async fn describe(g: &Global, a: &DescribeArgs) -> Result<(), Error> {
     let spec = p.assignment.clone().map(|s| redact(&s)).unwrap_or_default();
     let systemctl = tools.systemctl(&p.unit_name);
     let journalctl = tools.journalctl(&a.id, &p.unit_name);
+    let all = g
+        .admin
+        .connect()
+        .await?
+        .api
+        .list_processes(apb::ListProcessesRequest::default())
+        .await
+        .map_err(|s| call_failed("listing processes", s))?
+        .into_inner()
+        .processes;
     let described = Described {
         process: &p,
         launcher: launcher.as_ref(),
         systemctl: systemctl.clone(),
         journalctl: journalctl.clone(),
+        dependencies: graph(&a.id, &spec, &all),
     };
     if let Some(text) = structured(g.output, &described)? {
         out(&text);
@@ -233,6 +304,13 @@ pub async fn describe(g: &Global, a: &DescribeArgs) -> Result<(), Error> {
             .unwrap_or_default()
     ));
     text.push_str(&format!("Unit:        {}\n", p.unit_name));
+    let deps = &described.dependencies;
+    if !deps.depends_on.is_empty() {
+        text.push_str(&format!("Depends on:  {}\n", deps.depends_on.join(", ")));
+    }
+    if !deps.needed_by.is_empty() {
+        text.push_str(&format!("Needed by:   {}\n", deps.needed_by.join(", ")));
+    }
     text.push_str(&format!(
         "Status:      {}{}{}, {} restarts\n",
         status_of(&p),

@@ -120,6 +120,7 @@ impl Supervisor {
             if let Some(collision) = table.user_collision(&process) {
                 return Err(LauncherError::UserCollision(collision));
             }
+            table.check_dependencies(&process, placed_by_admin)?;
             match table.entries.get(&id) {
                 Some(e) if e.phase == Phase::Revoking => {
                     return Err(LauncherError::Revoking { id });
@@ -190,7 +191,7 @@ impl Supervisor {
         // completes leaves at most a unit nobody was told about: the
         // reconciler stops it, and the caller, never answered, retries.
         let save = self.persist(wire.clone(), false, placed_by_admin);
-        let spec = unit::translate(&process);
+        let spec = self.spec_of(&process);
         let work = async {
             if let Some(prev) = &previous {
                 // Replaces the held entry (and its user claim).
@@ -253,6 +254,14 @@ impl Supervisor {
                 (_, o) => o,
             },
         })
+    }
+
+    /// The unit of `process`, ordered after its dependencies held here.
+    pub(super) fn spec_of(&self, process: &ManagedProcess) -> unit::UnitSpec {
+        let mut spec = unit::translate(process);
+        let dependencies = self.table().dependency_units(process);
+        unit::order_after(&mut spec, &dependencies);
+        spec
     }
 
     /// Apply a new version to the running unit of the old one: persist it,

@@ -259,7 +259,7 @@ impl Supervisor {
                 return;
             }
         };
-        let spec = unit::translate(&process);
+        let spec = self.spec_of(&process);
         match reason {
             Some(reason) => {
                 tracing::info!(prism_process_id = %id, unit = %spec.name, "recreating the unit of {id}: it {reason}");

@@ -74,6 +74,15 @@ pub enum LauncherError {
     Store(#[from] StoreError),
 }
 
+impl From<super::table::DependencyError> for LauncherError {
+    fn from(e: super::table::DependencyError) -> Self {
+        Self::BadRequest {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
 pub struct Supervisor {
     pub(super) systemd: Arc<dyn Systemd>,
     pub(super) store: Arc<Store>,

@@ -123,6 +123,13 @@ impl Entry {
     }
 }
 
+/// A dependency the launcher refuses: unknown here, or a cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyError {
+    pub field: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Default)]
 pub struct Table {
     /// Boxed: an entry is about 1.7 KiB, and a map's spare capacity would
@@ -197,6 +204,59 @@ impl Table {
     pub fn by_unit(&mut self, unit: &str) -> Option<&mut Entry> {
         let id = self.units.get(unit)?;
         self.entries.get_mut(id).map(|e| &mut **e)
+    }
+}
+
+impl Table {
+    /// The dependencies of `p` this launcher holds, as `(unit, bind)`.
+    pub fn dependency_units(&self, p: &ManagedProcess) -> Vec<(String, bool)> {
+        p.depends_on
+            .iter()
+            .filter_map(|d| self.entries.get(&d.id).map(|e| (e.unit.clone(), d.bind)))
+            .collect()
+    }
+
+    /// `p`'s dependencies must be held here, unless the admin placed it
+    /// (it holds `p` until dependencies on other launchers run), and must
+    /// not lead back to `p`.
+    pub fn check_dependencies(
+        &self,
+        p: &ManagedProcess,
+        placed_by_admin: bool,
+    ) -> Result<(), DependencyError> {
+        if p.depends_on.is_empty() {
+            return Ok(());
+        }
+        if !placed_by_admin
+            && let Some((i, d)) = p
+                .depends_on
+                .iter()
+                .enumerate()
+                .find(|(_, d)| !self.entries.contains_key(&d.id))
+        {
+            return Err(DependencyError {
+                field: format!("config.depends_on[{i}].process_id"),
+                reason: format!(
+                    "no process {} on this launcher (a process depends only on what runs \
+                     beside it, unless prism-admin placed it)",
+                    d.id
+                ),
+            });
+        }
+        let ids: Vec<String> = p.depends_on.iter().map(|d| d.id.clone()).collect();
+        let deps_of = |id: &str| {
+            self.entries
+                .get(id)
+                .map(|e| e.process.depends_on.iter().map(|d| d.id.clone()).collect())
+                .unwrap_or_default()
+        };
+        match crate::model::validate::find_cycle(&p.id, &ids, deps_of) {
+            Some(cycle) => Err(DependencyError {
+                field: "config.depends_on".into(),
+                reason: format!("a dependency cycle: {}", cycle.join(" → ")),
+            }),
+            None => Ok(()),
+        }
     }
 }
 

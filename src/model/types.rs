@@ -374,6 +374,14 @@ impl FromStr for OomPolicy {
     }
 }
 
+/// A process another one needs running first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dependency {
+    pub id: String,
+    /// Stop with it (systemd `BindsTo=`), not just start after it (`Wants=`).
+    pub bind: bool,
+}
+
 /// Where prism-admin may place a process (launchers ignore it).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct PlacementRules {
@@ -425,6 +433,8 @@ pub struct ManagedProcess {
     pub logs: LogLimits,
     /// Spread and affinity, for prism-admin.
     pub placement: PlacementRules,
+    /// What must run first.
+    pub depends_on: Vec<Dependency>,
     /// Time between SIGTERM and SIGKILL on stop.
     pub stop_timeout: Duration,
     /// The process reports readiness with sd_notify.

@@ -142,6 +142,33 @@ pub fn translate(p: &ManagedProcess) -> UnitSpec {
     }
 }
 
+/// Order the unit after the units of the processes it depends on, held by
+/// the same launcher: `(unit, bind)`. systemd starts it once their start
+/// jobs are done (for `Type=notify`, once they sent READY=1), pulls them in
+/// if they are not running (`Wants=`), and with `bind` stops it whenever
+/// they stop (`BindsTo=`).
+pub fn order_after(spec: &mut UnitSpec, dependencies: &[(String, bool)]) {
+    if dependencies.is_empty() {
+        return;
+    }
+    let units = |bind: bool| -> Vec<String> {
+        dependencies
+            .iter()
+            .filter(|(_, b)| *b == bind)
+            .map(|(u, _)| u.clone())
+            .collect()
+    };
+    let all = dependencies.iter().map(|(u, _)| u.clone()).collect();
+    spec.properties
+        .push((props::AFTER, PropValue::StrList(all)));
+    for (name, bind) in [(props::WANTS, false), (props::BINDS_TO, true)] {
+        let list = units(bind);
+        if !list.is_empty() {
+            spec.properties.push((name, PropValue::StrList(list)));
+        }
+    }
+}
+
 fn identity(p: &ManagedProcess, props: &mut Props) {
     // What `systemctl status` shows, and how the reconciler reads back id and version.
     props.push((props::DESCRIPTION, s(description(p))));

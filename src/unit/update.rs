@@ -48,7 +48,7 @@ fn first_other_change(old: &ManagedProcess, new: &ManagedProcess) -> Option<Stri
     let watchdog = |p: &ManagedProcess| matches!(p.health.probe, Probe::Watchdog { .. });
     let fixed =
         |what: &str| format!("{what} changed, which systemd cannot change in a running unit");
-    let checks: [(bool, &str); 17] = [
+    let checks: [(bool, &str); 18] = [
         (
             old.binary != new.binary || old.executable != new.executable,
             "config.binary",
@@ -84,6 +84,10 @@ fn first_other_change(old: &ManagedProcess, new: &ManagedProcess) -> Option<Stri
         ),
         (old.sandbox != new.sandbox, "config.sandbox"),
         (old.logs != new.logs, "config.logs (LogRateLimit*=)"),
+        (
+            old.depends_on != new.depends_on,
+            "config.depends_on (After=, Wants=, BindsTo=)",
+        ),
         (
             old.stop_timeout != new.stop_timeout || old.notify_ready != new.notify_ready,
             "config.graceful_timeout_seconds or config.notify_ready",

@@ -95,6 +95,24 @@ impl Fleet {
                 }
                 _ => {}
             }
+            // Dependencies: known to the fleet, and no cycle.
+            let deps: Vec<String> = process.depends_on.iter().map(|d| d.id.clone()).collect();
+            if let Some((i, d)) = deps
+                .iter()
+                .enumerate()
+                .find(|(_, d)| !st.processes.contains_key(*d))
+            {
+                return Err(FleetError::BadRequest {
+                    field: format!("config.depends_on[{i}].process_id"),
+                    reason: format!("no process {d} is assigned"),
+                });
+            }
+            if let Some(cycle) = st.dependency_cycle(&id, &deps) {
+                return Err(FleetError::BadRequest {
+                    field: "config.depends_on".into(),
+                    reason: format!("a dependency cycle: {}", cycle.join(" → ")),
+                });
+            }
             let rules = &process.placement;
             let candidates = st.candidates(now, self.interval, rules.spread_group.as_deref(), &id);
             let req = Request {
@@ -162,6 +180,28 @@ impl Fleet {
             (target, previous)
         };
 
+        // Held until what it depends on runs; a heartbeat of its launcher
+        // delivers it then (drift: placed there, not running there).
+        if let Some(waiting) = self.state.lock().await.dependencies_waiting(&spec) {
+            self.batch.lock().expect("poisoned").history.push((
+                id.clone(),
+                event(
+                    "held",
+                    spec.version,
+                    &target,
+                    format!("until its dependencies run: {waiting}"),
+                ),
+            ));
+            return Ok(Assigned {
+                unit: unit_of(&spec),
+                message: format!(
+                    "placed {id} v{} on {target}; held until its dependencies run: {waiting}",
+                    spec.version
+                ),
+                launcher: target,
+                applied: String::new(),
+            });
+        }
         let Some(address) = self.address_of(&target).await else {
             return Err(FleetError::NotFound {
                 what: "launcher",

@@ -180,6 +180,12 @@ impl Fleet {
             }
         }
         for pid in &assign {
+            if let Some(p) = st.processes.get(pid)
+                && let Some(waiting) = st.dependencies_waiting(&p.spec)
+            {
+                tracing::debug!(prism_launcher_id = %launcher, prism_process_id = %pid, "{pid} waits for its dependencies: {waiting}");
+                continue;
+            }
             if !st.pending.contains(&launcher, pid) {
                 tracing::info!(prism_launcher_id = %launcher, prism_process_id = %pid, "{pid} is placed on {launcher} but not running there; pushing it again");
                 self.schedule(&mut st, &launcher, pid, DeliveryKind::Assign);

@@ -207,9 +207,15 @@ impl Fleet {
         st.launchers.insert(record.id.clone(), record);
         st.registered.insert(reg.launcher_id.clone());
         let reclaim = self.lost(&mut st, &reg.launcher_id, &reg.held).await?;
+        // A process waiting for its dependencies is not handed over, unless
+        // the launcher runs it already.
         let initial: Vec<pb::ProcessAssignment> = st
             .on(&reg.launcher_id)
             .filter(|p| p.state == PlacementState::Placed && !reclaim.contains(&p.id().to_owned()))
+            .filter(|p| {
+                st.dependencies_waiting(&p.spec).is_none()
+                    || reg.held.iter().any(|h| h.process_id == p.id())
+            })
             .map(|p| p.spec.clone())
             .collect();
         // The launcher reconciles to `initial`, which delivers every pending

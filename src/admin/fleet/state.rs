@@ -185,6 +185,43 @@ impl State {
     }
 }
 
+impl State {
+    /// The dependencies of `spec` not reported running yet, as
+    /// "redis-1 (starting), db-1 (not reported)"; `None` once all run.
+    pub fn dependencies_waiting(
+        &self,
+        spec: &crate::pb::prism::ProcessAssignment,
+    ) -> Option<String> {
+        let waiting: Vec<String> = crate::model::validate::dependencies_of(spec)
+            .into_iter()
+            .filter_map(|dep| match self.health.get(&dep) {
+                Some(h) if h.health.status == "running" => None,
+                Some(h) => {
+                    let status = if h.health.detailed_status.is_empty() {
+                        &h.health.status
+                    } else {
+                        &h.health.detailed_status
+                    };
+                    Some(format!("{dep} ({status})"))
+                }
+                None => Some(format!("{dep} (not reported)")),
+            })
+            .collect();
+        (!waiting.is_empty()).then(|| waiting.join(", "))
+    }
+
+    /// Whether `id`, with dependencies `deps`, would close a dependency
+    /// cycle among the placed processes: the cycle.
+    pub fn dependency_cycle(&self, id: &str, deps: &[String]) -> Option<Vec<String>> {
+        crate::model::validate::find_cycle(id, deps, |other| {
+            self.processes
+                .get(other)
+                .map(|p| crate::model::validate::dependencies_of(&p.spec))
+                .unwrap_or_default()
+        })
+    }
+}
+
 /// The spread group a process record names, if any.
 fn spread_group(record: &ProcessRecord) -> Option<&str> {
     record

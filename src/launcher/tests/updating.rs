@@ -254,3 +254,85 @@ async fn each_end_is_reported_with_its_reason_and_counted_by_cause() {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
 }
+
+fn depending(id: &str, version: i64, deps: &[(&str, bool)]) -> pb::ProcessAssignment {
+    let mut w = wire(id, version);
+    w.config.as_mut().unwrap().depends_on = deps
+        .iter()
+        .map(|(d, bind)| pb::Dependency {
+            process_id: (*d).into(),
+            bind: *bind,
+        })
+        .collect();
+    w
+}
+
+#[tokio::test(start_paused = true)]
+async fn dependencies_held_here_become_unit_ordering() {
+    let h = harness();
+    h.sup.assign(assignment("redis-1", 1), false).await.unwrap();
+    h.sup.assign(assignment("cache-1", 1), false).await.unwrap();
+    h.sup
+        .assign(
+            assignment_of(depending(
+                "kv-1",
+                1,
+                &[("redis-1", true), ("cache-1", false)],
+            )),
+            false,
+        )
+        .await
+        .unwrap();
+    let spec = h.sd.unit(&unit_of("kv-1")).unwrap().spec.unwrap();
+    let list = |v: &[&str]| unit::PropValue::StrList(v.iter().map(|u| unit_of(u)).collect());
+    assert_eq!(spec.get("After"), Some(&list(&["redis-1", "cache-1"])));
+    assert_eq!(spec.get("BindsTo"), Some(&list(&["redis-1"])));
+    assert_eq!(spec.get("Wants"), Some(&list(&["cache-1"])));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_dependencies_and_cycles_are_refused_and_change_nothing() {
+    let h = harness();
+    h.sup.assign(assignment("a", 1), false).await.unwrap();
+    h.sup
+        .assign(assignment_of(depending("b", 1, &[("a", false)])), false)
+        .await
+        .unwrap();
+    h.sd.clear_calls();
+    let err = h
+        .sup
+        .assign(
+            assignment_of(depending("c", 1, &[("a", false), ("zz", false)])),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("config.depends_on[1].process_id: no process zz on this launcher"),
+        "{err}"
+    );
+    // a v2 needing b, which needs a.
+    let err = h
+        .sup
+        .assign(assignment_of(depending("a", 2, &[("b", false)])), false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config.depends_on: a dependency cycle: a → b → a"
+    );
+    assert!(h.sd.calls().is_empty(), "{:?}", h.sd.calls());
+    assert!(!h.sup.table().entries.contains_key("c"));
+    h.entry("a", |e| assert_eq!(e.process.version, 1));
+    // Placed by prism-admin, a dependency may run on another launcher.
+    h.sup
+        .assign(
+            assignment_of(depending("d", 1, &[("elsewhere", true)])),
+            true,
+        )
+        .await
+        .unwrap();
+    let spec = h.sd.unit(&unit_of("d")).unwrap().spec.unwrap();
+    assert_eq!(spec.get("After"), None);
+}

@@ -485,6 +485,44 @@ fn rejects_bad_input_naming_the_field() {
             "negative",
         ),
         (
+            "depends on itself",
+            "pattern",
+            |w, _| {
+                let id = w.process_id.clone();
+                cfg(w).depends_on = vec![pb::Dependency {
+                    process_id: id,
+                    bind: false,
+                }]
+            },
+            "config.depends_on[0].process_id",
+            "itself",
+        ),
+        (
+            "a dependency named twice",
+            "pattern",
+            |w, _| {
+                let d = pb::Dependency {
+                    process_id: "redis-1".into(),
+                    bind: false,
+                };
+                cfg(w).depends_on = vec![d.clone(), d]
+            },
+            "config.depends_on[1].process_id",
+            "twice",
+        ),
+        (
+            "a bad dependency id",
+            "pattern",
+            |w, _| {
+                cfg(w).depends_on = vec![pb::Dependency {
+                    process_id: "redis/1".into(),
+                    bind: false,
+                }]
+            },
+            "config.depends_on[0].process_id",
+            "'/'",
+        ),
+        (
             "max delay below the delay",
             "pattern",
             |w, _| {

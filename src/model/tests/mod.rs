@@ -332,3 +332,23 @@ fn arguments_and_environment_fit_one_exec() {
     p.args.push("a".repeat(MAX_EXEC_STRING_BYTES + 1));
     assert_eq!(check_exec_size(&p).unwrap_err().field, "config.args[8]");
 }
+
+#[test]
+fn dependency_cycles_are_found_with_their_path() {
+    use crate::model::validate::find_cycle;
+    let graph = |id: &str| -> Vec<String> {
+        match id {
+            "b" => vec!["c".into()],
+            "c" => vec!["d".into(), "a".into()],
+            "d" => vec![],
+            "x" => vec!["x2".into()],
+            _ => vec![],
+        }
+    };
+    assert_eq!(
+        find_cycle("a", &["b".into()], graph),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    assert_eq!(find_cycle("a", &["d".into(), "x".into()], graph), None);
+    assert_eq!(find_cycle("a", &[], graph), None);
+}

@@ -248,6 +248,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
         let resources = check_resources(config.resources.as_ref())?;
         let logs = check_logs(config.logs.as_ref(), policy.log_defaults)?;
         let placement = check_placement(config.placement.as_ref())?;
+        let depends_on = check_dependencies(&id, &config.depends_on)?;
         let stop_timeout = match config.graceful_timeout_seconds {
             0 => ManagedProcess::DEFAULT_STOP_TIMEOUT,
             s if (1..=MAX_STOP_TIMEOUT_SECS).contains(&s) => Duration::from_secs(s as u64),
@@ -285,12 +286,50 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
             },
             logs,
             placement,
+            depends_on,
             stop_timeout,
             notify_ready,
         };
         check_exec_size(&process)?;
         Ok(process)
     }
+}
+
+/// The ids a stored (already validated) assignment depends on.
+pub fn dependencies_of(spec: &pb::ProcessAssignment) -> Vec<String> {
+    spec.config
+        .as_ref()
+        .map(|c| c.depends_on.iter().map(|d| d.process_id.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// A dependency cycle through `id` if it depended on `deps`, where
+/// `deps_of` gives the dependencies of every other process: the path from
+/// `id` back to itself. Visits only what `id` reaches.
+pub fn find_cycle(
+    id: &str,
+    deps: &[String],
+    deps_of: impl Fn(&str) -> Vec<String>,
+) -> Option<Vec<String>> {
+    let mut seen = std::collections::HashSet::new();
+    // Depth first, keeping the path: (node, its dependencies left).
+    let mut path: Vec<(String, Vec<String>)> = vec![(id.to_owned(), deps.to_vec())];
+    while let Some((_, left)) = path.last_mut() {
+        let Some(next) = left.pop() else {
+            path.pop();
+            continue;
+        };
+        if next == id {
+            let mut cycle: Vec<String> = path.iter().map(|(n, _)| n.clone()).collect();
+            cycle.push(next);
+            return Some(cycle);
+        }
+        if seen.insert(next.clone()) {
+            let further = deps_of(&next);
+            path.push((next, further));
+        }
+    }
+    None
 }
 
 /// The placement rules of a stored (already validated) assignment.

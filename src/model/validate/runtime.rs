@@ -505,3 +505,34 @@ pub(super) fn check_placement(p: Option<&pb::PlacementRules>) -> Result<Placemen
         prefer_labels: labels("prefer_labels", &p.prefer_labels)?,
     })
 }
+
+/// The most dependencies one process may name.
+const MAX_DEPENDENCIES: usize = 32;
+
+pub(super) fn check_dependencies(id: &str, deps: &[pb::Dependency]) -> Result<Vec<Dependency>> {
+    if deps.len() > MAX_DEPENDENCIES {
+        return err(
+            "config.depends_on",
+            format!(
+                "{} dependencies, over the limit of {MAX_DEPENDENCIES}",
+                deps.len()
+            ),
+        );
+    }
+    let mut out: Vec<Dependency> = Vec::with_capacity(deps.len());
+    for (i, d) in deps.iter().enumerate() {
+        let field = format!("config.depends_on[{i}].process_id");
+        let dep = super::check_id(&field, &d.process_id)?;
+        if dep == id {
+            return err(field, "a process cannot depend on itself");
+        }
+        if out.iter().any(|o| o.id == dep) {
+            return err(field, format!("{dep} is named twice"));
+        }
+        out.push(Dependency {
+            id: dep,
+            bind: d.bind,
+        });
+    }
+    Ok(out)
+}
