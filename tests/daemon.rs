@@ -996,7 +996,8 @@ async fn an_outdated_unit_is_replaced_by_reconciliation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_limits_are_applied_in_place_and_other_changes_replace_the_unit() {
     let Some(h) = harness!() else { return };
-    let d = Daemon::start(&h, &[]).await;
+    // The launcher's journal rate limit reaches units that set none.
+    let d = Daemon::start(&h, &["--log-rate-limit-burst", "300"]).await;
     let mut client = d.client().await;
     let limits = |memory: i64, weight: i32| {
         move |c: &mut pb::ProcessConfig| {
@@ -1017,6 +1018,7 @@ async fn new_limits_are_applied_in_place_and_other_changes_replace_the_unit() {
     let unit = ack.unit_name;
     wait_status(&d, "redis-1", "running").await;
     let pid = h.prop(&unit, "MainPID");
+    assert_eq!(h.prop(&unit, "LogRateLimitBurst"), "300");
 
     let mut v2 = with_config(v1.clone(), limits(256 << 20, 300));
     v2.version = 2;

@@ -4,12 +4,13 @@
 //! (`StartTransientUnit` with the exact properties `unit::translate` gives).
 //!
 //! `cargo bench --bench daemon [-- --held 0,1000,5000 --samples 100
-//! --throughput-units 500 --idle-seconds 10]`
+//! --throughput-units 500 --idle-seconds 10 --update-samples 50]`
 //!
 //! At each number of units already held by the launcher it prints, for one
 //! unit started at a time (raw and launcher samples interleaved, so both
 //! see the same machine), p50 and p99 of start-to-active (AssignProcess
-//! answers once the start job is done) and their ratios; then throughput
+//! answers once the start job is done) and their ratios; then a new
+//! version applied in place against one replacing the unit; then throughput
 //! with 32 in flight, raw and through the launcher; the launcher's RSS;
 //! idle CPU; a /metrics scrape; and restart-to-READY with everything
 //! adopted. The workload is `sleep infinity`: the held units cost little
@@ -241,6 +242,98 @@ async fn main() {
             "launcher RSS with {level} held (2 s after the last change): {:.1} MiB",
             rss_mib(d.pid())
         );
+    }
+
+    // A new version: in place (a new memory limit: SetUnitProperties, the
+    // process keeps running) against a replacement (new arguments: stop,
+    // then start), through the launcher and raw, interleaved.
+    let updates = arg("--update-samples", 50);
+    {
+        let limits = |version: i64, memory: i64, args: &[&str]| {
+            let mut a = support::pattern("upd-1", &bench.sleep, args);
+            a.version = version;
+            a.config.as_mut().unwrap().resources = Some(pb::ResourceLimits {
+                memory_max_bytes: memory,
+                ..Default::default()
+            });
+            a
+        };
+        let mut client = bench.client.clone();
+        client
+            .assign_process(limits(1, 64 << 20, &["infinity"]))
+            .await
+            .expect("assign upd-1");
+        let raw_spec = bench.spec("upd-raw");
+        bench
+            .engine
+            .start_transient(&raw_spec)
+            .await
+            .expect("start raw");
+        let (mut in_place, mut replaced, mut raw_set, mut raw_replace) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut version = 1;
+        for i in 0..updates {
+            version += 1;
+            let memory = (64 + (i as i64 % 2)) << 20;
+            let t = Instant::now();
+            let ack = client
+                .assign_process(limits(version, memory, &["infinity"]))
+                .await
+                .expect("update in place")
+                .into_inner();
+            in_place.push(t.elapsed());
+            assert_eq!(ack.applied, "updated in place", "{ack:?}");
+            version += 1;
+            // Alternating arguments (`sleep infinity` and `sleep inf`):
+            // a new unit each time.
+            let args: &[&str] = if i % 2 == 0 { &["inf"] } else { &["infinity"] };
+            let t = Instant::now();
+            let ack = client
+                .assign_process(limits(version, memory, args))
+                .await
+                .expect("replace")
+                .into_inner();
+            replaced.push(t.elapsed());
+            assert!(ack.applied.starts_with("replaced"), "{ack:?}");
+            let props = [(unit::props::MEMORY_MAX, unit::PropValue::U64(memory as u64))];
+            let t = Instant::now();
+            bench
+                .engine
+                .set_properties(&raw_spec.name, &props)
+                .await
+                .expect("raw set");
+            raw_set.push(t.elapsed());
+            let t = Instant::now();
+            bench
+                .engine
+                .stop(&raw_spec.name, Duration::from_secs(5))
+                .await
+                .expect("raw stop");
+            bench
+                .engine
+                .start_transient(&raw_spec)
+                .await
+                .expect("raw start");
+            raw_replace.push(t.elapsed());
+        }
+        row(
+            &format!("a new version applied in place ({updates} each)"),
+            &mut raw_set,
+            &mut in_place,
+        );
+        row(
+            &format!("a new version replacing the unit ({updates} each)"),
+            &mut raw_replace,
+            &mut replaced,
+        );
+        println!(
+            "in place against a replacement, through the launcher: p50 {:.1} ms against {:.1} ms ({:.2}x faster)",
+            ms(percentile(&in_place, 0.5)),
+            ms(percentile(&replaced, 0.5)),
+            percentile(&replaced, 0.5).as_secs_f64() / percentile(&in_place, 0.5).as_secs_f64(),
+        );
+        bench.stop_raw(&["upd-raw".to_owned()]).await;
+        bench.revoke_all(&["upd-1".to_owned()]).await;
     }
 
     // Throughput, 32 in flight, on top of what is held: raw, launcher, raw
