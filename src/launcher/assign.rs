@@ -277,14 +277,33 @@ impl Supervisor {
         properties: &unit::Props,
         probe_changed: bool,
     ) -> Result<Option<String>, LauncherError> {
-        let placed_by_admin = self
+        let Some((placed_by_admin, old)) = self
             .table()
             .entries
             .get(&process.id)
-            .is_some_and(|e| e.placed_by_admin);
-        self.persist(wire.clone(), false, placed_by_admin).await?;
-        let began = Instant::now();
-        if let Err(e) = self.systemd.set_properties(&prev.unit, properties).await {
+            .map(|e| (e.placed_by_admin, e.process.clone()))
+        else {
+            return Ok(Some("its entry went away meanwhile".into()));
+        };
+        // The durable write and the live change overlap, as a start does.
+        let (saved, set) = tokio::join!(
+            self.persist(wire.clone(), false, placed_by_admin),
+            self.systemd.set_properties(&prev.unit, properties)
+        );
+        if let Err(e) = saved {
+            // Not durable, so not accepted: the unit goes back to the old
+            // version's limits.
+            if set.is_ok()
+                && let unit::update::Update::InPlace {
+                    properties: back, ..
+                } = unit::update::plan(process, &old)
+                && let Err(undo) = self.systemd.set_properties(&prev.unit, &back).await
+            {
+                tracing::warn!(prism_process_id = %process.id, error = %undo, "cannot restore the limits of {} after its state could not be written: {undo}", process.id);
+            }
+            return Err(e.into());
+        }
+        if let Err(e) = set {
             tracing::warn!(
                 prism_process_id = %process.id,
                 unit = %prev.unit,
@@ -294,9 +313,6 @@ impl Supervisor {
             );
             return Ok(Some(format!("systemd refused the update in place: {e}")));
         }
-        self.metrics
-            .unit_start
-            .observe(began.elapsed().as_secs_f64());
         if let Some(e) = self.table().entries.get_mut(&process.id) {
             e.process = process.clone();
             e.wire = wire.clone();

@@ -360,8 +360,11 @@ fn serve_grpc(
             }
         }
         let router = routes(server.layer(gate.clone()));
+        // No Nagle: a reply is written in several pieces (headers, data,
+        // trailers), and with Nagle the last waits for the peer's delayed
+        // ACK, adding up to 40 ms to an answer.
         servers.push(Box::pin(router.serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stopped(stop.clone()),
         )));
     }

@@ -272,12 +272,13 @@ async fn main() {
         let (mut in_place, mut replaced, mut raw_set, mut raw_replace) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut version = 1;
+        let mut args: &[&str] = &["infinity"];
         for i in 0..updates {
             version += 1;
             let memory = (64 + (i as i64 % 2)) << 20;
             let t = Instant::now();
             let ack = client
-                .assign_process(limits(version, memory, &["infinity"]))
+                .assign_process(limits(version, memory, args))
                 .await
                 .expect("update in place")
                 .into_inner();
@@ -286,7 +287,7 @@ async fn main() {
             version += 1;
             // Alternating arguments (`sleep infinity` and `sleep inf`):
             // a new unit each time.
-            let args: &[&str] = if i % 2 == 0 { &["inf"] } else { &["infinity"] };
+            args = if i % 2 == 0 { &["inf"] } else { &["infinity"] };
             let t = Instant::now();
             let ack = client
                 .assign_process(limits(version, memory, args))

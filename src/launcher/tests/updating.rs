@@ -336,3 +336,39 @@ async fn unknown_dependencies_and_cycles_are_refused_and_change_nothing() {
     let spec = h.sd.unit(&unit_of("d")).unwrap().spec.unwrap();
     assert_eq!(spec.get("After"), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_update_in_place_whose_state_cannot_be_written_puts_the_old_limits_back() {
+    let h = harness();
+    h.run_loops().await;
+    h.sup
+        .assign(with_memory("kv-1", 1, 64 << 20), false)
+        .await
+        .unwrap();
+    until(Duration::from_secs(1), "kv-1 running", || {
+        h.entry("kv-1", |e| {
+            e.unit_status.as_ref().is_some_and(|s| s.is_active())
+        })
+    })
+    .await;
+    std::fs::remove_dir_all(h.dir.path()).unwrap();
+    let err = h
+        .sup
+        .assign(with_memory("kv-1", 2, 128 << 20), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LauncherError::Store(_)), "{err}");
+    let held = h.sd.unit(&unit_of("kv-1")).unwrap();
+    assert_eq!(
+        held.spec.unwrap().get(unit::props::MEMORY_MAX),
+        Some(&unit::PropValue::U64(64 << 20)),
+        "the old limit is back"
+    );
+    assert_eq!(
+        unit::parse_description(&held.status.description)
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(h.entry("kv-1", |e| e.process.version), 1);
+}
