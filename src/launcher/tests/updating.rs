@@ -14,20 +14,23 @@ fn with_memory(id: &str, version: i64, max: i64) -> Assignment {
     assignment_of(w)
 }
 
-#[tokio::test(start_paused = true)]
-async fn new_limits_reach_the_running_unit_and_nothing_restarts() {
+/// A harness following events, holding `a` (kv-1) with its unit running.
+async fn holding_running(a: Assignment) -> Harness {
     let h = harness();
     h.run_loops().await;
-    h.sup
-        .assign(with_memory("kv-1", 1, 64 << 20), false)
-        .await
-        .unwrap();
+    h.sup.assign(a, false).await.unwrap();
     until(Duration::from_secs(1), "kv-1 running", || {
         h.entry("kv-1", |e| {
             e.unit_status.as_ref().is_some_and(|s| s.is_active())
         })
     })
     .await;
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_limits_reach_the_running_unit_and_nothing_restarts() {
+    let h = holding_running(with_memory("kv-1", 1, 64 << 20)).await;
     h.sd.clear_calls();
     let a = h
         .sup
@@ -67,15 +70,7 @@ async fn new_limits_reach_the_running_unit_and_nothing_restarts() {
 
 #[tokio::test(start_paused = true)]
 async fn a_change_systemd_cannot_apply_live_replaces_the_unit_and_says_why() {
-    let h = harness();
-    h.run_loops().await;
-    h.sup.assign(assignment("kv-1", 1), false).await.unwrap();
-    until(Duration::from_secs(1), "kv-1 running", || {
-        h.entry("kv-1", |e| {
-            e.unit_status.as_ref().is_some_and(|s| s.is_active())
-        })
-    })
-    .await;
+    let h = holding_running(assignment("kv-1", 1)).await;
     let mut w = wire("kv-1", 2);
     w.config.as_mut().unwrap().args = vec!["--verbose".into()];
     h.sd.clear_calls();
@@ -102,18 +97,7 @@ async fn a_change_systemd_cannot_apply_live_replaces_the_unit_and_says_why() {
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_live_update_falls_back_to_a_new_unit() {
-    let h = harness();
-    h.run_loops().await;
-    h.sup
-        .assign(with_memory("kv-1", 1, 64 << 20), false)
-        .await
-        .unwrap();
-    until(Duration::from_secs(1), "kv-1 running", || {
-        h.entry("kv-1", |e| {
-            e.unit_status.as_ref().is_some_and(|s| s.is_active())
-        })
-    })
-    .await;
+    let h = holding_running(with_memory("kv-1", 1, 64 << 20)).await;
     // The unit went away behind the launcher's back just before.
     h.sd.fail_next(
         Op::SetProperties,
@@ -339,18 +323,7 @@ async fn unknown_dependencies_and_cycles_are_refused_and_change_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn an_update_in_place_whose_state_cannot_be_written_puts_the_old_limits_back() {
-    let h = harness();
-    h.run_loops().await;
-    h.sup
-        .assign(with_memory("kv-1", 1, 64 << 20), false)
-        .await
-        .unwrap();
-    until(Duration::from_secs(1), "kv-1 running", || {
-        h.entry("kv-1", |e| {
-            e.unit_status.as_ref().is_some_and(|s| s.is_active())
-        })
-    })
-    .await;
+    let h = holding_running(with_memory("kv-1", 1, 64 << 20)).await;
     std::fs::remove_dir_all(h.dir.path()).unwrap();
     let err = h
         .sup
