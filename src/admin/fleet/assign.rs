@@ -65,7 +65,7 @@ impl Fleet {
         let ty = process.process_type();
         let _guard = self.locks.lock(&id).await;
         let now = clock::unix_ms();
-        let (target, previous) = {
+        let (target, previous, waiting) = {
             let mut st = self.state.lock().await;
             let previous = st.processes.get(&id).cloned();
             match &previous {
@@ -177,12 +177,14 @@ impl Fleet {
             {
                 self.schedule(&mut st, &old, &id, DeliveryKind::Revoke { grace: 0 });
             }
-            (target, previous)
+            // Held until what it depends on runs; a heartbeat of its
+            // launcher delivers it then (drift: placed there, not running
+            // there).
+            let waiting = st.dependencies_waiting(&spec);
+            (target, previous, waiting)
         };
 
-        // Held until what it depends on runs; a heartbeat of its launcher
-        // delivers it then (drift: placed there, not running there).
-        if let Some(waiting) = self.state.lock().await.dependencies_waiting(&spec) {
+        if let Some(waiting) = waiting {
             self.batch.lock().expect("poisoned").history.push((
                 id.clone(),
                 event(
