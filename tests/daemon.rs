@@ -1045,6 +1045,106 @@ async fn new_limits_are_applied_in_place_and_other_changes_replace_the_unit() {
     assert_eq!(h.prop(&unit, "MemoryMax"), (128u64 << 20).to_string());
 }
 
+/// When each run of `id` started and ended (journal timestamps, seconds).
+fn runs(h: &Harness, id: &str) -> Vec<(f64, Option<f64>)> {
+    let out = h
+        .sandbox
+        .journalctl()
+        .args(["-o", "short-unix", "-t", id])
+        .output()
+        .expect("run journalctl");
+    let mut runs: Vec<(f64, Option<f64>)> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(at) = line.split(' ').next().and_then(|t| t.parse::<f64>().ok()) else {
+            continue;
+        };
+        if line.contains(" starting (pid ") {
+            runs.push((at, None));
+        } else if line.contains(" crashing on purpose ")
+            && let Some(last) = runs.last_mut()
+        {
+            last.1 = Some(at);
+        }
+    }
+    runs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_in_a_row_wait_longer_each_time_on_any_manager() {
+    let Some(h) = harness!() else { return };
+    let version = prism_launcher::systemd::Systemd::manager_version(&h.engine().await);
+    let d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    // 200 ms doubling to 12.8 s: 200, 400, 800, 1600 ms... and a sixth
+    // start within a minute is one too many.
+    let growing = |delay_ms: i64| {
+        move |c: &mut pb::ProcessConfig| {
+            c.restart_policy = Some(pb::RestartPolicy {
+                delay_ms,
+                max_delay_ms: 12_800,
+                steps: 6,
+                max_restarts: 5,
+                window_seconds: 60,
+                ..Default::default()
+            });
+        }
+    };
+    let ack = client
+        .assign_process(with_config(
+            utility("loop-1", &h.demo, &["--crash-at-start", "3"]),
+            growing(200),
+        ))
+        .await
+        .expect("assign")
+        .into_inner();
+    let info = wait_status(&d, "loop-1", "circuit_open").await;
+    assert_eq!(health(&info).exit_reason, "start-limit", "{info:?}");
+    assert!(health(&info).restart_count >= 4, "{info:?}");
+    let runs = runs(&h, "loop-1");
+    assert_eq!(runs.len(), 5, "{runs:?}");
+    assert_eq!(
+        h.prop(&ack.unit_name, "RestartUSec"),
+        if version >= 254 {
+            "200ms"
+        } else {
+            "12.800000s"
+        }
+    );
+    for (n, pair) in runs.windows(2).enumerate() {
+        let ended = pair[0].1.expect("each run crashed");
+        let waited = pair[1].0 - ended;
+        let delay = 0.2 * f64::from(1u32 << n);
+        // Never sooner than the curve; far sooner than systemd's own
+        // timer at the longest delay where the launcher paces.
+        assert!(waited >= delay - 0.05, "restart {n}: {waited} s, {runs:?}");
+        if version < 254 {
+            assert!(waited < 12.8 / 2.0, "restart {n}: {waited} s, {runs:?}");
+        }
+    }
+
+    // Where the launcher paces restarts, a new curve up to the same
+    // longest delay is its own: the process keeps running.
+    let steady = with_config(utility("steady-1", &h.demo, &[]), growing(200));
+    client.assign_process(steady.clone()).await.expect("assign");
+    let info = wait_status(&d, "steady-1", "running").await;
+    let mut v2 = with_config(steady, growing(500));
+    v2.version = 2;
+    let ack = client.assign_process(v2).await.unwrap().into_inner();
+    if version >= 254 {
+        assert!(
+            ack.applied.starts_with("replaced: config.restart_policy"),
+            "{ack:?}"
+        );
+    } else {
+        assert_eq!(ack.applied, "updated in place", "{ack:?}");
+        assert_eq!(
+            h.prop(&ack.unit_name, "MainPID"),
+            health(&info).pid.to_string()
+        );
+        assert_eq!(h.prop(&ack.unit_name, "RestartUSec"), "12.800000s");
+    }
+}
+
 fn dependency(id: &str, bind: bool) -> pb::Dependency {
     pb::Dependency {
         process_id: id.into(),

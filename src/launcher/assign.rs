@@ -144,7 +144,9 @@ impl Supervisor {
                     wire: e.wire.clone(),
                     update: (e.phase == Phase::Held
                         && e.unit_status.as_ref().is_some_and(UnitStatus::is_active))
-                    .then(|| unit::update::plan(&e.process, &process)),
+                    .then(|| {
+                        unit::update::plan(&e.process, &process, self.systemd.manager_version())
+                    }),
                 }),
                 None => {
                     let used = table.entries.len();
@@ -296,7 +298,7 @@ impl Supervisor {
             if set.is_ok()
                 && let unit::update::Update::InPlace {
                     properties: back, ..
-                } = unit::update::plan(process, &old)
+                } = unit::update::plan(process, &old, self.systemd.manager_version())
                 && let Err(undo) = self.systemd.set_properties(&prev.unit, &back).await
             {
                 tracing::warn!(prism_process_id = %process.id, error = %undo, "cannot restore the limits of {} after its state could not be written: {undo}", process.id);
@@ -411,6 +413,9 @@ impl Supervisor {
                     e.phase = Phase::Held;
                     e.restore_not_before = None;
                     e.circuit_opened_at = None;
+                    if outcome != AssignOutcome::Adopted {
+                        e.pace.reset();
+                    }
                 }
                 drop(table);
                 self.ensure_probe(&process.id);
@@ -425,6 +430,7 @@ impl Supervisor {
                     None => format!("start job {job_result}: {}", status.describe_failure()),
                 };
                 if let Some(e) = entry {
+                    e.pace.reset();
                     if exit.is_some() {
                         e.exit = exit;
                     }

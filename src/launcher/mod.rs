@@ -9,6 +9,7 @@ mod admin_link;
 mod assign;
 pub mod config;
 pub mod legacy;
+mod pace;
 pub mod patterns;
 mod reconcile;
 mod report;

@@ -16,12 +16,17 @@ use crate::{
 
 impl Supervisor {
     pub fn status_of(&self, e: &Entry) -> Status {
-        verdict(
+        match verdict(
             e.phase,
             e.unit_status.as_ref(),
             &e.probe,
             e.process.health.failure_threshold,
-        )
+        ) {
+            // The launcher saw the start limit stop it (also where systemd
+            // alone cannot tell: restarts the launcher paced).
+            Status::Failed if e.circuit_opened_at.is_some() => Status::CircuitOpen,
+            status => status,
+        }
     }
 
     fn health_of(&self, e: &Entry) -> pb::ProcessHealth {

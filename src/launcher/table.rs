@@ -42,6 +42,8 @@ pub struct Entry {
     pub last_error: Option<String>,
     /// How the process last ended, if it did.
     pub exit: Option<crate::health::exit::ExitReason>,
+    /// Restarts the launcher paces (a manager older than systemd 254).
+    pub pace: super::pace::Pace,
     /// Consecutive quick restorations, for backoff.
     pub restorations: u32,
     pub restore_not_before: Option<Instant>,
@@ -70,6 +72,7 @@ impl Entry {
             start_failures: 0,
             last_error: None,
             exit: None,
+            pace: super::pace::Pace::default(),
             restorations: 0,
             restore_not_before: None,
             circuit_opened_at: None,

@@ -11,6 +11,7 @@ use crate::{
     health::{Phase, ProbeState, exit::ExitReason, probe},
     model::Probe,
     systemd::{UnitEvent, UnitSummary},
+    unit::props,
 };
 
 impl Supervisor {
@@ -23,11 +24,15 @@ impl Supervisor {
                 return;
             };
             match event {
-                Ok(UnitEvent::Changed(status)) => {
+                Ok(UnitEvent::Changed(mut status)) => {
                     let mut table = self.table();
                     let Some(entry) = table.by_unit(&status.name) else {
                         continue;
                     };
+                    // Judged with the restarts the launcher paced, which
+                    // systemd's NRestarts leaves out; stored as read.
+                    let read_restarts = status.n_restarts;
+                    status.n_restarts += entry.pace.restarts;
                     let before = entry.unit_status.as_ref();
                     let was_restarting = before.is_some_and(|s| s.sub_state == "auto-restart");
                     let was_failed = before.is_some_and(|s| s.is_finally_failed());
@@ -56,21 +61,48 @@ impl Supervisor {
                         );
                         entry.circuit_opened_at = Some(Instant::now());
                         self.reconcile.notify_one();
-                    } else if restarting && let Some(reason) = &entry.exit {
-                        tracing::info!(
-                            prism_process_id = %entry.process.id,
-                            unit = %status.name,
-                            cause = reason.cause(),
-                            "{} {reason}; systemd restarts it",
-                            entry.process.id
-                        );
+                    } else if restarting {
+                        let paced = (!props::has_restart_steps(self.systemd.manager_version()))
+                            .then(|| entry.pace.next(&entry.process.restart, Instant::now()))
+                            .flatten();
+                        let reason = entry.exit.as_ref();
+                        let how = reason.map(|r| format!(" {r}")).unwrap_or_default();
+                        match paced {
+                            Some(delay) => {
+                                tracing::info!(
+                                    prism_process_id = %entry.process.id,
+                                    unit = %status.name,
+                                    cause = reason.map(ExitReason::cause),
+                                    delay_ms = delay.as_millis() as u64,
+                                    "{}{how}; the launcher restarts it in {delay:?} \
+                                     (restart {} in a row)",
+                                    entry.process.id,
+                                    entry.pace.step
+                                );
+                                self.pace_restart(
+                                    &entry.process.id,
+                                    &status.name,
+                                    entry.pace.episode,
+                                    delay,
+                                );
+                            }
+                            None => tracing::info!(
+                                prism_process_id = %entry.process.id,
+                                unit = %status.name,
+                                cause = reason.map(ExitReason::cause),
+                                "{}{how}; systemd restarts it",
+                                entry.process.id
+                            ),
+                        }
                     }
                     if status.is_active() {
                         entry.circuit_opened_at = None;
+                        entry.pace.running(Instant::now());
                         if matches!(entry.phase, Phase::Restoring | Phase::Blocked) {
                             entry.phase = Phase::Held;
                         }
                     }
+                    status.n_restarts = read_restarts;
                     entry.unit_status = Some(*status);
                     drop(table);
                     self.changed.notify_one();

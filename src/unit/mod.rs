@@ -142,6 +142,42 @@ pub fn translate(p: &ManagedProcess) -> UnitSpec {
     }
 }
 
+/// The properties as a manager of `version` (0: unknown, assume current)
+/// takes them: those newer than it are left out (it would refuse the whole
+/// unit). A growing restart delay without `RestartSteps=` (systemd < 254)
+/// gets its longest delay as `RestartUSec=`: systemd restarts it after that
+/// at the latest, even while the launcher is down, and the launcher restarts
+/// it sooner, along the curve (`launcher::pace`).
+pub fn for_manager<'a>(
+    properties: &'a [(&'static str, PropValue)],
+    version: u32,
+) -> impl Iterator<Item = (&'static str, &'a PropValue)> {
+    let ceiling = if props::has_restart_steps(version) {
+        None
+    } else {
+        properties
+            .iter()
+            .find(|(name, _)| *name == props::RESTART_MAX_DELAY_USEC)
+            .map(|(_, value)| value)
+    };
+    properties
+        .iter()
+        .filter(move |(name, _)| props::supported(name, version))
+        .map(move |(name, value)| match ceiling {
+            Some(max) if *name == props::RESTART_USEC => (*name, max),
+            _ => (*name, value),
+        })
+}
+
+/// The restart properties of `p` as a manager of `version` takes them.
+pub fn restart_properties(p: &ManagedProcess, version: u32) -> Props {
+    let mut props = Props::new();
+    restarts(p, &mut props);
+    for_manager(&props, version)
+        .map(|(name, value)| (name, value.clone()))
+        .collect()
+}
+
 /// Order the unit after the units of the processes it depends on, held by
 /// the same launcher: `(unit, bind)`. systemd starts it once their start
 /// jobs are done (for `Type=notify`, once they sent READY=1), pulls them in

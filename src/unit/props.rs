@@ -60,9 +60,15 @@ pub const RESTART_STEPS_SINCE: u32 = 254;
 /// Does a manager of `version` (0: unknown, assume current) take `name`?
 pub fn supported(name: &str, version: u32) -> bool {
     match name {
-        RESTART_STEPS | RESTART_MAX_DELAY_USEC => version == 0 || version >= RESTART_STEPS_SINCE,
+        RESTART_STEPS | RESTART_MAX_DELAY_USEC => has_restart_steps(version),
         _ => true,
     }
+}
+
+/// Does a manager of `version` (0: unknown, assume current) grow the
+/// restart delay itself? If not, the launcher paces the restarts.
+pub fn has_restart_steps(version: u32) -> bool {
+    version == 0 || version >= RESTART_STEPS_SINCE
 }
 pub const RESTRICT_ADDRESS_FAMILIES: &str = "RestrictAddressFamilies";
 pub const RESTRICT_NAMESPACES: &str = "RestrictNamespaces";

@@ -1,6 +1,10 @@
 //! Table-driven tests of the pure translation.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::Duration,
+};
 
 use super::*;
 use crate::model::*;
@@ -661,4 +665,34 @@ fn the_restart_delay_grows_along_systemds_curve() {
     assert!(props::supported(props::RESTART_STEPS, 254));
     assert!(props::supported(props::RESTART_MAX_DELAY_USEC, 0));
     assert!(props::supported(props::RESTART_USEC, 252));
+}
+
+#[test]
+fn a_manager_without_restart_steps_gets_the_longest_delay_as_restart_usec() {
+    let mut p = process(pattern());
+    p.restart.delay = Duration::from_millis(100);
+    p.restart.max_delay = Some(Duration::from_secs(10));
+    p.restart.steps = 4;
+    let spec = translate(&p);
+    let on = |version| -> HashMap<&str, PropValue> {
+        for_manager(&spec.properties, version)
+            .map(|(n, v)| (n, v.clone()))
+            .collect()
+    };
+    let old = on(252);
+    assert_eq!(old[props::RESTART_USEC], PropValue::U64(10_000_000));
+    assert!(!old.contains_key(props::RESTART_STEPS));
+    assert!(!old.contains_key(props::RESTART_MAX_DELAY_USEC));
+    assert_eq!(old.len(), spec.properties.len() - 2);
+    for version in [0, 254, 257] {
+        let new = on(version);
+        assert_eq!(new[props::RESTART_USEC], PropValue::U64(100_000));
+        assert_eq!(new[props::RESTART_STEPS], PropValue::U32(4));
+        assert_eq!(new.len(), spec.properties.len());
+    }
+    // A delay that does not grow is the same everywhere.
+    let flat = translate(&process(pattern()));
+    let a: Vec<_> = for_manager(&flat.properties, 252).collect();
+    let b: Vec<_> = flat.properties.iter().map(|(n, v)| (*n, v)).collect();
+    assert_eq!(a, b);
 }

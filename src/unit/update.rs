@@ -5,10 +5,13 @@
 //! (`SetUnitProperties`) and nothing else of a service: `Restart=`,
 //! `RestartUSec=`, the start limit, `WatchdogUSec=`, `OOMPolicy=` and the
 //! journal's rate limit are refused ("Cannot set property"). Probes are the
-//! launcher's own. So a version that changes only resource limits and HTTP,
-//! TCP or gRPC probe settings keeps its process; anything else replaces it.
+//! launcher's own, and so is the pace of restarts on a manager older than
+//! systemd 254 (`launcher::pace`). So a version that changes only resource
+//! limits, HTTP, TCP or gRPC probe settings, or (there) how the restart
+//! delay grows up to an unchanged longest delay, keeps its process; anything
+//! else replaces it.
 
-use super::{PropValue, Props, description, limits_update, props};
+use super::{PropValue, Props, description, limits_update, props, restart_properties};
 use crate::model::{ManagedProcess, Probe};
 
 /// How a new version is applied.
@@ -21,10 +24,11 @@ pub enum Update {
     Replace { reason: String },
 }
 
-/// The plan from `old` (running) to `new` (same id, newer version).
-pub fn plan(old: &ManagedProcess, new: &ManagedProcess) -> Update {
+/// The plan from `old` (running) to `new` (same id, newer version) on a
+/// manager of `version` (0: unknown, assume current).
+pub fn plan(old: &ManagedProcess, new: &ManagedProcess, version: u32) -> Update {
     let replace = |reason: String| Update::Replace { reason };
-    if let Some(field) = first_other_change(old, new) {
+    if let Some(field) = first_other_change(old, new, version) {
         return replace(field);
     }
     let Some(mut properties) = limits_update(&old.resources, &new.resources) else {
@@ -44,7 +48,7 @@ pub fn plan(old: &ManagedProcess, new: &ManagedProcess) -> Update {
 
 /// The first change systemd cannot apply to a running unit, named by its
 /// wire field and why, if any.
-fn first_other_change(old: &ManagedProcess, new: &ManagedProcess) -> Option<String> {
+fn first_other_change(old: &ManagedProcess, new: &ManagedProcess, version: u32) -> Option<String> {
     let watchdog = |p: &ManagedProcess| matches!(p.health.probe, Probe::Watchdog { .. });
     let fixed =
         |what: &str| format!("{what} changed, which systemd cannot change in a running unit");
@@ -66,13 +70,13 @@ fn first_other_change(old: &ManagedProcess, new: &ManagedProcess) -> Option<Stri
             "config.restart_policy.policy (Restart=)",
         ),
         (
-            old.restart.delay != new.restart.delay,
-            "config.restart_policy.delay_ms (RestartUSec=)",
-        ),
-        (
             old.restart.max_starts != new.restart.max_starts
                 || old.restart.window != new.restart.window,
             "config.restart_policy's start limit (StartLimitBurst=, StartLimitIntervalUSec=)",
+        ),
+        (
+            restart_properties(old, version) != restart_properties(new, version),
+            "config.restart_policy's delay (RestartUSec=, RestartSteps=, RestartMaxDelayUSec=)",
         ),
         (
             (watchdog(old) || watchdog(new)) && old.health.probe != new.health.probe,
@@ -129,7 +133,7 @@ mod tests {
             p.resources.memory_high_bytes = Some(200 << 20);
             p.resources.cpu_weight = Some(500);
         });
-        let planned = plan(&old, &new);
+        let planned = plan(&old, &new, 0);
         assert_eq!(
             names(&planned),
             ["MemoryMax", "MemoryHigh", "CPUWeight", "Description"]
@@ -148,7 +152,7 @@ mod tests {
             }
         });
         assert!(matches!(
-            plan(&old, &new),
+            plan(&old, &new, 0),
             Update::InPlace { probe: true, .. }
         ));
     }
@@ -164,7 +168,7 @@ mod tests {
         let mut new = old.clone();
         new.version += 1;
         new.resources.memory_max_bytes = None;
-        let Update::InPlace { properties, .. } = plan(&old, &new) else {
+        let Update::InPlace { properties, .. } = plan(&old, &new, 0) else {
             panic!("not in place")
         };
         assert_eq!(properties[0], (props::MEMORY_MAX, PropValue::U64(u64::MAX)));
@@ -208,10 +212,43 @@ mod tests {
                 old.resources.tasks_max = Some(64);
                 new.resources.tasks_max = None;
             }
-            match plan(&old, &new) {
+            match plan(&old, &new, 0) {
                 Update::Replace { reason } => assert!(reason.contains(field), "{field}: {reason}"),
                 other => panic!("{field}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn where_the_launcher_paces_restarts_their_curve_changes_in_place() {
+        let growing = |delay_ms: u64, steps: u32, max_s: u64| {
+            move |p: &mut ManagedProcess| {
+                p.restart.delay = Duration::from_millis(delay_ms);
+                p.restart.steps = steps;
+                p.restart.max_delay = Some(Duration::from_secs(max_s));
+            }
+        };
+        let mut old = process(pattern());
+        growing(100, 4, 10)(&mut old);
+        let next = |f: &dyn Fn(&mut ManagedProcess)| {
+            let mut new = old.clone();
+            new.version += 1;
+            f(&mut new);
+            new
+        };
+        // systemd 252 has the longest delay as RestartUSec=; the launcher
+        // paces the rest, so a new first delay or number of steps is its own.
+        for new in [next(&growing(500, 4, 10)), next(&growing(100, 8, 10))] {
+            assert_eq!(names(&plan(&old, &new, 252)), ["Description"]);
+            // systemd 254 has them as properties it cannot change.
+            assert!(
+                matches!(plan(&old, &new, 254), Update::Replace { ref reason } if reason.contains("RestartSteps")),
+                "{:?}",
+                plan(&old, &new, 254)
+            );
+        }
+        // The longest delay is RestartUSec= on 252: a new unit.
+        let new = next(&growing(100, 4, 30));
+        assert!(matches!(plan(&old, &new, 252), Update::Replace { .. }));
     }
 }

@@ -168,15 +168,13 @@ impl Systemd for DbusSystemd {
     async fn start_transient(&self, spec: &UnitSpec) -> Result<(), SystemdError> {
         let inner = &self.inner;
         let unit = spec.name.as_str();
-        // Properties newer than the manager are left out: it would refuse
-        // the whole unit (it says which at connect).
+        // As the manager takes them: properties newer than it left out
+        // (it would refuse the whole unit; it says which at connect).
         let version = inner.version.load(std::sync::atomic::Ordering::Relaxed);
-        let mut props: Vec<(&str, OwnedVariant)> = spec
-            .properties
-            .iter()
-            .filter(|(name, _)| crate::unit::props::supported(name, version))
-            .map(|(name, value)| (*name, to_variant(value)))
-            .collect();
+        let mut props: Vec<(&str, OwnedVariant)> =
+            crate::unit::for_manager(&spec.properties, version)
+                .map(|(name, value)| (name, to_variant(value)))
+                .collect();
         let generation = if spec.credentials.is_empty() {
             None
         } else {

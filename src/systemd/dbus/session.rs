@@ -57,7 +57,7 @@ pub(super) async fn supervise(inner: Arc<Inner>, mut shutdown: watch::Receiver<b
                 "systemd {version}{}",
                 if version < crate::unit::props::RESTART_STEPS_SINCE {
                     format!(
-                        ": restart backoff (RestartSteps=) needs {}, restarts keep their delay",
+                        ": no RestartSteps= (since {}), so the launcher paces growing restart delays",
                         crate::unit::props::RESTART_STEPS_SINCE
                     )
                 } else {
