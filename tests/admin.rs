@@ -1576,4 +1576,25 @@ async fn a_dependent_on_another_launcher_is_held_until_its_dependency_runs() {
     assert!(kv.contains("Depends on:  redis-1 (running)"), "{kv}");
     let redis = describe("redis-1");
     assert!(redis.contains("Needed by:   kv-1 (running)"), "{redis}");
+    // Not revoked from under what needs it; in order, both go.
+    let revoke = |id: &str| pb::ProcessRevocation {
+        process_id: id.into(),
+        ..Default::default()
+    };
+    let err = cp.revoke_process(revoke("redis-1")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("redis-1 is needed by kv-1"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(f.hosts[0].h.prop(&redis_unit, "ActiveState"), "active");
+    cp.revoke_process(revoke("kv-1"))
+        .await
+        .expect("revoke kv-1");
+    cp.revoke_process(revoke("redis-1"))
+        .await
+        .expect("revoke redis-1");
+    assert!(f.hosts[0].h.listed_units().is_empty());
+    assert!(f.hosts[1].h.listed_units().is_empty());
 }

@@ -1254,6 +1254,29 @@ async fn a_dependent_starts_after_its_dependency_is_ready_and_stops_with_it() {
     );
     assert_eq!(health(&get(&d, "redis-1").await).version, 1);
     assert_eq!(h.prop(&h_unit("kv-2"), "LoadState"), "not-found");
+    // What kv-1 needs is not revoked from under it; in order, both go.
+    let revoke = |id: &str| pb::ProcessRevocation {
+        process_id: id.into(),
+        ..Default::default()
+    };
+    let err = client.revoke_process(revoke("redis-1")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message().contains("redis-1 is needed by kv-1"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(h.prop(&redis_unit, "ActiveState"), "active");
+    assert_eq!(health(&get(&d, "kv-1").await).detailed_status, "running");
+    client
+        .revoke_process(revoke("kv-1"))
+        .await
+        .expect("revoke kv-1");
+    client
+        .revoke_process(revoke("redis-1"))
+        .await
+        .expect("revoke redis-1");
+    assert!(h.listed_units().is_empty(), "{:?}", h.listed_units());
 }
 
 fn h_unit(id: &str) -> String {

@@ -30,7 +30,9 @@ pub const MAX_HISTORY_LIMIT: i32 = 1000;
 pub fn to_status(e: FleetError) -> Status {
     let code = match &e {
         FleetError::Invalid(_) | FleetError::BadRequest { .. } => Code::InvalidArgument,
-        FleetError::NoCandidate(_) | FleetError::StaleVersion { .. } => Code::FailedPrecondition,
+        FleetError::NoCandidate(_)
+        | FleetError::StaleVersion { .. }
+        | FleetError::Needed { .. } => Code::FailedPrecondition,
         FleetError::Revoking { .. } => Code::Aborted,
         FleetError::NotFound { .. } => Code::NotFound,
         // The launcher's own verdict (invalid binary on its host...) stands.

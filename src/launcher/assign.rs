@@ -460,12 +460,22 @@ impl Supervisor {
         grace: Option<Duration>,
     ) -> Result<Revoked, LauncherError> {
         let _guard = self.locks.lock(id).await;
-        let (wire, by_admin) = self
-            .table()
-            .entries
-            .get(id)
-            .map(|e| (e.wire.clone(), e.placed_by_admin))
-            .ok_or_else(|| LauncherError::NotFound { id: id.to_owned() })?;
+        let (wire, by_admin) = {
+            let table = self.table();
+            let entry = table
+                .entries
+                .get(id)
+                .ok_or_else(|| LauncherError::NotFound { id: id.to_owned() })?;
+            // Stopping it would stop (BindsTo=) or orphan what needs it.
+            let by = table.dependents_of(id);
+            if !by.is_empty() {
+                return Err(LauncherError::Needed {
+                    id: id.to_owned(),
+                    by,
+                });
+            }
+            (entry.wire.clone(), entry.placed_by_admin)
+        };
         // The revocation is durable before memory changes and the stop
         // begins: a failed write leaves everything as it was.
         self.persist(wire, true, by_admin).await?;

@@ -54,6 +54,7 @@ pub fn to_status(e: LauncherError) -> Status {
         LauncherError::Invalid(_) | LauncherError::BadRequest { .. } => Code::InvalidArgument,
         LauncherError::NotCapable { .. }
         | LauncherError::StaleVersion { .. }
+        | LauncherError::Needed { .. }
         | LauncherError::UserCollision(_) => Code::FailedPrecondition,
         LauncherError::CapacityExhausted { .. } => Code::ResourceExhausted,
         LauncherError::NotFound { .. } => Code::NotFound,

@@ -58,6 +58,12 @@ pub enum LauncherError {
     NotFound { id: String },
     #[error("process {id} is being revoked; retry once that is done")]
     Revoking { id: String },
+    #[error(
+        "process {id} is needed by {} (their config.depends_on); revoke them first, or give \
+         them a version without the dependency",
+        .by.join(", ")
+    )]
+    Needed { id: String, by: Vec<String> },
     #[error("{field}: {reason}")]
     BadRequest { field: String, reason: String },
     /// Recorded, but systemd did not answer in time (re-executing,

@@ -219,6 +219,20 @@ impl Table {
             .collect()
     }
 
+    /// The processes held here that depend on `id` and are not being
+    /// revoked themselves, by id. (A scan: revocations only, never on the
+    /// assignment path.)
+    pub fn dependents_of(&self, id: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .entries
+            .values()
+            .filter(|e| e.phase != Phase::Revoking && e.process.depends_on(id))
+            .map(|e| e.process.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// `p`'s dependencies must be held here, unless the admin placed it
     /// (it holds `p` until dependencies on other launchers run), and must
     /// not lead back to `p`.
@@ -246,14 +260,13 @@ impl Table {
                 ),
             });
         }
-        let ids: Vec<String> = p.depends_on.iter().map(|d| d.id.clone()).collect();
         let deps_of = |id: &str| {
             self.entries
                 .get(id)
-                .map(|e| e.process.depends_on.iter().map(|d| d.id.clone()).collect())
+                .map(|e| e.process.dependency_ids())
                 .unwrap_or_default()
         };
-        match crate::model::validate::find_cycle(&p.id, &ids, deps_of) {
+        match crate::model::validate::find_cycle(&p.id, &p.dependency_ids(), deps_of) {
             Some(cycle) => Err(DependencyError {
                 field: "config.depends_on".into(),
                 reason: format!("a dependency cycle: {}", cycle.join(" → ")),

@@ -447,4 +447,14 @@ impl ManagedProcess {
     pub fn process_type(&self) -> ProcessType {
         self.kind.process_type()
     }
+
+    /// The ids of the processes it depends on.
+    pub fn dependency_ids(&self) -> Vec<String> {
+        self.depends_on.iter().map(|d| d.id.clone()).collect()
+    }
+
+    /// Whether it depends on process `id`.
+    pub fn depends_on(&self, id: &str) -> bool {
+        self.depends_on.iter().any(|d| d.id == id)
+    }
 }

@@ -96,7 +96,7 @@ impl Fleet {
                 _ => {}
             }
             // Dependencies: known to the fleet, and no cycle.
-            let deps: Vec<String> = process.depends_on.iter().map(|d| d.id.clone()).collect();
+            let deps = process.dependency_ids();
             if let Some((i, d)) = deps
                 .iter()
                 .enumerate()
@@ -307,6 +307,13 @@ impl Fleet {
                 });
             }
             if rec.state != PlacementState::Revoking {
+                // What needs it stays: refuse rather than stop (BindsTo=)
+                // or orphan it.
+                let by = st.dependents_of(&id);
+                if !by.is_empty() {
+                    return Err(FleetError::Needed { id, by });
+                }
+                let rec = st.processes.get_mut(&id).expect("looked up above");
                 // Durable first: memory changes only once the store has it.
                 let mut revoking = rec.clone();
                 revoking.state = PlacementState::Revoking;

@@ -63,6 +63,12 @@ pub enum FleetError {
     },
     #[error("process {id} is being revoked; retry once that is done")]
     Revoking { id: String },
+    #[error(
+        "process {id} is needed by {} (their config.depends_on); revoke them first, or assign \
+         them a version without the dependency",
+        .by.join(", ")
+    )]
+    Needed { id: String, by: Vec<String> },
     #[error("no {what} {id}")]
     NotFound { what: &'static str, id: String },
     #[error("launcher {launcher} refused: {}", .status.message())]

@@ -210,6 +210,25 @@ impl State {
         (!waiting.is_empty()).then(|| waiting.join(", "))
     }
 
+    /// The processes that depend on `id` and are not being revoked
+    /// themselves, by id. (A scan: revocations only, never placement.)
+    pub fn dependents_of(&self, id: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .processes
+            .values()
+            .filter(|p| {
+                p.state != crate::admin::store::PlacementState::Revoking
+                    && p.spec
+                        .config
+                        .as_ref()
+                        .is_some_and(|c| c.depends_on.iter().any(|d| d.process_id == id))
+            })
+            .map(|p| p.spec.process_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Whether `id`, with dependencies `deps`, would close a dependency
     /// cycle among the placed processes: the cycle.
     pub fn dependency_cycle(&self, id: &str, deps: &[String]) -> Option<Vec<String>> {

@@ -345,3 +345,26 @@ async fn an_update_in_place_whose_state_cannot_be_written_puts_the_old_limits_ba
     );
     assert_eq!(h.entry("kv-1", |e| e.process.version), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn what_others_need_is_not_revoked_from_under_them() {
+    let h = harness();
+    h.sup.assign(assignment("a", 1), false).await.unwrap();
+    h.sup
+        .assign(assignment_of(depending("b", 1, &[("a", true)])), false)
+        .await
+        .unwrap();
+    h.sd.clear_calls();
+    let err = h.sup.revoke("a", None).await.unwrap_err();
+    assert!(matches!(err, LauncherError::Needed { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("process a is needed by b (their config.depends_on)"),
+        "{err}"
+    );
+    assert!(h.sd.calls().is_empty(), "{:?}", h.sd.calls());
+    h.entry("a", |e| assert_eq!(e.phase, Phase::Held));
+    h.sup.revoke("b", None).await.expect("revoke b");
+    h.sup.revoke("a", None).await.expect("then a");
+    assert!(h.sup.table().entries.is_empty());
+}
