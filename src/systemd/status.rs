@@ -138,6 +138,12 @@ impl UnitStatus {
         if self.start_limit_burst == 0 {
             self.start_limit_burst = read.start_limit_burst;
         }
+        // A signal of the Unit interface alone (a manager that did not
+        // describe the unit since the launcher started) has no MainPID;
+        // while the unit runs, the read's is the one.
+        if self.main_pid == 0 && self.is_active() && read.is_active() {
+            self.main_pid = read.main_pid;
+        }
     }
 
     /// Take the state a unit list reports (newer than what is cached).
@@ -246,5 +252,25 @@ mod tests {
         let mut fresh = UnitStatus::new("u");
         fresh.absorb_read(&read);
         assert_eq!(fresh, read);
+        // A signal of the Unit interface alone has no MainPID: a read of
+        // the running unit gives it.
+        let running = UnitStatus {
+            active_state: "active".into(),
+            main_pid: 7,
+            ..read.clone()
+        };
+        let mut unit_only = UnitStatus {
+            name: "u".into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            ..UnitStatus::default()
+        };
+        unit_only.absorb_read(&running);
+        assert_eq!(unit_only.main_pid, 7);
+        // Not from a read of a unit that was not running.
+        let mut stopped = unit_only.clone();
+        stopped.main_pid = 0;
+        stopped.absorb_read(&read);
+        assert_eq!(stopped.main_pid, 0);
     }
 }
