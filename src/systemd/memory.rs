@@ -61,6 +61,8 @@ struct Inner {
     failing_starts: BTreeMap<String, UnitStatus>,
     next_pid: u32,
     state: Option<ConnectionState>,
+    /// The major version it claims (0: unknown, assume current).
+    version: u32,
 }
 
 /// The in-memory manager. Cheap to create; share it as `Arc<MemorySystemd>`
@@ -93,6 +95,12 @@ impl MemorySystemd {
 
     fn emit(&self, event: UnitEvent) {
         let _ = self.events.send(event);
+    }
+
+    /// Claim to be systemd `version` (a manager without `RestartSteps=`
+    /// below 254).
+    pub fn set_version(&self, version: u32) {
+        self.inner().version = version;
     }
 
     /// The next call of `op` fails with `error` (queued: several calls to
@@ -472,6 +480,10 @@ impl Systemd for MemorySystemd {
 
     fn connection_state(&self) -> ConnectionState {
         self.inner().state.unwrap_or(ConnectionState::Connected)
+    }
+
+    fn manager_version(&self) -> u32 {
+        self.inner().version
     }
 }
 

@@ -368,3 +368,66 @@ async fn what_others_need_is_not_revoked_from_under_them() {
     h.sup.revoke("a", None).await.expect("then a");
     assert!(h.sup.table().entries.is_empty());
 }
+
+/// On a manager without `RestartSteps=` the launcher ends systemd's wait
+/// (`RestartUnit`) along the curve, only for the wait it was scheduled for,
+/// and counts its restarts for the start limit.
+#[tokio::test(start_paused = true)]
+async fn restarts_are_paced_where_the_manager_cannot_grow_the_delay() {
+    let h = harness();
+    h.sd.set_version(252);
+    h.run_loops().await;
+    let mut w = wire("kv-1", 1);
+    w.config.as_mut().unwrap().restart_policy = Some(pb::RestartPolicy {
+        delay_ms: 100,
+        max_delay_ms: 10_000,
+        steps: 4,
+        ..Default::default()
+    });
+    h.sup.assign(assignment_of(w), false).await.unwrap();
+    let unit = unit_of("kv-1");
+    let restart = Call::Restart(unit.clone());
+    // 100 ms, then 316 ms: each wait ends at the curve's delay.
+    for (n, ms) in [(1, 100), (2, 316)] {
+        h.sd.update(&unit, ended("exit-code", 1, 3));
+        let waited = until(Duration::from_secs(5), "a paced restart", || {
+            h.sd.count(&restart) == n
+        })
+        .await;
+        assert!(
+            waited >= Duration::from_millis(ms) && waited < Duration::from_millis(ms + 50),
+            "restart {n} after {waited:?}"
+        );
+        until(Duration::from_secs(1), "running", || {
+            h.status("kv-1") == Status::Running
+        })
+        .await;
+    }
+    // systemd's own timer came first: the launcher's restart (due at 1 s)
+    // is for a wait that is over, and does nothing.
+    h.sd.update(&unit, ended("exit-code", 1, 3));
+    until(Duration::from_secs(1), "restarting", || {
+        h.status("kv-1") == Status::Restarting
+    })
+    .await;
+    h.sd.update(&unit, running);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.sd.count(&restart), 2);
+    // systemd's NRestarts leaves the two paced restarts out: the launcher
+    // adds them, so a final failure at a burst of 3 is the start limit.
+    h.sd.update(&unit, |s| {
+        s.active_state = "failed".into();
+        s.sub_state = "failed".into();
+        s.result = "exit-code".into();
+        s.restart = "on-failure".into();
+        s.start_limit_burst = 3;
+        s.n_restarts = 1;
+    });
+    until(Duration::from_secs(1), "the circuit", || {
+        h.status("kv-1") == Status::CircuitOpen
+    })
+    .await;
+    let health = h.sup.get("kv-1").await.unwrap().health.unwrap();
+    assert_eq!(health.exit_reason, "start-limit");
+    assert_eq!(health.restart_count, 3, "{health:?}");
+}
