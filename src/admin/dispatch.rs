@@ -140,6 +140,11 @@ impl Dispatcher {
             graceful_timeout_seconds,
         });
         request.set_timeout(deadline);
+        // The admin checked the whole fleet for what depends on it.
+        request.metadata_mut().insert(
+            crate::protocol::PLACED_BY_METADATA,
+            tonic::metadata::MetadataValue::from_static("admin"),
+        );
         match tokio::time::timeout(deadline, client.revoke_process(request)).await {
             Ok(r) => r.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(

@@ -233,7 +233,7 @@ impl AdminLink {
         );
         for (id, why) in refused {
             tracing::warn!(prism_process_id = %id, "revoking {id}: the admin would not take it back ({why})");
-            if let Err(e) = self.supervisor.revoke(&id, None).await {
+            if let Err(e) = self.supervisor.revoke_for_admin(&id, None).await {
                 tracing::warn!(prism_process_id = %id, "cannot revoke {id}: {e}");
             }
         }
@@ -321,7 +321,7 @@ impl Supervisor {
             .collect();
         for id in extra {
             tracing::info!(prism_process_id = %id, "revoking {id}: the admin no longer places it here");
-            if let Err(e) = self.revoke(&id, None).await {
+            if let Err(e) = self.revoke_for_admin(&id, None).await {
                 tracing::warn!(prism_process_id = %id, "cannot revoke {id}: {e}");
             }
         }

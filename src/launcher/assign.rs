@@ -377,6 +377,10 @@ impl Supervisor {
     ) -> Result<AssignOutcome, SystemdError> {
         let mut outcome = AssignOutcome::Started;
         let began = Instant::now();
+        if let Some(e) = self.table().entries.get_mut(&process.id) {
+            // A new unit: systemd counts its restarts from zero.
+            e.pace.reset();
+        }
         let mut result = self.systemd.start_transient(spec).await;
         if !matches!(result, Err(SystemdError::UnitExists { .. })) {
             self.metrics
@@ -413,9 +417,6 @@ impl Supervisor {
                     e.phase = Phase::Held;
                     e.restore_not_before = None;
                     e.circuit_opened_at = None;
-                    if outcome != AssignOutcome::Adopted {
-                        e.pace.reset();
-                    }
                 }
                 drop(table);
                 self.ensure_probe(&process.id);
@@ -430,7 +431,6 @@ impl Supervisor {
                     None => format!("start job {job_result}: {}", status.describe_failure()),
                 };
                 if let Some(e) = entry {
-                    e.pace.reset();
                     if exit.is_some() {
                         e.exit = exit;
                     }
@@ -453,32 +453,63 @@ impl Supervisor {
         }
     }
 
-    /// Record the revocation, then stop the unit gracefully.
+    /// Record the revocation, then stop the unit gracefully; refused while
+    /// a process held here depends on it (stopping it would stop them, with
+    /// `BindsTo=`, or leave them without it).
     pub async fn revoke(
         &self,
         id: &str,
         grace: Option<Duration>,
     ) -> Result<Revoked, LauncherError> {
+        self.revoke_as(id, grace, true).await
+    }
+
+    /// A revocation prism-admin decided: it checked its whole fleet for
+    /// dependents, and it moves or drops processes for reasons this
+    /// launcher cannot see, so it is never refused for them.
+    pub async fn revoke_for_admin(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<Revoked, LauncherError> {
+        self.revoke_as(id, grace, false).await
+    }
+
+    async fn revoke_as(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+        refuse_if_needed: bool,
+    ) -> Result<Revoked, LauncherError> {
         let _guard = self.locks.lock(id).await;
         let (wire, by_admin) = {
-            let table = self.table();
+            let mut table = self.table();
+            if refuse_if_needed {
+                let by = table.dependents_of(id);
+                if !by.is_empty() {
+                    return Err(LauncherError::Needed {
+                        id: id.to_owned(),
+                        by,
+                    });
+                }
+            }
             let entry = table
                 .entries
-                .get(id)
+                .get_mut(id)
                 .ok_or_else(|| LauncherError::NotFound { id: id.to_owned() })?;
-            // Stopping it would stop (BindsTo=) or orphan what needs it.
-            let by = table.dependents_of(id);
-            if !by.is_empty() {
-                return Err(LauncherError::Needed {
-                    id: id.to_owned(),
-                    by,
-                });
-            }
+            // From here no new dependent is accepted (see
+            // `Table::check_dependencies`), also while the write is done.
+            entry.revoke_pending = true;
             (entry.wire.clone(), entry.placed_by_admin)
         };
         // The revocation is durable before memory changes and the stop
         // begins: a failed write leaves everything as it was.
-        self.persist(wire, true, by_admin).await?;
+        if let Err(e) = self.persist(wire, true, by_admin).await {
+            if let Some(entry) = self.table().entries.get_mut(id) {
+                entry.revoke_pending = false;
+            }
+            return Err(e.into());
+        }
         let unit = {
             let mut table = self.table();
             let entry = table

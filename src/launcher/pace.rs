@@ -15,15 +15,25 @@
 //! own, but not in `NRestarts`: the launcher counts them, so the restart
 //! count and the start-limit verdict stay right.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
-use super::supervisor::Supervisor;
-use crate::model::RestartPolicy;
+use super::supervisor::{Entry, Supervisor};
+use crate::{health::Phase, model::RestartPolicy, systemd::SystemdError};
 
-/// A delay this close to the longest is left to systemd's own timer.
-const LEAVE_TO_SYSTEMD: Duration = Duration::from_millis(100);
+/// A delay this close to the longest (a tenth of it, at least 250 ms) is
+/// left to systemd's own timer, which was armed before the launcher heard.
+fn leave_to_systemd(longest: Duration) -> Duration {
+    (longest / 10).max(Duration::from_millis(250))
+}
+
+/// Episodes are numbered across all units and entries, so a restart
+/// scheduled for one never matches another.
+static EPISODES: AtomicU64 = AtomicU64::new(1);
 
 /// The pace of one unit's restarts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,8 +43,8 @@ pub struct Pace {
     /// Restarts the launcher made (or tried) in this unit, which systemd's
     /// `NRestarts` leaves out.
     pub restarts: u32,
-    /// Which wait in `auto-restart` a scheduled restart is for; never goes
-    /// back, so a restart scheduled for an older unit or wait does nothing.
+    /// Which wait in `auto-restart` a scheduled restart is for; unique, so
+    /// a restart scheduled for an older unit or wait does nothing.
     pub episode: u64,
     /// Since when the process has been seen running.
     pub running_since: Option<Instant>,
@@ -46,11 +56,17 @@ impl Pace {
         self.running_since.get_or_insert(now);
     }
 
+    /// The unit stopped other than to be restarted by systemd (a probe's
+    /// restart, a stop): the next run is measured anew.
+    pub fn stopped(&mut self) {
+        self.running_since = None;
+    }
+
     /// The unit entered `auto-restart` at `now`: how long the launcher waits
     /// before restarting it, if it should not leave that to systemd's
     /// timer at the longest delay.
     pub fn next(&mut self, policy: &RestartPolicy, now: Instant) -> Option<Duration> {
-        self.episode += 1;
+        self.episode = EPISODES.fetch_add(1, Ordering::Relaxed);
         let ran = self.running_since.take().map(|t| now.duration_since(t));
         let longest = policy.max_delay.filter(|m| *m > policy.delay)?;
         if ran.is_some_and(|r| r >= stable_after(policy)) {
@@ -58,15 +74,12 @@ impl Pace {
         }
         let delay = policy.delay_of(self.step);
         self.step = self.step.saturating_add(1);
-        (delay + LEAVE_TO_SYSTEMD <= longest).then_some(delay)
+        (delay + leave_to_systemd(longest) <= longest).then_some(delay)
     }
 
     /// A new unit: systemd counts from zero again.
     pub fn reset(&mut self) {
-        *self = Self {
-            episode: self.episode,
-            ..Self::default()
-        };
+        *self = Self::default();
     }
 }
 
@@ -84,15 +97,26 @@ impl Supervisor {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _guard = this.locks.lock(&id).await;
+            let current = |e: &Entry| {
+                e.unit == unit
+                    && e.phase == Phase::Held
+                    && e.pace.episode == episode
+                    && e.unit_status
+                        .as_ref()
+                        .is_some_and(|s| s.sub_state == "auto-restart")
+            };
+            if !this.table().entries.get(&id).is_some_and(|e| current(e)) {
+                return;
+            }
+            // The table may lag the manager: ask it, so a process systemd
+            // has just restarted itself is never restarted again.
+            match this.systemd.status(&unit).await {
+                Ok(s) if s.sub_state == "auto-restart" => {}
+                _ => return,
+            }
             {
                 let mut table = this.table();
-                let Some(e) = table.entries.get_mut(&id).filter(|e| {
-                    e.unit == unit
-                        && e.pace.episode == episode
-                        && e.unit_status
-                            .as_ref()
-                            .is_some_and(|s| s.sub_state == "auto-restart")
-                }) else {
+                let Some(e) = table.entries.get_mut(&id).filter(|e| current(e)) else {
                     return;
                 };
                 // Counted before the call, as systemd counts its own: a
@@ -100,8 +124,17 @@ impl Supervisor {
                 e.pace.restarts += 1;
                 e.launcher_restarts += 1;
             }
-            if let Err(err) = this.systemd.restart(&unit).await {
-                tracing::debug!(prism_process_id = %id, %unit, error = %err, "paced restart of {id}: {err}");
+            match this.systemd.restart(&unit).await {
+                // Started, or refused by the start limit (counted above).
+                Ok(()) | Err(SystemdError::StartFailed { .. }) => {}
+                Err(err) => {
+                    // Not restarted: systemd's timer does it, and counts it.
+                    tracing::warn!(prism_process_id = %id, %unit, error = %err, "cannot restart {id} on its pace; systemd restarts it after the longest delay: {err}");
+                    if let Some(e) = this.table().entries.get_mut(&id) {
+                        e.pace.restarts = e.pace.restarts.saturating_sub(1);
+                        e.launcher_restarts = e.launcher_restarts.saturating_sub(1);
+                    }
+                }
             }
             this.changed.notify_one();
         });
@@ -135,7 +168,7 @@ mod tests {
             delays,
             [Some(100), Some(316), Some(1000), Some(3162), None, None]
         );
-        assert_eq!(pace.episode, 6);
+        assert!(pace.episode > 0);
     }
 
     #[test]
@@ -170,12 +203,36 @@ mod tests {
     }
 
     #[test]
-    fn a_new_unit_counts_from_zero_but_old_schedules_stay_void() {
+    fn a_new_unit_counts_from_zero_and_every_wait_is_its_own_episode() {
+        let (mut a, mut b) = (Pace::default(), Pace::default());
+        let t = Instant::now();
+        a.next(&growing(), t);
+        b.next(&growing(), t);
+        let first = a.episode;
+        a.next(&growing(), t);
+        assert!(a.episode > first && first != b.episode);
+        a.restarts = 3;
+        a.reset();
+        assert_eq!((a.step, a.restarts, a.episode), (0, 0, 0));
+    }
+
+    #[test]
+    fn the_last_tenth_of_the_longest_delay_is_left_to_systemd() {
         let mut pace = Pace::default();
         let t = Instant::now();
-        pace.next(&growing(), t);
-        pace.restarts = 3;
-        pace.reset();
-        assert_eq!((pace.step, pace.restarts, pace.episode), (0, 0, 1));
+        // 1 s doubling to 16 s: 1, 2, 4, 8 s paced; 16 s is systemd's.
+        let policy = RestartPolicy {
+            delay: Duration::from_secs(1),
+            max_delay: Some(Duration::from_secs(16)),
+            steps: 4,
+            ..RestartPolicy::default()
+        };
+        let delays: Vec<_> = (0..5).map(|_| ms(pace.next(&policy, t))).collect();
+        assert_eq!(
+            delays,
+            [Some(1000), Some(2000), Some(4000), Some(8000), None]
+        );
+        // 14.5 s would be within 1.6 s of 16 s: systemd's.
+        assert!(14_500 + leave_to_systemd(Duration::from_secs(16)).as_millis() > 16_000);
     }
 }

@@ -182,6 +182,13 @@ impl Launcher for LauncherService {
         &self,
         request: Request<pb::ProcessRevocation>,
     ) -> Result<Response<pb::ProcessRevocationAck>, Status> {
+        let by_admin = crate::auth::placed_by_admin(
+            &crate::auth::caller(&request),
+            request
+                .metadata()
+                .get(crate::protocol::PLACED_BY_METADATA)
+                .and_then(|v| v.to_str().ok()),
+        );
         let r = request.into_inner();
         let checked = (|| {
             check_id("process_id", &r.process_id)?;
@@ -204,11 +211,14 @@ impl Launcher for LauncherService {
             }
         })();
         let grace = checked.map_err(to_status)?;
-        let revoked = self
-            .supervisor
-            .revoke(&r.process_id, grace)
-            .await
-            .map_err(to_status)?;
+        // prism-admin checked its whole fleet for what depends on it (and
+        // moves or drops processes the launcher cannot see the reason for).
+        let revoked = if by_admin {
+            self.supervisor.revoke_for_admin(&r.process_id, grace).await
+        } else {
+            self.supervisor.revoke(&r.process_id, grace).await
+        }
+        .map_err(to_status)?;
         // A pattern launched by name gives its port pair back.
         if let Some((_, ports)) = &self.patterns {
             ports.release(&r.process_id);

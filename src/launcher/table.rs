@@ -44,6 +44,8 @@ pub struct Entry {
     pub exit: Option<crate::health::exit::ExitReason>,
     /// Restarts the launcher paces (a manager older than systemd 254).
     pub pace: super::pace::Pace,
+    /// A revocation is being recorded: no new dependent is accepted.
+    pub revoke_pending: bool,
     /// Consecutive quick restorations, for backoff.
     pub restorations: u32,
     pub restore_not_before: Option<Instant>,
@@ -73,6 +75,7 @@ impl Entry {
             last_error: None,
             exit: None,
             pace: super::pace::Pace::default(),
+            revoke_pending: false,
             restorations: 0,
             restore_not_before: None,
             circuit_opened_at: None,
@@ -243,6 +246,16 @@ impl Table {
     ) -> Result<(), DependencyError> {
         if p.depends_on.is_empty() {
             return Ok(());
+        }
+        if let Some((i, d)) = p.depends_on.iter().enumerate().find(|(_, d)| {
+            self.entries
+                .get(&d.id)
+                .is_some_and(|e| e.revoke_pending || e.phase == Phase::Revoking)
+        }) {
+            return Err(DependencyError {
+                field: format!("config.depends_on[{i}].process_id"),
+                reason: format!("process {} is being revoked", d.id),
+            });
         }
         if !placed_by_admin
             && let Some((i, d)) = p

@@ -62,9 +62,10 @@ impl Supervisor {
                         entry.circuit_opened_at = Some(Instant::now());
                         self.reconcile.notify_one();
                     } else if restarting {
-                        let paced = (!props::has_restart_steps(self.systemd.manager_version()))
-                            .then(|| entry.pace.next(&entry.process.restart, Instant::now()))
-                            .flatten();
+                        let paced = (entry.phase == Phase::Held
+                            && !props::has_restart_steps(self.systemd.manager_version()))
+                        .then(|| entry.pace.next(&entry.process.restart, Instant::now()))
+                        .flatten();
                         let reason = entry.exit.as_ref();
                         let how = reason.map(|r| format!(" {r}")).unwrap_or_default();
                         match paced {
@@ -94,6 +95,11 @@ impl Supervisor {
                                 entry.process.id
                             ),
                         }
+                    }
+                    if matches!(status.active_state.as_str(), "inactive" | "failed")
+                        && status.sub_state != "auto-restart"
+                    {
+                        entry.pace.stopped();
                     }
                     if status.is_active() {
                         entry.circuit_opened_at = None;

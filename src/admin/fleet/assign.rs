@@ -97,14 +97,17 @@ impl Fleet {
             }
             // Dependencies: known to the fleet, and no cycle.
             let deps = process.dependency_ids();
-            if let Some((i, d)) = deps
-                .iter()
-                .enumerate()
-                .find(|(_, d)| !st.processes.contains_key(*d))
-            {
+            for (i, d) in deps.iter().enumerate() {
+                let reason = match st.processes.get(d) {
+                    None => format!("no process {d} is assigned"),
+                    Some(p) if p.state == PlacementState::Revoking => {
+                        format!("process {d} is being revoked")
+                    }
+                    Some(_) => continue,
+                };
                 return Err(FleetError::BadRequest {
                     field: format!("config.depends_on[{i}].process_id"),
-                    reason: format!("no process {d} is assigned"),
+                    reason,
                 });
             }
             if let Some(cycle) = st.dependency_cycle(&id, &deps) {

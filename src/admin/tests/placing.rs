@@ -221,3 +221,50 @@ async fn delivery_to_an_unreachable_launcher_backs_off_on_paused_time() {
     assert!(gaps.last().unwrap() > gaps.first().unwrap(), "{gaps:?}");
     assert!(h.pending("kv-host", "kv-1").await, "still owed");
 }
+
+fn depending(id: &str, on: &str) -> Assignment {
+    let mut w = spec(id, 1);
+    w.config.as_mut().unwrap().depends_on = vec![pb::Dependency {
+        process_id: on.into(),
+        bind: true,
+    }];
+    Assignment::try_from((w, &Policy::structural())).expect("valid")
+}
+
+#[tokio::test]
+async fn what_others_depend_on_is_not_revoked_and_takes_no_dependent_while_revoked() {
+    let mut h = harness().await;
+    let kv = h.launcher("kv-host", &["pattern"], 5, true).await;
+    h.place("redis-1", 1).await;
+    h.fleet
+        .assign(depending("kv-1", "redis-1"), None, None)
+        .await
+        .expect("kv-1");
+    let err = h.fleet.revoke(revocation("redis-1")).await.unwrap_err();
+    assert!(matches!(err, FleetError::Needed { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "process redis-1 is needed by kv-1 (their config.depends_on); revoke them first, or \
+         assign them a version without the dependency"
+    );
+    assert_eq!(
+        h.placed_on("redis-1").await,
+        Some(("kv-host".into(), PlacementState::Placed))
+    );
+    assert!(kv.script().revoked.is_empty());
+    // In order: the dependent, then the dependency (recorded while its
+    // launcher is away). Meanwhile nothing new may depend on it.
+    h.fleet.revoke(revocation("kv-1")).await.expect("kv-1");
+    h.down("kv-host").await;
+    let err = h.fleet.revoke(revocation("redis-1")).await.unwrap_err();
+    assert!(matches!(err, FleetError::Unreachable { .. }), "{err}");
+    let err = h
+        .fleet
+        .assign(depending("kv-2", "redis-1"), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config.depends_on[0].process_id: process redis-1 is being revoked"
+    );
+}

@@ -367,6 +367,30 @@ async fn what_others_need_is_not_revoked_from_under_them() {
     h.sup.revoke("b", None).await.expect("revoke b");
     h.sup.revoke("a", None).await.expect("then a");
     assert!(h.sup.table().entries.is_empty());
+    // A dependency being revoked takes no new dependent.
+    h.sup.assign(assignment("a", 1), false).await.unwrap();
+    h.sup.table().entries.get_mut("a").unwrap().revoke_pending = true;
+    let err = h
+        .sup
+        .assign(assignment_of(depending("c", 1, &[("a", false)])), true)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config.depends_on[0].process_id: process a is being revoked"
+    );
+    h.sup.table().entries.get_mut("a").unwrap().revoke_pending = false;
+    // prism-admin checked its fleet (and moves processes for reasons of
+    // its own): its revocation is not refused.
+    h.sup
+        .assign(assignment_of(depending("b", 1, &[("a", true)])), false)
+        .await
+        .unwrap();
+    h.sup
+        .revoke_for_admin("a", None)
+        .await
+        .expect("the admin's");
+    assert!(!h.sup.table().entries.contains_key("a"));
 }
 
 /// On a manager without `RestartSteps=` the launcher ends systemd's wait
