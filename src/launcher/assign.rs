@@ -377,10 +377,13 @@ impl Supervisor {
     ) -> Result<AssignOutcome, SystemdError> {
         let mut outcome = AssignOutcome::Started;
         let began = Instant::now();
-        if let Some(e) = self.table().entries.get_mut(&process.id) {
-            // A new unit: systemd counts its restarts from zero.
-            e.pace.reset();
-        }
+        // A new unit: systemd counts its restarts from zero (an adopted
+        // one keeps its pace, put back below).
+        let pace = self
+            .table()
+            .entries
+            .get_mut(&process.id)
+            .map(|e| std::mem::take(&mut e.pace));
         let mut result = self.systemd.start_transient(spec).await;
         if !matches!(result, Err(SystemdError::UnitExists { .. })) {
             self.metrics
@@ -417,6 +420,11 @@ impl Supervisor {
                     e.phase = Phase::Held;
                     e.restore_not_before = None;
                     e.circuit_opened_at = None;
+                    if outcome == AssignOutcome::Adopted
+                        && let Some(pace) = pace
+                    {
+                        e.pace = pace;
+                    }
                 }
                 drop(table);
                 self.ensure_probe(&process.id);
@@ -502,14 +510,16 @@ impl Supervisor {
             entry.revoke_pending = true;
             (entry.wire.clone(), entry.placed_by_admin)
         };
+        // Taken back if the write fails or the call is dropped before the
+        // revocation is under way.
+        let pending = PendingRevoke {
+            supervisor: self,
+            id,
+            armed: true,
+        };
         // The revocation is durable before memory changes and the stop
         // begins: a failed write leaves everything as it was.
-        if let Err(e) = self.persist(wire, true, by_admin).await {
-            if let Some(entry) = self.table().entries.get_mut(id) {
-                entry.revoke_pending = false;
-            }
-            return Err(e.into());
-        }
+        self.persist(wire, true, by_admin).await?;
         let unit = {
             let mut table = self.table();
             let entry = table
@@ -520,6 +530,7 @@ impl Supervisor {
             entry.stop_probe();
             entry.unit.clone()
         };
+        pending.disarm();
         self.changed.notify_one();
         let stopped = self
             .systemd
@@ -543,5 +554,29 @@ impl Supervisor {
             was_running: stopped.was_loaded,
             killed: stopped.killed,
         })
+    }
+}
+
+/// A revocation being recorded: `revoke_pending` is cleared when this is
+/// dropped armed (the write failed, or the caller went away mid-write).
+struct PendingRevoke<'a> {
+    supervisor: &'a Supervisor,
+    id: &'a str,
+    armed: bool,
+}
+
+impl PendingRevoke<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for PendingRevoke<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(entry) = self.supervisor.table().entries.get_mut(self.id)
+        {
+            entry.revoke_pending = false;
+        }
     }
 }

@@ -91,7 +91,15 @@ pub fn stable_after(policy: &RestartPolicy) -> Duration {
 impl Supervisor {
     /// Restart `unit` of `id` after `delay`, if it is still waiting in the
     /// same `auto-restart` then.
-    pub(super) fn pace_restart(&self, id: &str, unit: &str, episode: u64, delay: Duration) {
+    /// `n_restarts` is systemd's count when the wait began: if it moved,
+    /// systemd restarted the unit itself meanwhile.
+    pub(super) fn pace_restart(
+        &self,
+        id: &str,
+        unit: &str,
+        (episode, n_restarts): (u64, u32),
+        delay: Duration,
+    ) {
         let Some(this) = self.me() else { return };
         let (id, unit) = (id.to_owned(), unit.to_owned());
         tokio::spawn(async move {
@@ -111,7 +119,7 @@ impl Supervisor {
             // The table may lag the manager: ask it, so a process systemd
             // has just restarted itself is never restarted again.
             match this.systemd.status(&unit).await {
-                Ok(s) if s.sub_state == "auto-restart" => {}
+                Ok(s) if s.sub_state == "auto-restart" && s.n_restarts == n_restarts => {}
                 _ => return,
             }
             {
@@ -125,8 +133,9 @@ impl Supervisor {
                 e.launcher_restarts += 1;
             }
             match this.systemd.restart(&unit).await {
-                // Started, or refused by the start limit (counted above).
-                Ok(()) | Err(SystemdError::StartFailed { .. }) => {}
+                // Started, or refused by the start limit (counted above),
+                // or perhaps started (no answer in time).
+                Ok(()) | Err(SystemdError::StartFailed { .. } | SystemdError::Timeout { .. }) => {}
                 Err(err) => {
                     // Not restarted: systemd's timer does it, and counts it.
                     tracing::warn!(prism_process_id = %id, %unit, error = %err, "cannot restart {id} on its pace; systemd restarts it after the longest delay: {err}");

@@ -85,6 +85,11 @@ impl Entry {
         }
     }
 
+    /// A revocation is being recorded or carried out.
+    pub fn is_being_revoked(&self) -> bool {
+        self.revoke_pending || self.phase == Phase::Revoking
+    }
+
     /// The unit disappeared behind the launcher's back: restore it, after a
     /// backoff that grows while it keeps vanishing quickly.
     pub fn schedule_restore(&mut self, now: Instant) {
@@ -214,11 +219,17 @@ impl Table {
 }
 
 impl Table {
-    /// The dependencies of `p` this launcher holds, as `(unit, bind)`.
+    /// The dependencies of `p` this launcher holds (and is not revoking),
+    /// as `(unit, bind)`.
     pub fn dependency_units(&self, p: &ManagedProcess) -> Vec<(String, bool)> {
         p.depends_on
             .iter()
-            .filter_map(|d| self.entries.get(&d.id).map(|e| (e.unit.clone(), d.bind)))
+            .filter_map(|d| {
+                self.entries
+                    .get(&d.id)
+                    .filter(|e| !e.is_being_revoked())
+                    .map(|e| (e.unit.clone(), d.bind))
+            })
             .collect()
     }
 
@@ -247,11 +258,16 @@ impl Table {
         if p.depends_on.is_empty() {
             return Ok(());
         }
-        if let Some((i, d)) = p.depends_on.iter().enumerate().find(|(_, d)| {
-            self.entries
-                .get(&d.id)
-                .is_some_and(|e| e.revoke_pending || e.phase == Phase::Revoking)
-        }) {
+        // prism-admin moves processes: a copy revoked here may run
+        // elsewhere, so for its placements a revoked one is just not here
+        // (`dependency_units`).
+        if !placed_by_admin
+            && let Some((i, d)) = p.depends_on.iter().enumerate().find(|(_, d)| {
+                self.entries
+                    .get(&d.id)
+                    .is_some_and(|e| e.is_being_revoked())
+            })
+        {
             return Err(DependencyError {
                 field: format!("config.depends_on[{i}].process_id"),
                 reason: format!("process {} is being revoked", d.id),

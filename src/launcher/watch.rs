@@ -83,7 +83,7 @@ impl Supervisor {
                                 self.pace_restart(
                                     &entry.process.id,
                                     &status.name,
-                                    entry.pace.episode,
+                                    (entry.pace.episode, read_restarts),
                                     delay,
                                 );
                             }

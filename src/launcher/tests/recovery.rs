@@ -332,6 +332,13 @@ async fn a_state_write_that_fails_leaves_nothing_behind() {
     );
     assert!(!h.sup.table().entries.contains_key("kv-1"));
     assert!(h.sup.table().entries.contains_key("old"));
+    // A revocation that cannot be recorded changes nothing either, and
+    // leaves the process open to new dependents.
+    let err = h.sup.revoke("old", None).await.unwrap_err();
+    assert!(matches!(err, LauncherError::Store(_)), "{err}");
+    assert!(h.sd.unit(&unit_of("old")).is_some());
+    let (phase, pending) = h.entry("old", |e| (e.phase, e.revoke_pending));
+    assert_eq!((phase, pending), (Phase::Held, false));
 }
 
 #[tokio::test(start_paused = true)]

@@ -372,13 +372,22 @@ async fn what_others_need_is_not_revoked_from_under_them() {
     h.sup.table().entries.get_mut("a").unwrap().revoke_pending = true;
     let err = h
         .sup
-        .assign(assignment_of(depending("c", 1, &[("a", false)])), true)
+        .assign(assignment_of(depending("c", 1, &[("a", false)])), false)
         .await
         .unwrap_err();
     assert_eq!(
         err.to_string(),
         "config.depends_on[0].process_id: process a is being revoked"
     );
+    // prism-admin may have moved it: for its placement the copy being
+    // revoked here is not there, and nothing is bound to it.
+    h.sup
+        .assign(assignment_of(depending("d", 1, &[("a", true)])), true)
+        .await
+        .unwrap();
+    let spec = h.sd.unit(&unit_of("d")).unwrap().spec.unwrap();
+    assert_eq!(spec.get("BindsTo"), None);
+    h.sup.revoke("d", None).await.unwrap();
     h.sup.table().entries.get_mut("a").unwrap().revoke_pending = false;
     // prism-admin checked its fleet (and moves processes for reasons of
     // its own): its revocation is not refused.
