@@ -109,10 +109,7 @@ impl Dispatcher {
         let mut client = self.client(launcher, address)?;
         let mut request = tonic::Request::new(spec.clone());
         request.set_timeout(ASSIGN_TIMEOUT);
-        request.metadata_mut().insert(
-            crate::protocol::PLACED_BY_METADATA,
-            tonic::metadata::MetadataValue::from_static("admin"),
-        );
+        as_admin(&mut request);
         match tokio::time::timeout(ASSIGN_TIMEOUT, client.assign_process(request)).await {
             Ok(r) => r.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -141,10 +138,7 @@ impl Dispatcher {
         });
         request.set_timeout(deadline);
         // The admin checked the whole fleet for what depends on it.
-        request.metadata_mut().insert(
-            crate::protocol::PLACED_BY_METADATA,
-            tonic::metadata::MetadataValue::from_static("admin"),
-        );
+        as_admin(&mut request);
         match tokio::time::timeout(deadline, client.revoke_process(request)).await {
             Ok(r) => r.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -152,4 +146,13 @@ impl Dispatcher {
             ))),
         }
     }
+}
+
+/// Say the call is the admin's (`prism-placed-by: admin`): what a launcher
+/// trusts from callers holding every role; a certificate says it anyway.
+fn as_admin<T>(request: &mut tonic::Request<T>) {
+    request.metadata_mut().insert(
+        crate::protocol::PLACED_BY_METADATA,
+        tonic::metadata::MetadataValue::from_static("admin"),
+    );
 }

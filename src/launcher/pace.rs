@@ -76,11 +76,6 @@ impl Pace {
         self.step = self.step.saturating_add(1);
         (delay + leave_to_systemd(longest) <= longest).then_some(delay)
     }
-
-    /// A new unit: systemd counts from zero again.
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
 }
 
 /// A run at least this long starts the curve again.
@@ -220,8 +215,9 @@ mod tests {
         let first = a.episode;
         a.next(&growing(), t);
         assert!(a.episode > first && first != b.episode);
+        // A new unit (`start_unit` takes the pace): systemd counts from zero.
         a.restarts = 3;
-        a.reset();
+        std::mem::take(&mut a);
         assert_eq!((a.step, a.restarts, a.episode), (0, 0, 0));
     }
 

@@ -74,6 +74,18 @@ pub fn to_status(e: LauncherError) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// The call is prism-admin's (its certificate, or a caller trusted with
+/// every role naming it in the `prism-placed-by` metadata).
+fn from_admin<T>(request: &Request<T>) -> bool {
+    crate::auth::placed_by_admin(
+        &crate::auth::caller(request),
+        request
+            .metadata()
+            .get(crate::protocol::PLACED_BY_METADATA)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 fn check_id(field: &str, id: &str) -> Result<(), LauncherError> {
     let bad = |reason: &str| {
         Err(LauncherError::BadRequest {
@@ -96,13 +108,7 @@ impl Launcher for LauncherService {
         &self,
         request: Request<pb::ProcessAssignment>,
     ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
-        let by_admin = crate::auth::placed_by_admin(
-            &crate::auth::caller(&request),
-            request
-                .metadata()
-                .get(crate::protocol::PLACED_BY_METADATA)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let by_admin = from_admin(&request);
         let mut wire = request.into_inner();
         let id = wire.process_id.clone();
         let version = wire.version;
@@ -182,13 +188,7 @@ impl Launcher for LauncherService {
         &self,
         request: Request<pb::ProcessRevocation>,
     ) -> Result<Response<pb::ProcessRevocationAck>, Status> {
-        let by_admin = crate::auth::placed_by_admin(
-            &crate::auth::caller(&request),
-            request
-                .metadata()
-                .get(crate::protocol::PLACED_BY_METADATA)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let by_admin = from_admin(&request);
         let r = request.into_inner();
         let checked = (|| {
             check_id("process_id", &r.process_id)?;

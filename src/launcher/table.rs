@@ -258,36 +258,26 @@ impl Table {
         if p.depends_on.is_empty() {
             return Ok(());
         }
-        // prism-admin moves processes: a copy revoked here may run
-        // elsewhere, so for its placements a revoked one is just not here
-        // (`dependency_units`).
-        if !placed_by_admin
-            && let Some((i, d)) = p.depends_on.iter().enumerate().find(|(_, d)| {
-                self.entries
-                    .get(&d.id)
-                    .is_some_and(|e| e.is_being_revoked())
-            })
-        {
-            return Err(DependencyError {
-                field: format!("config.depends_on[{i}].process_id"),
-                reason: format!("process {} is being revoked", d.id),
-            });
-        }
-        if !placed_by_admin
-            && let Some((i, d)) = p
-                .depends_on
-                .iter()
-                .enumerate()
-                .find(|(_, d)| !self.entries.contains_key(&d.id))
-        {
-            return Err(DependencyError {
-                field: format!("config.depends_on[{i}].process_id"),
-                reason: format!(
-                    "no process {} on this launcher (a process depends only on what runs \
-                     beside it, unless prism-admin placed it)",
-                    d.id
-                ),
-            });
+        // Only what runs beside it, unless the admin placed it; and not
+        // what is being revoked (prism-admin moves processes: for its
+        // placements a copy revoked here is just not here,
+        // `dependency_units`).
+        if !placed_by_admin {
+            for (i, d) in p.depends_on.iter().enumerate() {
+                let reason = match self.entries.get(&d.id) {
+                    None => format!(
+                        "no process {} on this launcher (a process depends only on what runs \
+                         beside it, unless prism-admin placed it)",
+                        d.id
+                    ),
+                    Some(e) if e.is_being_revoked() => format!("process {} is being revoked", d.id),
+                    Some(_) => continue,
+                };
+                return Err(DependencyError {
+                    field: format!("config.depends_on[{i}].process_id"),
+                    reason,
+                });
+            }
         }
         let deps_of = |id: &str| {
             self.entries

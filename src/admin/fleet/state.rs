@@ -218,10 +218,7 @@ impl State {
             .values()
             .filter(|p| {
                 p.state != crate::admin::store::PlacementState::Revoking
-                    && p.spec
-                        .config
-                        .as_ref()
-                        .is_some_and(|c| c.depends_on.iter().any(|d| d.process_id == id))
+                    && crate::model::validate::depends_on(&p.spec, id)
             })
             .map(|p| p.spec.process_id.clone())
             .collect();

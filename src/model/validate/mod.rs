@@ -303,6 +303,13 @@ pub fn dependencies_of(spec: &pb::ProcessAssignment) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether a stored (already validated) assignment depends on `id`.
+pub fn depends_on(spec: &pb::ProcessAssignment, id: &str) -> bool {
+    spec.config
+        .as_ref()
+        .is_some_and(|c| c.depends_on.iter().any(|d| d.process_id == id))
+}
+
 /// A dependency cycle through `id` if it depended on `deps`, where
 /// `deps_of` gives the dependencies of every other process: the path from
 /// `id` back to itself. Visits only what `id` reaches.
