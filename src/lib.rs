@@ -56,6 +56,8 @@
 //! - [`settings`]: configuration pieces (durations, addresses, TLS, the
 //!   error naming a setting).
 //! - [`sandbox`]: a private systemd user manager for tests and local runs.
+//! - [`devstack`]: hosts in network namespaces, and their faults, for
+//!   `prismctl local up --hosts N` and the partition tests.
 //! - [`backoff`], [`clock`], [`locks`], [`host`]: one of each: backoff
 //!   with jitter, the wall clock, per-key locks, facts about this process.
 //! - [`logging`], [`metrics`]: journal/text/JSON logs, Prometheus metrics.
@@ -67,6 +69,7 @@ pub mod auth;
 pub mod backoff;
 pub mod clock;
 pub mod ctl;
+pub mod devstack;
 pub mod health;
 pub mod host;
 pub mod launcher;

@@ -28,6 +28,8 @@ pub const DEFAULT_BASE: &str = "/run/prism-sandbox";
 const START_SCRIPT: &str = r#"set -e
 SBX=$1
 echo $$ > "$SBX/pid"
+# A host of its own (a UTS namespace): its name.
+if [ -n "$2" ]; then echo "$2" > /proc/sys/kernel/hostname; fi
 name=$(basename "$SBX")
 hier=""
 for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd; do
@@ -108,6 +110,9 @@ pub struct Sandbox {
     keep_dir: bool,
     /// Left running on drop (see [`Sandbox::detach`]).
     detached: bool,
+    /// The host the manager (and so every unit) runs on, when not this
+    /// one: a network namespace, and a host name of its own.
+    host: Option<(PathBuf, String)>,
 }
 
 fn uid() -> u32 {
@@ -192,6 +197,7 @@ impl Sandbox {
             journald_pid: None,
             keep_dir: std::env::var_os("PRISM_SANDBOX_KEEP").is_some(),
             detached: false,
+            host: None,
         };
         sandbox.boot()?;
         Ok(sandbox)
@@ -200,6 +206,13 @@ impl Sandbox {
     /// Start a sandbox in exactly `dir` (for long-lived local stacks). The
     /// directory's name also names its cgroup, so make it distinctive.
     pub fn start_in(dir: &Path) -> Result<Self, SandboxError> {
+        Self::start_on_host(dir, None)
+    }
+
+    /// [`Self::start_in`], the manager and its units on a host of
+    /// `devstack::net`: in the network namespace at `netns`, with a UTS
+    /// namespace of its own named `hostname`.
+    pub fn start_on_host(dir: &Path, host: Option<(&Path, &str)>) -> Result<Self, SandboxError> {
         Self::preflight()?;
         let io_err = |source| SandboxError::Io {
             dir: dir.to_owned(),
@@ -214,6 +227,7 @@ impl Sandbox {
             journald_pid: None,
             keep_dir: false,
             detached: false,
+            host: host.map(|(ns, name)| (ns.to_owned(), name.to_owned())),
         };
         sandbox.boot()?;
         Ok(sandbox)
@@ -231,6 +245,7 @@ impl Sandbox {
             journald_pid: read_pid(&dir.join("journald.pid")).filter(|p| in_cgroup(*p, &name)),
             keep_dir: false,
             detached: false,
+            host: None,
         };
         sandbox.private_socket().exists().then_some(sandbox)
     }
@@ -257,16 +272,24 @@ impl Sandbox {
         for f in ["pid", "journald.pid", "run/bus", "run/systemd/private"] {
             let _ = fs::remove_file(self.dir.join(f));
         }
-        let child = Command::new("setsid")
-            .args([
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "/bin/bash",
-            ])
+        let mut command = match &self.host {
+            Some((ns, _)) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("setsid");
+                c
+            }
+            None => Command::new("setsid"),
+        };
+        command.args(["unshare", "--mount", "--propagation", "private"]);
+        if self.host.is_some() {
+            command.arg("--uts");
+        }
+        let hostname = self.host.as_ref().map_or("", |(_, name)| name.as_str());
+        let child = command
+            .arg("/bin/bash")
             .arg(&script)
             .arg(&self.dir)
+            .arg(hostname)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -501,6 +524,7 @@ pub fn sweep_stale(base: &Path) {
             child: None,
             keep_dir: false,
             detached: false,
+            host: None,
         };
         // Drop stops what is left and removes the cgroups and directory.
         drop(stale);

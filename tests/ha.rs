@@ -13,7 +13,7 @@ mod support;
 use std::{collections::BTreeMap, time::Duration};
 
 use prism_launcher::{
-    admin::store::cluster::{self, LocalCluster},
+    devstack::cluster::{self, LocalCluster},
     pb::prism::{
         self as pb,
         admin::v1::{self as apb, admin_client::AdminClient},

@@ -444,7 +444,7 @@ async fn local_ha_runs_three_admins_and_one_takes_over_from_a_killed_leader() {
         eprintln!("SKIPPED: prismctl local needs root");
         return;
     }
-    if prism_launcher::admin::store::cluster::binaries().is_none() {
+    if prism_launcher::devstack::cluster::binaries().is_none() {
         assert!(
             std::env::var_os("PRISM_REQUIRE_POSTGRES").is_none(),
             "PRISM_REQUIRE_POSTGRES is set and no PostgreSQL is installed"

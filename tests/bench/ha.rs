@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
 use prism_launcher::{
-    admin::store::cluster::{self, LocalCluster},
+    devstack::cluster::{self, LocalCluster},
     pb::prism::{
         self as pb,
         admin::v1::{self as apb, admin_client::AdminClient},

@@ -3,7 +3,6 @@
 //! database ([`PgStore`], one of them leading). Both run the same SQL
 //! ([`sql`]) on their own embedded migrations.
 
-pub mod cluster;
 mod postgres;
 mod sql;
 mod sqlite;

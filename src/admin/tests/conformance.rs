@@ -10,8 +10,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
-use crate::admin::store::{
-    Candidate, HistoryEvent, PgStore, StoreError, StoreOptions, cluster::LocalCluster,
+use crate::{
+    admin::store::{Candidate, HistoryEvent, PgStore, StoreError, StoreOptions},
+    devstack::cluster::LocalCluster,
 };
 
 /// Where a harness's store lives, to open it again as a restarted admin.
@@ -73,7 +74,7 @@ pub(super) struct Postgres {
 impl Postgres {
     /// None (after printing why) when PostgreSQL is not installed.
     pub(super) fn start(test: &str) -> Option<Self> {
-        if crate::admin::store::cluster::binaries().is_none() {
+        if crate::devstack::cluster::binaries().is_none() {
             assert!(
                 std::env::var_os("PRISM_REQUIRE_POSTGRES").is_none(),
                 "{test}: PRISM_REQUIRE_POSTGRES is set and no PostgreSQL is installed"
@@ -493,7 +494,7 @@ async fn the_lease_has_one_holder_and_fences_a_deposed_one() {
 #[tokio::test]
 async fn the_store_speaks_tls_to_postgres_and_verifies_the_server() {
     use crate::auth::{Role, pki::Authority};
-    if crate::admin::store::cluster::binaries().is_none() {
+    if crate::devstack::cluster::binaries().is_none() {
         assert!(
             std::env::var_os("PRISM_REQUIRE_POSTGRES").is_none(),
             "PRISM_REQUIRE_POSTGRES is set and no PostgreSQL is installed"
@@ -533,7 +534,7 @@ async fn the_store_speaks_tls_to_postgres_and_verifies_the_server() {
     let url = |ca: &std::path::Path| {
         format!(
             "postgres://{}@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
-            crate::admin::store::cluster::SUPERUSER,
+            crate::devstack::cluster::SUPERUSER,
             ca.display()
         )
     };

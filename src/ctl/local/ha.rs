@@ -7,7 +7,7 @@
 use sqlx::Connection;
 
 use super::*;
-use crate::admin::store::cluster::LocalCluster;
+use crate::devstack::cluster::LocalCluster;
 
 pub const POSTGRES_UNIT: &str = "prism-local-postgres.service";
 /// The admins of an HA stack: the first is the stack's only admin
@@ -40,7 +40,7 @@ fn cluster_dir(state: &Path) -> PathBuf {
 /// The stack's PostgreSQL, made once and started as a unit; returns the
 /// URL of its database once it accepts connections.
 pub(super) async fn postgres(engine: &DbusSystemd, state: &Path) -> Result<String, Error> {
-    let failed = |e: crate::admin::store::cluster::ClusterError| Error::Failed(e.to_string());
+    let failed = |e: crate::devstack::cluster::ClusterError| Error::Failed(e.to_string());
     let dir = cluster_dir(state);
     let cluster = if dir.join("data/PG_VERSION").is_file() {
         LocalCluster::existing(&dir).map_err(failed)?

@@ -9,10 +9,13 @@
 //!
 //! - `stack`: the manager, the PKI, and the daemons' units;
 //! - `ha`: three admins on a PostgreSQL of the stack's own (`up --ha`);
+//! - `hosts`: the stack as a fleet of hosts in network namespaces (`up
+//!   --hosts N`), and the faults of its network;
 //! - `demo`: the demo's assignments, one of each type.
 
 mod demo;
 mod ha;
+mod hosts;
 mod stack;
 
 pub use demo::demo_assignments;
@@ -99,15 +102,55 @@ pub enum LocalAction {
         /// local status`. Needs PostgreSQL installed.
         #[arg(long)]
         ha: bool,
+        /// Run N launcher hosts, each in a network namespace of its own with
+        /// its own systemd manager, address (198.18.0.0/15) and certificate;
+        /// the admins (and, with --ha, PostgreSQL) on hosts of their own, all
+        /// on one bridge. Partition and delay them with `prismctl local
+        /// partition`, `delay` and `heal`.
+        #[arg(long, value_name = "N")]
+        hosts: Option<usize>,
     },
-    /// Show the stack and its processes.
+    /// Show the stack and its processes (and, with hosts, each host, who
+    /// leads and the network's faults).
     Status,
     /// Stop everything `up` started and remove it.
     Down,
+    /// Cut a host off the network: packets from (and to) the peers named
+    /// are dropped where they arrive, so each side hears silence.
+    Partition {
+        /// The host to cut off (host-1, admin-2, db…).
+        host: String,
+        /// Whom from: all (every other host), admins, leader (the admin
+        /// that leads now), db, or one host.
+        #[arg(long, default_value = "all", value_parser = hosts::parse_peers)]
+        from: crate::devstack::fleet::Peers,
+        /// Lose packets one way only: out (what the host sends is lost; it
+        /// still hears its peers) or in (what it would receive is lost).
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "out")]
+        one_way: Option<hosts::OneWay>,
+    },
+    /// Delay every packet a host sends (like netem on its interface).
+    Delay {
+        host: String,
+        /// 500ms, 2s… (0 removes the delay).
+        delay: String,
+    },
+    /// Undo partitions and delays: of one host, or of every host.
+    Heal { host: Option<String> },
+    /// Hold this network namespace's queued packets for --delay (run by
+    /// `delay` as a unit on the host).
+    #[command(hide = true)]
+    Netem {
+        #[arg(long)]
+        delay: String,
+    },
 }
 
 /// The local stack's admins, for `--admin`: each one's socket.
 pub fn admin_addresses(state: &Path) -> String {
+    if let Some(fleet) = hosts::fleet(state) {
+        return fleet.admin_addresses();
+    }
     let ha = Saved::load(state).is_some_and(|s| s.ha);
     (0..admin_units(ha).len())
         .map(|k| format!("unix:{}", admin_socket(state, k).display()))
@@ -175,15 +218,55 @@ impl Saved {
 }
 
 pub async fn run(g: &Global, args: &LocalArgs) -> Result<(), Error> {
-    match args.action {
-        LocalAction::Up {
+    match &args.action {
+        &LocalAction::Up {
             demo,
             admin_port,
             launcher_port,
             ha,
-        } => up(g, &args.state_dir, demo, (admin_port, launcher_port), ha).await,
-        LocalAction::Status => status(g, &args.state_dir).await,
-        LocalAction::Down => down(&args.state_dir).await,
+            hosts: Some(n),
+        } => {
+            let _ = (admin_port, launcher_port);
+            hosts::up(g, &args.state_dir, demo, n, ha).await
+        }
+        &LocalAction::Up {
+            demo,
+            admin_port,
+            launcher_port,
+            ha,
+            hosts: None,
+        } => {
+            if hosts::fleet(&args.state_dir).is_some() {
+                return Err(Error::Usage(
+                    "a local fleet with hosts of their own runs here; `prismctl local down` \
+                     first, or bring it up again with its --hosts"
+                        .into(),
+                ));
+            }
+            up(g, &args.state_dir, demo, (admin_port, launcher_port), ha).await
+        }
+        LocalAction::Status => match hosts::fleet(&args.state_dir) {
+            Some(fleet) => {
+                ensure_root()?;
+                hosts::status(g, &fleet).await
+            }
+            None => status(g, &args.state_dir).await,
+        },
+        LocalAction::Down => match hosts::fleet(&args.state_dir) {
+            Some(fleet) => {
+                ensure_root()?;
+                hosts::down(fleet).await
+            }
+            None => down(&args.state_dir).await,
+        },
+        LocalAction::Partition {
+            host,
+            from,
+            one_way,
+        } => hosts::partition(&args.state_dir, host, from, *one_way).await,
+        LocalAction::Delay { host, delay } => hosts::delay(&args.state_dir, host, delay).await,
+        LocalAction::Heal { host } => hosts::heal(&args.state_dir, host.as_deref()).await,
+        LocalAction::Netem { delay } => hosts::netem(delay),
     }
 }
 

@@ -131,29 +131,74 @@ impl LocalCluster {
     /// Also serve TCP on 127.0.0.1:`port` with TLS (`cert_pem`, its key),
     /// before `start`.
     pub fn serve_tls(&self, port: u16, cert_pem: &str, key_pem: &str) -> Result<(), ClusterError> {
-        use std::os::unix::fs::PermissionsExt;
-        let data = self.data_dir();
-        for (name, text, mode) in [
+        self.write_data_files(&[
             ("server.crt", cert_pem, 0o644),
             ("server.key", key_pem, 0o600),
-        ] {
+        ])?;
+        self.append(
+            "postgresql.conf",
+            &format!(
+                "listen_addresses = '127.0.0.1'\nport = {port}\nssl = on\n\
+                 ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+            ),
+        )
+    }
+
+    /// Serve TCP on `addr:port`, before `start`, to clients in `cidr` only,
+    /// over TLS only (`cert_pem`, its key), and only to a client whose
+    /// certificate `ca_pem` issued and whose common name is `client_cn`:
+    /// it is the superuser then. A fleet's hosts reach their database so.
+    pub fn serve_network(
+        &self,
+        (addr, port): (std::net::IpAddr, u16),
+        cidr: &str,
+        (cert_pem, key_pem): (&str, &str),
+        ca_pem: &str,
+        client_cn: &str,
+    ) -> Result<(), ClusterError> {
+        self.write_data_files(&[
+            ("server.crt", cert_pem, 0o644),
+            ("server.key", key_pem, 0o600),
+            ("root.crt", ca_pem, 0o644),
+        ])?;
+        self.append(
+            "postgresql.conf",
+            &format!(
+                "listen_addresses = '{addr}'\nport = {port}\nssl = on\n\
+                 ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+                 ssl_ca_file = 'root.crt'\n"
+            ),
+        )?;
+        self.append(
+            "pg_hba.conf",
+            &format!("hostssl all {SUPERUSER} {cidr} cert map=fleet\n"),
+        )?;
+        self.append("pg_ident.conf", &format!("fleet {client_cn} {SUPERUSER}\n"))
+    }
+
+    fn write_data_files(&self, files: &[(&str, &str, u32)]) -> Result<(), ClusterError> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        for (name, text, mode) in files {
             let path = data.join(name);
             std::fs::write(&path, text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
                 .map_err(|e| fail(format!("{}: {e}", path.display())))?;
             if let Some((uid, gid)) = self.owner {
                 std::os::unix::fs::chown(&path, Some(uid), Some(gid))
                     .map_err(|e| fail(format!("chown {}: {e}", path.display())))?;
             }
         }
-        let path = data.join("postgresql.conf");
-        let mut conf =
+        Ok(())
+    }
+
+    /// Add `text` to the end of the data directory's file `name`.
+    fn append(&self, name: &str, text: &str) -> Result<(), ClusterError> {
+        let path = self.data_dir().join(name);
+        let mut all =
             std::fs::read_to_string(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-        conf.push_str(&format!(
-            "listen_addresses = '127.0.0.1'\nport = {port}\nssl = on\n\
-             ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
-        ));
-        std::fs::write(&path, conf).map_err(|e| fail(format!("{}: {e}", path.display())))
+        all.push_str(text);
+        std::fs::write(&path, all).map_err(|e| fail(format!("{}: {e}", path.display())))
     }
 
     pub fn data_dir(&self) -> PathBuf {
