@@ -77,6 +77,11 @@ impl Backoff {
         wait
     }
 
+    /// Wait at most `max` from now on (at least the policy's minimum).
+    pub fn set_max(&mut self, max: Duration) {
+        self.policy.max = max.max(self.policy.min);
+    }
+
     /// A success: the next failure waits the least again.
     pub fn reset(&mut self) {
         self.attempts = 0;

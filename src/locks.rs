@@ -32,8 +32,26 @@ impl Drop for KeyGuard<'_> {
     }
 }
 
+/// A key's lock held apart from the locks' owner: it may move into a task
+/// that outlives the caller.
+pub struct OwnedKeyGuard {
+    locks: Arc<KeyedLocks>,
+    key: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for OwnedKeyGuard {
+    fn drop(&mut self) {
+        drop(KeyGuard {
+            locks: &self.locks,
+            key: std::mem::take(&mut self.key),
+            guard: self.guard.take(),
+        });
+    }
+}
+
 impl KeyedLocks {
-    pub async fn lock(&self, key: &str) -> KeyGuard<'_> {
+    async fn mutex_guard(&self, key: &str) -> OwnedMutexGuard<()> {
         let mutex = self
             .0
             .lock()
@@ -41,11 +59,47 @@ impl KeyedLocks {
             .entry(key.to_owned())
             .or_default()
             .clone();
-        let guard = mutex.lock_owned().await;
+        mutex.lock_owned().await
+    }
+
+    pub async fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let guard = self.mutex_guard(key).await;
         KeyGuard {
             locks: self,
             key: key.to_owned(),
             guard: Some(guard),
         }
+    }
+
+    /// [`Self::lock`], held by a guard of its own.
+    pub async fn lock_owned(self: &Arc<Self>, key: &str) -> OwnedKeyGuard {
+        let guard = self.mutex_guard(key).await;
+        OwnedKeyGuard {
+            locks: self.clone(),
+            key: key.to_owned(),
+            guard: Some(guard),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_owned_guard_serialises_like_a_borrowed_one_and_cleans_up() {
+        let locks = Arc::new(KeyedLocks::default());
+        let held = locks.lock_owned("a").await;
+        let waiting = {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                let _g = locks.lock("a").await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(held);
+        waiting.await.unwrap();
+        assert!(locks.0.lock().unwrap().is_empty(), "no key left behind");
     }
 }

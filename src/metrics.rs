@@ -63,6 +63,13 @@ pub struct LauncherMetrics {
     pub systemd_connected: Gauge,
     pub restarts: Family<Cause, Counter>,
     pub heartbeat_failures: Counter,
+    /// Processes stopped because no admin answered for their
+    /// `on_disconnect.stop_after_ms`.
+    pub disconnect_stops: Counter,
+    /// Seconds since an admin last answered this launcher.
+    pub admin_silence: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Orders refused as a deposed leader's (fencing).
+    pub stale_epoch_refusals: Counter,
     pub auth_denied: Family<Denial, Counter>,
     /// Engine counters already folded in (they are cumulative there).
     seen_errors: AtomicU64,
@@ -83,6 +90,9 @@ impl Default for LauncherMetrics {
             systemd_connected: Gauge::default(),
             restarts: Family::default(),
             heartbeat_failures: Counter::default(),
+            disconnect_stops: Counter::default(),
+            admin_silence: Gauge::default(),
+            stale_epoch_refusals: Counter::default(),
             auth_denied: Family::default(),
             seen_errors: AtomicU64::new(0),
             seen_reconnects: AtomicU64::new(0),
@@ -136,6 +146,23 @@ impl Default for LauncherMetrics {
                 "prism_launcher_heartbeat_failures",
                 "Heartbeats to prism-admin that failed",
                 m.heartbeat_failures.clone(),
+            );
+            r.register(
+                "prism_launcher_disconnect_stops",
+                "Processes this launcher stopped because no admin had answered it for their \
+                 on_disconnect.stop_after_ms",
+                m.disconnect_stops.clone(),
+            );
+            r.register(
+                "prism_launcher_admin_silence_seconds",
+                "Seconds since an admin last answered this launcher (0 without admins)",
+                m.admin_silence.clone(),
+            );
+            r.register(
+                "prism_launcher_stale_epoch_refusals",
+                "Orders refused because they came from an admin older than the newest this \
+                 launcher obeyed (a deposed leader)",
+                m.stale_epoch_refusals.clone(),
             );
             r.register(
                 "prism_launcher_auth_denied",

@@ -7,6 +7,9 @@ use crate::pb::prism as pb;
 
 /// Request metadata the admin sets on the assignments it places.
 pub const PLACED_BY_METADATA: &str = "prism-placed-by";
+/// Request metadata naming the epoch of the admin that decided an order
+/// (fencing: a launcher refuses an epoch older than the newest it obeyed).
+pub const EPOCH_METADATA: &str = "prism-epoch";
 /// The caller a follower admin forwards a call for (see
 /// `auth::Caller::forwarded`); the leader heeds it only from an admin.
 pub const FORWARDED_CALLER_METADATA: &str = "prism-forwarded-caller";

@@ -434,10 +434,10 @@ async fn a_launcher_with_wiped_state_gets_its_processes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_launcher_is_detected_and_its_processes_rescheduled() {
+async fn a_disconnected_launcher_is_detected_and_its_processes_replaced() {
     let Some(mut f) = Fleet::start(
         &[("host-a", &[]), ("host-b", &[])],
-        &["--reschedule-lost-after", "1s"],
+        &["--replace-after", "1s"],
     )
     .await
     else {
@@ -445,11 +445,13 @@ async fn a_lost_launcher_is_detected_and_its_processes_rescheduled() {
     };
     let mut cp = f.cp().await;
     let demo = f.hosts[0].h.demo.clone();
-    let ack = cp
-        .assign_process(pattern("kv-1", &demo, &[]))
-        .await
-        .unwrap()
-        .into_inner();
+    // It accepts running twice: replaced without stopping itself first.
+    let mut kv = pattern("kv-1", &demo, &[]);
+    kv.config.as_mut().unwrap().on_disconnect = Some(pb::OnDisconnect {
+        at_least_once: true,
+        ..Default::default()
+    });
+    let ack = cp.assign_process(kv).await.unwrap().into_inner();
     let (victim, survivor) = if ack.launcher_id == "host-a" {
         (0, 1)
     } else {
@@ -457,15 +459,15 @@ async fn a_lost_launcher_is_detected_and_its_processes_rescheduled() {
     };
     let victim_id = ack.launcher_id.clone();
     f.hosts[victim].launcher.kill9();
-    // 3 missed heartbeats (0.9 s): unhealthy; 6 (1.8 s): lost.
+    // 3 missed heartbeats (0.9 s): unhealthy; 6 (1.8 s): disconnected.
     let seen = eventually("the launcher to be unhealthy", DEADLINE, || async {
         let l = f.launchers().await.remove(&victim_id)?;
         (l.health != "healthy").then_some(l.health)
     })
     .await;
-    assert!(seen == "unhealthy" || seen == "lost", "{seen}");
-    eventually("the launcher to be lost", DEADLINE, || async {
-        (f.launchers().await[&victim_id].health == "lost").then_some(())
+    assert!(seen == "unhealthy" || seen == "disconnected", "{seen}");
+    eventually("the launcher to be disconnected", DEADLINE, || async {
+        (f.launchers().await[&victim_id].health == "disconnected").then_some(())
     })
     .await;
     // Rescheduled on the survivor, and running there.

@@ -71,14 +71,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDRESS")]
     pub advertise: Option<String>,
     /// Expected heartbeat interval; 3 missed make a launcher unhealthy, 6
-    /// lost [default: 10s].
+    /// disconnected [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub heartbeat_interval: Option<String>,
-    /// Re-place the processes of a launcher lost for this long [default:
-    /// never: a lost launcher may still run them, and a partition must not
-    /// run a process twice].
-    #[arg(long, value_name = "DURATION")]
-    pub reschedule_lost_after: Option<String>,
+    /// Run the processes of a launcher silent this long elsewhere, those
+    /// that allow it: each must stop itself first (its
+    /// on_disconnect.stop_after_ms, with margin) or accept running twice
+    /// (at_least_once). A process's own replace_after_ms wins [default:
+    /// never: a disconnected launcher may still run them].
+    #[arg(long, value_name = "DURATION", alias = "reschedule-lost-after")]
+    pub replace_after: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -89,7 +91,8 @@ struct FileConfig {
     lease: Option<String>,
     advertise: Option<String>,
     heartbeat_interval: Option<String>,
-    reschedule_lost_after: Option<String>,
+    #[serde(alias = "reschedule_lost_after")]
+    replace_after: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -103,7 +106,7 @@ pub struct Config {
     pub lease: Duration,
     pub advertise: Option<String>,
     pub heartbeat_interval: Duration,
-    pub reschedule_lost_after: Option<Duration>,
+    pub replace_after: Option<Duration>,
     pub tls: Option<Tls>,
     pub insecure: bool,
     pub metrics_listen: Option<SocketAddr>,
@@ -160,13 +163,20 @@ impl ServeArgs {
                 d
             }
         };
-        let reschedule_lost_after = match self.reschedule_lost_after.or(file.reschedule_lost_after)
-        {
+        let replace_after = match self.replace_after.or(file.replace_after) {
             None => None,
-            Some(v) => Some(
-                parse_duration(&v)
-                    .or_else(|r| bad("reschedule-lost-after", "reschedule_lost_after", r))?,
-            ),
+            Some(v) => {
+                let d = parse_duration(&v).or_else(|r| bad("replace-after", "replace_after", r))?;
+                if d.is_zero() {
+                    return bad(
+                        "replace-after",
+                        "replace_after",
+                        "0s would replace a process the moment its launcher misses a heartbeat; \
+                         leave it unset for never",
+                    );
+                }
+                Some(d)
+            }
         };
         let served = self.daemon.resolve(
             shared,
@@ -199,7 +209,7 @@ impl ServeArgs {
             lease,
             advertise,
             heartbeat_interval,
-            reschedule_lost_after,
+            replace_after,
             tls: served.tls,
             insecure: served.insecure,
         })
@@ -241,7 +251,7 @@ mod tests {
         assert!(e.setting.starts_with("--listen"), "{e}");
         let c = resolve(&["--listen", "127.0.0.1:8981", "--insecure"]).unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
-        assert_eq!(c.reschedule_lost_after, None);
+        assert_eq!(c.replace_after, None);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(
             c.database,
@@ -269,8 +279,12 @@ mod tests {
                 "--heartbeat-interval (heartbeat_interval)",
             ),
             (
-                vec!["--reschedule-lost-after", "soon"],
-                "--reschedule-lost-after (reschedule_lost_after)",
+                vec!["--replace-after", "soon"],
+                "--replace-after (replace_after)",
+            ),
+            (
+                vec!["--replace-after", "0s"],
+                "--replace-after (replace_after)",
             ),
             (vec!["--data-dir", "rel"], "--data-dir (data_dir)"),
             (vec!["--database", "mysql://db/x"], "--database (database)"),

@@ -22,6 +22,8 @@ pub const REVOKE_SLACK: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Dispatcher {
+    /// The leader's epoch, on every push; 0 for a view that never pushes.
+    epoch: i64,
     tls: Option<Tls>,
     trust_domain: String,
     insecure: bool,
@@ -51,11 +53,24 @@ impl Dispatcher {
     /// another host only when `insecure`.
     pub fn new(tls: Option<Tls>, trust_domain: String, insecure: bool) -> Self {
         Self {
+            epoch: 0,
             tls,
             trust_domain,
             insecure,
             channels: Mutex::default(),
         }
+    }
+
+    /// Push as the leader of `epoch`: a launcher refuses an order older
+    /// than the newest it obeyed, so a deposed leader's push in flight
+    /// cannot undo its successor's.
+    pub fn with_epoch(mut self, epoch: i64) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
     }
 
     fn client(&self, launcher: &str, address: &str) -> Result<LauncherClient<Channel>, Status> {
@@ -109,7 +124,7 @@ impl Dispatcher {
         let mut client = self.client(launcher, address)?;
         let mut request = tonic::Request::new(spec.clone());
         request.set_timeout(ASSIGN_TIMEOUT);
-        as_admin(&mut request);
+        self.as_admin(&mut request);
         match tokio::time::timeout(ASSIGN_TIMEOUT, client.assign_process(request)).await {
             Ok(r) => r.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -138,7 +153,7 @@ impl Dispatcher {
         });
         request.set_timeout(deadline);
         // The admin checked the whole fleet for what depends on it.
-        as_admin(&mut request);
+        self.as_admin(&mut request);
         match tokio::time::timeout(deadline, client.revoke_process(request)).await {
             Ok(r) => r.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -148,11 +163,21 @@ impl Dispatcher {
     }
 }
 
-/// Say the call is the admin's (`prism-placed-by: admin`): what a launcher
-/// trusts from callers holding every role; a certificate says it anyway.
-fn as_admin<T>(request: &mut tonic::Request<T>) {
-    request.metadata_mut().insert(
-        crate::protocol::PLACED_BY_METADATA,
-        tonic::metadata::MetadataValue::from_static("admin"),
-    );
+impl Dispatcher {
+    /// Say the call is the admin's (`prism-placed-by: admin`: what a
+    /// launcher trusts from callers holding every role; a certificate says
+    /// it anyway), and the epoch that decided it.
+    fn as_admin<T>(&self, request: &mut tonic::Request<T>) {
+        let metadata = request.metadata_mut();
+        metadata.insert(
+            crate::protocol::PLACED_BY_METADATA,
+            tonic::metadata::MetadataValue::from_static("admin"),
+        );
+        if self.epoch > 0 {
+            metadata.insert(
+                crate::protocol::EPOCH_METADATA,
+                tonic::metadata::MetadataValue::from(self.epoch),
+            );
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! Operators use `prism.admin.v1.Admin`.
 
 pub mod config;
+pub mod disconnect;
 pub mod dispatch;
 pub mod fleet;
 pub mod leader;
@@ -30,7 +31,7 @@ use tonic::{
 };
 
 pub use config::{Cli, Command, Config, ConfigError, ServeArgs};
-pub use fleet::Fleet;
+pub use fleet::{Fleet, Timing};
 
 use crate::{
     pb::prism::{admin::v1::admin_server::AdminServer, control_plane_server::ControlPlaneServer},
@@ -296,16 +297,21 @@ pub async fn run(
             operators_slot.clone(),
         );
         let stopper = daemon.shutdown();
-        move |_lease: store::Lease| async move {
+        move |lease: store::Lease| async move {
             let fleet = Fleet::open_with(
                 store,
+                // Every order it pushes carries its epoch (fencing).
                 dispatch::Dispatcher::new(
                     config.tls.clone(),
                     config.trust_domain.clone(),
                     config.insecure,
-                ),
-                config.heartbeat_interval,
-                config.reschedule_lost_after,
+                )
+                .with_epoch(lease.epoch),
+                fleet::Timing {
+                    interval: config.heartbeat_interval,
+                    lease: config.lease,
+                    replace_after: config.replace_after,
+                },
                 metrics,
             )
             .await

@@ -192,6 +192,17 @@ impl Pending {
         (due, self.queue.first().map(|(at, _, _)| *at))
     }
 
+    /// Why pushes to `launcher` fail, while it is unreachable and owed
+    /// something (its heartbeats then ask it to register again, which
+    /// hands it everything placed on it: the way round a push that cannot
+    /// get through).
+    pub fn stuck(&self, launcher: &str) -> Option<String> {
+        self.unreachable.get(launcher)?;
+        self.of(launcher)
+            .find(|(_, d)| d.attempts > 0)
+            .map(|(_, d)| d.last_error.clone())
+    }
+
     /// `launcher` answered: if it was unreachable, what waited for it is
     /// due now. Returns whether anything became due (the delivery loop
     /// should look again).

@@ -11,8 +11,9 @@ pub enum Liveness {
     Healthy,
     /// 3 heartbeat intervals missed: nothing new is placed on it.
     Unhealthy,
-    /// 6 intervals missed: its processes may be rescheduled (opt-in).
-    Lost,
+    /// 6 intervals missed: its processes are `unknown`, and those that
+    /// allow it are replaced elsewhere.
+    Disconnected,
 }
 
 impl Liveness {
@@ -20,7 +21,7 @@ impl Liveness {
         match self {
             Self::Healthy => "healthy",
             Self::Unhealthy => "unhealthy",
-            Self::Lost => "lost",
+            Self::Disconnected => "disconnected",
         }
     }
 }
@@ -30,13 +31,22 @@ impl Liveness {
 /// both ends accept, with room for the ack's own fields.
 pub const SPEC_BYTES_PER_LAUNCHER: usize = crate::serve::MAX_RESPONSE_BYTES - (1 << 20);
 
+/// A launcher silent this many intervals has missed a heartbeat: still
+/// healthy, but nothing new is placed on it (an assignment pushed to a host
+/// that has just dropped off the network would wait for nothing).
+pub const LATE_AFTER_MISSED: u32 = 2;
 pub const UNHEALTHY_AFTER_MISSED: u32 = 3;
-pub const LOST_AFTER_MISSED: u32 = 6;
+pub const DISCONNECTED_AFTER_MISSED: u32 = 6;
+
+/// How long a launcher last heard of at `last_heartbeat_ms` has been silent.
+pub fn silence(last_heartbeat_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(now_ms.saturating_sub(last_heartbeat_ms).max(0) as u64)
+}
 
 pub fn liveness(last_heartbeat_ms: i64, now_ms: i64, interval: Duration) -> Liveness {
-    let silent = Duration::from_millis(now_ms.saturating_sub(last_heartbeat_ms).max(0) as u64);
-    if silent >= interval * LOST_AFTER_MISSED {
-        Liveness::Lost
+    let silent = silence(last_heartbeat_ms, now_ms);
+    if silent >= interval * DISCONNECTED_AFTER_MISSED {
+        Liveness::Disconnected
     } else if silent >= interval * UNHEALTHY_AFTER_MISSED {
         Liveness::Unhealthy
     } else {
@@ -56,6 +66,10 @@ pub struct Candidate<'a> {
     pub spec_bytes: usize,
     pub draining: bool,
     pub liveness: Liveness,
+    /// Since its last heartbeat.
+    pub silent: Duration,
+    /// [`LATE_AFTER_MISSED`] intervals: it is late past this.
+    pub late_after: Duration,
     /// What it registered in its metadata (`--label`s, hostname...).
     pub labels: &'a BTreeMap<String, String>,
     /// Processes of the request's spread group on it (the process being
@@ -147,6 +161,11 @@ fn refusal(c: &Candidate<'_>, req: &Request<'_>) -> Option<String> {
         Some(format!("it does not run {process_type} processes"))
     } else if c.liveness != Liveness::Healthy {
         Some(format!("it is {}", c.liveness.as_str()))
+    } else if c.silent >= c.late_after {
+        Some(format!(
+            "it has missed a heartbeat (silent for {:.1} s)",
+            c.silent.as_secs_f64()
+        ))
     } else if c.draining {
         Some("it is draining".into())
     } else if let Some(why) = req.rules.and_then(|r| rules_refusal(c, r)) {
@@ -263,6 +282,8 @@ mod tests {
             spec_bytes: 0,
             draining: false,
             liveness: Liveness::Healthy,
+            silent: Duration::ZERO,
+            late_after: Duration::from_secs(2),
             labels: labels(&[("zone", zone), ("disk", disk)]),
             in_group,
         };
@@ -332,7 +353,7 @@ mod tests {
         let i = Duration::from_secs(10);
         assert_eq!(liveness(0, 29_999, i), Liveness::Healthy);
         assert_eq!(liveness(0, 30_000, i), Liveness::Unhealthy);
-        assert_eq!(liveness(0, 60_000, i), Liveness::Lost);
+        assert_eq!(liveness(0, 60_000, i), Liveness::Disconnected);
         assert_eq!(liveness(100, 0, i), Liveness::Healthy);
     }
 
@@ -351,6 +372,8 @@ mod tests {
                     spec_bytes: 0,
                     draining,
                     liveness: l,
+                    silent: Duration::ZERO,
+                    late_after: Duration::from_secs(2),
                     labels: no_labels(),
                     in_group: 0,
                 }
@@ -363,7 +386,7 @@ mod tests {
             c("b", "us", all, 2, false, Healthy),
             c("c", "us", patterns, 0, false, Healthy),
             c("d", "eu", all, 0, true, Healthy),
-            c("e", "eu", all, 0, false, Lost),
+            c("e", "eu", all, 0, false, Disconnected),
         ];
         let req = |ty, region| Request {
             process_type: ty,
@@ -402,6 +425,22 @@ mod tests {
         assert!(e.contains("full: it is full (10 of 10)"), "{e}");
         assert!(e.contains("drain: it is draining"), "{e}");
         assert!(e.contains("sick: it is unhealthy"), "{e}");
+        // A launcher that has missed a heartbeat takes nothing new, though
+        // it is not unhealthy yet.
+        let mut late = c("late", "eu", all, 0, false, Healthy);
+        late.silent = Duration::from_millis(2500);
+        let e = choose(&[late.clone()], &req("backend", None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("late: it has missed a heartbeat (silent for 2.5 s)"),
+            "{e}"
+        );
+        let on_time = c("on-time", "eu", all, 9, false, Healthy);
+        assert_eq!(
+            choose(&[late, on_time], &req("backend", None)).unwrap(),
+            "on-time"
+        );
         // Explicit launcher, and exclusions.
         let explicit = Request {
             process_type: "proxy",

@@ -38,9 +38,25 @@ pub fn to_status(e: FleetError) -> Status {
         // The launcher's own verdict (invalid binary on its host...) stands.
         FleetError::Refused { status, .. } => status.code(),
         FleetError::Unreachable { .. } => Code::Unavailable,
-        FleetError::Store(_) => Code::Internal,
+        FleetError::Store(_) | FleetError::Internal(_) => Code::Internal,
     };
     Status::new(code, e.to_string())
+}
+
+/// The caller's deadline from its `grpc-timeout` header ("5S", "250m"…).
+fn grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn metadata(request: &Request<impl Sized>, key: &str) -> Option<String> {
@@ -109,10 +125,15 @@ impl ControlPlane for ControlPlaneService {
     ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
         let region = metadata(&request, crate::protocol::REGION_METADATA);
         let launcher = metadata(&request, crate::protocol::LAUNCHER_METADATA);
+        let deadline = metadata(&request, "grpc-timeout").and_then(|t| grpc_timeout(&t));
         let spec = request.into_inner();
         let id = spec.process_id.clone();
         let assigned = match Assignment::try_from((spec, &Policy::structural())) {
-            Ok(assignment) => self.fleet.assign(assignment, region, launcher).await,
+            Ok(assignment) => {
+                self.fleet
+                    .assign_within(assignment, region, launcher, deadline)
+                    .await
+            }
             Err(e) => Err(e.into()),
         }
         .map_err(|e| {
@@ -211,6 +232,9 @@ fn history(events: Vec<HistoryEvent>) -> Vec<apb::HistoryEvent> {
         .collect()
 }
 
+/// The status of a process whose launcher is disconnected.
+pub const UNKNOWN: &str = "unknown";
+
 /// The operator API's reads, which a follower serves from the database.
 pub fn is_read(path: &str) -> bool {
     matches!(
@@ -234,6 +258,30 @@ impl AdminService {
         let pending = st.pending.contains(&launcher, p.id());
         let health = st.health.get(p.id());
         let ty: ProcessType = p.spec.process_type.parse().unwrap_or(ProcessType::Pattern);
+        // A disconnected launcher's process may run, or may not: the admin
+        // says what it last knew, and since when, not that it runs.
+        let silent_since = st
+            .launchers
+            .get(&launcher)
+            .map(|l| l.last_heartbeat_ms)
+            .filter(|last| {
+                placement::liveness(*last, crate::clock::unix_ms(), self.fleet.interval())
+                    == placement::Liveness::Disconnected
+            });
+        let (shown, last_known_status, unknown_since_unix_ms) = match silent_since {
+            Some(since) => {
+                let mut shown = health.map(|h| h.health.clone()).unwrap_or_default();
+                let known = if shown.detailed_status.is_empty() {
+                    shown.status.clone()
+                } else {
+                    shown.detailed_status.clone()
+                };
+                shown.status = UNKNOWN.into();
+                shown.detailed_status = UNKNOWN.into();
+                (Some(shown), known, since)
+            }
+            None => (health.map(|h| h.health.clone()), String::new(), 0),
+        };
         apb::ProcessInfo {
             assignment: Some(redact(&p.spec)),
             unit_name: unit::unit_name(ty, p.id()),
@@ -241,10 +289,12 @@ impl AdminService {
                 (PlacementState::Placed, true) => "pending".into(),
                 (state, _) => state.as_str().into(),
             },
-            health: health.map(|h| h.health.clone()),
+            health: shown,
             health_reported_unix_ms: health.map_or(0, |h| h.reported_at_ms),
             history: history(events),
             launcher_id: launcher,
+            last_known_status,
+            unknown_since_unix_ms,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The admin's background work: delivering pending pushes with backoff,
-//! judging launcher liveness (and, opt-in, rescheduling the processes of
-//! lost launchers), flushing heartbeat data, and operator-driven moves.
+//! judging launcher liveness (and replacing the processes of disconnected
+//! launchers that allow it), flushing heartbeat data, and operator-driven
+//! moves.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,6 +11,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use super::{
+    disconnect,
     dispatch::unreachable,
     fleet::{DeliveryKind, Fleet, FleetError, State, event},
     pending::BACKOFF_MAX,
@@ -163,8 +165,8 @@ impl Fleet {
         }
     }
 
-    /// Judge liveness every half interval; log changes; reschedule the
-    /// processes of launchers lost for `reschedule_lost_after` (opt-in).
+    /// Judge liveness every half interval; log changes; replace the
+    /// processes of disconnected launchers that allow it.
     pub async fn liveness_loop(self: Arc<Self>, mut shutdown: Shutdown) {
         while shutdown
             .until(tokio::time::sleep(self.interval / 2))
@@ -176,7 +178,8 @@ impl Fleet {
     }
 
     /// One liveness pass at `now` (Unix ms): judge every launcher, log the
-    /// changes, and reschedule what runs on launchers lost long enough.
+    /// changes, and replace elsewhere what runs on launchers silent long
+    /// enough, where the process allows it (see `disconnect`).
     pub async fn judge_liveness(&self, now: i64) {
         let mut moves = Vec::new();
         {
@@ -194,36 +197,72 @@ impl Fleet {
                 .collect();
             for (id, lv, last) in judged {
                 let before = st.last_liveness.insert(id.clone(), lv);
-                if before.is_some_and(|b| b != lv) || (before.is_none() && lv != Liveness::Healthy)
-                {
+                let changed = before.is_some_and(|b| b != lv)
+                    || (before.is_none() && lv != Liveness::Healthy);
+                let silent = placement::silence(last, now);
+                if changed {
                     match lv {
                         Liveness::Healthy => {
                             tracing::info!(prism_launcher_id = %id, "launcher {id} is healthy again")
                         }
-                        other => tracing::warn!(
+                        Liveness::Unhealthy => tracing::warn!(
                             prism_launcher_id = %id,
-                            "launcher {id} is {}: no heartbeat for {:.1} s",
-                            other.as_str(),
-                            (now - last) as f64 / 1000.0
+                            "launcher {id} is unhealthy: no heartbeat for {:.1} s; nothing new is \
+                             placed on it",
+                            silent.as_secs_f64()
                         ),
+                        Liveness::Disconnected => {
+                            let (mut replaced, mut kept) = (Vec::new(), 0usize);
+                            for p in st.on(&id).filter(|p| p.state == PlacementState::Placed) {
+                                match disconnect::replace_after(
+                                    &p.spec,
+                                    self.replace_after,
+                                    self.interval,
+                                    self.lease,
+                                ) {
+                                    Ok(after) => replaced.push(format!(
+                                        "{} after {:.1} s",
+                                        p.id(),
+                                        after.as_secs_f64()
+                                    )),
+                                    Err(_) => kept += 1,
+                                }
+                            }
+                            tracing::warn!(
+                                prism_launcher_id = %id,
+                                "launcher {id} is disconnected: no heartbeat for {:.1} s; its \
+                                 processes are unknown; {kept} stay placed on it{}",
+                                silent.as_secs_f64(),
+                                if replaced.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("; replaced elsewhere: {}", replaced.join(", "))
+                                }
+                            );
+                        }
                     }
                 }
-                if let (Liveness::Lost, Some(after)) = (lv, self.reschedule_lost_after) {
-                    let lost_at =
-                        last + (self.interval * placement::LOST_AFTER_MISSED).as_millis() as i64;
-                    if now - lost_at >= after.as_millis() as i64 {
-                        moves.extend(
-                            st.on(&id)
-                                .filter(|p| p.state == PlacementState::Placed)
-                                .map(|p| (p.id().to_owned(), id.clone())),
-                        );
-                    }
+                if lv == Liveness::Disconnected {
+                    moves.extend(
+                        st.on(&id)
+                            .filter(|p| p.state == PlacementState::Placed)
+                            .filter(|p| {
+                                disconnect::replace_after(
+                                    &p.spec,
+                                    self.replace_after,
+                                    self.interval,
+                                    self.lease,
+                                )
+                                .is_ok_and(|after| silent >= after)
+                            })
+                            .map(|p| (p.id().to_owned(), id.clone(), silent)),
+                    );
                 }
             }
         }
-        for (process, from) in moves {
-            if let Err(e) = self.reschedule(&process, &from).await {
-                tracing::warn!(prism_process_id = %process, "cannot reschedule {process} away from lost {from}: {e}");
+        for (process, from, silent) in moves {
+            if let Err(e) = self.reschedule(&process, &from, silent).await {
+                tracing::warn!(prism_process_id = %process, "cannot replace {process} away from disconnected {from}: {e}");
             }
         }
     }
@@ -265,7 +304,12 @@ impl Fleet {
         Ok(target)
     }
 
-    async fn reschedule(&self, process: &str, from: &str) -> Result<(), FleetError> {
+    async fn reschedule(
+        &self,
+        process: &str,
+        from: &str,
+        silent: Duration,
+    ) -> Result<(), FleetError> {
         let _guard = self.locks.lock(process).await;
         let mut st = self.state.lock().await;
         let Some(p) = st.processes.get(process).cloned() else {
@@ -280,12 +324,16 @@ impl Fleet {
                 &p,
                 from,
                 "rescheduled",
-                format!("from lost launcher {from}"),
+                format!(
+                    "from {from}, silent for {:.1} s (its on_disconnect allows it)",
+                    silent.as_secs_f64()
+                ),
             )
             .await?;
         tracing::warn!(
             prism_process_id = %process,
-            "rescheduled {process} from lost launcher {from} to {target}"
+            "replaced {process} on {target}: its launcher {from} has been silent for {:.1} s",
+            silent.as_secs_f64()
         );
         self.schedule(&mut st, &target, process, DeliveryKind::Assign);
         Ok(())

@@ -248,6 +248,11 @@ pub fn daemon_client(
 
 /// A lazily connecting channel to `address`: the socket, TLS with
 /// `tls` when given, else plaintext TCP.
+/// HTTP/2 pings on TCP channels while a call is open, and how long one may
+/// go unanswered.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+
 pub fn channel(
     address: &Address,
     tls: Option<Arc<ClientConfig>>,
@@ -282,7 +287,14 @@ pub fn channel(
             let endpoint = Endpoint::from_shared(format!("http://{authority}"))
                 .map_err(|e| bad(e.to_string()))?
                 .connect_timeout(connect_timeout)
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                // A call in flight on a connection whose peer dropped off
+                // the network fails within seconds, not after TCP's own
+                // retransmissions give up (minutes), and the next call
+                // connects afresh: pings while calls are open, none idle.
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(false);
             let Some(config) = tls else {
                 return Ok(endpoint.connect_lazy());
             };

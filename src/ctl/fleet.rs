@@ -175,6 +175,16 @@ pub struct PsArgs {
 
 /// Status as the launcher last reported it, or the placement before that.
 pub fn status_of(p: &apb::ProcessInfo) -> String {
+    if p.unknown_since_unix_ms > 0 {
+        // Its launcher is disconnected: what it last said, and when.
+        let ago = (crate::clock::unix_ms() - p.unknown_since_unix_ms).max(0) / 1000;
+        let known = if p.last_known_status.is_empty() {
+            "never reported"
+        } else {
+            p.last_known_status.as_str()
+        };
+        return format!("unknown ({known} {} ago)", duration(ago));
+    }
     match &p.health {
         Some(h) if !h.detailed_status.is_empty() => h.detailed_status.clone(),
         Some(h) if !h.status.is_empty() => h.status.clone(),
@@ -229,7 +239,7 @@ pub fn ps_table(processes: &[apb::ProcessInfo], wide: bool) -> String {
                 p.launcher_id.clone(),
                 status_of(p),
                 h.restart_count.to_string(),
-                if h.uptime_seconds > 0 {
+                if h.uptime_seconds > 0 && p.unknown_since_unix_ms == 0 {
                     duration(h.uptime_seconds)
                 } else {
                     "-".into()

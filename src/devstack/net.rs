@@ -146,16 +146,19 @@ pub struct Net {
 pub enum Fault {
     /// `host` drops every packet from `from`.
     Drops { host: String, from: String },
-    /// `host`'s outgoing packets are held by `delay` (as its netem
-    /// service says; the rule alone says only that they are queued).
-    Delayed { host: String },
+    /// `host`'s outgoing packets (to `to`, or to everyone) are held by its
+    /// delay service.
+    Delayed { host: String, to: Option<String> },
 }
 
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Drops { host, from } => write!(f, "{host} drops every packet from {from}"),
-            Self::Delayed { host } => write!(f, "{host}'s outgoing packets are delayed"),
+            Self::Delayed { host, to: None } => write!(f, "{host}'s outgoing packets are delayed"),
+            Self::Delayed { host, to: Some(to) } => {
+                write!(f, "{host}'s packets to {to} are delayed")
+            }
         }
     }
 }
@@ -363,35 +366,36 @@ impl Net {
             .collect())
     }
 
-    /// Queue `host`'s outgoing packets for its delay service (which must
-    /// be listening: `--queue-bypass` lets them through otherwise), or
-    /// stop queueing them.
-    pub fn queue_outgoing(&self, host: &str, on: bool) -> Result<(), NetError> {
+    /// Queue what `host` sends (to `to` only, or to everyone) for its
+    /// delay service, which must be listening: `--queue-bypass` lets the
+    /// packets through otherwise.
+    pub fn queue_outgoing(&self, host: &str, to: Option<&str>) -> Result<(), NetError> {
         self.host(host)?;
+        let dest = to
+            .map(|t| self.host(t).map(|h| format!("{}/32", h.addr)))
+            .transpose()?;
         let queue = DELAY_QUEUE.to_string();
-        let rule = [
-            "POSTROUTING",
-            "-o",
-            "eth0",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            &queue,
-            "--queue-bypass",
-        ];
-        let there = {
-            let mut check = vec!["-t", "mangle", "-C"];
-            check.extend_from_slice(&rule);
-            self.iptables(host, &check).is_ok()
-        };
-        let op = match (on, there) {
-            (true, false) => "-A",
-            (false, true) => "-D",
-            _ => return Ok(()),
-        };
-        let mut args = vec!["-t", "mangle", op];
-        args.extend_from_slice(&rule);
-        self.iptables(host, &args).map(drop)
+        let mut rule = vec!["-t", "mangle", "-A", "POSTROUTING", "-o", "eth0"];
+        if let Some(d) = &dest {
+            rule.extend(["-d", d.as_str()]);
+        }
+        rule.extend(["-j", "NFQUEUE", "--queue-num", &queue, "--queue-bypass"]);
+        self.iptables(host, &rule).map(drop)
+    }
+
+    /// Queue nothing `host` sends any more.
+    pub fn unqueue(&self, host: &str) -> Result<(), NetError> {
+        self.host(host)?;
+        let rules = self.iptables(host, &["-t", "mangle", "-S", "POSTROUTING"])?;
+        for rule in rules.lines().filter(|l| l.contains("NFQUEUE")) {
+            let Some(spec) = rule.strip_prefix("-A ") else {
+                continue;
+            };
+            let mut args = vec!["-t", "mangle", "-D"];
+            args.extend(spec.split_whitespace());
+            self.iptables(host, &args)?;
+        }
+        Ok(())
     }
 
     /// The faults the kernel holds now, host by host.
@@ -410,13 +414,19 @@ impl Net {
                     });
                 }
             }
-            let queued = self
+            for rule in self
                 .iptables(&h.name, &["-t", "mangle", "-S", "POSTROUTING"])?
                 .lines()
-                .any(|l| l.contains("NFQUEUE"));
-            if queued {
+                .filter(|l| l.contains("NFQUEUE"))
+            {
+                let to = self
+                    .hosts
+                    .iter()
+                    .find(|o| rule.contains(&format!("-d {}/32 ", o.addr)))
+                    .map(|o| o.name.clone());
                 faults.push(Fault::Delayed {
                     host: h.name.clone(),
+                    to,
                 });
             }
         }

@@ -89,6 +89,10 @@ pub enum Phase {
     /// This host cannot start it now (its binary is missing or refused,
     /// see `last_error`); retried with backoff until it can.
     Blocked,
+    /// Stopped by the launcher, cut off from every admin for its
+    /// `on_disconnect.stop_after_ms`; started again when an admin that
+    /// places it here answers.
+    Suspended,
 }
 
 /// The probe's view of a process.
@@ -118,6 +122,12 @@ pub fn verdict(
     }
     if phase == Phase::Blocked {
         return Status::Failed;
+    }
+    if phase == Phase::Suspended {
+        return match unit.map(|u| u.active_state.as_str()) {
+            Some("active" | "activating" | "deactivating" | "reloading") => Status::Stopping,
+            _ => Status::Stopped,
+        };
     }
     let Some(u) = unit.filter(|u| !u.active_state.is_empty()) else {
         return match phase {

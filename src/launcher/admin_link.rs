@@ -19,8 +19,21 @@ use crate::{
 };
 
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF: Policy = Policy::new(Duration::from_secs(1), Duration::from_secs(30));
+
+/// A heartbeat not answered within two intervals (1 s to 5 s) has failed:
+/// the launcher tries the next admin before its own admins think it silent
+/// for long.
+fn heartbeat_timeout(interval: Duration) -> Duration {
+    (interval * 2).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+/// Registration retries wait at most two intervals (1 s to 30 s): a
+/// launcher back on the network is back at its admins within about that,
+/// whatever the length of the partition.
+fn retry_cap(interval: Duration) -> Duration {
+    (interval * 2).clamp(Duration::from_secs(1), BACKOFF.max)
+}
 
 pub struct AdminLink {
     supervisor: Arc<Supervisor>,
@@ -84,6 +97,7 @@ impl AdminLink {
                 ])
                 .collect(),
             held: Vec::new(),
+            disconnect_stops: Vec::new(),
         };
         Ok(Self {
             supervisor,
@@ -121,6 +135,7 @@ impl AdminLink {
                     let tried = self.endpoint.clone();
                     self.next_admin();
                     // The next admin at once, until each has failed once.
+                    backoff.set_max(retry_cap(self.interval));
                     let wait = if failed % self.admins.len() == 0 {
                         backoff.next_wait()
                     } else {
@@ -157,10 +172,13 @@ impl AdminLink {
     async fn register(&mut self) -> Result<(), String> {
         // Assignments made after this point are newer than the admin's answer.
         let asked_at = self.supervisor.assign_seq();
+        let stops = self.supervisor.contact.stops();
         let registration = pb::LauncherRegistration {
             held: self.supervisor.held(),
+            disconnect_stops: stops.clone(),
             ..self.registration.clone()
         };
+        let sent_ms = crate::clock::unix_ms();
         let ack = tokio::time::timeout(
             REGISTER_TIMEOUT,
             self.client.register_launcher(registration),
@@ -172,9 +190,18 @@ impl AdminLink {
         if !ack.success {
             return Err(format!("refused: {}", ack.message));
         }
+        // A deposed leader's answer is no answer: its placement is not
+        // applied, and its silence clock is not reset.
+        self.supervisor
+            .contact
+            .obey(ack.epoch)
+            .map_err(|e| format!("answered by a deposed leader: {e}"))?;
+        self.supervisor.contact.answered(sent_ms);
+        self.supervisor.contact.reported(&stops);
         if ack.heartbeat_interval_ms > 0 {
             self.interval = Duration::from_millis(ack.heartbeat_interval_ms as u64);
         }
+        self.supervisor.contact.set_interval(self.interval);
         tracing::info!(
             admin = %self.endpoint,
             "registered with the admin at {}: {} processes placed here; heartbeat every {:?}",
@@ -183,9 +210,17 @@ impl AdminLink {
             self.interval
         );
         let reclaim: HashSet<String> = ack.reclaim.iter().cloned().collect();
+        let placed: Vec<String> = ack
+            .initial_processes
+            .iter()
+            .map(|a| a.process_id.clone())
+            .collect();
         self.supervisor
             .sync_to(ack.initial_processes, asked_at, &reclaim)
             .await;
+        // What it stopped while cut off and is still placed here starts
+        // again; the rest `sync_to` revoked.
+        self.supervisor.resume(&placed);
         self.supervisor.allow_stopping_undesired(true);
         self.supervisor.request_reconcile();
         if !ack.reclaim.is_empty() {
@@ -241,10 +276,15 @@ impl AdminLink {
     }
 
     /// Heartbeat until the admin is unreachable or asks to register again
-    /// (why), or until shutdown (`None`).
+    /// (why), or until shutdown (`None`). Heartbeats leave at a steady
+    /// rate, whatever the round trip takes: a slow network does not make
+    /// a launcher look silent.
     async fn heartbeat_until_failure(&mut self, shutdown: &mut Shutdown) -> Option<String> {
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            shutdown.until(tokio::time::sleep(self.interval)).await?;
+            shutdown.until(ticks.tick()).await?;
             let list = self.supervisor.list("", "", "").await;
             let process_health = list
                 .processes
@@ -260,16 +300,26 @@ impl AdminLink {
                 resources: list.resources,
                 timestamp: crate::clock::unix_secs(),
             };
-            match tokio::time::timeout(HEARTBEAT_TIMEOUT, self.client.launcher_heartbeat(request))
-                .await
-            {
+            let sent_ms = crate::clock::unix_ms();
+            let within = heartbeat_timeout(self.interval);
+            match tokio::time::timeout(within, self.client.launcher_heartbeat(request)).await {
+                Ok(Ok(ack)) if self.supervisor.contact.obey(ack.get_ref().epoch).is_err() => {
+                    self.supervisor.metrics.heartbeat_failures.inc();
+                    return Some(format!(
+                        "answered by a deposed leader (epoch {}, older than {} obeyed)",
+                        ack.get_ref().epoch,
+                        self.supervisor.contact.epoch()
+                    ));
+                }
                 Ok(Ok(ack)) if ack.get_ref().reregister => {
+                    // Heard, if only to be asked to register again.
+                    self.supervisor.contact.answered(sent_ms);
                     return Some(format!(
                         "it asks to register again: {}",
                         ack.get_ref().message
                     ));
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => self.supervisor.contact.answered(sent_ms),
                 Ok(Err(status)) => {
                     self.supervisor.metrics.heartbeat_failures.inc();
                     return Some(describe(&status));

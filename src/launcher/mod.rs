@@ -8,6 +8,7 @@
 mod admin_link;
 mod assign;
 pub mod config;
+mod disconnect;
 pub mod legacy;
 mod pace;
 pub mod patterns;
@@ -106,7 +107,13 @@ pub async fn run(
     // With an admin, what is not desired here may be about to be handed back
     // (a wiped state directory): wait for its placement before stopping.
     supervisor.allow_stopping_undesired(config.admin_endpoints.is_empty());
-    for c in supervisor.load().map_err(RunError::setup)? {
+    let corrupt = supervisor.load().map_err(RunError::setup)?;
+    if !config.admin_endpoints.is_empty() {
+        // Cut off from its admins for longer than a process allows: it
+        // stays stopped (see `disconnect`).
+        supervisor.suspend_overdue();
+    }
+    for c in corrupt {
         tracing::error!(
             file = %c.file.display(),
             moved_to = %c.moved_to.display(),
@@ -247,6 +254,8 @@ pub async fn run(
     }
     daemon.watchdog(|| async { true });
     if !config.admin_endpoints.is_empty() {
+        let sup = supervisor.clone();
+        daemon.spawn(move |shutdown| sup.disconnect_loop(shutdown));
         match admin_link::AdminLink::new(&config, supervisor.clone()) {
             Ok(link) => daemon.spawn(move |shutdown| link.run(shutdown)),
             Err(e) => tracing::error!("cannot set up the link to the admin: {e}"),

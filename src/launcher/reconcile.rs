@@ -40,6 +40,8 @@ pub struct Want {
     pub start_allowed: bool,
     /// Its circuit has been open for the cool-down: one half-open try.
     pub circuit_due: bool,
+    /// Stopped while cut off from every admin: its unit must not run.
+    pub suspended: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +56,9 @@ pub enum Action {
     HalfOpen { id: String },
     /// Finish a recorded revocation.
     FinishRevoke { id: String },
+    /// A process stopped while cut off from every admin runs (the launcher
+    /// restarted meanwhile, or the first stop failed): stop it.
+    StopSuspended { id: String },
     /// A launcher-named unit nobody wants; `id` is the process its
     /// description names, whose lock the stop takes.
     Stop { unit: String, id: Option<String> },
@@ -74,6 +79,12 @@ pub fn plan(wants: &[Want], actual: &[UnitSummary]) -> Vec<Action> {
         let found = by_name.get(w.unit.as_str()).copied();
         if w.revoking {
             actions.push(Action::FinishRevoke { id: w.id.clone() });
+            continue;
+        }
+        if w.suspended {
+            if found.is_some_and(|u| u.active_state != "inactive" && u.active_state != "failed") {
+                actions.push(Action::StopSuspended { id: w.id.clone() });
+            }
             continue;
         }
         let Some(u) = found else {
@@ -141,6 +152,7 @@ impl Supervisor {
                 circuit_due: e
                     .circuit_opened_at
                     .is_some_and(|t| now.duration_since(t) >= self.circuit_cooldown),
+                suspended: e.phase == Phase::Suspended,
             })
             .collect()
     }
@@ -205,6 +217,19 @@ impl Supervisor {
                     Err(e) => {
                         tracing::warn!(prism_process_id = %id, error = %e, "revocation of {id} still pending: {e}")
                     }
+                }
+            }
+            Action::StopSuspended { id } => {
+                let _guard = self.locks.lock(&id).await;
+                let (unit, grace) = match self.table().entries.get(&id) {
+                    Some(e) if e.phase == Phase::Suspended => {
+                        (e.unit.clone(), e.process.stop_timeout)
+                    }
+                    _ => return,
+                };
+                tracing::info!(prism_process_id = %id, %unit, "stopping {unit}: {id} stays stopped while no admin answers");
+                if let Err(e) = self.systemd.stop(&unit, grace).await {
+                    tracing::warn!(prism_process_id = %id, error = %e, "cannot stop {unit}: {e}");
                 }
             }
             Action::Stop { unit, id } => {
@@ -350,6 +375,7 @@ mod tests {
             revoking: false,
             start_allowed: true,
             circuit_due: false,
+            suspended: false,
         }
     }
 
@@ -445,5 +471,26 @@ mod tests {
         for (name, wants, actual, expected) in cases {
             assert_eq!(plan(&wants, &actual), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_process_stopped_while_cut_off_is_neither_started_nor_left_running() {
+        let suspended = Want {
+            suspended: true,
+            ..want("a", 1)
+        };
+        assert_eq!(plan(std::slice::from_ref(&suspended), &[]), vec![]);
+        assert_eq!(
+            plan(
+                std::slice::from_ref(&suspended),
+                &[running("a", 1, "active")]
+            ),
+            vec![Action::StopSuspended { id: "a".into() }]
+        );
+        assert_eq!(
+            plan(&[suspended], &[running("a", 1, "inactive")]),
+            vec![],
+            "a stopped unit stays; it is not stopped again"
+        );
     }
 }

@@ -86,6 +86,36 @@ fn from_admin<T>(request: &Request<T>) -> bool {
     )
 }
 
+impl LauncherService {
+    /// Fencing: an admin's order names the epoch that decided it; one
+    /// older than the newest this launcher obeyed comes from a deposed
+    /// leader and is refused (FAILED_PRECONDITION naming both), so a push
+    /// in flight across a takeover cannot undo the new leader's decision.
+    fn fence<T>(&self, request: &Request<T>, by_admin: bool) -> Result<(), Status> {
+        if !by_admin {
+            return Ok(());
+        }
+        let Some(value) = request.metadata().get(crate::protocol::EPOCH_METADATA) else {
+            return Ok(());
+        };
+        let epoch = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{}: not an epoch",
+                    crate::protocol::EPOCH_METADATA
+                ))
+            })?;
+        self.supervisor.contact.obey(epoch).map_err(|e| {
+            self.supervisor.metrics.stale_epoch_refusals.inc();
+            tracing::warn!("refused an order: {e}");
+            Status::failed_precondition(e.to_string())
+        })
+    }
+}
+
 fn check_id(field: &str, id: &str) -> Result<(), LauncherError> {
     let bad = |reason: &str| {
         Err(LauncherError::BadRequest {
@@ -109,6 +139,7 @@ impl Launcher for LauncherService {
         request: Request<pb::ProcessAssignment>,
     ) -> Result<Response<pb::ProcessAssignmentAck>, Status> {
         let by_admin = from_admin(&request);
+        self.fence(&request, by_admin)?;
         let mut wire = request.into_inner();
         let id = wire.process_id.clone();
         let version = wire.version;
@@ -189,6 +220,7 @@ impl Launcher for LauncherService {
         request: Request<pb::ProcessRevocation>,
     ) -> Result<Response<pb::ProcessRevocationAck>, Status> {
         let by_admin = from_admin(&request);
+        self.fence(&request, by_admin)?;
         let r = request.into_inner();
         let checked = (|| {
             check_id("process_id", &r.process_id)?;

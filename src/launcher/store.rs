@@ -93,6 +93,11 @@ impl Store {
         &self.dir
     }
 
+    /// The state directory the store is in (beside `processes/`).
+    pub fn state_dir(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     /// `<escaped id>.pb`: the escaping keeps ids such as `..` harmless.
     pub fn path_of(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{}.pb", unit::escape(id)))

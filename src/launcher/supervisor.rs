@@ -104,6 +104,8 @@ pub struct Supervisor {
     /// Wakes the status reporter.
     pub(super) changed: Notify,
     pub metrics: Arc<crate::metrics::LauncherMetrics>,
+    /// When an admin last answered, and the newest admin epoch obeyed.
+    pub contact: super::disconnect::Contact,
     /// Units nobody wants may be stopped. With an admin, only once its
     /// placement was applied: a launcher whose state was lost must not stop
     /// what the admin is about to hand back.
@@ -125,7 +127,9 @@ impl Supervisor {
         max_processes: usize,
         circuit_cooldown: Duration,
     ) -> Arc<Self> {
+        let contact = super::disconnect::Contact::open(store.state_dir());
         Arc::new_cyclic(|me| Self {
+            contact,
             systemd,
             store: Arc::new(store),
             policy,

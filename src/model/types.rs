@@ -395,6 +395,36 @@ pub struct PlacementRules {
     pub prefer_labels: BTreeMap<String, String>,
 }
 
+/// A process's life while its launcher is cut off from every admin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OnDisconnect {
+    /// The launcher stops it once no admin has answered for this long.
+    pub stop_after: Option<Duration>,
+    /// prism-admin runs it elsewhere once its launcher has been silent
+    /// this long (prism-admin checks it leaves no overlap).
+    pub replace_after: Option<Duration>,
+    /// It may run twice for a while: replacement needs no `stop_after`.
+    pub at_least_once: bool,
+}
+
+impl OnDisconnect {
+    /// The shortest silence after which a copy elsewhere cannot overlap the
+    /// one its cut-off launcher stops: that launcher stops it `stop_after`
+    /// after the last answer it had, which is no later than the admins'
+    /// last heartbeat from it; the stop itself takes up to `grace`; a
+    /// heartbeat may be acknowledged an `interval` after it was recorded
+    /// (or a leader failing over judges silence from a record up to an
+    /// interval old); and a deposed leader may act for up to a `lease`.
+    pub fn margin(
+        stop_after: Duration,
+        grace: Duration,
+        interval: Duration,
+        lease: Duration,
+    ) -> Duration {
+        stop_after + grace + interval + lease
+    }
+}
+
 /// The journal's rate limit on a process's output; `None` leaves
 /// journald's own (`RateLimitIntervalSec=`, `RateLimitBurst=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -435,6 +465,8 @@ pub struct ManagedProcess {
     pub placement: PlacementRules,
     /// What must run first.
     pub depends_on: Vec<Dependency>,
+    /// While its launcher is cut off from every admin.
+    pub on_disconnect: OnDisconnect,
     /// Time between SIGTERM and SIGKILL on stop.
     pub stop_timeout: Duration,
     /// The process reports readiness with sd_notify.

@@ -29,6 +29,7 @@ pub(crate) fn process(kind: ProcessKind) -> ManagedProcess {
         sandbox: SandboxOptions::default(),
         logs: LogLimits::default(),
         placement: PlacementRules::default(),
+        on_disconnect: Default::default(),
         depends_on: vec![],
         stop_timeout: Duration::from_secs(30),
         notify_ready: false,

@@ -190,6 +190,8 @@ async fn main() {
             spec_bytes: 0,
             draining: false,
             liveness: Liveness::Healthy,
+            silent: Duration::ZERO,
+            late_after: Duration::from_secs(20),
             labels: &labels,
             in_group: 0,
         })

@@ -1,5 +1,7 @@
 //! Placing a process, pushing it to its launcher, and revoking it.
 
+use std::{sync::Arc, time::Duration};
+
 use prost::Message;
 use tokio::time::Instant;
 use tonic::Code;
@@ -7,6 +9,7 @@ use tonic::Code;
 use super::{Assigned, DeliveryKind, Fleet, FleetError, event, unit_of};
 use crate::{
     admin::{
+        disconnect,
         dispatch::unreachable,
         placement::{self, Liveness, NoCandidate, Request},
         store::{PlacementState, ProcessRecord},
@@ -15,6 +18,27 @@ use crate::{
     model::Assignment,
     pb::prism as pb,
 };
+
+/// `ProcessAssignmentAck.applied` of an assignment placed but not yet
+/// acknowledged by its launcher.
+pub const PENDING: &str = "pending";
+
+/// "accepted, pending delivery to HOST, which has not answered for N s".
+fn pending_message(
+    id: &str,
+    version: i64,
+    launcher: &str,
+    waited: Duration,
+    silent: Duration,
+) -> String {
+    format!(
+        "accepted {id} v{version}, pending delivery to {launcher}, which has not answered for \
+         {:.1} s (its last heartbeat {:.1} s ago); it is delivered when {launcher} answers, or \
+         when it registers again",
+        waited.as_secs_f64(),
+        silent.as_secs_f64()
+    )
+}
 
 /// A revocation past the edge: a process id, the launcher it is expected
 /// on (if the caller said), and the graceful timeout (0: the default).
@@ -52,18 +76,43 @@ impl TryFrom<pb::ProcessRevocation> for Revocation {
     }
 }
 
+/// How long an assignment waits for its launcher's answer by default: the
+/// launcher answers once the unit runs, which a healthy launcher does well
+/// within two heartbeat intervals.
+const ACK_INTERVALS: u32 = 2;
+
 impl Fleet {
     /// Place (or keep) a process, persist, push. See the module docs.
     pub async fn assign(
-        &self,
+        self: &Arc<Self>,
         assignment: Assignment,
         region: Option<String>,
         launcher: Option<String>,
     ) -> Result<Assigned, FleetError> {
+        self.assign_within(assignment, region, launcher, None).await
+    }
+
+    /// [`Self::assign`] for a caller that waits at most `deadline`: the
+    /// answer comes within half of it, or within two heartbeat intervals,
+    /// whichever is sooner. A launcher that has not acknowledged by then
+    /// (it dropped off the network since its last heartbeat, or is slow)
+    /// gets the assignment later, and the answer says so: placed, pending
+    /// delivery to that launcher (`applied` is "pending").
+    pub async fn assign_within(
+        self: &Arc<Self>,
+        assignment: Assignment,
+        region: Option<String>,
+        launcher: Option<String>,
+        deadline: Option<Duration>,
+    ) -> Result<Assigned, FleetError> {
         let (process, spec) = assignment.into_parts();
         let id = process.id.clone();
-        let ty = process.process_type();
-        let _guard = self.locks.lock(&id).await;
+        // The same version again (a client retrying after "pending") is
+        // answered without waiting for a push still in flight.
+        if let Some(again) = self.unchanged(&id, spec.version).await {
+            return Ok(again);
+        }
+        let guard = self.locks.lock_owned(&id).await;
         let now = clock::unix_ms();
         let (target, previous, waiting) = {
             let mut st = self.state.lock().await;
@@ -73,18 +122,11 @@ impl Fleet {
                     return Err(FleetError::Revoking { id });
                 }
                 Some(p) if p.version() == spec.version => {
-                    let on = p.launcher_id.clone().unwrap_or_default();
-                    let pending = st.pending.contains(&on, &id);
-                    return Ok(Assigned {
-                        unit: unit_of(&p.spec),
-                        message: format!(
-                            "{id} v{} is already placed on {on}{}; nothing changed",
-                            p.version(),
-                            if pending { " (delivery pending)" } else { "" }
-                        ),
-                        launcher: on,
-                        applied: "unchanged".into(),
-                    });
+                    drop(st);
+                    return Ok(self
+                        .unchanged(&id, spec.version)
+                        .await
+                        .expect("held under its lock"));
                 }
                 Some(p) if p.version() > spec.version => {
                     return Err(FleetError::StaleVersion {
@@ -94,6 +136,31 @@ impl Fleet {
                     });
                 }
                 _ => {}
+            }
+            // A stop sooner than a launcher's normal silence would stop it
+            // between two heartbeats.
+            let shortest = self.interval * placement::UNHEALTHY_AFTER_MISSED;
+            if let Some(stop) = process.on_disconnect.stop_after
+                && stop < shortest
+            {
+                return Err(FleetError::BadRequest {
+                    field: "config.on_disconnect.stop_after_ms".into(),
+                    reason: format!(
+                        "{} ms is shorter than three heartbeat intervals ({} ms): its launcher \
+                         would stop it between two heartbeats",
+                        stop.as_millis(),
+                        shortest.as_millis()
+                    ),
+                });
+            }
+            // Replacement that would let two copies run at once is refused.
+            if let Some(after) = process.on_disconnect.replace_after
+                && let Some(why) = disconnect::overlap(&spec, after, self.interval, self.lease)
+            {
+                return Err(FleetError::BadRequest {
+                    field: "config.on_disconnect.replace_after_ms".into(),
+                    reason: why,
+                });
             }
             // Dependencies: known to the fleet, and no cycle.
             let deps = process.dependency_ids();
@@ -119,7 +186,7 @@ impl Fleet {
             let rules = &process.placement;
             let candidates = st.candidates(now, self.interval, rules.spread_group.as_deref(), &id);
             let req = Request {
-                process_type: ty.as_str(),
+                process_type: process.process_type().as_str(),
                 region: region.as_deref(),
                 launcher: launcher.as_deref(),
                 exclude: &[],
@@ -136,7 +203,7 @@ impl Fleet {
                     candidates.iter().any(|c| {
                         c.id == l
                             && c.liveness == Liveness::Healthy
-                            && c.process_types.iter().any(|t| t == ty.as_str())
+                            && c.process_types.iter().any(|t| t == req.process_type)
                             && placement::may_stay(c, rules)
                     })
                 });
@@ -213,18 +280,92 @@ impl Fleet {
                 id: target,
             });
         };
-        match self.dispatcher.assign(&target, &address, &spec).await {
+        // The push runs on its own, holding the process's lock, and
+        // settles the placement however long it takes; this call waits for
+        // it only so long.
+        let budget = {
+            let usual = self.interval * ACK_INTERVALS;
+            deadline.map_or(usual, |d| usual.min(d / 2))
+        };
+        let push = {
+            let this = self.clone();
+            let (target, spec) = (target.clone(), spec.clone());
+            tokio::spawn(async move {
+                let settled = this.push_placed(&target, &address, spec, previous).await;
+                drop(guard);
+                settled
+            })
+        };
+        match tokio::time::timeout(budget, push).await {
+            Ok(joined) => joined.map_err(|e| {
+                FleetError::Internal(format!(
+                    "the push of {id} to {target} ended abnormally: {e}"
+                ))
+            })?,
+            Err(_) => {
+                let silent = self.silence_of(&target).await;
+                Ok(Assigned {
+                    unit: unit_of(&spec),
+                    message: pending_message(&id, spec.version, &target, budget, silent),
+                    launcher: target,
+                    applied: PENDING.into(),
+                })
+            }
+        }
+    }
+
+    /// The answer to an assignment of the version already placed.
+    async fn unchanged(&self, id: &str, version: i64) -> Option<Assigned> {
+        let st = self.state.lock().await;
+        let p = st
+            .processes
+            .get(id)
+            .filter(|p| p.version() == version && p.state != PlacementState::Revoking)?;
+        let on = p.launcher_id.clone().unwrap_or_default();
+        let pending = st.pending.contains(&on, id);
+        Some(Assigned {
+            unit: unit_of(&p.spec),
+            message: format!(
+                "{id} v{} is already placed on {on}{}; nothing changed",
+                p.version(),
+                if pending { " (delivery pending)" } else { "" }
+            ),
+            launcher: on,
+            applied: "unchanged".into(),
+        })
+    }
+
+    /// How long since `launcher` last reported.
+    async fn silence_of(&self, launcher: &str) -> Duration {
+        let st = self.state.lock().await;
+        st.launchers.get(launcher).map_or(Duration::ZERO, |l| {
+            placement::silence(l.last_heartbeat_ms, clock::unix_ms())
+        })
+    }
+
+    /// Push a placed assignment to its launcher and settle the placement
+    /// by the answer: delivered; pending and retried (unreachable); or
+    /// undone (refused).
+    async fn push_placed(
+        &self,
+        target: &str,
+        address: &str,
+        spec: pb::ProcessAssignment,
+        previous: Option<ProcessRecord>,
+    ) -> Result<Assigned, FleetError> {
+        let id = spec.process_id.clone();
+        match self.dispatcher.assign(target, address, &spec).await {
             Ok(ack) => {
                 // History, not state: written with the next heartbeat batch
                 // (within a second), not as a second sync before the answer.
                 self.batch.lock().expect("poisoned").history.push((
                     id.clone(),
-                    event("delivered", spec.version, &target, ack.message.clone()),
+                    event("delivered", spec.version, target, ack.message.clone()),
                 ));
                 {
                     let mut st = self.state.lock().await;
-                    st.pending.remove(&target, &id);
-                    if st.pending.reached(&target, Instant::now()) {
+                    st.pending.remove(target, &id);
+                    if st.pending.reached(target, Instant::now()) {
                         self.deliveries.notify_one();
                     }
                 }
@@ -235,16 +376,16 @@ impl Fleet {
                         ack.unit_name
                     },
                     message: format!("placed {id} v{} on {target}: {}", spec.version, ack.message),
-                    launcher: target,
+                    launcher: target.to_owned(),
                     applied: ack.applied,
                 })
             }
             Err(status) if unreachable(&status) => {
                 let mut st = self.state.lock().await;
-                self.schedule(&mut st, &target, &id, DeliveryKind::Assign);
+                self.schedule(&mut st, target, &id, DeliveryKind::Assign);
                 // Retried when the launcher's backoff ends.
                 st.pending.failed(
-                    &target,
+                    target,
                     &id,
                     status.message(),
                     true,
@@ -258,15 +399,15 @@ impl Fleet {
                         spec.version,
                         status.message()
                     ),
-                    launcher: target,
-                    applied: String::new(),
+                    launcher: target.to_owned(),
+                    applied: PENDING.into(),
                 })
             }
             Err(status) => {
                 // The launcher refused it (e.g. its binary is not allowed on
                 // that host): the placement is undone.
                 let mut st = self.state.lock().await;
-                let why = event("refused", spec.version, &target, status.message());
+                let why = event("refused", spec.version, target, status.message());
                 match previous {
                     Some(prev) => {
                         self.store.put_process(&prev, &why).await?;
@@ -278,7 +419,7 @@ impl Fleet {
                     }
                 }
                 Err(FleetError::Refused {
-                    launcher: target,
+                    launcher: target.to_owned(),
                     status,
                 })
             }

@@ -88,6 +88,31 @@ impl Fleet {
                 },
                 server_timestamp: now / 1000,
                 reregister: true,
+                epoch: self.dispatcher.epoch(),
+            };
+        }
+        if let Some(why) = st.pending.stuck(&hb.launcher_id) {
+            // Its heartbeats get through, this admin's pushes do not (a
+            // partition one way, or between it and the leader only): what
+            // waits for it goes with its registration instead.
+            if let Some(l) = st.launchers.get_mut(&hb.launcher_id) {
+                l.last_heartbeat_ms = now;
+            }
+            tracing::info!(
+                prism_launcher_id = %hb.launcher_id,
+                "pushes to {} fail ({why}); asking it to register again to take them",
+                hb.launcher_id
+            );
+            return pb::HeartbeatAck {
+                success: false,
+                message: format!(
+                    "this admin's pushes to {} fail ({why}): register again to take what is \
+                     placed on it",
+                    hb.launcher_id
+                ),
+                server_timestamp: now / 1000,
+                reregister: true,
+                epoch: self.dispatcher.epoch(),
             };
         }
         let Some(l) = st.launchers.get_mut(&hb.launcher_id) else {
@@ -223,6 +248,7 @@ impl Fleet {
             message: String::new(),
             server_timestamp: now / 1000,
             reregister: false,
+            epoch: self.dispatcher.epoch(),
         }
     }
 }

@@ -80,6 +80,8 @@ pub enum FleetError {
     Unreachable { launcher: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// A delivery to a launcher that has not happened yet.
@@ -117,13 +119,35 @@ pub struct Assigned {
     pub applied: String,
 }
 
+/// The fleet's clocks: how often launchers report, how long a leader's
+/// lease lasts, and after how long a disconnected launcher's processes are
+/// replaced elsewhere (fleet-wide; each process may say its own).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub interval: Duration,
+    pub lease: Duration,
+    pub replace_after: Option<Duration>,
+}
+
+impl Timing {
+    /// Heartbeats every `interval`, the default lease, no replacement.
+    pub fn every(interval: Duration) -> Self {
+        Self {
+            interval,
+            lease: crate::admin::config::DEFAULT_LEASE,
+            replace_after: None,
+        }
+    }
+}
+
 pub struct Fleet {
     pub(super) store: Arc<dyn AdminStore>,
     pub(super) dispatcher: Dispatcher,
     pub(super) interval: Duration,
-    pub(super) reschedule_lost_after: Option<Duration>,
+    pub(super) lease: Duration,
+    pub(super) replace_after: Option<Duration>,
     pub(super) state: Mutex<State>,
-    pub(super) locks: KeyedLocks,
+    pub(super) locks: Arc<KeyedLocks>,
     pub(super) batch: std::sync::Mutex<HeartbeatBatch>,
     /// The history of the batch being written, until it is stored.
     pub(super) flushing: std::sync::Mutex<Vec<(String, HistoryEvent)>>,
@@ -144,17 +168,9 @@ impl Fleet {
     pub async fn open(
         store: Arc<dyn AdminStore>,
         dispatcher: Dispatcher,
-        interval: Duration,
-        reschedule_lost_after: Option<Duration>,
+        timing: Timing,
     ) -> Result<Arc<Self>, StoreError> {
-        Self::open_with(
-            store,
-            dispatcher,
-            interval,
-            reschedule_lost_after,
-            Arc::default(),
-        )
-        .await
+        Self::open_with(store, dispatcher, timing, Arc::default()).await
     }
 
     /// [`Self::open`], counting into `metrics` (the admin's, which exist
@@ -162,23 +178,14 @@ impl Fleet {
     pub async fn open_with(
         store: Arc<dyn AdminStore>,
         dispatcher: Dispatcher,
-        interval: Duration,
-        reschedule_lost_after: Option<Duration>,
+        timing: Timing,
         metrics: Arc<crate::metrics::AdminMetrics>,
     ) -> Result<Arc<Self>, StoreError> {
         let now = clock::unix_ms();
         store
             .prune_history(now - crate::admin::store::HISTORY_MAX_AGE_MS)
             .await?;
-        Self::load(
-            store,
-            dispatcher,
-            interval,
-            reschedule_lost_after,
-            metrics,
-            Some(now),
-        )
-        .await
+        Self::load(store, dispatcher, timing, metrics, Some(now)).await
     }
 
     /// The fleet as the database holds it, for the reads a follower serves
@@ -192,8 +199,7 @@ impl Fleet {
         Self::load(
             store,
             Dispatcher::new(None, String::new(), false),
-            interval,
-            None,
+            Timing::every(interval),
             Arc::default(),
             None,
         )
@@ -205,8 +211,7 @@ impl Fleet {
     async fn load(
         store: Arc<dyn AdminStore>,
         dispatcher: Dispatcher,
-        interval: Duration,
-        reschedule_lost_after: Option<Duration>,
+        timing: Timing,
         metrics: Arc<crate::metrics::AdminMetrics>,
         leading_since: Option<i64>,
     ) -> Result<Arc<Self>, StoreError> {
@@ -248,10 +253,11 @@ impl Fleet {
         Ok(Arc::new(Self {
             store,
             dispatcher,
-            interval,
-            reschedule_lost_after,
+            interval: timing.interval,
+            lease: timing.lease,
+            replace_after: timing.replace_after,
             state: Mutex::new(state),
-            locks: KeyedLocks::default(),
+            locks: Arc::default(),
             batch: std::sync::Mutex::default(),
             flushing: std::sync::Mutex::default(),
             flush_lock: tokio::sync::Mutex::const_new(()),
@@ -322,13 +328,27 @@ impl Fleet {
                 })
                 .inc();
         }
+        let disconnected: std::collections::HashSet<&str> = st
+            .launchers
+            .values()
+            .filter(|l| {
+                placement::liveness(l.last_heartbeat_ms, now, self.interval)
+                    == placement::Liveness::Disconnected
+            })
+            .map(|l| l.id.as_str())
+            .collect();
         for p in st.processes.values() {
             let pending = p
                 .launcher_id
                 .as_ref()
                 .is_some_and(|l| st.pending.contains(l, p.id()));
+            let unknown = p
+                .launcher_id
+                .as_deref()
+                .is_some_and(|l| disconnected.contains(l));
             let status = match (p.state, pending, st.health.get(p.id())) {
                 (PlacementState::Revoking, _, _) => "revoking".to_owned(),
+                _ if unknown => crate::admin::service::UNKNOWN.to_owned(),
                 (_, true, _) => "pending".to_owned(),
                 (_, _, Some(h)) if !h.health.detailed_status.is_empty() => {
                     h.health.detailed_status.clone()

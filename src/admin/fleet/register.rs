@@ -37,6 +37,7 @@ pub struct Registration {
     pub max_processes: u32,
     pub metadata: BTreeMap<String, String>,
     pub held: Vec<pb::HeldProcess>,
+    pub disconnect_stops: Vec<pb::DisconnectStop>,
 }
 
 impl TryFrom<pb::LauncherRegistration> for Registration {
@@ -115,6 +116,19 @@ impl TryFrom<pb::LauncherRegistration> for Registration {
                 format!("process id {:?} is not a valid id", h.process_id),
             ));
         }
+        if wire.disconnect_stops.len() > 100_000 {
+            return Err(bad("disconnect_stops", "more than 100000 entries".into()));
+        }
+        if let Some(d) = wire
+            .disconnect_stops
+            .iter()
+            .find(|d| !is_token(&d.process_id))
+        {
+            return Err(bad(
+                "disconnect_stops",
+                format!("process id {:?} is not a valid id", d.process_id),
+            ));
+        }
         let known = |t: &str| ProcessType::named(t).is_some();
         let mut types: Vec<String> = if wire.process_types.is_empty() {
             wire.capabilities
@@ -143,6 +157,7 @@ impl TryFrom<pb::LauncherRegistration> for Registration {
             max_processes: wire.max_processes as u32,
             metadata: wire.metadata.into_iter().collect(),
             held: wire.held,
+            disconnect_stops: wire.disconnect_stops,
         })
     }
 }
@@ -221,6 +236,7 @@ impl Fleet {
         // The launcher reconciles to `initial`, which delivers every pending
         // assignment and revocation at once.
         st.pending.remove_launcher(&reg.launcher_id);
+        let history = self.reconnected(&st, &reg, &reclaim);
         tracing::info!(
             prism_launcher_id = %reg.launcher_id,
             address = %reg.address,
@@ -240,7 +256,69 @@ impl Fleet {
             initial_processes: initial,
             heartbeat_interval_ms: self.interval.as_millis() as i64,
             reclaim,
+            epoch: self.dispatcher.epoch(),
         })
+        .inspect(|_| self.batch.lock().expect("poisoned").history.extend(history))
+    }
+
+    /// What a launcher's registration tells of its time cut off, for the
+    /// processes' histories: what it stopped on its own
+    /// (`on_disconnect.stop_after_ms`), and each copy it held of a process
+    /// placed elsewhere meanwhile, which it stops now (`initial` no longer
+    /// names it).
+    fn reconnected(
+        &self,
+        st: &State,
+        reg: &Registration,
+        reclaim: &[String],
+    ) -> Vec<(String, crate::admin::store::HistoryEvent)> {
+        let launcher = &reg.launcher_id;
+        let mut events = Vec::new();
+        for d in &reg.disconnect_stops {
+            let mut e = event(
+                "stopped-disconnected",
+                d.version,
+                launcher,
+                format!(
+                    "{launcher} stopped it after {:.1} s without an answer from any admin \
+                     (its on_disconnect.stop_after_ms)",
+                    d.silent_ms as f64 / 1000.0
+                ),
+            );
+            e.at_ms = d.stopped_at_ms;
+            events.push((d.process_id.clone(), e));
+        }
+        for h in &reg.held {
+            let Some(p) = st.processes.get(&h.process_id) else {
+                continue;
+            };
+            let elsewhere = p.launcher_id.as_deref().filter(|l| *l != launcher.as_str());
+            if let Some(other) = elsewhere
+                && !reclaim.contains(&h.process_id)
+                && !st.kept_on(launcher, &h.process_id)
+            {
+                events.push((
+                    h.process_id.clone(),
+                    event(
+                        "stale-copy-stopped",
+                        h.version,
+                        launcher,
+                        format!(
+                            "{launcher} came back holding v{} from before it was cut off; the \
+                             process runs on {other} now, so {launcher} stops its copy",
+                            h.version
+                        ),
+                    ),
+                ));
+                tracing::warn!(
+                    prism_launcher_id = %launcher,
+                    prism_process_id = %h.process_id,
+                    "{launcher} came back holding {}, which runs on {other} now; it stops its copy",
+                    h.process_id
+                );
+            }
+        }
+        events
     }
 
     /// Which of what `launcher` holds this admin has lost: a process it has

@@ -178,6 +178,8 @@ impl State {
                 spec_bytes: self.spec_bytes.get(&l.id).copied().unwrap_or(0),
                 draining: l.draining,
                 liveness: placement::liveness(l.last_heartbeat_ms, now_ms, interval),
+                silent: placement::silence(l.last_heartbeat_ms, now_ms),
+                late_after: interval * placement::LATE_AFTER_MISSED,
                 labels: &l.metadata,
                 in_group: in_group(&l.id),
             })

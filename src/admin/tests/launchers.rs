@@ -139,7 +139,7 @@ fn liveness_turns_at_three_and_six_missed_heartbeats() {
         (ms(i * 3) - 1, Liveness::Healthy),
         (ms(i * 3), Liveness::Unhealthy),
         (ms(i * 6) - 1, Liveness::Unhealthy),
-        (ms(i * 6), Liveness::Lost),
+        (ms(i * 6), Liveness::Disconnected),
         // A heartbeat stamped ahead of the admin's clock is fresh.
         (-5_000, Liveness::Healthy),
     ];
@@ -182,23 +182,101 @@ async fn an_unhealthy_launcher_gets_nothing_new_until_it_heartbeats() {
     h.place("kv-1", 1).await;
 }
 
+/// `on_disconnect` of a test process: stop after, replace after (seconds),
+/// at least once; a graceful stop of 10 s.
+fn disconnecting(stop: Option<i64>, replace: Option<i64>, twice: bool) -> Assignment {
+    let mut wire = spec("kv-1", 1);
+    let config = wire.config.as_mut().expect("config");
+    config.graceful_timeout_seconds = 10;
+    config.on_disconnect = Some(pb::OnDisconnect {
+        stop_after_ms: stop.map(|s| s * 1000),
+        replace_after_ms: replace.map(|s| s * 1000),
+        at_least_once: twice,
+    });
+    Assignment::try_from((wire, &Policy::structural())).expect("valid")
+}
+
 #[tokio::test]
-async fn processes_of_a_lost_launcher_move_only_when_asked_to() {
-    for (reschedule, moves) in [(None, false), (Some(Duration::ZERO), true)] {
-        let mut h = harness_with(reschedule).await;
+async fn processes_of_a_disconnected_launcher_move_only_when_they_allow_it() {
+    // Intervals are 10 s, the lease 5 s: a stop after 30 s with a 10 s
+    // graceful stop leaves no overlap past 30 + 10 + 10 + 5 = 55 s.
+    let fleet_wide = |s: u64| Some(Duration::from_secs(s));
+    let cases = [
+        // (fleet-wide replace_after, process, silent intervals, moves)
+        (None, disconnecting(None, None, false), 7, false),
+        // Fleet-wide replacement skips a process that never stops itself.
+        (fleet_wide(1), assignment("kv-1", 1), 7, false),
+        (fleet_wide(1), disconnecting(None, None, true), 7, true),
+        (
+            fleet_wide(56),
+            disconnecting(Some(30), None, false),
+            7,
+            true,
+        ),
+        (
+            fleet_wide(56),
+            disconnecting(Some(30), None, false),
+            5,
+            false,
+        ),
+        (
+            fleet_wide(50),
+            disconnecting(Some(30), None, false),
+            7,
+            false,
+        ),
+        // Its own replace_after wins, and only counts once disconnected.
+        (None, disconnecting(Some(30), Some(56), false), 6, true),
+        (None, disconnecting(Some(30), Some(80), false), 7, false),
+        (None, disconnecting(Some(30), Some(80), false), 9, true),
+    ];
+    for (i, (fleet, process, silent, moves)) in cases.into_iter().enumerate() {
+        let mut h = harness_with(fleet).await;
         h.launcher("a", &["pattern"], 5, true).await;
-        h.place("kv-1", 1).await;
+        h.fleet.assign(process, None, None).await.expect("placed");
         h.launcher("b", &["pattern"], 5, true).await;
-        h.silence("a", 6).await;
+        h.silence("a", silent).await;
         h.fleet.judge_liveness(crate::clock::unix_ms()).await;
-        assert_eq!(
-            h.fleet.state.lock().await.last_liveness["a"],
-            Liveness::Lost
-        );
         let on = h.placed_on("kv-1").await.unwrap().0;
-        assert_eq!(on == "b", moves, "reschedule {reschedule:?}: on {on}");
-        assert_eq!(h.pending("b", "kv-1").await, moves);
+        assert_eq!(on == "b", moves, "case {i}: on {on}");
+        assert_eq!(h.pending("b", "kv-1").await, moves, "case {i}");
     }
+}
+
+#[tokio::test]
+async fn a_replacement_that_could_overlap_is_refused_naming_both_fields_and_the_margin() {
+    let mut h = harness().await;
+    h.launcher("a", &["pattern"], 5, true).await;
+    let e = h
+        .fleet
+        .assign(disconnecting(Some(30), Some(55), false), None, None)
+        .await
+        .unwrap_err();
+    let status = crate::admin::service::to_status(e);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let m = status.message();
+    assert!(
+        m.starts_with("config.on_disconnect.replace_after_ms: 55s"),
+        "{m}"
+    );
+    assert!(
+        m.contains("config.on_disconnect.stop_after_ms (30s)"),
+        "{m}"
+    );
+    assert!(m.contains("= 55s"), "{m}");
+    // A stop sooner than three heartbeats would stop it between two.
+    let e = h
+        .fleet
+        .assign(disconnecting(Some(20), None, false), None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("config.on_disconnect.stop_after_ms: 20000 ms is shorter than three"),
+        "{e}"
+    );
+    // Nothing was placed.
+    assert!(h.placed_on("kv-1").await.is_none());
 }
 
 #[tokio::test]
@@ -278,7 +356,7 @@ async fn liveness_follows_missed_heartbeats_on_paused_time() {
     tokio::time::sleep(INTERVAL / 2).await;
     assert_eq!(liveness(&h).await, Some(Liveness::Unhealthy));
     tokio::time::sleep(INTERVAL * 3).await;
-    assert_eq!(liveness(&h).await, Some(Liveness::Lost));
+    assert_eq!(liveness(&h).await, Some(Liveness::Disconnected));
     // One heartbeat, and the next pass finds it healthy again.
     h.fleet
         .heartbeat(Heartbeat::from(pb::LauncherHeartbeatRequest {

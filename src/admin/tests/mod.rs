@@ -175,8 +175,10 @@ pub(super) async fn harness_on(
     let fleet = Fleet::open(
         store,
         Dispatcher::new(None, "prism".into(), false),
-        INTERVAL,
-        reschedule_lost_after,
+        crate::admin::Timing {
+            replace_after: reschedule_lost_after,
+            ..crate::admin::Timing::every(INTERVAL)
+        },
     )
     .await
     .expect("fleet");
@@ -194,8 +196,7 @@ pub(super) async fn open_fleet(dir: &Path) -> Arc<Fleet> {
     Fleet::open(
         store,
         Dispatcher::new(None, "prism".into(), false),
-        INTERVAL,
-        None,
+        crate::admin::Timing::every(INTERVAL),
     )
     .await
     .unwrap()

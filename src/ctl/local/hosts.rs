@@ -290,7 +290,12 @@ pub(super) async fn partition(
     Ok(())
 }
 
-pub(super) async fn delay(state: &Path, host: &str, by: &str) -> Result<(), Error> {
+pub(super) async fn delay(
+    state: &Path,
+    host: &str,
+    to: Option<&str>,
+    by: &str,
+) -> Result<(), Error> {
     ensure_root()?;
     let fleet = needs_fleet(state)?;
     let delay = crate::settings::parse_duration(by)
@@ -300,12 +305,13 @@ pub(super) async fn delay(state: &Path, host: &str, by: &str) -> Result<(), Erro
             "DELAY {by}: at most 60s (a longer one is a partition)"
         )));
     }
-    fleet.delay(host, delay).await?;
+    fleet.delay(host, to, delay).await?;
+    let whom = to.map(|t| format!(" to {t}")).unwrap_or_default();
     out(&if delay.is_zero() {
         format!("{host}'s packets are no longer delayed\n")
     } else {
         format!(
-            "every packet {host} sends now leaves {}ms late\n",
+            "every packet {host} sends{whom} now leaves {}ms late\n",
             delay.as_millis()
         )
     });

@@ -134,6 +134,9 @@ pub enum LocalAction {
         host: String,
         /// 500ms, 2s… (0 removes the delay).
         delay: String,
+        /// Only what it sends to this host.
+        #[arg(long)]
+        to: Option<String>,
     },
     /// Undo partitions and delays: of one host, or of every host.
     Heal { host: Option<String> },
@@ -264,7 +267,9 @@ pub async fn run(g: &Global, args: &LocalArgs) -> Result<(), Error> {
             from,
             one_way,
         } => hosts::partition(&args.state_dir, host, from, *one_way).await,
-        LocalAction::Delay { host, delay } => hosts::delay(&args.state_dir, host, delay).await,
+        LocalAction::Delay { host, delay, to } => {
+            hosts::delay(&args.state_dir, host, to.as_deref(), delay).await
+        }
         LocalAction::Heal { host } => hosts::heal(&args.state_dir, host.as_deref()).await,
         LocalAction::Netem { delay } => hosts::netem(delay),
     }

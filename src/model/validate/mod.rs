@@ -249,6 +249,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
         let logs = check_logs(config.logs.as_ref(), policy.log_defaults)?;
         let placement = check_placement(config.placement.as_ref())?;
         let depends_on = check_dependencies(&id, &config.depends_on)?;
+        let on_disconnect = check_on_disconnect(config.on_disconnect.as_ref())?;
         let stop_timeout = match config.graceful_timeout_seconds {
             0 => ManagedProcess::DEFAULT_STOP_TIMEOUT,
             s if (1..=MAX_STOP_TIMEOUT_SECS).contains(&s) => Duration::from_secs(s as u64),
@@ -287,6 +288,7 @@ impl TryFrom<(pb::ProcessAssignment, &Policy)> for ManagedProcess {
             logs,
             placement,
             depends_on,
+            on_disconnect,
             stop_timeout,
             notify_ready,
         };

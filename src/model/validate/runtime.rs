@@ -450,6 +450,51 @@ const MAX_PLACEMENT_LABELS: usize = 32;
 const MAX_LABEL_KEY_BYTES: usize = 64;
 const MAX_LABEL_VALUE_BYTES: usize = 256;
 
+/// The longest `on_disconnect` duration: a week.
+pub const MAX_DISCONNECT_MS: i64 = 7 * 24 * 3600 * 1000;
+
+pub(super) fn check_on_disconnect(d: Option<&pb::OnDisconnect>) -> Result<OnDisconnect> {
+    let Some(d) = d else {
+        return Ok(OnDisconnect::default());
+    };
+    let f = "config.on_disconnect";
+    let duration = |name: &str, ms: Option<i64>| -> Result<Option<Duration>> {
+        match ms {
+            None => Ok(None),
+            Some(ms) if ms <= 0 => err(
+                format!("{f}.{name}"),
+                format!(
+                    "{ms} is not positive (leave it out for never; a process keeps running by \
+                     default)"
+                ),
+            ),
+            Some(ms) if !(1000..=MAX_DISCONNECT_MS).contains(&ms) => err(
+                format!("{f}.{name}"),
+                format!("{ms} is outside 1000..={MAX_DISCONNECT_MS} (1 s to 7 days)"),
+            ),
+            Some(ms) => Ok(Some(Duration::from_millis(ms as u64))),
+        }
+    };
+    let stop_after = duration("stop_after_ms", d.stop_after_ms)?;
+    let replace_after = duration("replace_after_ms", d.replace_after_ms)?;
+    if replace_after.is_some() && stop_after.is_none() && !d.at_least_once {
+        return err(
+            format!("{f}.replace_after_ms"),
+            format!(
+                "a copy elsewhere while its launcher still runs this one would run it twice: set \
+                 {f}.stop_after_ms (replace_after_ms must then exceed stop_after_ms + the \
+                 graceful stop + one heartbeat interval + the admins' lease), or \
+                 {f}.at_least_once"
+            ),
+        );
+    }
+    Ok(OnDisconnect {
+        stop_after,
+        replace_after,
+        at_least_once: d.at_least_once,
+    })
+}
+
 pub(super) fn check_placement(p: Option<&pb::PlacementRules>) -> Result<PlacementRules> {
     let Some(p) = p else {
         return Ok(PlacementRules::default());
