@@ -531,6 +531,26 @@ pub fn sweep_stale(base: &Path) {
     }
 }
 
+/// Stop whatever still runs in the cgroup subtrees named `name` (a
+/// sandbox whose directory is gone: only its cgroups say what it ran), and
+/// remove them. Only processes inside those cgroups are signalled.
+pub fn sweep_cgroups(name: &str) {
+    if name.is_empty() || name.contains('/') {
+        return;
+    }
+    let stale = Sandbox {
+        dir: Path::new("/nonexistent").join(name),
+        child: None,
+        manager_pid: None,
+        journald_pid: None,
+        keep_dir: true,
+        detached: false,
+        host: None,
+    };
+    // Drop kills what is left in the cgroups and removes them.
+    drop(stale);
+}
+
 /// Is `pid` a member of the cgroup subtree named `name`?
 fn in_cgroup(pid: u32, name: &str) -> bool {
     fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| {

@@ -196,6 +196,7 @@ impl ControlPlane for ControlPlaneService {
 
 fn launcher_info(
     l: &LauncherRecord,
+    last_heard: i64,
     used: u32,
     interval: std::time::Duration,
 ) -> apb::LauncherInfo {
@@ -208,12 +209,12 @@ fn launcher_info(
         process_types: l.process_types.clone(),
         max_processes: l.max_processes as i32,
         slots_used: used as i32,
-        health: placement::liveness(l.last_heartbeat_ms, crate::clock::unix_ms(), interval)
+        health: placement::liveness(last_heard, crate::clock::unix_ms(), interval)
             .as_str()
             .into(),
         draining: l.draining,
         registered_at_unix_ms: l.registered_at_ms,
-        last_heartbeat_unix_ms: l.last_heartbeat_ms,
+        last_heartbeat_unix_ms: last_heard,
         resources: l.resources,
         metadata: l.metadata.clone().into_iter().collect(),
     }
@@ -252,8 +253,12 @@ impl AdminService {
         Self { fleet }
     }
 
-    async fn process_info(&self, p: &ProcessRecord, events: Vec<HistoryEvent>) -> apb::ProcessInfo {
-        let st = self.fleet.state.lock().await;
+    fn process_info(
+        &self,
+        st: &super::fleet::State,
+        p: &ProcessRecord,
+        events: Vec<HistoryEvent>,
+    ) -> apb::ProcessInfo {
         let launcher = p.launcher_id.clone().unwrap_or_default();
         let pending = st.pending.contains(&launcher, p.id());
         let health = st.health.get(p.id());
@@ -263,7 +268,7 @@ impl AdminService {
         let silent_since = st
             .launchers
             .get(&launcher)
-            .map(|l| l.last_heartbeat_ms)
+            .map(|l| st.last_heard(l))
             .filter(|last| {
                 placement::liveness(*last, crate::clock::unix_ms(), self.fleet.interval())
                     == placement::Liveness::Disconnected
@@ -335,6 +340,7 @@ impl Admin for AdminService {
             .map(|l| {
                 launcher_info(
                     l,
+                    st.last_heard(l),
                     used.get(l.id.as_str()).copied().unwrap_or(0),
                     self.fleet.interval(),
                 )
@@ -356,6 +362,7 @@ impl Admin for AdminService {
             .ok_or_else(|| not_found("launcher", &id))?;
         Ok(Response::new(launcher_info(
             l,
+            st.last_heard(l),
             used.get(id.as_str()).copied().unwrap_or(0),
             self.fleet.interval(),
         )))
@@ -366,24 +373,22 @@ impl Admin for AdminService {
         request: Request<apb::ListProcessesRequest>,
     ) -> Result<Response<apb::ListProcessesResponse>, Status> {
         let f = request.into_inner();
-        let mut records: Vec<ProcessRecord> = {
-            let st = self.fleet.state.lock().await;
-            st.processes
-                .values()
-                .filter(|p| f.process_type.is_empty() || p.process_type() == f.process_type)
-                .filter(|p| {
-                    f.launcher_id.is_empty()
-                        || p.launcher_id.as_deref() == Some(f.launcher_id.as_str())
-                })
-                .filter(|p| f.namespace.is_empty() || p.spec.namespace == f.namespace)
-                .cloned()
-                .collect()
-        };
+        // One look at the state for the whole listing.
+        let st = self.fleet.state.lock().await;
+        let mut records: Vec<&ProcessRecord> = st
+            .processes
+            .values()
+            .filter(|p| f.process_type.is_empty() || p.process_type() == f.process_type)
+            .filter(|p| {
+                f.launcher_id.is_empty() || p.launcher_id.as_deref() == Some(f.launcher_id.as_str())
+            })
+            .filter(|p| f.namespace.is_empty() || p.spec.namespace == f.namespace)
+            .collect();
         // The listing's order: by id.
         records.sort_by(|a, b| a.id().cmp(b.id()));
         let mut processes = Vec::with_capacity(records.len());
-        for p in &records {
-            let info = self.process_info(p, Vec::new()).await;
+        for p in records {
+            let info = self.process_info(&st, p, Vec::new());
             let matches = f.status.is_empty()
                 || info.placement == f.status
                 || info
@@ -426,7 +431,8 @@ impl Admin for AdminService {
             .history(&req.process_id, limit)
             .await
             .map_err(|e| to_status(e.into()))?;
-        Ok(Response::new(self.process_info(&record, events).await))
+        let st = self.fleet.state.lock().await;
+        Ok(Response::new(self.process_info(&st, &record, events)))
     }
 
     async fn drain_launcher(

@@ -190,8 +190,8 @@ impl Fleet {
                 .map(|l| {
                     (
                         l.id.clone(),
-                        placement::liveness(l.last_heartbeat_ms, now, self.interval),
-                        l.last_heartbeat_ms,
+                        placement::liveness(st.last_heard(l), now, self.interval),
+                        st.last_heard(l),
                     )
                 })
                 .collect();

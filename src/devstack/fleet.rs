@@ -248,6 +248,13 @@ impl Fleet {
         self
     }
 
+    /// Leave everything running when this handle is dropped (a test's
+    /// fleet kept for a post-mortem; the next fleet sweeps it).
+    pub fn keep(mut self) -> Self {
+        self.down_on_drop = false;
+        self
+    }
+
     pub fn bin_dir(&self) -> PathBuf {
         self.home.join("bin")
     }
@@ -804,6 +811,10 @@ impl Fleet {
             let _ = fs::remove_file(self.launcher_socket(&host));
         }
         let _ = fs::remove_file(Self::config_path(&self.home));
+        if self.net.owner.pid.is_some() {
+            // A test run's fleet: its directory is the fleet's alone.
+            let _ = fs::remove_dir_all(&self.home);
+        }
         Ok(())
     }
 }
@@ -828,6 +839,8 @@ pub fn sweep_stale() {
             if let Some(sandbox) = Sandbox::attach(&dir) {
                 drop(sandbox);
             }
+            // Its directory may be gone: its cgroups still say what ran.
+            crate::sandbox::sweep_cgroups(&net.netns(&h.name));
         }
         if net.owner.pid.is_some() {
             let _ = fs::remove_dir_all(&net.owner.home);

@@ -47,6 +47,10 @@ pub struct AdminLink {
     client: ControlPlaneClient<Channel>,
     registration: pb::LauncherRegistration,
     interval: Duration,
+    /// Placed here by the last registration: what it stopped while cut off
+    /// among these starts again once a heartbeat is answered (a
+    /// registration may have been sent long before its answer came).
+    resume: Vec<String>,
 }
 
 impl AdminLink {
@@ -107,6 +111,7 @@ impl AdminLink {
             client,
             registration,
             interval: config.heartbeat_interval,
+            resume: Vec::new(),
         })
     }
 
@@ -219,8 +224,9 @@ impl AdminLink {
             .sync_to(ack.initial_processes, asked_at, &reclaim)
             .await;
         // What it stopped while cut off and is still placed here starts
-        // again; the rest `sync_to` revoked.
-        self.supervisor.resume(&placed);
+        // again after the first heartbeat answered; the rest `sync_to`
+        // revoked.
+        self.resume = placed;
         self.supervisor.allow_stopping_undesired(true);
         self.supervisor.request_reconcile();
         if !ack.reclaim.is_empty() {
@@ -280,8 +286,8 @@ impl AdminLink {
     /// rate, whatever the round trip takes: a slow network does not make
     /// a launcher look silent.
     async fn heartbeat_until_failure(&mut self, shutdown: &mut Shutdown) -> Option<String> {
-        let mut ticks =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        // The first at once: it tells the launcher the admin hears it now.
+        let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             shutdown.until(ticks.tick()).await?;
@@ -319,7 +325,12 @@ impl AdminLink {
                         ack.get_ref().message
                     ));
                 }
-                Ok(Ok(_)) => self.supervisor.contact.answered(sent_ms),
+                Ok(Ok(_)) => {
+                    self.supervisor.contact.answered(sent_ms);
+                    if !self.resume.is_empty() {
+                        self.supervisor.resume(&std::mem::take(&mut self.resume));
+                    }
+                }
                 Ok(Err(status)) => {
                     self.supervisor.metrics.heartbeat_failures.inc();
                     return Some(describe(&status));

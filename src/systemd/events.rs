@@ -145,7 +145,12 @@ impl Hub {
         let mut jobs = self.jobs.lock().expect("job table poisoned");
         if let Some(tx) = jobs.waiting.remove(job) {
             let _ = tx.send(JobOutcome::Finished(result.to_owned()));
-        } else if is_prism_service(unit) {
+        } else if unit.starts_with(crate::unit::UNIT_PREFIX) {
+            // A job of the project's own (a workload's, or one of the local
+            // stack's daemons') may end before its caller watches for it
+            // (a stop takes a millisecond): kept a while for that caller.
+            // Other units' jobs on a busy system bus are none of its
+            // business.
             let now = Instant::now();
             jobs.unclaimed
                 .retain(|_, (_, at)| now.duration_since(*at) < UNCLAIMED_TTL);

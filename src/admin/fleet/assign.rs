@@ -339,7 +339,7 @@ impl Fleet {
     async fn silence_of(&self, launcher: &str) -> Duration {
         let st = self.state.lock().await;
         st.launchers.get(launcher).map_or(Duration::ZERO, |l| {
-            placement::silence(l.last_heartbeat_ms, clock::unix_ms())
+            placement::silence(st.last_heard(l), clock::unix_ms())
         })
     }
 
@@ -482,6 +482,25 @@ impl Fleet {
                 exit_code: 0,
             });
         };
+        // A launcher that has missed a heartbeat is not waited for: the
+        // revocation is recorded, and delivered once it answers (or with its
+        // next registration).
+        let silent = self.silence_of(&launcher).await;
+        if silent >= self.interval * placement::LATE_AFTER_MISSED {
+            let mut st = self.state.lock().await;
+            self.schedule(
+                &mut st,
+                &launcher,
+                &id,
+                DeliveryKind::Revoke {
+                    grace: req.graceful_timeout_seconds,
+                },
+            );
+            return Err(FleetError::Unreachable {
+                launcher,
+                reason: format!("it has not reported for {:.1} s", silent.as_secs_f64()),
+            });
+        }
         let address = self.address_of(&launcher).await.unwrap_or_default();
         match self
             .dispatcher

@@ -69,7 +69,25 @@ impl Fleet {
     /// and what is placed on it.
     pub async fn heartbeat(&self, hb: Heartbeat) -> pb::HeartbeatAck {
         let now = clock::unix_ms();
-        let mut st = self.state.lock().await;
+        // Heard, whatever else: liveness never waits for the state.
+        self.heard.note(&hb.launcher_id, now);
+        let Ok(mut st) = tokio::time::timeout(self.interval / 2, self.state.lock()).await else {
+            // The state is held (a slow database write): this heartbeat
+            // counts for liveness, and its reports wait for the next one,
+            // which carries them all again.
+            tracing::debug!(
+                prism_launcher_id = %hb.launcher_id,
+                "the fleet's state is busy: {}'s heartbeat counted for liveness only",
+                hb.launcher_id
+            );
+            return pb::HeartbeatAck {
+                success: true,
+                message: String::new(),
+                server_timestamp: now / 1000,
+                reregister: false,
+                epoch: self.dispatcher.epoch(),
+            };
+        };
         let known = st.launchers.contains_key(&hb.launcher_id);
         if !known || !st.registered.contains(&hb.launcher_id) {
             // Liveness counts: it is alive, whatever else.

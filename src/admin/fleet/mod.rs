@@ -147,6 +147,8 @@ pub struct Fleet {
     pub(super) lease: Duration,
     pub(super) replace_after: Option<Duration>,
     pub(super) state: Mutex<State>,
+    /// When each launcher was last heard (shared with the state).
+    pub(super) heard: Arc<state::Heard>,
     pub(super) locks: Arc<KeyedLocks>,
     pub(super) batch: std::sync::Mutex<HeartbeatBatch>,
     /// The history of the batch being written, until it is stored.
@@ -250,7 +252,9 @@ impl Fleet {
                 }
             }
         }
+        let heard = state.heard.clone();
         Ok(Arc::new(Self {
+            heard,
             store,
             dispatcher,
             interval: timing.interval,
@@ -321,7 +325,7 @@ impl Fleet {
         let now = clock::unix_ms();
         let st = self.state.lock().await;
         for l in st.launchers.values() {
-            let health = placement::liveness(l.last_heartbeat_ms, now, self.interval);
+            let health = placement::liveness(st.last_heard(l), now, self.interval);
             m.launchers
                 .get_or_create(&crate::metrics::Health {
                     health: health.as_str().into(),
@@ -332,7 +336,7 @@ impl Fleet {
             .launchers
             .values()
             .filter(|l| {
-                placement::liveness(l.last_heartbeat_ms, now, self.interval)
+                placement::liveness(st.last_heard(l), now, self.interval)
                     == placement::Liveness::Disconnected
             })
             .map(|l| l.id.as_str())

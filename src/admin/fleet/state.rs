@@ -14,8 +14,37 @@ use super::super::{
     store::{HealthRecord, LauncherRecord, ProcessRecord},
 };
 
+/// When each launcher was last heard, kept apart from the fleet's state: a
+/// heartbeat notes it at once, even while the state is held by a slow
+/// database write, so that a slow database never makes launchers look
+/// silent.
+#[derive(Default, Debug)]
+pub struct Heard(std::sync::Mutex<HashMap<String, i64>>);
+
+impl Heard {
+    pub fn note(&self, launcher: &str, at_ms: i64) {
+        let mut heard = self.0.lock().expect("heard poisoned");
+        match heard.get_mut(launcher) {
+            Some(t) => *t = (*t).max(at_ms),
+            None => {
+                heard.insert(launcher.to_owned(), at_ms);
+            }
+        }
+    }
+
+    pub fn get(&self, launcher: &str) -> Option<i64> {
+        self.0
+            .lock()
+            .expect("heard poisoned")
+            .get(launcher)
+            .copied()
+    }
+}
+
 #[derive(Default)]
 pub struct State {
+    /// When each launcher was last heard (see [`Heard`]).
+    pub heard: std::sync::Arc<Heard>,
     pub launchers: BTreeMap<String, LauncherRecord>,
     /// Read freely; change only through [`State::put`] and [`State::take`],
     /// which keep `by_launcher` in step. Hashed: a heartbeat looks up each
@@ -52,6 +81,13 @@ pub struct State {
 }
 
 impl State {
+    /// When `l` was last heard: its record, or a heartbeat noted since.
+    pub fn last_heard(&self, l: &LauncherRecord) -> i64 {
+        self.heard
+            .get(&l.id)
+            .map_or(l.last_heartbeat_ms, |t| t.max(l.last_heartbeat_ms))
+    }
+
     /// Insert or replace a process record.
     pub fn put(&mut self, record: ProcessRecord) {
         let id = record.id().to_owned();
@@ -177,8 +213,8 @@ impl State {
                 used: used.get(l.id.as_str()).copied().unwrap_or(0),
                 spec_bytes: self.spec_bytes.get(&l.id).copied().unwrap_or(0),
                 draining: l.draining,
-                liveness: placement::liveness(l.last_heartbeat_ms, now_ms, interval),
-                silent: placement::silence(l.last_heartbeat_ms, now_ms),
+                liveness: placement::liveness(self.last_heard(l), now_ms, interval),
+                silent: placement::silence(self.last_heard(l), now_ms),
                 late_after: interval * placement::LATE_AFTER_MISSED,
                 labels: &l.metadata,
                 in_group: in_group(&l.id),

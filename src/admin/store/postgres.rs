@@ -1,8 +1,8 @@
 //! [`AdminStore`] on PostgreSQL, shared by several admins: the one holding
 //! the lease (a row, with an epoch and an expiry by the database's clock)
-//! leads, and every write transaction first takes that row `FOR SHARE` at
-//! its own epoch. A takeover (`UPDATE … epoch + 1`) therefore waits for the
-//! writes in flight, and every write after it by the admin it deposed finds
+//! leads, and every write transaction first takes that row `FOR KEY SHARE`
+//! at its own epoch. A takeover (`FOR UPDATE`, then `epoch + 1`) therefore
+//! waits for the writes in flight (a renewal does not), and every write after it by the admin it deposed finds
 //! no row at its epoch and fails: nothing is written. TLS uses rustls with
 //! the same `ring` provider as gRPC (`sslmode`, `sslrootcert` in the URL).
 
@@ -19,6 +19,13 @@ pub struct PgStore {
     pool: PgPool,
     /// The lease this admin holds: (holder, epoch); None before it leads.
     fence: Mutex<Option<(String, i64)>>,
+    /// The lease is read and renewed on a connection of its own: one round
+    /// trip, never behind the pool's other work or its liveness ping (on a
+    /// slow network a renewal must fit in a third of the lease). A failed
+    /// renewal drops it; the next one connects afresh.
+    lease_conn: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+    connect: PgConnectOptions,
+    timeout: Duration,
 }
 
 impl PgStore {
@@ -32,14 +39,17 @@ impl PgStore {
             // A statement that hangs (a lock held by a wedged peer) fails
             // instead of holding the caller.
             .options([("statement_timeout", timeout_ms.as_str())])
-            .log_statements(tracing::log::LevelFilter::Trace);
+            .log_statements(tracing::log::LevelFilter::Trace)
+            // On a slow network every statement takes a round trip or more:
+            // only one that takes a large part of its timeout is news.
+            .log_slow_statements(tracing::log::LevelFilter::Warn, options.timeout / 2);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.timeout)
             // A connection the database ended (restart, failover,
             // pg_terminate_backend) is found out before it is used.
             .test_before_acquire(true)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
         sqlx::migrate!("src/admin/store/migrations/postgres")
             .run(&pool)
@@ -47,6 +57,9 @@ impl PgStore {
         Ok(Self {
             pool,
             fence: Mutex::new(None),
+            lease_conn: tokio::sync::Mutex::new(None),
+            connect,
+            timeout: options.timeout,
         })
     }
 
@@ -61,7 +74,8 @@ impl PgStore {
             return Err(StoreError::NotLeader { epoch: 0 });
         };
         let row = sqlx::query(
-            "SELECT epoch FROM leader_lease WHERE id = 1 AND holder = $1 AND epoch = $2 FOR SHARE",
+            "SELECT epoch FROM leader_lease WHERE id = 1 AND holder = $1 AND epoch = $2 \
+             FOR KEY SHARE",
         )
         .bind(&holder)
         .bind(epoch)
@@ -75,49 +89,99 @@ impl PgStore {
 
     async fn lease(&self, me: &Candidate, ttl: Duration) -> Result<Lease, StoreError> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        // Take it if it is free or expired (a new epoch), renew it if mine
-        // (the same epoch), otherwise leave it.
-        let taken = sqlx::query(
-            "INSERT INTO leader_lease AS l (id, holder, address, epoch, expires_at) \
-             VALUES (1, $1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond') \
-             ON CONFLICT (id) DO UPDATE SET \
-               epoch = CASE WHEN l.holder = excluded.holder THEN l.epoch ELSE l.epoch + 1 END, \
-               holder = excluded.holder, address = excluded.address, \
-               expires_at = excluded.expires_at \
-             WHERE l.holder = excluded.holder OR l.expires_at < clock_timestamp() \
-             RETURNING holder, address, epoch, \
-               (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint AS remaining_ms",
-        )
+        let mut slot = self.lease_conn.lock().await;
+        // Out of its slot while in use: a call abandoned half way (its
+        // caller's deadline) leaves no connection in an unknown state
+        // behind, and a failed one (perhaps a connection the database
+        // ended) is not used again.
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => tokio::time::timeout(self.timeout, self.connect.connect())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??,
+        };
+        let lease = Self::take_or_read(&mut conn, me, ttl_ms).await?;
+        *slot = Some(conn);
+        *self.fence.lock().expect("fence") = lease
+            .held_by(me)
+            .then(|| (lease.holder.clone(), lease.epoch));
+        Ok(lease)
+    }
+
+    /// Renew the lease if `me` holds it (the same epoch); else take it if
+    /// it is free or expired (a new epoch); else read it.
+    ///
+    /// A renewal updates no key column, so its row lock (`FOR NO KEY
+    /// UPDATE`) never waits for the writes in flight, which hold the row
+    /// `FOR KEY SHARE`: on a slow network those take several round trips,
+    /// and a renewal stuck behind them would lose the lease. A takeover
+    /// takes the row `FOR UPDATE` first, which does wait for them: no write
+    /// of the deposed leader commits after it.
+    async fn take_or_read(
+        conn: &mut sqlx::PgConnection,
+        me: &Candidate,
+        ttl_ms: i64,
+    ) -> Result<Lease, StoreError> {
+        const LEASE: &str = "holder, address, epoch, \
+            (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint AS remaining_ms";
+        let renewed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE leader_lease SET address = $2, \
+               expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
+             WHERE id = 1 AND holder = $1 RETURNING {LEASE}"
+        )))
         .bind(&me.holder)
         .bind(&me.address)
         .bind(ttl_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?;
-        let row = match taken {
+        let row = match renewed {
             Some(row) => row,
             None => {
-                sqlx::query(
-                    "SELECT holder, address, epoch, \
-                     (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint \
-                       AS remaining_ms \
-                     FROM leader_lease WHERE id = 1",
+                use sqlx::Connection;
+                let mut tx = conn.begin().await?;
+                let current = sqlx::query(
+                    "SELECT expires_at < clock_timestamp() AS expired FROM leader_lease \
+                     WHERE id = 1 FOR UPDATE",
                 )
-                .fetch_one(&self.pool)
-                .await?
+                .fetch_optional(&mut *tx)
+                .await?;
+                let free = match &current {
+                    None => true,
+                    Some(row) => row.try_get::<bool, _>("expired")?,
+                };
+                let row = if free {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO leader_lease AS l (id, holder, address, epoch, expires_at) \
+                         VALUES (1, $1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond') \
+                         ON CONFLICT (id) DO UPDATE SET epoch = l.epoch + 1, \
+                           holder = excluded.holder, address = excluded.address, \
+                           expires_at = excluded.expires_at \
+                         RETURNING {LEASE}"
+                    )))
+                    .bind(&me.holder)
+                    .bind(&me.address)
+                    .bind(ttl_ms)
+                    .fetch_one(&mut *tx)
+                    .await?
+                } else {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {LEASE} FROM leader_lease WHERE id = 1"
+                    )))
+                    .fetch_one(&mut *tx)
+                    .await?
+                };
+                tx.commit().await?;
+                row
             }
         };
-        let lease = Lease {
+        Ok(Lease {
             holder: row.try_get("holder")?,
             address: row.try_get("address")?,
             epoch: row.try_get("epoch")?,
             remaining: Duration::from_millis(
                 u64::try_from(row.try_get::<i64, _>("remaining_ms")?).unwrap_or(0),
             ),
-        };
-        *self.fence.lock().expect("fence") = lease
-            .held_by(me)
-            .then(|| (lease.holder.clone(), lease.epoch));
-        Ok(lease)
+        })
     }
 }
 
