@@ -35,7 +35,7 @@ pub const CONVERGE: Duration = Duration::from_secs(1 + 5 + 2);
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// One partition test at a time: their clocks are what they measure.
-pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")

@@ -28,8 +28,8 @@ use prism_launcher::{
     pb::prism as pb,
 };
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// Place `ids` round-robin over the launcher hosts (pinned), wait until
@@ -127,7 +127,7 @@ impl Watch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launcher_cut_from_every_admin() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(net) = up(3, true, &[]).await else {
         return;
     };
@@ -314,7 +314,7 @@ async fn a_launcher_cut_from_every_admin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launcher_cut_from_the_leader_only() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(net) = up(3, true, &[]).await else {
         return;
     };
@@ -376,7 +376,7 @@ async fn a_launcher_cut_from_the_leader_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_cut_from_the_database() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(net) = up(3, true, &[]).await else {
         return;
     };
@@ -423,7 +423,7 @@ async fn the_leader_cut_from_the_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_cut_from_the_leader() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(net) = up(2, true, &[]).await else {
         return;
     };
@@ -481,7 +481,7 @@ async fn a_follower_cut_from_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_loss_between_a_launcher_and_the_admins() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(net) = up(2, true, &[]).await else {
         return;
     };
@@ -514,7 +514,7 @@ async fn one_way_loss_between_a_launcher_and_the_admins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_a_second_on_every_link() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(net) = up(3, true, &[]).await else {
         return;
     };
@@ -569,7 +569,7 @@ async fn half_a_second_on_every_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacement_after_stop_after_never_overlaps() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(net) = up(2, true, &[]).await else {
         return;
     };
@@ -671,7 +671,7 @@ async fn replacement_after_stop_after_never_overlaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leaders_push_is_refused() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(net) = up(1, true, &[]).await else {
         return;
     };

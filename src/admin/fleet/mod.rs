@@ -217,7 +217,21 @@ impl Fleet {
         metrics: Arc<crate::metrics::AdminMetrics>,
         leading_since: Option<i64>,
     ) -> Result<Arc<Self>, StoreError> {
-        let snapshot = store.load().await?;
+        let mut snapshot = store.load().await?;
+        if leading_since.is_none() {
+            // A view judges liveness as of the leader's last write, not
+            // the wall clock: while no admin leads (a failover), or while
+            // the database lags (a slow network), the heartbeats stored are
+            // all as old, and a launcher is no more silent than the rest.
+            let now = clock::unix_ms();
+            let freshest = snapshot.launchers.iter().map(|l| l.last_heartbeat_ms).max();
+            let cadence = timing.interval.as_millis() as i64;
+            if let Some(lag) = freshest.map(|f| now - f - cadence).filter(|lag| *lag > 0) {
+                for l in &mut snapshot.launchers {
+                    l.last_heartbeat_ms += lag;
+                }
+            }
+        }
         let mut state = State::default();
         for mut l in snapshot.launchers {
             if let Some(now) = leading_since {
