@@ -2039,3 +2039,81 @@ async fn an_upstream_pattern_launcher_client_drives_patterns_from_manifests() {
         "{text}"
     );
 }
+
+/// An admin's order (`prism-placed-by: admin`) naming its epoch.
+fn ordered<T>(message: T, epoch: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("prism-placed-by", "admin".parse().unwrap());
+    r.metadata_mut()
+        .insert("prism-epoch", epoch.parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_of_an_older_admin_epoch_is_refused_naming_both() {
+    let Some(h) = harness!() else { return };
+    let mut d = Daemon::start(&h, &[]).await;
+    let client = d.client().await;
+    client
+        .clone()
+        .assign_process(ordered(pattern("kv-1", &h.demo, &[]), "5"))
+        .await
+        .unwrap();
+    let e = client
+        .clone()
+        .assign_process(ordered(pattern("kv-2", &h.demo, &[]), "4"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert_eq!(
+        e.message(),
+        "this launcher has obeyed admin epoch 5; an order of epoch 4 comes from a deposed \
+         leader and is refused"
+    );
+    let e = client
+        .clone()
+        .revoke_process(ordered(
+            pb::ProcessRevocation {
+                process_id: "kv-1".into(),
+                ..Default::default()
+            },
+            "3",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    // Nothing changed: kv-1 runs, kv-2 was never created.
+    assert_eq!(d.state_files(), ["kv\\x2d1.pb"]);
+    let units = h.listed_units();
+    assert!(units.iter().any(|u| u.contains("kv\\x2d1")), "{units:?}");
+    assert!(!units.iter().any(|u| u.contains("kv\\x2d2")), "{units:?}");
+    assert_eq!(
+        fs::read_to_string(d.state_dir.join("admin-epoch")).unwrap(),
+        "5"
+    );
+    // The newest epoch obeyed survives a restart; an operator's own order
+    // (no epoch) is not fenced.
+    d.restart().await;
+    let client = d.client().await;
+    let e = client
+        .clone()
+        .assign_process(ordered(pattern("kv-2", &h.demo, &[]), "4"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    client
+        .clone()
+        .assign_process(pattern("kv-2", &h.demo, &[]))
+        .await
+        .unwrap();
+    client
+        .clone()
+        .assign_process(ordered(pattern("kv-3", &h.demo, &[]), "6"))
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(d.state_dir.join("admin-epoch")).unwrap(),
+        "6"
+    );
+}

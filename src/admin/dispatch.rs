@@ -31,6 +31,28 @@ pub struct Dispatcher {
     channels: Mutex<HashMap<(String, String), Channel>>,
 }
 
+/// A connection that broke while idle (its peer closed it across a
+/// partition, say) fails the first call on it at once; the channel
+/// connects afresh for the next. Pushes are idempotent by (process,
+/// version), so such a failure is tried once more at once.
+async fn once_more_if_stale<T, F, Fut>(push: F) -> Result<T, Status>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let started = std::time::Instant::now();
+    match push().await {
+        Err(s) if s.code() == Code::Unavailable && started.elapsed() < Duration::from_secs(1) => {
+            tracing::debug!(
+                "push failed at once ({}); once more on a new connection",
+                s.message()
+            );
+            push().await
+        }
+        other => other,
+    }
+}
+
 /// A push failed because the launcher could not be reached (retry later),
 /// not because it refused.
 pub fn unreachable(status: &Status) -> bool {
@@ -121,16 +143,19 @@ impl Dispatcher {
         address: &str,
         spec: &pb::ProcessAssignment,
     ) -> Result<pb::ProcessAssignmentAck, Status> {
-        let mut client = self.client(launcher, address)?;
-        let mut request = tonic::Request::new(spec.clone());
-        request.set_timeout(ASSIGN_TIMEOUT);
-        self.as_admin(&mut request);
-        match tokio::time::timeout(ASSIGN_TIMEOUT, client.assign_process(request)).await {
-            Ok(r) => r.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "launcher at {address} did not answer within {ASSIGN_TIMEOUT:?}"
-            ))),
-        }
+        let push = || async {
+            let mut client = self.client(launcher, address)?;
+            let mut request = tonic::Request::new(spec.clone());
+            request.set_timeout(ASSIGN_TIMEOUT);
+            self.as_admin(&mut request);
+            match tokio::time::timeout(ASSIGN_TIMEOUT, client.assign_process(request)).await {
+                Ok(r) => r.map(tonic::Response::into_inner),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "launcher at {address} did not answer within {ASSIGN_TIMEOUT:?}"
+                ))),
+            }
+        };
+        once_more_if_stale(push).await
     }
 
     pub async fn revoke(
@@ -140,26 +165,29 @@ impl Dispatcher {
         process_id: &str,
         graceful_timeout_seconds: i32,
     ) -> Result<pb::ProcessRevocationAck, Status> {
-        let mut client = self.client(launcher_id, address)?;
         let grace = Duration::from_secs(match graceful_timeout_seconds {
             s if s > 0 => s as u64,
             _ => 30,
         });
         let deadline = grace + REVOKE_SLACK;
-        let mut request = tonic::Request::new(pb::ProcessRevocation {
-            launcher_id: launcher_id.into(),
-            process_id: process_id.into(),
-            graceful_timeout_seconds,
-        });
-        request.set_timeout(deadline);
-        // The admin checked the whole fleet for what depends on it.
-        self.as_admin(&mut request);
-        match tokio::time::timeout(deadline, client.revoke_process(request)).await {
-            Ok(r) => r.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "launcher at {address} did not finish the revocation within {deadline:?}"
-            ))),
-        }
+        let push = || async {
+            let mut client = self.client(launcher_id, address)?;
+            let mut request = tonic::Request::new(pb::ProcessRevocation {
+                launcher_id: launcher_id.into(),
+                process_id: process_id.into(),
+                graceful_timeout_seconds,
+            });
+            request.set_timeout(deadline);
+            // The admin checked the whole fleet for what depends on it.
+            self.as_admin(&mut request);
+            match tokio::time::timeout(deadline, client.revoke_process(request)).await {
+                Ok(r) => r.map(tonic::Response::into_inner),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "launcher at {address} did not finish the revocation within {deadline:?}"
+                ))),
+            }
+        };
+        once_more_if_stale(push).await
     }
 }
 

@@ -175,15 +175,23 @@ pub struct PsArgs {
 
 /// Status as the launcher last reported it, or the placement before that.
 pub fn status_of(p: &apb::ProcessInfo) -> String {
+    status_shown(p, true)
+}
+
+/// The status as a table shows it: while its launcher is disconnected,
+/// `unknown` and since when (`wide`: and what it last said).
+fn status_shown(p: &apb::ProcessInfo, wide: bool) -> String {
     if p.unknown_since_unix_ms > 0 {
-        // Its launcher is disconnected: what it last said, and when.
-        let ago = (crate::clock::unix_ms() - p.unknown_since_unix_ms).max(0) / 1000;
+        let ago = duration((crate::clock::unix_ms() - p.unknown_since_unix_ms).max(0) / 1000);
+        if !wide {
+            return format!("unknown {ago}");
+        }
         let known = if p.last_known_status.is_empty() {
             "never reported"
         } else {
             p.last_known_status.as_str()
         };
-        return format!("unknown ({known} {} ago)", duration(ago));
+        return format!("unknown ({known} {ago} ago)");
     }
     match &p.health {
         Some(h) if !h.detailed_status.is_empty() => h.detailed_status.clone(),
@@ -237,7 +245,7 @@ pub fn ps_table(processes: &[apb::ProcessInfo], wide: bool) -> String {
                     a.namespace
                 },
                 p.launcher_id.clone(),
-                status_of(p),
+                status_shown(p, wide),
                 h.restart_count.to_string(),
                 if h.uptime_seconds > 0 && p.unknown_since_unix_ms == 0 {
                     duration(h.uptime_seconds)

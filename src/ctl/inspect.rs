@@ -319,7 +319,8 @@ pub async fn describe(g: &Global, a: &DescribeArgs) -> Result<(), Error> {
         } else {
             String::new()
         },
-        if h.uptime_seconds > 0 {
+        // While its launcher is disconnected, nobody knows how long it runs.
+        if h.uptime_seconds > 0 && p.unknown_since_unix_ms == 0 {
             format!(", up {}", duration(h.uptime_seconds))
         } else {
             String::new()

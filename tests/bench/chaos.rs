@@ -61,18 +61,34 @@ async fn inject(net: &Net, fault: usize, rng: &mut Rng) -> String {
     let f = &net.fleet;
     let leader = net.leader().await.unwrap_or(0);
     match fault {
-        0 => f.partition(&host, &Peers::Admins, Direction::Both).await.map(|_| host),
-        1 => f.partition(&host, &Peers::Leader, Direction::Both).await.map(|_| host),
+        0 => f
+            .partition(&host, &Peers::Admins, Direction::Both)
+            .await
+            .map(|_| host),
+        1 => f
+            .partition(&host, &Peers::Leader, Direction::Both)
+            .await
+            .map(|_| host),
         2 => {
             let admin = format!("admin-{}", leader + 1);
-            f.partition(&admin, &Peers::Db, Direction::Both).await.map(|_| admin)
+            f.partition(&admin, &Peers::Db, Direction::Both)
+                .await
+                .map(|_| admin)
         }
         3 => {
             let admin = format!("admin-{}", (leader + 1 + rng.next(2)) % 3 + 1);
-            f.partition(&admin, &Peers::Leader, Direction::Both).await.map(|_| admin)
+            f.partition(&admin, &Peers::Leader, Direction::Both)
+                .await
+                .map(|_| admin)
         }
-        4 => f.partition(&host, &Peers::Admins, Direction::Out).await.map(|_| host),
-        5 => f.partition(&host, &Peers::Admins, Direction::In).await.map(|_| host),
+        4 => f
+            .partition(&host, &Peers::Admins, Direction::Out)
+            .await
+            .map(|_| host),
+        5 => f
+            .partition(&host, &Peers::Admins, Direction::In)
+            .await
+            .map(|_| host),
         _ => {
             for h in f.layout.host_names() {
                 f.delay(&h, None, Duration::from_millis(500))
@@ -107,14 +123,24 @@ async fn main() {
     let started = Instant::now();
     let mut acked: BTreeSet<String> = BTreeSet::new();
     let mut revoked: BTreeSet<String> = BTreeSet::new();
-    let (mut refused, mut answers) = (0usize, 0usize);
+    let mut answers = 0usize;
+    // Answers that were not acknowledgements, by status code.
+    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
     let mut slowest_answer = Duration::ZERO;
+    let mut order: Vec<usize> = Vec::new();
     let mut converged: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     let mut next_id = 0u32;
     let mut round = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
         round += 1;
-        let fault = rng.next(FAULTS.len());
+        // Every fault once per cycle, in a random order.
+        if order.is_empty() {
+            order = (0..FAULTS.len()).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.next(i + 1));
+            }
+        }
+        let fault = order.pop().expect("refilled");
         let on = inject(&net, fault, &mut rng).await;
         eprintln!(
             "round {round} at +{:.0} s: {} ({on})",
@@ -143,7 +169,9 @@ async fn main() {
                         Err(s) if s.message().contains("recorded") => {
                             revoked.insert(id);
                         }
-                        Err(_) => refused += 1,
+                        Err(s) => {
+                            *refused.entry(format!("revoke {:?}", s.code())).or_default() += 1
+                        }
                     }
                 }
             } else {
@@ -156,7 +184,7 @@ async fn main() {
                     Ok(_) => {
                         acked.insert(id);
                     }
-                    Err(_) => refused += 1,
+                    Err(s) => *refused.entry(format!("assign {:?}", s.code())).or_default() += 1,
                 }
             }
             tokio::time::sleep(Duration::from_millis(400)).await;
@@ -179,8 +207,7 @@ async fn main() {
         .collect();
     println!(
         "chaos: {round} faults in {:.0} s (seed {seed}); {answers} assignments answered (the \
-         slowest in {:.2} s), {} acknowledged, {} revoked, {refused} refused (no candidate, or \
-         an admin that could not answer)",
+         slowest in {:.2} s), {} acknowledged, {} revoked; not acknowledged: {refused:?}",
         started.elapsed().as_secs_f64(),
         slowest_answer.as_secs_f64(),
         acked.len(),

@@ -284,8 +284,15 @@ pub(super) async fn partition(
     let peers = cut.join(", ");
     out(&match direction {
         Direction::Both => format!("{host} and {peers} no longer reach each other\n"),
-        Direction::Out => format!("what {host} sends to {peers} is lost; it still hears them\n"),
-        Direction::In => format!("what {peers} send {host} is lost; they still hear it\n"),
+        Direction::Out => {
+            format!("what {host} sends to {peers} is lost; the other way still works\n")
+        }
+        Direction::In => {
+            format!(
+                "what {peers} send{} {host} is lost; the other way still works\n",
+                if cut.len() == 1 { "s" } else { "" }
+            )
+        }
     });
     Ok(())
 }
