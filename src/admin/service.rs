@@ -186,9 +186,14 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<pb::ProcessRevocation>,
     ) -> Result<Response<pb::ProcessRevocationAck>, Status> {
+        let deadline = metadata(&request, "grpc-timeout").and_then(|t| grpc_timeout(&t));
         let req = Revocation::try_from(request.into_inner()).map_err(to_status)?;
         let id = req.process_id.clone();
-        let ack = self.fleet.revoke(req).await.map_err(to_status)?;
+        let ack = self
+            .fleet
+            .revoke_within(req, deadline)
+            .await
+            .map_err(to_status)?;
         tracing::info!(prism_process_id = %id, "{}", ack.message);
         Ok(Response::new(ack))
     }

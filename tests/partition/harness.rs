@@ -394,6 +394,9 @@ impl Net {
     }
 
     async fn settled(&self, also: &[&str]) -> Result<(), String> {
+        if self.leader().await.is_none() {
+            return Err("no admin leads".into());
+        }
         let launchers = self
             .try_launchers()
             .await

@@ -538,6 +538,7 @@ async fn half_a_second_on_every_link() {
     let net = std::sync::Arc::new(net);
     let mut before = placed(&net, &["p0", "p1", "p2"]).await;
     with_singleton(&net, &mut before).await;
+    let leader = net.leader().await.expect("a leader");
     let sampler = net.sampler();
     let watch = Watch::start(&net);
     for host in net.fleet.layout.host_names() {
@@ -569,6 +570,8 @@ async fn half_a_second_on_every_link() {
     wait_running(&net, &["n0", "n1", "n2"]).await;
     tokio::time::sleep(Duration::from_secs(12).saturating_sub(t0.elapsed())).await;
     kept(&net, &before, &[]).await;
+    // The leader kept its lease all along.
+    assert_eq!(net.leader().await, Some(leader), "{}", net.dump());
     net.fleet.heal(None).await.unwrap();
     let took = net.converged(CONVERGE, &["n0", "n1", "n2"]).await;
     eprintln!("500 ms on every link: converged {took:?} after heal");

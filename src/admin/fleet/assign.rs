@@ -426,9 +426,24 @@ impl Fleet {
         }
     }
 
-    pub async fn revoke(&self, req: Revocation) -> Result<pb::ProcessRevocationAck, FleetError> {
+    pub async fn revoke(
+        self: &Arc<Self>,
+        req: Revocation,
+    ) -> Result<pb::ProcessRevocationAck, FleetError> {
+        self.revoke_within(req, None).await
+    }
+
+    /// [`Self::revoke`] for a caller that waits at most `deadline`: a
+    /// launcher that has not finished the stop within half of it (it may
+    /// not hear the push: cut from this admin only) gets the revocation
+    /// later, and the answer says it is recorded (UNAVAILABLE).
+    pub async fn revoke_within(
+        self: &Arc<Self>,
+        req: Revocation,
+        deadline: Option<Duration>,
+    ) -> Result<pb::ProcessRevocationAck, FleetError> {
         let id = req.process_id.clone();
-        let _guard = self.locks.lock(&id).await;
+        let guard = self.locks.lock_owned(&id).await;
         let launcher = {
             let mut st = self.state.lock().await;
             let rec = st
@@ -501,10 +516,48 @@ impl Fleet {
                 reason: format!("it has not reported for {:.1} s", silent.as_secs_f64()),
             });
         }
+        let grace = req.graceful_timeout_seconds;
+        let push = {
+            let this = self.clone();
+            let (id, launcher) = (id.clone(), launcher.clone());
+            tokio::spawn(async move {
+                let settled = this.push_revoke(&id, &launcher, grace).await;
+                drop(guard);
+                settled
+            })
+        };
+        let Some(budget) = deadline.map(|d| d / 2) else {
+            return push.await.map_err(|e| {
+                FleetError::Internal(format!("the revocation of {id} ended abnormally: {e}"))
+            })?;
+        };
+        match tokio::time::timeout(budget, push).await {
+            Ok(joined) => joined.map_err(|e| {
+                FleetError::Internal(format!("the revocation of {id} ended abnormally: {e}"))
+            })?,
+            Err(_) => Err(FleetError::Unreachable {
+                launcher,
+                reason: format!(
+                    "it has not finished within {:.1} s, half the caller's deadline",
+                    budget.as_secs_f64()
+                ),
+            }),
+        }
+    }
+
+    /// Push a recorded revocation to its launcher and settle it by the
+    /// answer: forgotten, or scheduled again (unreachable).
+    async fn push_revoke(
+        &self,
+        id: &str,
+        launcher: &str,
+        grace: i32,
+    ) -> Result<pb::ProcessRevocationAck, FleetError> {
+        let (id, launcher) = (id.to_owned(), launcher.to_owned());
         let address = self.address_of(&launcher).await.unwrap_or_default();
         match self
             .dispatcher
-            .revoke(&address, &launcher, &id, req.graceful_timeout_seconds)
+            .revoke(&address, &launcher, &id, grace)
             .await
         {
             Ok(ack) => {
@@ -529,14 +582,7 @@ impl Fleet {
             }
             Err(s) if unreachable(&s) => {
                 let mut st = self.state.lock().await;
-                self.schedule(
-                    &mut st,
-                    &launcher,
-                    &id,
-                    DeliveryKind::Revoke {
-                        grace: req.graceful_timeout_seconds,
-                    },
-                );
+                self.schedule(&mut st, &launcher, &id, DeliveryKind::Revoke { grace });
                 Err(FleetError::Unreachable {
                     launcher,
                     reason: s.message().to_owned(),

@@ -124,17 +124,28 @@ impl PgStore {
     ) -> Result<Lease, StoreError> {
         const LEASE: &str = "holder, address, epoch, \
             (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint AS remaining_ms";
-        let renewed = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE leader_lease SET address = $2, \
-               expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
-             WHERE id = 1 AND holder = $1 RETURNING {LEASE}"
+        // Renew it if mine, else read it: one round trip, no lock a
+        // follower waits for (a plain read sees the row as committed).
+        let seen = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH renewed AS ( \
+               UPDATE leader_lease SET address = $2, \
+                 expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
+               WHERE id = 1 AND holder = $1 RETURNING {LEASE}, false AS expired) \
+             SELECT * FROM renewed \
+             UNION ALL \
+             SELECT {LEASE}, expires_at < clock_timestamp() AS expired FROM leader_lease \
+             WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM renewed)"
         )))
         .bind(&me.holder)
         .bind(&me.address)
         .bind(ttl_ms)
         .fetch_optional(&mut *conn)
         .await?;
-        let row = match renewed {
+        let live = match seen {
+            Some(row) if !row.try_get::<bool, _>("expired")? => Some(row),
+            _ => None,
+        };
+        let row = match live {
             Some(row) => row,
             None => {
                 use sqlx::Connection;
