@@ -50,6 +50,24 @@ pub fn unix_usec() -> u64 {
     since_epoch().as_micros() as u64
 }
 
+/// A Unix-milliseconds instant as RFC 3339 in UTC, to the millisecond
+/// (`2026-12-03T12:30:05.123Z`).
+pub fn format_rfc3339_ms(unix_ms: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => unix_ms.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -247,6 +247,11 @@ pub struct AdminMetrics {
     pub placement_failures: Family<Reason, Counter>,
     pub dispatch_retries: Family<Kind, Counter>,
     pub auth_denied: Family<Denial, Counter>,
+    pub watchers: Gauge,
+    pub watchers_slow: Counter,
+    pub events_streamed: Counter,
+    pub events_oldest_revision: Gauge,
+    pub events_head_revision: Gauge,
 }
 
 impl Default for AdminMetrics {
@@ -261,6 +266,11 @@ impl Default for AdminMetrics {
             placement_failures: Family::default(),
             dispatch_retries: Family::default(),
             auth_denied: Family::default(),
+            watchers: Gauge::default(),
+            watchers_slow: Counter::default(),
+            events_streamed: Counter::default(),
+            events_oldest_revision: Gauge::default(),
+            events_head_revision: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().expect("poisoned");
@@ -303,6 +313,56 @@ impl Default for AdminMetrics {
                 "prism_admin_auth_denied",
                 "Calls refused by authorization, by RPC and kind of caller",
                 m.auth_denied.clone(),
+            );
+            r.register(
+                "prism_admin_watchers",
+                "Event streams (WatchEvents) open on this admin",
+                m.watchers.clone(),
+            );
+            r.register(
+                "prism_admin_watchers_ended_slow",
+                "Event streams ended for falling too far behind",
+                m.watchers_slow.clone(),
+            );
+            r.register(
+                "prism_admin_events_streamed",
+                "Events this admin read from the log for its watchers",
+                m.events_streamed.clone(),
+            );
+            r.register(
+                "prism_admin_events_oldest_revision",
+                "The oldest event revision kept (a watcher resumes from one after it or later)",
+                m.events_oldest_revision.clone(),
+            );
+            r.register(
+                "prism_admin_events_head_revision",
+                "The fleet's last event revision",
+                m.events_head_revision.clone(),
+            );
+            r.register(
+                "prism_admin_watchers",
+                "Event streams (WatchEvents) open on this admin",
+                m.watchers.clone(),
+            );
+            r.register(
+                "prism_admin_watchers_ended_slow",
+                "Event streams ended for falling too far behind",
+                m.watchers_slow.clone(),
+            );
+            r.register(
+                "prism_admin_events_streamed",
+                "Events this admin read from the log for its watchers",
+                m.events_streamed.clone(),
+            );
+            r.register(
+                "prism_admin_events_oldest_revision",
+                "The oldest event revision kept (a watcher resumes from one after it or later)",
+                m.events_oldest_revision.clone(),
+            );
+            r.register(
+                "prism_admin_events_head_revision",
+                "The fleet's last event revision",
+                m.events_head_revision.clone(),
             );
         }
         m

@@ -1600,3 +1600,373 @@ async fn a_dependent_on_another_launcher_is_held_until_its_dependency_runs() {
     assert!(f.hosts[0].h.listed_units().is_empty());
     assert!(f.hosts[1].h.listed_units().is_empty());
 }
+
+/// Read a stream until `pred` holds for the events read so far (bookmarks
+/// left out), within the deadline.
+async fn read_until(
+    stream: &mut tonic::Streaming<apb::Event>,
+    got: &mut Vec<apb::Event>,
+    what: &str,
+    pred: impl Fn(&[apb::Event]) -> bool,
+) {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while !pred(got) {
+        let next = tokio::time::timeout_at(end, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}; got {got:#?}"))
+            .unwrap_or_else(|s| panic!("stream ended with {s:?} waiting for {what}"))
+            .unwrap_or_else(|| panic!("stream ended waiting for {what}"));
+        if next.kind != "bookmark" {
+            got.push(next);
+        }
+    }
+}
+
+fn kinds(events: &[apb::Event], process: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.process_id == process)
+        .map(|e| e.kind.clone())
+        .collect()
+}
+
+/// A process crashes and systemd restarts it: a watcher sees it placed,
+/// delivered, started, running, restarted (why) and running again, with
+/// revisions that follow one another; a watch from a listing's revision
+/// misses nothing and repeats nothing; `prismctl events -f` prints it as
+/// it happens, one JSON object per line; bad requests name their field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tell_a_crash_and_its_restart_and_list_then_watch_is_exact() {
+    let Some(f) = Fleet::start(&[("host-a", &["--max-processes", "10"])], &[]).await else {
+        return;
+    };
+    let host = &f.hosts[0];
+    let mut api = f.api().await;
+    // Everything, from now on.
+    let mut all = api
+        .watch_events(apb::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let demo = host.h.demo.clone();
+    let crashy = with_config(utility("crashy", &demo, &[]), |c| {
+        c.restart_policy = Some(pb::RestartPolicy {
+            delay_ms: 300,
+            max_restarts: 10,
+            window_seconds: 60,
+            ..Default::default()
+        });
+    });
+    f.cp().await.assign_process(crashy).await.expect("assign");
+    let mut seen = Vec::new();
+    read_until(&mut all, &mut seen, "crashy running", |e| {
+        kinds(e, "crashy").contains(&"process.running".to_owned())
+    })
+    .await;
+    let k = kinds(&seen, "crashy");
+    // Placed first; delivered once the launcher's answer is back (its
+    // first report may come sooner).
+    assert_eq!(k[0], "process.placed", "{seen:#?}");
+    read_until(&mut all, &mut seen, "crashy delivered", |e| {
+        kinds(e, "crashy").contains(&"process.delivered".to_owned())
+    })
+    .await;
+    let placed = &seen.iter().find(|e| e.kind == "process.placed").unwrap();
+    assert_eq!(placed.launcher_id, "host-a");
+    assert_eq!(placed.process.as_ref().unwrap().process_type, "utility");
+
+    // List, then watch from the listing's revision (only crashy).
+    let listing = api
+        .list_processes(apb::ListProcessesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let row = &listing.processes[0];
+    assert_eq!(row.health.as_ref().unwrap().detailed_status, "running");
+    assert!(
+        listing.revision >= seen.last().unwrap().revision,
+        "{listing:?}"
+    );
+    let mut from_list = api
+        .watch_events(apb::WatchRequest {
+            process_id: "crashy".into(),
+            since_revision: Some(listing.revision),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // prismctl follows it too, as JSON lines.
+    let socket = format!("unix:{}", f.dir.path().join("admin.sock").display());
+    let mut follower = tokio::process::Command::new(env!("CARGO_BIN_EXE_prismctl"))
+        .args(["--admin", &socket, "events", "-f", "-o", "json"])
+        .args(["--kind", "process.restarted,process.running"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prismctl events -f");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        follower.stdout.take().unwrap(),
+    ));
+    // It is watching once a bookmark would come; give it its first
+    // bookmark's worth of time by waiting for the process's PID first.
+    let unit = row.unit_name.clone();
+    let pid = host.h.prop(&unit, "MainPID");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    host.h.systemctl(&["kill", "--signal=SIGKILL", &unit]);
+    read_until(&mut all, &mut seen, "crashy restarted and running", |e| {
+        let k = kinds(e, "crashy");
+        k.iter()
+            .rposition(|k| k == "process.restarted")
+            .is_some_and(|r| k[r..].contains(&"process.running".to_owned()))
+    })
+    .await;
+    let restarted = seen
+        .iter()
+        .find(|e| e.kind == "process.restarted")
+        .unwrap()
+        .clone();
+    let change = restarted.process.as_ref().unwrap();
+    assert_eq!(change.exit_reason, "signal", "{restarted:?}");
+    assert!(change.restart_count >= 1, "{restarted:?}");
+    assert!(
+        restarted.message.contains("signal"),
+        "{}",
+        restarted.message
+    );
+    assert_ne!(host.h.prop(&unit, "MainPID"), pid);
+    // Revisions follow one another, whatever the kind.
+    for pair in seen.windows(2) {
+        assert_eq!(pair[1].revision, pair[0].revision + 1, "{seen:#?}");
+    }
+    // From the listing: exactly what came after it.
+    let mut after = Vec::new();
+    read_until(
+        &mut from_list,
+        &mut after,
+        "the restart, from the listing",
+        |e| e.iter().any(|e| e.kind == "process.running"),
+    )
+    .await;
+    let expected: Vec<i64> = seen
+        .iter()
+        .filter(|e| e.process_id == "crashy" && e.revision > listing.revision)
+        .map(|e| e.revision)
+        .collect();
+    let got: Vec<i64> = after.iter().map(|e| e.revision).collect();
+    assert_eq!(got, expected[..got.len()], "{after:#?}");
+    assert_eq!(after[0].kind, "process.restarted", "{after:#?}");
+    // prismctl printed the restart, one JSON object per line.
+    let line = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("a line");
+            let e: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
+            if e["kind"] == "process.restarted" {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("prismctl events -f printed the restart");
+    assert_eq!(line["process_id"], "crashy");
+    assert_eq!(line["revision"], restarted.revision);
+    follower.kill().await.unwrap();
+
+    // Bad requests name their field; the admin goes on serving.
+    for (req, field) in [
+        (
+            apb::WatchRequest {
+                kinds: vec!["process.exploded".into()],
+                ..Default::default()
+            },
+            "kinds",
+        ),
+        (
+            apb::WatchRequest {
+                process_id: "a*b".into(),
+                ..Default::default()
+            },
+            "process_id",
+        ),
+        (
+            apb::WatchRequest {
+                bookmark_interval_ms: 5,
+                ..Default::default()
+            },
+            "bookmark_interval_ms",
+        ),
+    ] {
+        let e = api.watch_events(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with(field), "{e:?}");
+    }
+    let ahead = api
+        .watch_events(apb::WatchRequest {
+            since_revision: Some(listing.revision + 1_000_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ahead.code(), Code::OutOfRange, "{ahead:?}");
+    // `prismctl events` without -f: the last events, then it exits.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prismctl"))
+        .args(["--admin", &socket, "events", "--process", "crash*"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains("process.restarted"), "{table}");
+    let _ = writeln_table("prismctl events --process 'crash*'", &table);
+    let metrics = scrape(&f.admin.metrics_addr().await).await;
+    assert!(
+        sample(&metrics, "prism_admin_watchers").is_some_and(|n| n >= 2.0),
+        "{metrics}"
+    );
+}
+
+fn writeln_table(cmd: &str, table: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stderr(), "$ {cmd}\n{table}")
+}
+
+/// A watcher that reads nothing is ended once its queue is full, without
+/// slowing the others; its stream says where to resume, and resuming
+/// there misses nothing. A revision no longer kept is OUT_OF_RANGE,
+/// naming the oldest kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_watcher_is_ended_and_resumes_and_pruned_revisions_are_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Daemon::admin(
+        dir.path(),
+        &[
+            "--heartbeat-interval",
+            HEARTBEAT,
+            "--watcher-queue",
+            "8",
+            "--events-keep",
+            "40",
+        ],
+    )
+    .await;
+    // A client that reads nothing: a tiny HTTP/2 window, filled at once.
+    let stalled_channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", admin.port))
+            .unwrap()
+            .initial_stream_window_size(256)
+            .connect()
+            .await
+            .unwrap();
+    let mut stalled = AdminClient::new(stalled_channel)
+        .watch_events(apb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut reader = AdminClient::new(admin.channel().await)
+        .watch_events(apb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Launchers registering: one event each (an upstream client's wire).
+    let mut cp = ControlPlaneClient::new(admin.channel().await);
+    let n = 60;
+    for i in 0..n {
+        cp.register_launcher(pb::LauncherRegistration {
+            launcher_id: format!("up-{i:02}"),
+            address: "127.0.0.1:9".into(),
+            region: "local".into(),
+            version: "test".into(),
+            capabilities: vec!["pattern".into()],
+            max_processes: 1,
+            process_types: vec!["pattern".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    }
+    let mut seen = Vec::new();
+    read_until(&mut reader, &mut seen, "every registration", |e| {
+        e.iter().filter(|e| e.kind == "launcher.registered").count() == n
+    })
+    .await;
+    for pair in seen.windows(2) {
+        assert_eq!(pair[1].revision, pair[0].revision + 1, "{seen:#?}");
+    }
+    // The stalled one: what was in flight, then the status that ended it.
+    let mut got = Vec::new();
+    let ended = loop {
+        match tokio::time::timeout(DEADLINE, stalled.message())
+            .await
+            .expect("ended")
+        {
+            Ok(Some(e)) => got.push(e),
+            Ok(None) => panic!("ended without a status after {got:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
+    let resume: i64 = ended
+        .message()
+        .split("since_revision ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no revision in {:?}", ended.message()));
+    assert_eq!(resume, got.last().map_or(0, |e| e.revision), "{got:?}");
+    assert!(
+        got.len() < n,
+        "{} events reached the stalled watcher",
+        got.len()
+    );
+    let metrics = scrape(&admin.metrics_addr().await).await;
+    assert_eq!(
+        sample(&metrics, "prism_admin_watchers_ended_slow_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    // Only the newest 40 are kept (pruned in the background, at once once
+    // the log outgrows that by a tenth): resuming that far back is
+    // OUT_OF_RANGE, naming the oldest kept.
+    let oldest = eventually("old events pruned", DEADLINE, || async {
+        let m = scrape(&admin.metrics_addr().await).await;
+        sample(&m, "prism_admin_events_oldest_revision").filter(|o| *o > 1.0)
+    })
+    .await as i64;
+    let mut api = AdminClient::new(admin.channel().await);
+    let status = match api
+        .watch_events(apb::WatchRequest {
+            since_revision: Some(0),
+            ..Default::default()
+        })
+        .await
+    {
+        Err(s) => s,
+        Ok(r) => r.into_inner().message().await.expect_err("out of range"),
+    };
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("oldest kept is {oldest}")),
+        "{status:?} (oldest {oldest})"
+    );
+    // From within what is kept, it resumes where it stopped.
+    let mut resumed = api
+        .watch_events(apb::WatchRequest {
+            since_revision: Some(oldest - 1),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rest = Vec::new();
+    read_until(&mut resumed, &mut rest, "the rest", |e| {
+        e.last().map(|e| e.revision) == seen.last().map(|e| e.revision)
+    })
+    .await;
+    assert_eq!(rest[0].revision, oldest);
+    drop(admin);
+}

@@ -2117,3 +2117,80 @@ async fn an_order_of_an_older_admin_epoch_is_refused_naming_both() {
         "6"
     );
 }
+
+/// A launcher without an admin streams its processes' changes: each
+/// listed, a crash and systemd's restart as they happen (read from its
+/// signals), and the process gone once revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_launcher_streams_its_processes_changes() {
+    use prism_launcher::pb::prism::launcher::v1 as lpb;
+    let Some(h) = harness!() else { return };
+    let d = Daemon::start(&h, &[]).await;
+    let mut client = d.client().await;
+    let wire = with_config(utility("watched", &h.demo, &[]), |c| {
+        c.restart_policy = Some(pb::RestartPolicy {
+            delay_ms: 300,
+            max_restarts: 10,
+            window_seconds: 60,
+            ..Default::default()
+        });
+    });
+    let unit = client
+        .assign_process(wire)
+        .await
+        .expect("assign")
+        .into_inner()
+        .unit_name;
+    h.wait_ready("watched").await;
+    let mut stream = client
+        .watch_processes(lpb::WatchProcessesRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    async fn next(stream: &mut tonic::Streaming<lpb::ProcessChange>) -> lpb::ProcessChange {
+        tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("a change within the deadline")
+            .expect("no error")
+            .expect("not ended")
+    }
+    let listed = next(&mut stream).await;
+    assert_eq!(listed.kind, "listed", "{listed:?}");
+    let health = listed.process.unwrap().health.unwrap();
+    assert_eq!(health.detailed_status, "running");
+    let pid = health.pid;
+    assert_eq!(next(&mut stream).await.kind, "synced");
+    h.systemctl(&["kill", "--signal=SIGKILL", &unit]);
+    // Changes until it runs again, with a new PID and a restart counted.
+    let mut statuses = Vec::new();
+    let back = loop {
+        let c = next(&mut stream).await;
+        assert_eq!(c.kind, "changed", "{c:?}");
+        let h = c.process.unwrap().health.unwrap();
+        statuses.push(h.detailed_status.clone());
+        if h.detailed_status == "running" && h.pid != pid && h.pid > 0 {
+            break h;
+        }
+    };
+    assert!(back.restart_count >= 1, "{back:?}");
+    assert_eq!(back.exit_reason, "signal", "{back:?}");
+    assert_eq!(h.prop(&unit, "MainPID"), back.pid.to_string());
+    assert!(statuses.len() >= 2, "{statuses:?}");
+    client
+        .revoke_process(pb::ProcessRevocation {
+            process_id: "watched".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("revoke");
+    let gone = loop {
+        let c = next(&mut stream).await;
+        if c.kind == "removed" {
+            break c;
+        }
+    };
+    assert_eq!(
+        gone.process.unwrap().assignment.unwrap().process_id,
+        "watched"
+    );
+}

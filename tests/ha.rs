@@ -480,3 +480,169 @@ async fn a_leader_cut_off_from_the_database_stops_and_another_leads() {
     .expect("assign on the new leader");
     assert!(ack.success);
 }
+
+/// Watch through `ports[first]`, and on any break resume on the next admin
+/// that answers, after the last revision seen; until `done` holds. Returns
+/// the events (bookmarks left out) and how many times it resumed.
+async fn watch_resuming(
+    ports: Vec<u16>,
+    first: usize,
+    since: i64,
+    done: impl Fn(&[apb::Event]) -> bool,
+) -> (Vec<apb::Event>, usize) {
+    let mut events: Vec<apb::Event> = Vec::new();
+    let mut last = since;
+    let mut at = first;
+    let mut resumed = 0;
+    let end = Instant::now() + 3 * DEADLINE;
+    'connect: loop {
+        assert!(Instant::now() < end, "watching timed out: {events:#?}");
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports[at]))
+                .unwrap()
+                .connect()
+                .await;
+        let stream = match channel {
+            Ok(ch) => {
+                AdminClient::new(ch)
+                    .watch_events(apb::WatchRequest {
+                        since_revision: Some(last),
+                        ..Default::default()
+                    })
+                    .await
+            }
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(_) => {
+                at = (at + 1) % ports.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        loop {
+            match tokio::time::timeout_at(end, stream.message()).await {
+                Ok(Ok(Some(e))) => {
+                    last = e.revision;
+                    if e.kind != "bookmark" {
+                        events.push(e);
+                        if done(&events) {
+                            return (events, resumed);
+                        }
+                    }
+                }
+                Ok(_) => {
+                    resumed += 1;
+                    at = (at + 1) % ports.len();
+                    continue 'connect;
+                }
+                Err(_) => panic!("watching timed out: {events:#?}"),
+            }
+        }
+    }
+}
+
+/// Watchers on every admin while the leader is killed (SIGKILL) with
+/// assignments in flight: each resumes (the leader's on another admin)
+/// and sees one sequence, every revision once, with no gap, the new
+/// leader's election in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_resume_across_a_leader_kill_with_no_gap_and_no_duplicate() {
+    let Some(mut ha) = Ha::start(3).await else {
+        return;
+    };
+    let (leader, epoch) = ha.leader().await.expect("a leader");
+    let since = ha
+        .api(leader)
+        .await
+        .list_launchers(apb::ListLaunchersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    let ports: Vec<u16> = ha.admins.iter().map(|a| a.port).collect();
+    let done = |e: &[apb::Event]| {
+        e.iter()
+            .any(|e| e.kind == "process.running" && e.process_id == "after-kill")
+    };
+    let watchers: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(watch_resuming(ports.clone(), i, since, done)))
+        .collect();
+    let follower = ha.follower().await;
+    for i in 0..3 {
+        let id = format!("w-before{i}");
+        assign(ha.cp(follower).await, pattern(&id, &ha.host.demo, &[]))
+            .await
+            .unwrap_or_else(|s| panic!("assign {id}: {s}"));
+    }
+    let mut in_flight = Vec::new();
+    for i in 0..4 {
+        let id = format!("w-during{i}");
+        let via = ha.cp((leader + 1 + i % 2) % 3).await;
+        in_flight.push(tokio::spawn(assign(via, pattern(&id, &ha.host.demo, &[]))));
+    }
+    let killed_at = Instant::now();
+    ha.admins[leader].kill9();
+    for t in in_flight {
+        let _ = t.await.unwrap();
+    }
+    eventually("another admin to lead", DEADLINE, || async {
+        ha.leader().await.filter(|(i, _)| *i != leader)
+    })
+    .await;
+    ha.wait_healthy().await;
+    let follower = ha.follower().await;
+    eventually("an assignment after the kill", DEADLINE, || async {
+        assign(
+            ha.cp(follower).await,
+            pattern("after-kill", &ha.host.demo, &[]),
+        )
+        .await
+        .ok()
+        .filter(|a| a.success)
+    })
+    .await;
+    let mut sequences = Vec::new();
+    for (i, w) in watchers.into_iter().enumerate() {
+        let (events, resumed) = w.await.unwrap();
+        let revisions: Vec<i64> = events.iter().map(|e| e.revision).collect();
+        let expected: Vec<i64> = (since + 1..=since + revisions.len() as i64).collect();
+        assert_eq!(
+            revisions, expected,
+            "watcher {i}: a gap or a repeat in {events:#?}"
+        );
+        let elected = events
+            .iter()
+            .filter_map(|e| e.leader.as_ref())
+            .any(|l| l.epoch > epoch);
+        assert!(elected, "watcher {i} saw no new leader: {events:#?}");
+        let first_after = events.iter().find(|e| {
+            e.at_unix_ms > prism_launcher::clock::unix_ms() - killed_at.elapsed().as_millis() as i64
+        });
+        eprintln!(
+            "watcher {i} (admin {i}{}): {} events, resumed {resumed} time(s); first event after the kill: {:?}",
+            if i == leader {
+                ", the leader killed"
+            } else {
+                ""
+            },
+            events.len(),
+            first_after.map(|e| e.kind.clone())
+        );
+        if i == leader {
+            assert!(resumed >= 1, "the killed leader's watcher never resumed");
+        }
+        sequences.push(
+            events
+                .iter()
+                .map(|e| (e.revision, e.kind.clone(), e.process_id.clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    // Every watcher saw the same sequence (up to where each stopped).
+    let shortest = sequences.iter().map(Vec::len).min().unwrap();
+    for s in &sequences[1..] {
+        assert_eq!(s[..shortest], sequences[0][..shortest]);
+    }
+}

@@ -81,6 +81,18 @@ pub struct ServeArgs {
     /// never: a disconnected launcher may still run them].
     #[arg(long, value_name = "DURATION", alias = "reschedule-lost-after")]
     pub replace_after: Option<String>,
+    /// Events kept for watchers to resume from: the newest this many
+    /// [default: 100000].
+    #[arg(long, value_name = "COUNT")]
+    pub events_keep: Option<i64>,
+    /// Events older than this are removed (in the background, every
+    /// minute) [default: 24h].
+    #[arg(long, value_name = "DURATION")]
+    pub events_max_age: Option<String>,
+    /// Events one watcher may leave unread before it is ended (it resumes
+    /// from its last revision) [default: 1024].
+    #[arg(long, value_name = "COUNT")]
+    pub watcher_queue: Option<usize>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -93,6 +105,9 @@ struct FileConfig {
     heartbeat_interval: Option<String>,
     #[serde(alias = "reschedule_lost_after")]
     replace_after: Option<String>,
+    events_keep: Option<i64>,
+    events_max_age: Option<String>,
+    watcher_queue: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +122,7 @@ pub struct Config {
     pub advertise: Option<String>,
     pub heartbeat_interval: Duration,
     pub replace_after: Option<Duration>,
+    pub retention: crate::admin::events::Retention,
     pub tls: Option<Tls>,
     pub insecure: bool,
     pub metrics_listen: Option<SocketAddr>,
@@ -178,6 +194,46 @@ impl ServeArgs {
                 Some(d)
             }
         };
+        let defaults = crate::admin::events::Retention::default();
+        let keep = match self.events_keep.or(file.events_keep) {
+            None => defaults.keep,
+            Some(n) if (1..=100_000_000).contains(&n) => n,
+            Some(n) => {
+                return bad(
+                    "events-keep",
+                    "events_keep",
+                    format!("{n} is outside 1..=100000000"),
+                );
+            }
+        };
+        let max_age = match self.events_max_age.or(file.events_max_age) {
+            None => defaults.max_age,
+            Some(v) => {
+                let d =
+                    parse_duration(&v).or_else(|r| bad("events-max-age", "events_max_age", r))?;
+                if d < Duration::from_secs(60) {
+                    return bad(
+                        "events-max-age",
+                        "events_max_age",
+                        format!(
+                            "{v} is under a minute: a watcher that reconnects could not resume"
+                        ),
+                    );
+                }
+                d
+            }
+        };
+        let watcher_queue = match self.watcher_queue.or(file.watcher_queue) {
+            None => defaults.watcher_queue,
+            Some(n) if (1..=1_000_000).contains(&n) => n,
+            Some(n) => {
+                return bad(
+                    "watcher-queue",
+                    "watcher_queue",
+                    format!("{n} is outside 1..=1000000"),
+                );
+            }
+        };
         let served = self.daemon.resolve(
             shared,
             DaemonDefaults {
@@ -210,6 +266,11 @@ impl ServeArgs {
             advertise,
             heartbeat_interval,
             replace_after,
+            retention: crate::admin::events::Retention {
+                keep,
+                max_age,
+                watcher_queue,
+            },
             tls: served.tls,
             insecure: served.insecure,
         })

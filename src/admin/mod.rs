@@ -6,6 +6,7 @@
 pub mod config;
 pub mod disconnect;
 pub mod dispatch;
+pub mod events;
 pub mod fleet;
 pub mod leader;
 pub mod pending;
@@ -211,21 +212,22 @@ pub async fn run(
     let fleet_slot: Arc<OnceLock<Arc<Fleet>>> = Arc::default();
     let control_slot: Arc<OnceLock<ControlPlane>> = Arc::default();
     let operators_slot: Arc<OnceLock<Operators>> = Arc::default();
+    // Every admin streams the fleet's events, leader or follower.
+    let hub = events::Hub::new(
+        store.clone(),
+        config.retention.watcher_queue,
+        metrics.clone(),
+    );
+    daemon.spawn({
+        let hub = hub.clone();
+        move |shutdown| hub.tail(shutdown)
+    });
     // A follower answers operators' reads from the database itself.
     let follower_reads: leader::LocalReads<Operators> = {
-        let (store, interval) = (store.clone(), config.heartbeat_interval);
+        let (store, interval, hub) = (store.clone(), config.heartbeat_interval, hub.clone());
         Arc::new(move || {
-            let store = store.clone();
-            Box::pin(async move {
-                let view = Fleet::view(store, interval).await.map_err(|e| {
-                    Status::unavailable(format!(
-                        "this prism-admin follows and cannot read the database: {e}"
-                    ))
-                })?;
-                Ok(limited_service!(AdminServer::new(
-                    service::AdminService::new(view)
-                )))
-            })
+            let service = service::AdminService::following(store.clone(), interval, hub.clone());
+            Box::pin(async move { Ok(limited_service!(AdminServer::new(service))) })
         })
     };
     let routes = |router: crate::serve::GatedRouter| {
@@ -289,8 +291,14 @@ pub async fn run(
     let this_admin = me.clone();
     // Loads the fleet and starts serving it, once this admin leads.
     let lead = {
-        let (store, config, gate, metrics) =
-            (store.clone(), config.clone(), gate.clone(), metrics.clone());
+        let (store, config, gate, metrics, hub, me) = (
+            store.clone(),
+            config.clone(),
+            gate.clone(),
+            metrics.clone(),
+            hub.clone(),
+            me.clone(),
+        );
         let (fleet_slot, control_slot, operators_slot) = (
             fleet_slot.clone(),
             control_slot.clone(),
@@ -320,12 +328,14 @@ pub async fn run(
             // them.
             tokio::spawn(fleet.clone().delivery_loop(stopper.clone()));
             tokio::spawn(fleet.clone().liveness_loop(stopper.clone()));
-            tokio::spawn(fleet.clone().flush_loop(stopper));
+            tokio::spawn(fleet.clone().flush_loop(stopper.clone()));
+            tokio::spawn(hub.clone().prune_loop(config.retention, stopper));
+            fleet.elected(lease.epoch, &me.holder, &me.address);
             let _ = control_slot.set(ControlPlaneWithNotice(limited_service!(
                 ControlPlaneServer::new(service::ControlPlaneService::new(fleet.clone(), gate))
             )));
             let _ = operators_slot.set(limited_service!(AdminServer::new(
-                service::AdminService::new(fleet.clone())
+                service::AdminService::new(fleet.clone(), hub)
             )));
             let _ = fleet_slot.set(fleet);
             Ok(())

@@ -245,21 +245,65 @@ pub const UNKNOWN: &str = "unknown";
 pub fn is_read(path: &str) -> bool {
     matches!(
         path.strip_prefix("/prism.admin.v1.Admin/"),
-        Some("ListLaunchers" | "GetLauncher" | "ListProcesses" | "GetProcess")
+        Some("ListLaunchers" | "GetLauncher" | "ListProcesses" | "GetProcess" | "WatchEvents")
     )
 }
 
+/// Where an admin's operator API reads the fleet from.
+#[derive(Clone)]
+enum Source {
+    /// The leader's fleet, in memory.
+    Leading(Arc<Fleet>),
+    /// A follower's: loaded from the database for each read.
+    Following {
+        store: Arc<dyn super::store::AdminStore>,
+        interval: std::time::Duration,
+    },
+}
+
 pub struct AdminService {
-    fleet: Arc<Fleet>,
+    source: Source,
+    hub: Arc<super::events::Hub>,
 }
 
 impl AdminService {
-    pub fn new(fleet: Arc<Fleet>) -> Self {
-        Self { fleet }
+    /// The leader's service, over its fleet.
+    pub fn new(fleet: Arc<Fleet>, hub: Arc<super::events::Hub>) -> Self {
+        Self {
+            source: Source::Leading(fleet),
+            hub,
+        }
+    }
+
+    /// A follower's reads, from the database (`interval`: the fleet's
+    /// heartbeats, to judge liveness by).
+    pub fn following(
+        store: Arc<dyn super::store::AdminStore>,
+        interval: std::time::Duration,
+        hub: Arc<super::events::Hub>,
+    ) -> Self {
+        Self {
+            source: Source::Following { store, interval },
+            hub,
+        }
+    }
+
+    /// The fleet to answer from: the leader's, or one loaded afresh.
+    async fn fleet(&self) -> Result<Arc<Fleet>, Status> {
+        match &self.source {
+            Source::Leading(fleet) => Ok(fleet.clone()),
+            Source::Following { store, interval } => {
+                Fleet::view(store.clone(), *interval).await.map_err(|e| {
+                    Status::unavailable(format!(
+                        "this prism-admin follows and cannot read the database: {e}"
+                    ))
+                })
+            }
+        }
     }
 
     fn process_info(
-        &self,
+        fleet: &Fleet,
         st: &super::fleet::State,
         p: &ProcessRecord,
         events: Vec<HistoryEvent>,
@@ -275,7 +319,7 @@ impl AdminService {
             .get(&launcher)
             .map(|l| st.last_heard(l))
             .filter(|last| {
-                placement::liveness(*last, crate::clock::unix_ms(), self.fleet.interval())
+                placement::liveness(*last, crate::clock::unix_ms(), fleet.interval())
                     == placement::Liveness::Disconnected
             });
         let (shown, last_known_status, unknown_since_unix_ms) = match silent_since {
@@ -315,7 +359,8 @@ impl AdminService {
         draining: bool,
     ) -> Result<Response<apb::LauncherInfo>, Status> {
         let id = request.into_inner().launcher_id;
-        self.fleet
+        self.fleet()
+            .await?
             .set_draining(&id, draining)
             .await
             .map_err(to_status)?;
@@ -337,7 +382,10 @@ impl Admin for AdminService {
         &self,
         _request: Request<apb::ListLaunchersRequest>,
     ) -> Result<Response<apb::ListLaunchersResponse>, Status> {
-        let st = self.fleet.state.lock().await;
+        let fleet = self.fleet().await?;
+        fleet.settle_for_listing().await;
+        let st = fleet.state.lock().await;
+        let revision = fleet.listing_revision();
         let used = st.used();
         let launchers = st
             .launchers
@@ -347,11 +395,14 @@ impl Admin for AdminService {
                     l,
                     st.last_heard(l),
                     used.get(l.id.as_str()).copied().unwrap_or(0),
-                    self.fleet.interval(),
+                    fleet.interval(),
                 )
             })
             .collect();
-        Ok(Response::new(apb::ListLaunchersResponse { launchers }))
+        Ok(Response::new(apb::ListLaunchersResponse {
+            launchers,
+            revision,
+        }))
     }
 
     async fn get_launcher(
@@ -359,7 +410,8 @@ impl Admin for AdminService {
         request: Request<apb::GetLauncherRequest>,
     ) -> Result<Response<apb::LauncherInfo>, Status> {
         let id = request.into_inner().launcher_id;
-        let st = self.fleet.state.lock().await;
+        let fleet = self.fleet().await?;
+        let st = fleet.state.lock().await;
         let used = st.used();
         let l = st
             .launchers
@@ -369,7 +421,7 @@ impl Admin for AdminService {
             l,
             st.last_heard(l),
             used.get(id.as_str()).copied().unwrap_or(0),
-            self.fleet.interval(),
+            fleet.interval(),
         )))
     }
 
@@ -378,8 +430,12 @@ impl Admin for AdminService {
         request: Request<apb::ListProcessesRequest>,
     ) -> Result<Response<apb::ListProcessesResponse>, Status> {
         let f = request.into_inner();
-        // One look at the state for the whole listing.
-        let st = self.fleet.state.lock().await;
+        // One look at the state for the whole listing, and the revision
+        // it reflects.
+        let fleet = self.fleet().await?;
+        fleet.settle_for_listing().await;
+        let st = fleet.state.lock().await;
+        let revision = fleet.listing_revision();
         let mut records: Vec<&ProcessRecord> = st
             .processes
             .values()
@@ -393,7 +449,7 @@ impl Admin for AdminService {
         records.sort_by(|a, b| a.id().cmp(b.id()));
         let mut processes = Vec::with_capacity(records.len());
         for p in records {
-            let info = self.process_info(&st, p, Vec::new());
+            let info = Self::process_info(&fleet, &st, p, Vec::new());
             let matches = f.status.is_empty()
                 || info.placement == f.status
                 || info
@@ -404,7 +460,10 @@ impl Admin for AdminService {
                 processes.push(info);
             }
         }
-        Ok(Response::new(apb::ListProcessesResponse { processes }))
+        Ok(Response::new(apb::ListProcessesResponse {
+            processes,
+            revision,
+        }))
     }
 
     async fn get_process(
@@ -422,8 +481,8 @@ impl Admin for AdminService {
                 }));
             }
         };
-        let record = self
-            .fleet
+        let fleet = self.fleet().await?;
+        let record = fleet
             .state
             .lock()
             .await
@@ -431,13 +490,14 @@ impl Admin for AdminService {
             .get(&req.process_id)
             .cloned()
             .ok_or_else(|| not_found("process", &req.process_id))?;
-        let events = self
-            .fleet
+        let events = fleet
             .history(&req.process_id, limit)
             .await
             .map_err(|e| to_status(e.into()))?;
-        let st = self.fleet.state.lock().await;
-        Ok(Response::new(self.process_info(&st, &record, events)))
+        let st = fleet.state.lock().await;
+        Ok(Response::new(Self::process_info(
+            &fleet, &st, &record, events,
+        )))
     }
 
     async fn drain_launcher(
@@ -459,7 +519,22 @@ impl Admin for AdminService {
         request: Request<apb::MoveProcessesRequest>,
     ) -> Result<Response<apb::MoveProcessesResponse>, Status> {
         let id = request.into_inner().launcher_id;
-        let moved = self.fleet.move_processes(&id).await.map_err(to_status)?;
+        let moved = self
+            .fleet()
+            .await?
+            .move_processes(&id)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(apb::MoveProcessesResponse { moved }))
+    }
+
+    type WatchEventsStream = super::events::Watch;
+
+    async fn watch_events(
+        &self,
+        request: Request<apb::WatchRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let watch = self.hub.watch(request.into_inner()).await?;
+        Ok(Response::new(watch))
     }
 }

@@ -13,12 +13,19 @@ use tonic::Code;
 use super::{
     disconnect,
     dispatch::unreachable,
-    fleet::{DeliveryKind, Fleet, FleetError, State, event},
+    events,
+    fleet::{DeliveryKind, Fleet, FleetError, State, event, told},
     pending::BACKOFF_MAX,
     placement::{self, Liveness, Request},
     store::{PlacementState, ProcessRecord},
 };
 use crate::{pb::prism::admin::v1 as apb, serve::Shutdown};
+
+/// How long a flush asked for at once waits for more changes to write
+/// with it.
+const FLUSH_GATHER: Duration = Duration::from_millis(10);
+/// How long a listing waits for batched changes to be written.
+const LIST_SETTLE: Duration = Duration::from_secs(1);
 
 impl Fleet {
     /// Deliver pending pushes as they come due (see `pending`), until
@@ -200,6 +207,30 @@ impl Fleet {
                 let changed = before.is_some_and(|b| b != lv)
                     || (before.is_none() && lv != Liveness::Healthy);
                 let silent = placement::silence(last, now);
+                if changed && let Some(l) = st.launchers.get(&id) {
+                    let previous = before.unwrap_or(Liveness::Healthy);
+                    let message = match lv {
+                        Liveness::Healthy => format!("launcher {id} is healthy again"),
+                        _ => format!(
+                            "launcher {id} is {}: no heartbeat for {:.1} s",
+                            lv.as_str(),
+                            silent.as_secs_f64()
+                        ),
+                    };
+                    let e = events::launcher(
+                        lv.as_str(),
+                        l,
+                        apb::LauncherChange {
+                            health: lv.as_str().into(),
+                            previous_health: previous.as_str().into(),
+                            last_heartbeat_unix_ms: last,
+                            ..Default::default()
+                        },
+                        message,
+                    );
+                    self.batch.lock().expect("poisoned").events.push(e);
+                    self.flush_soon.notify_one();
+                }
                 if changed {
                     match lv {
                         Liveness::Healthy => {
@@ -297,9 +328,22 @@ impl Fleet {
         let mut next = p.clone();
         next.launcher_id = Some(target.clone());
         next.updated_at_ms = crate::clock::unix_ms();
-        self.store
-            .put_process(&next, &event(name, p.version(), &target, detail))
-            .await?;
+        let mut e = told(
+            name,
+            "placed",
+            &p.spec,
+            &target,
+            detail.clone(),
+            format!(
+                "placed {} v{} on {target}, {name} {detail}",
+                p.id(),
+                p.version()
+            ),
+        );
+        if let Some(change) = e.watched.as_mut().and_then(|w| w.process.as_mut()) {
+            change.previous_launcher_id = from.to_owned();
+        }
+        self.store.put_process(&next, &e).await?;
         st.put(next);
         Ok(target)
     }
@@ -339,14 +383,23 @@ impl Fleet {
         Ok(())
     }
 
-    /// Write heartbeat data in batches, once a second, until shutdown
-    /// (the daemon writes what is left after its servers stopped).
+    /// Write heartbeat data in batches, once a second, and changes
+    /// watchers are told of at once (those of the next few milliseconds
+    /// together), until shutdown (the daemon writes what is left after its
+    /// servers stopped).
     pub async fn flush_loop(self: Arc<Self>, mut shutdown: Shutdown) {
-        while shutdown
-            .until(tokio::time::sleep(Duration::from_secs(1)))
-            .await
-            .is_some()
-        {
+        loop {
+            let due = async {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = self.flush_soon.notified() => {
+                        tokio::time::sleep(FLUSH_GATHER).await;
+                    }
+                }
+            };
+            if shutdown.until(due).await.is_none() {
+                return;
+            }
             self.flush().await;
         }
     }
@@ -362,6 +415,37 @@ impl Fleet {
 
     async fn write_batch(&self) {
         let _one = self.flush_lock.lock().await;
+        self.write_batch_locked().await;
+    }
+    /// Before a listing: write the changes watchers are told of that are
+    /// still batched (waiting at most [`LIST_SETTLE`], never holding the
+    /// fleet's state), so that the listing's revision counts them.
+    pub(crate) async fn settle_for_listing(self: &Arc<Self>) {
+        if self.loaded_revision.is_some() {
+            return;
+        }
+        let waiting = {
+            let batch = self.batch.lock().expect("poisoned");
+            !batch.history.is_empty() || !batch.events.is_empty()
+        } || !self.flushing.lock().expect("poisoned").is_empty();
+        if waiting {
+            // The write goes on if the wait ends.
+            let _ = tokio::time::timeout(LIST_SETTLE, self.flush()).await;
+        }
+    }
+
+    /// The revision a listing made now reflects, for a caller holding the
+    /// fleet's state: every event up to it is reflected (a change batched
+    /// is applied to the state first, a placement written under the state's
+    /// lock). Exact after [`Self::settle_for_listing`]; should the database
+    /// be slower than that, a change of the listing may come again as an
+    /// event, never be missed. A view reflects what it loaded.
+    pub(crate) fn listing_revision(&self) -> i64 {
+        self.loaded_revision
+            .unwrap_or_else(|| self.store.written().head())
+    }
+
+    async fn write_batch_locked(&self) {
         let batch = {
             let mut waiting = self.batch.lock().expect("poisoned");
             let batch = std::mem::take(&mut *waiting);
@@ -377,11 +461,7 @@ impl Fleet {
             // Only changes are batched: what was not written is put back
             // for the next try, under what arrived meanwhile.
             tracing::error!("cannot save heartbeats (retrying within a second): {e}");
-            let mut waiting = self.batch.lock().expect("poisoned");
-            let newer = std::mem::replace(&mut *waiting, batch);
-            waiting.launchers.extend(newer.launchers);
-            waiting.health.extend(newer.health);
-            waiting.history.extend(newer.history);
+            self.batch.lock().expect("poisoned").put_back(batch);
         }
         self.flushing.lock().expect("poisoned").clear();
     }
@@ -395,7 +475,21 @@ impl Fleet {
                 what: "launcher",
                 id: id.to_owned(),
             })?;
-        self.store.set_draining(id, draining).await?;
+        let mut after = l.clone();
+        after.draining = draining;
+        let (kind, message) = if draining {
+            (
+                "drained",
+                format!("launcher {id} is draining: nothing new is placed on it"),
+            )
+        } else {
+            (
+                "undrained",
+                format!("launcher {id} takes new processes again"),
+            )
+        };
+        let e = events::launcher(kind, &after, apb::LauncherChange::default(), message);
+        self.store.set_draining(id, draining, &[e]).await?;
         l.draining = draining;
         tracing::info!(
             launcher = id,
@@ -487,12 +581,21 @@ impl Fleet {
                 Ok(target)
             }
             Err(status) => {
-                self.store
-                    .put_process(
-                        &previous,
-                        &event("move failed", previous.version(), from, status.message()),
-                    )
-                    .await?;
+                let mut e = told(
+                    "move failed",
+                    "placed",
+                    &previous.spec,
+                    from,
+                    status.message(),
+                    format!(
+                        "{id} stays on {from}: {target} could not start it: {}",
+                        status.message()
+                    ),
+                );
+                if let Some(change) = e.watched.as_mut().and_then(|w| w.process.as_mut()) {
+                    change.previous_launcher_id.clone_from(&target);
+                }
+                self.store.put_process(&previous, &e).await?;
                 st.put(previous);
                 Err(FleetError::Refused {
                     launcher: target,

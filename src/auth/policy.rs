@@ -68,6 +68,7 @@ pub const TABLE: &[(&str, &[Grant])] = &[
     ("/prism.launcher.v1.Launcher/GetProcess", READ),
     ("/prism.launcher.v1.Launcher/ListProcesses", READ),
     ("/prism.launcher.v1.Launcher/ListManifests", READ),
+    ("/prism.launcher.v1.Launcher/WatchProcesses", READ),
     // pattern-launcher's API, with the same grants.
     (
         "/prism.launcher.PatternLauncher/LaunchPattern",
@@ -100,6 +101,8 @@ pub const TABLE: &[(&str, &[Grant])] = &[
     ("/prism.admin.v1.Admin/DrainLauncher", OPERATE),
     ("/prism.admin.v1.Admin/UndrainLauncher", OPERATE),
     ("/prism.admin.v1.Admin/MoveProcesses", OPERATE),
+    // Watching is reading: viewers and operators, never a launcher.
+    ("/prism.admin.v1.Admin/WatchEvents", READ),
     // Both daemons.
     ("/grpc.health.v1.Health/Check", ANYONE),
     ("/grpc.health.v1.Health/Watch", ANYONE),

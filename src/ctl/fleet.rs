@@ -171,6 +171,10 @@ pub struct PsArgs {
     /// circuit_open...) or placement (placed, pending, revoking).
     #[arg(long)]
     pub status: Option<String>,
+    /// After the listing, print each process again as it changes (until
+    /// Ctrl-C).
+    #[arg(short, long)]
+    pub watch: bool,
 }
 
 /// Status as the launcher last reported it, or the placement before that.
@@ -213,6 +217,9 @@ pub async fn ps(g: &Global, a: &PsArgs) -> Result<(), Error> {
         .await
         .map_err(|s| call_failed("listing processes", s))?
         .into_inner();
+    if a.watch {
+        return ps_watch(g, a, list).await;
+    }
     if let Some(text) = structured(g.output, &list)? {
         out(&text);
         return Ok(());
@@ -227,54 +234,12 @@ pub fn ps_table(processes: &[apb::ProcessInfo], wide: bool) -> String {
     if processes.is_empty() {
         return "No processes.\n".into();
     }
-    let mut rows: Vec<Vec<String>> = processes
-        .iter()
-        .map(|p| {
-            let a = p.assignment.clone().unwrap_or_default();
-            let h = p.health.clone().unwrap_or_default();
-            let mut row = vec![
-                a.process_id,
-                if a.process_type.is_empty() {
-                    "pattern".into()
-                } else {
-                    a.process_type
-                },
-                if a.namespace.is_empty() {
-                    "-".into()
-                } else {
-                    a.namespace
-                },
-                p.launcher_id.clone(),
-                status_shown(p, wide),
-                h.restart_count.to_string(),
-                if h.uptime_seconds > 0 && p.unknown_since_unix_ms == 0 {
-                    duration(h.uptime_seconds)
-                } else {
-                    "-".into()
-                },
-                if h.pid > 0 {
-                    h.pid.to_string()
-                } else {
-                    "-".into()
-                },
-            ];
-            if wide {
-                row.push(p.unit_name.clone());
-                row.push(if h.exit_reason.is_empty() {
-                    "-".into()
-                } else {
-                    h.exit_reason.clone()
-                });
-                row.push(if h.last_error.is_empty() {
-                    "-".into()
-                } else {
-                    h.last_error
-                });
-            }
-            row
-        })
-        .collect();
+    let mut rows: Vec<Vec<String>> = processes.iter().map(|p| ps_row(p, wide)).collect();
     rows.sort();
+    table(&ps_header(wide), &rows, (!wide).then(terminal_width))
+}
+
+fn ps_header(wide: bool) -> Vec<&'static str> {
     let mut header = vec![
         "ID",
         "TYPE",
@@ -288,7 +253,227 @@ pub fn ps_table(processes: &[apb::ProcessInfo], wide: bool) -> String {
     if wide {
         header.extend(["UNIT", "LAST EXIT", "LAST ERROR"]);
     }
-    table(&header, &rows, (!wide).then(terminal_width))
+    header
+}
+
+fn ps_row(p: &apb::ProcessInfo, wide: bool) -> Vec<String> {
+    let a = p.assignment.clone().unwrap_or_default();
+    let h = p.health.clone().unwrap_or_default();
+    let mut row = vec![
+        a.process_id,
+        if a.process_type.is_empty() {
+            "pattern".into()
+        } else {
+            a.process_type
+        },
+        if a.namespace.is_empty() {
+            "-".into()
+        } else {
+            a.namespace
+        },
+        p.launcher_id.clone(),
+        status_shown(p, wide),
+        h.restart_count.to_string(),
+        if h.uptime_seconds > 0 && p.unknown_since_unix_ms == 0 {
+            duration(h.uptime_seconds)
+        } else {
+            "-".into()
+        },
+        if h.pid > 0 {
+            h.pid.to_string()
+        } else {
+            "-".into()
+        },
+    ];
+    if wide {
+        row.push(p.unit_name.clone());
+        row.push(if h.exit_reason.is_empty() {
+            "-".into()
+        } else {
+            h.exit_reason.clone()
+        });
+        row.push(if h.last_error.is_empty() {
+            "-".into()
+        } else {
+            h.last_error
+        });
+    }
+    row
+}
+
+/// Apply a watched event to the processes a `ps -w` shows; the ids of
+/// the rows it changed (a process gone is shown once more, then dropped).
+pub fn apply(
+    rows: &mut std::collections::BTreeMap<String, apb::ProcessInfo>,
+    e: &apb::Event,
+) -> Vec<String> {
+    let kind = e.kind.split_once('.').map_or(e.kind.as_str(), |(_, k)| k);
+    if e.kind.starts_with("launcher.") {
+        let on: Vec<String> = rows
+            .iter()
+            .filter(|(_, p)| p.launcher_id == e.launcher_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &on {
+            let p = rows.get_mut(id).expect("listed above");
+            match kind {
+                "disconnected" => {
+                    p.last_known_status = status_shown(p, false);
+                    p.unknown_since_unix_ms = e
+                        .launcher
+                        .as_ref()
+                        .map_or(e.at_unix_ms, |l| l.last_heartbeat_unix_ms);
+                }
+                "healthy" | "registered" => {
+                    p.unknown_since_unix_ms = 0;
+                    p.last_known_status.clear();
+                }
+                _ => return Vec::new(),
+            }
+        }
+        return on;
+    }
+    let Some(change) = e.process.as_ref() else {
+        return Vec::new();
+    };
+    let p = rows
+        .entry(e.process_id.clone())
+        .or_insert_with(|| apb::ProcessInfo {
+            assignment: Some(pb::ProcessAssignment {
+                process_id: e.process_id.clone(),
+                process_type: change.process_type.clone(),
+                namespace: e.namespace.clone(),
+                version: change.version,
+                ..Default::default()
+            }),
+            unit_name: change.unit_name.clone(),
+            ..Default::default()
+        });
+    if let Some(a) = p.assignment.as_mut() {
+        a.version = change.version;
+    }
+    let show = |p: &mut apb::ProcessInfo, status: &str| {
+        let h = p.health.get_or_insert_with(Default::default);
+        h.detailed_status = status.to_owned();
+        h.uptime_seconds = 0;
+    };
+    match kind {
+        "placed" => {
+            if p.launcher_id != e.launcher_id {
+                p.health = None;
+            }
+            p.launcher_id.clone_from(&e.launcher_id);
+            p.placement = "pending".into();
+            show(p, "pending");
+        }
+        "delivered" => {
+            p.placement = "placed".into();
+            if p.health
+                .as_ref()
+                .is_none_or(|h| h.detailed_status == "pending")
+            {
+                show(p, "placed");
+            }
+        }
+        "refused" | "revoking" | "revoked" => show(p, kind),
+        _ => {
+            let h = p.health.get_or_insert_with(Default::default);
+            h.detailed_status.clone_from(&change.status);
+            h.pid = change.pid;
+            h.restart_count = change.restart_count;
+            h.exit_reason.clone_from(&change.exit_reason);
+            h.last_error.clone_from(&change.last_error);
+            h.uptime_seconds = 0;
+            p.unknown_since_unix_ms = 0;
+        }
+    }
+    vec![e.process_id.clone()]
+}
+
+/// `ps -w`: the table, then each row again as it changes.
+async fn ps_watch(g: &Global, a: &PsArgs, list: apb::ListProcessesResponse) -> Result<(), Error> {
+    let wide = g.output == Format::Wide;
+    let keep = |p: &apb::ProcessInfo| {
+        a.process_type.as_deref().is_none_or(|t| {
+            p.assignment.as_ref().is_some_and(|s| {
+                s.process_type == t || (s.process_type.is_empty() && t == "pattern")
+            })
+        })
+    };
+    let mut rows: std::collections::BTreeMap<String, apb::ProcessInfo> = list
+        .processes
+        .into_iter()
+        .map(|p| (p.assignment.clone().unwrap_or_default().process_id, p))
+        .collect();
+    let shown: Vec<apb::ProcessInfo> = rows.values().filter(|p| keep(p)).cloned().collect();
+    match g.output {
+        Format::Json | Format::Yaml => {
+            for p in &shown {
+                print_info(g.output, p)?;
+            }
+        }
+        _ => out(&ps_table(&shown, wide)),
+    }
+    let req = apb::WatchRequest {
+        namespace: a.namespace.clone().unwrap_or_default(),
+        launcher_id: a.launcher.clone().unwrap_or_default(),
+        kinds: vec![
+            "process".into(),
+            "launcher.disconnected".into(),
+            "launcher.healthy".into(),
+            "launcher.registered".into(),
+        ],
+        ..Default::default()
+    };
+    let mut follow = super::watch::from(g, req, list.revision);
+    loop {
+        let e = follow.next().await?;
+        if e.kind == crate::admin::events::BOOKMARK {
+            continue;
+        }
+        for id in apply(&mut rows, &e) {
+            let Some(p) = rows.get(&id) else { continue };
+            let status_ok = a
+                .status
+                .as_deref()
+                .is_none_or(|s| status_shown(p, false) == s || p.placement == s);
+            if keep(p) && status_ok {
+                match g.output {
+                    Format::Json | Format::Yaml => print_info(g.output, p)?,
+                    _ => {
+                        let one = table(&ps_header(wide), &[ps_row(p, wide)], None);
+                        out(one
+                            .lines()
+                            .nth(1)
+                            .map(|l| format!("{l}\n"))
+                            .as_deref()
+                            .unwrap_or(""));
+                    }
+                }
+            }
+            if e.kind == "process.revoked" || e.kind == "process.refused" {
+                rows.remove(&id);
+            }
+        }
+    }
+}
+
+/// One process as a line of JSON, or a YAML document.
+fn print_info(format: Format, p: &apb::ProcessInfo) -> Result<(), Error> {
+    let text = match format {
+        Format::Yaml => format!(
+            "---\n{}",
+            serde_norway::to_string(p)
+                .map_err(|e| Error::Failed(format!("cannot encode YAML: {e}")))?
+        ),
+        _ => {
+            serde_json::to_string(p)
+                .map_err(|e| Error::Failed(format!("cannot encode JSON: {e}")))?
+                + "\n"
+        }
+    };
+    out(&text);
+    Ok(())
 }
 
 #[derive(Args, Debug)]

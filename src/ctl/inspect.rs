@@ -240,6 +240,10 @@ pub struct DescribeArgs {
     /// History events to show.
     #[arg(long, default_value_t = 20)]
     pub history: i32,
+    /// After the description, print the process's events as they happen
+    /// (until Ctrl-C).
+    #[arg(short, long)]
+    pub watch: bool,
 }
 
 #[derive(Serialize)]
@@ -251,13 +255,48 @@ struct Described<'a> {
     dependencies: Graph,
 }
 
+/// `describe -w`: the process's events from `revision` on, as they happen.
+async fn watch_one(g: &Global, id: &str, revision: i64) -> Result<(), Error> {
+    let req = apb::WatchRequest {
+        process_id: id.to_owned(),
+        ..Default::default()
+    };
+    let mut follow = super::watch::from(g, req, revision);
+    if matches!(
+        g.output,
+        super::output::Format::Table | super::output::Format::Wide
+    ) {
+        out(&format!(
+            "\nWatching {id} (Ctrl-C to stop):\n{}",
+            super::watch::HEADER
+        ));
+    }
+    loop {
+        let e = follow.next().await?;
+        if e.kind == crate::admin::events::BOOKMARK {
+            continue;
+        }
+        match g.output {
+            super::output::Format::Json => out(&format!(
+                "{}\n",
+                serde_json::to_string(&e).map_err(|err| Error::Failed(err.to_string()))?
+            )),
+            super::output::Format::Yaml => out(&format!(
+                "---\n{}",
+                serde_norway::to_string(&e).map_err(|err| Error::Failed(err.to_string()))?
+            )),
+            _ => out(&super::watch::line(&e)),
+        }
+    }
+}
+
 pub async fn describe(g: &Global, a: &DescribeArgs) -> Result<(), Error> {
     let (p, launcher) = process_and_launcher(g, &a.id, a.history).await?;
     let tools = tools_of(launcher.as_ref());
     let spec = p.assignment.clone().map(|s| redact(&s)).unwrap_or_default();
     let systemctl = tools.systemctl(&p.unit_name);
     let journalctl = tools.journalctl(&a.id, &p.unit_name);
-    let all = g
+    let listing = g
         .admin
         .connect()
         .await?
@@ -265,8 +304,8 @@ pub async fn describe(g: &Global, a: &DescribeArgs) -> Result<(), Error> {
         .list_processes(apb::ListProcessesRequest::default())
         .await
         .map_err(|s| call_failed("listing processes", s))?
-        .into_inner()
-        .processes;
+        .into_inner();
+    let (all, revision) = (listing.processes, listing.revision);
     let described = Described {
         process: &p,
         launcher: launcher.as_ref(),
@@ -276,7 +315,11 @@ pub async fn describe(g: &Global, a: &DescribeArgs) -> Result<(), Error> {
     };
     if let Some(text) = structured(g.output, &described)? {
         out(&text);
-        return Ok(());
+        return if a.watch {
+            watch_one(g, &a.id, revision).await
+        } else {
+            Ok(())
+        };
     }
     let h = p.health.clone().unwrap_or_default();
     let ty = if spec.process_type.is_empty() {
@@ -366,6 +409,9 @@ pub async fn describe(g: &Global, a: &DescribeArgs) -> Result<(), Error> {
             .unwrap_or_default()
     ));
     out(&text);
+    if a.watch {
+        return watch_one(g, &a.id, revision).await;
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod local;
 pub mod output;
 pub mod pki;
+pub mod watch;
 
 use std::process::ExitCode;
 
@@ -68,6 +69,9 @@ pub enum Command {
     Describe(inspect::DescribeArgs),
     /// A process's output, from the journal of this host.
     Logs(inspect::LogsArgs),
+    /// What happens in the fleet: processes placed, started, failed,
+    /// restarted…, launchers registered or disconnected, leaders elected.
+    Events(watch::EventsArgs),
     /// Place nothing new on a launcher.
     Drain(fleet::DrainArgs),
     /// Let a drained launcher take new processes again.
@@ -178,6 +182,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Revoke(args) => fleet::revoke(g, args).await,
         Command::Describe(args) => inspect::describe(g, args).await,
         Command::Logs(args) => inspect::logs(g, args).await,
+        Command::Events(args) => watch::events(g, args).await,
         Command::Drain(args) => fleet::drain(g, args, true).await,
         Command::Undrain(args) => fleet::drain(g, args, false).await,
         Command::Move(args) => fleet::move_processes(g, args).await,

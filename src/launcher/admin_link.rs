@@ -21,6 +21,12 @@ use crate::{
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF: Policy = Policy::new(Duration::from_secs(1), Duration::from_secs(30));
 
+/// The least time between two heartbeats sent early, for a change.
+const EARLY_GAP: Duration = Duration::from_millis(100);
+/// How long an early heartbeat waits for the changes that come with the
+/// first (a restart is several signals).
+const EARLY_GATHER: Duration = Duration::from_millis(15);
+
 /// A heartbeat not answered within two intervals (1 s to 5 s) has failed:
 /// the launcher tries the next admin before its own admins think it silent
 /// for long.
@@ -289,8 +295,25 @@ impl AdminLink {
         // The first at once: it tells the launcher the admin hears it now.
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A change of a process's state goes at once (what the admin's
+        // watchers wait for), at most one every EARLY_GAP.
+        let mut changes = self.supervisor.changed.subscribe();
+        let mut last_sent: Option<tokio::time::Instant> = None;
         loop {
-            shutdown.until(ticks.tick()).await?;
+            let due = async {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    Ok(()) = changes.changed() => {
+                        let earliest = last_sent.map(|at| at + EARLY_GAP);
+                        let gather = tokio::time::Instant::now() + EARLY_GATHER;
+                        tokio::time::sleep_until(earliest.map_or(gather, |e| e.max(gather))).await;
+                        changes.borrow_and_update();
+                        ticks.reset();
+                    }
+                }
+            };
+            shutdown.until(due).await?;
+            last_sent = Some(tokio::time::Instant::now());
             let list = self.supervisor.list("", "", "").await;
             let process_health = list
                 .processes

@@ -8,6 +8,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::patterns::{Catalog, Ports, service::complete_from_manifest};
 use super::supervisor::{AssignOutcome, LauncherError, Supervisor};
+use crate::pb::prism::launcher::v1 as lpb;
 use crate::{
     model::{Assignment, ProcessType, validate::MAX_ID_BYTES},
     pb::prism::{
@@ -363,5 +364,158 @@ impl Launcher for LauncherService {
                 .list(&r.process_type, &r.namespace, &r.status)
                 .await,
         ))
+    }
+
+    type WatchProcessesStream = process_watch::Changes;
+
+    async fn watch_processes(
+        &self,
+        request: Request<lpb::WatchProcessesRequest>,
+    ) -> Result<Response<Self::WatchProcessesStream>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(process_watch::watch(
+            self.supervisor.clone(),
+            r,
+        )))
+    }
+}
+
+/// `WatchProcesses`: the held processes listed, then each again as its
+/// state changes, read from the supervisor after each change it signals.
+mod process_watch {
+    use std::{
+        collections::HashMap,
+        pin::Pin,
+        sync::Arc,
+        task::{Context, Poll},
+        time::Duration,
+    };
+
+    use tokio::sync::mpsc;
+    use tonic::Status;
+
+    use super::{Supervisor, lpb};
+    use crate::pb::prism as pb;
+
+    /// Changes waiting for a watcher: more, and it is ended.
+    const QUEUE: usize = 1024;
+    /// Signals of the next few milliseconds are read together.
+    const GATHER: Duration = Duration::from_millis(10);
+
+    pub struct Changes(mpsc::Receiver<Result<lpb::ProcessChange, Status>>);
+
+    impl futures_util::Stream for Changes {
+        type Item = Result<lpb::ProcessChange, Status>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+
+    /// What a change is judged by (status, pid, restarts, exit reason, last
+    /// error, version, sub-state): not usage figures.
+    type State = (String, i32, i32, String, String, i64, String);
+
+    fn state(h: &pb::ProcessHealth) -> State {
+        (
+            h.detailed_status.clone(),
+            h.pid,
+            h.restart_count,
+            h.exit_reason.clone(),
+            h.last_error.clone(),
+            h.version,
+            h.sub_state.clone(),
+        )
+    }
+
+    pub fn watch(supervisor: Arc<Supervisor>, r: lpb::WatchProcessesRequest) -> Changes {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut changes = supervisor.changed.subscribe();
+        tokio::spawn(async move {
+            let mut known: HashMap<String, State> = HashMap::new();
+            let mut first = true;
+            loop {
+                let list = supervisor.list("", &r.namespace, "").await;
+                let now = crate::clock::unix_ms();
+                let mut seen = std::collections::HashSet::new();
+                let mut out = Vec::new();
+                for p in list.processes {
+                    let id = p
+                        .assignment
+                        .as_ref()
+                        .map(|a| a.process_id.clone())
+                        .unwrap_or_default();
+                    if !r.process_id.is_empty() && id != r.process_id {
+                        continue;
+                    }
+                    seen.insert(id.clone());
+                    let s = state(p.health.as_ref().unwrap_or(&Default::default()));
+                    if known.get(&id) == Some(&s) {
+                        continue;
+                    }
+                    known.insert(id, s);
+                    out.push(lpb::ProcessChange {
+                        kind: if first { "listed" } else { "changed" }.into(),
+                        at_unix_ms: now,
+                        process: Some(p),
+                    });
+                }
+                let gone: Vec<String> = known
+                    .keys()
+                    .filter(|id| !seen.contains(*id))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    known.remove(&id);
+                    out.push(lpb::ProcessChange {
+                        kind: "removed".into(),
+                        at_unix_ms: now,
+                        process: Some(lpb::ProcessInfo {
+                            assignment: Some(pb::ProcessAssignment {
+                                process_id: id,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                    });
+                }
+                if first {
+                    out.push(lpb::ProcessChange {
+                        kind: "synced".into(),
+                        at_unix_ms: now,
+                        process: None,
+                    });
+                    first = false;
+                }
+                for change in out {
+                    match tx.try_send(Ok(change)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // The queue is full: the last slot the watcher
+                            // frees takes the status that ends it.
+                            let _ = tx
+                                .send(Err(Status::resource_exhausted(format!(
+                                    "this watcher fell more than {QUEUE} changes behind and \
+                                     was ended; watch again"
+                                ))))
+                                .await;
+                            return;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(GATHER).await;
+                        changes.borrow_and_update();
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Changes(rx)
     }
 }

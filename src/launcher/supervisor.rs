@@ -101,8 +101,9 @@ pub struct Supervisor {
     pub(super) usage: UsageReader,
     /// Wakes the reconciler.
     pub(super) reconcile: Notify,
-    /// Wakes the status reporter.
-    pub(super) changed: Notify,
+    /// Wakes the status reporter, and tells the admin link (an early
+    /// heartbeat) and watchers that something changed.
+    pub(super) changed: Changed,
     pub metrics: Arc<crate::metrics::LauncherMetrics>,
     /// When an admin last answered, and the newest admin epoch obeyed.
     pub contact: super::disconnect::Contact,
@@ -140,7 +141,7 @@ impl Supervisor {
             locks: KeyedLocks::default(),
             usage: UsageReader::default(),
             reconcile: Notify::new(),
-            changed: Notify::new(),
+            changed: Changed::default(),
             metrics: Arc::default(),
             may_stop_undesired: std::sync::atomic::AtomicBool::new(true),
             assign_seq: std::sync::atomic::AtomicU64::new(0),
@@ -317,5 +318,38 @@ impl Supervisor {
             }
         }
         Ok(loaded.corrupt)
+    }
+}
+
+/// Something about the held processes changed: one waiter (the status
+/// line) is woken, and every subscriber sees the generation move.
+#[derive(Debug)]
+pub struct Changed {
+    notify: Notify,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Changed {
+    fn default() -> Self {
+        Self {
+            notify: Notify::new(),
+            generation: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl Changed {
+    pub fn notify_one(&self) {
+        self.notify.notify_one();
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// A receiver that sees every change from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }

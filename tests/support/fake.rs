@@ -58,6 +58,17 @@ impl Launcher for AckingLauncher {
     ) -> Result<Response<ListProcessesResponse>, Status> {
         Ok(Response::new(ListProcessesResponse::default()))
     }
+
+    type WatchProcessesStream = futures_util::stream::Empty<
+        Result<prism_launcher::pb::prism::launcher::v1::ProcessChange, Status>,
+    >;
+
+    async fn watch_processes(
+        &self,
+        _: Request<prism_launcher::pb::prism::launcher::v1::WatchProcessesRequest>,
+    ) -> Result<Response<Self::WatchProcessesStream>, Status> {
+        Ok(Response::new(futures_util::stream::empty()))
+    }
 }
 
 /// Serve it on 127.0.0.1 (a port of its own); returns the address.

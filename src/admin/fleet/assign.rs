@@ -6,7 +6,7 @@ use prost::Message;
 use tokio::time::Instant;
 use tonic::Code;
 
-use super::{Assigned, DeliveryKind, Fleet, FleetError, event, unit_of};
+use super::{Assigned, DeliveryKind, Fleet, FleetError, event, told, unit_of};
 use crate::{
     admin::{
         disconnect,
@@ -231,13 +231,32 @@ impl Fleet {
                 updated_at_ms: now,
             };
             let what = match &previous {
-                Some(p) => event(
-                    "replaced",
-                    spec.version,
+                Some(p) => {
+                    let mut e = told(
+                        "replaced",
+                        "placed",
+                        &spec,
+                        &target,
+                        format!("v{} replaced", p.version()),
+                        format!(
+                            "placed {id} v{} on {target}, replacing v{}",
+                            spec.version,
+                            p.version()
+                        ),
+                    );
+                    if let Some(change) = e.watched.as_mut().and_then(|w| w.process.as_mut()) {
+                        change.previous_launcher_id = p.launcher_id.clone().unwrap_or_default();
+                    }
+                    e
+                }
+                None => told(
+                    "placed",
+                    "placed",
+                    &spec,
                     &target,
-                    format!("v{} replaced", p.version()),
+                    "",
+                    format!("placed {id} v{} on {target}", spec.version),
                 ),
-                None => event("placed", spec.version, &target, ""),
             };
             self.store.put_process(&record, &what).await?;
             st.put(record);
@@ -356,14 +375,27 @@ impl Fleet {
         let id = spec.process_id.clone();
         match self.dispatcher.assign(target, address, &spec).await {
             Ok(ack) => {
-                // History, not state: written with the next heartbeat batch
-                // (within a second), not as a second sync before the answer.
-                self.batch.lock().expect("poisoned").history.push((
-                    id.clone(),
-                    event("delivered", spec.version, target, ack.message.clone()),
-                ));
                 {
                     let mut st = self.state.lock().await;
+                    // History, not state: written with the next heartbeat
+                    // batch (within a second), not as a second sync before
+                    // the answer; batched under the state's lock, as the
+                    // state it changes (a listing's revision counts it).
+                    self.batch.lock().expect("poisoned").history.push((
+                        id.clone(),
+                        told(
+                            "delivered",
+                            "delivered",
+                            &spec,
+                            target,
+                            ack.message.clone(),
+                            format!(
+                                "delivered {id} v{} to {target}: {}",
+                                spec.version, ack.message
+                            ),
+                        ),
+                    ));
+                    self.flush_soon.notify_one();
                     st.pending.remove(target, &id);
                     if st.pending.reached(target, Instant::now()) {
                         self.deliveries.notify_one();
@@ -407,7 +439,18 @@ impl Fleet {
                 // The launcher refused it (e.g. its binary is not allowed on
                 // that host): the placement is undone.
                 let mut st = self.state.lock().await;
-                let why = event("refused", spec.version, target, status.message());
+                let why = told(
+                    "refused",
+                    "refused",
+                    &spec,
+                    target,
+                    status.message(),
+                    format!(
+                        "{target} refused {id} v{}: {}",
+                        spec.version,
+                        status.message()
+                    ),
+                );
                 match previous {
                     Some(prev) => {
                         self.store.put_process(&prev, &why).await?;
@@ -481,7 +524,14 @@ impl Fleet {
                 self.store
                     .put_process(
                         &revoking,
-                        &event("revoking", revoking.version(), &launcher, ""),
+                        &told(
+                            "revoking",
+                            "revoking",
+                            &revoking.spec,
+                            &launcher,
+                            "",
+                            format!("revoking {id} v{} from {launcher}", revoking.version()),
+                        ),
                     )
                     .await?;
                 *rec = revoking;

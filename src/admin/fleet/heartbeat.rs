@@ -8,6 +8,7 @@ use super::{
     drift::{self, Placement, Repair},
     event,
 };
+use crate::admin::events;
 use crate::{
     admin::store::{HealthRecord, PlacementState},
     clock,
@@ -62,6 +63,21 @@ impl From<pb::LauncherHeartbeatRequest> for Heartbeat {
             resources: wire.resources,
         }
     }
+}
+
+/// A change of status in the history's words: "running → failed (pid 7):
+/// why".
+fn history_detail(before: Option<&HealthRecord>, now: &pb::ProcessHealth) -> String {
+    let before = before.map(|r| events::status_of(&r.health).to_owned());
+    let after = events::status_of(now);
+    let mut detail = format!("{} → {after}", before.as_deref().unwrap_or("-"));
+    if now.pid > 0 {
+        detail.push_str(&format!(" (pid {})", now.pid));
+    }
+    if !now.last_error.is_empty() && after != "running" {
+        detail.push_str(&format!(": {}", now.last_error));
+    }
+    detail
 }
 
 impl Fleet {
@@ -188,24 +204,17 @@ impl Fleet {
                 health: health.clone(),
                 reported_at_ms: now,
             };
-            let status = |h: &pb::ProcessHealth| {
-                if h.detailed_status.is_empty() {
-                    h.status.clone()
-                } else {
-                    h.detailed_status.clone()
-                }
-            };
-            let before = st.health.get(pid).map(|r| status(&r.health));
-            let after = status(health);
-            if before.as_deref() != Some(after.as_str()) {
-                let mut detail = format!("{} → {after}", before.as_deref().unwrap_or("-"));
-                if health.pid > 0 {
-                    detail.push_str(&format!(" (pid {})", health.pid));
-                }
-                if !health.last_error.is_empty() && after != "running" {
-                    detail.push_str(&format!(": {}", health.last_error));
-                }
-                transitions.push((pid.clone(), event("status", version, &launcher, detail)));
+            if let Some(w) = st
+                .processes
+                .get(pid)
+                .and_then(|p| events::status_change(&p.spec, &launcher, st.health.get(pid), health))
+            {
+                // History keeps its own words ("running → failed (pid 7):
+                // …"); watchers get the event.
+                let detail = history_detail(st.health.get(pid), health);
+                let mut e = event("status", version, &launcher, detail);
+                e.watched = Some(w);
+                transitions.push((pid.clone(), e));
             }
             st.health.insert(pid.clone(), record.clone());
             batch_health.push((pid.clone(), record));
@@ -240,10 +249,11 @@ impl Fleet {
                 self.schedule(&mut st, &launcher, pid, DeliveryKind::Revoke { grace: 0 });
             }
         }
-        drop(st);
         {
             // Written within a second, together with every other
-            // launcher's (see `flush`).
+            // launcher's (see `flush`); changes of status at once, for
+            // watchers. Batched under the state's lock, as the state they
+            // change: a listing's revision counts them.
             let mut batch = self.batch.lock().expect("poisoned");
             if store_now {
                 batch
@@ -251,8 +261,12 @@ impl Fleet {
                     .insert(launcher.clone(), (now, hb.resources));
             }
             batch.health.extend(batch_health);
-            batch.history.extend(transitions);
+            if !transitions.is_empty() {
+                batch.history.extend(transitions);
+                self.flush_soon.notify_one();
+            }
         }
+        drop(st);
         for pid in finished {
             if let Err(e) = self
                 .forget(&pid, &launcher, "no longer reported by its launcher".into())

@@ -36,6 +36,7 @@ pub use state::State;
 
 use super::{
     dispatch::Dispatcher,
+    events,
     placement::{self, NoCandidate},
     store::{AdminStore, HeartbeatBatch, HistoryEvent, PlacementState, StoreError},
 };
@@ -106,7 +107,25 @@ pub fn event(name: &str, version: i64, launcher: &str, detail: impl Into<String>
         version,
         launcher_id: launcher.into(),
         detail: detail.into(),
+        watched: None,
     }
+}
+
+/// A history event of `spec` on `launcher` that watchers are told of too,
+/// as `process.<kind>`, in `message`'s words.
+pub fn told(
+    name: &str,
+    kind: &str,
+    spec: &pb::ProcessAssignment,
+    launcher: &str,
+    detail: impl Into<String>,
+    message: impl Into<String>,
+) -> HistoryEvent {
+    let mut e = event(name, spec.version, launcher, detail);
+    let mut w = events::process(kind, spec, launcher, message);
+    w.at_unix_ms = e.at_ms;
+    e.watched = Some(w);
+    e
 }
 
 /// What an assignment at the admin did.
@@ -157,6 +176,11 @@ pub struct Fleet {
     pub(super) flush_lock: tokio::sync::Mutex<()>,
     /// Wakes the delivery task.
     pub(super) deliveries: Notify,
+    /// Asks the flush task to write the batch now: it holds changes
+    /// watchers wait for.
+    pub(super) flush_soon: Notify,
+    /// A view's: the revision of the event log it was loaded at.
+    pub(super) loaded_revision: Option<i64>,
     pub metrics: Arc<crate::metrics::AdminMetrics>,
 }
 
@@ -218,6 +242,7 @@ impl Fleet {
         leading_since: Option<i64>,
     ) -> Result<Arc<Self>, StoreError> {
         let mut snapshot = store.load().await?;
+        let revision = snapshot.revision;
         if leading_since.is_none() {
             // A view judges liveness as of the leader's last write, not
             // the wall clock: while no admin leads (a failover), or while
@@ -280,8 +305,21 @@ impl Fleet {
             flushing: std::sync::Mutex::default(),
             flush_lock: tokio::sync::Mutex::const_new(()),
             deliveries: Notify::new(),
+            flush_soon: Notify::new(),
+            loaded_revision: leading_since.is_none().then_some(revision),
             metrics,
         }))
+    }
+
+    /// This admin leads now (epoch `epoch`, as `holder` at `address`):
+    /// watchers are told, with the next write.
+    pub fn elected(&self, epoch: i64, holder: &str, address: &str) {
+        self.batch
+            .lock()
+            .expect("poisoned")
+            .events
+            .push(events::leader_elected(epoch, holder, address));
+        self.flush_soon.notify_one();
     }
 
     /// The newest `limit` history events of `id`: the stored ones and
@@ -423,10 +461,18 @@ impl Fleet {
         detail: String,
     ) -> Result<(), StoreError> {
         let mut st = self.state.lock().await;
-        let version = st.processes.get(id).map_or(0, |p| p.version());
-        self.store
-            .delete_process(id, &event("revoked", version, launcher, detail))
-            .await?;
+        let why = match st.processes.get(id) {
+            Some(p) => told(
+                "revoked",
+                "revoked",
+                &p.spec,
+                launcher,
+                detail.clone(),
+                format!("revoked {id} v{}: {detail}", p.version()),
+            ),
+            None => event("revoked", 0, launcher, detail),
+        };
+        self.store.delete_process(id, &why).await?;
         st.take(id);
         st.health.remove(id);
         st.pending.remove_process(id);

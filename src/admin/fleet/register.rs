@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
-use super::{Fleet, FleetError, State, event};
+use super::{Fleet, FleetError, State, event, told};
 use crate::{
     admin::{
-        placement,
+        events, placement,
         store::{LauncherRecord, PlacementState, ProcessRecord, StoreError},
     },
     clock,
     model::{Assignment, Policy, ProcessType},
-    pb::prism as pb,
+    pb::prism::{self as pb, admin::v1 as apb},
     settings::is_token,
 };
 
@@ -213,7 +213,22 @@ impl Fleet {
             draining: previous.as_ref().is_some_and(|p| p.draining),
             resources: None,
         };
-        self.store.upsert_launcher(&record).await?;
+        let registered = events::launcher(
+            "registered",
+            &record,
+            apb::LauncherChange {
+                health: "healthy".into(),
+                last_heartbeat_unix_ms: now,
+                ..Default::default()
+            },
+            format!(
+                "launcher {} registered from {}{}",
+                record.id,
+                record.address,
+                if previous.is_some() { " again" } else { "" }
+            ),
+        );
+        self.store.upsert_launcher(&record, &[registered]).await?;
         if let Some(prev) = &previous
             && prev.address != record.address
         {
@@ -286,6 +301,23 @@ impl Fleet {
                 ),
             );
             e.at_ms = d.stopped_at_ms;
+            if let Some(p) = st.processes.get(&d.process_id) {
+                let mut w = events::process(
+                    "stopped",
+                    &p.spec,
+                    launcher,
+                    format!(
+                        "{launcher} stopped {} while cut off: {}",
+                        d.process_id, e.detail
+                    ),
+                );
+                w.at_unix_ms = d.stopped_at_ms;
+                if let Some(change) = w.process.as_mut() {
+                    change.status = "stopped".into();
+                    change.version = d.version;
+                }
+                e.watched = Some(w);
+            }
             events.push((d.process_id.clone(), e));
         }
         for h in &reg.held {
@@ -297,19 +329,21 @@ impl Fleet {
                 && !reclaim.contains(&h.process_id)
                 && !st.kept_on(launcher, &h.process_id)
             {
-                events.push((
-                    h.process_id.clone(),
-                    event(
-                        "stale-copy-stopped",
-                        h.version,
-                        launcher,
-                        format!(
-                            "{launcher} came back holding v{} from before it was cut off; the \
-                             process runs on {other} now, so {launcher} stops its copy",
-                            h.version
-                        ),
-                    ),
-                ));
+                let detail = format!(
+                    "{launcher} came back holding v{} from before it was cut off; the process \
+                     runs on {other} now, so {launcher} stops its copy",
+                    h.version
+                );
+                let mut e = told(
+                    "stale-copy-stopped",
+                    "stopped",
+                    &p.spec,
+                    launcher,
+                    detail.clone(),
+                    detail,
+                );
+                e.version = h.version;
+                events.push((h.process_id.clone(), e));
                 tracing::warn!(
                     prism_launcher_id = %launcher,
                     prism_process_id = %h.process_id,
@@ -416,11 +450,16 @@ impl Fleet {
             self.store
                 .put_process(
                     &record,
-                    &event(
+                    &told(
                         "reclaimed",
-                        record.version(),
+                        "placed",
+                        &record.spec,
                         &launcher,
                         "its launcher held it; this admin had lost it",
+                        format!(
+                            "took {id} v{} back from {launcher}, which held it",
+                            record.version()
+                        ),
                     ),
                 )
                 .await?;

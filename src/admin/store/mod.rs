@@ -19,7 +19,7 @@ pub use postgres::PgStore;
 pub use sql::{HISTORY_KEEP, HISTORY_MAX_AGE_MS};
 pub use sqlite::SqliteStore;
 
-use crate::pb::prism as pb;
+use crate::pb::prism::{self as pb, admin::v1 as apb};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -233,13 +233,16 @@ pub struct HealthRecord {
     pub reported_at_ms: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct HistoryEvent {
     pub at_ms: i64,
     pub event: String,
     pub version: i64,
     pub launcher_id: String,
     pub detail: String,
+    /// The event watchers see, written with it (its revision taken at
+    /// commit); None for history only watchers are not told of.
+    pub watched: Option<apb::Event>,
 }
 
 /// Everything, as loaded at start-up.
@@ -248,6 +251,45 @@ pub struct Snapshot {
     pub launchers: Vec<LauncherRecord>,
     pub processes: Vec<ProcessRecord>,
     pub health: BTreeMap<String, HealthRecord>,
+    /// The revision of the last event written: the snapshot reflects
+    /// every event up to it and none after.
+    pub revision: i64,
+}
+
+/// The event log's bounds: the oldest revision kept (None: none kept) and
+/// the last revision written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBounds {
+    pub oldest: Option<i64>,
+    pub head: i64,
+}
+
+/// What this process knows of the event log it writes: the last revision
+/// it committed, and a wake-up for whoever streams them.
+#[derive(Debug, Default)]
+pub struct Written {
+    head: std::sync::atomic::AtomicI64,
+    notify: tokio::sync::Notify,
+}
+
+impl Written {
+    /// Events up to `head` are committed.
+    pub fn committed(&self, head: i64) {
+        self.head
+            .fetch_max(head, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// The last revision this process committed (or learned at load).
+    pub fn head(&self) -> i64 {
+        self.head.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once events were committed since the last call (one
+    /// waiter: the event hub's tail).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
 }
 
 /// A batch of liveness and health reports, and the status changes they
@@ -260,11 +302,27 @@ pub struct HeartbeatBatch {
     pub health: HashMap<String, HealthRecord>,
     /// (process, event), oldest first.
     pub history: Vec<(String, HistoryEvent)>,
+    /// Events for watchers that are no process's history (launchers'
+    /// liveness, a leader elected), oldest first.
+    pub events: Vec<apb::Event>,
 }
 
 impl HeartbeatBatch {
     pub fn is_empty(&self) -> bool {
-        self.launchers.is_empty() && self.health.is_empty() && self.history.is_empty()
+        self.launchers.is_empty()
+            && self.health.is_empty()
+            && self.history.is_empty()
+            && self.events.is_empty()
+    }
+
+    /// Put back a batch that could not be written, under what arrived
+    /// since: `self` is the newer.
+    pub fn put_back(&mut self, older: HeartbeatBatch) {
+        let newer = std::mem::replace(self, older);
+        self.launchers.extend(newer.launchers);
+        self.health.extend(newer.health);
+        self.history.extend(newer.history);
+        self.events.extend(newer.events);
     }
 }
 
@@ -287,8 +345,18 @@ pub trait AdminStore: Send + Sync + 'static {
     async fn load(&self) -> Result<Snapshot, StoreError>;
     /// Remove history older than `before_ms` (at start-up).
     async fn prune_history(&self, before_ms: i64) -> Result<(), StoreError>;
-    async fn upsert_launcher(&self, launcher: &LauncherRecord) -> Result<(), StoreError>;
-    async fn set_draining(&self, id: &str, draining: bool) -> Result<(), StoreError>;
+    /// Insert or replace a launcher, with the events that tell of it.
+    async fn upsert_launcher(
+        &self,
+        launcher: &LauncherRecord,
+        events: &[apb::Event],
+    ) -> Result<(), StoreError>;
+    async fn set_draining(
+        &self,
+        id: &str,
+        draining: bool,
+        events: &[apb::Event],
+    ) -> Result<(), StoreError>;
     /// Insert or replace a process, with the history event that explains it,
     /// in one transaction.
     async fn put_process(
@@ -301,4 +369,12 @@ pub trait AdminStore: Send + Sync + 'static {
     async fn save_heartbeats(&self, batch: &HeartbeatBatch) -> Result<(), StoreError>;
     /// The latest `limit` events of a process, newest first.
     async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEvent>, StoreError>;
+    /// Up to `limit` events with a revision greater than `after`, in order.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<apb::Event>, StoreError>;
+    async fn event_bounds(&self) -> Result<EventBounds, StoreError>;
+    /// Remove events beyond the newest `keep`, and those older than
+    /// `before_ms`; how many went.
+    async fn prune_events(&self, keep: i64, before_ms: i64) -> Result<u64, StoreError>;
+    /// What this process committed to the event log.
+    fn written(&self) -> &Written;
 }

@@ -26,6 +26,7 @@ pub struct PgStore {
     lease_conn: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
     connect: PgConnectOptions,
     timeout: Duration,
+    written: Written,
 }
 
 impl PgStore {
@@ -60,7 +61,52 @@ impl PgStore {
             lease_conn: tokio::sync::Mutex::new(None),
             connect,
             timeout: options.timeout,
+            written: Written::default(),
         })
+    }
+
+    /// A transaction whose reads all see one snapshot of the database.
+    async fn read_tx(&self) -> Result<sqlx::Transaction<'_, Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    /// Number `events` after the head and insert them, in one statement:
+    /// the head's row lock is held for that statement and the commit only
+    /// (on a slow link every round trip under it queues every writer).
+    async fn append_events(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        events: &[&apb::Event],
+    ) -> Result<i64, StoreError> {
+        let n = events.len() as i64;
+        let at: Vec<i64> = events.iter().map(|e| e.at_unix_ms).collect();
+        let kinds: Vec<String> = events.iter().map(|e| e.kind.clone()).collect();
+        let bodies: Vec<Vec<u8>> = events
+            .iter()
+            .map(|e| prost::Message::encode_to_vec(*e))
+            .collect();
+        let head: i64 = sqlx::query_scalar(
+            "WITH head AS ( \
+                 UPDATE event_head SET revision = revision + $1 WHERE id = 1 \
+                 RETURNING revision), \
+             added AS ( \
+                 INSERT INTO events (revision, at, kind, event) \
+                 SELECT head.revision - $1 + e.n, e.at, e.kind, e.event \
+                 FROM head, unnest($2::bigint[], $3::text[], $4::bytea[]) \
+                     WITH ORDINALITY AS e(at, kind, event, n) \
+                 RETURNING 1) \
+             SELECT revision FROM head",
+        )
+        .bind(n)
+        .bind(at)
+        .bind(kinds)
+        .bind(bodies)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(head)
     }
 
     fn held(&self) -> Option<(String, i64)> {

@@ -8,6 +8,10 @@ use prost::Message;
 
 use super::StoreError;
 
+/// Events one INSERT writes on SQLite (4 parameters each; PostgreSQL binds
+/// arrays).
+pub const EVENTS_PER_INSERT: usize = 500;
+
 /// History kept per process (its newest events).
 pub const HISTORY_KEEP: i64 = 200;
 /// History older than this is removed when an admin starts leading.
@@ -92,8 +96,14 @@ macro_rules! sql_store {
                 use sqlx::Row;
                 use $crate::admin::store::sql::{corrupt, decode, parse_json};
                 let mut snapshot = Snapshot::default();
+                // One snapshot: the state as of one revision of the log.
+                let mut tx = self.read_tx().await?;
+                snapshot.revision =
+                    sqlx::query_scalar("SELECT revision FROM event_head WHERE id = 1")
+                        .fetch_one(&mut *tx)
+                        .await?;
                 for row in sqlx::query("SELECT * FROM launchers")
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await?
                 {
                     let id: String = row.try_get("id")?;
@@ -126,7 +136,7 @@ macro_rules! sql_store {
                     });
                 }
                 for row in sqlx::query("SELECT * FROM processes")
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await?
                 {
                     let id: String = row.try_get("id")?;
@@ -142,7 +152,7 @@ macro_rules! sql_store {
                     });
                 }
                 for row in sqlx::query("SELECT * FROM process_health")
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await?
                 {
                     let id: String = row.try_get("process_id")?;
@@ -155,6 +165,8 @@ macro_rules! sql_store {
                         },
                     );
                 }
+                tx.commit().await?;
+                self.written.committed(snapshot.revision);
                 Ok(snapshot)
             }
 
@@ -169,7 +181,11 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn upsert_launcher(&self, l: &LauncherRecord) -> Result<(), StoreError> {
+            async fn upsert_launcher(
+                &self,
+                l: &LauncherRecord,
+                events: &[$crate::pb::prism::admin::v1::Event],
+            ) -> Result<(), StoreError> {
                 use $crate::admin::store::sql::{UPSERT_LAUNCHER, json};
                 let mut tx = self.pool.begin().await?;
                 self.fence(&mut tx).await?;
@@ -188,11 +204,15 @@ macro_rules! sql_store {
                     .bind(l.resources.as_ref().map(prost::Message::encode_to_vec))
                     .execute(&mut *tx)
                     .await?;
-                tx.commit().await?;
-                Ok(())
+                self.commit(tx, events.iter()).await
             }
 
-            async fn set_draining(&self, id: &str, draining: bool) -> Result<(), StoreError> {
+            async fn set_draining(
+                &self,
+                id: &str,
+                draining: bool,
+                events: &[$crate::pb::prism::admin::v1::Event],
+            ) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await?;
                 self.fence(&mut tx).await?;
                 sqlx::query("UPDATE launchers SET draining = $1 WHERE id = $2")
@@ -200,8 +220,7 @@ macro_rules! sql_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                tx.commit().await?;
-                Ok(())
+                self.commit(tx, events.iter()).await
             }
 
             async fn put_process(
@@ -224,8 +243,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                 Self::add_history(&mut tx, p.id(), event).await?;
-                tx.commit().await?;
-                Ok(())
+                self.commit(tx, event.watched.iter()).await
             }
 
             async fn delete_process(
@@ -244,8 +262,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                 Self::add_history(&mut tx, id, event).await?;
-                tx.commit().await?;
-                Ok(())
+                self.commit(tx, event.watched.iter()).await
             }
 
             async fn save_heartbeats(&self, batch: &HeartbeatBatch) -> Result<(), StoreError> {
@@ -272,8 +289,14 @@ macro_rules! sql_store {
                 for (id, event) in &batch.history {
                     Self::add_history(&mut tx, id, event).await?;
                 }
-                tx.commit().await?;
-                Ok(())
+                // In the order they happened: the histories' first (each
+                // status change is one), then the rest.
+                let events = batch
+                    .history
+                    .iter()
+                    .filter_map(|(_, e)| e.watched.as_ref())
+                    .chain(&batch.events);
+                self.commit(tx, events).await
             }
 
             async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEvent>, StoreError> {
@@ -291,13 +314,96 @@ macro_rules! sql_store {
                             version: r.try_get("version")?,
                             launcher_id: r.try_get("launcher_id")?,
                             detail: r.try_get("detail")?,
+                            watched: None,
                         })
                     })
                     .collect()
             }
+
+            async fn events_after(
+                &self,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::pb::prism::admin::v1::Event>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT revision, event FROM events WHERE revision > $1 \
+                     ORDER BY revision LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|r| {
+                        let revision: i64 = r.try_get("revision")?;
+                        let bytes: Vec<u8> = r.try_get("event")?;
+                        let mut e: $crate::pb::prism::admin::v1::Event =
+                            $crate::admin::store::sql::decode(format!("event {revision}"), &bytes)?;
+                        e.revision = revision;
+                        Ok(e)
+                    })
+                    .collect()
+            }
+
+            async fn event_bounds(&self) -> Result<$crate::admin::store::EventBounds, StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT (SELECT min(revision) FROM events) AS oldest, \
+                     (SELECT revision FROM event_head WHERE id = 1) AS head",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                Ok($crate::admin::store::EventBounds {
+                    oldest: row.try_get("oldest")?,
+                    head: row.try_get("head")?,
+                })
+            }
+
+            async fn prune_events(&self, keep: i64, before_ms: i64) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                self.fence(&mut tx).await?;
+                let gone = sqlx::query(
+                    "DELETE FROM events WHERE revision <= \
+                     (SELECT revision FROM event_head WHERE id = 1) - $1 OR at < $2",
+                )
+                .bind(keep)
+                .bind(before_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(gone)
+            }
+
+            fn written(&self) -> &$crate::admin::store::Written {
+                &self.written
+            }
         }
 
         impl $store {
+            /// Append `events` to the log (their revisions the next ones,
+            /// taken last so that the head's row is held only until the
+            /// commit), and commit.
+            async fn commit<'e>(
+                &self,
+                mut tx: sqlx::Transaction<'_, $db>,
+                events: impl Iterator<Item = &'e $crate::pb::prism::admin::v1::Event>,
+            ) -> Result<(), StoreError> {
+                let events: Vec<&$crate::pb::prism::admin::v1::Event> = events.collect();
+                if events.is_empty() {
+                    tx.commit().await?;
+                    return Ok(());
+                }
+                // Numbered last, just before the commit: the head's row lock
+                // orders every writer's events by commit and is held as
+                // briefly as can be.
+                let head = Self::append_events(&mut tx, &events).await?;
+                tx.commit().await?;
+                self.written.committed(head);
+                Ok(())
+            }
+
             async fn add_history(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 id: &str,

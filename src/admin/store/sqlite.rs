@@ -14,6 +14,7 @@ use super::*;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    written: Written,
 }
 
 impl SqliteStore {
@@ -52,7 +53,16 @@ impl SqliteStore {
         sqlx::migrate!("src/admin/store/migrations/sqlite")
             .run(&pool)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            written: Written::default(),
+        })
+    }
+
+    /// A transaction whose reads see one snapshot (WAL: from its first
+    /// read on).
+    async fn read_tx(&self) -> Result<sqlx::Transaction<'_, Sqlite>, StoreError> {
+        Ok(self.pool.begin().await?)
     }
 
     /// One admin: nothing to check.
@@ -75,6 +85,33 @@ impl SqliteStore {
     /// Nobody else could lead.
     async fn give_up(&self, _: &Candidate) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Number `events` after the head and insert them; the new head.
+    async fn append_events(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        events: &[&apb::Event],
+    ) -> Result<i64, StoreError> {
+        let head: i64 = sqlx::query_scalar(
+            "UPDATE event_head SET revision = revision + $1 WHERE id = 1 RETURNING revision",
+        )
+        .bind(events.len() as i64)
+        .fetch_one(&mut **tx)
+        .await?;
+        let first = head - events.len() as i64 + 1;
+        let numbered: Vec<(i64, &&apb::Event)> = (first..).zip(events).collect();
+        for chunk in numbered.chunks(sql::EVENTS_PER_INSERT) {
+            let mut insert =
+                sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO events (revision, at, kind, event) ");
+            insert.push_values(chunk, |mut row, (revision, e)| {
+                row.push_bind(*revision)
+                    .push_bind(e.at_unix_ms)
+                    .push_bind(e.kind.clone())
+                    .push_bind(prost::Message::encode_to_vec(**e));
+            });
+            insert.build().execute(&mut **tx).await?;
+        }
+        Ok(head)
     }
 }
 
@@ -109,6 +146,7 @@ mod tests {
             version: 1,
             launcher_id: "l1".into(),
             detail: String::new(),
+            watched: None,
         }
     }
 
@@ -117,8 +155,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SqliteStore::open(dir.path()).await.unwrap();
-            store.upsert_launcher(&launcher("l1")).await.unwrap();
-            store.set_draining("l1", true).await.unwrap();
+            store.upsert_launcher(&launcher("l1"), &[]).await.unwrap();
+            store.set_draining("l1", true, &[]).await.unwrap();
             let p = ProcessRecord {
                 spec: pb::ProcessAssignment {
                     process_id: "kv-1".into(),
@@ -154,6 +192,7 @@ mod tests {
                         },
                     )]
                     .into(),
+                    events: Vec::new(),
                 })
                 .await
                 .unwrap();

@@ -399,7 +399,7 @@ async fn the_lease_has_one_holder_and_fences_a_deposed_one() {
     let ttl = Duration::from_secs(1);
 
     // Nobody leads yet: nothing may be written.
-    let err = a.set_draining("x", true).await.unwrap_err();
+    let err = a.set_draining("x", true, &[]).await.unwrap_err();
     assert!(matches!(err, StoreError::NotLeader { epoch: 0 }), "{err}");
 
     let first = a.lead(&me_a, ttl).await.unwrap();
@@ -419,6 +419,7 @@ async fn the_lease_has_one_holder_and_fences_a_deposed_one() {
         version: 1,
         launcher_id: "l".into(),
         detail: String::new(),
+        watched: None,
     };
     let record = |id: &str| crate::admin::store::ProcessRecord {
         spec: spec(id, 1),
@@ -480,7 +481,7 @@ async fn the_lease_has_one_holder_and_fences_a_deposed_one() {
     assert!(again.held_by(&me_a), "{again:?}");
     assert_eq!(again.epoch, taken.epoch + 1);
     assert!(matches!(
-        b.set_draining("l", true).await,
+        b.set_draining("l", true, &[]).await,
         Err(StoreError::NotLeader { .. })
     ));
     // Giving up a lease it does not hold changes nothing.

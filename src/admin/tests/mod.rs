@@ -147,6 +147,16 @@ impl Launcher for FakeLauncher {
     ) -> Result<Response<ListProcessesResponse>, Status> {
         Err(Status::unimplemented("not scripted"))
     }
+
+    type WatchProcessesStream =
+        futures_util::stream::Empty<Result<crate::pb::prism::launcher::v1::ProcessChange, Status>>;
+
+    async fn watch_processes(
+        &self,
+        _: Request<crate::pb::prism::launcher::v1::WatchProcessesRequest>,
+    ) -> Result<Response<Self::WatchProcessesStream>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
 }
 
 pub(super) struct Harness {

@@ -136,6 +136,7 @@ pub(super) async fn up(
         g.output,
         &apb::ListProcessesResponse {
             processes: list.clone(),
+            revision: 0,
         },
     )? {
         out(&text);
@@ -208,6 +209,7 @@ pub(super) async fn status(g: &Global, fleet: &Fleet) -> Result<(), Error> {
         g.output,
         &apb::ListProcessesResponse {
             processes: list.clone(),
+            revision: 0,
         },
     )? {
         out(&structured);

@@ -339,6 +339,7 @@ async fn status(g: &Global, state: &Path) -> Result<(), Error> {
         g.output,
         &apb::ListProcessesResponse {
             processes: list.clone(),
+            revision: 0,
         },
     )? {
         out(&structured);

@@ -393,6 +393,7 @@ pub(super) async fn up(
         g.output,
         &apb::ListProcessesResponse {
             processes: list.clone(),
+            revision: 0,
         },
     )? {
         out(&text);

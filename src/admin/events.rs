@@ -1,0 +1,895 @@
+//! The fleet's events, as `WatchEvents` streams them: what they are
+//! (kinds, payloads built from the admin's records, never a credential),
+//! which a watcher wants (its filter), and the hub that streams them.
+//!
+//! The database is the log. Every write that changes what a watcher could
+//! see appends its events in the same transaction, numbered in commit
+//! order (see the `0002_events` migration), so the sequence is the same
+//! on every admin and across failovers. Each admin runs one [`Hub`]: a
+//! tail that reads the log after each commit (the leader) or every
+//! [`FOLLOWER_POLL`] (a follower), and hands each new event to every
+//! watcher. A watcher first catches up from the database, from its
+//! `since_revision`, then follows the tail; its own queue is bounded, and
+//! a watcher that lets it fill is ended (RESOURCE_EXHAUSTED, naming the
+//! revision to resume from) without slowing anyone else.
+
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_util::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+
+use super::store::{AdminStore, HealthRecord, StoreError};
+use crate::{
+    clock,
+    model::ProcessType,
+    pb::prism::{self as pb, admin::v1 as apb},
+    serve::Shutdown,
+    unit,
+};
+
+/// Every kind an event may have, by family.
+pub const PROCESS_KINDS: &[&str] = &[
+    "placed",
+    "delivered",
+    "refused",
+    "started",
+    "running",
+    "unhealthy",
+    "restarted",
+    "failed",
+    "circuit_open",
+    "stopping",
+    "stopped",
+    "revoking",
+    "revoked",
+];
+pub const LAUNCHER_KINDS: &[&str] = &[
+    "registered",
+    "healthy",
+    "unhealthy",
+    "disconnected",
+    "drained",
+    "undrained",
+];
+pub const CLUSTER_KINDS: &[&str] = &["leader_elected"];
+/// The kind of a bookmark (no event: where the stream stands).
+pub const BOOKMARK: &str = "bookmark";
+
+/// Whether `kind` names a kind ("process.failed") or a family ("process").
+pub fn known_kind(kind: &str) -> bool {
+    let known = |family: &str, kinds: &[&str]| match kind.split_once('.') {
+        None => kind == family,
+        Some((f, k)) => f == family && kinds.contains(&k),
+    };
+    known("process", PROCESS_KINDS)
+        || known("launcher", LAUNCHER_KINDS)
+        || known("cluster", CLUSTER_KINDS)
+}
+
+/// Every kind, for error messages and `--help`.
+pub fn all_kinds() -> Vec<String> {
+    let mut all = Vec::new();
+    for (family, kinds) in [
+        ("process", PROCESS_KINDS),
+        ("launcher", LAUNCHER_KINDS),
+        ("cluster", CLUSTER_KINDS),
+    ] {
+        all.extend(kinds.iter().map(|k| format!("{family}.{k}")));
+    }
+    all
+}
+
+fn process_type(spec: &pb::ProcessAssignment) -> ProcessType {
+    spec.process_type.parse().unwrap_or(ProcessType::Pattern)
+}
+
+/// A process event about `spec` on `launcher`.
+pub fn process(
+    kind: &str,
+    spec: &pb::ProcessAssignment,
+    launcher: &str,
+    message: impl Into<String>,
+) -> apb::Event {
+    let ty = process_type(spec);
+    apb::Event {
+        revision: 0,
+        at_unix_ms: clock::unix_ms(),
+        kind: format!("process.{kind}"),
+        process_id: spec.process_id.clone(),
+        launcher_id: launcher.to_owned(),
+        namespace: spec.namespace.clone(),
+        message: message.into(),
+        process: Some(apb::ProcessChange {
+            process_type: ty.as_str().into(),
+            version: spec.version,
+            unit_name: unit::unit_name(ty, &spec.process_id),
+            ..Default::default()
+        }),
+        launcher: None,
+        leader: None,
+    }
+}
+
+/// The status a report shows: the launcher's detailed one, else upstream's.
+pub fn status_of(h: &pb::ProcessHealth) -> &str {
+    if h.detailed_status.is_empty() {
+        &h.status
+    } else {
+        &h.detailed_status
+    }
+}
+
+/// The event a change of reported health is, if any: a new status, or a
+/// restart (systemd's or the launcher's) whatever the status is now.
+pub fn status_change(
+    spec: &pb::ProcessAssignment,
+    launcher: &str,
+    before: Option<&HealthRecord>,
+    now: &pb::ProcessHealth,
+) -> Option<apb::Event> {
+    let after = status_of(now);
+    let previous = before.map(|b| status_of(&b.health)).unwrap_or_default();
+    let restarts_before = before.map_or(0, |b| b.health.restart_count);
+    // A restart is told once: as "restarting" when a report catches it,
+    // else by the count grown since the report before.
+    let restarted = now.restart_count > restarts_before && previous != "restarting";
+    if previous == after && !restarted {
+        return None;
+    }
+    let kind = match after {
+        "failed" | "circuit_open" | "unhealthy" | "stopping" | "stopped" => after,
+        _ if restarted => "restarted",
+        "restarting" => "restarted",
+        "starting" => "started",
+        "running" => "running",
+        // A status of a newer launcher: told as it is.
+        _ => "running",
+    };
+    let mut message = format!(
+        "{} → {after}",
+        if previous.is_empty() { "-" } else { previous }
+    );
+    if now.pid > 0 {
+        message.push_str(&format!(" (pid {})", now.pid));
+    }
+    // systemd counts a restart once it happened; one caught restarting is
+    // the next.
+    let count = if after == "restarting" {
+        now.restart_count.max(restarts_before + 1)
+    } else {
+        now.restart_count
+    };
+    if kind == "restarted" {
+        message.push_str(&format!(", restart {count}"));
+        if !now.exit_reason.is_empty() {
+            message.push_str(&format!(" after {}", now.exit_reason));
+        }
+    }
+    if !now.last_error.is_empty() && after != "running" {
+        message.push_str(&format!(": {}", now.last_error));
+    }
+    let mut e = process(kind, spec, launcher, message);
+    if let Some(p) = e.process.as_mut() {
+        p.status = after.to_owned();
+        p.previous_status = previous.to_owned();
+        p.pid = now.pid;
+        p.restart_count = count;
+        p.exit_reason.clone_from(&now.exit_reason);
+        p.last_error.clone_from(&now.last_error);
+        if !now.unit_name.is_empty() {
+            p.unit_name.clone_from(&now.unit_name);
+        }
+    }
+    Some(e)
+}
+
+/// A launcher event.
+pub fn launcher(
+    kind: &str,
+    l: &super::store::LauncherRecord,
+    change: apb::LauncherChange,
+    message: impl Into<String>,
+) -> apb::Event {
+    apb::Event {
+        revision: 0,
+        at_unix_ms: clock::unix_ms(),
+        kind: format!("launcher.{kind}"),
+        launcher_id: l.id.clone(),
+        message: message.into(),
+        launcher: Some(apb::LauncherChange {
+            address: l.address.clone(),
+            region: l.region.clone(),
+            max_processes: l.max_processes as i32,
+            draining: l.draining,
+            ..change
+        }),
+        ..Default::default()
+    }
+}
+
+/// An admin took the lead.
+pub fn leader_elected(epoch: i64, holder: &str, address: &str) -> apb::Event {
+    apb::Event {
+        at_unix_ms: clock::unix_ms(),
+        kind: "cluster.leader_elected".into(),
+        message: format!("{holder} leads (epoch {epoch}) at {address}"),
+        leader: Some(apb::LeaderChange {
+            epoch,
+            holder: holder.to_owned(),
+            address: address.to_owned(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Which events a watcher wants.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    namespace: String,
+    launcher: String,
+    /// (id or prefix, is a prefix)
+    process: Option<(String, bool)>,
+    kinds: Vec<String>,
+}
+
+/// A bad request: the field, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct BadWatch {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl Filter {
+    pub fn parse(req: &apb::WatchRequest) -> Result<Self, BadWatch> {
+        for k in &req.kinds {
+            if !known_kind(k) {
+                return Err(BadWatch {
+                    field: "kinds",
+                    reason: format!(
+                        "{k:?} is no event kind; kinds are {}, or a family (process, launcher, \
+                         cluster)",
+                        all_kinds().join(", ")
+                    ),
+                });
+            }
+        }
+        let process = match req.process_id.as_str() {
+            "" => None,
+            p => match p.strip_suffix('*') {
+                Some(prefix) if prefix.contains('*') => {
+                    return Err(BadWatch {
+                        field: "process_id",
+                        reason: format!("{p:?}: only a trailing * is a wildcard"),
+                    });
+                }
+                Some(prefix) => Some((prefix.to_owned(), true)),
+                None if p.contains('*') => {
+                    return Err(BadWatch {
+                        field: "process_id",
+                        reason: format!("{p:?}: only a trailing * is a wildcard"),
+                    });
+                }
+                None => Some((p.to_owned(), false)),
+            },
+        };
+        Ok(Self {
+            namespace: req.namespace.clone(),
+            launcher: req.launcher_id.clone(),
+            process,
+            kinds: req.kinds.clone(),
+        })
+    }
+
+    pub fn matches(&self, e: &apb::Event) -> bool {
+        (self.namespace.is_empty() || e.namespace == self.namespace)
+            && (self.launcher.is_empty() || e.launcher_id == self.launcher)
+            && match &self.process {
+                None => true,
+                Some((p, true)) => e.process_id.starts_with(p.as_str()),
+                Some((p, false)) => e.process_id == *p,
+            }
+            && (self.kinds.is_empty()
+                || self.kinds.iter().any(|k| {
+                    e.kind == *k
+                        || e.kind
+                            .strip_prefix(k.as_str())
+                            .is_some_and(|rest| rest.starts_with('.'))
+                }))
+    }
+}
+
+/// How often a follower's tail reads the log while someone watches.
+pub const FOLLOWER_POLL: Duration = Duration::from_millis(200);
+/// Events the tail hands out that a watcher may not have taken yet.
+const TAIL_CAPACITY: usize = 4096;
+/// Events one read of the log returns.
+const PAGE: u32 = 512;
+/// Events waiting for one watcher to read them, by default: more, and it
+/// is ended.
+pub const WATCHER_QUEUE: usize = 1024;
+/// Events on their way to one watcher's connection (past its queue).
+const IN_FLIGHT: usize = 16;
+/// Watchers one admin serves at once.
+pub const MAX_WATCHERS: usize = 1024;
+pub const DEFAULT_BOOKMARK: Duration = Duration::from_secs(5);
+
+/// How long events are kept, and how far a watcher may fall behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest this many.
+    pub keep: i64,
+    /// No older than this.
+    pub max_age: Duration,
+    /// Events one watcher may leave unread before it is ended.
+    pub watcher_queue: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            keep: 100_000,
+            max_age: Duration::from_secs(24 * 3600),
+            watcher_queue: WATCHER_QUEUE,
+        }
+    }
+}
+
+/// One admin's event streams.
+pub struct Hub {
+    store: Arc<dyn AdminStore>,
+    watcher_queue: usize,
+    tail: broadcast::Sender<Arc<apb::Event>>,
+    watchers: AtomicUsize,
+    metrics: Arc<crate::metrics::AdminMetrics>,
+}
+
+impl Hub {
+    pub fn new(
+        store: Arc<dyn AdminStore>,
+        watcher_queue: usize,
+        metrics: Arc<crate::metrics::AdminMetrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            watcher_queue,
+            tail: broadcast::channel(TAIL_CAPACITY).0,
+            watchers: AtomicUsize::new(0),
+            metrics,
+        })
+    }
+
+    /// Follow the log until shutdown: after each commit of this admin's
+    /// (it leads), or every [`FOLLOWER_POLL`] (another admin writes).
+    pub async fn tail(self: Arc<Self>, mut shutdown: Shutdown) {
+        // None: not following (nobody watches); from the head on when
+        // someone does.
+        let mut after: Option<i64> = None;
+        loop {
+            let woken = async {
+                tokio::select! {
+                    _ = self.store.written().notified() => {}
+                    _ = tokio::time::sleep(FOLLOWER_POLL) => {}
+                }
+            };
+            if shutdown.until(woken).await.is_none() {
+                return;
+            }
+            if self.tail.receiver_count() == 0 {
+                after = None;
+                continue;
+            }
+            let mut from = match after {
+                Some(a) => a,
+                // Watchers catch up from the database themselves: the tail
+                // starts at the head (a watcher that sees a gap reads it).
+                None => match self.store.event_bounds().await {
+                    Ok(b) => b.head,
+                    Err(e) => {
+                        tracing::warn!("cannot read the event log: {e}");
+                        continue;
+                    }
+                },
+            };
+            after = Some(from);
+            loop {
+                let page = match self.store.events_after(from, PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!("cannot read the event log: {e}");
+                        break;
+                    }
+                };
+                let n = page.len();
+                for e in page {
+                    from = e.revision;
+                    after = Some(from);
+                    self.metrics.events_streamed.inc();
+                    let _ = self.tail.send(Arc::new(e));
+                }
+                if n < PAGE as usize {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Remove events past retention until shutdown (the leader): every
+    /// minute, and as soon as the log outgrows its count by a tenth.
+    pub async fn prune_loop(self: Arc<Self>, retention: Retention, mut shutdown: Shutdown) {
+        let mut last: Option<(tokio::time::Instant, i64)> = None;
+        loop {
+            if shutdown
+                .until(tokio::time::sleep(Duration::from_secs(1)))
+                .await
+                .is_none()
+            {
+                return;
+            }
+            let head = self.store.written().head();
+            let due = match last {
+                None => true,
+                Some((at, pruned_at)) => {
+                    at.elapsed() >= Duration::from_secs(60)
+                        || head - pruned_at > retention.keep / 10 + 1
+                }
+            };
+            if !due {
+                continue;
+            }
+            let before = clock::unix_ms() - retention.max_age.as_millis() as i64;
+            match self.store.prune_events(retention.keep, before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("pruned {n} events past retention"),
+                // Another admin leads now: it prunes.
+                Err(StoreError::NotLeader { .. }) => return,
+                Err(e) => tracing::warn!("cannot prune the event log: {e}"),
+            }
+            last = Some((tokio::time::Instant::now(), head));
+            self.refresh_gauges().await;
+        }
+    }
+
+    /// The log's bounds into the metrics.
+    pub async fn refresh_gauges(&self) {
+        if let Ok(b) = self.store.event_bounds().await {
+            self.metrics
+                .events_oldest_revision
+                .set(b.oldest.unwrap_or(b.head + 1));
+            self.metrics.events_head_revision.set(b.head);
+        }
+    }
+
+    /// A stream of the events `req` asks for.
+    pub async fn watch(self: &Arc<Self>, req: apb::WatchRequest) -> Result<Watch, Status> {
+        let filter = Filter::parse(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let bookmark = match req.bookmark_interval_ms {
+            0 => DEFAULT_BOOKMARK,
+            ms @ 100..=60_000 => Duration::from_millis(ms as u64),
+            ms => {
+                return Err(Status::invalid_argument(format!(
+                    "bookmark_interval_ms: {ms} is outside 100..=60000 (0 means 5000)"
+                )));
+            }
+        };
+        if let Some(since) = req.since_revision
+            && since < 0
+        {
+            return Err(Status::invalid_argument(format!(
+                "since_revision: {since} is negative"
+            )));
+        }
+        let open = self.watchers.fetch_add(1, Ordering::SeqCst);
+        let slot = WatcherSlot(self.clone());
+        if open >= MAX_WATCHERS {
+            return Err(Status::resource_exhausted(format!(
+                "this admin serves {MAX_WATCHERS} watchers already; try another admin, or later"
+            )));
+        }
+        // Subscribed before the catch-up reads: nothing committed after
+        // them is missed (the tail hands it out), and what both see is
+        // sent once (by revision).
+        let live = self.tail.subscribe();
+        let bounds = self.store.event_bounds().await.map_err(unavailable)?;
+        let after = req.since_revision.unwrap_or(bounds.head);
+        if after > bounds.head {
+            return Err(Status::out_of_range(format!(
+                "since_revision: {after} is ahead of the fleet's last revision, {}",
+                bounds.head
+            )));
+        }
+        if after < bounds.head && bounds.oldest.is_none_or(|oldest| after + 1 < oldest) {
+            return Err(out_of_range(
+                after,
+                bounds.oldest.unwrap_or(bounds.head + 1),
+            ));
+        }
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        let end = Arc::new(std::sync::Mutex::new(None));
+        let watcher = Watcher {
+            hub: self.clone(),
+            filter,
+            bookmark,
+            sent: after,
+            considered: after,
+            queue: VecDeque::new(),
+            tx,
+            end: end.clone(),
+            _slot: slot,
+        };
+        self.metrics.watchers.inc();
+        tokio::spawn(watcher.run(live));
+        Ok(Watch { rx, end })
+    }
+}
+
+fn out_of_range(after: i64, oldest: i64) -> Status {
+    Status::out_of_range(format!(
+        "since_revision: events after {after} are no longer kept (the oldest kept is {oldest}); \
+         list again and watch from the list's revision"
+    ))
+}
+
+fn unavailable(e: StoreError) -> Status {
+    Status::unavailable(format!("cannot read the event log: {e}"))
+}
+
+/// Counts an open watcher while it lives.
+struct WatcherSlot(Arc<Hub>);
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The stream a watcher reads: its events, then the status it ended with.
+pub struct Watch {
+    rx: mpsc::Receiver<apb::Event>,
+    end: Arc<std::sync::Mutex<Option<Status>>>,
+}
+
+impl Stream for Watch {
+    type Item = Result<apb::Event, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(e)) => Poll::Ready(Some(Ok(e))),
+            Poll::Ready(None) => Poll::Ready(self.end.lock().expect("poisoned").take().map(Err)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+struct Watcher {
+    hub: Arc<Hub>,
+    filter: Filter,
+    bookmark: Duration,
+    /// The last revision sent.
+    sent: i64,
+    /// The last revision looked at (sent or filtered out): a bookmark's.
+    considered: i64,
+    /// Matching events not yet taken by the stream.
+    queue: VecDeque<apb::Event>,
+    tx: mpsc::Sender<apb::Event>,
+    end: Arc<std::sync::Mutex<Option<Status>>>,
+    _slot: WatcherSlot,
+}
+
+enum Ended {
+    /// The client went away.
+    Gone,
+    With(Status),
+}
+
+impl Watcher {
+    async fn run(mut self, mut live: broadcast::Receiver<Arc<apb::Event>>) {
+        let ended = match self.follow(&mut live).await {
+            Ended::Gone => None,
+            Ended::With(status) => Some(status),
+        };
+        self.hub.metrics.watchers.dec();
+        if let Some(status) = ended {
+            *self.end.lock().expect("poisoned") = Some(status);
+        }
+        // Dropping the sender ends the stream, with the status above.
+    }
+
+    /// Look at `e`: queue it if it matches. Err once the queue is full.
+    fn take(&mut self, e: &apb::Event) -> Result<(), Ended> {
+        if e.revision <= self.considered {
+            return Ok(());
+        }
+        self.considered = e.revision;
+        if !self.filter.matches(e) {
+            return Ok(());
+        }
+        if self.queue.len() >= self.hub.watcher_queue {
+            return Err(self.too_slow());
+        }
+        self.queue.push_back(e.clone());
+        Ok(())
+    }
+
+    fn too_slow(&self) -> Ended {
+        let queue = self.hub.watcher_queue;
+        self.hub.metrics.watchers_slow.inc();
+        tracing::info!(
+            "a watcher fell {queue} events behind; ending it (it resumes from revision {})",
+            self.sent
+        );
+        Ended::With(Status::resource_exhausted(format!(
+            "this watcher fell more than {queue} events behind and was ended; resume with \
+             since_revision {} (the last event it was sent)",
+            self.sent
+        )))
+    }
+
+    /// Read the log from the database after `considered`, up to `until`
+    /// (or to its end), queueing what matches.
+    async fn catch_up(&mut self, until: Option<i64>) -> Result<(), Ended> {
+        let mut first = true;
+        loop {
+            let page = self
+                .hub
+                .store
+                .events_after(self.considered, PAGE)
+                .await
+                .map_err(|e| Ended::With(unavailable(e)))?;
+            if first
+                && let Some(e) = page.first()
+                && e.revision > self.considered + 1
+            {
+                return Err(Ended::With(out_of_range(self.considered, e.revision)));
+            }
+            first = false;
+            let n = page.len();
+            for e in &page {
+                if until.is_some_and(|u| e.revision >= u) {
+                    return Ok(());
+                }
+                // Sent as the page is read: a long catch-up never holds
+                // more than one page.
+                self.take(e)?;
+                self.drain().await?;
+            }
+            if n < PAGE as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Send what is queued, waiting for the client to take it.
+    async fn drain(&mut self) -> Result<(), Ended> {
+        while let Some(e) = self.queue.pop_front() {
+            let revision = e.revision;
+            self.tx.send(e).await.map_err(|_| Ended::Gone)?;
+            self.sent = revision;
+        }
+        Ok(())
+    }
+
+    async fn follow(&mut self, live: &mut broadcast::Receiver<Arc<apb::Event>>) -> Ended {
+        if let Err(end) = self.catch_up(None).await {
+            return end;
+        }
+        let mut idle = tokio::time::interval(self.bookmark);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        idle.reset();
+        let tx = self.tx.clone();
+        loop {
+            let pending = !self.queue.is_empty();
+            tokio::select! {
+                permit = tx.reserve(), if pending => {
+                    let Ok(permit) = permit else { return Ended::Gone };
+                    let e = self.queue.pop_front().expect("checked");
+                    self.sent = e.revision;
+                    permit.send(e);
+                    idle.reset();
+                }
+                got = live.recv() => match got {
+                    Ok(e) => {
+                        if e.revision > self.considered + 1 {
+                            // The tail started after this watcher's last
+                            // read: the gap is in the database.
+                            if let Err(end) = self.catch_up(Some(e.revision)).await {
+                                return end;
+                            }
+                        }
+                        if let Err(end) = self.take(&e) {
+                            return end;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => return self.too_slow(),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Ended::With(Status::unavailable("this admin is stopping; resume on another"));
+                    }
+                },
+                _ = idle.tick() => {
+                    if self.queue.is_empty() {
+                        let bookmark = apb::Event {
+                            revision: self.considered,
+                            at_unix_ms: clock::unix_ms(),
+                            kind: BOOKMARK.into(),
+                            ..Default::default()
+                        };
+                        // Only when the client keeps up; otherwise the
+                        // next event tells it as much.
+                        if let Ok(permit) = tx.try_reserve() {
+                            permit.send(bookmark);
+                        } else if tx.is_closed() {
+                            return Ended::Gone;
+                        }
+                    }
+                }
+                _ = tx.closed() => return Ended::Gone,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: &str, process: &str, ns: &str) -> apb::Event {
+        apb::Event {
+            kind: kind.into(),
+            process_id: process.into(),
+            namespace: ns.into(),
+            launcher_id: "host-1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn filter(f: impl FnOnce(&mut apb::WatchRequest)) -> Result<Filter, BadWatch> {
+        let mut req = apb::WatchRequest::default();
+        f(&mut req);
+        Filter::parse(&req)
+    }
+
+    #[test]
+    fn filters_by_kind_family_prefix_and_namespace() {
+        let all = filter(|_| {}).unwrap();
+        assert!(all.matches(&ev("process.failed", "kv-1", "orders")));
+        let failed = filter(|r| r.kinds = vec!["process.failed".into()]).unwrap();
+        assert!(failed.matches(&ev("process.failed", "kv-1", "")));
+        assert!(!failed.matches(&ev("process.running", "kv-1", "")));
+        let family = filter(|r| r.kinds = vec!["launcher".into()]).unwrap();
+        assert!(family.matches(&ev("launcher.disconnected", "", "")));
+        assert!(!family.matches(&ev("process.failed", "", "")));
+        let prefix = filter(|r| r.process_id = "kv-*".into()).unwrap();
+        assert!(prefix.matches(&ev("process.failed", "kv-12", "")));
+        assert!(!prefix.matches(&ev("process.failed", "queue-1", "")));
+        let exact = filter(|r| r.process_id = "kv-1".into()).unwrap();
+        assert!(!exact.matches(&ev("process.failed", "kv-12", "")));
+        let ns = filter(|r| r.namespace = "orders".into()).unwrap();
+        assert!(ns.matches(&ev("process.placed", "a", "orders")));
+        assert!(!ns.matches(&ev("process.placed", "a", "billing")));
+    }
+
+    #[test]
+    fn a_bad_filter_names_its_field() {
+        let e = filter(|r| r.kinds = vec!["process.exploded".into()]).unwrap_err();
+        assert_eq!(e.field, "kinds");
+        assert!(e.reason.contains("process.failed"), "{e}");
+        assert!(filter(|r| r.kinds = vec!["processes".into()]).is_err());
+        assert_eq!(
+            filter(|r| r.process_id = "a*b".into()).unwrap_err().field,
+            "process_id"
+        );
+        assert_eq!(
+            filter(|r| r.process_id = "a**".into()).unwrap_err().field,
+            "process_id"
+        );
+    }
+
+    fn health(status: &str, restarts: i32, exit: &str) -> pb::ProcessHealth {
+        pb::ProcessHealth {
+            detailed_status: status.into(),
+            restart_count: restarts,
+            exit_reason: exit.into(),
+            pid: 42,
+            ..Default::default()
+        }
+    }
+
+    fn record(h: pb::ProcessHealth) -> HealthRecord {
+        HealthRecord {
+            health: h,
+            reported_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn status_changes_become_events_with_reasons() {
+        let spec = pb::ProcessAssignment {
+            process_id: "kv-1".into(),
+            namespace: "orders".into(),
+            version: 2,
+            ..Default::default()
+        };
+        let kind = |before: Option<pb::ProcessHealth>, now: pb::ProcessHealth| {
+            status_change(&spec, "h", before.map(record).as_ref(), &now).map(|e| e.kind)
+        };
+        assert_eq!(
+            kind(None, health("starting", 0, "")).unwrap(),
+            "process.started"
+        );
+        assert_eq!(
+            kind(Some(health("starting", 0, "")), health("running", 0, "")).unwrap(),
+            "process.running"
+        );
+        assert_eq!(
+            kind(Some(health("running", 0, "")), health("running", 0, "")),
+            None
+        );
+        // A crash systemd restarted between two reports.
+        let e = status_change(
+            &spec,
+            "h",
+            Some(&record(health("running", 0, ""))),
+            &health("running", 1, "signal"),
+        )
+        .unwrap();
+        assert_eq!(e.kind, "process.restarted");
+        assert_eq!(e.process.as_ref().unwrap().exit_reason, "signal");
+        assert!(e.message.contains("after signal"), "{}", e.message);
+        assert_eq!(e.namespace, "orders");
+        assert_eq!(
+            kind(
+                Some(health("running", 1, "")),
+                health("restarting", 2, "exit-code")
+            )
+            .unwrap(),
+            "process.restarted"
+        );
+        assert_eq!(
+            kind(
+                Some(health("restarting", 4, "")),
+                health("circuit_open", 5, "exit-code")
+            )
+            .unwrap(),
+            "process.circuit_open"
+        );
+        // Caught restarting, then running again: one restart told.
+        assert_eq!(
+            kind(
+                Some(health("running", 0, "")),
+                health("restarting", 0, "signal")
+            )
+            .unwrap(),
+            "process.restarted"
+        );
+        assert_eq!(
+            kind(
+                Some(health("restarting", 0, "signal")),
+                health("running", 1, "signal")
+            )
+            .unwrap(),
+            "process.running"
+        );
+        assert_eq!(
+            kind(Some(health("running", 0, "")), health("unhealthy", 0, "")).unwrap(),
+            "process.unhealthy"
+        );
+        assert_eq!(
+            kind(
+                Some(health("running", 0, "")),
+                health("failed", 0, "exit-code")
+            )
+            .unwrap(),
+            "process.failed"
+        );
+    }
+}
