@@ -425,7 +425,8 @@ impl Hub {
     }
 
     /// Remove events past retention until shutdown (the leader): every
-    /// minute, and as soon as the log outgrows its count by a tenth.
+    /// minute, and as soon as the log outgrows its count by a tenth; and
+    /// trim the processes' histories that grew meanwhile.
     pub async fn prune_loop(self: Arc<Self>, retention: Retention, mut shutdown: Shutdown) {
         let mut last: Option<(tokio::time::Instant, i64)> = None;
         loop {
@@ -454,6 +455,11 @@ impl Hub {
                 // Another admin leads now: it prunes.
                 Err(StoreError::NotLeader { .. }) => return,
                 Err(e) => tracing::warn!("cannot prune the event log: {e}"),
+            }
+            match self.store.trim_histories().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("trimmed {n} history events past retention"),
+                Err(e) => tracing::warn!("cannot trim processes' histories: {e}"),
             }
             last = Some((tokio::time::Instant::now(), head));
             self.refresh_gauges().await;

@@ -99,79 +99,117 @@ where
     // Since the start of the last renewal that succeeded.
     let mut valid_until: Option<Instant> = None;
     let mut failures = Backoff::new(Policy::new(Duration::from_millis(100), renew_every));
-    loop {
-        let asked = Instant::now();
-        let answer = tokio::time::timeout(renew_every, store.lead(&me, ttl)).await;
-        let wait = match answer {
-            Ok(Ok(lease)) if lease.held_by(&me) => {
-                failures.reset();
-                valid_until = Some(asked + trusted_for);
-                let first = on_lead.is_some();
-                if let Some(lead) = on_lead.take() {
-                    tracing::info!(
-                        epoch = lease.epoch,
-                        "prism-admin leads (epoch {}); loading the fleet",
-                        lease.epoch
-                    );
-                    lead(lease.clone()).await.map_err(Lost)?;
+    // A renewal still on its way. A slow answer is waited for, never
+    // abandoned: abandoning it would drop its connection, and on a slow
+    // link a new one (TCP, TLS, authentication) takes longer than the
+    // lease has left. Late, it still counts from when it was asked.
+    type Call = tokio::task::JoinHandle<Result<Lease, crate::admin::store::StoreError>>;
+    let mut in_flight: Option<(Instant, Call)> = None;
+    let result = async {
+        loop {
+            let (asked, mut call) = match in_flight.take() {
+                Some(call) => call,
+                None => {
+                    let (store, me) = (store.clone(), me.clone());
+                    let call: Call = tokio::spawn(async move { store.lead(&me, ttl).await });
+                    (Instant::now(), call)
                 }
-                standing.send_replace(Standing::Leading(lease));
-                if first {
-                    // Loading took part of the lease: renew at once.
+            };
+            let patience = valid_until.map_or(renew_every, |until| {
+                renew_every.min(until.saturating_duration_since(Instant::now()))
+            });
+            let answer = match tokio::time::timeout(patience, &mut call).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Ok(Err(crate::admin::store::StoreError::Db(sqlx::Error::Io(
+                    std::io::Error::other(format!("the lease's call ended: {e}")),
+                )))),
+                Err(elapsed) => {
+                    in_flight = Some((asked, call));
+                    Err(elapsed)
+                }
+            };
+            let wait = match answer {
+                Ok(Ok(lease)) if lease.held_by(&me) => {
+                    failures.reset();
+                    valid_until = Some(asked + trusted_for);
+                    let first = on_lead.is_some();
+                    if let Some(lead) = on_lead.take() {
+                        tracing::info!(
+                            epoch = lease.epoch,
+                            "prism-admin leads (epoch {}); loading the fleet",
+                            lease.epoch
+                        );
+                        lead(lease.clone()).await.map_err(Lost)?;
+                    }
+                    standing.send_replace(Standing::Leading(lease));
+                    if first {
+                        // Loading took part of the lease: renew at once.
+                        Duration::ZERO
+                    } else {
+                        // Every renew_every from when the last was asked,
+                        // not from its answer: on a slow link the round
+                        // trip would otherwise eat the lease's margin.
+                        renew_every.saturating_sub(asked.elapsed())
+                    }
+                }
+                Ok(Ok(lease)) => {
+                    failures.reset();
+                    if valid_until.is_some() {
+                        return Err(Lost(format!(
+                            "{} took the lease (epoch {})",
+                            lease.holder, lease.epoch
+                        )));
+                    }
+                    // Try again just after it would expire, unless renewed.
+                    let wait = (lease.remaining + Duration::from_millis(20)).min(renew_every);
+                    if standing.borrow().lease().map(|l| (&l.holder, l.epoch))
+                        != Some((&lease.holder, lease.epoch))
+                    {
+                        tracing::info!(
+                            epoch = lease.epoch,
+                            "prism-admin follows {} at {} (epoch {})",
+                            lease.holder,
+                            lease.address,
+                            lease.epoch
+                        );
+                    }
+                    standing.send_replace(Standing::Following(lease));
+                    wait
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("the lease could not be read or renewed: {e}");
+                    failures.next_wait()
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "the lease was not renewed within {:?}; still waiting for the answer",
+                        asked.elapsed()
+                    );
                     Duration::ZERO
-                } else {
-                    renew_every
                 }
-            }
-            Ok(Ok(lease)) => {
-                failures.reset();
-                if valid_until.is_some() {
-                    return Err(Lost(format!(
-                        "{} took the lease (epoch {})",
-                        lease.holder, lease.epoch
-                    )));
+            };
+            let wait = match valid_until {
+                Some(until) => {
+                    let now = Instant::now();
+                    if now >= until {
+                        return Err(Lost(format!(
+                            "the lease was not renewed for {trusted_for:?}"
+                        )));
+                    }
+                    wait.min(until - now)
                 }
-                // Try again just after it would expire, unless renewed.
-                let wait = (lease.remaining + Duration::from_millis(20)).min(renew_every);
-                if standing.borrow().lease().map(|l| (&l.holder, l.epoch))
-                    != Some((&lease.holder, lease.epoch))
-                {
-                    tracing::info!(
-                        epoch = lease.epoch,
-                        "prism-admin follows {} at {} (epoch {})",
-                        lease.holder,
-                        lease.address,
-                        lease.epoch
-                    );
-                }
-                standing.send_replace(Standing::Following(lease));
-                wait
+                None => wait,
+            };
+            if shutdown.until(tokio::time::sleep(wait)).await.is_none() {
+                return Ok(());
             }
-            Ok(Err(e)) => {
-                tracing::warn!("the lease could not be read or renewed: {e}");
-                failures.next_wait()
-            }
-            Err(_) => {
-                tracing::warn!("the lease was not renewed within {renew_every:?}");
-                failures.next_wait()
-            }
-        };
-        let wait = match valid_until {
-            Some(until) => {
-                let now = Instant::now();
-                if now >= until {
-                    return Err(Lost(format!(
-                        "the lease was not renewed for {trusted_for:?}"
-                    )));
-                }
-                wait.min(until - now)
-            }
-            None => wait,
-        };
-        if shutdown.until(tokio::time::sleep(wait)).await.is_none() {
-            return Ok(());
         }
     }
+    .await;
+    if let Some((_, call)) = in_flight {
+        call.abort();
+    }
+    result
 }
 
 /// Passes calls on to the leader, over one connection per leader address

@@ -270,6 +270,9 @@ pub struct EventBounds {
 pub struct Written {
     head: std::sync::atomic::AtomicI64,
     notify: tokio::sync::Notify,
+    /// Processes whose history grew since it was last trimmed (in the
+    /// background, never on a write's path).
+    grown: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Written {
@@ -283,6 +286,21 @@ impl Written {
     /// The last revision this process committed (or learned at load).
     pub fn head(&self) -> i64 {
         self.head.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The histories of `ids` grew (committed).
+    pub fn grew<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut grown = self.grown.lock().expect("poisoned");
+        for id in ids {
+            if !grown.contains(id) {
+                grown.insert(id.to_owned());
+            }
+        }
+    }
+
+    /// The histories grown since the last call, to trim.
+    pub fn take_grown(&self) -> Vec<String> {
+        self.grown.lock().expect("poisoned").drain().collect()
     }
 
     /// Resolves once events were committed since the last call (one
@@ -375,6 +393,9 @@ pub trait AdminStore: Send + Sync + 'static {
     /// Remove events beyond the newest `keep`, and those older than
     /// `before_ms`; how many went.
     async fn prune_events(&self, keep: i64, before_ms: i64) -> Result<u64, StoreError>;
+    /// Trim the histories that grew since the last trim to their newest
+    /// [`sql::HISTORY_KEEP`] events; how many events went.
+    async fn trim_histories(&self) -> Result<u64, StoreError>;
     /// What this process committed to the event log.
     fn written(&self) -> &Written;
 }

@@ -47,6 +47,10 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.timeout)
+            // Kept open: on a slow link a new connection (TCP, TLS, and
+            // authentication) takes several round trips, too many for a
+            // write's deadline; a burst finds these ready.
+            .min_connections(options.max_connections.min(4))
             // A connection the database ended (restart, failover,
             // pg_terminate_backend) is found out before it is used.
             .test_before_acquire(true)
@@ -72,6 +76,113 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         Ok(tx)
+    }
+
+    /// Append to processes' histories, in one statement.
+    async fn insert_history(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        rows: &[(&str, &HistoryEvent)],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO history (process_id, at, event, version, launcher_id, detail) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], \
+                                  $5::text[], $6::text[])",
+        )
+        .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, e)| e.at_ms).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, e)| e.event.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|(_, e)| e.version).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, e)| e.launcher_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, e)| e.detail.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A heartbeat batch's rows: a statement for the launchers' liveness,
+    /// one for health, one for histories, whatever the fleet's size (on a
+    /// slow link each statement is a round trip).
+    async fn write_reports(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        batch: &HeartbeatBatch,
+    ) -> Result<(), StoreError> {
+        if !batch.launchers.is_empty() {
+            let (mut ids, mut at, mut resources) = (Vec::new(), Vec::new(), Vec::new());
+            for (id, (when, r)) in &batch.launchers {
+                ids.push(id.as_str());
+                at.push(*when);
+                resources.push(r.as_ref().map(prost::Message::encode_to_vec));
+            }
+            sqlx::query(
+                "UPDATE launchers AS l SET last_heartbeat_at = u.at, resources = u.resources \
+                 FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(id, at, resources) \
+                 WHERE l.id = u.id",
+            )
+            .bind(ids)
+            .bind(at)
+            .bind(resources)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !batch.health.is_empty() {
+            let (mut ids, mut health, mut at) = (Vec::new(), Vec::new(), Vec::new());
+            for (id, h) in &batch.health {
+                ids.push(id.as_str());
+                health.push(prost::Message::encode_to_vec(&h.health));
+                at.push(h.reported_at_ms);
+            }
+            sqlx::query(
+                "INSERT INTO process_health (process_id, health, reported_at) \
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[]) \
+                 ON CONFLICT (process_id) DO UPDATE SET health = excluded.health, \
+                 reported_at = excluded.reported_at",
+            )
+            .bind(ids)
+            .bind(health)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        let rows: Vec<(&str, &HistoryEvent)> = batch
+            .history
+            .iter()
+            .map(|(id, e)| (id.as_str(), e))
+            .collect();
+        Self::insert_history(tx, &rows).await
+    }
+
+    /// Trim the histories of `ids` to their newest events.
+    async fn trim(pool: &PgPool, ids: &[String]) -> Result<u64, StoreError> {
+        let mut gone = 0;
+        for chunk in ids.chunks(1000) {
+            gone += sqlx::query(
+                "DELETE FROM history AS h USING unnest($1::text[]) AS t(id) \
+                 WHERE h.process_id = t.id AND h.seq <= \
+                 (SELECT seq FROM history WHERE process_id = t.id \
+                  ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+            )
+            .bind(chunk)
+            .bind(sql::HISTORY_KEEP)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(gone)
     }
 
     /// Number `events` after the head and insert them, in one statement:

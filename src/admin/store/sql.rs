@@ -42,7 +42,8 @@ pub(super) fn decode<M: Message + Default>(what: String, bytes: &[u8]) -> Result
 
 pub(super) const INSERT_HISTORY: &str = "INSERT INTO history (process_id, at, event, version, launcher_id, detail) \
      VALUES ($1, $2, $3, $4, $5, $6)";
-/// Retention: the newest HISTORY_KEEP events of each process.
+/// Retention: the newest HISTORY_KEEP events of a process (trimmed in the
+/// background).
 pub(super) const TRIM_HISTORY: &str = "DELETE FROM history WHERE process_id = $1 AND seq <= \
      (SELECT seq FROM history WHERE process_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)";
 pub(super) const UPSERT_LAUNCHER: &str = "INSERT INTO launchers (id, address, region, version, \
@@ -242,8 +243,10 @@ macro_rules! sql_store {
                     .bind(p.updated_at_ms)
                     .execute(&mut *tx)
                     .await?;
-                Self::add_history(&mut tx, p.id(), event).await?;
-                self.commit(tx, event.watched.iter()).await
+                Self::insert_history(&mut tx, &[(p.id(), event)]).await?;
+                self.commit(tx, event.watched.iter()).await?;
+                self.written.grew([p.id()]);
+                Ok(())
             }
 
             async fn delete_process(
@@ -261,34 +264,16 @@ macro_rules! sql_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                Self::add_history(&mut tx, id, event).await?;
-                self.commit(tx, event.watched.iter()).await
+                Self::insert_history(&mut tx, &[(id, event)]).await?;
+                self.commit(tx, event.watched.iter()).await?;
+                self.written.grew([id]);
+                Ok(())
             }
 
             async fn save_heartbeats(&self, batch: &HeartbeatBatch) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await?;
                 self.fence(&mut tx).await?;
-                for (id, (at, resources)) in &batch.launchers {
-                    sqlx::query(
-                        "UPDATE launchers SET last_heartbeat_at = $1, resources = $2 WHERE id = $3",
-                    )
-                    .bind(at)
-                    .bind(resources.as_ref().map(prost::Message::encode_to_vec))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                for (id, h) in &batch.health {
-                    sqlx::query($crate::admin::store::sql::UPSERT_HEALTH)
-                        .bind(id)
-                        .bind(prost::Message::encode_to_vec(&h.health))
-                        .bind(h.reported_at_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                for (id, event) in &batch.history {
-                    Self::add_history(&mut tx, id, event).await?;
-                }
+                Self::write_reports(&mut tx, batch).await?;
                 // In the order they happened: the histories' first (each
                 // status change is one), then the rest.
                 let events = batch
@@ -296,7 +281,10 @@ macro_rules! sql_store {
                     .iter()
                     .filter_map(|(_, e)| e.watched.as_ref())
                     .chain(&batch.events);
-                self.commit(tx, events).await
+                self.commit(tx, events).await?;
+                self.written
+                    .grew(batch.history.iter().map(|(id, _)| id.as_str()));
+                Ok(())
             }
 
             async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEvent>, StoreError> {
@@ -376,6 +364,21 @@ macro_rules! sql_store {
                 Ok(gone)
             }
 
+            async fn trim_histories(&self) -> Result<u64, StoreError> {
+                let ids = self.written.take_grown();
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                match Self::trim(&self.pool, &ids).await {
+                    Ok(gone) => Ok(gone),
+                    Err(e) => {
+                        // Trimmed next time.
+                        self.written.grew(ids.iter().map(String::as_str));
+                        Err(e)
+                    }
+                }
+            }
+
             fn written(&self) -> &$crate::admin::store::Written {
                 &self.written
             }
@@ -401,29 +404,6 @@ macro_rules! sql_store {
                 let head = Self::append_events(&mut tx, &events).await?;
                 tx.commit().await?;
                 self.written.committed(head);
-                Ok(())
-            }
-
-            async fn add_history(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                id: &str,
-                e: &HistoryEvent,
-            ) -> Result<(), StoreError> {
-                use $crate::admin::store::sql::{HISTORY_KEEP, INSERT_HISTORY, TRIM_HISTORY};
-                sqlx::query(INSERT_HISTORY)
-                    .bind(id)
-                    .bind(e.at_ms)
-                    .bind(&e.event)
-                    .bind(e.version)
-                    .bind(&e.launcher_id)
-                    .bind(&e.detail)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query(TRIM_HISTORY)
-                    .bind(id)
-                    .bind(HISTORY_KEEP)
-                    .execute(&mut **tx)
-                    .await?;
                 Ok(())
             }
         }

@@ -87,6 +87,73 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Append to processes' histories.
+    async fn insert_history(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        rows: &[(&str, &HistoryEvent)],
+    ) -> Result<(), StoreError> {
+        for (id, e) in rows {
+            sqlx::query(sql::INSERT_HISTORY)
+                .bind(id)
+                .bind(e.at_ms)
+                .bind(&e.event)
+                .bind(e.version)
+                .bind(&e.launcher_id)
+                .bind(&e.detail)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A heartbeat batch's rows: liveness, health, histories (a local
+    /// file: a statement each costs no round trip).
+    async fn write_reports(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        batch: &HeartbeatBatch,
+    ) -> Result<(), StoreError> {
+        for (id, (at, resources)) in &batch.launchers {
+            sqlx::query(
+                "UPDATE launchers SET last_heartbeat_at = $1, resources = $2 WHERE id = $3",
+            )
+            .bind(at)
+            .bind(resources.as_ref().map(prost::Message::encode_to_vec))
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for (id, h) in &batch.health {
+            sqlx::query(sql::UPSERT_HEALTH)
+                .bind(id)
+                .bind(prost::Message::encode_to_vec(&h.health))
+                .bind(h.reported_at_ms)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let rows: Vec<(&str, &HistoryEvent)> = batch
+            .history
+            .iter()
+            .map(|(id, e)| (id.as_str(), e))
+            .collect();
+        Self::insert_history(tx, &rows).await
+    }
+
+    /// Trim the histories of `ids` to their newest events.
+    async fn trim(pool: &SqlitePool, ids: &[String]) -> Result<u64, StoreError> {
+        let mut tx = pool.begin().await?;
+        let mut gone = 0;
+        for id in ids {
+            gone += sqlx::query(sql::TRIM_HISTORY)
+                .bind(id)
+                .bind(sql::HISTORY_KEEP)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(gone)
+    }
+
     /// Number `events` after the head and insert them; the new head.
     async fn append_events(
         tx: &mut sqlx::Transaction<'_, Sqlite>,
@@ -101,8 +168,9 @@ impl SqliteStore {
         let first = head - events.len() as i64 + 1;
         let numbered: Vec<(i64, &&apb::Event)> = (first..).zip(events).collect();
         for chunk in numbered.chunks(sql::EVENTS_PER_INSERT) {
-            let mut insert =
-                sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO events (revision, at, kind, event) ");
+            let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (revision, at, kind, event) ",
+            );
             insert.push_values(chunk, |mut row, (revision, e)| {
                 row.push_bind(*revision)
                     .push_bind(e.at_unix_ms)

@@ -137,6 +137,7 @@ conformance!(
     a_heartbeat_repairs_drift_and_its_health_is_stored,
     concurrent_reservations_never_overbook_the_last_slots,
     an_unfinished_revocation_is_finished_by_the_next_leader,
+    a_batch_writes_every_row_and_histories_are_trimmed_in_the_background,
 );
 
 async fn placements_go_where_they_can_run_and_survive_a_restart(backing: Backing) {
@@ -571,5 +572,74 @@ async fn the_store_speaks_tls_to_postgres_and_verifies_the_server() {
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
+    );
+}
+
+/// A heartbeat batch writes each launcher's liveness (with and without
+/// resources), each health and each history event; the histories that grew
+/// are trimmed to their newest afterwards, not in the write.
+async fn a_batch_writes_every_row_and_histories_are_trimmed_in_the_background(backing: Backing) {
+    use crate::admin::store::{HISTORY_KEEP, HealthRecord, HeartbeatBatch};
+    let mut h = backing.harness().await;
+    h.launcher("a-host", &["pattern"], 5, true).await;
+    h.launcher("b-host", &["pattern"], 5, true).await;
+    let store = backing.open().await;
+    let mut batch = HeartbeatBatch::default();
+    let usage = pb::LauncherResourceUsage {
+        process_count: 3,
+        ..Default::default()
+    };
+    batch
+        .launchers
+        .insert("a-host".into(), (1_000, Some(usage)));
+    batch.launchers.insert("b-host".into(), (2_000, None));
+    for id in ["kv-1", "kv-2"] {
+        batch.health.insert(
+            id.into(),
+            HealthRecord {
+                health: pb::ProcessHealth {
+                    detailed_status: format!("{id} running"),
+                    ..Default::default()
+                },
+                reported_at_ms: 3_000,
+            },
+        );
+    }
+    let n = HISTORY_KEEP + 5;
+    for i in 0..n {
+        batch.history.push((
+            "kv-1".into(),
+            HistoryEvent {
+                at_ms: i,
+                event: "running".into(),
+                detail: format!("e{i}"),
+                ..Default::default()
+            },
+        ));
+    }
+    batch.history.push(("kv-2".into(), HistoryEvent::default()));
+    store.save_heartbeats(&batch).await.unwrap();
+    let snap = store.load().await.unwrap();
+    let liveness: std::collections::BTreeMap<_, _> = snap
+        .launchers
+        .iter()
+        .map(|l| (l.id.as_str(), (l.last_heartbeat_ms, l.resources.as_ref())))
+        .collect();
+    assert_eq!(liveness["a-host"], (1_000, Some(&usage)));
+    assert_eq!(liveness["b-host"], (2_000, None));
+    assert_eq!(snap.health["kv-2"].health.detailed_status, "kv-2 running");
+    assert_eq!(snap.health["kv-1"].reported_at_ms, 3_000);
+    let all = 10 * HISTORY_KEEP as u32;
+    assert_eq!(store.history("kv-1", all).await.unwrap().len() as i64, n);
+    assert_eq!(store.trim_histories().await.unwrap(), 5);
+    let kept = store.history("kv-1", all).await.unwrap();
+    assert_eq!(kept.len() as i64, HISTORY_KEEP);
+    assert_eq!(kept[0].detail, format!("e{}", n - 1), "the newest first");
+    assert_eq!(kept.last().unwrap().detail, "e5", "the oldest five went");
+    assert_eq!(store.history("kv-2", all).await.unwrap().len(), 1);
+    assert_eq!(
+        store.trim_histories().await.unwrap(),
+        0,
+        "nothing grew since"
     );
 }
