@@ -283,7 +283,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sync, 2);
-        // Each process keeps its newest HISTORY_KEEP events.
+        // Each process keeps its newest HISTORY_KEEP events, once trimmed.
         for _ in 0..HISTORY_KEEP + 5 {
             store
                 .save_heartbeats(&HeartbeatBatch {
@@ -293,6 +293,7 @@ mod tests {
                 .await
                 .unwrap();
         }
+        assert!(store.trim_histories().await.unwrap() > 0);
         let kept = store.history("kv-1", 1000).await.unwrap();
         assert_eq!(kept.len() as i64, HISTORY_KEEP);
         store
