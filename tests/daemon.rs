@@ -2154,6 +2154,52 @@ async fn a_standalone_launcher_streams_its_processes_changes() {
             .expect("no error")
             .expect("not ended")
     }
+    // And prismctl, asking the launcher itself: its table, then the rows
+    // that change, as lines (read on a thread of their own).
+    let mut ctl = std::process::Command::new(env!("CARGO_BIN_EXE_prismctl"))
+        .args([
+            "ps",
+            "-w",
+            "--launcher-endpoint",
+            &format!("127.0.0.1:{}", d.port),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prismctl");
+    let lines = {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = ctl.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    };
+    let mut printed = Vec::new();
+    let mut line_with = |want: &dyn Fn(&str) -> bool| {
+        let until = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) => {
+                    printed.push(l.clone());
+                    if want(&l) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no such line from prismctl ps -w: {printed:#?}"),
+            }
+        }
+    };
+    let header = line_with(&|l| l.starts_with("ID"));
+    assert!(header.contains("RESTARTS"), "{header}");
+    let row = line_with(&|l| l.starts_with("watched"));
+    assert!(row.contains("running"), "{row}");
     let listed = next(&mut stream).await;
     assert_eq!(listed.kind, "listed", "{listed:?}");
     let health = listed.process.unwrap().health.unwrap();
@@ -2176,6 +2222,12 @@ async fn a_standalone_launcher_streams_its_processes_changes() {
     assert_eq!(back.exit_reason, "signal", "{back:?}");
     assert_eq!(h.prop(&unit, "MainPID"), back.pid.to_string());
     assert!(statuses.len() >= 2, "{statuses:?}");
+    // prismctl printed the row again, running with one restart.
+    let again = line_with(&|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.first() == Some(&"watched") && cols.contains(&"running") && cols.get(5) == Some(&"1")
+    });
+    assert!(again.contains(&back.pid.to_string()), "{again}");
     client
         .revoke_process(pb::ProcessRevocation {
             process_id: "watched".into(),
@@ -2193,4 +2245,8 @@ async fn a_standalone_launcher_streams_its_processes_changes() {
         gone.process.unwrap().assignment.unwrap().process_id,
         "watched"
     );
+    let removed = line_with(&|l| l.starts_with("watched") && l.contains("removed"));
+    assert!(!removed.contains("running"), "{removed}");
+    ctl.kill().expect("stop prismctl");
+    ctl.wait().expect("prismctl ended");
 }

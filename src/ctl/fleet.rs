@@ -161,9 +161,15 @@ pub struct PsArgs {
     /// Only processes of this type.
     #[arg(long = "type", value_name = "TYPE")]
     pub process_type: Option<String>,
-    /// Only processes on this launcher.
+    /// Only processes on this launcher (with --launcher-endpoint: the id
+    /// its certificate must name, over TLS).
     #[arg(long)]
     pub launcher: Option<String>,
+    /// Ask this launcher directly, not the admin: its local socket
+    /// (unix:PATH) or host:port. For a launcher run without an admin; with
+    /// --watch, its own stream of changes.
+    #[arg(long, value_name = "ADDRESS")]
+    pub launcher_endpoint: Option<String>,
     /// Only processes in this namespace.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -205,6 +211,9 @@ fn status_shown(p: &apb::ProcessInfo, wide: bool) -> String {
 }
 
 pub async fn ps(g: &Global, a: &PsArgs) -> Result<(), Error> {
+    if let Some(endpoint) = &a.launcher_endpoint {
+        return ps_launcher(g, a, endpoint).await;
+    }
     let mut admin = g.admin.connect().await?;
     let list = admin
         .api
@@ -456,6 +465,119 @@ async fn ps_watch(g: &Global, a: &PsArgs, list: apb::ListProcessesResponse) -> R
             }
         }
     }
+}
+
+/// `ps` of one launcher, asked directly; with `-w`, its `WatchProcesses`
+/// stream: the table once it is listed, then each process again as it
+/// changes (`removed` once it is gone).
+async fn ps_launcher(g: &Global, a: &PsArgs, endpoint: &str) -> Result<(), Error> {
+    use crate::pb::prism::launcher::v1 as lpb;
+    let id = a.launcher.clone().unwrap_or_default();
+    let (channel, url) = g
+        .admin
+        .dial(
+            "--launcher-endpoint",
+            endpoint,
+            crate::auth::dial::Expect::Launcher(id.clone()),
+        )
+        .await?;
+    let mut client = lpb::launcher_client::LauncherClient::new(channel);
+    let wide = g.output == Format::Wide;
+    let shown = |p: lpb::ProcessInfo| apb::ProcessInfo {
+        assignment: p.assignment,
+        health: p.health,
+        unit_name: p.unit_name,
+        launcher_id: if id.is_empty() { "-".into() } else { id.clone() },
+        placement: "held".into(),
+        ..Default::default()
+    };
+    let wanted = |p: &apb::ProcessInfo| {
+        let s = p.assignment.clone().unwrap_or_default();
+        a.process_type
+            .as_deref()
+            .is_none_or(|t| s.process_type == t || (s.process_type.is_empty() && t == "pattern"))
+            && a.status
+                .as_deref()
+                .is_none_or(|want| status_shown(p, false) == want)
+    };
+    if !a.watch {
+        let list = client
+            .list_processes(lpb::ListProcessesRequest {
+                process_type: a.process_type.clone().unwrap_or_default(),
+                namespace: a.namespace.clone().unwrap_or_default(),
+                status: a.status.clone().unwrap_or_default(),
+            })
+            .await
+            .map_err(|s| call_failed("listing the launcher's processes", s))?
+            .into_inner();
+        if let Some(text) = structured(g.output, &list)? {
+            out(&text);
+            return Ok(());
+        }
+        let processes: Vec<apb::ProcessInfo> = list.processes.into_iter().map(shown).collect();
+        out(&ps_table(&processes, wide));
+        return Ok(());
+    }
+    let mut stream = client
+        .watch_processes(lpb::WatchProcessesRequest {
+            process_id: String::new(),
+            namespace: a.namespace.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| call_failed("watching the launcher's processes", s))?
+        .into_inner();
+    let mut listed = Vec::new();
+    while let Some(change) = stream
+        .message()
+        .await
+        .map_err(|s| call_failed("watching the launcher's processes", s))?
+    {
+        if matches!(g.output, Format::Json | Format::Yaml) {
+            let text = match g.output {
+                Format::Yaml => format!(
+                    "---\n{}",
+                    serde_norway::to_string(&change)
+                        .map_err(|e| Error::Failed(format!("cannot encode YAML: {e}")))?
+                ),
+                _ => {
+                    serde_json::to_string(&change)
+                        .map_err(|e| Error::Failed(format!("cannot encode JSON: {e}")))?
+                        + "\n"
+                }
+            };
+            out(&text);
+            continue;
+        }
+        let mut p = shown(change.process.unwrap_or_default());
+        match change.kind.as_str() {
+            "listed" => {
+                if wanted(&p) {
+                    listed.push(p);
+                }
+            }
+            "synced" => out(&ps_table(&listed, wide)),
+            kind => {
+                if kind == "removed" {
+                    p.health = Some(pb::ProcessHealth {
+                        detailed_status: "removed".into(),
+                        ..Default::default()
+                    });
+                }
+                if kind == "removed" || wanted(&p) {
+                    let one = table(&ps_header(wide), &[ps_row(&p, wide)], None);
+                    out(one
+                        .lines()
+                        .nth(1)
+                        .map(|l| format!("{l}\n"))
+                        .as_deref()
+                        .unwrap_or(""));
+                }
+            }
+        }
+    }
+    Err(Error::Failed(format!(
+        "the launcher at {url} ended the stream (it stopped?)"
+    )))
 }
 
 /// One process as a line of JSON, or a YAML document.
