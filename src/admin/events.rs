@@ -320,6 +320,11 @@ const PAGE: u32 = 512;
 pub const WATCHER_QUEUE: usize = 1024;
 /// Events on their way to one watcher's connection (past its queue).
 const IN_FLIGHT: usize = 16;
+/// A watcher sends at once when it sent nothing for this long; otherwise
+/// what comes meanwhile goes together this long after its last send (one
+/// write for many events: a busy fleet costs each watcher a few writes a
+/// second, not one per event).
+const BATCH_GAP: Duration = Duration::from_millis(100);
 /// Watchers one admin serves at once.
 pub const MAX_WATCHERS: usize = 1024;
 pub const DEFAULT_BOOKMARK: Duration = Duration::from_secs(5);
@@ -586,7 +591,7 @@ struct Watcher {
     /// The last revision looked at (sent or filtered out): a bookmark's.
     considered: i64,
     /// Matching events not yet taken by the stream.
-    queue: VecDeque<apb::Event>,
+    queue: VecDeque<Arc<apb::Event>>,
     tx: mpsc::Sender<apb::Event>,
     end: Arc<std::sync::Mutex<Option<Status>>>,
     _slot: WatcherSlot,
@@ -612,7 +617,7 @@ impl Watcher {
     }
 
     /// Look at `e`: queue it if it matches. Err once the queue is full.
-    fn take(&mut self, e: &apb::Event) -> Result<(), Ended> {
+    fn take(&mut self, e: &Arc<apb::Event>) -> Result<(), Ended> {
         if e.revision <= self.considered {
             return Ok(());
         }
@@ -660,13 +665,13 @@ impl Watcher {
             }
             first = false;
             let n = page.len();
-            for e in &page {
+            for e in page {
                 if until.is_some_and(|u| e.revision >= u) {
                     return Ok(());
                 }
                 // Sent as the page is read: a long catch-up never holds
                 // more than one page.
-                self.take(e)?;
+                self.take(&Arc::new(e))?;
                 self.drain().await?;
             }
             if n < PAGE as usize {
@@ -679,7 +684,10 @@ impl Watcher {
     async fn drain(&mut self) -> Result<(), Ended> {
         while let Some(e) = self.queue.pop_front() {
             let revision = e.revision;
-            self.tx.send(e).await.map_err(|_| Ended::Gone)?;
+            self.tx
+                .send(Arc::unwrap_or_clone(e))
+                .await
+                .map_err(|_| Ended::Gone)?;
             self.sent = revision;
         }
         Ok(())
@@ -693,14 +701,32 @@ impl Watcher {
         idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         idle.reset();
         let tx = self.tx.clone();
+        // Sent last (a batch's start): what comes within BATCH_GAP waits
+        // for the next batch.
+        let mut last_batch: Option<tokio::time::Instant> = None;
         loop {
             let pending = !self.queue.is_empty();
+            let next_batch = last_batch.map(|at| at + BATCH_GAP);
+            // A batch that fills the stream's room goes at once: waiting is
+            // never what makes a watcher fall behind.
+            let full = self.queue.len() >= IN_FLIGHT.min(self.hub.watcher_queue / 2).max(1);
+            let due = full || next_batch.is_none_or(|at| at <= tokio::time::Instant::now());
             tokio::select! {
-                permit = tx.reserve(), if pending => {
+                _ = tokio::time::sleep_until(next_batch.unwrap_or_else(tokio::time::Instant::now)),
+                    if pending && !due => {}
+                permit = tx.reserve(), if pending && due => {
                     let Ok(permit) = permit else { return Ended::Gone };
+                    last_batch = Some(tokio::time::Instant::now());
                     let e = self.queue.pop_front().expect("checked");
                     self.sent = e.revision;
-                    permit.send(e);
+                    permit.send(Arc::unwrap_or_clone(e));
+                    // The rest of the batch, as far as the stream has room.
+                    while !self.queue.is_empty() {
+                        let Ok(permit) = tx.try_reserve() else { break };
+                        let e = self.queue.pop_front().expect("checked");
+                        self.sent = e.revision;
+                        permit.send(Arc::unwrap_or_clone(e));
+                    }
                     idle.reset();
                 }
                 got = live.recv() => match got {

@@ -487,7 +487,11 @@ async fn ps_launcher(g: &Global, a: &PsArgs, endpoint: &str) -> Result<(), Error
         assignment: p.assignment,
         health: p.health,
         unit_name: p.unit_name,
-        launcher_id: if id.is_empty() { "-".into() } else { id.clone() },
+        launcher_id: if id.is_empty() {
+            "-".into()
+        } else {
+            id.clone()
+        },
         placement: "held".into(),
         ..Default::default()
     };

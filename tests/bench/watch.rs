@@ -187,7 +187,7 @@ async fn load(fake_addr: &str, seconds: u64, watchers: usize) -> Load {
     // state, one event.
     let restarts: std::sync::Mutex<HashMap<String, i32>> = Default::default();
     let heartbeat = |i: usize| {
-        let changed = format!("hbp-{:04}", i * 5 + (i / 1000) % 5);
+        let changed = format!("hbp-{:04}", (i % 1000) * 5 + (i / 1000) % 5);
         let mut r = restarts.lock().unwrap();
         pb::LauncherHeartbeatRequest {
             launcher_id: format!("hb-{:04}", i % 1000),
