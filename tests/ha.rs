@@ -399,11 +399,25 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_nothing_is_lost_or_run
             process_id: "upkv".into(),
             graceful_timeout_seconds: 5,
         })
-        .await
-        .expect("revoke through a follower")
-        .into_inner();
-    assert!(revoked.success, "{revoked:?}");
-    assert!(!ha.units().contains_key("upkv"));
+        .await;
+    match revoked {
+        Ok(ack) => {
+            let ack = ack.into_inner();
+            assert!(ack.success, "{ack:?}");
+            assert!(!ha.units().contains_key("upkv"));
+        }
+        // The launcher missed two heartbeats (300 ms each) just then, as a
+        // loaded machine may make it: the documented answer, and the
+        // revocation delivered once it reports again.
+        Err(s) => {
+            assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+            assert!(s.message().contains("the revocation is recorded"), "{s:?}");
+            eventually("upkv stopped once delivered", DEADLINE, || async {
+                (!ha.units().contains_key("upkv")).then_some(())
+            })
+            .await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
