@@ -1833,6 +1833,57 @@ fn writeln_table(cmd: &str, table: &str) -> std::io::Result<()> {
     writeln!(std::io::stderr(), "$ {cmd}\n{table}")
 }
 
+/// An admin asked to stop (SIGTERM) with watchers open ends their streams,
+/// saying where to resume, and exits: an open stream never holds it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_admin_ends_its_watchers_saying_where_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut admin = Daemon::admin(dir.path(), &["--heartbeat-interval", HEARTBEAT]).await;
+    let mut cp = ControlPlaneClient::new(admin.channel().await);
+    cp.register_launcher(pb::LauncherRegistration {
+        launcher_id: "up-1".into(),
+        address: "127.0.0.1:9".into(),
+        region: "local".into(),
+        version: "test".into(),
+        capabilities: vec!["pattern".into()],
+        max_processes: 1,
+        process_types: vec!["pattern".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("register");
+    let mut watcher = AdminClient::new(admin.channel().await)
+        .watch_events(apb::WatchRequest {
+            since_revision: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    read_until(&mut watcher, &mut seen, "the registration", |e| {
+        e.iter().any(|e| e.kind == "launcher.registered")
+    })
+    .await;
+    let last = seen.last().unwrap().revision;
+    let status = admin.terminate().await;
+    assert!(status.success(), "{status:?}\n{}", admin.log_text());
+    let ended = loop {
+        match tokio::time::timeout(DEADLINE, watcher.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Err(s)) => break s,
+            other => panic!("the stream did not end with a status: {other:?}"),
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(
+        ended.message().contains(&format!(
+            "resume on another admin with since_revision {last}"
+        )),
+        "{ended:?}"
+    );
+}
+
 /// A watcher that reads nothing is ended once its queue is full, without
 /// slowing the others; its stream says where to resume, and resuming
 /// there misses nothing. A revision no longer kept is OUT_OF_RANGE,

@@ -370,24 +370,39 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_nothing_is_lost_or_run
         .expect("heartbeat through a follower")
         .into_inner();
     assert!(hb.success, "{hb:?}");
-    let ack = client
-        .assign_process(upstream::ProcessAssignment {
-            process_id: "upkv".into(),
-            process_type: "pattern".into(),
-            version: 1,
-            config: Some(upstream::ProcessConfig {
-                binary: ha.host.demo.display().to_string(),
-                pattern: Some(upstream::PatternProcessConfig {
-                    pattern_type: "keyvalue".into(),
-                    ..Default::default()
-                }),
+    // ha-host may still be finding the new leader (its heartbeat to the
+    // killed one times out first): until it reports, nothing is placed on
+    // it, and the answer says so.
+    let upkv = upstream::ProcessAssignment {
+        process_id: "upkv".into(),
+        process_type: "pattern".into(),
+        version: 1,
+        config: Some(upstream::ProcessConfig {
+            binary: ha.host.demo.display().to_string(),
+            pattern: Some(upstream::PatternProcessConfig {
+                pattern_type: "keyvalue".into(),
                 ..Default::default()
             }),
             ..Default::default()
-        })
-        .await
-        .expect("assign through a follower")
-        .into_inner();
+        }),
+        ..Default::default()
+    };
+    let ack = eventually("an assignment through a follower", DEADLINE, || {
+        let (mut client, upkv) = (client.clone(), upkv.clone());
+        async move {
+            match client.assign_process(upkv).await {
+                Ok(ack) => Some(ack.into_inner()),
+                Err(s)
+                    if s.code() == Code::FailedPrecondition
+                        && s.message().contains("missed a heartbeat") =>
+                {
+                    None
+                }
+                Err(s) => panic!("assign through a follower: {s:?}"),
+            }
+        }
+    })
+    .await;
     assert!(ack.success && ack.message.contains("ha-host"), "{ack:?}");
     eventually("upkv running", DEADLINE, || async {
         ha.units().contains_key("upkv").then_some(())

@@ -357,6 +357,15 @@ pub struct Hub {
     tail: broadcast::Sender<Arc<apb::Event>>,
     watchers: AtomicUsize,
     metrics: Arc<crate::metrics::AdminMetrics>,
+    /// The lowest revision a new watcher read the log up to: a tail that
+    /// starts following begins there, not at the head it reads later
+    /// (what commits between the two would reach the watcher only with
+    /// the next event).
+    start_hint: std::sync::atomic::AtomicI64,
+    /// True once the admin stops: every watcher ends, saying where to
+    /// resume (an open stream would otherwise hold the server's graceful
+    /// shutdown).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Hub {
@@ -371,6 +380,8 @@ impl Hub {
             tail: broadcast::channel(TAIL_CAPACITY).0,
             watchers: AtomicUsize::new(0),
             metrics,
+            start_hint: std::sync::atomic::AtomicI64::new(i64::MAX),
+            closing: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -388,6 +399,7 @@ impl Hub {
                 }
             };
             if shutdown.until(woken).await.is_none() {
+                self.closing.send_replace(true);
                 return;
             }
             if self.tail.receiver_count() == 0 {
@@ -395,11 +407,16 @@ impl Hub {
                 continue;
             }
             let mut from = match after {
-                Some(a) => a,
+                Some(a) => {
+                    // Following: no new watcher needs an earlier start.
+                    self.start_hint.store(i64::MAX, Ordering::SeqCst);
+                    a
+                }
                 // Watchers catch up from the database themselves: the tail
-                // starts at the head (a watcher that sees a gap reads it).
+                // starts where the first of them read up to, or at the
+                // head (a watcher that sees a gap reads it).
                 None => match self.store.event_bounds().await {
-                    Ok(b) => b.head,
+                    Ok(b) => b.head.min(self.start_hint.swap(i64::MAX, Ordering::SeqCst)),
                     Err(e) => {
                         tracing::warn!("cannot read the event log: {e}");
                         continue;
@@ -525,6 +542,7 @@ impl Hub {
                 bounds.oldest.unwrap_or(bounds.head + 1),
             ));
         }
+        self.start_hint.fetch_min(after, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         let end = Arc::new(std::sync::Mutex::new(None));
         let watcher = Watcher {
@@ -632,6 +650,13 @@ impl Watcher {
         Ok(())
     }
 
+    fn stopping(&self) -> Ended {
+        Ended::With(Status::unavailable(format!(
+            "this admin is stopping; resume on another admin with since_revision {}",
+            self.sent
+        )))
+    }
+
     fn too_slow(&self) -> Ended {
         let queue = self.hub.watcher_queue;
         self.hub.metrics.watchers_slow.inc();
@@ -649,7 +674,6 @@ impl Watcher {
     /// Read the log from the database after `considered`, up to `until`
     /// (or to its end), queueing what matches.
     async fn catch_up(&mut self, until: Option<i64>) -> Result<(), Ended> {
-        let mut first = true;
         loop {
             let page = self
                 .hub
@@ -657,17 +681,15 @@ impl Watcher {
                 .events_after(self.considered, PAGE)
                 .await
                 .map_err(|e| Ended::With(unavailable(e)))?;
-            if first
-                && let Some(e) = page.first()
-                && e.revision > self.considered + 1
-            {
-                return Err(Ended::With(out_of_range(self.considered, e.revision)));
-            }
-            first = false;
             let n = page.len();
             for e in page {
                 if until.is_some_and(|u| e.revision >= u) {
                     return Ok(());
+                }
+                // Revisions are contiguous: a hole is what retention removed
+                // while this watcher read (on any page, not only the first).
+                if e.revision > self.considered + 1 {
+                    return Err(Ended::With(out_of_range(self.considered, e.revision)));
                 }
                 // Sent as the page is read: a long catch-up never holds
                 // more than one page.
@@ -701,6 +723,11 @@ impl Watcher {
         idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         idle.reset();
         let tx = self.tx.clone();
+        let mut closing = self.hub.closing.subscribe();
+        let stopping = *closing.borrow_and_update();
+        if stopping {
+            return self.stopping();
+        }
         // Sent last (a batch's start): what comes within BATCH_GAP waits
         // for the next batch.
         let mut last_batch: Option<tokio::time::Instant> = None;
@@ -742,11 +769,17 @@ impl Watcher {
                             return end;
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => return self.too_slow(),
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Ended::With(Status::unavailable("this admin is stopping; resume on another"));
-                    }
+                    // Behind the shared tail (a long catch-up): the next
+                    // event shows the gap, read from the database then.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return self.stopping(),
                 },
+                changed = closing.changed() => {
+                    let stopping = changed.is_err() || *closing.borrow_and_update();
+                    if stopping {
+                        return self.stopping();
+                    }
+                }
                 _ = idle.tick() => {
                     if self.queue.is_empty() {
                         let bookmark = apb::Event {

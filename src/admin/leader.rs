@@ -99,8 +99,8 @@ where
     // Since the start of the last renewal that succeeded.
     let mut valid_until: Option<Instant> = None;
     let mut failures = Backoff::new(Policy::new(Duration::from_millis(100), renew_every));
-    // A renewal still on its way. A slow answer is waited for, never
-    // abandoned: abandoning it would drop its connection, and on a slow
+    // A renewal still on its way. A slow answer is waited for, up to a
+    // whole lease: abandoning it would drop its connection, and on a slow
     // link a new one (TCP, TLS, authentication) takes longer than the
     // lease has left. Late, it still counts from when it was asked.
     type Call = tokio::task::JoinHandle<Result<Lease, crate::admin::store::StoreError>>;
@@ -124,7 +124,14 @@ where
                     std::io::Error::other(format!("the lease's call ended: {e}")),
                 )))),
                 Err(elapsed) => {
-                    in_flight = Some((asked, call));
+                    if asked.elapsed() >= ttl {
+                        // Longer than a whole lease: a connection that
+                        // went half-open. Dropped; the next call connects
+                        // afresh (a follower would otherwise wait forever).
+                        call.abort();
+                    } else {
+                        in_flight = Some((asked, call));
+                    }
                     Err(elapsed)
                 }
             };

@@ -352,8 +352,12 @@ macro_rules! sql_store {
                 let mut tx = self.pool.begin().await?;
                 self.fence(&mut tx).await?;
                 let gone = sqlx::query(
+                    // A prefix only: `at` is when an event was made, and a
+                    // batch commits a little later, so by age alone a hole
+                    // could open in the middle of the log.
                     "DELETE FROM events WHERE revision <= \
-                     (SELECT revision FROM event_head WHERE id = 1) - $1 OR at < $2",
+                     (SELECT revision FROM event_head WHERE id = 1) - $1 OR revision <= \
+                     (SELECT max(revision) FROM events WHERE at < $2)",
                 )
                 .bind(keep)
                 .bind(before_ms)
