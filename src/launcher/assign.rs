@@ -83,6 +83,38 @@ pub struct Revoked {
 }
 
 impl Supervisor {
+    /// A process whose first run ended before its assignment was done
+    /// (its unit already waiting to restart, a wait the signal's handler
+    /// left alone as the process was not held yet): its restart is paced
+    /// now, as any later one is.
+    fn pace_if_waiting(&self, id: &str) {
+        let mut table = self.table();
+        let Some(e) = table.entries.get_mut(id) else {
+            return;
+        };
+        let Some(status) = e.unit_status.as_ref() else {
+            return;
+        };
+        if e.phase != Phase::Held
+            || status.sub_state != "auto-restart"
+            || crate::unit::props::has_restart_steps(self.systemd.manager_version())
+        {
+            return;
+        }
+        let (unit, read_restarts) = (status.name.clone(), status.n_restarts);
+        if let Some(delay) = e.pace.next(&e.process.restart, Instant::now()) {
+            let episode = e.pace.episode;
+            drop(table);
+            tracing::info!(
+                prism_process_id = %id,
+                unit = %unit,
+                delay_ms = delay.as_millis() as u64,
+                "{id} ended before its assignment was done; the launcher restarts it in {delay:?}"
+            );
+            self.pace_restart(id, &unit, (episode, read_restarts), delay);
+        }
+    }
+
     /// Validate, reserve, persist, start. See the module docs.
     /// `placed_by_admin`: the admin placed it, not an operator directly.
     pub async fn assign(
@@ -427,6 +459,7 @@ impl Supervisor {
                     }
                 }
                 drop(table);
+                self.pace_if_waiting(&process.id);
                 self.ensure_probe(&process.id);
                 Ok(outcome)
             }
