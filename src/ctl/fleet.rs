@@ -449,15 +449,7 @@ async fn ps_watch(g: &Global, a: &PsArgs, list: apb::ListProcessesResponse) -> R
             if keep(p) && status_ok {
                 match g.output {
                     Format::Json | Format::Yaml => print_info(g.output, p)?,
-                    _ => {
-                        let one = table(&ps_header(wide), &[ps_row(p, wide)], None);
-                        out(one
-                            .lines()
-                            .nth(1)
-                            .map(|l| format!("{l}\n"))
-                            .as_deref()
-                            .unwrap_or(""));
-                    }
+                    _ => print_row(p, wide),
                 }
             }
             if e.kind == "process.revoked" || e.kind == "process.refused" {
@@ -537,19 +529,7 @@ async fn ps_launcher(g: &Global, a: &PsArgs, endpoint: &str) -> Result<(), Error
         .map_err(|s| call_failed("watching the launcher's processes", s))?
     {
         if matches!(g.output, Format::Json | Format::Yaml) {
-            let text = match g.output {
-                Format::Yaml => format!(
-                    "---\n{}",
-                    serde_norway::to_string(&change)
-                        .map_err(|e| Error::Failed(format!("cannot encode YAML: {e}")))?
-                ),
-                _ => {
-                    serde_json::to_string(&change)
-                        .map_err(|e| Error::Failed(format!("cannot encode JSON: {e}")))?
-                        + "\n"
-                }
-            };
-            out(&text);
+            print_info(g.output, &change)?;
             continue;
         }
         let mut p = shown(change.process.unwrap_or_default());
@@ -568,13 +548,7 @@ async fn ps_launcher(g: &Global, a: &PsArgs, endpoint: &str) -> Result<(), Error
                     });
                 }
                 if kind == "removed" || wanted(&p) {
-                    let one = table(&ps_header(wide), &[ps_row(&p, wide)], None);
-                    out(one
-                        .lines()
-                        .nth(1)
-                        .map(|l| format!("{l}\n"))
-                        .as_deref()
-                        .unwrap_or(""));
+                    print_row(&p, wide);
                 }
             }
         }
@@ -584,8 +558,16 @@ async fn ps_launcher(g: &Global, a: &PsArgs, endpoint: &str) -> Result<(), Error
     )))
 }
 
-/// One process as a line of JSON, or a YAML document.
-fn print_info(format: Format, p: &apb::ProcessInfo) -> Result<(), Error> {
+/// One process again as a `ps` row, without the header (`-w`).
+fn print_row(p: &apb::ProcessInfo, wide: bool) {
+    let one = table(&ps_header(wide), &[ps_row(p, wide)], None);
+    if let Some(line) = one.lines().nth(1) {
+        out(&format!("{line}\n"));
+    }
+}
+
+/// One item (a process, a change) as a line of JSON, or a YAML document.
+fn print_info<T: serde::Serialize>(format: Format, p: &T) -> Result<(), Error> {
     let text = match format {
         Format::Yaml => format!(
             "---\n{}",
