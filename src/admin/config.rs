@@ -93,6 +93,11 @@ pub struct ServeArgs {
     /// from its last revision) [default: 1024].
     #[arg(long, value_name = "COUNT")]
     pub watcher_queue: Option<usize>,
+    /// A busy watcher's events are sent together, this long after its
+    /// last send (the first after a quiet spell goes at once); 0 sends
+    /// each at once [default: 500ms].
+    #[arg(long, value_name = "DURATION")]
+    pub watch_batch: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -108,6 +113,7 @@ struct FileConfig {
     events_keep: Option<i64>,
     events_max_age: Option<String>,
     watcher_queue: Option<usize>,
+    watch_batch: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +240,20 @@ impl ServeArgs {
                 );
             }
         };
+        let batch_gap = match self.watch_batch.or(file.watch_batch) {
+            None => defaults.batch_gap,
+            Some(v) => {
+                let d = parse_duration(&v).or_else(|r| bad("watch-batch", "watch_batch", r))?;
+                if d > Duration::from_secs(5) {
+                    return bad(
+                        "watch-batch",
+                        "watch_batch",
+                        format!("{v} is over 5s: watchers would see changes that late"),
+                    );
+                }
+                d
+            }
+        };
         let served = self.daemon.resolve(
             shared,
             DaemonDefaults {
@@ -270,6 +290,7 @@ impl ServeArgs {
                 keep,
                 max_age,
                 watcher_queue,
+                batch_gap,
             },
             tls: served.tls,
             insecure: served.insecure,
@@ -319,6 +340,13 @@ mod tests {
             Database::Sqlite(PathBuf::from(DEFAULT_DATA_DIR))
         );
         assert_eq!(c.lease, DEFAULT_LEASE);
+        assert_eq!(c.retention, crate::admin::events::Retention::default());
+        let c = resolve(&["--watch-batch", "0", "--socket", "/run/x.sock"]).unwrap();
+        assert_eq!(
+            c.retention.batch_gap,
+            Duration::ZERO,
+            "0 sends each at once"
+        );
         let c = resolve(&[
             "--database",
             "postgres://prism:secret@db.example/prism?sslmode=verify-full",
@@ -361,6 +389,12 @@ mod tests {
             (
                 vec!["--operator-group", "a:b"],
                 "--operator-group (operator_group)",
+            ),
+            (vec!["--watch-batch", "6s"], "--watch-batch (watch_batch)"),
+            (vec!["--watch-batch", "soon"], "--watch-batch (watch_batch)"),
+            (
+                vec!["--watcher-queue", "0"],
+                "--watcher-queue (watcher_queue)",
             ),
         ] {
             let mut all = vec!["--listen", "127.0.0.1:8981", "--insecure"];

@@ -15,6 +15,8 @@
 
 use std::{
     collections::VecDeque,
+    convert::Infallible,
+    future::Future,
     pin::Pin,
     sync::{
         Arc,
@@ -25,8 +27,16 @@ use std::{
 };
 
 use futures_util::Stream;
+use prost::bytes::{BufMut, Bytes};
 use tokio::sync::{broadcast, mpsc};
-use tonic::Status;
+use tonic::{
+    Status,
+    body::Body,
+    codec::{Codec, EncodeBuf, Encoder},
+    codegen::http,
+    server::NamedService,
+};
+use tonic_prost::ProstCodec;
 
 use super::store::{AdminStore, HealthRecord, StoreError};
 use crate::{
@@ -318,13 +328,15 @@ const PAGE: u32 = 512;
 /// Events waiting for one watcher to read them, by default: more, and it
 /// is ended.
 pub const WATCHER_QUEUE: usize = 1024;
-/// Events on their way to one watcher's connection (past its queue).
-const IN_FLIGHT: usize = 16;
+/// Batches on their way to one watcher's connection (past its queue).
+const IN_FLIGHT: usize = 4;
+/// Events one batch carries at most.
+const BATCH_MAX: usize = 256;
 /// A watcher sends at once when it sent nothing for this long; otherwise
 /// what comes meanwhile goes together this long after its last send (one
 /// write for many events: a busy fleet costs each watcher a few writes a
-/// second, not one per event).
-const BATCH_GAP: Duration = Duration::from_millis(100);
+/// second, not one per event), by default.
+pub const BATCH_GAP: Duration = Duration::from_millis(500);
 /// Watchers one admin serves at once.
 pub const MAX_WATCHERS: usize = 1024;
 pub const DEFAULT_BOOKMARK: Duration = Duration::from_secs(5);
@@ -338,6 +350,8 @@ pub struct Retention {
     pub max_age: Duration,
     /// Events one watcher may leave unread before it is ended.
     pub watcher_queue: usize,
+    /// A busy watcher's events go together this long after its last send.
+    pub batch_gap: Duration,
 }
 
 impl Default for Retention {
@@ -346,7 +360,23 @@ impl Default for Retention {
             keep: 100_000,
             max_age: Duration::from_secs(24 * 3600),
             watcher_queue: WATCHER_QUEUE,
+            batch_gap: BATCH_GAP,
         }
+    }
+}
+
+/// An event as the tail hands it to every watcher: decoded, for filters
+/// and the typed stream, and encoded once, for every gRPC watcher (a
+/// hundred watchers cost one encoding, not a hundred copies).
+pub struct Shared {
+    pub event: apb::Event,
+    wire: Bytes,
+}
+
+impl Shared {
+    fn new(event: apb::Event) -> Arc<Self> {
+        let wire = Bytes::from(prost::Message::encode_to_vec(&event));
+        Arc::new(Self { event, wire })
     }
 }
 
@@ -354,7 +384,8 @@ impl Default for Retention {
 pub struct Hub {
     store: Arc<dyn AdminStore>,
     watcher_queue: usize,
-    tail: broadcast::Sender<Arc<apb::Event>>,
+    batch_gap: Duration,
+    tail: broadcast::Sender<Arc<Shared>>,
     watchers: AtomicUsize,
     metrics: Arc<crate::metrics::AdminMetrics>,
     /// The lowest revision a new watcher read the log up to: a tail that
@@ -371,12 +402,13 @@ pub struct Hub {
 impl Hub {
     pub fn new(
         store: Arc<dyn AdminStore>,
-        watcher_queue: usize,
+        retention: &Retention,
         metrics: Arc<crate::metrics::AdminMetrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
-            watcher_queue,
+            watcher_queue: retention.watcher_queue,
+            batch_gap: retention.batch_gap,
             tail: broadcast::channel(TAIL_CAPACITY).0,
             watchers: AtomicUsize::new(0),
             metrics,
@@ -394,17 +426,25 @@ impl Hub {
         loop {
             let woken = async {
                 tokio::select! {
-                    _ = self.store.written().notified() => {}
-                    _ = tokio::time::sleep(FOLLOWER_POLL) => {}
+                    _ = self.store.written().notified() => true,
+                    _ = tokio::time::sleep(FOLLOWER_POLL) => false,
                 }
             };
-            if shutdown.until(woken).await.is_none() {
+            // Woken by this admin's own commit: what it committed is at
+            // hand; otherwise (another admin writes) the log is read.
+            let Some(by_commit) = shutdown.until(woken).await else {
                 self.closing.send_replace(true);
                 return;
-            }
+            };
             if self.tail.receiver_count() == 0 {
+                if after.is_some() {
+                    self.store.written().keep_recent(false);
+                }
                 after = None;
                 continue;
+            }
+            if after.is_none() {
+                self.store.written().keep_recent(true);
             }
             let mut from = match after {
                 Some(a) => {
@@ -425,19 +465,25 @@ impl Hub {
             };
             after = Some(from);
             loop {
-                let page = match self.store.events_after(from, PAGE).await {
-                    Ok(page) => page,
-                    Err(e) => {
-                        tracing::warn!("cannot read the event log: {e}");
-                        break;
-                    }
+                let at_hand = by_commit
+                    .then(|| self.store.written().recent_after(from, PAGE as usize))
+                    .flatten();
+                let page = match at_hand {
+                    Some(page) => page,
+                    None => match self.store.events_after(from, PAGE).await {
+                        Ok(page) => page,
+                        Err(e) => {
+                            tracing::warn!("cannot read the event log: {e}");
+                            break;
+                        }
+                    },
                 };
                 let n = page.len();
                 for e in page {
                     from = e.revision;
                     after = Some(from);
                     self.metrics.events_streamed.inc();
-                    let _ = self.tail.send(Arc::new(e));
+                    let _ = self.tail.send(Shared::new(e));
                 }
                 if n < PAGE as usize {
                     break;
@@ -552,13 +598,18 @@ impl Hub {
             sent: after,
             considered: after,
             queue: VecDeque::new(),
+            progressed: false,
             tx,
             end: end.clone(),
             _slot: slot,
         };
         self.metrics.watchers.inc();
         tokio::spawn(watcher.run(live));
-        Ok(Watch { rx, end })
+        Ok(Watch {
+            rx,
+            ready: Vec::new().into_iter(),
+            end,
+        })
     }
 }
 
@@ -584,19 +635,137 @@ impl Drop for WatcherSlot {
 
 /// The stream a watcher reads: its events, then the status it ended with.
 pub struct Watch {
-    rx: mpsc::Receiver<apb::Event>,
+    rx: mpsc::Receiver<Vec<Arc<Shared>>>,
+    /// The rest of the batch last received.
+    ready: std::vec::IntoIter<Arc<Shared>>,
     end: Arc<std::sync::Mutex<Option<Status>>>,
+}
+
+impl Watch {
+    fn poll_shared(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Arc<Shared>, Status>>> {
+        loop {
+            if let Some(e) = self.ready.next() {
+                return Poll::Ready(Some(Ok(e)));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.ready = batch.into_iter(),
+                Poll::Ready(None) => {
+                    return Poll::Ready(self.end.lock().expect("poisoned").take().map(Err));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 impl Stream for Watch {
     type Item = Result<apb::Event, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(e)) => Poll::Ready(Some(Ok(e))),
-            Poll::Ready(None) => Poll::Ready(self.end.lock().expect("poisoned").take().map(Err)),
-            Poll::Pending => Poll::Pending,
+        self.poll_shared(cx).map(|e| {
+            e.map(|e| e.map(|e| Arc::try_unwrap(e).map_or_else(|e| e.event.clone(), |e| e.event)))
+        })
+    }
+}
+
+/// [`Watch`] as gRPC sends it: each event's encoding, shared by every
+/// watcher it goes to.
+pub struct WireWatch(Watch);
+
+impl Stream for WireWatch {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0
+            .poll_shared(cx)
+            .map(|e| e.map(|e| e.map(|e| e.wire.clone())))
+    }
+}
+
+/// The gRPC path [`Streams`] serves.
+pub const WATCH_EVENTS_PATH: &str = "/prism.admin.v1.Admin/WatchEvents";
+
+/// The operator API, but for `WatchEvents`, which this admin's hub serves
+/// itself, leader or follower, sending each event's shared encoding. The
+/// gate in front of every service has checked the caller already.
+#[derive(Clone)]
+pub struct Streams<S> {
+    hub: Arc<Hub>,
+    inner: S,
+}
+
+impl<S> Streams<S> {
+    pub fn new(hub: Arc<Hub>, inner: S) -> Self {
+        Self { hub, inner }
+    }
+}
+
+impl<S: NamedService> NamedService for Streams<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<http::Request<Body>> for Streams<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        if req.uri().path() != WATCH_EVENTS_PATH {
+            return Box::pin(self.inner.call(req));
         }
+        let hub = self.hub.clone();
+        Box::pin(async move {
+            let watch = tower::service_fn(move |r: tonic::Request<apb::WatchRequest>| {
+                let hub = hub.clone();
+                async move {
+                    let watch = hub.watch(r.into_inner()).await?;
+                    Ok::<_, Status>(tonic::Response::new(WireWatch(watch)))
+                }
+            });
+            let mut grpc = tonic::server::Grpc::new(WireCodec).apply_max_message_size_config(
+                Some(crate::serve::MAX_REQUEST_BYTES),
+                Some(crate::serve::MAX_RESPONSE_BYTES),
+            );
+            Ok(grpc.server_streaming(watch, req).await)
+        })
+    }
+}
+
+/// Sends events already encoded; reads a `WatchRequest` as prost does.
+struct WireCodec;
+
+impl Codec for WireCodec {
+    type Encode = Bytes;
+    type Decode = apb::WatchRequest;
+    type Encoder = WireEncoder;
+    type Decoder = <ProstCodec<apb::Event, apb::WatchRequest> as Codec>::Decoder;
+
+    fn encoder(&mut self) -> WireEncoder {
+        WireEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<apb::Event, apb::WatchRequest>::default().decoder()
+    }
+}
+
+struct WireEncoder;
+
+impl Encoder for WireEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
     }
 }
 
@@ -609,8 +778,10 @@ struct Watcher {
     /// The last revision looked at (sent or filtered out): a bookmark's.
     considered: i64,
     /// Matching events not yet taken by the stream.
-    queue: VecDeque<Arc<apb::Event>>,
-    tx: mpsc::Sender<apb::Event>,
+    queue: VecDeque<Arc<Shared>>,
+    /// Whether a batch went since the last look at a full queue.
+    progressed: bool,
+    tx: mpsc::Sender<Vec<Arc<Shared>>>,
     end: Arc<std::sync::Mutex<Option<Status>>>,
     _slot: WatcherSlot,
 }
@@ -622,7 +793,7 @@ enum Ended {
 }
 
 impl Watcher {
-    async fn run(mut self, mut live: broadcast::Receiver<Arc<apb::Event>>) {
+    async fn run(mut self, mut live: broadcast::Receiver<Arc<Shared>>) {
         let ended = match self.follow(&mut live).await {
             Ended::Gone => None,
             Ended::With(status) => Some(status),
@@ -634,17 +805,39 @@ impl Watcher {
         // Dropping the sender ends the stream, with the status above.
     }
 
-    /// Look at `e`: queue it if it matches. Err once the queue is full.
-    fn take(&mut self, e: &Arc<apb::Event>) -> Result<(), Ended> {
-        if e.revision <= self.considered {
+    /// Events one batch carries at most.
+    fn batch_max(&self) -> usize {
+        BATCH_MAX.min(self.hub.watcher_queue / 2).max(1)
+    }
+
+    /// The next batch off the queue (not empty when the queue is not).
+    fn batch(&mut self) -> Vec<Arc<Shared>> {
+        let n = self.queue.len().min(self.batch_max());
+        let batch: Vec<_> = self.queue.drain(..n).collect();
+        if let Some(last) = batch.last() {
+            self.sent = last.event.revision;
+            self.progressed = true;
+        }
+        batch
+    }
+
+    /// Look at `e`: queue it if it matches. Err once the queue is full and
+    /// the stream has no room for a batch of it either.
+    fn take(&mut self, e: &Arc<Shared>) -> Result<(), Ended> {
+        if e.event.revision <= self.considered {
             return Ok(());
         }
-        self.considered = e.revision;
-        if !self.filter.matches(e) {
+        self.considered = e.event.revision;
+        if !self.filter.matches(&e.event) {
             return Ok(());
         }
         if self.queue.len() >= self.hub.watcher_queue {
-            return Err(self.too_slow());
+            match self.tx.clone().try_reserve_owned() {
+                Ok(permit) => {
+                    permit.send(self.batch());
+                }
+                Err(_) => return Err(self.too_slow()),
+            }
         }
         self.queue.push_back(e.clone());
         Ok(())
@@ -672,7 +865,7 @@ impl Watcher {
     }
 
     /// Read the log from the database after `considered`, up to `until`
-    /// (or to its end), queueing what matches.
+    /// (or to its end), sending what matches.
     async fn catch_up(&mut self, until: Option<i64>) -> Result<(), Ended> {
         loop {
             let page = self
@@ -684,38 +877,67 @@ impl Watcher {
             let n = page.len();
             for e in page {
                 if until.is_some_and(|u| e.revision >= u) {
-                    return Ok(());
+                    return self.drain().await;
                 }
                 // Revisions are contiguous: a hole is what retention removed
                 // while this watcher read (on any page, not only the first).
                 if e.revision > self.considered + 1 {
                     return Err(Ended::With(out_of_range(self.considered, e.revision)));
                 }
+                self.take(&Shared::new(e))?;
                 // Sent as the page is read: a long catch-up never holds
-                // more than one page.
-                self.take(&Arc::new(e))?;
-                self.drain().await?;
+                // more than a batch.
+                if self.queue.len() >= self.batch_max() {
+                    self.drain().await?;
+                }
             }
             if n < PAGE as usize {
-                return Ok(());
+                return self.drain().await;
             }
         }
     }
 
     /// Send what is queued, waiting for the client to take it.
     async fn drain(&mut self) -> Result<(), Ended> {
-        while let Some(e) = self.queue.pop_front() {
-            let revision = e.revision;
-            self.tx
-                .send(Arc::unwrap_or_clone(e))
-                .await
-                .map_err(|_| Ended::Gone)?;
-            self.sent = revision;
+        let tx = self.tx.clone();
+        while !self.queue.is_empty() {
+            let permit = tx.reserve().await.map_err(|_| Ended::Gone)?;
+            permit.send(self.batch());
         }
         Ok(())
     }
 
-    async fn follow(&mut self, live: &mut broadcast::Receiver<Arc<apb::Event>>) -> Ended {
+    /// Take `first` and whatever else the tail holds already, as far as
+    /// the queue has room (the rest waits in the tail).
+    async fn receive(
+        &mut self,
+        first: Arc<Shared>,
+        live: &mut broadcast::Receiver<Arc<Shared>>,
+    ) -> Result<(), Ended> {
+        let mut next = first;
+        loop {
+            if next.event.revision > self.considered + 1 {
+                // The tail started after this watcher's last read, or this
+                // watcher fell behind the tail: the gap is in the database.
+                self.catch_up(Some(next.event.revision)).await?;
+            }
+            self.take(&next)?;
+            if self.queue.len() >= self.hub.watcher_queue {
+                return Ok(());
+            }
+            next = loop {
+                match live.try_recv() {
+                    Ok(e) => break e,
+                    // Behind the shared tail: the next event shows the gap.
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                    // Closed: the next wait says so.
+                    Err(_) => return Ok(()),
+                }
+            };
+        }
+    }
+
+    async fn follow(&mut self, live: &mut broadcast::Receiver<Arc<Shared>>) -> Ended {
         if let Err(end) = self.catch_up(None).await {
             return end;
         }
@@ -728,44 +950,52 @@ impl Watcher {
         if stopping {
             return self.stopping();
         }
-        // Sent last (a batch's start): what comes within BATCH_GAP waits
-        // for the next batch.
-        let mut last_batch: Option<tokio::time::Instant> = None;
+        // No partial batch goes before this: the last send plus the gap.
+        let gap_len = self.hub.batch_gap;
+        let mut next_batch = tokio::time::Instant::now();
+        let gap = tokio::time::sleep_until(next_batch);
+        tokio::pin!(gap);
+        // While the queue is full: when to look at how far behind it is.
+        let stall = tokio::time::sleep(gap_len);
+        tokio::pin!(stall);
         loop {
+            // Between batches the tail's events wait in its buffer: a busy
+            // watcher wakes once a gap, not once an event. A full batch
+            // goes at once, and a watcher behind the tail reads on without
+            // waiting.
+            let gap_over = next_batch <= tokio::time::Instant::now();
             let pending = !self.queue.is_empty();
-            let next_batch = last_batch.map(|at| at + BATCH_GAP);
-            // A batch that fills the stream's room goes at once: waiting is
-            // never what makes a watcher fall behind.
-            let full = self.queue.len() >= IN_FLIGHT.min(self.hub.watcher_queue / 2).max(1);
-            let due = full || next_batch.is_none_or(|at| at <= tokio::time::Instant::now());
+            let full_batch = self.queue.len() >= self.batch_max();
+            let full = self.queue.len() >= self.hub.watcher_queue;
+            if full && stall.is_elapsed() {
+                stall.as_mut().reset(tokio::time::Instant::now() + gap_len);
+            }
             tokio::select! {
-                _ = tokio::time::sleep_until(next_batch.unwrap_or_else(tokio::time::Instant::now)),
-                    if pending && !due => {}
-                permit = tx.reserve(), if pending && due => {
+                () = &mut gap, if !gap_over => {}
+                permit = tx.reserve(), if pending && (gap_over || full_batch) => {
                     let Ok(permit) = permit else { return Ended::Gone };
-                    last_batch = Some(tokio::time::Instant::now());
-                    let e = self.queue.pop_front().expect("checked");
-                    self.sent = e.revision;
-                    permit.send(Arc::unwrap_or_clone(e));
-                    // The rest of the batch, as far as the stream has room.
-                    while !self.queue.is_empty() {
-                        let Ok(permit) = tx.try_reserve() else { break };
-                        let e = self.queue.pop_front().expect("checked");
-                        self.sent = e.revision;
-                        permit.send(Arc::unwrap_or_clone(e));
+                    permit.send(self.batch());
+                    // Caught up with the tail: the next wait starts. Until
+                    // then, events flow as fast as the stream takes them.
+                    if self.queue.is_empty() && live.is_empty() {
+                        next_batch = tokio::time::Instant::now() + gap_len;
+                        gap.as_mut().reset(next_batch);
                     }
                     idle.reset();
                 }
-                got = live.recv() => match got {
+                // More waits for this watcher than its queue holds, and its
+                // stream took nothing for a whole gap (or it is far behind
+                // the tail): it is ended.
+                () = &mut stall, if full => {
+                    let behind = tx.capacity() == 0 && !live.is_empty();
+                    if behind && (!self.progressed || live.len() > TAIL_CAPACITY / 2) {
+                        return self.too_slow();
+                    }
+                    self.progressed = false;
+                }
+                got = live.recv(), if gap_over && !full => match got {
                     Ok(e) => {
-                        if e.revision > self.considered + 1 {
-                            // The tail started after this watcher's last
-                            // read: the gap is in the database.
-                            if let Err(end) = self.catch_up(Some(e.revision)).await {
-                                return end;
-                            }
-                        }
-                        if let Err(end) = self.take(&e) {
+                        if let Err(end) = self.receive(e, live).await {
                             return end;
                         }
                     }
@@ -791,7 +1021,7 @@ impl Watcher {
                         // Only when the client keeps up; otherwise the
                         // next event tells it as much.
                         if let Ok(permit) = tx.try_reserve() {
-                            permit.send(bookmark);
+                            permit.send(vec![Shared::new(bookmark)]);
                         } else if tx.is_closed() {
                             return Ended::Gone;
                         }

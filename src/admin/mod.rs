@@ -213,11 +213,7 @@ pub async fn run(
     let control_slot: Arc<OnceLock<ControlPlane>> = Arc::default();
     let operators_slot: Arc<OnceLock<Operators>> = Arc::default();
     // Every admin streams the fleet's events, leader or follower.
-    let hub = events::Hub::new(
-        store.clone(),
-        config.retention.watcher_queue,
-        metrics.clone(),
-    );
+    let hub = events::Hub::new(store.clone(), &config.retention, metrics.clone());
     daemon.spawn({
         let hub = hub.clone();
         move |shutdown| hub.tail(shutdown)
@@ -237,14 +233,15 @@ pub async fn run(
                 standing_rx.clone(),
                 forwarder.clone(),
             ))
-            .add_service(
+            .add_service(events::Streams::new(
+                hub.clone(),
                 leader::Standby::new(
                     operators_slot.clone(),
                     standing_rx.clone(),
                     forwarder.clone(),
                 )
                 .with_local_reads(service::is_read, follower_reads.clone()),
-            )
+            ))
     };
     let render = {
         let fleet = fleet_slot.clone();

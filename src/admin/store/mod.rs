@@ -265,7 +265,8 @@ pub struct EventBounds {
 }
 
 /// What this process knows of the event log it writes: the last revision
-/// it committed, and a wake-up for whoever streams them.
+/// it committed, the newest events it committed (while someone watches),
+/// and a wake-up for whoever streams them.
 #[derive(Debug, Default)]
 pub struct Written {
     head: std::sync::atomic::AtomicI64,
@@ -273,7 +274,15 @@ pub struct Written {
     /// Processes whose history grew since it was last trimmed (in the
     /// background, never on a write's path).
     grown: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Whether to keep `recent` (the event hub's tail follows the log).
+    keep_recent: std::sync::atomic::AtomicBool,
+    /// The newest events committed, by revision, at most [`RECENT`]: the
+    /// tail hands them out without reading them back.
+    recent: std::sync::Mutex<std::collections::BTreeMap<i64, apb::Event>>,
 }
+
+/// Committed events [`Written`] keeps for the tail.
+const RECENT: usize = 4096;
 
 impl Written {
     /// Events up to `head` are committed.
@@ -281,6 +290,48 @@ impl Written {
         self.head
             .fetch_max(head, std::sync::atomic::Ordering::SeqCst);
         self.notify.notify_one();
+    }
+
+    /// `events`, numbered up to `head`, are committed.
+    pub fn committed_events(&self, head: i64, events: &[&apb::Event]) {
+        if self.keep_recent.load(std::sync::atomic::Ordering::Relaxed) {
+            let first = head - events.len() as i64 + 1;
+            let mut recent = self.recent.lock().expect("poisoned");
+            for (revision, e) in (first..).zip(events) {
+                let mut e = (*e).clone();
+                e.revision = revision;
+                recent.insert(revision, e);
+            }
+            while recent.len() > RECENT {
+                recent.pop_first();
+            }
+        }
+        self.committed(head);
+    }
+
+    /// Keep the events committed from now on (or stop, and forget them).
+    pub fn keep_recent(&self, keep: bool) {
+        self.keep_recent
+            .store(keep, std::sync::atomic::Ordering::Relaxed);
+        if !keep {
+            self.recent.lock().expect("poisoned").clear();
+        }
+    }
+
+    /// The events after `after` that this process committed, in order, at
+    /// most `max`: None when the next one is not at hand (committed by
+    /// another writer, forgotten, or its writer has not handed it over
+    /// yet) and the log has to be read.
+    pub fn recent_after(&self, after: i64, max: usize) -> Option<Vec<apb::Event>> {
+        let recent = self.recent.lock().expect("poisoned");
+        let mut out = Vec::new();
+        for (revision, e) in recent.range(after + 1..) {
+            if *revision != after + 1 + out.len() as i64 || out.len() == max {
+                break;
+            }
+            out.push(e.clone());
+        }
+        (!out.is_empty() || after >= self.head()).then_some(out)
     }
 
     /// The last revision this process committed (or learned at load).
@@ -398,4 +449,44 @@ pub trait AdminStore: Send + Sync + 'static {
     async fn trim_histories(&self) -> Result<u64, StoreError>;
     /// What this process committed to the event log.
     fn written(&self) -> &Written;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: &str) -> apb::Event {
+        apb::Event {
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
+
+    fn revisions(events: Option<Vec<apb::Event>>) -> Option<Vec<i64>> {
+        events.map(|e| e.iter().map(|e| e.revision).collect())
+    }
+
+    #[test]
+    fn recent_events_are_handed_out_in_order_or_not_at_all() {
+        let w = Written::default();
+        // Not kept: only the head moves, and the log must be read.
+        w.committed_events(2, &[&ev("a"), &ev("b")]);
+        assert_eq!(revisions(w.recent_after(0, 10)), None);
+        assert_eq!(revisions(w.recent_after(2, 10)), Some(vec![]));
+        w.keep_recent(true);
+        w.committed_events(4, &[&ev("c"), &ev("d")]);
+        assert_eq!(revisions(w.recent_after(2, 10)), Some(vec![3, 4]));
+        assert_eq!(revisions(w.recent_after(2, 1)), Some(vec![3]));
+        // Committed before keeping: read from the log.
+        assert_eq!(revisions(w.recent_after(1, 10)), None);
+        // 6 handed over before 5 (two writers): 5 is read from the log, and
+        // once 5 comes, the run is whole.
+        w.committed_events(6, &[&ev("f")]);
+        assert_eq!(revisions(w.recent_after(4, 10)), None);
+        w.committed_events(5, &[&ev("e")]);
+        assert_eq!(revisions(w.recent_after(4, 10)), Some(vec![5, 6]));
+        assert_eq!(w.head(), 6);
+        w.keep_recent(false);
+        assert_eq!(revisions(w.recent_after(4, 10)), None);
+    }
 }

@@ -407,7 +407,7 @@ macro_rules! sql_store {
                 // briefly as can be.
                 let head = Self::append_events(&mut tx, &events).await?;
                 tx.commit().await?;
-                self.written.committed(head);
+                self.written.committed_events(head, &events);
                 Ok(())
             }
         }
