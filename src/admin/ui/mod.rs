@@ -1,0 +1,1046 @@
+//! The fleet status page: prism-admin serves HTML for its fleet from the
+//! same binary, over HTTP on loopback or HTTPS with its own certificate.
+//!
+//! A browser gets in with a one-time ticket that `prismctl ui` asks for
+//! over its authenticated channel (`OpenUiSession`): the session it opens
+//! carries that caller, and each page and action is checked through
+//! [`authorize`](crate::auth::authorize) with the gRPC method it mirrors
+//! (the one table). Forms POST with a per-session CSRF token and must
+//! come from this origin. Pages read the admin's own operator API
+//! in-process, and the past from [`feed::Feed`]; the live tables follow
+//! `WatchEvents` over Server-Sent Events.
+
+pub mod feed;
+pub mod query;
+pub mod session;
+mod tls;
+pub mod views;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{
+        IntoResponse, Redirect, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+    routing::{get, post},
+};
+use futures_util::StreamExt;
+use maud::Markup;
+use tonic::{Code, Request, Status};
+
+use self::{
+    feed::Feed,
+    query::{EventQuery, LauncherQuery, ProcessQuery, launcher_state},
+    session::{Session, Sessions},
+    views::Frame,
+};
+use super::{
+    events::Hub,
+    fleet::{Fleet, Revocation},
+    service::{AdminService, to_status},
+    store::AdminStore,
+};
+use crate::{
+    auth::{Caller, authorize},
+    pb::prism::{self as pb, admin::v1 as apb, admin::v1::admin_server::Admin},
+    serve::Shutdown,
+    settings::Tls,
+};
+
+const JS: &str = include_str!("assets/ui.js");
+const CSS: &str = include_str!("assets/ui.css");
+
+/// The gRPC methods the pages mirror: a page or action is allowed to
+/// whoever may call its method.
+pub mod mirrors {
+    pub const LIST_LAUNCHERS: &str = "/prism.admin.v1.Admin/ListLaunchers";
+    pub const GET_LAUNCHER: &str = "/prism.admin.v1.Admin/GetLauncher";
+    pub const LIST_PROCESSES: &str = "/prism.admin.v1.Admin/ListProcesses";
+    pub const GET_PROCESS: &str = "/prism.admin.v1.Admin/GetProcess";
+    pub const WATCH_EVENTS: &str = "/prism.admin.v1.Admin/WatchEvents";
+    pub const DRAIN: &str = "/prism.admin.v1.Admin/DrainLauncher";
+    pub const UNDRAIN: &str = "/prism.admin.v1.Admin/UndrainLauncher";
+    pub const REVOKE: &str = "/prism.ControlPlane/RevokeProcess";
+}
+
+/// The most rows of one kind the overview's "needs attention" shows.
+const ATTENTION_ROWS: usize = 50;
+/// The processes a launcher's page lists (the rest: the processes page).
+const LAUNCHER_PROCESSES: usize = 200;
+/// Events the events page and a process's page show before the live feed.
+const EVENT_ROWS: usize = 200;
+/// How long an action from the page waits for a revocation's answer.
+const REVOKE_DEADLINE: Duration = Duration::from_secs(10);
+/// A live feed checks this often that its session is still alive.
+const SESSION_CHECK: Duration = Duration::from_secs(5);
+
+/// Where `prismctl ui` sends a browser: this admin's page, and its tickets.
+pub struct Login {
+    pub sessions: Arc<Sessions>,
+    /// `http[s]://host:port`, as the page is bound.
+    pub base_url: String,
+}
+
+impl Login {
+    /// A one-time address that signs a browser in as `caller`, and when it
+    /// stops working.
+    pub fn open(&self, caller: Caller) -> apb::OpenUiSessionResponse {
+        let ticket = self.sessions.issue(caller.clone(), Instant::now());
+        apb::OpenUiSessionResponse {
+            login_url: format!("{}/login?ticket={ticket}", self.base_url),
+            expires_at_unix_ms: crate::clock::unix_ms() + session::TICKET_TTL.as_millis() as i64,
+            identity: caller.to_string(),
+        }
+    }
+}
+
+/// What the pages read and act on.
+pub struct Ui {
+    pub login: Arc<Login>,
+    feed: Arc<Feed>,
+    hub: Arc<Hub>,
+    store: Arc<dyn AdminStore>,
+    interval: Duration,
+    /// Set once this admin leads: actions need it.
+    fleet: Arc<OnceLock<Arc<Fleet>>>,
+    tls: bool,
+    cookie: &'static str,
+}
+
+/// The address a browser is sent to for `bound`: its IP, or this host's
+/// name when bound to every address.
+pub fn base_url(bound: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let host = if bound.ip().is_unspecified() {
+        crate::settings::hostname()
+    } else if bound.is_ipv6() {
+        format!("[{}]", bound.ip())
+    } else {
+        bound.ip().to_string()
+    };
+    format!("{scheme}://{host}:{}", bound.port())
+}
+
+/// The page's session cookie: `__Host-` bound to this origin over HTTPS.
+fn cookie_name(tls: bool) -> &'static str {
+    if tls {
+        "__Host-prism_session"
+    } else {
+        "prism_session"
+    }
+}
+
+pub struct Parts {
+    pub hub: Arc<Hub>,
+    pub store: Arc<dyn AdminStore>,
+    pub interval: Duration,
+    pub fleet: Arc<OnceLock<Arc<Fleet>>>,
+    pub session_idle: Duration,
+    pub session_max: Duration,
+}
+
+impl Ui {
+    pub fn new(parts: Parts, bound: SocketAddr, tls: bool) -> Arc<Self> {
+        Arc::new(Self {
+            login: Arc::new(Login {
+                sessions: Arc::new(Sessions::new(parts.session_idle, parts.session_max)),
+                base_url: base_url(bound, tls),
+            }),
+            feed: Arc::default(),
+            hub: parts.hub,
+            store: parts.store,
+            interval: parts.interval,
+            fleet: parts.fleet,
+            tls,
+            cookie: cookie_name(tls),
+        })
+    }
+
+    /// Serve the page on `listener` (HTTPS with `tls`) until shutdown, and
+    /// keep its event feed.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        tls: Option<Tls>,
+        shutdown: Shutdown,
+    ) {
+        tokio::spawn(
+            self.feed
+                .clone()
+                .run(self.hub.clone(), self.store.clone(), shutdown.clone()),
+        );
+        let app = self.clone().router(shutdown.clone());
+        let mut stop = shutdown.clone();
+        let done = async move { stop.requested().await };
+        let served = match tls {
+            Some(tls) => match tls::Listener::new(listener, &tls, shutdown.clone()) {
+                Ok(l) => axum::serve(l, app).with_graceful_shutdown(done).await,
+                Err(e) => {
+                    tracing::error!("the fleet status page cannot serve TLS: {e}");
+                    return;
+                }
+            },
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(done)
+                    .await
+            }
+        };
+        if let Err(e) = served {
+            tracing::error!("the fleet status page stopped: {e}");
+        }
+    }
+
+    fn router(self: Arc<Self>, shutdown: Shutdown) -> Router {
+        Router::new()
+            .route("/", get(overview))
+            .route("/login", get(login))
+            .route("/logout", post(logout))
+            .route("/launchers", get(launchers))
+            .route("/launchers/{id}", get(launcher))
+            .route("/launchers/{id}/drain", post(drain))
+            .route("/launchers/{id}/undrain", post(undrain))
+            .route("/processes", get(processes))
+            .route("/processes/{id}", get(process))
+            .route("/processes/{id}/revoke", post(revoke))
+            .route("/events", get(events))
+            .route("/events/live", get(live))
+            .route(
+                "/assets/ui.js",
+                get(|| async { asset("text/javascript; charset=utf-8", JS) }),
+            )
+            .route(
+                "/assets/ui.css",
+                get(|| async { asset("text/css; charset=utf-8", CSS) }),
+            )
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    html(views::problem("Not found", "No such page.", None)),
+                )
+            })
+            .layer(axum::Extension(shutdown))
+            .layer(axum::middleware::map_response(security_headers))
+            .with_state(self)
+    }
+
+    /// The operator API this admin answers with: its fleet while it leads,
+    /// else the database.
+    fn api(&self) -> AdminService {
+        match self.fleet.get() {
+            Some(f) => AdminService::new(f.clone(), self.hub.clone()),
+            None => AdminService::following(self.store.clone(), self.interval, self.hub.clone()),
+        }
+    }
+
+    fn standing(&self) -> &'static str {
+        if self.fleet.get().is_some() {
+            "leading"
+        } else {
+            "following"
+        }
+    }
+
+    /// The session the request's cookie names, or the sign-in page.
+    fn session(&self, headers: &HeaderMap) -> Result<(String, Session), Response> {
+        let id = cookie(headers, self.cookie);
+        let found = id
+            .as_deref()
+            .and_then(|id| self.login.sessions.get(id, Instant::now()));
+        match (id, found) {
+            (Some(id), Some(s)) => Ok((id, s)),
+            (Some(_), None) => Err(unauthorized(
+                "Your session has ended (signed out, expired, or this admin restarted).",
+            )),
+            (None, _) => Err(unauthorized("You are not signed in.")),
+        }
+    }
+
+    /// A session allowed `path`'s method, with its page frame.
+    fn allowed(&self, headers: &HeaderMap, path: &str) -> Result<Session, Response> {
+        let (_, s) = self.session(headers)?;
+        if let Err(denied) = authorize(path, &s.caller, false) {
+            tracing::info!("fleet status page: {denied}");
+            return Err(self.refused(&s, &denied.to_string()));
+        }
+        Ok(s)
+    }
+
+    fn frame<'a>(&self, s: &'a Session, identity: &'a str) -> Frame<'a> {
+        Frame {
+            identity,
+            csrf: &s.csrf,
+            standing: self.standing(),
+        }
+    }
+
+    fn refused(&self, s: &Session, why: &str) -> Response {
+        let identity = s.caller.to_string();
+        (
+            StatusCode::FORBIDDEN,
+            html(views::problem(
+                "Not allowed",
+                why,
+                Some(&self.frame(s, &identity)),
+            )),
+        )
+            .into_response()
+    }
+
+    /// A POST: a session, from this origin, with its CSRF token, allowed
+    /// `path`'s method; else 401 or 403.
+    fn action(
+        &self,
+        headers: &HeaderMap,
+        form: &BTreeMap<String, String>,
+        path: &str,
+    ) -> Result<Session, Response> {
+        let (_, s) = self.session(headers)?;
+        let expected = format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            header_str(headers, header::HOST).unwrap_or_default()
+        );
+        if !query::same_origin(
+            &expected,
+            header_str(headers, header::ORIGIN),
+            header_str(headers, header::REFERER),
+        ) {
+            return Err(self.refused(&s, "This form was not sent from this page."));
+        }
+        if !query::csrf_ok(&s.csrf, form.get("csrf").map(String::as_str)) {
+            return Err(self.refused(
+                &s,
+                "This form lacks its token (it may be from an older session): reload the page and try again.",
+            ));
+        }
+        if let Err(denied) = authorize(path, &s.caller, false) {
+            tracing::info!("fleet status page: {denied}");
+            return Err(self.refused(&s, &denied.to_string()));
+        }
+        Ok(s)
+    }
+
+    fn failed(&self, s: &Session, status: Status) -> Response {
+        let code = match status.code() {
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::PermissionDenied | Code::Unauthenticated => StatusCode::FORBIDDEN,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::FailedPrecondition | Code::Aborted => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let identity = s.caller.to_string();
+        (
+            code,
+            html(views::problem(
+                "Could not do that",
+                status.message(),
+                Some(&self.frame(s, &identity)),
+            )),
+        )
+            .into_response()
+    }
+
+    fn bad_query(&self, s: &Session, why: &str) -> Response {
+        self.failed(s, Status::invalid_argument(why))
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A cookie's value from the request's `Cookie` headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn html(m: Markup) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        m.into_string(),
+    )
+        .into_response()
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn unauthorized(reason: &str) -> Response {
+    (StatusCode::UNAUTHORIZED, html(views::unauthorized(reason))).into_response()
+}
+
+/// Every response: no inline script or style, no framing, no referrer to
+/// other sites, no sniffing, no caching.
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        // `same-origin`, not `no-referrer`: with no-referrer a browser sends
+        // `Origin: null` with the page's own forms, and the origin check
+        // could not tell them from a forgery. Other sites get nothing.
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    res
+}
+
+fn pairs(raw: Option<String>) -> Vec<(String, String)> {
+    form_urlencoded_pairs(raw.as_deref().unwrap_or(""))
+}
+
+/// `a=1&b=x%20y` as pairs, in order (repeated keys kept).
+pub fn form_urlencoded_pairs(q: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                    match u8::from_str_radix(hex, 16) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// A form's fields (the first of each name).
+fn form(body: &[u8]) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    for (k, v) in form_urlencoded_pairs(&String::from_utf8_lossy(body)) {
+        fields.entry(k).or_insert(v);
+    }
+    fields
+}
+
+type Ctx = State<Arc<Ui>>;
+
+async fn login(State(ui): Ctx, RawQuery(q): RawQuery) -> Response {
+    let ticket = pairs(q)
+        .into_iter()
+        .find(|(k, _)| k == "ticket")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    let Some((id, s)) = ui.login.sessions.redeem(&ticket, Instant::now()) else {
+        return unauthorized(
+            "This sign-in address is not valid: each works once, within 60 seconds.",
+        );
+    };
+    tracing::info!("fleet status page: {} signed in", s.caller);
+    let secure = if ui.tls { "; Secure" } else { "" };
+    let max_age = ui.login.sessions.max_age.as_secs();
+    let cookie = format!(
+        "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+        ui.cookie
+    );
+    let mut res = Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
+async fn logout(State(ui): Ctx, headers: HeaderMap, body: Bytes) -> Response {
+    let form = form(&body);
+    let (id, s) = match ui.session(&headers) {
+        Ok(found) => found,
+        Err(res) => return res,
+    };
+    if !query::csrf_ok(&s.csrf, form.get("csrf").map(String::as_str)) {
+        return ui.refused(
+            &s,
+            "This form lacks its token: reload the page and try again.",
+        );
+    }
+    ui.login.sessions.end(&id);
+    let mut res = unauthorized("You signed out.");
+    let clear = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        ui.cookie,
+        if ui.tls { "; Secure" } else { "" }
+    );
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
+async fn overview(State(ui): Ctx, headers: HeaderMap) -> Response {
+    let s = match ui.allowed(&headers, mirrors::LIST_LAUNCHERS) {
+        Ok(s) => s,
+        Err(res) => return res,
+    };
+    if let Err(denied) = authorize(mirrors::LIST_PROCESSES, &s.caller, false) {
+        return ui.refused(&s, &denied.to_string());
+    }
+    let api = ui.api();
+    let (launchers, processes) = match tokio::try_join!(
+        api.list_launchers(Request::new(apb::ListLaunchersRequest {})),
+        api.list_processes(Request::new(apb::ListProcessesRequest::default())),
+    ) {
+        Ok((l, p)) => (l.into_inner().launchers, p.into_inner().processes),
+        Err(status) => return ui.failed(&s, status),
+    };
+    let now_ms = crate::clock::unix_ms();
+    let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut attention = Vec::new();
+    for l in &launchers {
+        let state = launcher_state(l);
+        *by_state.entry(state).or_default() += 1;
+        if matches!(state, "unhealthy" | "disconnected") {
+            attention.push((
+                views::Attention {
+                    what: maud::html! { "launcher " a href=(views::launcher_href(&l.launcher_id)) { (query::host_of(l)) } },
+                    state: state.to_owned(),
+                    since_ms: l.last_heartbeat_unix_ms,
+                    detail: "silent since its last heartbeat".to_owned(),
+                },
+                state == "disconnected",
+            ));
+        }
+    }
+    let mut p_state: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &processes {
+        let status = views::process_status(p);
+        let status = if status.is_empty() {
+            "no report"
+        } else {
+            status
+        };
+        *p_state.entry(status.to_owned()).or_default() += 1;
+        if matches!(status, "failed" | "circuit_open" | "unhealthy" | "unknown") {
+            let id = p
+                .assignment
+                .as_ref()
+                .map(|a| a.process_id.as_str())
+                .unwrap_or("");
+            let since = match status {
+                "unknown" => p.unknown_since_unix_ms,
+                _ => ui
+                    .feed
+                    .since(id, status)
+                    .unwrap_or(p.health_reported_unix_ms),
+            };
+            let h = p.health.clone().unwrap_or_default();
+            attention.push((
+                views::Attention {
+                    what: maud::html! { "process " a href=(views::process_href(id)) { (id) } " on " (p.launcher_id) },
+                    state: status.to_owned(),
+                    since_ms: since,
+                    detail: if h.last_error.is_empty() { h.exit_reason } else { h.last_error },
+                },
+                matches!(status, "failed" | "circuit_open"),
+            ));
+        }
+    }
+    // The worst first, then the longest so.
+    attention.sort_by_key(|(a, worst)| (!*worst, a.since_ms));
+    let attention_total = attention.len();
+    attention.truncate(ATTENTION_ROWS);
+    let view = views::Overview {
+        launchers: by_state
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        launcher_total: launchers.len(),
+        processes: p_state.into_iter().collect(),
+        process_total: processes.len(),
+        attention: attention.into_iter().map(|(a, _)| a).collect(),
+        attention_total,
+        now_ms,
+    };
+    let identity = s.caller.to_string();
+    html(views::overview(&ui.frame(&s, &identity), &view))
+}
+
+async fn launchers(State(ui): Ctx, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let s = match ui.allowed(&headers, mirrors::LIST_LAUNCHERS) {
+        Ok(s) => s,
+        Err(res) => return res,
+    };
+    let q = match LauncherQuery::parse(&pairs(q)) {
+        Ok(q) => q,
+        Err(why) => return ui.bad_query(&s, &why),
+    };
+    let all = match ui
+        .api()
+        .list_launchers(Request::new(apb::ListLaunchersRequest {}))
+        .await
+    {
+        Ok(r) => r.into_inner().launchers,
+        Err(status) => return ui.failed(&s, status),
+    };
+    let mut regions: Vec<String> = all
+        .iter()
+        .map(|l| l.region.clone())
+        .filter(|r| !r.is_empty())
+        .collect();
+    regions.sort();
+    regions.dedup();
+    let (rows, total) = q.apply(all);
+    let identity = s.caller.to_string();
+    html(views::launchers(
+        &ui.frame(&s, &identity),
+        &q,
+        &rows,
+        total,
+        &regions,
+    ))
+}
+
+async fn launcher(State(ui): Ctx, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let s = match ui.allowed(&headers, mirrors::GET_LAUNCHER) {
+        Ok(s) => s,
+        Err(res) => return res,
+    };
+    if let Err(denied) = authorize(mirrors::LIST_PROCESSES, &s.caller, false) {
+        return ui.refused(&s, &denied.to_string());
+    }
+    let api = ui.api();
+    let info = match api
+        .get_launcher(Request::new(apb::GetLauncherRequest {
+            launcher_id: id.clone(),
+        }))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => return ui.failed(&s, status),
+    };
+    let mut processes = match api
+        .list_processes(Request::new(apb::ListProcessesRequest {
+            launcher_id: id.clone(),
+            ..Default::default()
+        }))
+        .await
+    {
+        Ok(r) => r.into_inner().processes,
+        Err(status) => return ui.failed(&s, status),
+    };
+    let process_total = processes.len();
+    processes.truncate(LAUNCHER_PROCESSES);
+    let timeline = ui.feed.timeline(&id, crate::clock::unix_ms());
+    let may_drain = authorize(
+        if info.draining {
+            mirrors::UNDRAIN
+        } else {
+            mirrors::DRAIN
+        },
+        &s.caller,
+        false,
+    )
+    .is_ok();
+    let identity = s.caller.to_string();
+    html(views::launcher(
+        &ui.frame(&s, &identity),
+        &views::LauncherPage {
+            launcher: &info,
+            processes: &processes,
+            process_total,
+            timeline: &timeline,
+            may_drain,
+        },
+    ))
+}
+
+async fn set_draining(
+    ui: Arc<Ui>,
+    headers: HeaderMap,
+    id: String,
+    form: BTreeMap<String, String>,
+    draining: bool,
+) -> Response {
+    let path = if draining {
+        mirrors::DRAIN
+    } else {
+        mirrors::UNDRAIN
+    };
+    let s = match ui.action(&headers, &form, path) {
+        Ok(s) => s,
+        Err(res) => return res,
+    };
+    let Some(fleet) = ui.fleet.get() else {
+        return ui.failed(&s, Status::unavailable("this prism-admin follows: open the page of the admin that leads to drain or undrain"));
+    };
+    let api = AdminService::new(fleet.clone(), ui.hub.clone());
+    let req = Request::new(apb::DrainRequest {
+        launcher_id: id.clone(),
+    });
+    let done = if draining {
+        api.drain_launcher(req).await
+    } else {
+        api.undrain_launcher(req).await
+    };
+    match done {
+        Ok(_) => {
+            tracing::info!(
+                "fleet status page: {} {} launcher {id}",
+                s.caller,
+                if draining { "drained" } else { "undrained" }
+            );
+            Redirect::to(&views::launcher_href(&id)).into_response()
+        }
+        Err(status) => ui.failed(&s, status),
+    }
+}
+
+async fn drain(
+    State(ui): Ctx,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    set_draining(ui, headers, id, form(&body), true).await
+}
+
+async fn undrain(
+    State(ui): Ctx,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    set_draining(ui, headers, id, form(&body), false).await
+}
+
+async fn processes(State(ui): Ctx, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let s = match ui.allowed(&headers, mirrors::LIST_PROCESSES) {
+        Ok(s) => s,
+        Err(res) => return res,
+    };
+    let q = match ProcessQuery::parse(&pairs(q)) {
+        Ok(q) => q,
+        Err(why) => return ui.bad_query(&s, &why),
+    };
+    let mut all = match ui
+        .api()
+        .list_processes(Request::new(q.request.clone()))
+        .await
+    {
+        Ok(r) => r.into_inner().processes,
+        Err(status) => return ui.failed(&s, status),
+    };
+    let total = all.len();
+    let start = (q.page - 1).saturating_mul(query::PAGE_SIZE).min(total);
+    let end = (start + query::PAGE_SIZE).min(total);
+    let rows: Vec<apb::ProcessInfo> = all.drain(start..end).collect();
+    let identity = s.caller.to_string();
+    html(views::processes(&ui.frame(&s, &identity), &q, &rows, total))
+}
+
+async fn process(State(ui): Ctx, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let s = match ui.allowed(&headers, mirrors::GET_PROCESS) {
+        Ok(s) => s,
+        Err(res) => return res,
+    };
+    let api = ui.api();
+    let info = match api
+        .get_process(Request::new(apb::GetProcessRequest {
+            process_id: id.clone(),
+            history_limit: 50,
+        }))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => return ui.failed(&s, status),
+    };
+    let launcher = if info.launcher_id.is_empty() {
+        None
+    } else {
+        api.get_launcher(Request::new(apb::GetLauncherRequest {
+            launcher_id: info.launcher_id.clone(),
+        }))
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+    };
+    let host = launcher.as_ref().map(query::host_of);
+    // Its events show only to whoever may watch them.
+    let (events, revision) = if authorize(mirrors::WATCH_EVENTS, &s.caller, false).is_ok() {
+        ui.feed.recent(EVENT_ROWS, |e| e.process_id == id)
+    } else {
+        (Vec::new(), 0)
+    };
+    let may_revoke = authorize(mirrors::REVOKE, &s.caller, false).is_ok();
+    let identity = s.caller.to_string();
+    html(views::process(
+        &ui.frame(&s, &identity),
+        &views::ProcessPage {
+            process: &info,
+            host,
+            events: &events,
+            revision,
+            may_revoke,
+            now_ms: crate::clock::unix_ms(),
+        },
+    ))
+}
+
+async fn revoke(
+    State(ui): Ctx,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let form = form(&body);
+    let s = match ui.action(&headers, &form, mirrors::REVOKE) {
+        Ok(s) => s,
+        Err(res) => return res,
+    };
+    let Some(fleet) = ui.fleet.get() else {
+        return ui.failed(
+            &s,
+            Status::unavailable(
+                "this prism-admin follows: open the page of the admin that leads to revoke",
+            ),
+        );
+    };
+    let req = match Revocation::try_from(pb::ProcessRevocation {
+        process_id: id.clone(),
+        ..Default::default()
+    }) {
+        Ok(r) => r,
+        Err(e) => return ui.failed(&s, to_status(e)),
+    };
+    match fleet.revoke_within(req, Some(REVOKE_DEADLINE)).await {
+        Ok(ack) => {
+            tracing::info!(
+                "fleet status page: {} revoked {id}: {}",
+                s.caller,
+                ack.message
+            );
+            Redirect::to(&views::process_href(&id)).into_response()
+        }
+        Err(e) => ui.failed(&s, to_status(e)),
+    }
+}
+
+async fn events(State(ui): Ctx, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let s = match ui.allowed(&headers, mirrors::WATCH_EVENTS) {
+        Ok(s) => s,
+        Err(res) => return res,
+    };
+    let q = match EventQuery::parse(&pairs(q)) {
+        Ok(q) => q,
+        Err(why) => return ui.bad_query(&s, &why),
+    };
+    let (rows, revision) = ui.feed.recent(EVENT_ROWS, |e| q.filter.matches(e));
+    let identity = s.caller.to_string();
+    html(views::events(
+        &ui.frame(&s, &identity),
+        &q,
+        &rows,
+        revision,
+        ui.feed.ready(),
+    ))
+}
+
+/// The live feed of a page's table: `WatchEvents` from the revision the
+/// page showed (or the last the browser received), each event as the
+/// row the page would render. It ends with the session, or the admin.
+async fn live(
+    State(ui): Ctx,
+    axum::Extension(shutdown): axum::Extension<Shutdown>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (id, s) = match ui.session(&headers) {
+        Ok(found) => found,
+        Err(res) => return res,
+    };
+    if let Err(denied) = authorize(mirrors::WATCH_EVENTS, &s.caller, false) {
+        return ui.refused(&s, &denied.to_string());
+    }
+    let pairs = pairs(q);
+    let mut query = match EventQuery::parse(&pairs) {
+        Ok(q) => q,
+        Err(why) => return ui.bad_query(&s, &why),
+    };
+    let since = header_str(&headers, header::HeaderName::from_static("last-event-id"))
+        .or_else(|| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == "since")
+                .map(|(_, v)| v.as_str())
+        })
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    query.request.since_revision = since;
+    query.request.bookmark_interval_ms = 15_000;
+    let watch = match ui.hub.watch(query.request).await {
+        Ok(w) => w,
+        // Too old to resume (or a bad request): nothing to stream; the page
+        // says to reload.
+        Err(status) => {
+            tracing::debug!(
+                "fleet status page: a live feed cannot start: {}",
+                status.message()
+            );
+            return StatusCode::NO_CONTENT.into_response();
+        }
+    };
+    let sessions = ui.login.sessions.clone();
+    let checks = tokio::time::interval(SESSION_CHECK);
+    let state = (watch, checks, shutdown, sessions, id);
+    let stream = futures_util::stream::unfold(
+        state,
+        |(mut watch, mut checks, mut shutdown, sessions, id)| async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.requested() => return None,
+                    _ = checks.tick() => {
+                        if !sessions.alive(&id, Instant::now()) {
+                            return None;
+                        }
+                    }
+                    next = watch.next() => {
+                        let e = match next {
+                            Some(Ok(e)) => e,
+                            // Ended (too slow, or the admin stops): the browser
+                            // comes back with the last id it received.
+                            _ => return None,
+                        };
+                        let event = if e.kind == super::events::BOOKMARK {
+                            SseEvent::default().event("bookmark").id(e.revision.to_string()).data("")
+                        } else {
+                            SseEvent::default()
+                                .event("row")
+                                .id(e.revision.to_string())
+                                .data(views::event_row(&e).into_string())
+                        };
+                        return Some((Ok::<_, std::convert::Infallible>(event), (watch, checks, shutdown, sessions, id)));
+                    }
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; prism_session=abc"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&h, "prism_session").as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "b").as_deref(), Some("2"));
+        assert_eq!(cookie(&h, "prism"), None);
+    }
+
+    #[test]
+    fn query_strings_decode() {
+        assert_eq!(
+            form_urlencoded_pairs("a=1&b=x%20y+z&kind=process.failed&kind=launcher&e"),
+            [
+                ("a".to_owned(), "1".to_owned()),
+                ("b".into(), "x y z".into()),
+                ("kind".into(), "process.failed".into()),
+                ("kind".into(), "launcher".into()),
+                ("e".into(), String::new()),
+            ]
+        );
+        assert_eq!(
+            form_urlencoded_pairs("q=%zz%4"),
+            [("q".to_owned(), "%zz%4".to_owned())]
+        );
+    }
+
+    #[test]
+    fn browsers_are_sent_to_the_bound_address() {
+        assert_eq!(
+            base_url("127.0.0.1:9095".parse().unwrap(), false),
+            "http://127.0.0.1:9095"
+        );
+        assert_eq!(
+            base_url("[::1]:9095".parse().unwrap(), true),
+            "https://[::1]:9095"
+        );
+        let any = base_url("0.0.0.0:9095".parse().unwrap(), true);
+        assert!(
+            any.starts_with("https://") && !any.contains("0.0.0.0"),
+            "{any}"
+        );
+        assert_eq!(cookie_name(true), "__Host-prism_session");
+    }
+
+    #[test]
+    fn the_pages_mirror_methods_of_the_table() {
+        use crate::auth::{Role, policy::TABLE};
+        for path in [
+            mirrors::LIST_LAUNCHERS,
+            mirrors::GET_LAUNCHER,
+            mirrors::LIST_PROCESSES,
+            mirrors::GET_PROCESS,
+            mirrors::WATCH_EVENTS,
+            mirrors::DRAIN,
+            mirrors::UNDRAIN,
+            mirrors::REVOKE,
+        ] {
+            assert!(TABLE.iter().any(|(p, _)| *p == path), "{path}");
+        }
+        let cert = |role: Role| Caller::Certified {
+            uri: role.uri("prism", "x"),
+            role,
+        };
+        let (viewer, operator) = (cert(Role::Viewer), cert(Role::Operator));
+        assert!(authorize(mirrors::LIST_LAUNCHERS, &viewer, false).is_ok());
+        assert!(authorize(mirrors::DRAIN, &viewer, false).is_err());
+        assert!(authorize(mirrors::REVOKE, &viewer, false).is_err());
+        assert!(authorize(mirrors::DRAIN, &operator, false).is_ok());
+        assert!(authorize(mirrors::REVOKE, &operator, false).is_ok());
+        assert!(authorize(mirrors::DRAIN, &Caller::Root, false).is_ok());
+    }
+}
