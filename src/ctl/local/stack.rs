@@ -271,6 +271,8 @@ pub(super) async fn up(
             "2s".into(),
             "--metrics-listen".into(),
             Saved::metrics(saved.admin_port(k)),
+            "--ui-listen".into(),
+            Saved::ui(saved.admin_port(k)),
         ];
         if let Some(url) = &database {
             admin_argv.extend(["--database".into(), url.clone()]);
