@@ -252,26 +252,26 @@ impl Ui {
     }
 
     /// The session the request's cookie names, or the sign-in page.
-    fn session(&self, headers: &HeaderMap) -> Result<(String, Session), Response> {
+    fn session(&self, headers: &HeaderMap) -> Result<(String, Session), Box<Response>> {
         let id = cookie(headers, self.cookie);
         let found = id
             .as_deref()
             .and_then(|id| self.login.sessions.get(id, Instant::now()));
         match (id, found) {
             (Some(id), Some(s)) => Ok((id, s)),
-            (Some(_), None) => Err(unauthorized(
+            (Some(_), None) => Err(Box::new(unauthorized(
                 "Your session has ended (signed out, expired, or this admin restarted).",
-            )),
-            (None, _) => Err(unauthorized("You are not signed in.")),
+            ))),
+            (None, _) => Err(Box::new(unauthorized("You are not signed in."))),
         }
     }
 
     /// A session allowed `path`'s method, with its page frame.
-    fn allowed(&self, headers: &HeaderMap, path: &str) -> Result<Session, Response> {
+    fn allowed(&self, headers: &HeaderMap, path: &str) -> Result<Session, Box<Response>> {
         let (_, s) = self.session(headers)?;
         if let Err(denied) = authorize(path, &s.caller, false) {
             tracing::info!("fleet status page: {denied}");
-            return Err(self.refused(&s, &denied.to_string()));
+            return Err(Box::new(self.refused(&s, &denied.to_string())));
         }
         Ok(s)
     }
@@ -304,7 +304,7 @@ impl Ui {
         headers: &HeaderMap,
         form: &BTreeMap<String, String>,
         path: &str,
-    ) -> Result<Session, Response> {
+    ) -> Result<Session, Box<Response>> {
         let (_, s) = self.session(headers)?;
         let expected = format!(
             "{}://{}",
@@ -316,17 +316,19 @@ impl Ui {
             header_str(headers, header::ORIGIN),
             header_str(headers, header::REFERER),
         ) {
-            return Err(self.refused(&s, "This form was not sent from this page."));
+            return Err(Box::new(
+                self.refused(&s, "This form was not sent from this page."),
+            ));
         }
         if !query::csrf_ok(&s.csrf, form.get("csrf").map(String::as_str)) {
-            return Err(self.refused(
+            return Err(Box::new(self.refused(
                 &s,
                 "This form lacks its token (it may be from an older session): reload the page and try again.",
-            ));
+            )));
         }
         if let Err(denied) = authorize(path, &s.caller, false) {
             tracing::info!("fleet status page: {denied}");
-            return Err(self.refused(&s, &denied.to_string()));
+            return Err(Box::new(self.refused(&s, &denied.to_string())));
         }
         Ok(s)
     }
@@ -491,7 +493,7 @@ async fn logout(State(ui): Ctx, headers: HeaderMap, body: Bytes) -> Response {
     let form = form(&body);
     let (id, s) = match ui.session(&headers) {
         Ok(found) => found,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     if !query::csrf_ok(&s.csrf, form.get("csrf").map(String::as_str)) {
         return ui.refused(
@@ -515,7 +517,7 @@ async fn logout(State(ui): Ctx, headers: HeaderMap, body: Bytes) -> Response {
 async fn overview(State(ui): Ctx, headers: HeaderMap) -> Response {
     let s = match ui.allowed(&headers, mirrors::LIST_LAUNCHERS) {
         Ok(s) => s,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     if let Err(denied) = authorize(mirrors::LIST_PROCESSES, &s.caller, false) {
         return ui.refused(&s, &denied.to_string());
@@ -603,7 +605,7 @@ async fn overview(State(ui): Ctx, headers: HeaderMap) -> Response {
 async fn launchers(State(ui): Ctx, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let s = match ui.allowed(&headers, mirrors::LIST_LAUNCHERS) {
         Ok(s) => s,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let q = match LauncherQuery::parse(&pairs(q)) {
         Ok(q) => q,
@@ -638,7 +640,7 @@ async fn launchers(State(ui): Ctx, headers: HeaderMap, RawQuery(q): RawQuery) ->
 async fn launcher(State(ui): Ctx, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let s = match ui.allowed(&headers, mirrors::GET_LAUNCHER) {
         Ok(s) => s,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     if let Err(denied) = authorize(mirrors::LIST_PROCESSES, &s.caller, false) {
         return ui.refused(&s, &denied.to_string());
@@ -703,7 +705,7 @@ async fn set_draining(
     };
     let s = match ui.action(&headers, &form, path) {
         Ok(s) => s,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let Some(fleet) = ui.fleet.get() else {
         return ui.failed(&s, Status::unavailable("this prism-admin follows: open the page of the admin that leads to drain or undrain"));
@@ -751,7 +753,7 @@ async fn undrain(
 async fn processes(State(ui): Ctx, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let s = match ui.allowed(&headers, mirrors::LIST_PROCESSES) {
         Ok(s) => s,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let q = match ProcessQuery::parse(&pairs(q)) {
         Ok(q) => q,
@@ -776,7 +778,7 @@ async fn processes(State(ui): Ctx, headers: HeaderMap, RawQuery(q): RawQuery) ->
 async fn process(State(ui): Ctx, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let s = match ui.allowed(&headers, mirrors::GET_PROCESS) {
         Ok(s) => s,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let api = ui.api();
     let info = match api
@@ -830,7 +832,7 @@ async fn revoke(
     let form = form(&body);
     let s = match ui.action(&headers, &form, mirrors::REVOKE) {
         Ok(s) => s,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let Some(fleet) = ui.fleet.get() else {
         return ui.failed(
@@ -863,7 +865,7 @@ async fn revoke(
 async fn events(State(ui): Ctx, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let s = match ui.allowed(&headers, mirrors::WATCH_EVENTS) {
         Ok(s) => s,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let q = match EventQuery::parse(&pairs(q)) {
         Ok(q) => q,
@@ -891,7 +893,7 @@ async fn live(
 ) -> Response {
     let (id, s) = match ui.session(&headers) {
         Ok(found) => found,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     if let Err(denied) = authorize(mirrors::WATCH_EVENTS, &s.caller, false) {
         return ui.refused(&s, &denied.to_string());
