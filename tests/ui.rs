@@ -179,6 +179,16 @@ async fn process_info(
     .into_inner()
 }
 
+/// The page shown passes the accessibility checks and logged no console
+/// error; saved as a screenshot.
+async fn checked(browser: &support::browser::Browser, name: &str) {
+    browser.screenshot(name).await;
+    let problems = browser.accessibility().await;
+    assert!(problems.is_empty(), "{name}: {problems:#?}");
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "{name}: console errors {errors:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_status_page_in_a_real_browser() {
     let Some(h) = harness!() else { return };
@@ -285,6 +295,11 @@ async fn the_fleet_status_page_in_a_real_browser() {
     browser.client.goto(&format!("{base}/")).await.unwrap();
     assert_eq!(browser.text("h1").await, "Sign in with prismctl");
 
+    // The console is read: the 401 is an error there. What follows must
+    // log none.
+    let errors = browser.console_errors().await;
+    assert!(errors.iter().any(|e| e.contains("401")), "{errors:?}");
+
     // Root on the admin's socket: `prismctl ui` signs the browser in.
     let login = prismctl_ui(&["--admin".into(), format!("unix:{}", socket.display())]);
     assert!(login.starts_with(&base), "{login} is on {base}");
@@ -342,7 +357,7 @@ async fn the_fleet_status_page_in_a_real_browser() {
             .await
             .contains("Nothing: every launcher answers")
     );
-    browser.screenshot("overview").await;
+    checked(&browser, "overview").await;
 
     // Launchers: the host name first, the id beside it.
     browser
@@ -358,7 +373,7 @@ async fn the_fleet_status_page_in_a_real_browser() {
             .await
             .contains("healthy")
     );
-    browser.screenshot("launchers").await;
+    checked(&browser, "launchers").await;
     assert_eq!(
         http.get(
             "/launchers?sort=ram",
@@ -383,7 +398,7 @@ async fn the_fleet_status_page_in_a_real_browser() {
     for leaked in ["s3cr3t-value", "hunter2"] {
         assert!(!page.contains(leaked), "{leaked} on the process page");
     }
-    browser.screenshot("process").await;
+    checked(&browser, "process").await;
 
     // The live feed: a process killed on the host appears without a
     // reload.
@@ -439,7 +454,7 @@ async fn the_fleet_status_page_in_a_real_browser() {
         serde_json::json!("same page"),
         "the page was not reloaded"
     );
-    browser.screenshot("events").await;
+    checked(&browser, "events").await;
 
     // An operator drains the launcher from its page; the API agrees.
     let login = prismctl_ui(&tls_flags(admin.port, &pki, &operator));
@@ -451,6 +466,7 @@ async fn the_fleet_status_page_in_a_real_browser() {
         .goto(&format!("{base}/launchers/host-a"))
         .await
         .unwrap();
+    checked(&browser, "launcher").await;
     browser
         .client
         .find(Locator::Css("form[action$='/drain'] button"))

@@ -90,6 +90,11 @@ async fn connect(port: u16, profile: &Path) -> Client {
     caps.insert("browserName".into(), "chrome".into());
     // The admin's certificate is from the test's own CA.
     caps.insert("acceptInsecureCerts".into(), true.into());
+    // The console's messages, for `console_errors`.
+    caps.insert(
+        "goog:loggingPrefs".into(),
+        serde_json::json!({ "browser": "ALL" }),
+    );
     caps.insert(
         "goog:chromeOptions".into(),
         serde_json::json!({
@@ -165,6 +170,45 @@ impl Browser {
             .map(|c| c.value().to_owned())
     }
 
+    /// The console's errors since the last call (chromedriver's log of
+    /// the page: script errors, CSP violations, failed loads).
+    pub async fn console_errors(&self) -> Vec<String> {
+        let log = self
+            .client
+            .issue_cmd(BrowserLog)
+            .await
+            .expect("the browser's log");
+        log.as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| e["level"] == "SEVERE")
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Basic accessibility checks of the page shown: its landmarks, a
+    /// label for every control, a caption and header scopes for every
+    /// table, and state colours with a contrast of at least 4.5:1. What
+    /// fails, in words.
+    pub async fn accessibility(&self) -> Vec<String> {
+        let found = self
+            .client
+            .execute(A11Y, vec![])
+            .await
+            .expect("the accessibility checks run");
+        found
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|p| p.as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// End the WebDriver session (chromium quits), then chromedriver.
     pub async fn close(self) {
         let _ = self.client.clone().close().await;
@@ -192,6 +236,57 @@ impl Drop for Driver {
         }
     }
 }
+
+/// chromedriver's `POST /session/{id}/se/log` for the browser's console.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.to_owned()))
+    }
+}
+
+const A11Y: &str = r#"
+const problems = [];
+const one = (sel, what) => { if (document.querySelectorAll(sel).length !== 1) problems.push("not one " + what); };
+if (!document.documentElement.lang) problems.push("no lang on <html>");
+one("main", "<main>");
+one("h1", "<h1>");
+if (!document.querySelector("header")) problems.push("no <header>");
+if (document.querySelector("nav") && !document.querySelector("nav[aria-label]")) problems.push("a <nav> without a name");
+for (const c of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
+  const named = c.closest("label") || c.getAttribute("aria-label") || (c.id && document.querySelector("label[for='" + c.id + "']"));
+  if (!named) problems.push("a control without a label: " + c.outerHTML);
+}
+for (const b of document.querySelectorAll("button")) {
+  if (!b.textContent.trim() && !b.getAttribute("aria-label")) problems.push("a button without a name");
+}
+for (const t of document.querySelectorAll("table")) {
+  if (!t.querySelector("caption")) problems.push("a table without a caption");
+  for (const th of t.querySelectorAll("thead th")) { if (th.getAttribute("scope") !== "col") problems.push("a column header without scope"); }
+}
+const rgb = s => (s.match(/[\d.]+/g) || []).slice(0, 3).map(Number);
+const lum = c => { const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+for (const s of document.querySelectorAll(".state")) {
+  const st = getComputedStyle(s);
+  const [a, b] = [lum(rgb(st.color)), lum(rgb(st.backgroundColor))];
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  if (ratio < 4.5) problems.push("contrast " + ratio.toFixed(2) + " for " + s.className + " (" + s.textContent + ")");
+}
+return problems;
+"#;
 
 /// PIDs whose command line has `arg`.
 fn processes_with_arg(arg: &str) -> Vec<u32> {

@@ -223,6 +223,9 @@ impl Ui {
                 "/assets/ui.css",
                 get(|| async { asset("text/css; charset=utf-8", CSS) }),
             )
+            // Browsers ask for it unbidden: nothing, rather than a 404 in
+            // their console.
+            .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
             .fallback(|| async {
                 (
                     StatusCode::NOT_FOUND,
