@@ -491,6 +491,22 @@ async fn the_fleet_status_page_in_a_real_browser() {
         .unwrap()
         .into_inner();
     assert!(l.draining, "the API says drained");
+    // Its timeline of the last 24 hours has it: registered, then drained.
+    eventually("the drain in the launcher's timeline", DEADLINE, || async {
+        browser.client.refresh().await.ok()?;
+        (browser
+            .count("#timeline-rows tr[data-kind='drained']")
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        browser
+            .count("#timeline-rows tr[data-kind='registered']")
+            .await
+            >= 1
+    );
     browser
         .client
         .find(Locator::Css("form[action$='/undrain'] button"))

@@ -38,16 +38,27 @@ struct State {
     recent: VecDeque<Arc<apb::Event>>,
     /// The last revision the feed has seen (an event's or a bookmark's).
     revision: i64,
-    /// Whether it has caught up with the log once.
-    ready: bool,
+    /// Caught up once it has seen this revision (the log's end when it
+    /// started), or a bookmark.
+    caught_up_at: i64,
     launchers: HashMap<String, VecDeque<Change>>,
     /// process id → (status, since when).
     since: HashMap<String, (String, i64)>,
 }
 
-#[derive(Default)]
 pub struct Feed {
     state: RwLock<State>,
+    /// Whether it has caught up with the log once.
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self {
+            state: RwLock::default(),
+            ready: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 impl Feed {
@@ -55,8 +66,11 @@ impl Feed {
     pub fn take(&self, e: apb::Event, now_ms: i64) {
         let mut st = self.state.write().expect("poisoned");
         st.revision = st.revision.max(e.revision);
-        if e.kind == crate::admin::events::BOOKMARK {
-            st.ready = true;
+        let bookmark = e.kind == crate::admin::events::BOOKMARK;
+        if bookmark || st.revision >= st.caught_up_at {
+            self.ready.send_if_modified(|r| !std::mem::replace(r, true));
+        }
+        if bookmark {
             return;
         }
         if let Some(kind) = e.kind.strip_prefix("launcher.") {
@@ -137,7 +151,18 @@ impl Feed {
 
     /// Whether it has read the log up to its end once.
     pub fn ready(&self) -> bool {
-        self.state.read().expect("poisoned").ready
+        *self.ready.borrow()
+    }
+
+    /// Wait (at most `within`) until it has read the log up to its end
+    /// once: a page that shows the past shows all of it, and its live feed
+    /// follows from there.
+    pub async fn caught_up(&self, within: Duration) -> bool {
+        let mut rx = self.ready.subscribe();
+        matches!(
+            tokio::time::timeout(within, rx.wait_for(|r| *r)).await,
+            Ok(Ok(_))
+        )
     }
 
     fn revision(&self) -> i64 {
@@ -154,7 +179,13 @@ impl Feed {
         mut shutdown: Shutdown,
     ) {
         let mut since = match store.event_bounds().await {
-            Ok(b) => b.oldest.map_or(b.head, |o| (o - 1).max(0)),
+            Ok(b) => {
+                self.state.write().expect("poisoned").caught_up_at = b.head;
+                if b.head == 0 {
+                    self.ready.send_replace(true);
+                }
+                b.oldest.map_or(b.head, |o| (o - 1).max(0))
+            }
             Err(e) => {
                 tracing::warn!("the page's event feed cannot read the log: {e}");
                 0
@@ -163,7 +194,7 @@ impl Feed {
         loop {
             let req = apb::WatchRequest {
                 since_revision: Some(since),
-                // A bookmark soon after the catch-up: the feed is ready.
+                // A bookmark soon after the catch-up of an idle fleet.
                 bookmark_interval_ms: 500,
                 ..Default::default()
             };
@@ -232,6 +263,7 @@ mod tests {
     #[test]
     fn the_feed_keeps_the_newest_and_each_launchers_day() {
         let f = Feed::default();
+        f.state.write().unwrap().caught_up_at = 100;
         let day = TIMELINE.as_millis() as i64;
         let now = 10 * day;
         f.take(
@@ -267,6 +299,17 @@ mod tests {
         );
         f.take(event(10, now, "process.revoked", "a", "p", ""), now);
         assert_eq!(f.since("p", "failed"), None);
+    }
+
+    #[tokio::test]
+    async fn the_feed_is_ready_at_the_end_of_the_log() {
+        let f = Feed::default();
+        f.state.write().unwrap().caught_up_at = 2;
+        assert!(!f.caught_up(Duration::from_millis(10)).await);
+        f.take(event(1, 0, "launcher.healthy", "a", "", ""), 0);
+        assert!(!f.ready());
+        f.take(event(2, 0, "launcher.healthy", "a", "", ""), 0);
+        assert!(f.caught_up(Duration::from_millis(10)).await);
     }
 
     #[test]

@@ -115,7 +115,14 @@ pub struct Ui {
     fleet: Arc<OnceLock<Arc<Fleet>>>,
     tls: bool,
     cookie: &'static str,
+    /// The feed starts with the first sign-in: an admin whose page nobody
+    /// opens keeps no watcher.
+    wanted: tokio::sync::Notify,
 }
+
+/// How long a page that shows the past waits for the feed to catch up
+/// with the log (the first page after the admin started).
+const CATCH_UP: Duration = Duration::from_secs(3);
 
 /// The address a browser is sent to for `bound`: its IP, or this host's
 /// name when bound to every address.
@@ -163,6 +170,7 @@ impl Ui {
             fleet: parts.fleet,
             tls,
             cookie: cookie_name(tls),
+            wanted: tokio::sync::Notify::new(),
         })
     }
 
@@ -174,11 +182,17 @@ impl Ui {
         tls: Option<Tls>,
         shutdown: Shutdown,
     ) {
-        tokio::spawn(
-            self.feed
-                .clone()
-                .run(self.hub.clone(), self.store.clone(), shutdown.clone()),
-        );
+        tokio::spawn({
+            let (ui, mut shutdown) = (self.clone(), shutdown.clone());
+            async move {
+                if shutdown.until(ui.wanted.notified()).await.is_some() {
+                    ui.feed
+                        .clone()
+                        .run(ui.hub.clone(), ui.store.clone(), shutdown)
+                        .await;
+                }
+            }
+        });
         let app = self.clone().router(shutdown.clone());
         let mut stop = shutdown.clone();
         let done = async move { stop.requested().await };
@@ -479,6 +493,7 @@ async fn login(State(ui): Ctx, RawQuery(q): RawQuery) -> Response {
         );
     };
     tracing::info!("fleet status page: {} signed in", s.caller);
+    ui.wanted.notify_one();
     let secure = if ui.tls { "; Secure" } else { "" };
     let max_age = ui.login.sessions.max_age.as_secs();
     let cookie = format!(
@@ -670,6 +685,7 @@ async fn launcher(State(ui): Ctx, headers: HeaderMap, Path(id): Path<String>) ->
     };
     let process_total = processes.len();
     processes.truncate(LAUNCHER_PROCESSES);
+    ui.feed.caught_up(CATCH_UP).await;
     let timeline = ui.feed.timeline(&id, crate::clock::unix_ms());
     let may_drain = authorize(
         if info.draining {
@@ -807,6 +823,7 @@ async fn process(State(ui): Ctx, headers: HeaderMap, Path(id): Path<String>) -> 
     let host = launcher.as_ref().map(query::host_of);
     // Its events show only to whoever may watch them.
     let (events, revision) = if authorize(mirrors::WATCH_EVENTS, &s.caller, false).is_ok() {
+        ui.feed.caught_up(CATCH_UP).await;
         ui.feed.recent(EVENT_ROWS, |e| e.process_id == id)
     } else {
         (Vec::new(), 0)
@@ -874,6 +891,7 @@ async fn events(State(ui): Ctx, headers: HeaderMap, RawQuery(q): RawQuery) -> Re
         Ok(q) => q,
         Err(why) => return ui.bad_query(&s, &why),
     };
+    ui.feed.caught_up(CATCH_UP).await;
     let (rows, revision) = ui.feed.recent(EVENT_ROWS, |e| q.filter.matches(e));
     let identity = s.caller.to_string();
     html(views::events(

@@ -423,9 +423,9 @@ pub fn launcher(frame: &Frame, p: &LauncherPage) -> Markup {
                     table {
                         caption { (p.timeline.len()) " changes, newest first" }
                         thead { tr { th scope="col" { "When" } th scope="col" { "Became" } th scope="col" { "What happened" } } }
-                        tbody {
+                        tbody id="timeline-rows" {
                             @for c in p.timeline {
-                                tr {
+                                tr data-kind=(c.kind) {
                                     td { (when(c.at_unix_ms)) }
                                     td { (badge(&c.kind)) }
                                     td { (c.message) }
