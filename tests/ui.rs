@@ -209,7 +209,7 @@ async fn the_fleet_status_page_in_a_real_browser() {
     let endpoint = format!("127.0.0.1:{}", admin.port);
     let mut largs: Vec<&str> = lflags.iter().map(String::as_str).collect();
     largs.extend(["--admin-endpoint", &endpoint, "--heartbeat-interval", "1s"]);
-    let _launcher = Daemon::start_secure(&h, "host-a", &largs).await;
+    let mut launcher = Daemon::start_secure(&h, "host-a", &largs).await;
 
     let base = admin.ui_url().await;
     assert!(
@@ -624,6 +624,30 @@ async fn the_fleet_status_page_in_a_real_browser() {
         .into_inner();
     assert!(!l.draining, "nothing refused changed anything");
     assert_eq!(process_info(&mut api, "kv-1").await.placement, "placed");
+
+    // A launcher that stops answering needs attention, with how long.
+    launcher.kill9();
+    browser.client.goto(&format!("{base}/")).await.unwrap();
+    let row = eventually("host-a to need attention", DEADLINE, || async {
+        browser.client.refresh().await.ok()?;
+        let row = browser
+            .client
+            .find(Locator::Css("table.attention tbody tr"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (row.contains(&host) && row.contains("unhealthy")).then_some(row)
+    })
+    .await;
+    assert!(row.contains("silent since its last heartbeat"), "{row}");
+    assert!(
+        browser.count("table.attention .s-bad").await
+            + browser.count("table.attention .s-warn").await
+            >= 1
+    );
+    checked(&browser, "attention").await;
 
     // An admin's or a launcher's certificate opens no session.
     let launcher_api = AdminClient::new(pki.channel(admin.port, &host_a, Expect::Admin));

@@ -216,7 +216,7 @@ pub fn overview(frame: &Frame, o: &Overview) -> Markup {
                     p class="calm" { "Nothing: every launcher answers and every process runs as asked." }
                 } @else {
                     table class="attention" {
-                        caption { (o.attention_total) " need attention" @if o.attention_total > o.attention.len() { ", the first " (o.attention.len()) " shown" } }
+                        caption { (o.attention_total) @if o.attention_total == 1 { " needs attention" } @else { " need attention" } @if o.attention_total > o.attention.len() { ", the first " (o.attention.len()) " shown" } }
                         thead { tr {
                             th scope="col" { "What" } th scope="col" { "State" }
                             th scope="col" { "For" } th scope="col" { "Detail" }
