@@ -1,7 +1,8 @@
 //! prism-admin: the control plane. Launchers register and heartbeat over
 //! `prism.ControlPlane`; the admin places each process on a launcher by
 //! capability and free capacity, pushes it there, and keeps it there.
-//! Operators use `prism.admin.v1.Admin`.
+//! Operators use `prism.admin.v1.Admin`, and browsers its fleet status
+//! page ([`ui`]).
 
 pub mod config;
 pub mod disconnect;
