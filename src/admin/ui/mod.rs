@@ -4,7 +4,7 @@
 //! A browser gets in with a one-time ticket that `prismctl ui` asks for
 //! over its authenticated channel (`OpenUiSession`): the session it opens
 //! carries that caller, and each page and action is checked through
-//! [`authorize`](crate::auth::authorize) with the gRPC method it mirrors
+//! [`authorize`] with the gRPC method it mirrors
 //! (the one table). Forms POST with a per-session CSRF token and must
 //! come from this origin. Pages read the admin's own operator API
 //! in-process, and the past from [`feed::Feed`]; the live tables follow
