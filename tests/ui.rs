@@ -409,8 +409,8 @@ async fn the_fleet_status_page_in_a_real_browser() {
         .unwrap();
     eventually("the live feed to connect", DEADLINE, || async {
         browser
-            .text("[data-live-status]")
-            .await
+            .try_text("[data-live-status]")
+            .await?
             .starts_with("Live")
             .then_some(())
     })
@@ -477,8 +477,8 @@ async fn the_fleet_status_page_in_a_real_browser() {
         .unwrap();
     eventually("the page to say draining", DEADLINE, || async {
         browser
-            .text("#launcher-state")
-            .await
+            .try_text("#launcher-state")
+            .await?
             .contains("draining")
             .then_some(())
     })
@@ -671,9 +671,9 @@ async fn a_session_ends_when_it_expires_and_a_ticket_works_once() {
             "--listen",
             "none",
             "--ui-session-idle",
-            "2s",
+            "3s",
             "--ui-session-max",
-            "2s",
+            "3s",
         ],
     )
     .await;

@@ -139,6 +139,18 @@ impl Browser {
             .unwrap()
     }
 
+    /// The text of the first element `css` finds, if any yet (a page
+    /// still loading has none).
+    pub async fn try_text(&self, css: &str) -> Option<String> {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    }
+
     /// How many elements `css` finds.
     pub async fn count(&self, css: &str) -> usize {
         self.client

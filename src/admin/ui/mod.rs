@@ -83,6 +83,18 @@ const EVENT_ROWS: usize = 200;
 const REVOKE_DEADLINE: Duration = Duration::from_secs(10);
 /// A live feed checks this often that its session is still alive.
 const SESSION_CHECK: Duration = Duration::from_secs(5);
+/// Live feeds one admin's page serves at once (each is a watcher of the
+/// admin's, which serves 1024 in all): the rest are for the API.
+pub const MAX_LIVE: usize = 256;
+
+/// Counts an open live feed while it lives.
+struct LiveSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 /// Where `prismctl ui` sends a browser: this admin's page, and its tickets.
 pub struct Login {
@@ -118,6 +130,8 @@ pub struct Ui {
     /// The feed starts with the first sign-in: an admin whose page nobody
     /// opens keeps no watcher.
     wanted: tokio::sync::Notify,
+    /// Live feeds open now.
+    live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How long a page that shows the past waits for the feed to catch up
@@ -171,6 +185,7 @@ impl Ui {
             tls,
             cookie: cookie_name(tls),
             wanted: tokio::sync::Notify::new(),
+            live: Arc::default(),
         })
     }
 
@@ -934,6 +949,11 @@ async fn live(
         .and_then(|v| v.trim().parse::<i64>().ok());
     query.request.since_revision = since;
     query.request.bookmark_interval_ms = 15_000;
+    let slot = LiveSlot(ui.live.clone());
+    if ui.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_LIVE {
+        tracing::info!("fleet status page: {MAX_LIVE} live feeds open already; refusing one more");
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let watch = match ui.hub.watch(query.request).await {
         Ok(w) => w,
         // Too old to resume (or a bad request): nothing to stream; the page
@@ -948,7 +968,7 @@ async fn live(
     };
     let sessions = ui.login.sessions.clone();
     let checks = tokio::time::interval(SESSION_CHECK);
-    let state = (watch, checks, shutdown, sessions, id);
+    let state = (watch, checks, shutdown, sessions, (id, slot));
     let stream = futures_util::stream::unfold(
         state,
         |(mut watch, mut checks, mut shutdown, sessions, id)| async move {
@@ -956,7 +976,7 @@ async fn live(
                 tokio::select! {
                     _ = shutdown.requested() => return None,
                     _ = checks.tick() => {
-                        if !sessions.alive(&id, Instant::now()) {
+                        if !sessions.alive(&id.0, Instant::now()) {
                             return None;
                         }
                     }
