@@ -652,6 +652,38 @@ mod tests {
     }
 
     #[test]
+    fn a_page_of_a_thousand_launchers_stays_small() {
+        let all: Vec<apb::LauncherInfo> = (0..1000)
+            .map(|i| apb::LauncherInfo {
+                launcher_id: format!("launcher-{i:04}"),
+                health: "healthy".into(),
+                version: "0.1.0".into(),
+                region: format!("region-{}", i % 5),
+                max_processes: 50,
+                slots_used: 10,
+                last_heartbeat_unix_ms: 1_795_685_523_000,
+                metadata: [
+                    ("hostname".to_owned(), format!("host-{i:04}.example")),
+                    ("rack".to_owned(), format!("r{}", i % 40)),
+                ]
+                .into(),
+                ..Default::default()
+            })
+            .collect();
+        let q = LauncherQuery::parse(&[]).unwrap();
+        let (rows, total) = q.apply(all);
+        let frame = Frame {
+            identity: "viewer",
+            csrf: "t",
+            standing: "leading",
+        };
+        let regions: Vec<String> = (0..5).map(|r| format!("region-{r}")).collect();
+        let html = launchers(&frame, &q, &rows, total, &regions).into_string();
+        assert!(html.contains("1000 launchers, page 1 of 10"), "paged");
+        assert!(html.len() < 300_000, "{} bytes", html.len());
+    }
+
+    #[test]
     fn values_are_escaped_and_links_encoded() {
         let e = apb::Event {
             kind: "process.failed".into(),
