@@ -47,7 +47,8 @@
 //!   pattern-launcher's world (`launcher::patterns`: manifests, port pairs,
 //!   its gRPC API).
 //! - [`admin`]: prism-admin: the fleet (placement, dispatch, drift,
-//!   liveness) over a store trait (SQLite by default).
+//!   liveness) over a store trait (SQLite by default), its event streams,
+//!   and its fleet status page (`admin::ui`).
 //! - [`ctl`]: `prismctl` subcommands, one file each.
 //! - [`auth`]: who is calling (certificates, `SO_PEERCRED`) and the one
 //!   authorization table every RPC is checked against.
@@ -60,6 +61,8 @@
 //!   `prismctl local up --hosts N` and the partition tests.
 //! - [`backoff`], [`clock`], [`locks`], [`host`]: one of each: backoff
 //!   with jitter, the wall clock, per-key locks, facts about this process.
+//! - [`display`]: how specs, timestamps and ages are shown, by prismctl
+//!   and the status page alike.
 //! - [`logging`], [`metrics`]: journal/text/JSON logs, Prometheus metrics.
 // Audited exceptions, in `serve`: mallopt and malloc_trim.
 #![deny(unsafe_code)]
@@ -70,6 +73,7 @@ pub mod backoff;
 pub mod clock;
 pub mod ctl;
 pub mod devstack;
+pub mod display;
 pub mod health;
 pub mod host;
 pub mod launcher;

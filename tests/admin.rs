@@ -1003,6 +1003,9 @@ async fn a_launcher_keeps_working_while_the_admin_is_unreachable() {
                 &data,
                 "--heartbeat-interval",
                 HEARTBEAT,
+                // No fixed page port: tests run at once.
+                "--ui-listen",
+                "none",
             ])
             .stderr(std::process::Stdio::null())
             .spawn()

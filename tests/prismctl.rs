@@ -45,12 +45,19 @@ struct Stack {
 /// below Linux's ephemeral range (32768 and up), so that no client
 /// connection of a concurrent test takes it between this check and the
 /// daemon's bind; not next to `other` (whose metrics are on other + 1).
+/// An admin's fleet status page is 1000 above its port (three admins: +0,
+/// +2, +4), free and below that range too.
 fn stack_port(other: Option<u16>) -> u16 {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let start = 20_000 + (std::process::id() % 10_000) as u16;
     (0..10_000u16)
-        .map(|i| 20_000 + (start - 20_000 + i * 7) % 12_000)
-        .find(|&p| other.is_none_or(|o| p.abs_diff(o) > 2) && free(p) && free(p + 1))
+        .map(|i| 20_000 + (start - 20_000 + i * 7) % 11_000)
+        .find(|&p| {
+            other.is_none_or(|o| p.abs_diff(o) > 2 && p.abs_diff(o + 1000) > 5)
+                && free(p)
+                && free(p + 1)
+                && [1000, 1002, 1004].iter().all(|d| free(p + d))
+        })
         .expect("a free port pair below the ephemeral range")
 }
 
@@ -188,6 +195,16 @@ async fn local_demo_then_every_operator_command_then_nothing_left() {
     ]);
     assert!(again.status.success(), "{}", text(&again));
     assert!(text(&again).contains("already running"), "{}", text(&again));
+
+    // The admin's fleet status page: `prismctl ui` signs a browser in over
+    // HTTPS (the stack's TLS), 1000 above the admin's port.
+    let ui = stack.ok(&["ui"]);
+    let page = format!(
+        "https://127.0.0.1:{}/login?ticket=",
+        stack.admin_port + 1000
+    );
+    assert!(ui.contains(&page), "{ui}");
+    assert!(stack.ok(&["local", "status"]).contains("fleet status page"));
 
     // ps: all four types running, as JSON whose fields are the admin API's.
     let json = stack.ok(&["ps", "-o", "json"]);

@@ -11,7 +11,7 @@ use crate::{
     admin::store::Database,
     auth::Role,
     serve::flags::{DaemonDefaults, DaemonFile, DaemonFlags},
-    settings::{bad, parse_duration},
+    settings::{bad, parse_duration, parse_listen_opt},
 };
 
 /// The TCP listener when TLS is configured; without TLS the admin serves
@@ -21,6 +21,8 @@ pub const DEFAULT_SOCKET: &str = crate::protocol::ADMIN_SOCKET;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/prism-admin";
 /// A leader's lease on a shared database.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+/// The fleet status page: loopback, beside the metrics' 9094.
+pub const DEFAULT_UI_LISTEN: &str = "127.0.0.1:9095";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,6 +100,19 @@ pub struct ServeArgs {
     /// each at once [default: 500ms].
     #[arg(long, value_name = "DURATION")]
     pub watch_batch: Option<String>,
+    /// The fleet status page on this address, or `none`: HTTPS with the
+    /// admin's certificate once TLS is configured (then any address),
+    /// else plain HTTP on a loopback address only. Browsers sign in with
+    /// `prismctl ui` [default: 127.0.0.1:9095].
+    #[arg(long, value_name = "ADDR")]
+    pub ui_listen: Option<String>,
+    /// A page session unused this long ends [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub ui_session_idle: Option<String>,
+    /// A page session ends this long after it began, used or not [default:
+    /// 12h].
+    #[arg(long, value_name = "DURATION")]
+    pub ui_session_max: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -114,6 +129,18 @@ struct FileConfig {
     events_max_age: Option<String>,
     watcher_queue: Option<usize>,
     watch_batch: Option<String>,
+    ui_listen: Option<String>,
+    ui_session_idle: Option<String>,
+    ui_session_max: Option<String>,
+}
+
+/// The fleet status page's settings.
+#[derive(Clone, Debug)]
+pub struct UiConfig {
+    /// Where it listens; `None`: no page.
+    pub listen: Option<SocketAddr>,
+    pub session_idle: Duration,
+    pub session_max: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -133,6 +160,7 @@ pub struct Config {
     pub insecure: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: crate::logging::LogFormat,
+    pub ui: UiConfig,
 }
 
 impl ServeArgs {
@@ -254,6 +282,39 @@ impl ServeArgs {
                 d
             }
         };
+        let ui_duration = |value: Option<String>, flag: &str, key: &str, default: Duration| {
+            let Some(v) = value else { return Ok(default) };
+            let d = parse_duration(&v).or_else(|r| bad(flag, key, r))?;
+            if d < Duration::from_secs(1) || d > Duration::from_secs(7 * 86_400) {
+                return bad(flag, key, format!("{v} is outside 1s..=7d"));
+            }
+            Ok(d)
+        };
+        let session_idle = ui_duration(
+            self.ui_session_idle.or(file.ui_session_idle),
+            "ui-session-idle",
+            "ui_session_idle",
+            crate::admin::ui::session::DEFAULT_IDLE,
+        )?;
+        let session_max = ui_duration(
+            self.ui_session_max.or(file.ui_session_max),
+            "ui-session-max",
+            "ui_session_max",
+            crate::admin::ui::session::DEFAULT_MAX_AGE,
+        )?;
+        if session_max < session_idle {
+            return bad(
+                "ui-session-max",
+                "ui_session_max",
+                format!("{session_max:?} is shorter than --ui-session-idle ({session_idle:?})"),
+            );
+        }
+        let ui_listen = self
+            .ui_listen
+            .or(file.ui_listen)
+            .unwrap_or_else(|| DEFAULT_UI_LISTEN.to_owned());
+        let ui_listen =
+            parse_listen_opt(&ui_listen).or_else(|r| bad("ui-listen", "ui_listen", r))?;
         let served = self.daemon.resolve(
             shared,
             DaemonDefaults {
@@ -273,7 +334,27 @@ impl ServeArgs {
                 .own_role(tls, &must, |r| (*r == Role::Admin).then_some(()))?;
         }
         served.check_transport()?;
+        // A session cookie crosses the network only inside TLS.
+        if let Some(addr) = ui_listen
+            && served.tls.is_none()
+            && !addr.ip().is_loopback()
+        {
+            return bad(
+                "ui-listen",
+                "ui_listen",
+                format!(
+                    "the fleet status page on non-loopback address {addr} without TLS would send \
+                     its session cookies in the clear; configure TLS (--tls-cert, --tls-key: the \
+                     page is then served over HTTPS), listen on loopback, or pass none"
+                ),
+            );
+        }
         Ok(Config {
+            ui: UiConfig {
+                listen: ui_listen,
+                session_idle,
+                session_max,
+            },
             metrics_listen: served.metrics_listen,
             log_format: served.log_format,
             listen: served.listen,
@@ -317,6 +398,48 @@ mod tests {
         assert_eq!(c.listen, None);
         assert_eq!(c.socket, Some(PathBuf::from(DEFAULT_SOCKET)));
         assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9094");
+        assert_eq!(c.ui.listen.unwrap().to_string(), DEFAULT_UI_LISTEN);
+    }
+
+    #[test]
+    fn the_page_listens_off_loopback_only_with_tls() {
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.ui.listen.unwrap().to_string(), "127.0.0.1:9095");
+        assert_eq!(c.ui.session_idle, Duration::from_secs(3600));
+        assert_eq!(c.ui.session_max, Duration::from_secs(12 * 3600));
+        assert_eq!(resolve(&["--ui-listen", "none"]).unwrap().ui.listen, None);
+        let c = resolve(&["--ui-listen", "[::1]:0", "--ui-session-idle", "2s"]).unwrap();
+        assert!(c.ui.listen.unwrap().ip().is_loopback());
+        assert_eq!(c.ui.session_idle, Duration::from_secs(2));
+        for flags in [
+            vec!["--ui-listen", "0.0.0.0:9095"],
+            vec!["--ui-listen", ":9095"],
+            // --insecure trusts gRPC peers; it does not make cookies safe.
+            vec![
+                "--ui-listen",
+                "0.0.0.0:9095",
+                "--listen",
+                "127.0.0.1:8981",
+                "--insecure",
+            ],
+        ] {
+            let e = resolve(&flags).unwrap_err();
+            assert_eq!(e.setting, "--ui-listen (ui_listen)", "{flags:?}");
+            assert!(e.reason.contains("without TLS"), "{e}");
+        }
+        for (flags, setting) in [
+            (vec!["--ui-listen", "nowhere"], "--ui-listen (ui_listen)"),
+            (
+                vec!["--ui-session-idle", "0s"],
+                "--ui-session-idle (ui_session_idle)",
+            ),
+            (
+                vec!["--ui-session-idle", "2h", "--ui-session-max", "1h"],
+                "--ui-session-max (ui_session_max)",
+            ),
+        ] {
+            assert_eq!(resolve(&flags).unwrap_err().setting, setting, "{flags:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! prism-admin: the control plane. Launchers register and heartbeat over
 //! `prism.ControlPlane`; the admin places each process on a launcher by
 //! capability and free capacity, pushes it there, and keeps it there.
-//! Operators use `prism.admin.v1.Admin`.
+//! Operators use `prism.admin.v1.Admin`, and browsers its fleet status
+//! page ([`ui`]).
 
 pub mod config;
 pub mod disconnect;
@@ -16,6 +17,7 @@ pub mod store;
 mod tasks;
 #[cfg(test)]
 mod tests;
+pub mod ui;
 
 use std::{
     convert::Infallible,
@@ -119,6 +121,8 @@ fn private_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
 pub struct Io {
     pub listeners: crate::serve::Listeners,
     pub store: Arc<dyn store::AdminStore>,
+    /// The fleet status page's listener, unless `--ui-listen none`.
+    pub ui: Option<tokio::net::TcpListener>,
 }
 
 impl Io {
@@ -142,7 +146,21 @@ impl Io {
             config.metrics_listen,
         )
         .await?;
-        Ok(Self { listeners, store })
+        let ui =
+            match config.ui.listen {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
+                    |source| crate::serve::BindError {
+                        addr: addr.to_string(),
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+        Ok(Self {
+            listeners,
+            store,
+            ui,
+        })
     }
 }
 
@@ -184,7 +202,11 @@ pub async fn run(
     io: Io,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let Io { listeners, store } = io;
+    let Io {
+        listeners,
+        store,
+        ui: ui_listener,
+    } = io;
     let metrics = Arc::new(crate::metrics::AdminMetrics::default());
     let mut daemon = Daemon::new("prism-admin");
     let health = daemon.health();
@@ -218,11 +240,39 @@ pub async fn run(
         let hub = hub.clone();
         move |shutdown| hub.tail(shutdown)
     });
+    // The fleet status page, on this admin whether it leads or follows.
+    let ui = ui_listener.and_then(|listener| {
+        let bound = listener.local_addr().ok()?;
+        let page = ui::Ui::new(
+            ui::Parts {
+                hub: hub.clone(),
+                store: store.clone(),
+                interval: config.heartbeat_interval,
+                fleet: fleet_slot.clone(),
+                session_idle: config.ui.session_idle,
+                session_max: config.ui.session_max,
+            },
+            bound,
+            config.tls.is_some(),
+        );
+        tracing::info!(
+            "fleet status page at {} (sign in with `prismctl ui`)",
+            page.login.base_url
+        );
+        let tls = config.tls.clone();
+        daemon.spawn({
+            let page = page.clone();
+            move |shutdown| page.serve(listener, tls, shutdown)
+        });
+        Some(page.login.clone())
+    });
     // A follower answers operators' reads from the database itself.
     let follower_reads: leader::LocalReads<Operators> = {
         let (store, interval, hub) = (store.clone(), config.heartbeat_interval, hub.clone());
+        let ui = ui.clone();
         Arc::new(move || {
-            let service = service::AdminService::following(store.clone(), interval, hub.clone());
+            let service = service::AdminService::following(store.clone(), interval, hub.clone())
+                .with_ui(ui.clone());
             Box::pin(async move { Ok(limited_service!(AdminServer::new(service))) })
         })
     };
@@ -288,13 +338,14 @@ pub async fn run(
     let this_admin = me.clone();
     // Loads the fleet and starts serving it, once this admin leads.
     let lead = {
-        let (store, config, gate, metrics, hub, me) = (
+        let (store, config, gate, metrics, hub, me, ui) = (
             store.clone(),
             config.clone(),
             gate.clone(),
             metrics.clone(),
             hub.clone(),
             me.clone(),
+            ui.clone(),
         );
         let (fleet_slot, control_slot, operators_slot) = (
             fleet_slot.clone(),
@@ -332,7 +383,7 @@ pub async fn run(
                 ControlPlaneServer::new(service::ControlPlaneService::new(fleet.clone(), gate))
             )));
             let _ = operators_slot.set(limited_service!(AdminServer::new(
-                service::AdminService::new(fleet.clone(), hub)
+                service::AdminService::new(fleet.clone(), hub).with_ui(ui)
             )));
             let _ = fleet_slot.set(fleet);
             Ok(())

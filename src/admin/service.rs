@@ -245,7 +245,15 @@ pub const UNKNOWN: &str = "unknown";
 pub fn is_read(path: &str) -> bool {
     matches!(
         path.strip_prefix("/prism.admin.v1.Admin/"),
-        Some("ListLaunchers" | "GetLauncher" | "ListProcesses" | "GetProcess" | "WatchEvents")
+        Some(
+            "ListLaunchers"
+                | "GetLauncher"
+                | "ListProcesses"
+                | "GetProcess"
+                | "WatchEvents"
+                // Not a read, but this admin's own: its page's session.
+                | "OpenUiSession"
+        )
     )
 }
 
@@ -264,6 +272,8 @@ enum Source {
 pub struct AdminService {
     source: Source,
     hub: Arc<super::events::Hub>,
+    /// This admin's fleet status page, if it serves one.
+    ui: Option<Arc<super::ui::Login>>,
 }
 
 impl AdminService {
@@ -272,7 +282,14 @@ impl AdminService {
         Self {
             source: Source::Leading(fleet),
             hub,
+            ui: None,
         }
+    }
+
+    /// With this admin's fleet status page, for `OpenUiSession`.
+    pub fn with_ui(mut self, ui: Option<Arc<super::ui::Login>>) -> Self {
+        self.ui = ui;
+        self
     }
 
     /// A follower's reads, from the database (`interval`: the fleet's
@@ -285,6 +302,7 @@ impl AdminService {
         Self {
             source: Source::Following { store, interval },
             hub,
+            ui: None,
         }
     }
 
@@ -536,5 +554,20 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let watch = self.hub.watch(request.into_inner()).await?;
         Ok(Response::new(watch))
+    }
+
+    async fn open_ui_session(
+        &self,
+        request: Request<apb::OpenUiSessionRequest>,
+    ) -> Result<Response<apb::OpenUiSessionResponse>, Status> {
+        let caller = auth::caller(&request);
+        let Some(ui) = &self.ui else {
+            return Err(Status::failed_precondition(
+                "this prism-admin serves no fleet status page (started with --ui-listen none)",
+            ));
+        };
+        let opened = ui.open(caller.clone());
+        tracing::info!("a fleet status page sign-in address was issued to {caller}");
+        Ok(Response::new(opened))
     }
 }

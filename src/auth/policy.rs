@@ -37,6 +37,9 @@ use Grant::*;
 
 const READ: &[Grant] = &[Admin, Operator, Viewer];
 const OPERATE: &[Grant] = &[Operator];
+/// People, not daemons: an admin's or a launcher's certificate opens no
+/// browser session.
+const PEOPLE: &[Grant] = &[Operator, Viewer];
 const ANYONE: &[Grant] = &[Anyone];
 
 /// Did the admin place this assignment (rather than an operator assigning
@@ -103,6 +106,8 @@ pub const TABLE: &[(&str, &[Grant])] = &[
     ("/prism.admin.v1.Admin/MoveProcesses", OPERATE),
     // Watching is reading: viewers and operators, never a launcher.
     ("/prism.admin.v1.Admin/WatchEvents", READ),
+    // A browser session on the fleet status page, with the caller's role.
+    ("/prism.admin.v1.Admin/OpenUiSession", PEOPLE),
     // Both daemons.
     ("/grpc.health.v1.Health/Check", ANYONE),
     ("/grpc.health.v1.Health/Watch", ANYONE),
@@ -256,6 +261,17 @@ mod tests {
         assert!(authorize(register, &nobody, false).is_err());
         assert!(authorize("/grpc.health.v1.Health/Check", &anon, false).is_ok());
         assert!(authorize("/x.Unknown/Call", &operator, false).is_err());
+
+        let ui = "/prism.admin.v1.Admin/OpenUiSession";
+        assert!(authorize(ui, &viewer, false).is_ok());
+        assert!(authorize(ui, &operator, false).is_ok());
+        assert!(authorize(ui, &local_op, false).is_ok());
+        assert!(authorize(ui, &Caller::Root, false).is_ok());
+        assert!(authorize(ui, &Caller::Insecure { addr: None }, false).is_ok());
+        assert!(authorize(ui, &admin, false).is_err());
+        assert!(authorize(ui, &host_a, false).is_err());
+        assert!(authorize(ui, &nobody, false).is_err());
+        assert!(authorize(ui, &anon, false).is_err());
 
         let e = authorize(drain, &host_a, false).unwrap_err();
         assert_eq!(

@@ -1,7 +1,8 @@
 //! `prismctl`: the operator CLI. One file per concern: `local` (a whole
 //! stack on this machine), `fleet` (launchers, ps, revoke, drain), `assign`,
 //! `inspect` (describe, logs), `pki` (certificates), `bench` (assignment
-//! latency and throughput).
+//! latency and throughput), `ui` (signing a browser in to the fleet status
+//! page).
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 usage, 3 prism-admin
 //! (or the local stack) unreachable, 130 interrupted (`bench`, by Ctrl-C).
@@ -14,6 +15,7 @@ pub mod inspect;
 pub mod local;
 pub mod output;
 pub mod pki;
+pub mod ui;
 pub mod watch;
 
 use std::process::ExitCode;
@@ -79,6 +81,9 @@ pub enum Command {
     /// Re-place a launcher's processes elsewhere, one at a time (each starts
     /// on its new launcher before it stops on the old one).
     Move(fleet::DrainArgs),
+    /// Sign a browser in to the admin's fleet status page: prints a
+    /// one-time address (valid 60 s) that opens a session with your role.
+    Ui,
     /// A CA for a fleet, and a certificate per daemon and operator.
     Pki(pki::PkiArgs),
     /// Print a shell completion script.
@@ -186,6 +191,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Drain(args) => fleet::drain(g, args, true).await,
         Command::Undrain(args) => fleet::drain(g, args, false).await,
         Command::Move(args) => fleet::move_processes(g, args).await,
+        Command::Ui => ui::ui(g).await,
         Command::Pki(args) => pki::run(args),
         Command::Completions { shell } => {
             let mut buf = Vec::new();

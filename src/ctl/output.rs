@@ -105,25 +105,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>], max_width: Option<usize>) ->
     text
 }
 
-/// `45s`, `3m12s`, `2h03m`, `3d04h`.
-pub fn duration(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-/// How long ago a unix-milliseconds instant was, e.g. `12s ago`.
-pub fn ago(unix_ms: i64) -> String {
-    if unix_ms <= 0 {
-        return "never".into();
-    }
-    let now = crate::clock::unix_ms();
-    format!("{} ago", duration((now - unix_ms) / 1000))
-}
+pub use crate::display::{ago, duration};
 
 #[cfg(test)]
 mod tests {

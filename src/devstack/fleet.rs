@@ -631,6 +631,9 @@ impl Fleet {
             format!("{}ms", spec.heartbeat.as_millis()),
             "--metrics-listen".into(),
             format!("{addr}:{}", ADMIN_PORT + 1),
+            // The page over HTTPS (the fleet's TLS), on the host's address.
+            "--ui-listen".into(),
+            format!("{addr}:{}", ADMIN_PORT + 2),
         ];
         if let Some(url) = database {
             argv.extend(["--database".into(), url.to_owned()]);

@@ -68,8 +68,10 @@ impl Daemon {
             data.display().to_string(),
             "--socket".into(),
             dir.join("admin.sock").display().to_string(),
-            // Tests run many daemons at once: no fixed metrics port.
+            // Tests run many daemons at once: no fixed metrics or page port.
             "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--ui-listen".into(),
             "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -235,6 +237,18 @@ impl Daemon {
             let at = log.rfind("metrics at http://")? + "metrics at http://".len();
             let addr = log[at..].split('/').next()?;
             Some(addr.to_owned())
+        })
+        .await
+    }
+
+    /// Where an admin serves its fleet status page (from its log: tests
+    /// bind port 0): `http[s]://127.0.0.1:PORT`.
+    pub async fn ui_url(&self) -> String {
+        eventually("the page's address in the log", DEADLINE, || async {
+            let log = self.log_text();
+            let at = log.rfind("fleet status page at ")? + "fleet status page at ".len();
+            let url = log[at..].split_whitespace().next()?;
+            Some(url.to_owned())
         })
         .await
     }

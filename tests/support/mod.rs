@@ -7,6 +7,7 @@
 //! outside CI, and only when not root, is a test skipped, with a message.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod daemon;
 pub mod fake;
 pub mod pki;
@@ -38,7 +39,7 @@ pub struct Harness {
     pub demo: PathBuf,
 }
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 

@@ -38,6 +38,7 @@ async fn a_launcher_registers_and_runs_what_the_admin_places() {
             .await
             .unwrap(),
         store: Arc::new(SqliteStore::in_memory().await.unwrap()),
+        ui: None,
     };
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_done = tokio::spawn(admin::run(config, io, async {

@@ -192,6 +192,12 @@ impl Saved {
         format!("127.0.0.1:{}", port.wrapping_add(1))
     }
 
+    /// An admin's fleet status page: 1000 above its gRPC port (9981 for
+    /// the default 8981), HTTPS with the stack's own CA.
+    fn ui(port: u16) -> String {
+        format!("127.0.0.1:{}", port.wrapping_add(1000))
+    }
+
     /// The (first) admin's local socket: the stack serves no plaintext
     /// TCP, and the socket knows its callers by uid.
     fn admin_socket(state: &Path) -> PathBuf {
@@ -323,6 +329,10 @@ async fn status(g: &Global, state: &Path) -> Result<(), Error> {
         "metrics: http://{}/metrics (admin), http://{}/metrics (launcher)\n",
         Saved::metrics(saved.admin_port),
         Saved::metrics(saved.launcher_port)
+    ));
+    text.push_str(&format!(
+        "fleet status page: https://{}/ (the stack's own CA); sign a browser in with `prismctl ui`\n",
+        Saved::ui(saved.admin_port)
     ));
     if saved.ha {
         text.push_str(&ha::leader_line(&saved).await);

@@ -271,6 +271,8 @@ pub(super) async fn up(
             "2s".into(),
             "--metrics-listen".into(),
             Saved::metrics(saved.admin_port(k)),
+            "--ui-listen".into(),
+            Saved::ui(saved.admin_port(k)),
         ];
         if let Some(url) = &database {
             admin_argv.extend(["--database".into(), url.clone()]);
@@ -437,6 +439,7 @@ pub(super) fn hints(state: &Path, target: &Target, list: &[apb::ProcessInfo]) ->
                  journalctl -D {journal} -t {first}\n  \
                  journalctl -D {journal} -t prism-launcher\n\
                  Or with prismctl: `prismctl ps`, `prismctl describe {first}`, `prismctl logs {first}`.\n\
+                 The fleet status page: run `prismctl ui` and open the address it prints.\n\
                  Stop everything with `prismctl local down`.\n",
                 run = dir.join("run").display(),
                 journal = dir.join("log/journal").display(),
@@ -446,6 +449,7 @@ pub(super) fn hints(state: &Path, target: &Target, list: &[apb::ProcessInfo]) ->
             "\nInspect it with systemd's tools:\n  systemctl --user status 'prism-*'\n  \
              journalctl --user -t {first}\n\
              Or with prismctl: `prismctl ps`, `prismctl describe {first}`, `prismctl logs {first}`.\n\
+             The fleet status page: run `prismctl ui` and open the address it prints.\n\
              Stop everything with `prismctl local down`.\n"
         ),
     }
