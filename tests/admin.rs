@@ -1903,8 +1903,10 @@ async fn a_stalled_watcher_is_ended_and_resumes_and_pruned_revisions_are_out_of_
     let admin = Daemon::admin(
         dir.path(),
         &[
+            // Long: the launchers registered below stay healthy (no more
+            // events) while the test reads, so what it saw stays kept.
             "--heartbeat-interval",
-            HEARTBEAT,
+            "60s",
             "--watcher-queue",
             "8",
             "--events-keep",
@@ -1932,9 +1934,10 @@ async fn a_stalled_watcher_is_ended_and_resumes_and_pruned_revisions_are_out_of_
         .into_inner();
     // Launchers registering: one event each (an upstream client's wire).
     let mut cp = ControlPlaneClient::new(admin.channel().await);
-    // More than a stalled stream can hold (its queue, the batches in
-    // flight, and what HTTP/2 took before its window closed).
-    let n = 300;
+    // More than a stalled stream can hold: its queue, the batches in
+    // flight, and the chunk (up to 32 KiB, some 300 of these events) that
+    // HTTP/2 took before its window closed.
+    let n = 1000;
     for i in 0..n {
         cp.register_launcher(pb::LauncherRegistration {
             launcher_id: format!("up-{i:03}"),
