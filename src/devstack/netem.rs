@@ -14,9 +14,38 @@ use std::{
 /// delay is accurate to this.
 const TICK: Duration = Duration::from_millis(1);
 
-/// Hold every packet of queue `queue` for `delay`, until the process ends.
-/// `ready` runs once the queue is bound (the rule may be added then).
+/// How long a stopping delay still holds what it holds: packets due later
+/// go at once (the unit's stop must not time out).
+const DRAIN_MAX: Duration = Duration::from_secs(4);
+
+/// Set once SIGTERM came: the rule is gone by then (`heal` removes it
+/// first), and what is held goes on its schedule instead of being dropped
+/// with the queue. A dropped packet costs its connection a retransmission
+/// timeout, which at a one-second round trip is seconds: a heal would be a
+/// fault of its own.
+fn stop_requested() -> io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let mut term = {
+        let _entered = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?
+    };
+    let set = flag.clone();
+    std::thread::spawn(move || {
+        runtime.block_on(term.recv());
+        set.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    Ok(flag)
+}
+
+/// Hold every packet of queue `queue` for `delay`, until SIGTERM, then let
+/// what is held go (on time, within [`DRAIN_MAX`]) and return. `ready`
+/// runs once the queue is bound (the rule may be added then).
 pub fn delay_forever(queue: u16, delay: Duration, ready: impl FnOnce()) -> io::Result<()> {
+    let stopping = stop_requested()?;
+    let mut drain_until: Option<Instant> = None;
     let mut q = nfq::Queue::open()?;
     q.bind(queue)?;
     // Only the headers cross to this process: it never reads a payload.
@@ -42,9 +71,16 @@ pub fn delay_forever(queue: u16, delay: Duration, ready: impl FnOnce()) -> io::R
             }
         }
         let now = Instant::now();
-        while held.front().is_some_and(|(due, _)| *due <= now) {
+        if drain_until.is_none() && stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            drain_until = Some(now + DRAIN_MAX);
+        }
+        let release = |due: &Instant| *due <= now || drain_until.is_some_and(|end| now >= end);
+        while held.front().is_some_and(|(due, _)| release(due)) {
             let (_, msg) = held.pop_front().expect("looked at");
             q.verdict(msg)?;
+        }
+        if drain_until.is_some() && held.is_empty() {
+            return Ok(());
         }
         let wait = held.front().map_or(TICK, |(due, _)| {
             due.saturating_duration_since(now).min(TICK)
