@@ -27,12 +27,16 @@ const EARLY_GAP: Duration = Duration::from_millis(100);
 /// first (a restart is several signals).
 const EARLY_GATHER: Duration = Duration::from_millis(15);
 
-/// A heartbeat not answered within two intervals (1 s to 5 s) has failed:
-/// the launcher tries the next admin before its own admins think it silent
-/// for long.
-fn heartbeat_timeout(interval: Duration) -> Duration {
-    (interval * 2).clamp(Duration::from_secs(1), Duration::from_secs(5))
+/// A heartbeat not answered within three intervals (1 s to 5 s) has
+/// failed: the launcher tries the next admin before its admins think it
+/// disconnected (six). Heartbeats do not wait for answers, so a round trip
+/// up to this long costs nothing.
+fn answer_timeout(interval: Duration) -> Duration {
+    (interval * 3).clamp(Duration::from_secs(1), Duration::from_secs(5))
 }
+
+/// Heartbeats unanswered at once, at most.
+const MAX_IN_FLIGHT: usize = 8;
 
 /// Registration retries wait at most two intervals (1 s to 30 s): a
 /// launcher back on the network is back at its admins within about that,
@@ -288,10 +292,14 @@ impl AdminLink {
     }
 
     /// Heartbeat until the admin is unreachable or asks to register again
-    /// (why), or until shutdown (`None`). Heartbeats leave at a steady
-    /// rate, whatever the round trip takes: a slow network does not make
-    /// a launcher look silent.
+    /// (why), or until shutdown (`None`). Heartbeats leave on their own
+    /// schedule, whatever the round trip takes: each is sent without
+    /// waiting for the answer to the one before (a few at most in
+    /// flight), so a slow network delays answers but never the heartbeats
+    /// the admins count. Only an error, or no answer to one sent
+    /// [`answer_timeout`] ago, is a failure.
     async fn heartbeat_until_failure(&mut self, shutdown: &mut Shutdown) -> Option<String> {
+        use futures_util::{StreamExt, stream::FuturesUnordered};
         // The first at once: it tells the launcher the admin hears it now.
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -299,72 +307,118 @@ impl AdminLink {
         // watchers wait for), at most one every EARLY_GAP.
         let mut changes = self.supervisor.changed.subscribe();
         let mut last_sent: Option<tokio::time::Instant> = None;
+        let mut in_flight = FuturesUnordered::new();
+        // When the oldest unanswered heartbeat left (answers come in any
+        // order: each answer settles those sent before it).
+        let mut unanswered: std::collections::VecDeque<(i64, tokio::time::Instant)> =
+            Default::default();
+        let within = answer_timeout(self.interval);
         loop {
-            let due = async {
+            let oldest = unanswered.front().map(|(_, at)| *at + within);
+            let give_up = oldest.unwrap_or_else(|| tokio::time::Instant::now() + within);
+            let next = async {
                 tokio::select! {
-                    _ = ticks.tick() => {}
+                    Some(answer) = in_flight.next(), if !in_flight.is_empty() => Some(answer),
+                    _ = tokio::time::sleep_until(give_up), if oldest.is_some() => None,
+                    _ = ticks.tick() => Some(Beat::Due),
                     Ok(()) = changes.changed() => {
                         let earliest = last_sent.map(|at| at + EARLY_GAP);
                         let gather = tokio::time::Instant::now() + EARLY_GATHER;
                         tokio::time::sleep_until(earliest.map_or(gather, |e| e.max(gather))).await;
                         changes.borrow_and_update();
                         ticks.reset();
+                        Some(Beat::Due)
                     }
                 }
             };
-            shutdown.until(due).await?;
-            last_sent = Some(tokio::time::Instant::now());
-            let list = self.supervisor.list("", "", "").await;
-            let process_health = list
-                .processes
-                .into_iter()
-                .filter_map(|p| {
-                    let id = p.assignment?.process_id;
-                    Some((id, p.health.unwrap_or_default()))
-                })
-                .collect();
-            let request = pb::LauncherHeartbeatRequest {
-                launcher_id: self.registration.launcher_id.clone(),
-                process_health,
-                resources: list.resources,
-                timestamp: crate::clock::unix_secs(),
-            };
-            let sent_ms = crate::clock::unix_ms();
-            let within = heartbeat_timeout(self.interval);
-            match tokio::time::timeout(within, self.client.launcher_heartbeat(request)).await {
-                Ok(Ok(ack)) if self.supervisor.contact.obey(ack.get_ref().epoch).is_err() => {
+            match shutdown.until(next).await? {
+                None => {
                     self.supervisor.metrics.heartbeat_failures.inc();
-                    return Some(format!(
-                        "answered by a deposed leader (epoch {}, older than {} obeyed)",
-                        ack.get_ref().epoch,
-                        self.supervisor.contact.epoch()
-                    ));
+                    return Some(format!("no answer to a heartbeat within {within:?}"));
                 }
-                Ok(Ok(ack)) if ack.get_ref().reregister => {
-                    // Heard, if only to be asked to register again.
-                    self.supervisor.contact.answered(sent_ms);
-                    return Some(format!(
-                        "it asks to register again: {}",
-                        ack.get_ref().message
-                    ));
+                Some(Beat::Due) if in_flight.len() >= MAX_IN_FLIGHT => {
+                    // The admin has this many unanswered: one more tells it
+                    // nothing the next answer will not.
                 }
-                Ok(Ok(_)) => {
-                    self.supervisor.contact.answered(sent_ms);
-                    if !self.resume.is_empty() {
-                        self.supervisor.resume(&std::mem::take(&mut self.resume));
+                Some(Beat::Due) => {
+                    last_sent = Some(tokio::time::Instant::now());
+                    let request = self.heartbeat_request().await;
+                    let sent_ms = crate::clock::unix_ms();
+                    unanswered.push_back((sent_ms, tokio::time::Instant::now()));
+                    let mut client = self.client.clone();
+                    in_flight.push(async move {
+                        Beat::Answered(sent_ms, client.launcher_heartbeat(request).await)
+                    });
+                }
+                Some(Beat::Answered(sent_ms, answer)) => {
+                    unanswered.retain(|(sent, _)| *sent > sent_ms);
+                    if let Some(why) = self.answered(sent_ms, answer) {
+                        return Some(why);
                     }
-                }
-                Ok(Err(status)) => {
-                    self.supervisor.metrics.heartbeat_failures.inc();
-                    return Some(describe(&status));
-                }
-                Err(_) => {
-                    self.supervisor.metrics.heartbeat_failures.inc();
-                    return Some("heartbeat timed out".to_owned());
                 }
             }
         }
     }
+
+    async fn heartbeat_request(&self) -> pb::LauncherHeartbeatRequest {
+        let list = self.supervisor.list("", "", "").await;
+        let process_health = list
+            .processes
+            .into_iter()
+            .filter_map(|p| {
+                let id = p.assignment?.process_id;
+                Some((id, p.health.unwrap_or_default()))
+            })
+            .collect();
+        pb::LauncherHeartbeatRequest {
+            launcher_id: self.registration.launcher_id.clone(),
+            process_health,
+            resources: list.resources,
+            timestamp: crate::clock::unix_secs(),
+        }
+    }
+
+    /// Take the answer to a heartbeat sent at `sent_ms`: why heartbeating
+    /// here must stop, if it must.
+    fn answered(
+        &mut self,
+        sent_ms: i64,
+        answer: Result<tonic::Response<pb::HeartbeatAck>, tonic::Status>,
+    ) -> Option<String> {
+        let ack = match answer {
+            Ok(ack) => ack.into_inner(),
+            Err(status) => {
+                self.supervisor.metrics.heartbeat_failures.inc();
+                return Some(describe(&status));
+            }
+        };
+        if self.supervisor.contact.obey(ack.epoch).is_err() {
+            self.supervisor.metrics.heartbeat_failures.inc();
+            return Some(format!(
+                "answered by a deposed leader (epoch {}, older than {} obeyed)",
+                ack.epoch,
+                self.supervisor.contact.epoch()
+            ));
+        }
+        // Heard, if only to be asked to register again.
+        self.supervisor.contact.answered(sent_ms);
+        if ack.reregister {
+            return Some(format!("it asks to register again: {}", ack.message));
+        }
+        if !self.resume.is_empty() {
+            self.supervisor.resume(&std::mem::take(&mut self.resume));
+        }
+        None
+    }
+}
+
+/// What the heartbeat loop waits for.
+enum Beat {
+    Due,
+    Answered(
+        i64,
+        Result<tonic::Response<pb::HeartbeatAck>, tonic::Status>,
+    ),
 }
 
 impl Supervisor {
