@@ -284,22 +284,29 @@ impl Net {
             .expect("no admin answered ListLaunchers")
     }
 
+    /// Admin `k`'s launchers, `None` when it does not answer within 10 s.
+    pub async fn launchers_at(&self, k: usize) -> Option<BTreeMap<String, apb::LauncherInfo>> {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.api(k).list_launchers(apb::ListLaunchersRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(
+            r.into_inner()
+                .launchers
+                .into_iter()
+                .map(|l| (l.launcher_id.clone(), l))
+                .collect(),
+        )
+    }
+
     /// [`Self::launchers`], `None` when no admin answers within 10 s.
     pub async fn try_launchers(&self) -> Option<BTreeMap<String, apb::LauncherInfo>> {
         for k in self.order().await {
-            if let Ok(Ok(r)) = tokio::time::timeout(
-                Duration::from_secs(10),
-                self.api(k).list_launchers(apb::ListLaunchersRequest {}),
-            )
-            .await
-            {
-                return Some(
-                    r.into_inner()
-                        .launchers
-                        .into_iter()
-                        .map(|l| (l.launcher_id.clone(), l))
-                        .collect(),
-                );
+            if let Some(launchers) = self.launchers_at(k).await {
+                return Some(launchers);
             }
         }
         None

@@ -111,11 +111,15 @@ impl Watch {
             tokio::spawn(async move {
                 let (mut health, mut status) = (Vec::new(), Vec::new());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    // A slow answer is no answer: the watch looks again.
-                    for l in net.try_launchers().await.unwrap_or_default().values() {
-                        let seen = format!("{} {}", l.launcher_id, l.health);
-                        if !health.contains(&seen) {
-                            health.push(seen);
+                    // Every admin's view: a follower judges from what the
+                    // leader stored. A slow answer is no answer: the watch
+                    // looks again.
+                    for k in 0..net.admins() {
+                        for l in net.launchers_at(k).await.unwrap_or_default().values() {
+                            let seen = format!("admin-{}: {} {}", k + 1, l.launcher_id, l.health);
+                            if !health.contains(&seen) {
+                                health.push(seen);
+                            }
                         }
                     }
                     for (id, p) in net.try_processes().await.unwrap_or_default() {
@@ -578,12 +582,23 @@ async fn half_a_second_on_every_link() {
     let (health, statuses) = watch.stop().await;
     assert!(
         !health.iter().any(|h| h.ends_with("disconnected")),
-        "{health:?}"
+        "{health:?}{}",
+        net.dump()
     );
     assert!(
         !statuses.iter().any(|s| s.ends_with("unknown")),
         "{statuses:?}"
     );
+    // Slow answers are no failure: no launcher gave up on its admin (its
+    // heartbeats went on while their answers took a second or more).
+    for host in net.fleet.layout.launchers() {
+        let journal = net.journal(&host);
+        assert!(
+            !journal.contains("lost the admin at"),
+            "{host} gave up on its admin:\n{journal}{}",
+            net.dump()
+        );
+    }
     kept(&net, &before, &[]).await;
     assert_eq!(doubled(&sampler.stop().await, &[]), Vec::<String>::new());
 }

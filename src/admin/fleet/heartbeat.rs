@@ -90,7 +90,15 @@ impl Fleet {
         let Ok(mut st) = tokio::time::timeout(self.interval / 2, self.state.lock()).await else {
             // The state is held (a slow database write): this heartbeat
             // counts for liveness, and its reports wait for the next one,
-            // which carries them all again.
+            // which carries them all again. Its time is stored all the
+            // same: followers judge liveness from what is stored.
+            self.batch
+                .lock()
+                .expect("poisoned")
+                .launchers
+                .entry(hb.launcher_id.clone())
+                .and_modify(|(at, _)| *at = (*at).max(now))
+                .or_insert((now, None));
             tracing::debug!(
                 prism_launcher_id = %hb.launcher_id,
                 "the fleet's state is busy: {}'s heartbeat counted for liveness only",

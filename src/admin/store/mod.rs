@@ -365,7 +365,7 @@ impl Written {
 /// showed, written together (one transaction, one sync) once a second.
 #[derive(Debug, Default)]
 pub struct HeartbeatBatch {
-    /// launcher → (last heartbeat ms, resources)
+    /// launcher → (last heartbeat ms, resources; `None` keeps those stored)
     pub launchers: HashMap<String, (i64, Option<pb::LauncherResourceUsage>)>,
     /// process → its latest health
     pub health: HashMap<String, HealthRecord>,

@@ -129,7 +129,8 @@ impl PgStore {
                 resources.push(r.as_ref().map(prost::Message::encode_to_vec));
             }
             sqlx::query(
-                "UPDATE launchers AS l SET last_heartbeat_at = u.at, resources = u.resources \
+                "UPDATE launchers AS l SET last_heartbeat_at = u.at, \
+                 resources = COALESCE(u.resources, l.resources) \
                  FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(id, at, resources) \
                  WHERE l.id = u.id",
             )

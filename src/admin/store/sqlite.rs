@@ -114,7 +114,8 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         for (id, (at, resources)) in &batch.launchers {
             sqlx::query(
-                "UPDATE launchers SET last_heartbeat_at = $1, resources = $2 WHERE id = $3",
+                "UPDATE launchers SET last_heartbeat_at = $1, resources = COALESCE($2, resources) \
+                 WHERE id = $3",
             )
             .bind(at)
             .bind(resources.as_ref().map(prost::Message::encode_to_vec))

@@ -627,6 +627,21 @@ async fn a_batch_writes_every_row_and_histories_are_trimmed_in_the_background(ba
         .collect();
     assert_eq!(liveness["a-host"], (1_000, Some(&usage)));
     assert_eq!(liveness["b-host"], (2_000, None));
+    // A heartbeat counted for liveness only (no resources): its time is
+    // stored, the resources stored before are kept.
+    let mut later = HeartbeatBatch::default();
+    later.launchers.insert("a-host".into(), (4_000, None));
+    store.save_heartbeats(&later).await.unwrap();
+    let snap_later = store.load().await.unwrap();
+    let a = snap_later
+        .launchers
+        .iter()
+        .find(|l| l.id == "a-host")
+        .unwrap();
+    assert_eq!(
+        (a.last_heartbeat_ms, a.resources.as_ref()),
+        (4_000, Some(&usage))
+    );
     assert_eq!(snap.health["kv-2"].health.detailed_status, "kv-2 running");
     assert_eq!(snap.health["kv-1"].reported_at_ms, 3_000);
     let all = 10 * HISTORY_KEEP as u32;
