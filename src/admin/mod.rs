@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod leader;
 pub mod pending;
 pub mod placement;
+pub mod rollout;
 pub mod service;
 pub mod store;
 mod tasks;
